@@ -1,0 +1,38 @@
+# betterproto-nats: everything installs from PyPI into .venv; only Python 3.11+ is needed.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+STAMP := $(VENV)/.installed
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: setup gen demo test typecheck bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+# Generated code goes to gen/ (ignored by git): the example and test protos.
+gen: $(STAMP)
+	rm -rf gen
+	$(BIN)/buf generate
+	$(BIN)/buf generate --template tests/buf.gen.tests.yaml --path proto/tests
+
+demo: gen
+	$(PY) examples/streaming/demo.py
+
+test: gen
+	$(PY) -m pytest -q
+
+typecheck: gen
+	$(BIN)/mypy runtime plugin
+
+bench: gen
+	$(PY) bench/run.py
+
+clean:
+	rm -rf gen build *.egg-info .pytest_cache .mypy_cache

@@ -1,0 +1,211 @@
+"""Everything that touches betterproto's compiler lives here (2.0.0b7): parsing the request, building
+its model, rendering its templates around ours, and formatting. A betterproto2 backend would replace
+this module only."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+from typing import Any
+
+import black
+import isort.api
+import jinja2
+from betterproto.compile.naming import pythonize_class_name, pythonize_method_name
+from betterproto.lib.google.protobuf.compiler import (
+    CodeGeneratorRequest,
+    CodeGeneratorResponse,
+    CodeGeneratorResponseFeature,
+    CodeGeneratorResponseFile,
+)
+from betterproto.plugin.models import OutputTemplate, PluginRequestCompiler, monkey_patch_oneof_index
+from betterproto.plugin.parser import read_protobuf_service, read_protobuf_type, traverse
+from betterproto.plugin.typing_compiler import (
+    DirectImportTypingCompiler,
+    NoTyping310TypingCompiler,
+    TypingImportTypingCompiler,
+)
+
+from .model import GenerationError, ServiceModel, read_services
+
+OPTIONS_PACKAGE = "natsmicro"
+_BETTERPROTO_TEMPLATES = pathlib.Path(__import__("betterproto").__file__).parent / "templates"
+_OUR_TEMPLATES = pathlib.Path(__file__).parent / "templates"
+_TYPING = {
+    "direct": DirectImportTypingCompiler,
+    "root": TypingImportTypingCompiler,
+    "310": NoTyping310TypingCompiler,
+}
+# betterproto's service stubs declare these for grpclib; without grpclib they must go too.
+_GRPCLIB_TYPE_IMPORTS = {
+    "import grpclib.server",
+    "from betterproto.grpc.grpclib_client import MetadataLike",
+    "from grpclib.metadata import Deadline",
+}
+RUNTIME_IMPORTS = ("import betterproto_nats._api_v1 as _nats", "from typing import overload as _overload")
+
+
+class Parameters:
+    """The plugin parameter: ours (`grpclib=false`) and betterproto's (`typing.310`, ...)."""
+
+    def __init__(self, text: str) -> None:
+        self.grpclib = True
+        self.typing = "310"  # the only typing mode that survives messages named Optional or fields named typing
+        self.pydantic = False
+        self.include_google = False
+        for item in filter(None, (part.strip() for part in text.split(","))):
+            if item in ("grpclib=false", "grpclib=true"):
+                self.grpclib = item.endswith("true")
+            elif item.startswith("typing."):
+                if item[len("typing.") :] not in _TYPING:
+                    raise GenerationError("(plugin parameter)", item, f"typing must be one of {', '.join(_TYPING)}")
+                self.typing = item[len("typing.") :]
+            elif item == "pydantic_dataclasses":
+                self.pydantic = True
+            elif item == "INCLUDE_GOOGLE":
+                self.include_google = True
+            else:
+                raise GenerationError("(plugin parameter)", item, "unknown parameter")
+
+
+class _WithoutServices:
+    """An output file as betterproto's templates see it when grpclib stubs are left out."""
+
+    services: list[Any] = []
+
+    def __init__(self, output: OutputTemplate) -> None:
+        self._output = output
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._output, name)
+
+
+def _check_files(request: CodeGeneratorRequest) -> None:
+    for file in request.proto_file:
+        if file.name not in request.file_to_generate:
+            continue
+        if file.syntax == "editions":
+            raise GenerationError(file.name, "syntax", "editions (edition = \"2023\") are not supported; use proto3")
+        if file.package != file.package.lower():
+            raise GenerationError(file.name, f"package {file.package}", "package names must be lower case")
+
+
+def generate(data: bytes) -> bytes:
+    """Run the plugin on a serialised CodeGeneratorRequest; returns the serialised response."""
+    monkey_patch_oneof_index()
+    request = CodeGeneratorRequest()
+    request.parse(data)
+    params = Parameters(request.parameter)
+    _check_files(request)
+    to_generate = set(request.file_to_generate)
+    # Packages that own a file to generate are emitted whole (as betterproto does); others not at all.
+    emitted = {f.package for f in request.proto_file if f.name in to_generate} - {OPTIONS_PACKAGE}
+    if not params.include_google:
+        emitted.discard("google.protobuf")
+    # Read names and options before betterproto builds its model: it renames descriptors in place.
+    nats_services = read_services(list(request.proto_file), emitted, pythonize_method_name)
+
+    compiler = PluginRequestCompiler(plugin_request_obj=request)
+    for file in request.proto_file:
+        package = compiler.output_packages.get(file.package)
+        if package is None:
+            package = OutputTemplate(parent_request=compiler, package_proto_obj=file)
+            package.typing_compiler = _TYPING[params.typing]()
+            package.pydantic_dataclasses = params.pydantic
+            compiler.output_packages[file.package] = package
+        package.input_files.append(file)
+    for package in compiler.output_packages.values():
+        for file in package.input_files:
+            for item, path in traverse(file):
+                read_protobuf_type(source_file=file, item=item, path=path, output_package=package)
+    for package in compiler.output_packages.values():
+        for file in package.input_files:
+            for index, service in enumerate(file.service):
+                read_protobuf_service(service, index, package)
+
+    response = CodeGeneratorResponse(supported_features=CodeGeneratorResponseFeature.FEATURE_PROTO3_OPTIONAL)
+    output_paths: set[pathlib.Path] = set()
+    for name in sorted(emitted):
+        package = compiler.output_packages[name]
+        path = pathlib.Path(*name.split("."), "__init__.py") if name else pathlib.Path("__init__.py")
+        output_paths.add(path)
+        content = render(package, nats_services.get(name, []), params)
+        response.file.append(CodeGeneratorResponseFile(name=str(path), content=content))
+    init_files = {d / "__init__.py" for p in output_paths for d in p.parents} - output_paths
+    for init_file in sorted(init_files):
+        response.file.append(CodeGeneratorResponseFile(name=str(init_file)))
+    return bytes(response)
+
+
+def _check_names(package: OutputTemplate, services: list[ServiceModel]) -> None:
+    taken = {m.py_name: f"message {m.proto_name}" for m in package.messages}
+    taken.update({e.py_name: f"enum {e.proto_name}" for e in package.enums})
+    for service in services:
+        py_name = pythonize_class_name(service.proto_name)
+        generated = [f"{py_name}NatsBase", f"{py_name}NatsClient"]
+        if service.error_codes:
+            generated.append(f"{py_name}ErrorCode")
+        for name in generated:
+            if name in taken:
+                file = package.input_filenames
+                raise GenerationError(
+                    ", ".join(file), service.proto_name, f"generated class {name} collides with {taken[name]}; rename one"
+                )
+            taken[name] = f"the generated class of service {service.proto_name}"
+
+
+def render(package: OutputTemplate, services: list[ServiceModel], params: Parameters) -> str:
+    """betterproto's message body, then our NATS classes, then betterproto's header (which needs the
+    imports both bodies collected); sorted and formatted exactly as betterproto does."""
+    _check_names(package, services)
+    env = jinja2.Environment(
+        trim_blocks=True,
+        lstrip_blocks=True,
+        loader=jinja2.FileSystemLoader([str(_BETTERPROTO_TEMPLATES), str(_OUR_TEMPLATES)]),
+    )
+    env.filters["py"] = repr
+    betterproto_view: Any = package if params.grpclib else _WithoutServices(package)
+    body = env.get_template("template.py.j2").render(output_file=betterproto_view)
+    if services:
+        by_name = {s.proto_name: s for s in package.services}
+        nats = env.get_template("nats.py.j2").render(
+            output_file=package, services=[(s, by_name[s.proto_name]) for s in services]
+        )
+        package.imports.update(RUNTIME_IMPORTS)
+        body = body + "\n\n" + nats
+    if not params.grpclib:
+        package.imports_type_checking_only -= _GRPCLIB_TYPE_IMPORTS
+    header = env.get_template("header.py.j2").render(output_file=betterproto_view)
+    return format_code(header + body)
+
+
+def format_code(code: str) -> str:
+    """isort and black with betterproto's own settings, so our output matches its output."""
+    code = isort.api.sort_code_string(
+        code=code,
+        show_diff=False,
+        py_version=37,
+        profile="black",
+        combine_as_imports=True,
+        lines_after_imports=2,
+        quiet=True,
+        force_grid_wrap=2,
+        known_third_party=["grpclib", "betterproto"],
+    )
+    return black.format_str(src_contents=code, mode=black.Mode())
+
+
+def include_dir() -> str:
+    """The folder holding `natsmicro/options.proto`, for `protoc -I`."""
+    return os.fspath(pathlib.Path(__file__).parent / "include")
+
+
+def run(stdin: Any = sys.stdin.buffer, stdout: Any = sys.stdout.buffer) -> int:
+    """The protoc plugin protocol: request on stdin, response on stdout; errors on stderr, exit 1."""
+    try:
+        stdout.write(generate(stdin.read()))
+    except GenerationError as error:
+        print(f"protoc-gen-python_nats: error: {error}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,293 @@
+"""The NATS layer of a service, read from descriptors and options and checked against the rules.
+
+Everything a generation-time error can be about is decided here, before any code is rendered, and
+every error names the file, the service or method, and the rule.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Callable
+
+from betterproto.lib.google.protobuf import (
+    DescriptorProto,
+    FieldDescriptorProto,
+    FieldDescriptorProtoLabel,
+    FieldDescriptorProtoType,
+    FileDescriptorProto,
+    MethodDescriptorProto,
+    ServiceDescriptorProto,
+)
+
+from betterproto_nats.errors import ErrorCode
+from betterproto_nats.naming import snake_case
+
+from . import options as opts
+
+DEFAULT_VERSION = "1.0.0"
+DEFAULT_CHUNK_SIZE = 65536
+_SEMVER = re.compile(
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$"
+)
+_SUBJECT_PREFIX = re.compile(r"^[A-Za-z0-9_\-$]+(\.[A-Za-z0-9_\-$]+)*$")
+_SERVICE_NAME = re.compile(r"^[A-Za-z0-9\-_]+$")
+_ERROR_CODE = re.compile(r"^[A-Z][A-Z0-9_]*$")
+_BUILTIN_CODES = {name for name in vars(ErrorCode) if not name.startswith("_")}
+
+
+class GenerationError(Exception):
+    """A proto the plugin will not generate code for; the message names file, element and rule."""
+
+    def __init__(self, file: str, where: str, rule: str) -> None:
+        super().__init__(f"{file}: {where}: {rule}")
+
+
+@dataclass
+class ChunkModel:
+    field: str
+    size: int
+
+
+@dataclass
+class MethodModel:
+    proto_name: str
+    py_name: str
+    endpoint: str
+    client_streaming: bool
+    server_streaming: bool
+    timeout: float | None
+    metadata: dict[str, str]
+    queue_group_disabled: bool
+    pending_msg_limit: int
+    pending_bytes_limit: int
+    max_inflight: int
+    chunks: ChunkModel | None
+
+    @property
+    def cardinality(self) -> str:
+        if self.client_streaming:
+            return "BIDI" if self.server_streaming else "CLIENT_STREAM"
+        return "SERVER_STREAM" if self.server_streaming else "UNARY"
+
+
+@dataclass
+class ServiceModel:
+    proto_name: str  # as written: StreamDemoService
+    full_name: str  # streaming.v1.StreamDemoService
+    name: str
+    subject_prefix: str
+    version: str
+    description: str
+    metadata: dict[str, str]
+    json: bool
+    error_codes: list[str]
+    queue_group_disabled: bool
+    methods: list[MethodModel] = field(default_factory=list)
+
+
+def _seconds(value: object) -> float | None:
+    seconds = value.total_seconds() if value is not None else 0.0  # type: ignore[attr-defined]
+    return seconds if seconds > 0 else None
+
+
+def _message_index(files: list[FileDescriptorProto]) -> dict[str, DescriptorProto]:
+    """Every message of the request by fully qualified name (`.pkg.Outer.Inner`)."""
+    index: dict[str, DescriptorProto] = {}
+
+    def add(prefix: str, messages: list[DescriptorProto]) -> None:
+        for message in messages:
+            name = f"{prefix}.{message.name}"
+            index[name] = message
+            add(name, message.nested_type)
+
+    for file in files:
+        add(f".{file.package}" if file.package else "", file.message_type)
+    return index
+
+
+def read_services(
+    files: list[FileDescriptorProto], packages: set[str], method_py_name: Callable[[str], str]
+) -> dict[str, list[ServiceModel]]:
+    """NATS models of the services of `packages`, by package. Call before betterproto builds its
+    model: it renames nested message descriptors in place."""
+    messages = _message_index(files)
+    result: dict[str, list[ServiceModel]] = {}
+    for file in files:
+        if file.package not in packages:
+            continue
+        services = result.setdefault(file.package, [])
+        for service in file.service:
+            model = _read_service(file, service, messages, method_py_name)
+            if model is not None:
+                services.append(model)
+    return result
+
+
+def _read_service(
+    file: FileDescriptorProto,
+    service: ServiceDescriptorProto,
+    messages: dict[str, DescriptorProto],
+    method_py_name: Callable[[str], str],
+) -> ServiceModel | None:
+    where = service.name
+    try:
+        options = opts.read_extension(service.options, opts.SERVICE, opts.ServiceOptions) or opts.ServiceOptions()
+    except opts.OptionError as error:
+        raise GenerationError(file.name, where, f"(natsmicro.service): {error}") from None
+    if options.skip:
+        return None
+    prefix = options.subject_prefix or snake_case(service.name)
+    if not _SUBJECT_PREFIX.match(prefix):
+        raise GenerationError(
+            file.name, where, f"subject_prefix {prefix!r} must be dot-separated tokens without spaces or wildcards"
+        )
+    name = options.name or service.name
+    if not _SERVICE_NAME.match(name):
+        raise GenerationError(file.name, where, f"name {name!r} may contain only letters, digits, '-' and '_'")
+    version = options.version or DEFAULT_VERSION
+    if not _SEMVER.match(version):
+        raise GenerationError(file.name, where, f"version {version!r} is not a semantic version (like 1.0.0)")
+    if options.timeout is not None and options.timeout.total_seconds() < 0:
+        raise GenerationError(file.name, where, "timeout must not be negative")
+    codes: list[str] = []
+    for code in options.error_codes:
+        if not _ERROR_CODE.match(code):
+            raise GenerationError(file.name, where, f"error code {code!r} must be UPPER_SNAKE_CASE")
+        if code in _BUILTIN_CODES:
+            raise GenerationError(file.name, where, f"error code {code!r} is built in; do not declare it")
+        if code in codes:
+            raise GenerationError(file.name, where, f"error code {code!r} is declared twice")
+        codes.append(code)
+    model = ServiceModel(
+        proto_name=service.name,
+        full_name=f"{file.package}.{service.name}" if file.package else service.name,
+        name=name,
+        subject_prefix=prefix,
+        version=version,
+        description=options.description,
+        metadata=dict(sorted(options.metadata.items())),
+        json=options.json,
+        error_codes=codes,
+        queue_group_disabled=options.queue_group_disabled,
+    )
+    service_timeout = _seconds(options.timeout)
+    endpoints: dict[str, str] = {}
+    py_names: dict[str, str] = {}
+    for method in service.method:
+        method_model = _read_method(file, service, method, messages, service_timeout, method_py_name)
+        if method_model is None:
+            continue
+        taken = endpoints.get(method_model.endpoint) or py_names.get(method_model.py_name)
+        if taken:
+            raise GenerationError(
+                file.name,
+                f"{service.name}.{method.name}",
+                f"its endpoint {method_model.endpoint!r} or Python name {method_model.py_name!r} is also {taken}'s",
+            )
+        endpoints[method_model.endpoint] = py_names[method_model.py_name] = method.name
+        model.methods.append(method_model)
+    return model
+
+
+def _read_method(
+    file: FileDescriptorProto,
+    service: ServiceDescriptorProto,
+    method: MethodDescriptorProto,
+    messages: dict[str, DescriptorProto],
+    service_timeout: float | None,
+    method_py_name: Callable[[str], str],
+) -> MethodModel | None:
+    where = f"{service.name}.{method.name}"
+    try:
+        endpoint = opts.read_extension(method.options, opts.ENDPOINT, opts.EndpointOptions) or opts.EndpointOptions()
+        stream = opts.read_extension(method.options, opts.STREAM, opts.StreamOptions)
+        chunked = opts.read_extension(method.options, opts.CHUNKED_IO, opts.ChunkedIOOptions)
+        persistence = opts.extension_numbers(method.options) & {opts.KV_STORE, opts.OBJECT_STORE}
+    except opts.OptionError as error:
+        raise GenerationError(file.name, where, str(error)) from None
+    if endpoint.skip:
+        return None
+    if persistence:
+        kinds = " and ".join(
+            name for number, name in ((opts.KV_STORE, "kv_store"), (opts.OBJECT_STORE, "object_store")) if number in persistence
+        )
+        print(
+            f"protoc-gen-python_nats: warning: {file.name}: {where}: (natsmicro.{kinds}) is not implemented "
+            "by the Python generator yet; responses are not persisted",
+            file=sys.stderr,
+        )
+    if endpoint.timeout is not None and endpoint.timeout.total_seconds() < 0:
+        raise GenerationError(file.name, where, "timeout must not be negative")
+    for limit_name in ("pending_msg_limit", "pending_bytes_limit"):
+        if getattr(endpoint, limit_name) < -1:
+            raise GenerationError(file.name, where, f"{limit_name} must be -1 (none), 0 (default) or positive")
+    client_streaming = bool(method.client_streaming)
+    server_streaming = bool(method.server_streaming)
+    max_inflight = 0
+    if stream is not None:
+        if not (client_streaming or server_streaming):
+            raise GenerationError(file.name, where, "(natsmicro.stream) applies to streaming methods only")
+        if stream.max_inflight < 0:
+            raise GenerationError(file.name, where, "(natsmicro.stream).max_inflight must not be negative")
+        max_inflight = stream.max_inflight
+    chunks = None
+    if chunked is not None:
+        chunks = _check_chunked(file, where, method, chunked, messages)
+    return MethodModel(
+        proto_name=method.name,
+        py_name=method_py_name(method.name),
+        endpoint=snake_case(method.name),
+        client_streaming=client_streaming,
+        server_streaming=server_streaming,
+        timeout=_seconds(endpoint.timeout) or service_timeout,
+        metadata=dict(sorted(endpoint.metadata.items())),
+        queue_group_disabled=endpoint.queue_group_disabled,
+        pending_msg_limit=endpoint.pending_msg_limit,
+        pending_bytes_limit=endpoint.pending_bytes_limit,
+        max_inflight=max_inflight,
+        chunks=chunks,
+    )
+
+
+def _check_chunked(
+    file: FileDescriptorProto,
+    where: str,
+    method: MethodDescriptorProto,
+    chunked: opts.ChunkedIOOptions,
+    messages: dict[str, DescriptorProto],
+) -> ChunkModel:
+    """The chunked_io rules of OPTIONS.md."""
+    rule = "(natsmicro.chunked_io)"
+    if method.client_streaming and method.server_streaming:
+        raise GenerationError(file.name, where, f"{rule} is not allowed on bidirectional methods")
+    if not (method.client_streaming or method.server_streaming):
+        raise GenerationError(
+            file.name, where, f"{rule} needs a server-streaming (download) or client-streaming (upload) method, not unary"
+        )
+    if chunked.default_chunk_size < 0:
+        raise GenerationError(file.name, where, f"{rule}.default_chunk_size must not be negative")
+    chunk_field = chunked.chunk_field or "data"
+    type_name = method.output_type if method.server_streaming else method.input_type
+    message = messages.get(type_name)
+    if message is None:
+        raise GenerationError(file.name, where, f"{rule}: chunk message {type_name} not found")
+    fields: list[FieldDescriptorProto] = message.field
+    shown = type_name.lstrip(".")
+    if len(fields) != 1:
+        raise GenerationError(
+            file.name, where, f"{rule}: chunk message {shown} must have exactly one field (a singular bytes field), it has {len(fields)}"
+        )
+    only = fields[0]
+    if only.type != FieldDescriptorProtoType.TYPE_BYTES:
+        raise GenerationError(file.name, where, f"{rule}: field {shown}.{only.name} must be of type bytes")
+    if only.label == FieldDescriptorProtoLabel.LABEL_REPEATED:
+        raise GenerationError(file.name, where, f"{rule}: field {shown}.{only.name} must be singular, not repeated")
+    if only.proto3_optional:
+        raise GenerationError(file.name, where, f"{rule}: field {shown}.{only.name} must not be optional")
+    if only.name != chunk_field:
+        raise GenerationError(
+            file.name, where, f"{rule}: chunk_field is {chunk_field!r} but {shown}'s bytes field is {only.name!r}"
+        )
+    return ChunkModel(field=chunk_field, size=chunked.default_chunk_size or DEFAULT_CHUNK_SIZE)

@@ -1,0 +1,24 @@
+"""betterproto-nats runtime: NATS microservices for betterproto messages, all four RPC shapes."""
+
+from .client import BidiStream, BidiStreamCall, ClientStream, ServerStream, ServerStreamCall
+from .context import CallContext, current_call
+from .errors import ErrorCode, RpcError
+from .responders import RequestStream
+from .server import Server, serve
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BidiStream",
+    "BidiStreamCall",
+    "CallContext",
+    "ClientStream",
+    "ErrorCode",
+    "RequestStream",
+    "RpcError",
+    "Server",
+    "ServerStream",
+    "ServerStreamCall",
+    "current_call",
+    "serve",
+]

@@ -1,0 +1,352 @@
+"""The client half: what generated `<Service>NatsClient` classes call, and the stream objects users hold."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import (
+    Any,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    ClassVar,
+    Generator,
+    Generic,
+    Iterable,
+    Mapping,
+    TypeVar,
+)
+
+import betterproto
+import nats.errors
+from nats.aio.client import Client as NATS
+
+from .errors import ErrorCode, RpcError
+from .protocol import REPLY_TO, STREAM_INBOX, caller_headers, check_size, error_from_headers, user_headers
+from .spec import MethodSpec, ServiceSpec
+from .streams import Deadline, Inbox, StreamReader, StreamWriter
+
+Req = TypeVar("Req", bound=betterproto.Message)
+Resp = TypeVar("Resp", bound=betterproto.Message)
+T = TypeVar("T")
+
+# How long a client-stream or bidi call waits for the server's handshake ack when the call itself
+# has no shorter deadline; no ack means nobody is serving (UNAVAILABLE).
+HANDSHAKE_TIMEOUT = 5.0
+
+Requests = Iterable[Req] | AsyncIterable[Req]
+
+
+async def _iterate(requests: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:
+    if isinstance(requests, AsyncIterable):
+        async for item in requests:
+            yield item
+    else:
+        for item in requests:
+            yield item
+
+
+class _Call:
+    """What every client call knows: connection, method, subject, body codec and deadline."""
+
+    def __init__(self, client: ClientBase, method: MethodSpec, timeout: float | None) -> None:
+        spec = client._nats_service
+        self.nc: NATS = client._nats_nc
+        self.method = method
+        self.name = spec.full_name(method)
+        self.subject = f"{client._nats_subject_prefix}.{method.endpoint}"
+        self.codec = spec.codec
+        if timeout is None:
+            timeout = client._nats_timeout if client._nats_timeout is not None else method.timeout
+        self.deadline = Deadline.after(timeout)
+
+    def error(self, code: str, message: str) -> RpcError:
+        return RpcError(code, message, method=self.name)
+
+    def encode(self, message: betterproto.Message, headers: Mapping[str, str] | None) -> bytes:
+        body = self.codec.encode(message)
+        check_size(len(body), headers, self.nc.max_payload, self.name)
+        return body
+
+    async def request(self, body: bytes, headers: dict[str, str], timeout: float | None) -> Any:
+        """A NATS request; no responders is UNAVAILABLE, a timeout DEADLINE_EXCEEDED."""
+        try:
+            return await self.nc.request(self.subject, body, timeout=timeout, headers=headers or None)  # type: ignore[arg-type]
+        except nats.errors.NoRespondersError:
+            raise self.error(ErrorCode.UNAVAILABLE, f"no service is listening on {self.subject}") from None
+        except nats.errors.TimeoutError:
+            raise self.error(ErrorCode.DEADLINE_EXCEEDED, "deadline exceeded") from None
+
+
+class _StreamBase:
+    """Shared by the stream objects: the inbox `R` the server answers on, closing, `async with`."""
+
+    def __init__(self, call: _Call, inbox: Inbox) -> None:
+        self._call = call
+        self._inbox = inbox
+
+    async def close(self) -> None:
+        """Abandon the call: stop receiving and release the subscription. Idempotent."""
+        await self._inbox.close()
+
+    async def __aenter__(self: T) -> T:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+class _Receiving(_StreamBase, Generic[Resp]):
+    """A stream the server sends on: `recv()`, `async for`, response `headers`."""
+
+    def __init__(self, call: _Call, inbox: Inbox, response_type: type[Resp]) -> None:
+        _StreamBase.__init__(self, call, inbox)
+        self._reader: StreamReader[Resp] = StreamReader(inbox, call.codec, response_type, call.name, call.deadline)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Headers the server set on its first message (`current_call().set_response_headers`)."""
+        return self._reader.headers
+
+    async def recv(self) -> Resp:
+        """The next message; StopAsyncIteration at the end, RpcError on error."""
+        try:
+            return await self._reader.recv()
+        except BaseException:
+            await self.close()
+            raise
+
+    def __aiter__(self) -> AsyncIterator[Resp]:
+        return self
+
+    async def __anext__(self) -> Resp:
+        return await self.recv()
+
+
+class ServerStream(_Receiving[Resp]):
+    """The client's end of a server-streaming call."""
+
+
+class _Sending(_StreamBase, Generic[Req]):
+    """A stream the client sends on, after the handshake gave the server's inbox `S`."""
+
+    def __init__(self, call: _Call, inbox: Inbox, server_inbox: str) -> None:
+        _StreamBase.__init__(self, call, inbox)
+        self._writer = StreamWriter(call.nc, server_inbox, call.codec, call.name)
+
+    async def send(self, message: Req) -> None:
+        await self._writer.send(message)
+
+    async def send_all(self, messages: Iterable[Req] | AsyncIterable[Req]) -> None:
+        async for message in _iterate(messages):
+            await self._writer.send(message)
+
+
+class ClientStream(_Sending[Req], Generic[Req, Resp]):
+    """The client's end of a client-streaming call: `send` many, then `close_and_recv` one."""
+
+    def __init__(self, call: _Call, inbox: Inbox, server_inbox: str, response_type: type[Resp], headers: dict[str, str]) -> None:
+        super().__init__(call, inbox, server_inbox)
+        self._response_type = response_type
+        self.headers = headers  # from the handshake ack, then the final response
+
+    async def close_and_recv(self) -> Resp:
+        """End our direction and wait for the server's single response."""
+        call = self._call
+        try:
+            await self._writer.end()
+            msg = await self._inbox.get(call.deadline, call.name)
+            error = error_from_headers(msg.headers, call.name)
+            if error is not None:
+                raise error
+            self.headers.update(caller_headers(msg.headers))
+            return call.codec.decode(self._response_type, msg.data, call.name)
+        finally:
+            await self.close()
+
+
+class BidiStream(_Sending[Req], _Receiving[Resp], Generic[Req, Resp]):
+    """The client's end of a bidirectional call: `send`/`recv` freely, `close_send` ends our side."""
+
+    def __init__(self, call: _Call, inbox: Inbox, server_inbox: str, response_type: type[Resp]) -> None:
+        _Sending.__init__(self, call, inbox, server_inbox)
+        _Receiving.__init__(self, call, inbox, response_type)
+
+    async def close_send(self) -> None:
+        """Tell the server we will send nothing more; keep receiving."""
+        await self._writer.end()
+
+    async def _send_all_and_close(self, messages: Iterable[Req] | AsyncIterable[Req]) -> None:
+        try:
+            await self.send_all(messages)
+            await self.close_send()
+        except BaseException as error:
+            failure = error if isinstance(error, RpcError) else self._call.error(
+                ErrorCode.CANCELLED, f"sending requests failed: {error!r}"
+            )
+            self._inbox.fail(failure)
+            raise
+
+
+class ServerStreamCall(Generic[Resp]):
+    """`await` it for a `ServerStream`, or `async for` over it directly."""
+
+    def __init__(self, open_stream: Callable[[], Awaitable[ServerStream[Resp]]]) -> None:
+        self._open = open_stream
+
+    def __await__(self) -> Generator[Any, None, ServerStream[Resp]]:
+        return self._open().__await__()
+
+    async def __aiter__(self) -> AsyncIterator[Resp]:
+        stream = await self._open()
+        try:
+            async for message in stream:
+                yield message
+        finally:
+            await stream.close()
+
+
+class BidiStreamCall(Generic[Req, Resp]):
+    """`await` it for a `BidiStream`, or `async for` over the responses to the given requests."""
+
+    def __init__(
+        self,
+        open_stream: Callable[[], Awaitable[BidiStream[Req, Resp]]],
+        requests: Iterable[Req] | AsyncIterable[Req] | None,
+    ) -> None:
+        self._open = open_stream
+        self._requests = requests
+
+    def __await__(self) -> Generator[Any, None, BidiStream[Req, Resp]]:
+        return self._open().__await__()
+
+    async def __aiter__(self) -> AsyncIterator[Resp]:
+        if self._requests is None:
+            raise TypeError("pass the requests to iterate over the responses, or await the call for a stream")
+        stream = await self._open()
+        sender = asyncio.create_task(stream._send_all_and_close(self._requests))
+        try:
+            async for message in stream:
+                yield message
+            await sender
+        finally:
+            if not sender.done():
+                sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+            await stream.close()
+
+
+class ClientBase:
+    """Base of generated `<Service>NatsClient` classes. Internals are `_nats_`-prefixed."""
+
+    _nats_service: ClassVar[ServiceSpec]
+
+    def __init__(self, nc: NATS, *, subject_prefix: str | None = None, timeout: float | None = None) -> None:
+        self._nats_nc = nc
+        self._nats_subject_prefix = subject_prefix or self._nats_service.subject_prefix
+        self._nats_timeout = timeout
+
+    async def _nats_unary(
+        self,
+        py_name: str,
+        request: betterproto.Message,
+        *,
+        timeout: float | None,
+        headers: Mapping[str, str] | None,
+        response_headers: dict[str, str] | None,
+    ) -> Any:
+        call = _Call(self, self._nats_service.method(py_name), timeout)
+        out_headers = user_headers(headers)
+        body = call.encode(request, out_headers)
+        msg = await call.request(body, out_headers, None if call.deadline is None else call.deadline.remaining())
+        error = error_from_headers(msg.headers, call.name)
+        if error is not None:
+            raise error
+        if response_headers is not None:
+            response_headers.update(caller_headers(msg.headers))
+        return call.codec.decode(call.method.response, msg.data, call.name)
+
+    def _nats_server_stream(
+        self,
+        py_name: str,
+        request: betterproto.Message,
+        *,
+        timeout: float | None,
+        headers: Mapping[str, str] | None,
+    ) -> ServerStreamCall[Any]:
+        method = self._nats_service.method(py_name)
+
+        async def open_stream() -> ServerStream[Any]:
+            call = _Call(self, method, timeout)
+            inbox = await Inbox(call.nc).open()  # subscribed before the request can cause anything
+            try:
+                out_headers = {**user_headers(headers), REPLY_TO: inbox.subject}
+                body = call.encode(request, out_headers)
+                # Our reply subject is R too: with nobody listening the NATS server answers R with a
+                # 503 status at once (UNAVAILABLE); servers that see Reply-To ignore the reply subject.
+                await call.nc.publish(call.subject, body, reply=inbox.subject, headers=out_headers)
+            except BaseException:
+                await inbox.close()
+                raise
+            return ServerStream(call, inbox, method.response)
+
+        return ServerStreamCall(open_stream)
+
+    async def _nats_handshake(
+        self, py_name: str, timeout: float | None, headers: Mapping[str, str] | None
+    ) -> tuple[_Call, Inbox, str, dict[str, str]]:
+        """Client-stream/bidi opening: subscribe R, request with `Reply-To: R`, get `S` from the ack."""
+        call = _Call(self, self._nats_service.method(py_name), timeout)
+        inbox = await Inbox(call.nc).open()
+        try:
+            out_headers = {**user_headers(headers), REPLY_TO: inbox.subject}
+            check_size(0, out_headers, call.nc.max_payload, call.name)
+            wait = HANDSHAKE_TIMEOUT
+            if call.deadline is not None and call.deadline.remaining() < wait:
+                wait = call.deadline.remaining()
+            try:
+                ack = await call.request(b"", out_headers, wait)
+            except RpcError as failed:
+                if failed.code == ErrorCode.DEADLINE_EXCEEDED and wait == HANDSHAKE_TIMEOUT:
+                    raise call.error(ErrorCode.UNAVAILABLE, f"no handshake ack from {call.subject}") from None
+                raise
+            refused = error_from_headers(ack.headers, call.name)
+            if refused is not None:
+                raise refused
+            server_inbox = (ack.headers or {}).get(STREAM_INBOX)
+            if not server_inbox:
+                raise call.error(ErrorCode.UNAVAILABLE, f"handshake ack without {STREAM_INBOX}")
+        except BaseException:
+            await inbox.close()
+            raise
+        return call, inbox, server_inbox, caller_headers(ack.headers)
+
+    async def _nats_client_stream(
+        self,
+        py_name: str,
+        requests: Iterable[Any] | AsyncIterable[Any] | None,
+        *,
+        timeout: float | None,
+        headers: Mapping[str, str] | None,
+    ) -> Any:
+        call, inbox, server_inbox, ack_headers = await self._nats_handshake(py_name, timeout, headers)
+        stream: ClientStream[Any, Any] = ClientStream(call, inbox, server_inbox, call.method.response, ack_headers)
+        if requests is None:
+            return stream
+        async with stream:
+            await stream.send_all(requests)
+            return await stream.close_and_recv()
+
+    def _nats_bidi(
+        self,
+        py_name: str,
+        requests: Iterable[Any] | AsyncIterable[Any] | None,
+        *,
+        timeout: float | None,
+        headers: Mapping[str, str] | None,
+    ) -> BidiStreamCall[Any, Any]:
+        async def open_stream() -> BidiStream[Any, Any]:
+            call, inbox, server_inbox, _ = await self._nats_handshake(py_name, timeout, headers)
+            return BidiStream(call, inbox, server_inbox, call.method.response)
+
+        return BidiStreamCall(open_stream, requests)

@@ -1,0 +1,44 @@
+"""The context of the call a handler is serving: `betterproto_nats.current_call()`."""
+
+from __future__ import annotations
+
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from .protocol import user_headers
+
+
+@dataclass
+class CallContext:
+    """What a handler may want to know about its call, and the response headers it sets."""
+
+    method: str  # "package.Service/Method"
+    subject: str  # the endpoint subject the call arrived on
+    headers: dict[str, str]  # the caller's headers, without protocol headers
+    deadline: float | None = None  # unix epoch seconds, or None for no deadline
+    response_headers: dict[str, str] = field(default_factory=dict)
+
+    def set_response_headers(self, headers: Mapping[str, str] | None = None, **more: str) -> None:
+        """Headers to send back with the response (unary, client stream) or first message (streams)."""
+        self.response_headers.update(user_headers({**(headers or {}), **more}))
+
+    def time_remaining(self) -> float | None:
+        """Seconds until the deadline (may be negative), or None without one."""
+        return None if self.deadline is None else self.deadline - time.time()
+
+
+_current: ContextVar[CallContext] = ContextVar("betterproto_nats_call")
+
+
+def current_call() -> CallContext:
+    """The call being served by the running handler; RuntimeError outside a handler."""
+    try:
+        return _current.get()
+    except LookupError:
+        raise RuntimeError("current_call() is only available inside a betterproto-nats handler") from None
+
+
+def set_current_call(call: CallContext) -> None:
+    _current.set(call)

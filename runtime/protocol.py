@@ -1,0 +1,145 @@
+"""The wire protocol: header names and values, and how a received message is classified.
+
+Everything here is pure (no I/O) so that it is tested directly against the captured Go bytes.
+See docs/PROTOCOL.md for the message sequences.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Mapping
+
+from .errors import ErrorCode, RpcError
+
+REPLY_TO = "Reply-To"
+STREAM_INBOX = "Nats-Stream-Inbox"
+STREAM_SEQ = "Nats-Stream-Seq"
+STREAM_END = "Nats-Stream-End"
+STREAM_COUNT = "Nats-Stream-Count"
+ERROR = "Nats-Service-Error"
+ERROR_CODE = "Nats-Service-Error-Code"
+STATUS = "Status"
+DESCRIPTION = "Description"
+NO_RESPONDERS_STATUS = "503"
+
+# Headers of ours that must never be taken for caller headers or echoed back.
+PROTOCOL_HEADERS = frozenset(
+    {REPLY_TO, STREAM_INBOX, STREAM_SEQ, STREAM_END, STREAM_COUNT, ERROR, ERROR_CODE}
+)
+
+END_TRUE = "true"
+
+
+class FrameKind(enum.Enum):
+    """What a message received on a stream inbox means."""
+
+    DATA = "data"  # carries Nats-Stream-Seq: one message of the stream
+    END = "end"  # Nats-Stream-End: true, possibly with an error
+    ERROR = "error"  # an error answer without end marker (a unary-style reply, or a 503 status)
+    OTHER = "other"  # anything else: not data (open/ack messages, unknown control)
+
+
+@dataclass(slots=True)
+class Frame:
+    kind: FrameKind
+    seq: int = 0
+    count: int | None = None  # Nats-Stream-Count on an end marker
+    error: RpcError | None = None
+
+
+def sanitize(value: str) -> str:
+    """Header values must not contain CR or LF: they would corrupt the header block."""
+    if "\r" in value or "\n" in value:
+        return value.replace("\r\n", " ").replace("\r", " ").replace("\n", " ")
+    return value
+
+
+def error_headers(code: str, message: str) -> dict[str, str]:
+    """The micro error pair; what every sender of ours uses (never `Status`)."""
+    return {ERROR_CODE: sanitize(code), ERROR: sanitize(message)}
+
+
+def error_from_headers(headers: Mapping[str, str] | None, method: str | None = None) -> RpcError | None:
+    """The error a message carries, if any: the micro pair first, then `Status`/`Description`.
+
+    A three-digit `Status` is a NATS status, not an application error; 503 means no responders.
+    """
+    if not headers:
+        return None
+    code = headers.get(ERROR_CODE)
+    if code:
+        return RpcError(code, headers.get(ERROR, ""), method=method)
+    status = headers.get(STATUS)
+    if status:
+        if len(status) == 3 and status.isdigit():
+            if status == NO_RESPONDERS_STATUS:
+                return RpcError(ErrorCode.UNAVAILABLE, "no responders", method=method)
+            return None
+        return RpcError(status, headers.get(DESCRIPTION, ""), method=method)
+    return None
+
+
+def classify(headers: Mapping[str, str] | None, method: str | None = None) -> Frame:
+    """Classify a message received on a stream inbox (`R` or `S`)."""
+    if not headers:
+        return Frame(FrameKind.OTHER)
+    if headers.get(STREAM_END) == END_TRUE:
+        count_text = headers.get(STREAM_COUNT)
+        count = int(count_text) if count_text and count_text.isdigit() else None
+        return Frame(FrameKind.END, count=count, error=error_from_headers(headers, method))
+    seq_text = headers.get(STREAM_SEQ)
+    if seq_text is not None:
+        if not seq_text.isdigit():
+            return Frame(
+                FrameKind.ERROR,
+                error=RpcError(ErrorCode.DATA_LOSS, f"bad {STREAM_SEQ} {seq_text!r}", method=method),
+            )
+        return Frame(FrameKind.DATA, seq=int(seq_text))
+    error = error_from_headers(headers, method)
+    if error is not None:
+        return Frame(FrameKind.ERROR, error=error)
+    return Frame(FrameKind.OTHER)
+
+
+def caller_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """The headers a caller sent, without our protocol headers."""
+    if not headers:
+        return {}
+    return {k: v for k, v in headers.items() if k not in PROTOCOL_HEADERS and not k.startswith("Nats-Stream-")}
+
+
+def user_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """Caller- or handler-supplied headers made safe to send: sanitised, protocol names refused."""
+    if not headers:
+        return {}
+    out: dict[str, str] = {}
+    for name, value in headers.items():
+        if name in PROTOCOL_HEADERS or name.startswith("Nats-Stream-"):
+            raise ValueError(f"header {name!r} is reserved for the protocol")
+        out[sanitize(str(name))] = sanitize(str(value))
+    return out
+
+
+_HEADER_LINE = len(b"NATS/1.0\r\n")
+
+
+def message_size(body_len: int, headers: Mapping[str, str] | None) -> int:
+    """Bytes a message counts against `max_payload`: the header block plus the body."""
+    if not headers:
+        return body_len
+    size = _HEADER_LINE + 2
+    for name, value in headers.items():
+        size += len(name.encode()) + len(value.encode()) + 4  # "name: value\r\n"
+    return size + body_len
+
+
+def check_size(body_len: int, headers: Mapping[str, str] | None, max_payload: int, method: str | None) -> None:
+    """Fail clearly before publishing a message the server would reject (and close us for)."""
+    size = message_size(body_len, headers)
+    if size > max_payload:
+        raise RpcError(
+            ErrorCode.RESOURCE_EXHAUSTED,
+            f"message of {size} bytes (headers + body) exceeds the server's max_payload of {max_payload}",
+            method=method,
+        )

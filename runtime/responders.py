@@ -1,0 +1,333 @@
+"""The server's side of one call, one class per RPC shape, each running in its own task.
+
+A responder opens the call (decode the request or do the handshake), runs the user's handler with
+`current_call()` set and the call's deadline applied, then finishes the call on the wire: the response,
+the end marker or the error, wherever this shape expects it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, AsyncIterator, Generic, TypeVar
+
+import betterproto
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from .codec import Codec
+from .context import CallContext, set_current_call
+from .errors import ErrorCode, RpcError
+from .protocol import REPLY_TO, STREAM_INBOX, caller_headers, check_size, error_headers
+from .spec import MethodSpec
+from .streams import Deadline, Inbox, StreamReader, StreamWriter
+
+log = logging.getLogger("betterproto_nats.server")
+
+M = TypeVar("M", bound=betterproto.Message)
+
+# A v1 client-streaming client (the Go one) subscribes to its reply inbox only after sending its end
+# marker, so the final answer is held until that marker arrives: at most this long without a deadline.
+V1_HOLD_LIMIT = 30.0
+# Old-style server streams (no Reply-To): how long the first message is retried while the client has
+# not yet subscribed to the inbox we named in the ack.
+OLD_STYLE_SUBSCRIBE_WAIT = 2.0
+
+
+class _NoAnswer(Exception):
+    """The request cannot be answered at all (no reply subject): drop it."""
+
+
+class RequestStream(Generic[M]):
+    """What a client-streaming or bidi handler iterates: the client's messages, in order, once."""
+
+    def __init__(self, reader: StreamReader[M]) -> None:
+        self._reader = reader
+
+    def __aiter__(self) -> AsyncIterator[M]:
+        return self
+
+    async def __anext__(self) -> M:
+        return await self._reader.recv()
+
+    async def recv(self) -> M:
+        """The next message; StopAsyncIteration when the client has ended its side."""
+        return await self._reader.recv()
+
+
+class Responder:
+    """Common lifecycle of a served call; subclasses say how to open, serve and finish their shape."""
+
+    def __init__(self, nc: NATS, impl: Any, method: MethodSpec, name: str, codec: Codec, msg: Msg) -> None:
+        self.nc = nc
+        self.impl = impl
+        self.method = method
+        self.name = name
+        self.codec = codec
+        self.msg = msg
+        self.deadline = Deadline.after(method.timeout)
+        self.context = CallContext(
+            method=name,
+            subject=msg.subject,
+            headers=caller_headers(msg.headers),
+            deadline=None if self.deadline is None else self.deadline.epoch,
+        )
+
+    def error(self, code: str, message: str) -> RpcError:
+        return RpcError(code, message, method=self.name)
+
+    @property
+    def handler(self) -> Any:
+        return getattr(self.impl, self.method.py_name)
+
+    async def run(self) -> str | None:
+        """Serve the call to its end; returns the error code it ended with, if any (for stats)."""
+        error: RpcError | None = None
+        try:
+            try:
+                await self.open()
+            except _NoAnswer:
+                return None
+            set_current_call(self.context)
+            if self.deadline is None:
+                await self.serve()
+            else:
+                async with asyncio.timeout_at(self.deadline.at):
+                    await self.serve()
+        except RpcError as raised:
+            error = raised
+        except TimeoutError as raised:
+            if self.deadline is not None and self.deadline.remaining() <= 0:
+                error = self.error(ErrorCode.DEADLINE_EXCEEDED, "deadline exceeded")
+            else:
+                log.error("handler %s failed", self.name, exc_info=raised)
+                error = self.error(ErrorCode.INTERNAL, "TimeoutError")
+        except asyncio.CancelledError:
+            error = self.error(ErrorCode.UNAVAILABLE, "the service stopped before the call finished")
+        except Exception as raised:
+            log.exception("handler %s failed", self.name)
+            error = self.error(ErrorCode.INTERNAL, str(raised)[:512] or type(raised).__name__)
+        try:
+            await self.finish(error)
+        except Exception:
+            log.exception("could not finish %s", self.name)
+        finally:
+            await self.release()
+        return None if error is None else error.code
+
+    async def open(self) -> None:
+        """Read the request or do the handshake; raise RpcError to answer with an error."""
+
+    async def serve(self) -> None:
+        """Run the handler."""
+
+    async def finish(self, error: RpcError | None) -> None:
+        """Put the outcome on the wire."""
+
+    async def release(self) -> None:
+        """Free subscriptions."""
+
+    async def respond_error(self, subject: str, error: RpcError) -> None:
+        headers = error_headers(error.code, error.message)
+        await self.nc.publish(subject, b"", headers=headers)
+
+    async def reply(self, subject: str, message: betterproto.Message, headers: dict[str, str]) -> None:
+        body = self.codec.encode(message)
+        check_size(len(body), headers, self.nc.max_payload, self.name)
+        await self.nc.publish(subject, body, headers=headers or None)
+
+
+class UnaryResponder(Responder):
+    """Request in, response (or error headers) out on the request's reply subject."""
+
+    response: betterproto.Message | None = None
+    request: betterproto.Message
+
+    async def open(self) -> None:
+        if not self.msg.reply:
+            raise _NoAnswer
+        self.request = self.codec.decode(self.method.request, self.msg.data, self.name)
+
+    async def serve(self) -> None:
+        self.response = await self.handler(self.request)
+
+    async def finish(self, error: RpcError | None) -> None:
+        if error is None:
+            if not isinstance(self.response, self.method.response):
+                error = self.error(
+                    ErrorCode.INTERNAL, f"handler returned {type(self.response).__name__}, not {self.method.response.__name__}"
+                )
+            else:
+                try:
+                    await self.reply(self.msg.reply, self.response, dict(self.context.response_headers))
+                    return
+                except RpcError as too_big:
+                    error = too_big
+        await self.respond_error(self.msg.reply, error)
+
+
+class _SendsStream(Responder):
+    """A shape whose server direction is a stream to the client's inbox `R`."""
+
+    writer: StreamWriter | None = None
+
+    async def send_all(self, responses: Any) -> None:
+        if not hasattr(responses, "__aiter__"):
+            if asyncio.iscoroutine(responses):
+                responses.close()
+            raise self.error(ErrorCode.INTERNAL, f"{self.method.py_name} must be an async generator (use yield)")
+        assert self.writer is not None
+        async for response in responses:
+            if not isinstance(response, self.method.response):
+                raise self.error(
+                    ErrorCode.INTERNAL, f"handler yielded {type(response).__name__}, not {self.method.response.__name__}"
+                )
+            await self.writer.send(response)
+
+    async def finish(self, error: RpcError | None) -> None:
+        if self.writer is not None:
+            await self.writer.end(error)
+        elif error is not None and self.msg.reply:
+            await self.respond_error(self.msg.reply, error)
+
+
+class ServerStreamResponder(_SendsStream):
+    """Request in; data to `R` numbered from 1, then the end marker (with the error pair on failure)."""
+
+    request: betterproto.Message
+    old_style = False
+
+    async def open(self) -> None:
+        reply_to = (self.msg.headers or {}).get(REPLY_TO)
+        if not reply_to:
+            if not self.msg.reply:
+                raise _NoAnswer
+            # Old style: we name the inbox in an ack on the reply subject; see `_first_send_when_heard`.
+            reply_to = self.nc.new_inbox()
+            self.old_style = True
+            # Undecodable: answer on the reply subject, since nobody knows R yet.
+            self.request = self.codec.decode(self.method.request, self.msg.data, self.name)
+        self.writer = StreamWriter(self.nc, reply_to, self.codec, self.name)
+        self.writer.first_headers = self.context.response_headers
+        if not self.old_style:
+            self.request = self.codec.decode(self.method.request, self.msg.data, self.name)
+        else:
+            await self.nc.publish(self.msg.reply, b"", headers={STREAM_INBOX: reply_to})
+
+    async def serve(self) -> None:
+        responses = self.handler(self.request)
+        if self.old_style:
+            responses = self._first_send_when_heard(responses)
+        await self.send_all(responses)
+
+    async def _first_send_when_heard(self, responses: Any) -> AsyncIterator[Any]:
+        """Old-style streams: the client subscribes to `R` after our ack, so the first message could
+        be lost. Send it with a reply subject: the NATS server answers that with a 503 status while
+        nobody listens on `R`; after a flush round trip without one, `R` has a listener."""
+        assert self.writer is not None
+        iterator = responses.__aiter__() if hasattr(responses, "__aiter__") else responses
+        if not hasattr(iterator, "__anext__"):
+            yield await responses  # let send_all report the misuse
+            return
+        try:
+            first = await iterator.__anext__()
+        except StopAsyncIteration:
+            return
+        body = self.codec.encode(first)
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + OLD_STYLE_SUBSCRIBE_WAIT
+        delay = 0.001
+        while True:
+            probe: asyncio.Future[Msg] = loop.create_future()
+            sub = await self.nc.subscribe(self.nc.new_inbox(), future=probe)
+            try:
+                seq_before = self.writer.sent
+                await self.writer.send_body(body, reply=sub.subject)
+                await self.nc.flush()
+                heard = not probe.done()
+            finally:
+                await sub.unsubscribe()
+            if heard or loop.time() > give_up:
+                break
+            self.writer.sent = seq_before  # nobody got it: send the same seq again
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        async for response in iterator:
+            yield response
+
+
+class _Handshaking(Responder):
+    """Client-streaming and bidi opening: subscribe `S`, ack with `Nats-Stream-Inbox: S`."""
+
+    inbox: Inbox | None = None
+    reader: StreamReader[Any]
+    reply_to: str
+
+    async def open(self) -> None:
+        if not self.msg.reply:
+            raise _NoAnswer
+        reply_to = (self.msg.headers or {}).get(REPLY_TO)
+        if not reply_to:
+            raise self.error(ErrorCode.INVALID_ARGUMENT, f"streaming request without {REPLY_TO} header")
+        self.reply_to = reply_to
+        self.inbox = await Inbox(self.nc).open()  # subscribed before the ack names it
+        self.reader = StreamReader(self.inbox, self.codec, self.method.request, self.name, self.deadline)
+        await self.nc.publish(self.msg.reply, b"", headers={STREAM_INBOX: self.inbox.subject})
+
+    async def release(self) -> None:
+        if self.inbox is not None:
+            await self.inbox.close()
+
+
+class ClientStreamResponder(_Handshaking):
+    """Messages in on `S`; one response (or error) out on `R` once the client's end marker is in."""
+
+    response: betterproto.Message | None = None
+
+    async def serve(self) -> None:
+        self.response = await self.handler(RequestStream(self.reader))
+
+    async def finish(self, error: RpcError | None) -> None:
+        if self.inbox is None:  # failed before the handshake: answer the request itself
+            if error is not None:
+                await self.respond_error(self.msg.reply, error)
+            return
+        hold = self.deadline or Deadline(V1_HOLD_LIMIT)
+        await self.reader.drain_to_end(hold)
+        if error is None:
+            if not isinstance(self.response, self.method.response):
+                error = self.error(
+                    ErrorCode.INTERNAL, f"handler returned {type(self.response).__name__}, not {self.method.response.__name__}"
+                )
+            else:
+                try:
+                    await self.reply(self.reply_to, self.response, dict(self.context.response_headers))
+                    return
+                except RpcError as too_big:
+                    error = too_big
+        await self.respond_error(self.reply_to, error)
+
+
+class BidiResponder(_Handshaking, _SendsStream):
+    """Messages in on `S` and out on `R`, each direction numbered and ended on its own."""
+
+    async def open(self) -> None:
+        await super().open()
+        self.writer = StreamWriter(self.nc, self.reply_to, self.codec, self.name)
+        self.writer.first_headers = self.context.response_headers
+
+    async def serve(self) -> None:
+        await self.send_all(self.handler(RequestStream(self.reader)))
+
+
+RESPONDERS: dict[str, type[Responder]] = {
+    "unary": UnaryResponder,
+    "server_stream": ServerStreamResponder,
+    "client_stream": ClientStreamResponder,
+    "bidi": BidiResponder,
+}
+
+
+def now_ns() -> int:
+    return time.perf_counter_ns()

@@ -1,0 +1,200 @@
+"""Serving: `serve(nc, impl)` subscribes one endpoint per RPC, registers `$SRV` discovery and runs
+every call in its own task, so concurrent streams on one endpoint never wait for each other."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.micro.service import DEFAULT_QUEUE_GROUP
+
+from .discovery import Discovery, EndpointRecord
+from .errors import ErrorCode, RpcError
+from .protocol import REPLY_TO, STREAM_END, STREAM_COUNT, END_TRUE, error_headers
+from .responders import RESPONDERS, now_ns
+from .spec import Cardinality, MethodSpec, ServiceSpec
+from .streams import unsubscribe_quietly
+
+log = logging.getLogger("betterproto_nats.server")
+
+DEFAULT_GRACE_PERIOD = 10.0
+_NAME = re.compile(r"^[A-Za-z0-9\-_]+$")
+
+
+class Endpoint:
+    """One RPC's subscription: admits calls and hands each to a responder task."""
+
+    def __init__(self, server: Server, method: MethodSpec, subject: str) -> None:
+        self.server = server
+        self.method = method
+        self.subject = subject
+        spec = server.spec
+        disabled = spec.queue_group_disabled or method.queue_group_disabled
+        self.queue_group = "" if disabled else DEFAULT_QUEUE_GROUP
+        self.record = EndpointRecord(
+            name=method.endpoint, subject=subject, queue_group=self.queue_group, metadata=method.metadata or None
+        )
+        self.responder = RESPONDERS[method.cardinality.value]
+        self.full_name = spec.full_name(method)
+        self._sub: Subscription | None = None
+
+    async def start(self) -> None:
+        limits: dict[str, int] = {}
+        for option, keyword in (
+            (self.method.pending_msg_limit, "pending_msgs_limit"),
+            (self.method.pending_bytes_limit, "pending_bytes_limit"),
+        ):
+            if option < 0:
+                limits[keyword] = 0  # nats-py: 0 = no limit
+            elif option > 0:
+                limits[keyword] = option
+        self._sub = await self.server.nc.subscribe(
+            self.subject, queue=self.queue_group, cb=self._on_request, **limits  # type: ignore[arg-type]
+        )
+
+    async def stop(self) -> None:
+        sub, self._sub = self._sub, None
+        await unsubscribe_quietly(sub)
+
+    async def _on_request(self, msg: Msg) -> None:
+        server = self.server
+        self.record.num_requests += 1
+        if not server.accepting:
+            await self._reject(msg, RpcError(ErrorCode.UNAVAILABLE, "the service is stopping", method=self.full_name))
+            return
+        if len(server.calls) >= server.max_concurrent_streams:
+            await self._reject(
+                msg,
+                RpcError(
+                    ErrorCode.RESOURCE_EXHAUSTED,
+                    f"{server.max_concurrent_streams} calls already in progress",
+                    method=self.full_name,
+                ),
+            )
+            return
+        task = asyncio.create_task(self._serve(msg), name=f"betterproto-nats {self.full_name}")
+        server.calls.add(task)
+        task.add_done_callback(server.calls.discard)
+
+    async def _serve(self, msg: Msg) -> None:
+        started = now_ns()
+        server = self.server
+        responder = self.responder(server.nc, server.impl, self.method, self.full_name, server.spec.codec, msg)
+        code = await responder.run()
+        self.record.record(now_ns() - started, code)
+
+    async def _reject(self, msg: Msg, error: RpcError) -> None:
+        """Refuse a call where its client listens for the answer, without starting it."""
+        self.record.record(0, error.code)
+        headers = error_headers(error.code, error.message)
+        reply_to = (msg.headers or {}).get(REPLY_TO)
+        try:
+            if self.method.cardinality is Cardinality.SERVER_STREAM and reply_to:
+                await self.server.nc.publish(
+                    reply_to, b"", headers={STREAM_END: END_TRUE, STREAM_COUNT: "0", **headers}
+                )
+            elif msg.reply:
+                await self.server.nc.publish(msg.reply, b"", headers=headers)
+        except Exception:
+            log.exception("could not refuse a call to %s", self.full_name)
+
+
+class Server:
+    """A running service: its endpoints, discovery and calls in progress."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        impl: Any,
+        *,
+        subject_prefix: str | None = None,
+        name: str | None = None,
+        version: str | None = None,
+        max_concurrent_streams: int = 1000,
+        grace_period: float = DEFAULT_GRACE_PERIOD,
+    ) -> None:
+        spec: ServiceSpec | None = getattr(impl, "_nats_service", None)
+        if spec is None:
+            raise TypeError(f"{type(impl).__name__} is not a generated <Service>NatsBase subclass")
+        self.nc = nc
+        self.impl = impl
+        self.spec = spec
+        self.subject_prefix = subject_prefix or spec.subject_prefix
+        self.name = name or spec.name
+        self.version = version or spec.version
+        if not _NAME.match(self.name):
+            raise ValueError(f"service name {self.name!r} may contain only letters, digits, '-' and '_'")
+        self.max_concurrent_streams = max_concurrent_streams
+        self.grace_period = grace_period
+        self.accepting = False
+        self.calls: set[asyncio.Task[None]] = set()
+        self.endpoints = [Endpoint(self, m, f"{self.subject_prefix}.{m.endpoint}") for m in spec.methods]
+        self.discovery = Discovery(
+            nc=nc,
+            name=self.name,
+            version=self.version,
+            description=spec.description,
+            metadata=spec.metadata,
+            endpoints=[e.record for e in self.endpoints],
+        )
+
+    @property
+    def id(self) -> str:
+        """This instance's `$SRV` id."""
+        return self.discovery.id
+
+    async def start(self) -> None:
+        self.accepting = True
+        for endpoint in self.endpoints:
+            await endpoint.start()
+        await self.discovery.start()
+        await self.nc.flush()
+
+    async def stop(self, grace_period: float | None = None) -> None:
+        """Stop taking calls, let running ones finish within the grace period, cancel the rest."""
+        self.accepting = False
+        for endpoint in self.endpoints:
+            await endpoint.stop()
+        grace = self.grace_period if grace_period is None else grace_period
+        if self.calls:
+            _, pending = await asyncio.wait(set(self.calls), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        await self.discovery.stop()
+
+    async def __aenter__(self) -> Server:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+
+async def serve(
+    nc: NATS,
+    impl: Any,
+    *,
+    subject_prefix: str | None = None,
+    name: str | None = None,
+    version: str | None = None,
+    max_concurrent_streams: int = 1000,
+    grace_period: float = DEFAULT_GRACE_PERIOD,
+) -> Server:
+    """Serve `impl` (a `<Service>NatsBase` subclass instance) on `nc` until `await server.stop()`."""
+    server = Server(
+        nc,
+        impl,
+        subject_prefix=subject_prefix,
+        name=name,
+        version=version,
+        max_concurrent_streams=max_concurrent_streams,
+        grace_period=grace_period,
+    )
+    await server.start()
+    return server

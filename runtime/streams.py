@@ -1,0 +1,253 @@
+"""One direction of a stream, on either side: a receiving `Inbox` + `StreamReader`, a `StreamWriter`.
+
+Client and server use the same classes, so ordering checks, end markers and size limits are written
+once. Nothing here knows which side it is on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import Any, Callable, Generic, Mapping, TypeVar
+
+import betterproto
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from .codec import Codec
+from .errors import ErrorCode, RpcError
+from .protocol import (
+    END_TRUE,
+    STREAM_COUNT,
+    STREAM_END,
+    STREAM_SEQ,
+    FrameKind,
+    caller_headers,
+    check_size,
+    classify,
+    error_headers,
+)
+
+M = TypeVar("M", bound=betterproto.Message)
+
+
+class Deadline:
+    """A point in time a call must end by, on the event loop's clock and as a unix time."""
+
+    __slots__ = ("at", "epoch")
+
+    def __init__(self, timeout: float) -> None:
+        self.at = asyncio.get_running_loop().time() + timeout
+        self.epoch = time.time() + timeout
+
+    @classmethod
+    def after(cls, timeout: float | None) -> Deadline | None:
+        return None if timeout is None else cls(timeout)
+
+    def remaining(self) -> float:
+        return max(0.0, self.at - asyncio.get_running_loop().time())
+
+
+async def unsubscribe_quietly(sub: Subscription | None) -> None:
+    """Remove a subscription; a closed or reconnecting connection is not an error here."""
+    if sub is None:
+        return
+    try:
+        await sub.unsubscribe()
+    except Exception:
+        # Closed connection or already-removed subscription: interest is gone either way; make sure
+        # the subscription's delivery task does not outlive it.
+        sub._stop_processing()
+
+
+class Inbox:
+    """A subscription whose messages queue up until a reader takes them, in arrival order."""
+
+    def __init__(self, nc: NATS, subject: str | None = None) -> None:
+        self.nc = nc
+        self.subject = subject or nc.new_inbox()
+        self._queue: deque[Msg] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._failure: BaseException | None = None
+        self._sub: Subscription | None = None
+
+    async def open(self) -> Inbox:
+        self._sub = await self.nc.subscribe(self.subject, cb=self._on_msg)
+        return self
+
+    async def _on_msg(self, msg: Msg) -> None:
+        self._queue.append(msg)
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def fail(self, error: BaseException) -> None:
+        """Make the current and every later `get` raise `error` once the queue is empty."""
+        self._failure = error
+        self._wake()
+
+    async def get(self, deadline: Deadline | None, method: str | None = None) -> Msg:
+        while not self._queue:
+            if self._failure is not None:
+                raise self._failure
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                if deadline is None:
+                    await self._waiter
+                else:
+                    async with asyncio.timeout_at(deadline.at):
+                        await self._waiter
+            except TimeoutError:
+                raise RpcError(ErrorCode.DEADLINE_EXCEEDED, "deadline exceeded", method=method) from None
+            finally:
+                self._waiter = None
+        return self._queue.popleft()
+
+    @property
+    def is_open(self) -> bool:
+        return self._sub is not None
+
+    async def close(self) -> None:
+        sub, self._sub = self._sub, None
+        await unsubscribe_quietly(sub)
+        self._queue.clear()
+
+
+class StreamReader(Generic[M]):
+    """The receiving side of one direction: checks `Nats-Stream-Seq`, the end marker and its count."""
+
+    def __init__(
+        self,
+        inbox: Inbox,
+        codec: Codec,
+        message_type: type[M],
+        method: str,
+        deadline: Deadline | None,
+        on_other: Callable[[Msg], None] | None = None,
+    ) -> None:
+        self.inbox = inbox
+        self.codec = codec
+        self.message_type = message_type
+        self.method = method
+        self.deadline = deadline
+        self.on_other = on_other
+        self.received = 0
+        self.finished = False  # no more messages will be returned
+        self.saw_end = False  # the peer's end marker arrived
+        self.error: RpcError | None = None
+        self.headers: dict[str, str] = {}  # the peer's headers on its first message
+
+    def _fail(self, error: RpcError) -> RpcError:
+        self.finished = True
+        self.error = error
+        return error
+
+    async def recv(self) -> M:
+        """The next message; StopAsyncIteration at a clean end, RpcError on any failure."""
+        if self.finished:
+            if self.error is not None:
+                raise self.error
+            raise StopAsyncIteration
+        while True:
+            msg = await self.inbox.get(self.deadline, self.method)
+            headers = msg.headers
+            if not self.headers and headers and self.received == 0:
+                self.headers = caller_headers(headers)
+            frame = classify(headers, self.method)
+            kind = frame.kind
+            if kind is FrameKind.DATA:
+                expected = self.received + 1
+                if frame.seq != expected:
+                    raise self._fail(
+                        RpcError(
+                            ErrorCode.DATA_LOSS,
+                            f"message lost or repeated: expected {STREAM_SEQ} {expected}, got {frame.seq}",
+                            method=self.method,
+                        )
+                    )
+                self.received = expected
+                try:
+                    return self.codec.decode(self.message_type, msg.data, self.method)
+                except RpcError as error:
+                    raise self._fail(error) from None
+            if kind is FrameKind.END:
+                self.saw_end = True
+                if frame.error is not None:
+                    raise self._fail(frame.error)
+                if frame.count is not None and frame.count != self.received:
+                    raise self._fail(
+                        RpcError(
+                            ErrorCode.DATA_LOSS,
+                            f"stream ended after {self.received} messages, peer sent {frame.count}",
+                            method=self.method,
+                        )
+                    )
+                self.finished = True
+                raise StopAsyncIteration
+            if kind is FrameKind.ERROR:
+                assert frame.error is not None
+                self.saw_end = True
+                raise self._fail(frame.error)
+            if self.on_other is not None:
+                self.on_other(msg)
+
+    async def drain_to_end(self, deadline: Deadline | None) -> None:
+        """Discard what is left until the peer's end marker (or the deadline)."""
+        while not self.saw_end:
+            try:
+                msg = await self.inbox.get(deadline, self.method)
+            except RpcError:
+                return
+            if msg.headers and msg.headers.get(STREAM_END) == END_TRUE:
+                self.saw_end = True
+        self.finished = True
+
+
+class StreamWriter:
+    """The sending side of one direction: numbers messages from 1 and ends with the count sent."""
+
+    def __init__(self, nc: NATS, subject: str, codec: Codec, method: str) -> None:
+        self.nc = nc
+        self.subject = subject
+        self.codec = codec
+        self.method = method
+        self.sent = 0
+        self.ended = False
+        # Sent once, with the first message of this direction (data or end): response headers.
+        self.first_headers: Mapping[str, str] | None = None
+
+    def _take_first_headers(self, headers: dict[str, str]) -> None:
+        if self.first_headers:
+            headers.update(self.first_headers)
+        self.first_headers = None
+
+    async def send(self, message: betterproto.Message) -> None:
+        await self.send_body(self.codec.encode(message))
+
+    async def send_body(self, body: bytes, reply: str = "") -> None:
+        if self.ended:
+            raise RpcError(ErrorCode.INTERNAL, "send after the stream was ended", method=self.method)
+        seq = self.sent + 1
+        headers = {STREAM_SEQ: str(seq)}
+        if self.first_headers is not None:
+            self._take_first_headers(headers)
+        check_size(len(body), headers, self.nc.max_payload, self.method)
+        await self.nc.publish(self.subject, body, reply=reply, headers=headers)
+        self.sent = seq
+
+    async def end(self, error: RpcError | None = None) -> None:
+        """Send the end marker (with the error pair when failing); only the first call sends."""
+        if self.ended:
+            return
+        self.ended = True
+        headers: dict[str, Any] = {STREAM_END: END_TRUE, STREAM_COUNT: str(self.sent)}
+        if self.first_headers is not None:
+            self._take_first_headers(headers)
+        if error is not None:
+            headers.update(error_headers(error.code, error.message))
+        await self.nc.publish(self.subject, b"", headers=headers)
