@@ -20,7 +20,6 @@ $(STAMP): pyproject.toml
 gen: $(STAMP)
 	rm -rf gen
 	$(BIN)/buf generate
-	$(BIN)/buf generate --template tests/buf.gen.tests.yaml --path proto/tests
 
 demo: gen
 	$(PY) examples/streaming/demo.py

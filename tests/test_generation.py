@@ -1,0 +1,219 @@
+"""The plugin: betterproto's output plus ours, the same via buf and protoc, typed, and clear errors."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+PLUGIN = BIN / "protoc-gen-python_nats"
+BETTERPROTO = BIN / "protoc-gen-python_betterproto"
+PROTOS = ["streaming/v1/stream_demo.proto", "fixtures/hard/v1/hard.proto", "fixtures/options/v1/options.proto"]
+OURS = {("betterproto_nats._api_v1", None, "_nats"), ("typing", "overload", "_overload")}
+
+
+def protoc(out: Path, *files: str, plugin: Path = PLUGIN, opt: str = "", include: Path = ROOT / "proto") -> subprocess.CompletedProcess[str]:
+    name = plugin.name.removeprefix("protoc-gen-")
+    out.mkdir(parents=True, exist_ok=True)
+    args = [sys.executable, "-m", "grpc_tools.protoc", f"-I{include}", f"-I{ROOT / 'proto'}", f"--plugin={plugin}"]
+    args.append(f"--{name}_out={opt + ':' if opt else ''}{out}")
+    return subprocess.run([*args, *files], capture_output=True, text=True, cwd=ROOT)
+
+
+def imports(code: str) -> set[tuple[str, str | None, str | None]]:
+    found: set[tuple[str, str | None, str | None]] = set()
+    for node in ast.parse(code).body:
+        if isinstance(node, ast.Import):
+            found |= {(a.name, None, a.asname) for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            found |= {(("." * node.level) + (node.module or ""), a.name, a.asname) for a in node.names}
+        elif isinstance(node, ast.If):  # TYPE_CHECKING block
+            found |= imports(ast.unparse(node.body))  # type: ignore[arg-type]
+    return found
+
+
+def body(code: str) -> str:
+    """Everything after the imports, up to our NATS classes."""
+    lines = code.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(("class ", "@dataclass")))
+    text = "\n".join(lines[start:])
+    cut = [text.find(marker) for marker in ("(_nats.ErrorCode):", "(_nats.ServiceBase):") if marker in text]
+    if cut:
+        text = text[: text.rfind("\nclass ", 0, min(cut))]
+    return text.rstrip()
+
+
+@pytest.mark.parametrize("proto", PROTOS)
+def test_output_is_betterproto_output_plus_nats_classes(tmp_path: Path, proto: str) -> None:
+    assert protoc(tmp_path / "ours", proto).returncode == 0
+    theirs = protoc(tmp_path / "theirs", proto, plugin=BETTERPROTO, opt="typing.310")
+    assert theirs.returncode == 0, theirs.stderr
+    package_dir = Path(proto).parent
+    ours_code = (tmp_path / "ours" / package_dir / "__init__.py").read_text()
+    theirs_code = (tmp_path / "theirs" / package_dir / "__init__.py").read_text()
+    assert body(ours_code) == body(theirs_code)
+    assert imports(ours_code) - imports(theirs_code) == OURS
+    assert imports(theirs_code) <= imports(ours_code)
+
+
+def test_buf_and_protoc_give_identical_files(tmp_path: Path) -> None:
+    assert protoc(tmp_path, *PROTOS).returncode == 0
+    for generated in tmp_path.rglob("*.py"):
+        assert generated.read_text() == (ROOT / "gen" / generated.relative_to(tmp_path)).read_text(), generated
+
+
+def test_options_proto_emits_nothing(tmp_path: Path) -> None:
+    result = protoc(tmp_path, "natsmicro/options.proto")
+    assert result.returncode == 0, result.stderr
+    assert [p for p in tmp_path.rglob("*.py") if p.stat().st_size] == []
+
+
+def test_only_requested_packages_are_emitted(tmp_path: Path) -> None:
+    assert protoc(tmp_path, "fixtures/hard/v1/hard.proto").returncode == 0
+    assert not (tmp_path / "fixtures" / "common" / "v1" / "__init__.py").exists()  # a dependency, not requested
+    assert not (tmp_path / "natsmicro").exists()
+
+
+def test_grpclib_false_leaves_grpclib_out_and_mypy_passes(tmp_path: Path) -> None:
+    out = tmp_path / "gen_nogrpc"
+    (out).mkdir()
+    result = protoc(out, *PROTOS, "fixtures/common/v1/common.proto", opt="grpclib=false")
+    assert result.returncode == 0, result.stderr
+    code = (out / "streaming" / "v1" / "__init__.py").read_text()
+    assert "grpclib" not in code and "StreamDemoServiceStub" not in code
+    assert "class StreamDemoServiceNatsClient" in code
+    # The editable install maps runtime/ through an import hook mypy cannot follow: show it the
+    # package under its import name instead.
+    (tmp_path / "path").mkdir()
+    (tmp_path / "path" / "betterproto_nats").symlink_to(ROOT / "runtime")
+    checked = subprocess.run(
+        [sys.executable, "-m", "mypy", "--no-incremental", "--check-untyped-defs", "gen_nogrpc"],
+        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "MYPYPATH": str(tmp_path / "path")},
+    )
+    assert checked.returncode == 0, checked.stdout
+
+
+def test_generated_code_is_black_formatted() -> None:
+    import black
+
+    for path in (ROOT / "gen").rglob("*.py"):
+        code = path.read_text()
+        assert black.format_str(code, mode=black.Mode()) == code, path
+
+
+def test_include_dir_holds_options_proto() -> None:
+    result = subprocess.run([sys.executable, "-m", "betterproto_nats_plugin", "--include"], capture_output=True, text=True)
+    assert (Path(result.stdout.strip()) / "natsmicro" / "options.proto").is_file()
+
+
+HEADER = 'syntax = "proto3";\npackage bad.v1;\nimport "natsmicro/options.proto";\n'
+MESSAGES = """
+message Req { string id = 1; }
+message Resp { string id = 1; }
+message Chunk { bytes data = 1; }
+message TwoFields { bytes data = 1; string name = 2; }
+message NotBytes { string data = 1; }
+message Repeated { repeated bytes data = 1; }
+message Payload { bytes payload = 1; }
+"""
+
+BAD = {
+    "chunked_unary": ("rpc Get(Req) returns (Resp) { option (natsmicro.chunked_io) = {}; }", "Svc.Get", "not unary"),
+    "chunked_bidi": ("rpc Get(stream Chunk) returns (stream Chunk) { option (natsmicro.chunked_io) = {}; }", "Svc.Get", "bidirectional"),
+    "chunked_two_fields": ("rpc Get(Req) returns (stream TwoFields) { option (natsmicro.chunked_io) = {}; }", "Svc.Get", "exactly one field"),
+    "chunked_not_bytes": ("rpc Get(Req) returns (stream NotBytes) { option (natsmicro.chunked_io) = {}; }", "Svc.Get", "must be of type bytes"),
+    "chunked_repeated": ("rpc Put(stream Repeated) returns (Resp) { option (natsmicro.chunked_io) = {}; }", "Svc.Put", "must be singular"),
+    "chunked_wrong_field": ("rpc Get(Req) returns (stream Payload) { option (natsmicro.chunked_io) = {}; }", "Svc.Get", "chunk_field is 'data'"),
+    "chunked_negative": ("rpc Get(Req) returns (stream Chunk) { option (natsmicro.chunked_io) = {default_chunk_size: -1}; }", "Svc.Get", "must not be negative"),
+    "stream_on_unary": ("rpc Get(Req) returns (Resp) { option (natsmicro.stream) = {max_inflight: 4}; }", "Svc.Get", "streaming methods only"),
+    "pending_limit": ("rpc Get(Req) returns (Resp) { option (natsmicro.endpoint) = {pending_msg_limit: -2}; }", "Svc.Get", "pending_msg_limit"),
+    "endpoint_timeout": ("rpc Get(Req) returns (Resp) { option (natsmicro.endpoint) = {timeout: {seconds: -1}}; }", "Svc.Get", "timeout must not be negative"),
+    "prefix": ('option (natsmicro.service) = {subject_prefix: "a b"};', "Svc", "subject_prefix"),
+    "wildcard_prefix": ('option (natsmicro.service) = {subject_prefix: "a.*"};', "Svc", "subject_prefix"),
+    "version": ('option (natsmicro.service) = {version: "one"};', "Svc", "semantic version"),
+    "name": ('option (natsmicro.service) = {name: "my svc"};', "Svc", "name 'my svc'"),
+    "error_code_case": ('option (natsmicro.service) = {error_codes: "outOfStock"};', "Svc", "UPPER_SNAKE_CASE"),
+    "error_code_builtin": ('option (natsmicro.service) = {error_codes: "NOT_FOUND"};', "Svc", "built in"),
+    "same_endpoint": ("rpc GetItem(Req) returns (Resp) {}\n rpc get_item(Req) returns (Resp) {}", "Svc.get_item", "also GetItem's"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_generation_errors_name_file_method_and_rule(tmp_path: Path, case: str) -> None:
+    service_body, where, rule = BAD[case]
+    (tmp_path / "bad.proto").write_text(HEADER + MESSAGES + f"service Svc {{\n{service_body}\n}}\n")
+    result = protoc(tmp_path / "out", "bad.proto", include=tmp_path)
+    assert result.returncode != 0
+    assert "bad.proto" in result.stderr and where in result.stderr and rule in result.stderr, result.stderr
+    assert not list((tmp_path / "out").rglob("*.py"))
+
+
+def test_name_collision_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "clash.proto").write_text(
+        HEADER + "message Req {}\nmessage EdgeNatsClient {}\nservice Edge { rpc Get(Req) returns (Req) {} }\n"
+    )
+    result = protoc(tmp_path / "out", "clash.proto", include=tmp_path)
+    assert result.returncode != 0
+    assert "EdgeNatsClient" in result.stderr and "message" in result.stderr
+
+
+def test_upper_case_package_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "upper.proto").write_text('syntax = "proto3";\npackage Bad.V1;\nmessage M {}\n')
+    result = protoc(tmp_path / "out", "upper.proto", include=tmp_path)
+    assert result.returncode != 0 and "lower case" in result.stderr
+
+
+def test_editions_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "ed.proto").write_text('edition = "2023";\npackage ed.v1;\nmessage M { string a = 1; }\n')
+    result = protoc(tmp_path / "out", "ed.proto", include=tmp_path)
+    assert result.returncode != 0 and "editions" in result.stderr
+
+
+def test_persistence_options_warn_but_generate(tmp_path: Path) -> None:
+    (tmp_path / "kv.proto").write_text(
+        HEADER + MESSAGES + 'service Svc { rpc Get(Req) returns (Resp) { option (natsmicro.kv_store) = {bucket: "b"}; } }\n'
+    )
+    result = protoc(tmp_path / "out", "kv.proto", include=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "warning" in result.stderr and "Svc.Get" in result.stderr and "kv_store" in result.stderr
+    assert "class SvcNatsClient" in (tmp_path / "out" / "bad" / "v1" / "__init__.py").read_text()
+
+
+def test_unknown_plugin_parameter_is_an_error(tmp_path: Path) -> None:
+    result = protoc(tmp_path, "streaming/v1/stream_demo.proto", opt="grpclib=maybe")
+    assert result.returncode != 0 and "unknown parameter" in result.stderr
+
+
+def test_go_style_proto_compiles_unchanged(tmp_path: Path) -> None:
+    """A proto written for the Go plugin (every option it knows) generates with ours."""
+    go_style = textwrap.dedent(
+        """
+        service Store {
+          option (natsmicro.service) = {
+            subject_prefix: "store.v1" name: "store" version: "1.2.3" description: "d"
+            metadata: {key: "a" value: "b"} timeout: {seconds: 3} json: false
+            error_codes: "SOLD_OUT" queue_group_disabled: false
+          };
+          rpc Get(Req) returns (Resp) {
+            option (natsmicro.endpoint) = {timeout: {seconds: 1} metadata: {key: "k" value: "v"} pending_msg_limit: 100 pending_bytes_limit: 1024};
+            option (natsmicro.kv_store) = {bucket: "b" key_template: "{id}" ttl: {seconds: 1} max_history: 2 client_only: true
+              write_mode: KV_WRITE_MODE_COMPARE_AND_SET persist_failure_policy: KV_PERSIST_FAILURE_POLICY_REQUIRED compression: true};
+          }
+          rpc Put(stream Chunk) returns (Resp) {
+            option (natsmicro.chunked_io) = {chunk_field: "data" default_chunk_size: 1024};
+            option (natsmicro.stream) = {max_inflight: 8 ordered: true};
+            option (natsmicro.object_store) = {bucket: "o" key_template: "{id}" compression: true};
+          }
+        }
+        """
+    )
+    (tmp_path / "go.proto").write_text(HEADER + MESSAGES + go_style)
+    result = protoc(tmp_path / "out", "go.proto", include=tmp_path)
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,150 @@
+"""Unary calls end to end against a real nats-server: results, errors, headers, timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from conftest import subscriptions
+from nats.aio.client import Client as NATS
+
+import betterproto_nats
+from betterproto_nats import ErrorCode, RpcError, current_call
+from gen.streaming.v1 import (
+    PingRequest,
+    PingResponse,
+    StreamDemoServiceNatsBase,
+    StreamDemoServiceNatsClient,
+)
+
+
+class Pinger(StreamDemoServiceNatsBase):
+    def __init__(self) -> None:
+        self.seen_headers: dict[str, str] = {}
+
+    async def ping(self, request: PingRequest) -> PingResponse:
+        call = current_call()
+        self.seen_headers = dict(call.headers)
+        if request.payload == "fail":
+            raise RpcError(ErrorCode.NOT_FOUND, "no such thing")
+        if request.payload == "crash":
+            raise ValueError("secret internal detail")
+        if request.payload == "headers":
+            call.set_response_headers({"X-Answer": "42"}, trace="abc")
+        if request.payload == "newline":
+            raise RpcError(ErrorCode.INVALID_ARGUMENT, "line one\r\nline two")
+        return PingResponse(payload="pong: " + request.payload, count=len(request.payload))
+
+
+@pytest.fixture
+async def pinger(server_nc: NATS) -> Pinger:
+    impl = Pinger()
+    server = await betterproto_nats.serve(server_nc, impl)
+    yield impl
+    await server.stop()
+
+
+async def test_ping_round_trip(nc: NATS, pinger: Pinger) -> None:
+    client = StreamDemoServiceNatsClient(nc)
+    assert await client.ping(PingRequest(payload="hello")) == PingResponse(payload="pong: hello", count=5)
+
+
+async def test_rpc_error_reaches_client_with_code_and_message(nc: NATS, pinger: Pinger) -> None:
+    client = StreamDemoServiceNatsClient(nc)
+    with pytest.raises(RpcError) as caught:
+        await client.ping(PingRequest(payload="fail"))
+    assert (caught.value.code, caught.value.message) == (ErrorCode.NOT_FOUND, "no such thing")
+    assert caught.value.method == "streaming.v1.StreamDemoService/Ping"
+
+
+async def test_other_exception_is_internal_without_traceback(nc: NATS, pinger: Pinger) -> None:
+    raw = await nc.request("api.v1.stream.ping", bytes(PingRequest(payload="crash")), timeout=5)
+    assert raw.headers["Nats-Service-Error-Code"] == "INTERNAL"
+    assert "Traceback" not in raw.headers["Nats-Service-Error"]
+    assert "File " not in raw.headers["Nats-Service-Error"]
+    with pytest.raises(RpcError) as caught:
+        await StreamDemoServiceNatsClient(nc).ping(PingRequest(payload="crash"))
+    assert caught.value.code == ErrorCode.INTERNAL
+
+
+async def test_error_message_with_newlines_is_sanitised(nc: NATS, pinger: Pinger) -> None:
+    with pytest.raises(RpcError) as caught:
+        await StreamDemoServiceNatsClient(nc).ping(PingRequest(payload="newline"))
+    assert caught.value.message == "line one line two"
+
+
+async def test_undecodable_request_is_invalid_argument_and_service_keeps_serving(nc: NATS, pinger: Pinger) -> None:
+    raw = await nc.request("api.v1.stream.ping", b"\x0a\x05ab", timeout=5)  # length runs past the end
+    assert raw.headers["Nats-Service-Error-Code"] == "INVALID_ARGUMENT"
+    raw = await nc.request("api.v1.stream.ping", b"\xff\xff\xff", timeout=5)
+    assert raw.headers["Nats-Service-Error-Code"] == "INVALID_ARGUMENT"
+    assert (await StreamDemoServiceNatsClient(nc).ping(PingRequest(payload="x"))).payload == "pong: x"
+
+
+async def test_no_responders_is_unavailable_at_once(nc: NATS) -> None:
+    client = StreamDemoServiceNatsClient(nc, subject_prefix="nobody.home")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(RpcError) as caught:
+        await client.ping(PingRequest(), timeout=30)
+    assert caught.value.code == ErrorCode.UNAVAILABLE
+    assert loop.time() - started < 5  # far below the 30 s timeout: answered, not timed out
+
+
+async def test_timeout_is_deadline_exceeded(nc: NATS, server_nc: NATS) -> None:
+    entered = asyncio.Event()
+
+    class Stuck(StreamDemoServiceNatsBase):
+        async def ping(self, request: PingRequest) -> PingResponse:
+            entered.set()
+            await asyncio.Event().wait()
+            raise AssertionError("unreachable")
+
+    server = await betterproto_nats.serve(server_nc, Stuck(), grace_period=0)
+    try:
+        with pytest.raises(RpcError) as caught:
+            await StreamDemoServiceNatsClient(nc).ping(PingRequest(), timeout=0.2)
+        assert caught.value.code == ErrorCode.DEADLINE_EXCEEDED
+        assert entered.is_set()
+    finally:
+        await server.stop()
+
+
+async def test_caller_headers_reach_handler_and_response_headers_reach_client(nc: NATS, pinger: Pinger) -> None:
+    client = StreamDemoServiceNatsClient(nc)
+    received: dict[str, str] = {}
+    await client.ping(PingRequest(payload="headers"), headers={"X-Tenant": "acme"}, response_headers=received)
+    assert pinger.seen_headers == {"X-Tenant": "acme"}
+    assert received == {"X-Answer": "42", "trace": "abc"}
+
+
+async def test_protocol_headers_are_refused_from_callers(nc: NATS, pinger: Pinger) -> None:
+    with pytest.raises(ValueError):
+        await StreamDemoServiceNatsClient(nc).ping(PingRequest(), headers={"Nats-Stream-Seq": "1"})
+
+
+async def test_unimplemented_method(nc: NATS, server_nc: NATS) -> None:
+    server = await betterproto_nats.serve(server_nc, StreamDemoServiceNatsBase())
+    try:
+        with pytest.raises(RpcError) as caught:
+            await StreamDemoServiceNatsClient(nc).ping(PingRequest())
+        assert caught.value.code == ErrorCode.UNIMPLEMENTED
+    finally:
+        await server.stop()
+
+
+async def test_oversized_request_fails_before_sending(nc: NATS, pinger: Pinger) -> None:
+    big = PingRequest(payload="x" * nc.max_payload)
+    with pytest.raises(RpcError) as caught:
+        await StreamDemoServiceNatsClient(nc).ping(big)
+    assert caught.value.code == ErrorCode.RESOURCE_EXHAUSTED
+    assert "max_payload" in caught.value.message
+    assert nc.is_connected  # the server did not cut us off
+
+
+async def test_stop_removes_every_subscription(nc: NATS, server_nc: NATS) -> None:
+    before = subscriptions(server_nc)
+    server = await betterproto_nats.serve(server_nc, Pinger())
+    assert subscriptions(server_nc) == before + 6 + 9  # six endpoints, nine $SRV subjects
+    await server.stop()
+    assert subscriptions(server_nc) == before
