@@ -1,0 +1,34 @@
+"""A raw nats-py peer for conformance tests: collects what arrives on a subject, exactly as sent."""
+
+from __future__ import annotations
+
+import asyncio
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+
+class Collector:
+    """Subscribe first, then `await next()` each message (bounded by a timeout)."""
+
+    def __init__(self, nc: NATS, subject: str | None = None) -> None:
+        self.nc = nc
+        self.subject = subject or nc.new_inbox()
+        self.queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self.sub: Subscription | None = None
+
+    async def __aenter__(self) -> Collector:
+        self.sub = await self.nc.subscribe(self.subject, cb=self._put)
+        await self.nc.flush()
+        return self
+
+    async def _put(self, msg: Msg) -> None:
+        self.queue.put_nowait(msg)
+
+    async def next(self, timeout: float = 5.0) -> Msg:
+        return await asyncio.wait_for(self.queue.get(), timeout)
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.sub is not None:
+            await self.sub.unsubscribe()
