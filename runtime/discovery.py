@@ -26,7 +26,7 @@ from nats.micro.service import (
 )
 from nats.nuid import NUID
 
-from .streams import unsubscribe_quietly
+from .nats_compat import unsubscribe_quietly
 
 
 @dataclass

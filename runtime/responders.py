@@ -21,6 +21,7 @@ from .context import CallContext, set_current_call
 from .errors import ErrorCode, RpcError
 from .protocol import REPLY_TO, STREAM_INBOX, caller_headers, check_size, error_headers
 from .spec import MethodSpec
+from .nats_compat import flush_ordered
 from .streams import Deadline, Inbox, StreamReader, StreamWriter
 
 log = logging.getLogger("betterproto_nats.server")
@@ -244,7 +245,7 @@ class ServerStreamResponder(_SendsStream):
             try:
                 seq_before = self.writer.sent
                 await self.writer.send_body(body, reply=sub.subject)
-                await self.nc.flush()
+                await flush_ordered(self.nc)
                 heard = not probe.done()
             finally:
                 await sub.unsubscribe()

@@ -18,7 +18,7 @@ from .errors import ErrorCode, RpcError
 from .protocol import REPLY_TO, STREAM_END, STREAM_COUNT, END_TRUE, error_headers
 from .responders import RESPONDERS, now_ns
 from .spec import Cardinality, MethodSpec, ServiceSpec
-from .streams import unsubscribe_quietly
+from .nats_compat import flush_ordered, unsubscribe_quietly
 
 log = logging.getLogger("betterproto_nats.server")
 
@@ -153,13 +153,14 @@ class Server:
         for endpoint in self.endpoints:
             await endpoint.start()
         await self.discovery.start()
-        await self.nc.flush()
+        await flush_ordered(self.nc)  # the NATS server holds every subscription before we return
 
     async def stop(self, grace_period: float | None = None) -> None:
         """Stop taking calls, let running ones finish within the grace period, cancel the rest."""
         self.accepting = False
         for endpoint in self.endpoints:
             await endpoint.stop()
+        await flush_ordered(self.nc)  # the NATS server has dropped our interest: no new call arrives
         grace = self.grace_period if grace_period is None else grace_period
         if self.calls:
             _, pending = await asyncio.wait(set(self.calls), timeout=grace)

@@ -17,6 +17,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from .codec import Codec
+from .nats_compat import unsubscribe_quietly
 from .errors import ErrorCode, RpcError
 from .protocol import (
     END_TRUE,
@@ -48,18 +49,6 @@ class Deadline:
 
     def remaining(self) -> float:
         return max(0.0, self.at - asyncio.get_running_loop().time())
-
-
-async def unsubscribe_quietly(sub: Subscription | None) -> None:
-    """Remove a subscription; a closed or reconnecting connection is not an error here."""
-    if sub is None:
-        return
-    try:
-        await sub.unsubscribe()
-    except Exception:
-        # Closed connection or already-removed subscription: interest is gone either way; make sure
-        # the subscription's delivery task does not outlive it.
-        sub._stop_processing()
 
 
 class Inbox:

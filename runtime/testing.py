@@ -81,3 +81,4 @@ class NatsServer:
             self.process.kill()
             self.process.wait()
         self.process = None
+

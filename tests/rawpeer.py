@@ -8,6 +8,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from betterproto_nats.nats_compat import flush_ordered
+
 
 class Collector:
     """Subscribe first, then `await next()` each message (bounded by a timeout)."""
@@ -20,7 +22,7 @@ class Collector:
 
     async def __aenter__(self) -> Collector:
         self.sub = await self.nc.subscribe(self.subject, cb=self._put)
-        await self.nc.flush()
+        await flush_ordered(self.nc)
         return self
 
     async def _put(self, msg: Msg) -> None:

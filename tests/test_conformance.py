@@ -16,6 +16,7 @@ from nats.aio.msg import Msg
 from rawpeer import Collector
 
 import betterproto_nats
+from betterproto_nats.nats_compat import flush_ordered
 import betterproto_nats.client
 from betterproto_nats import ErrorCode, RpcError
 from examples.streaming.demo import StreamDemo
@@ -54,7 +55,7 @@ GO_END = {END: "true"}
 
 
 @pytest.fixture
-async def ours(server_nc: NATS) -> AsyncIterator[StreamDemo]:
+async def ours(nc: NATS, server_nc: NATS) -> AsyncIterator[StreamDemo]:
     """Our server, serving the example implementation."""
     impl = StreamDemo()
     server = await betterproto_nats.serve(server_nc, impl)
@@ -149,7 +150,7 @@ async def test_old_style_server_stream_without_reply_to(nc: NATS, ours: StreamDe
         numbers = []
         for n in range(1, 6):
             msg = await r.next()
-            assert msg.headers == seq(n)
+            assert msg.headers == seq(n), (msg.headers, msg.data)
             numbers.append(CountUpResponse().parse(msg.data).number)
         assert numbers == [1, 2, 3, 4, 5]
         assert (await r.next()).headers[END] == "true"
@@ -189,7 +190,7 @@ class GoServer:
             await handler(msg)
 
         self.subs.append(await self.nc.subscribe(f"api.v1.stream.{endpoint}", queue="q", cb=on_request))
-        await self.nc.flush()
+        await flush_ordered(self.nc)
 
     async def handshake(self, msg: Msg, on_data) -> str:  # type: ignore[no-untyped-def]
         s_subject = self.nc.new_inbox()

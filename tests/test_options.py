@@ -160,7 +160,7 @@ async def test_service_timeout_and_endpoint_override(nc: NATS, server_nc: NATS) 
         await server.stop()
 
 
-async def test_pending_limits_apply_to_the_endpoint_subscription(server_nc: NATS) -> None:
+async def test_pending_limits_apply_to_the_endpoint_subscription(nc: NATS, server_nc: NATS) -> None:
     server = await betterproto_nats.serve(server_nc, Inventory())
     try:
         subs = {sub.subject: sub for sub in server_nc._subs.values()}
@@ -204,7 +204,7 @@ def test_stream_option_sets_window() -> None:
     assert fx.InventoryNatsBase._nats_service.method("windowed").max_inflight == 32
 
 
-async def test_serve_refuses_a_plain_object(server_nc: NATS) -> None:
+async def test_serve_refuses_a_plain_object(nc: NATS, server_nc: NATS) -> None:
     with pytest.raises(TypeError):
         await betterproto_nats.serve(server_nc, object())
     assert StreamDemoServiceNatsBase._nats_service.name == "StreamDemoService"

@@ -37,7 +37,7 @@ class Pinger(StreamDemoServiceNatsBase):
 
 
 @pytest.fixture
-async def pinger(server_nc: NATS) -> Pinger:
+async def pinger(nc: NATS, server_nc: NATS) -> Pinger:
     impl = Pinger()
     server = await betterproto_nats.serve(server_nc, impl)
     yield impl
