@@ -21,8 +21,28 @@ import betterproto
 import nats.errors
 from nats.aio.client import Client as NATS
 
+from nats.aio.msg import Msg
+
 from .errors import ErrorCode, RpcError
-from .protocol import REPLY_TO, STREAM_INBOX, caller_headers, check_size, error_from_headers, user_headers
+from .flow import DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES, AckPolicy, FlowWindow
+from .liveness import DEFAULT_HEARTBEAT
+from .protocol import (
+    DEADLINE,
+    REPLY_TO,
+    STREAM_HEARTBEAT,
+    STREAM_INBOX,
+    STREAM_VERSION,
+    STREAM_WINDOW,
+    STREAM_WINDOW_BYTES,
+    VERSION_2,
+    caller_headers,
+    check_size,
+    error_from_headers,
+    header_int,
+    is_control,
+    user_headers,
+)
+from .session import StreamSession
 from .spec import MethodSpec, ServiceSpec
 from .streams import Deadline, Inbox, StreamReader, StreamWriter
 
@@ -59,6 +79,31 @@ class _Call:
         if timeout is None:
             timeout = client._nats_timeout if client._nats_timeout is not None else method.timeout
         self.deadline = Deadline.after(timeout)
+        self.heartbeat = client._nats_heartbeat
+        self.window = method.max_inflight or DEFAULT_WINDOW
+        self.window_bytes = DEFAULT_WINDOW_BYTES
+
+    def opening_headers(self, headers: Mapping[str, str] | None, reply_to: str, receives: bool) -> dict[str, str]:
+        """Caller headers, `Reply-To`, and our v2 offer (a v1 server ignores it)."""
+        out = {**user_headers(headers), REPLY_TO: reply_to, STREAM_VERSION: VERSION_2}
+        out[STREAM_HEARTBEAT] = str(int(self.heartbeat * 1000))
+        if receives:
+            out[STREAM_WINDOW] = str(self.window)
+            out[STREAM_WINDOW_BYTES] = str(self.window_bytes)
+        if self.deadline is not None:
+            out[DEADLINE] = self.deadline.epoch_ms
+        return out
+
+    def session(self, inbox: Inbox, peer_inbox: str) -> StreamSession:
+        """Start v2 control for this call: the peer is gone after three silent heartbeat intervals."""
+
+        def peer_gone() -> None:
+            inbox.fail(self.error(ErrorCode.UNAVAILABLE, "the server stopped answering (no heartbeat)"))
+            if session.window is not None:
+                session.window.fail(self.error(ErrorCode.UNAVAILABLE, "the server stopped answering (no heartbeat)"))
+
+        session = StreamSession(self.nc, peer_inbox, self.heartbeat, on_dead=peer_gone)
+        return session
 
     def error(self, code: str, message: str) -> RpcError:
         return RpcError(code, message, method=self.name)
@@ -84,9 +129,19 @@ class _StreamBase:
     def __init__(self, call: _Call, inbox: Inbox) -> None:
         self._call = call
         self._inbox = inbox
+        self._session: StreamSession | None = None  # set once the server confirmed protocol v2
+
+    def _finished(self) -> bool:
+        """Whether the server has ended the call (nothing to cancel)."""
+        return False
 
     async def close(self) -> None:
-        """Abandon the call: stop receiving and release the subscription. Idempotent."""
+        """Abandon the call: tell a v2 server to stop, then release the subscription. Idempotent."""
+        session, self._session = self._session, None
+        if session is not None:
+            if not self._finished():
+                await session.send_cancel("closed by the client")
+            session.close()
         await self._inbox.close()
 
     async def __aenter__(self: T) -> T:
@@ -108,6 +163,11 @@ class _Receiving(_StreamBase, Generic[Resp]):
         """Headers the server set on its first message (`current_call().set_response_headers`)."""
         return self._reader.headers
 
+    def _finished(self) -> bool:
+        error = self._reader.error
+        # A deadline the server knows too (v2 sends it): no cancel needed; it stops by itself.
+        return self._reader.saw_end or (error is not None and error.code == ErrorCode.DEADLINE_EXCEEDED)
+
     async def recv(self) -> Resp:
         """The next message; StopAsyncIteration at the end, RpcError on error."""
         try:
@@ -126,6 +186,25 @@ class _Receiving(_StreamBase, Generic[Resp]):
 class ServerStream(_Receiving[Resp]):
     """The client's end of a server-streaming call."""
 
+    def __init__(self, call: _Call, inbox: Inbox, response_type: type[Resp]) -> None:
+        super().__init__(call, inbox, response_type)
+        inbox.watcher = self._watch
+
+    def _watch(self, msg: Msg) -> bool:
+        """Before v2 is confirmed, only the server's open message is ours; after, the session's."""
+        if self._session is not None:
+            return self._session.watch(msg)
+        if not is_control(msg.headers):
+            return False
+        headers = msg.headers or {}
+        control_inbox = headers.get(STREAM_INBOX)
+        if headers.get(STREAM_VERSION) == VERSION_2 and control_inbox and self._inbox.is_open:
+            call = self._call
+            session = self._session = call.session(self._inbox, control_inbox)
+            self._reader.acker = AckPolicy(call.window, call.window_bytes, session.send_ack)
+            session.start()
+        return True
+
 
 class _Sending(_StreamBase, Generic[Req]):
     """A stream the client sends on, after the handshake gave the server's inbox `S`."""
@@ -134,12 +213,25 @@ class _Sending(_StreamBase, Generic[Req]):
         _StreamBase.__init__(self, call, inbox)
         self._writer = StreamWriter(call.nc, server_inbox, call.codec, call.name)
 
+    def _start_v2(self, ack_headers: Mapping[str, str] | None, receiving: StreamReader[Any] | None) -> None:
+        """The ack confirmed v2: the server's window bounds what we send; heartbeats both ways."""
+        call = self._call
+        session = self._session = call.session(self._inbox, self._writer.subject)
+        session.window = self._writer.window = FlowWindow(
+            header_int(ack_headers, STREAM_WINDOW, DEFAULT_WINDOW),
+            header_int(ack_headers, STREAM_WINDOW_BYTES, DEFAULT_WINDOW_BYTES),
+        )
+        self._writer.on_sent = session.liveness.sent
+        if receiving is not None:
+            receiving.acker = AckPolicy(call.window, call.window_bytes, session.send_ack)
+        session.start()
+
     async def send(self, message: Req) -> None:
         await self._writer.send(message)
 
     async def send_all(self, messages: Iterable[Req] | AsyncIterable[Req]) -> None:
         async for message in _iterate(messages):
-            await self._writer.send(message)
+            await self.send(message)
 
 
 class ClientStream(_Sending[Req], Generic[Req, Resp]):
@@ -149,12 +241,45 @@ class ClientStream(_Sending[Req], Generic[Req, Resp]):
         super().__init__(call, inbox, server_inbox)
         self._response_type = response_type
         self.headers = headers  # from the handshake ack, then the final response
+        self._answered = False
+        inbox.watcher = self._watch
+
+    def _watch(self, msg: Msg) -> bool:
+        if self._session is not None and self._session.watch(msg):
+            return True
+        if is_control(msg.headers):
+            return True
+        # The final answer: a v2 server may send it before we finished sending (it stopped reading).
+        self._answered = True
+        if self._writer.window is not None:
+            self._writer.window.fail(_Answered())
+        return False
+
+    def _finished(self) -> bool:
+        return self._answered
+
+    async def send(self, message: Req) -> None:
+        """Send one message. After the server has answered early, an error answer is raised here;
+        a successful one makes further messages no-ops."""
+        if self._answered:
+            return self._raise_early_error()
+        try:
+            await self._writer.send(message)
+        except _Answered:
+            self._raise_early_error()
+
+    def _raise_early_error(self) -> None:
+        final = self._inbox.peek()
+        error = error_from_headers(final.headers if final is not None else None, self._call.name)
+        if error is not None:
+            raise error
 
     async def close_and_recv(self) -> Resp:
         """End our direction and wait for the server's single response."""
         call = self._call
         try:
-            await self._writer.end()
+            if not self._answered:
+                await self._writer.end()
             msg = await self._inbox.get(call.deadline, call.name)
             error = error_from_headers(msg.headers, call.name)
             if error is not None:
@@ -171,6 +296,12 @@ class BidiStream(_Sending[Req], _Receiving[Resp], Generic[Req, Resp]):
     def __init__(self, call: _Call, inbox: Inbox, server_inbox: str, response_type: type[Resp]) -> None:
         _Sending.__init__(self, call, inbox, server_inbox)
         _Receiving.__init__(self, call, inbox, response_type)
+        inbox.watcher = self._watch
+
+    def _watch(self, msg: Msg) -> bool:
+        if self._session is not None:
+            return self._session.watch(msg)
+        return is_control(msg.headers)
 
     async def close_send(self) -> None:
         """Tell the server we will send nothing more; keep receiving."""
@@ -186,6 +317,10 @@ class BidiStream(_Sending[Req], _Receiving[Resp], Generic[Req, Resp]):
             )
             self._inbox.fail(failure)
             raise
+
+
+class _Answered(Exception):
+    """The server answered a client stream before we finished sending."""
 
 
 class ServerStreamCall(Generic[Resp]):
@@ -241,10 +376,18 @@ class ClientBase:
 
     _nats_service: ClassVar[ServiceSpec]
 
-    def __init__(self, nc: NATS, *, subject_prefix: str | None = None, timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        *,
+        subject_prefix: str | None = None,
+        timeout: float | None = None,
+        heartbeat: float = DEFAULT_HEARTBEAT,
+    ) -> None:
         self._nats_nc = nc
         self._nats_subject_prefix = subject_prefix or self._nats_service.subject_prefix
         self._nats_timeout = timeout
+        self._nats_heartbeat = heartbeat  # seconds between v2 heartbeats; silence for 3 = peer gone
 
     async def _nats_unary(
         self,
@@ -279,8 +422,9 @@ class ClientBase:
         async def open_stream() -> ServerStream[Any]:
             call = _Call(self, method, timeout)
             inbox = await Inbox(call.nc).open()  # subscribed before the request can cause anything
+            stream = ServerStream(call, inbox, method.response)  # watching R before anything is sent
             try:
-                out_headers = {**user_headers(headers), REPLY_TO: inbox.subject}
+                out_headers = call.opening_headers(headers, inbox.subject, receives=True)
                 body = call.encode(request, out_headers)
                 # Our reply subject is R too: with nobody listening the NATS server answers R with a
                 # 503 status at once (UNAVAILABLE); servers that see Reply-To ignore the reply subject.
@@ -288,18 +432,20 @@ class ClientBase:
             except BaseException:
                 await inbox.close()
                 raise
-            return ServerStream(call, inbox, method.response)
+            return stream
 
         return ServerStreamCall(open_stream)
 
     async def _nats_handshake(
         self, py_name: str, timeout: float | None, headers: Mapping[str, str] | None
-    ) -> tuple[_Call, Inbox, str, dict[str, str]]:
+    ) -> tuple[_Call, Inbox, str, Mapping[str, str]]:
         """Client-stream/bidi opening: subscribe R, request with `Reply-To: R`, get `S` from the ack."""
         call = _Call(self, self._nats_service.method(py_name), timeout)
         inbox = await Inbox(call.nc).open()
+        inbox.watcher = lambda msg: is_control(msg.headers)  # no v2 control is data
         try:
-            out_headers = {**user_headers(headers), REPLY_TO: inbox.subject}
+            bidi = call.method.cardinality.server_streams
+            out_headers = call.opening_headers(headers, inbox.subject, receives=bidi)
             check_size(0, out_headers, call.nc.max_payload, call.name)
             wait = HANDSHAKE_TIMEOUT
             if call.deadline is not None and call.deadline.remaining() < wait:
@@ -319,7 +465,7 @@ class ClientBase:
         except BaseException:
             await inbox.close()
             raise
-        return call, inbox, server_inbox, caller_headers(ack.headers)
+        return call, inbox, server_inbox, ack.headers or {}
 
     async def _nats_client_stream(
         self,
@@ -330,7 +476,11 @@ class ClientBase:
         headers: Mapping[str, str] | None,
     ) -> Any:
         call, inbox, server_inbox, ack_headers = await self._nats_handshake(py_name, timeout, headers)
-        stream: ClientStream[Any, Any] = ClientStream(call, inbox, server_inbox, call.method.response, ack_headers)
+        stream: ClientStream[Any, Any] = ClientStream(
+            call, inbox, server_inbox, call.method.response, caller_headers(ack_headers)
+        )
+        if ack_headers.get(STREAM_VERSION) == VERSION_2:
+            stream._start_v2(ack_headers, None)
         if requests is None:
             return stream
         async with stream:
@@ -346,7 +496,10 @@ class ClientBase:
         headers: Mapping[str, str] | None,
     ) -> BidiStreamCall[Any, Any]:
         async def open_stream() -> BidiStream[Any, Any]:
-            call, inbox, server_inbox, _ = await self._nats_handshake(py_name, timeout, headers)
-            return BidiStream(call, inbox, server_inbox, call.method.response)
+            call, inbox, server_inbox, ack_headers = await self._nats_handshake(py_name, timeout, headers)
+            stream: BidiStream[Any, Any] = BidiStream(call, inbox, server_inbox, call.method.response)
+            if ack_headers.get(STREAM_VERSION) == VERSION_2:
+                stream._start_v2(ack_headers, stream._reader)
+            return stream
 
         return BidiStreamCall(open_stream, requests)

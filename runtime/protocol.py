@@ -23,9 +23,20 @@ STATUS = "Status"
 DESCRIPTION = "Description"
 NO_RESPONDERS_STATUS = "503"
 
+# Protocol v2 (ours, negotiated per call; never sent to a v1 peer).
+STREAM_VERSION = "Nats-Stream-Version"
+STREAM_WINDOW = "Nats-Stream-Window"
+STREAM_WINDOW_BYTES = "Nats-Stream-Window-Bytes"
+STREAM_ACK = "Nats-Stream-Ack"
+STREAM_HEARTBEAT = "Nats-Stream-Heartbeat"
+STREAM_CANCEL = "Nats-Stream-Cancel"
+DEADLINE = "Nats-Deadline"
+VERSION_2 = "2"
+_CONTROL = (STREAM_ACK, STREAM_HEARTBEAT, STREAM_CANCEL, STREAM_VERSION)
+
 # Headers of ours that must never be taken for caller headers or echoed back.
 PROTOCOL_HEADERS = frozenset(
-    {REPLY_TO, STREAM_INBOX, STREAM_SEQ, STREAM_END, STREAM_COUNT, ERROR, ERROR_CODE}
+    {REPLY_TO, STREAM_INBOX, STREAM_SEQ, STREAM_END, STREAM_COUNT, ERROR, ERROR_CODE, DEADLINE, *_CONTROL}
 )
 
 END_TRUE = "true"
@@ -46,6 +57,19 @@ class Frame:
     seq: int = 0
     count: int | None = None  # Nats-Stream-Count on an end marker
     error: RpcError | None = None
+
+
+def is_control(headers: Mapping[str, str] | None) -> bool:
+    """A v2 control message (ack, heartbeat, cancel, open): empty body, no seq, no end marker."""
+    if not headers or STREAM_SEQ in headers or STREAM_END in headers:
+        return False
+    return any(name in headers for name in _CONTROL)
+
+
+def header_int(headers: Mapping[str, str] | None, name: str, default: int) -> int:
+    """A positive integer header, or `default` when absent or not a positive integer."""
+    text = (headers or {}).get(name, "")
+    return int(text) if text.isdigit() and int(text) > 0 else default
 
 
 def sanitize(value: str) -> str:

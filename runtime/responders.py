@@ -19,8 +19,24 @@ from nats.aio.msg import Msg
 from .codec import Codec
 from .context import CallContext, set_current_call
 from .errors import ErrorCode, RpcError
-from .protocol import REPLY_TO, STREAM_INBOX, caller_headers, check_size, error_headers
-from .spec import MethodSpec
+from .flow import DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES, AckPolicy, FlowWindow
+from .liveness import DEFAULT_HEARTBEAT
+from .protocol import (
+    DEADLINE,
+    REPLY_TO,
+    STREAM_HEARTBEAT,
+    STREAM_INBOX,
+    STREAM_VERSION,
+    STREAM_WINDOW,
+    STREAM_WINDOW_BYTES,
+    VERSION_2,
+    caller_headers,
+    check_size,
+    error_headers,
+    header_int,
+)
+from .session import StreamSession
+from .spec import Cardinality, MethodSpec
 from .nats_compat import flush_ordered
 from .streams import Deadline, Inbox, StreamReader, StreamWriter
 
@@ -67,7 +83,21 @@ class Responder:
         self.name = name
         self.codec = codec
         self.msg = msg
+        headers = msg.headers or {}
+        # Protocol v2 when the client offers it on a streaming call that names its inbox.
+        self.v2 = (
+            headers.get(STREAM_VERSION) == VERSION_2
+            and method.cardinality is not Cardinality.UNARY
+            and bool(headers.get(REPLY_TO))
+        )
         self.deadline = Deadline.after(method.timeout)
+        if self.v2 and headers.get(DEADLINE, "").isdigit():
+            self.deadline = Deadline.at_epoch(int(headers[DEADLINE]) / 1000).earliest(self.deadline)
+        self.heartbeat = header_int(headers, STREAM_HEARTBEAT, int(DEFAULT_HEARTBEAT * 1000)) / 1000
+        self.session: StreamSession | None = None
+        self.task: asyncio.Task[Any] | None = None
+        self.serving = False
+        self.ended_by_peer: RpcError | None = None  # v2: the client cancelled or went silent
         self.context = CallContext(
             method=name,
             subject=msg.subject,
@@ -82,20 +112,47 @@ class Responder:
     def handler(self) -> Any:
         return getattr(self.impl, self.method.py_name)
 
+    def start_session(self, peer_inbox: str, inbox: Inbox) -> StreamSession:
+        """v2 control for this call: the client's acks, heartbeats and cancel arrive on `inbox`."""
+        session = self.session = StreamSession(
+            self.nc,
+            peer_inbox,
+            self.heartbeat,
+            on_dead=lambda: self.peer_ended(self.error(ErrorCode.UNAVAILABLE, "the client stopped answering")),
+            on_cancel=lambda reason: self.peer_ended(self.error(ErrorCode.CANCELLED, reason or "cancelled")),
+        )
+        inbox.watcher = session.watch
+        return session
+
+    def peer_ended(self, error: RpcError) -> None:
+        """The client cancelled or is gone: cancel the handler; send nothing more."""
+        if self.ended_by_peer is None:
+            self.ended_by_peer = error
+        if self.session is not None:
+            self.session.close()
+        if self.serving and self.task is not None:
+            self.task.cancel()
+
     async def run(self) -> str | None:
         """Serve the call to its end; returns the error code it ended with, if any (for stats)."""
         error: RpcError | None = None
+        self.task = asyncio.current_task()
         try:
             try:
                 await self.open()
             except _NoAnswer:
                 return None
             set_current_call(self.context)
-            if self.deadline is None:
-                await self.serve()
-            else:
-                async with asyncio.timeout_at(self.deadline.at):
-                    await self.serve()
+            if self.ended_by_peer is None:
+                self.serving = True
+                try:
+                    if self.deadline is None:
+                        await self.serve()
+                    else:
+                        async with asyncio.timeout_at(self.deadline.at):
+                            await self.serve()
+                finally:
+                    self.serving = False
         except RpcError as raised:
             error = raised
         except TimeoutError as raised:
@@ -105,15 +162,24 @@ class Responder:
                 log.error("handler %s failed", self.name, exc_info=raised)
                 error = self.error(ErrorCode.INTERNAL, "TimeoutError")
         except asyncio.CancelledError:
-            error = self.error(ErrorCode.UNAVAILABLE, "the service stopped before the call finished")
+            if self.task is not None:
+                self.task.uncancel()  # handled here: the call ends, the task does not
+            error = self.ended_by_peer or self.error(
+                ErrorCode.UNAVAILABLE, "the service stopped before the call finished"
+            )
         except Exception as raised:
             log.exception("handler %s failed", self.name)
             error = self.error(ErrorCode.INTERNAL, str(raised)[:512] or type(raised).__name__)
         try:
-            await self.finish(error)
+            if self.ended_by_peer is None:
+                await self.finish(error)
+            else:
+                error = self.ended_by_peer
         except Exception:
             log.exception("could not finish %s", self.name)
         finally:
+            if self.session is not None:
+                self.session.close()
             await self.release()
         return None if error is None else error.code
 
@@ -198,6 +264,7 @@ class ServerStreamResponder(_SendsStream):
 
     request: betterproto.Message
     old_style = False
+    control: Inbox | None = None
 
     async def open(self) -> None:
         reply_to = (self.msg.headers or {}).get(REPLY_TO)
@@ -215,6 +282,27 @@ class ServerStreamResponder(_SendsStream):
             self.request = self.codec.decode(self.method.request, self.msg.data, self.name)
         else:
             await self.nc.publish(self.msg.reply, b"", headers={STREAM_INBOX: reply_to})
+        if self.v2:
+            await self.open_v2(reply_to)
+
+    async def open_v2(self, reply_to: str) -> None:
+        """Confirm v2 with an empty open message naming our control inbox, before any data."""
+        control = self.control = await Inbox(self.nc).open()
+        session = self.start_session(reply_to, control)
+        watch = session.watch
+        control.watcher = lambda msg: watch(msg) or True  # only control belongs here
+        assert self.writer is not None
+        headers = self.msg.headers
+        session.window = self.writer.window = FlowWindow(
+            header_int(headers, STREAM_WINDOW, DEFAULT_WINDOW), header_int(headers, STREAM_WINDOW_BYTES, DEFAULT_WINDOW_BYTES)
+        )
+        self.writer.on_sent = session.liveness.sent
+        await self.nc.publish(reply_to, b"", headers={STREAM_VERSION: VERSION_2, STREAM_INBOX: control.subject})
+        session.start()
+
+    async def release(self) -> None:
+        if self.control is not None:
+            await self.control.close()
 
     async def serve(self) -> None:
         responses = self.handler(self.request)
@@ -274,7 +362,19 @@ class _Handshaking(Responder):
         self.reply_to = reply_to
         self.inbox = await Inbox(self.nc).open()  # subscribed before the ack names it
         self.reader = StreamReader(self.inbox, self.codec, self.method.request, self.name, self.deadline)
-        await self.nc.publish(self.msg.reply, b"", headers={STREAM_INBOX: self.inbox.subject})
+        ack = {STREAM_INBOX: self.inbox.subject}
+        if self.v2:
+            session = self.start_session(reply_to, self.inbox)
+            window = self.method.max_inflight or DEFAULT_WINDOW
+            self.reader.acker = AckPolicy(window, DEFAULT_WINDOW_BYTES, session.send_ack)
+            ack.update({STREAM_VERSION: VERSION_2, STREAM_WINDOW: str(window), STREAM_WINDOW_BYTES: str(DEFAULT_WINDOW_BYTES)})
+        self.before_ack()
+        await self.nc.publish(self.msg.reply, b"", headers=ack)
+        if self.session is not None:
+            self.session.start()
+
+    def before_ack(self) -> None:
+        """Set up what must exist before the client learns `S`."""
 
     async def release(self) -> None:
         if self.inbox is not None:
@@ -294,8 +394,8 @@ class ClientStreamResponder(_Handshaking):
             if error is not None:
                 await self.respond_error(self.msg.reply, error)
             return
-        hold = self.deadline or Deadline(V1_HOLD_LIMIT)
-        await self.reader.drain_to_end(hold)
+        if not self.v2:  # a v1 (Go) client listens on R only after its end marker
+            await self.reader.drain_to_end(self.deadline or Deadline(V1_HOLD_LIMIT))
         if error is None:
             if not isinstance(self.response, self.method.response):
                 error = self.error(
@@ -313,10 +413,16 @@ class ClientStreamResponder(_Handshaking):
 class BidiResponder(_Handshaking, _SendsStream):
     """Messages in on `S` and out on `R`, each direction numbered and ended on its own."""
 
-    async def open(self) -> None:
-        await super().open()
+    def before_ack(self) -> None:
         self.writer = StreamWriter(self.nc, self.reply_to, self.codec, self.name)
         self.writer.first_headers = self.context.response_headers
+        if self.session is not None:
+            headers = self.msg.headers
+            self.session.window = self.writer.window = FlowWindow(
+                header_int(headers, STREAM_WINDOW, DEFAULT_WINDOW),
+                header_int(headers, STREAM_WINDOW_BYTES, DEFAULT_WINDOW_BYTES),
+            )
+            self.writer.on_sent = self.session.liveness.sent
 
     async def serve(self) -> None:
         await self.send_all(self.handler(RequestStream(self.reader)))

@@ -17,6 +17,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from .codec import Codec
+from .flow import AckPolicy, FlowWindow
 from .nats_compat import unsubscribe_quietly
 from .errors import ErrorCode, RpcError
 from .protocol import (
@@ -47,6 +48,18 @@ class Deadline:
     def after(cls, timeout: float | None) -> Deadline | None:
         return None if timeout is None else cls(timeout)
 
+    @classmethod
+    def at_epoch(cls, epoch: float) -> Deadline:
+        """The deadline a peer sent as unix time."""
+        return cls(epoch - time.time())
+
+    def earliest(self, other: Deadline | None) -> Deadline:
+        return self if other is None or self.at <= other.at else other
+
+    @property
+    def epoch_ms(self) -> str:
+        return str(int(self.epoch * 1000))
+
     def remaining(self) -> float:
         return max(0.0, self.at - asyncio.get_running_loop().time())
 
@@ -61,14 +74,23 @@ class Inbox:
         self._waiter: asyncio.Future[None] | None = None
         self._failure: BaseException | None = None
         self._sub: Subscription | None = None
+        # Sees every message first; returns True for one it handled itself (v2 control messages).
+        self.watcher: Callable[[Msg], bool] | None = None
 
     async def open(self) -> Inbox:
         self._sub = await self.nc.subscribe(self.subject, cb=self._on_msg)
         return self
 
     async def _on_msg(self, msg: Msg) -> None:
+        watcher = self.watcher
+        if watcher is not None and watcher(msg):
+            return
         self._queue.append(msg)
         self._wake()
+
+    def peek(self) -> Msg | None:
+        """The next queued message, without taking it."""
+        return self._queue[0] if self._queue else None
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -130,6 +152,7 @@ class StreamReader(Generic[M]):
         self.saw_end = False  # the peer's end marker arrived
         self.error: RpcError | None = None
         self.headers: dict[str, str] = {}  # the peer's headers on its first message
+        self.acker: AckPolicy | None = None  # v2: acknowledge what the application consumed
 
     def _fail(self, error: RpcError) -> RpcError:
         self.finished = True
@@ -161,9 +184,12 @@ class StreamReader(Generic[M]):
                     )
                 self.received = expected
                 try:
-                    return self.codec.decode(self.message_type, msg.data, self.method)
+                    message = self.codec.decode(self.message_type, msg.data, self.method)
                 except RpcError as error:
                     raise self._fail(error) from None
+                if self.acker is not None:
+                    await self.acker.consumed(expected, len(msg.data))
+                return message
             if kind is FrameKind.END:
                 self.saw_end = True
                 if frame.error is not None:
@@ -209,6 +235,8 @@ class StreamWriter:
         self.ended = False
         # Sent once, with the first message of this direction (data or end): response headers.
         self.first_headers: Mapping[str, str] | None = None
+        self.window: FlowWindow | None = None  # v2: the receiver's credit
+        self.on_sent: Callable[[], None] | None = None  # v2: heartbeats count what we send
 
     def _take_first_headers(self, headers: dict[str, str]) -> None:
         if self.first_headers:
@@ -226,8 +254,15 @@ class StreamWriter:
         if self.first_headers is not None:
             self._take_first_headers(headers)
         check_size(len(body), headers, self.nc.max_payload, self.method)
+        window = self.window
+        if window is not None:
+            await window.acquire(len(body))
         await self.nc.publish(self.subject, body, reply=reply, headers=headers)
         self.sent = seq
+        if window is not None:
+            window.sent(seq, len(body))
+        if self.on_sent is not None:
+            self.on_sent()
 
     async def end(self, error: RpcError | None = None) -> None:
         """Send the end marker (with the error pair when failing); only the first call sends."""
@@ -240,3 +275,5 @@ class StreamWriter:
         if error is not None:
             headers.update(error_headers(error.code, error.message))
         await self.nc.publish(self.subject, b"", headers=headers)
+        if self.on_sent is not None:
+            self.on_sent()

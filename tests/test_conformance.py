@@ -52,6 +52,9 @@ def seq(n: int) -> dict[str, str]:
 
 
 GO_END = {END: "true"}
+# What our client adds to its opening message: the v2 offer, which a v1 (Go) server ignores.
+OFFER = {"Nats-Stream-Version": "2", "Nats-Stream-Heartbeat": "5000"}
+RECEIVE_WINDOW = {"Nats-Stream-Window": "256", "Nats-Stream-Window-Bytes": "4194304"}
 
 
 @pytest.fixture
@@ -230,7 +233,8 @@ async def test_our_client_against_go_server_stream(nc: NATS, server_nc: NATS, go
     assert numbers == [1, 2, 3, 4, 5]
     request = go.requests[0]
     assert request.data == COUNT_UP_REQUEST
-    assert request.headers == {"Reply-To": request.reply}  # R in the header and as the reply subject
+    # R in the header and as the reply subject, and the v2 offer.
+    assert request.headers == {"Reply-To": request.reply, **OFFER, **RECEIVE_WINDOW}
 
 
 async def test_our_client_against_go_client_stream(nc: NATS, server_nc: NATS, go: GoServer) -> None:
@@ -247,7 +251,8 @@ async def test_our_client_against_go_client_stream(nc: NATS, server_nc: NATS, go
     result = await StreamDemoServiceNatsClient(nc).sum([SumRequest(value=v) for v in (10, 20, 30, 40, 50)])
     assert (result.total, result.count) == (150, 5)
     request = go.requests[0]
-    assert request.data == b"" and request.reply and set(request.headers) == {"Reply-To"}
+    assert request.data == b"" and request.reply
+    assert request.headers == {"Reply-To": request.headers["Reply-To"], **OFFER}
     assert [m.data for m in go.received[:5]] == SUM_VALUES
     assert [m.headers for m in go.received] == [seq(n) for n in range(1, 6)] + [{END: "true", "Nats-Stream-Count": "5"}]
 

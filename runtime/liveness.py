@@ -1,0 +1,62 @@
+"""Protocol v2 heartbeats: say something when idle, and notice a peer that went silent."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Awaitable, Callable
+
+DEFAULT_HEARTBEAT = 5.0  # seconds
+MISSED_BEATS = 3  # silence for this many intervals means the peer is gone
+
+
+class Liveness:
+    """Sends a heartbeat when nothing was sent for `interval`; calls `on_dead` after
+    `MISSED_BEATS` intervals without hearing anything (data, ack or heartbeat)."""
+
+    def __init__(
+        self,
+        interval: float,
+        send_heartbeat: Callable[[], Awaitable[None]],
+        on_dead: Callable[[], None],
+    ) -> None:
+        self.interval = interval
+        self._send_heartbeat = send_heartbeat
+        self._on_dead = on_dead
+        self._loop = asyncio.get_running_loop()
+        self.last_sent = self.last_heard = self._loop.time()
+        self._timer: asyncio.TimerHandle | None = None
+        self._sending: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.last_sent = self.last_heard = self._loop.time()
+        self._timer = self._loop.call_later(self.interval / 2, self._tick)
+
+    def heard(self) -> None:
+        self.last_heard = self._loop.time()
+
+    def sent(self) -> None:
+        self.last_sent = self._loop.time()
+
+    def _tick(self) -> None:
+        now = self._loop.time()
+        if now - self.last_heard > MISSED_BEATS * self.interval:
+            self._timer = None
+            self._on_dead()
+            return
+        if now - self.last_sent >= self.interval and (self._sending is None or self._sending.done()):
+            self.last_sent = now
+            self._sending = self._loop.create_task(self._beat(), name="betterproto-nats heartbeat")
+        self._timer = self._loop.call_later(self.interval / 2, self._tick)
+
+    async def _beat(self) -> None:
+        try:
+            await self._send_heartbeat()
+        except Exception:
+            pass  # a closed connection shows up as silence on the other side
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._sending is not None and not self._sending.done():
+            self._sending.cancel()

@@ -1,0 +1,78 @@
+"""The protocol v2 side of one call on one side: control messages to and from the peer."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from .flow import FlowWindow
+from .liveness import Liveness
+from .protocol import STREAM_ACK, STREAM_CANCEL, STREAM_HEARTBEAT, is_control
+
+
+class StreamSession:
+    """Sends acks, heartbeats and cancels to the peer's inbox; handles the ones that arrive.
+
+    `watch` is installed as the receiving `Inbox`'s watcher: it sees every message first (anything
+    counts as a sign of life) and takes the control messages out of the data path.
+    """
+
+    def __init__(
+        self,
+        nc: NATS,
+        peer_inbox: str,
+        heartbeat: float,
+        on_dead: Callable[[], None],
+        on_cancel: Callable[[str], None] | None = None,
+    ) -> None:
+        self.nc = nc
+        self.peer_inbox = peer_inbox
+        self.window: FlowWindow | None = None  # credit for what we send, once the peer granted it
+        self.on_cancel = on_cancel
+        self._heartbeat_ms = str(int(heartbeat * 1000))
+        self.liveness = Liveness(heartbeat, self.send_heartbeat, on_dead)
+        self.closed = False
+
+    def start(self) -> None:
+        self.liveness.start()
+
+    def watch(self, msg: Msg) -> bool:
+        """Record a sign of life; handle a control message and return True, else False."""
+        self.liveness.heard()
+        headers = msg.headers
+        if not is_control(headers):
+            return False
+        assert headers is not None
+        ack = headers.get(STREAM_ACK)
+        if ack is not None and ack.isdigit() and self.window is not None:
+            self.window.on_ack(int(ack))
+        reason = headers.get(STREAM_CANCEL)
+        if reason is not None and self.on_cancel is not None:
+            self.on_cancel(reason)
+        return True
+
+    async def _send(self, headers: dict[str, str]) -> None:
+        if self.closed:
+            return
+        await self.nc.publish(self.peer_inbox, b"", headers=headers)
+        self.liveness.sent()
+
+    async def send_ack(self, seq: int) -> None:
+        await self._send({STREAM_ACK: str(seq)})
+
+    async def send_heartbeat(self) -> None:
+        await self._send({STREAM_HEARTBEAT: self._heartbeat_ms})
+
+    async def send_cancel(self, reason: str) -> None:
+        try:
+            await self._send({STREAM_CANCEL: reason.replace("\r", " ").replace("\n", " ")})
+        except Exception:
+            pass  # the connection is gone: the peer will notice the silence instead
+
+    def close(self) -> None:
+        self.closed = True
+        self.liveness.stop()
+        if self.window is not None:
+            self.window.fail(ConnectionError("stream closed"))
