@@ -98,9 +98,12 @@ class _Call:
         """Start v2 control for this call: the peer is gone after three silent heartbeat intervals."""
 
         def peer_gone() -> None:
-            inbox.fail(self.error(ErrorCode.UNAVAILABLE, "the server stopped answering (no heartbeat)"))
+            error = self.error(
+                ErrorCode.UNAVAILABLE, "the server stopped answering or the NATS connection was interrupted"
+            )
+            inbox.fail(error)
             if session.window is not None:
-                session.window.fail(self.error(ErrorCode.UNAVAILABLE, "the server stopped answering (no heartbeat)"))
+                session.window.fail(error)
 
         session = StreamSession(self.nc, peer_inbox, self.heartbeat, on_dead=peer_gone)
         return session
@@ -130,13 +133,30 @@ class _StreamBase:
         self._call = call
         self._inbox = inbox
         self._session: StreamSession | None = None  # set once the server confirmed protocol v2
+        # If the task that opened the stream is cancelled while it is open, cancel the call: an
+        # abandoned `async for` is not closed by Python until its generator is garbage collected.
+        self._owner = asyncio.current_task()
+        if self._owner is not None:
+            self._owner.add_done_callback(self._owner_done)
+
+    def _owner_done(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() and self._inbox.is_open:
+            asyncio.get_running_loop().create_task(self.close(), name="betterproto-nats close")
 
     def _finished(self) -> bool:
         """Whether the server has ended the call (nothing to cancel)."""
         return False
 
+    async def _await_confirmation(self) -> None:
+        """Closing before we know whether the server speaks v2: see `ServerStream`."""
+
     async def close(self) -> None:
         """Abandon the call: tell a v2 server to stop, then release the subscription. Idempotent."""
+        owner, self._owner = self._owner, None
+        if owner is not None:
+            owner.remove_done_callback(self._owner_done)
+        if self._session is None and self._inbox.is_open and not self._finished():
+            await self._await_confirmation()
         session, self._session = self._session, None
         if session is not None:
             if not self._finished():
@@ -189,9 +209,20 @@ class ServerStream(_Receiving[Resp]):
     def __init__(self, call: _Call, inbox: Inbox, response_type: type[Resp]) -> None:
         super().__init__(call, inbox, response_type)
         inbox.watcher = self._watch
+        self._heard = asyncio.Event()  # anything arrived: v2's open message always comes first
+
+    async def _await_confirmation(self) -> None:
+        """Closing before anything arrived: a v2 server's open message (naming where to send the
+        cancel) may still be on its way. Wait for it briefly; a v1 server never sends one."""
+        if not self._heard.is_set():
+            try:
+                await asyncio.wait_for(self._heard.wait(), min(1.0, self._call.heartbeat))
+            except TimeoutError:
+                pass
 
     def _watch(self, msg: Msg) -> bool:
         """Before v2 is confirmed, only the server's open message is ours; after, the session's."""
+        self._heard.set()
         if self._session is not None:
             return self._session.watch(msg)
         if not is_control(msg.headers):

@@ -11,17 +11,20 @@ MISSED_BEATS = 3  # silence for this many intervals means the peer is gone
 
 class Liveness:
     """Sends a heartbeat when nothing was sent for `interval`; calls `on_dead` after
-    `MISSED_BEATS` intervals without hearing anything (data, ack or heartbeat)."""
+    `MISSED_BEATS` intervals without hearing anything (data, ack or heartbeat), or once
+    `interrupted()` says the connection was lost meanwhile (messages in that gap may be gone)."""
 
     def __init__(
         self,
         interval: float,
         send_heartbeat: Callable[[], Awaitable[None]],
         on_dead: Callable[[], None],
+        interrupted: Callable[[], bool] = lambda: False,
     ) -> None:
         self.interval = interval
         self._send_heartbeat = send_heartbeat
         self._on_dead = on_dead
+        self._interrupted = interrupted
         self._loop = asyncio.get_running_loop()
         self.last_sent = self.last_heard = self._loop.time()
         self._timer: asyncio.TimerHandle | None = None
@@ -39,7 +42,7 @@ class Liveness:
 
     def _tick(self) -> None:
         now = self._loop.time()
-        if now - self.last_heard > MISSED_BEATS * self.interval:
+        if now - self.last_heard > MISSED_BEATS * self.interval or self._interrupted():
             self._timer = None
             self._on_dead()
             return

@@ -118,7 +118,9 @@ class Responder:
             self.nc,
             peer_inbox,
             self.heartbeat,
-            on_dead=lambda: self.peer_ended(self.error(ErrorCode.UNAVAILABLE, "the client stopped answering")),
+            on_dead=lambda: self.peer_ended(
+                self.error(ErrorCode.UNAVAILABLE, "the client stopped answering or the NATS connection was interrupted")
+            ),
             on_cancel=lambda reason: self.peer_ended(self.error(ErrorCode.CANCELLED, reason or "cancelled")),
         )
         inbox.watcher = session.watch
@@ -245,12 +247,25 @@ class _SendsStream(Responder):
                 responses.close()
             raise self.error(ErrorCode.INTERNAL, f"{self.method.py_name} must be an async generator (use yield)")
         assert self.writer is not None
-        async for response in responses:
-            if not isinstance(response, self.method.response):
-                raise self.error(
-                    ErrorCode.INTERNAL, f"handler yielded {type(response).__name__}, not {self.method.response.__name__}"
-                )
-            await self.writer.send(response)
+        try:
+            async for response in responses:
+                if not isinstance(response, self.method.response):
+                    raise self.error(
+                        ErrorCode.INTERNAL,
+                        f"handler yielded {type(response).__name__}, not {self.method.response.__name__}",
+                    )
+                await self.writer.send(response)
+        except asyncio.CancelledError:
+            # The handler is suspended at a `yield` while we send: it must see the cancellation too.
+            if hasattr(responses, "athrow"):
+                try:
+                    await responses.athrow(asyncio.CancelledError())
+                except BaseException:
+                    pass
+            raise
+        finally:
+            if hasattr(responses, "aclose"):
+                await responses.aclose()  # run the handler's cleanup now, not at garbage collection
 
     async def finish(self, error: RpcError | None) -> None:
         if self.writer is not None:

@@ -32,7 +32,12 @@ class StreamSession:
         self.window: FlowWindow | None = None  # credit for what we send, once the peer granted it
         self.on_cancel = on_cancel
         self._heartbeat_ms = str(int(heartbeat * 1000))
-        self.liveness = Liveness(heartbeat, self.send_heartbeat, on_dead)
+        # A reconnect means data, acks or the peer's cancel may have been lost in the gap: a stream
+        # that lived through one cannot be trusted to be complete or to make progress, so it ends.
+        reconnects = nc.stats["reconnects"]
+        self.liveness = Liveness(
+            heartbeat, self.send_heartbeat, on_dead, interrupted=lambda: nc.stats["reconnects"] != reconnects
+        )
         self.closed = False
 
     def start(self) -> None:

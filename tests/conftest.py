@@ -71,3 +71,35 @@ def own_tasks() -> set[asyncio.Task[object]]:
         for t in asyncio.all_tasks()
         if t is not current and not t.done() and "betterproto-nats" in t.get_name()
     }
+
+
+class Wiretap:
+    """Every message through the NATS server (subscribed to `>` on its own connection), in order of
+    arrival at the tap: (subject, headers, body size)."""
+
+    def __init__(self, conn: NATS) -> None:
+        self.conn = conn
+        self.seen: list[tuple[str, dict[str, str], int]] = []
+
+    async def start(self) -> "Wiretap":
+        async def record(msg) -> None:  # type: ignore[no-untyped-def]
+            self.seen.append((msg.subject, dict(msg.headers or {}), len(msg.data)))
+
+        await self.conn.subscribe(">", cb=record)
+        from betterproto_nats.nats_compat import flush_ordered
+
+        await flush_ordered(self.conn)
+        return self
+
+    def headers_on(self, subject: str) -> list[dict[str, str]]:
+        return [h for s, h, _ in self.seen if s == subject]
+
+    def with_header(self, name: str) -> list[tuple[str, dict[str, str], int]]:
+        return [item for item in self.seen if name in item[1]]
+
+
+@pytest.fixture
+async def tap(nats_server: NatsServer) -> AsyncIterator[Wiretap]:
+    conn = await connect(nats_server.url)
+    yield await Wiretap(conn).start()
+    await conn.close()

@@ -1,0 +1,398 @@
+"""Protocol v2: negotiation, flow control, dead peers, cancellation, deadlines (real nats-servers)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import AsyncIterator
+
+import nats
+import pytest
+from conftest import Wiretap, connect, own_tasks, settle, subscriptions
+from nats.aio.client import Client as NATS
+
+import betterproto_nats
+from betterproto_nats import ErrorCode, RpcError
+from betterproto_nats.flow import DEFAULT_WINDOW
+from betterproto_nats.testing import NatsServer
+from gen.streaming.v1 import (
+    ChatMessage,
+    CountUpRequest,
+    CountUpResponse,
+    StreamDemoServiceNatsBase,
+    StreamDemoServiceNatsClient,
+    SumRequest,
+    SumResponse,
+)
+
+PROCS = Path(__file__).resolve().parent / "procs"
+
+
+class Probe(StreamDemoServiceNatsBase):
+    """Handlers that run until told otherwise and record how they ended."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.cancelled = asyncio.Event()
+        self.yielded = 0
+        self.slow = 0.0  # seconds per consumed client message
+
+    async def count_up(self, request: CountUpRequest) -> AsyncIterator[CountUpResponse]:
+        self.started.set()
+        try:
+            for i in range(request.count):
+                yield CountUpResponse(number=i)
+                self.yielded += 1
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+
+    async def sum(self, requests: AsyncIterator[SumRequest]) -> SumResponse:
+        self.started.set()
+        total = count = 0
+        try:
+            async for request in requests:
+                total += request.value
+                count += 1
+                if self.slow and count % 100 == 0:
+                    await asyncio.sleep(self.slow * 100)
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        return SumResponse(total=total, count=count)
+
+    async def chat(self, requests: AsyncIterator[ChatMessage]) -> AsyncIterator[ChatMessage]:
+        self.started.set()
+        try:
+            async for message in requests:
+                if self.slow:
+                    await asyncio.sleep(self.slow)
+                yield ChatMessage(text=message.text)
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+
+
+@pytest.fixture
+async def probe(nc: NATS, server_nc: NATS) -> AsyncIterator[tuple[Probe, betterproto_nats.Server]]:
+    impl = Probe()
+    server = await betterproto_nats.serve(server_nc, impl)
+    client_subs = subscriptions(nc)
+    yield impl, server
+    await settle(lambda: subscriptions(nc) == client_subs and not server.calls)
+    assert not own_tasks()
+    await server.stop()
+
+
+# --- Negotiation ----------------------------------------------------------------------------------
+
+
+async def test_our_client_and_server_speak_v2(nc: NATS, probe: tuple[Probe, object], tap: Wiretap) -> None:
+    client = StreamDemoServiceNatsClient(nc)
+    assert [r.number async for r in client.count_up(CountUpRequest(count=DEFAULT_WINDOW * 2))][-1] == DEFAULT_WINDOW * 2 - 1
+    request = next(h for s, h, _ in tap.seen if s == "api.v1.stream.count_up")
+    assert request["Nats-Stream-Version"] == "2"
+    r_subject = request["Reply-To"]
+    first = tap.headers_on(r_subject)[0]
+    assert first["Nats-Stream-Version"] == "2" and "Nats-Stream-Inbox" in first  # the open message
+    acks = tap.headers_on(first["Nats-Stream-Inbox"])
+    assert acks and all("Nats-Stream-Ack" in h for h in acks)  # the client acknowledged as it consumed
+    assert await client.sum([SumRequest(value=1)] * 3) == SumResponse(total=3, count=3)
+    ack = next(h for _, h, _ in tap.seen if h.get("Nats-Stream-Inbox") and "Nats-Stream-Window" in h)
+    assert ack["Nats-Stream-Version"] == "2"
+
+
+# --- Flow control ---------------------------------------------------------------------------------
+
+
+async def test_slow_client_gets_200k_messages_with_bounded_buffers(nc: NATS, probe: tuple[Probe, object]) -> None:
+    n = 200_000
+    stream = await StreamDemoServiceNatsClient(nc).count_up(CountUpRequest(count=n), timeout=300)
+    queued = 0
+    expected = 0
+    async for response in stream:
+        assert response.number == expected
+        expected += 1
+        queued = max(queued, len(stream._inbox._queue))
+        if expected % 1000 == 0:
+            await asyncio.sleep(0.001)  # a consumer slower than the sender
+    assert expected == n
+    # The server never had more than a window in flight: the receiver's queue shows it.
+    assert queued <= DEFAULT_WINDOW + 1
+
+
+async def test_slow_client_stream_handler_bounds_the_sender(nc: NATS, probe: tuple[Probe, object]) -> None:
+    impl, _ = probe
+    impl.slow = 0.0005
+    stream = await StreamDemoServiceNatsClient(nc).sum(timeout=120)
+    for i in range(20_000):
+        await stream.send(SumRequest(value=1))
+    window = stream._writer.window
+    assert window is not None and window.peak_messages <= window.messages
+    result = await stream.close_and_recv()
+    assert (result.count, result.total) == (20_000, 20_000)
+
+
+async def test_slow_bidi_handler_bounds_the_sender(nc: NATS, probe: tuple[Probe, object]) -> None:
+    impl, _ = probe
+    impl.slow = 0.0001
+    async with await StreamDemoServiceNatsClient(nc).chat(timeout=120) as chat:
+        received = []
+
+        async def reader() -> None:
+            async for reply in chat:
+                received.append(int(reply.text))
+
+        reading = asyncio.create_task(reader())
+        for i in range(5_000):
+            await chat.send(ChatMessage(text=str(i)))
+        await chat.close_send()
+        await asyncio.wait_for(reading, 60)
+        window = chat._writer.window
+        assert window is not None and window.peak_messages <= window.messages
+    assert received == list(range(5_000))
+
+
+async def test_byte_window_caps_large_messages(nc: NATS, server_nc: NATS) -> None:
+    big = 256 * 1024
+
+    class Big(StreamDemoServiceNatsBase):
+        async def count_up(self, request: CountUpRequest) -> AsyncIterator[CountUpResponse]:
+            for i in range(request.count):
+                yield CountUpResponse(number=i, timestamp="x" * big)
+
+    server = await betterproto_nats.serve(server_nc, Big())
+    try:
+        stream = await StreamDemoServiceNatsClient(nc).count_up(CountUpRequest(count=200), timeout=60)
+        queued_bytes = 0
+        async for _ in stream:
+            queued_bytes = max(queued_bytes, sum(len(m.data) for m in stream._inbox._queue))
+            await asyncio.sleep(0.001)
+        assert queued_bytes <= 4 * 1024 * 1024 + big  # the 4 MiB byte window, not 200 × 256 KiB
+    finally:
+        await server.stop()
+
+
+# --- Cancellation ---------------------------------------------------------------------------------
+
+
+async def test_break_cancels_the_server_handler(nc: NATS, probe: tuple[Probe, betterproto_nats.Server]) -> None:
+    impl, server = probe
+    async for response in StreamDemoServiceNatsClient(nc).count_up(CountUpRequest(count=10**9)):
+        break
+    await asyncio.wait_for(impl.cancelled.wait(), 10)
+    await settle(lambda: not server.calls)
+    sent = impl.yielded
+    await asyncio.sleep(0)  # the handler is gone: nothing more is produced
+    assert impl.yielded == sent
+
+
+@pytest.mark.parametrize("shape", ["count_up", "sum", "chat"])
+async def test_close_cancels_the_server_handler(nc: NATS, probe: tuple[Probe, betterproto_nats.Server], shape: str) -> None:
+    impl, server = probe
+    client = StreamDemoServiceNatsClient(nc)
+    if shape == "count_up":
+        stream = await client.count_up(CountUpRequest(count=10**9))
+        await stream.recv()
+    elif shape == "sum":
+        stream = await client.sum()
+        await stream.send(SumRequest(value=1))
+    else:
+        stream = await client.chat()
+        await stream.send(ChatMessage(text="x"))
+        await stream.recv()
+    await asyncio.wait_for(impl.started.wait(), 5)
+    await stream.close()
+    await asyncio.wait_for(impl.cancelled.wait(), 10)
+    await settle(lambda: not server.calls)
+
+
+async def test_cancelled_client_task_cancels_the_server_handler(nc: NATS, probe: tuple[Probe, betterproto_nats.Server]) -> None:
+    impl, server = probe
+
+    async def consume() -> None:
+        async for _ in StreamDemoServiceNatsClient(nc).count_up(CountUpRequest(count=10**9)):
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(impl.started.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.wait_for(impl.cancelled.wait(), 10)
+    await settle(lambda: not server.calls)
+
+
+# --- Deadlines ------------------------------------------------------------------------------------
+
+
+async def test_deadline_travels_and_both_sides_report_deadline_exceeded(
+    nc: NATS, probe: tuple[Probe, betterproto_nats.Server], tap: Wiretap
+) -> None:
+    impl, server = probe
+
+    client = StreamDemoServiceNatsClient(nc)
+    before = time.time()
+    stream = await client.chat(timeout=0.5)
+    request = next(h for s, h, _ in tap.seen if s == "api.v1.stream.chat")
+    deadline_ms = int(request["Nats-Deadline"])
+    assert before * 1000 + 400 <= deadline_ms <= time.time() * 1000 + 600
+    with pytest.raises(RpcError) as caught:
+        await stream.recv()  # the handler waits for a message that never comes
+    assert caught.value.code == ErrorCode.DEADLINE_EXCEEDED
+    await stream.close()
+    await asyncio.wait_for(impl.cancelled.wait(), 5)  # the server cancelled its handler at the deadline
+    await settle(lambda: not server.calls)
+    chat_stats = next(e for e in server.discovery.endpoints if e.name == "chat")
+    assert chat_stats.last_error == ErrorCode.DEADLINE_EXCEEDED
+
+
+# --- Dead peers -----------------------------------------------------------------------------------
+
+
+async def test_killed_server_process_fails_the_client_within_three_heartbeats(nats_server: NatsServer, nc: NATS) -> None:
+    proc = subprocess.Popen([sys.executable, str(PROCS / "demo_server.py"), nats_server.url], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)
+        assert line.strip() == b"ready"
+        interval = 0.3
+        client = StreamDemoServiceNatsClient(nc, heartbeat=interval)
+        stream = await client.count_up(CountUpRequest(count=10**6))
+        await stream.recv()
+        proc.kill()
+        killed = time.monotonic()
+        with pytest.raises(RpcError) as caught:
+            async for _ in stream:
+                pass
+        assert caught.value.code == ErrorCode.UNAVAILABLE
+        assert time.monotonic() - killed < 3 * interval + 1.0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+async def test_killed_client_process_frees_the_server_stream(nats_server: NatsServer, nc: NATS, server_nc: NATS) -> None:
+    impl = Probe()
+    server = await betterproto_nats.serve(server_nc, impl)
+    interval = 0.3
+    proc = subprocess.Popen(
+        [sys.executable, str(PROCS / "demo_client.py"), nats_server.url, str(interval)], stdout=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)
+        assert line.strip() == b"streaming"
+        assert len(server.calls) == 1
+        proc.kill()
+        killed = time.monotonic()
+        await asyncio.wait_for(impl.cancelled.wait(), 10)
+        await settle(lambda: not server.calls)
+        assert time.monotonic() - killed < 3 * interval + 1.0
+    finally:
+        proc.kill()
+        proc.wait()
+        await server.stop()
+
+
+# --- Server restarts, stop, leaks -----------------------------------------------------------------
+
+
+async def test_nats_server_restart_mid_stream(tmp_path: Path) -> None:
+    with NatsServer() as server:
+        reconnecting = dict(allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.05)
+        service_nc = await nats.connect(server.url, **reconnecting)
+        client_nc = await nats.connect(server.url, **reconnecting)
+        service = await betterproto_nats.serve(service_nc, Probe())
+        client = StreamDemoServiceNatsClient(client_nc, heartbeat=0.3)
+        stream = await client.count_up(CountUpRequest(count=10**9))
+        await stream.recv()
+        server.stop()
+        server.start()  # same port
+        # The in-flight stream ends with a clear error (no hang) ...
+        with pytest.raises(RpcError) as caught:
+            await asyncio.wait_for(_drain(stream), 20)
+        assert caught.value.code in (ErrorCode.UNAVAILABLE, ErrorCode.DATA_LOSS)
+        # ... and calls after the reconnect succeed.
+        for _ in range(100):
+            if client_nc.is_connected and service_nc.is_connected:
+                break
+            await asyncio.sleep(0.05)
+        for attempt in range(50):
+            try:
+                got = [r.number async for r in client.count_up(CountUpRequest(count=3), timeout=2)]
+                break
+            except RpcError as error:  # interest may still be propagating right after the reconnect
+                if error.code != ErrorCode.UNAVAILABLE or attempt == 49:
+                    raise
+                await asyncio.sleep(0.05)
+        assert got == [0, 1, 2]
+        await service.stop()
+        await client_nc.close()
+        await service_nc.close()
+
+
+async def _drain(stream: betterproto_nats.ServerStream[CountUpResponse]) -> None:
+    async for _ in stream:
+        pass
+
+
+async def test_stop_with_calls_in_flight(nc: NATS, server_nc: NATS) -> None:
+    impl = Probe()
+    server = await betterproto_nats.serve(server_nc, impl, grace_period=0.5)
+    client = StreamDemoServiceNatsClient(nc)
+    finishing = await client.count_up(CountUpRequest(count=3))  # completes within the grace period
+    endless = await client.count_up(CountUpRequest(count=10**9))  # does not
+    await endless.recv()
+    stopping = asyncio.create_task(server.stop())
+    assert [r.number async for r in finishing] == [0, 1, 2]
+    with pytest.raises(RpcError) as caught:
+        async for _ in endless:
+            pass
+    assert caught.value.code == ErrorCode.UNAVAILABLE
+    await stopping
+    with pytest.raises(RpcError) as caught:  # no new calls
+        await client.sum([SumRequest(value=1)])
+    assert caught.value.code == ErrorCode.UNAVAILABLE
+    assert not server.calls
+
+
+async def test_no_leaks_after_1000_mixed_calls(nc: NATS, server_nc: NATS) -> None:
+    from demo_service import Demo
+
+    impl = Demo()
+    client_subs, server_subs = subscriptions(nc), subscriptions(server_nc)
+    server = await betterproto_nats.serve(server_nc, impl)
+    served_subs = subscriptions(server_nc)
+    client = StreamDemoServiceNatsClient(nc)
+
+    async def one(i: int) -> None:
+        kind = i % 5
+        try:
+            if kind == 0:
+                assert [r.number async for r in client.count_up(CountUpRequest(start=1, count=3))] == [1, 2, 3]
+            elif kind == 1:
+                await client.sum([SumRequest(value=1), SumRequest(value=-1)])  # handler error
+            elif kind == 2:
+                async for _ in client.count_up(CountUpRequest(start=1, count=100)):
+                    break  # cancelled
+            elif kind == 3:
+                stream = await client.chat(timeout=0.05)  # times out waiting
+                try:
+                    await stream.recv()
+                finally:
+                    await stream.close()
+            else:
+                assert [r.text async for r in client.chat([ChatMessage(text="a")])] == ["echo: a"]
+        except RpcError as error:
+            assert error.code in (ErrorCode.INVALID_ARGUMENT, ErrorCode.DEADLINE_EXCEEDED)
+
+    for batch in range(20):
+        await asyncio.gather(*(one(batch * 50 + i) for i in range(50)))
+    await settle(lambda: subscriptions(nc) == client_subs and not server.calls and subscriptions(server_nc) == served_subs)
+    assert not own_tasks()
+    await server.stop()
+    assert subscriptions(server_nc) == server_subs
