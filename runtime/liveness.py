@@ -7,6 +7,7 @@ from typing import Awaitable, Callable
 
 DEFAULT_HEARTBEAT = 5.0  # seconds
 MISSED_BEATS = 3  # silence for this many intervals means the peer is gone
+MIN_HEARTBEAT, MAX_HEARTBEAT = 0.05, 60.0  # what a server accepts from a client's header
 
 
 class Liveness:

@@ -20,7 +20,7 @@ from .codec import Codec
 from .context import CallContext, set_current_call
 from .errors import ErrorCode, RpcError
 from .flow import DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES, AckPolicy, FlowWindow
-from .liveness import DEFAULT_HEARTBEAT
+from .liveness import DEFAULT_HEARTBEAT, MAX_HEARTBEAT, MIN_HEARTBEAT
 from .protocol import (
     DEADLINE,
     REPLY_TO,
@@ -93,11 +93,14 @@ class Responder:
         self.deadline = Deadline.after(method.timeout)
         if self.v2 and headers.get(DEADLINE, "").isdigit():
             self.deadline = Deadline.at_epoch(int(headers[DEADLINE]) / 1000).earliest(self.deadline)
-        self.heartbeat = header_int(headers, STREAM_HEARTBEAT, int(DEFAULT_HEARTBEAT * 1000)) / 1000
+        # The client chooses the heartbeat interval; a hostile one must not keep a call alive forever.
+        heartbeat = header_int(headers, STREAM_HEARTBEAT, int(DEFAULT_HEARTBEAT * 1000)) / 1000
+        self.heartbeat = min(max(heartbeat, MIN_HEARTBEAT), MAX_HEARTBEAT)
         self.session: StreamSession | None = None
         self.task: asyncio.Task[Any] | None = None
         self.serving = False
         self.ended_by_peer: RpcError | None = None  # v2: the client cancelled or went silent
+        self.stopping = False  # the service is stopping: answer now, hold nothing back
         self.context = CallContext(
             method=name,
             subject=msg.subject,
@@ -169,6 +172,7 @@ class Responder:
             error = self.ended_by_peer or self.error(
                 ErrorCode.UNAVAILABLE, "the service stopped before the call finished"
             )
+            self.stopping = True
         except Exception as raised:
             log.exception("handler %s failed", self.name)
             error = self.error(ErrorCode.INTERNAL, str(raised)[:512] or type(raised).__name__)
@@ -409,7 +413,7 @@ class ClientStreamResponder(_Handshaking):
             if error is not None:
                 await self.respond_error(self.msg.reply, error)
             return
-        if not self.v2:  # a v1 (Go) client listens on R only after its end marker
+        if not self.v2 and not self.stopping:  # a v1 (Go) client listens on R only after its end marker
             await self.reader.drain_to_end(self.deadline or Deadline(V1_HOLD_LIMIT))
         if error is None:
             if not isinstance(self.response, self.method.response):

@@ -30,6 +30,7 @@ class NatsServer:
         self.port = port
         self.extra_args = extra_args or []
         self.process: subprocess.Popen[bytes] | None = None
+        self.cluster_url: str | None = None  # the route URL, when started with --cluster
         self._dir = tempfile.mkdtemp(prefix="nats-test-")
 
     @property
@@ -51,6 +52,8 @@ class NatsServer:
                     url = None
                 if url:
                     self.port = int(url.rsplit(":", 1)[1])
+                    cluster = json.loads(ports[0].read_text()).get("cluster") or [None]
+                    self.cluster_url = cluster[0]
                     return self
             if self.process.poll() is not None:
                 raise RuntimeError(f"nats-server exited with {self.process.returncode}")
@@ -82,3 +85,18 @@ class NatsServer:
             self.process.wait()
         self.process = None
 
+
+
+def start_cluster(size: int = 3, name: str = "betterproto-nats-test") -> list[NatsServer]:
+    """`size` nats-servers on loopback routed into one cluster (the others route to the first)."""
+    seed = NatsServer(extra_args=["--cluster_name", name, "--cluster", "nats://127.0.0.1:-1"]).start()
+    nodes = [seed]
+    try:
+        for _ in range(size - 1):
+            args = ["--cluster_name", name, "--cluster", "nats://127.0.0.1:-1", "--routes", str(seed.cluster_url)]
+            nodes.append(NatsServer(extra_args=args).start())
+    except BaseException:
+        for node in nodes:
+            node.__exit__()
+        raise
+    return nodes
