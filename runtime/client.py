@@ -38,7 +38,6 @@ from .protocol import (
     caller_headers,
     check_size,
     error_from_headers,
-    header_int,
     is_control,
     user_headers,
 )
@@ -248,10 +247,7 @@ class _Sending(_StreamBase, Generic[Req]):
         """The ack confirmed v2: the server's window bounds what we send; heartbeats both ways."""
         call = self._call
         session = self._session = call.session(self._inbox, self._writer.subject)
-        session.window = self._writer.window = FlowWindow(
-            header_int(ack_headers, STREAM_WINDOW, DEFAULT_WINDOW),
-            header_int(ack_headers, STREAM_WINDOW_BYTES, DEFAULT_WINDOW_BYTES),
-        )
+        session.window = self._writer.window = FlowWindow.granted(ack_headers)
         self._writer.on_sent = session.liveness.sent
         if receiving is not None:
             receiving.acker = AckPolicy(call.window, call.window_bytes, session.send_ack)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Mapping
 
 # Receiver windows when the method sets no `(natsmicro.stream).max_inflight`. Measured (FACTS.md):
 # 128-512 frames of 1 KiB and ~32 frames of 64 KiB run as fast as no flow control; more than 64 MiB
@@ -27,6 +27,16 @@ class FlowWindow:
         self.peak_bytes = 0
         self._waiter: asyncio.Future[None] | None = None
         self._failure: BaseException | None = None
+
+    @classmethod
+    def granted(cls, headers: Mapping[str, str] | None) -> FlowWindow:
+        """The window a receiver granted in its `Nats-Stream-Window(-Bytes)` headers."""
+        from .protocol import STREAM_WINDOW, STREAM_WINDOW_BYTES, header_int
+
+        return cls(
+            header_int(headers, STREAM_WINDOW, DEFAULT_WINDOW),
+            header_int(headers, STREAM_WINDOW_BYTES, DEFAULT_WINDOW_BYTES),
+        )
 
     def _fits(self, size: int) -> bool:
         if not self._in_flight:

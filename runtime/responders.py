@@ -311,10 +311,7 @@ class ServerStreamResponder(_SendsStream):
         watch = session.watch
         control.watcher = lambda msg: watch(msg) or True  # only control belongs here
         assert self.writer is not None
-        headers = self.msg.headers
-        session.window = self.writer.window = FlowWindow(
-            header_int(headers, STREAM_WINDOW, DEFAULT_WINDOW), header_int(headers, STREAM_WINDOW_BYTES, DEFAULT_WINDOW_BYTES)
-        )
+        session.window = self.writer.window = FlowWindow.granted(self.msg.headers)
         self.writer.on_sent = session.liveness.sent
         await self.nc.publish(reply_to, b"", headers={STREAM_VERSION: VERSION_2, STREAM_INBOX: control.subject})
         session.start()
@@ -436,11 +433,7 @@ class BidiResponder(_Handshaking, _SendsStream):
         self.writer = StreamWriter(self.nc, self.reply_to, self.codec, self.name)
         self.writer.first_headers = self.context.response_headers
         if self.session is not None:
-            headers = self.msg.headers
-            self.session.window = self.writer.window = FlowWindow(
-                header_int(headers, STREAM_WINDOW, DEFAULT_WINDOW),
-                header_int(headers, STREAM_WINDOW_BYTES, DEFAULT_WINDOW_BYTES),
-            )
+            self.session.window = self.writer.window = FlowWindow.granted(self.msg.headers)
             self.writer.on_sent = self.session.liveness.sent
 
     async def serve(self) -> None:

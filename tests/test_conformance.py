@@ -26,7 +26,6 @@ from gen.streaming.v1 import (
     CountUpResponse,
     StreamDemoServiceNatsClient,
     SumRequest,
-    SumResponse,
 )
 
 # From go-wire-transcript.txt.

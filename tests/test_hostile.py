@@ -4,7 +4,8 @@ and to live stream inboxes. The service keeps serving; every affected call ends 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import contextlib
+from typing import Any, AsyncIterator
 
 import nats
 from hypothesis import HealthCheck, given, settings
@@ -51,13 +52,21 @@ ENDPOINTS = ["ping", "count_up", "sum", "chat"]
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
-async def serving(url: str) -> tuple[Any, Any, Any]:
+@contextlib.asynccontextmanager
+async def serving(url: str) -> AsyncIterator[tuple[Any, Any]]:
+    """The demo service and a client connection; afterwards the service stops with no call left."""
     from demo_service import Demo
 
     server_nc = await nats.connect(url, allow_reconnect=False)
     client_nc = await nats.connect(url, allow_reconnect=False)
     server = await betterproto_nats.serve(server_nc, Demo(), grace_period=0)
-    return server, server_nc, client_nc
+    try:
+        yield server, client_nc
+    finally:
+        await server.stop(grace_period=0)
+        assert not server.calls
+        await client_nc.close()
+        await server_nc.close()
 
 
 async def still_serves(client: StreamDemoServiceNatsClient) -> None:
@@ -68,8 +77,7 @@ async def still_serves(client: StreamDemoServiceNatsClient) -> None:
 
 
 async def endpoint_barrage(url: str, endpoint: str, sent: list[tuple[bytes, dict[str, str]]]) -> None:
-    server, server_nc, client_nc = await serving(url)
-    try:
+    async with serving(url) as (server, client_nc):
         for body, hdrs in sent:
             reply = client_nc.new_inbox()
             answered: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -80,24 +88,22 @@ async def endpoint_barrage(url: str, endpoint: str, sent: list[tuple[bytes, dict
                 assert msg.data or (msg.headers or {}).get("Nats-Service-Error-Code") or body == b"" or msg.data == b""
             await sub.unsubscribe()
         await still_serves(StreamDemoServiceNatsClient(client_nc))
-    finally:
-        await server.stop(grace_period=0)
-        assert not server.calls
-        await client_nc.close()
-        await server_nc.close()
 
 
 @SETTINGS
 @given(endpoint=st.sampled_from(ENDPOINTS), sent=messages)
-def test_random_requests_to_endpoints(nats_server: NatsServer, endpoint: str, sent: list[tuple[bytes, dict[str, str]]]) -> None:
+def test_random_requests_to_endpoints(
+    nats_server: NatsServer, endpoint: str, sent: list[tuple[bytes, dict[str, str]]]
+) -> None:
     asyncio.run(asyncio.wait_for(endpoint_barrage(nats_server.url, endpoint, sent), 60))
 
 
-async def inbox_barrage(url: str, to_server: list[tuple[bytes, dict[str, str]]], to_client: list[tuple[bytes, dict[str, str]]]) -> None:
-    server, server_nc, client_nc = await serving(url)
-    # A forged cancel makes the server go silent, as a real one should: notice that quickly.
-    client = StreamDemoServiceNatsClient(client_nc, heartbeat=0.2)
-    try:
+async def inbox_barrage(
+    url: str, to_server: list[tuple[bytes, dict[str, str]]], to_client: list[tuple[bytes, dict[str, str]]]
+) -> None:
+    async with serving(url) as (server, client_nc):
+        # A forged cancel makes the server go silent, as a real one should: notice that quickly.
+        client = StreamDemoServiceNatsClient(client_nc, heartbeat=0.2)
         stream = await client.chat(timeout=10)
         await stream.send(ChatMessage(text="before"))
         assert (await stream.recv()).text == "echo: before"
@@ -121,16 +127,13 @@ async def inbox_barrage(url: str, to_server: list[tuple[bytes, dict[str, str]]],
         finally:
             await stream.close()
         await still_serves(client)
-    finally:
-        await server.stop(grace_period=0)
-        assert not server.calls
-        await client_nc.close()
-        await server_nc.close()
 
 
 @SETTINGS
 @given(to_server=messages, to_client=messages)
 def test_random_messages_to_live_stream_inboxes(
-    nats_server: NatsServer, to_server: list[tuple[bytes, dict[str, str]]], to_client: list[tuple[bytes, dict[str, str]]]
+    nats_server: NatsServer,
+    to_server: list[tuple[bytes, dict[str, str]]],
+    to_client: list[tuple[bytes, dict[str, str]]],
 ) -> None:
     asyncio.run(asyncio.wait_for(inbox_barrage(nats_server.url, to_server, to_client), 60))

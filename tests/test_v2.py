@@ -11,7 +11,7 @@ from typing import AsyncIterator
 
 import nats
 import pytest
-from conftest import Wiretap, connect, own_tasks, settle, subscriptions
+from conftest import Wiretap, own_tasks, settle, subscriptions
 from nats.aio.client import Client as NATS
 
 import betterproto_nats
