@@ -1,9 +1,18 @@
 """betterproto-nats runtime: NATS microservices for betterproto messages, all four RPC shapes."""
 
-from .client import BidiStream, BidiStreamCall, ClientStream, ServerStream, ServerStreamCall
+from .client import (
+    BidiStream,
+    BidiStreamCall,
+    ClientStream,
+    DownloadCall,
+    DownloadStream,
+    ServerStream,
+    ServerStreamCall,
+    UploadStream,
+)
 from .context import CallContext, current_call
 from .errors import ErrorCode, RpcError
-from .responders import RequestStream
+from .responders import RequestStream, UploadRequests
 from .server import Server, serve
 
 __version__ = "0.1.0"
@@ -13,12 +22,16 @@ __all__ = [
     "BidiStreamCall",
     "CallContext",
     "ClientStream",
+    "DownloadCall",
+    "DownloadStream",
     "ErrorCode",
     "RequestStream",
     "RpcError",
     "Server",
     "ServerStream",
     "ServerStreamCall",
+    "UploadRequests",
+    "UploadStream",
     "current_call",
     "serve",
 ]

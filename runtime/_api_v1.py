@@ -15,10 +15,14 @@ from .client import BidiStream as BidiStream
 from .client import BidiStreamCall as BidiStreamCall
 from .client import ClientBase as ClientBase
 from .client import ClientStream as ClientStream
+from .client import DownloadCall as DownloadCall
+from .client import DownloadStream as DownloadStream
 from .client import ServerStream as ServerStream
 from .client import ServerStreamCall as ServerStreamCall
+from .client import UploadStream as UploadStream
 from .errors import ErrorCode as ErrorCode
 from .responders import RequestStream as RequestStream
+from .responders import UploadRequests as UploadRequests
 from .service_base import ServiceBase as ServiceBase
 from .spec import Cardinality as Cardinality
 from .spec import ChunkSpec as ChunkSpec

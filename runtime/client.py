@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import (
     Any,
     AsyncIterable,
@@ -23,6 +24,7 @@ from nats.aio.client import Client as NATS
 
 from nats.aio.msg import Msg
 
+from .chunks import ChunkCodec, ChunkReceiver, ChunkSender, Progress
 from .errors import ErrorCode, RpcError
 from .flow import DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES, AckPolicy, FlowWindow
 from .liveness import DEFAULT_HEARTBEAT
@@ -236,6 +238,33 @@ class ServerStream(_Receiving[Resp]):
         return True
 
 
+class DownloadStream(ServerStream[Resp]):
+    """A chunked download (`(natsmicro.chunked_io)` server stream): the blob as bytes, a file or pieces."""
+
+    def __init__(self, call: _Call, inbox: Inbox, response_type: type[Resp]) -> None:
+        super().__init__(call, inbox, response_type)
+        assert call.method.chunks is not None
+        chunks = ChunkCodec(response_type, call.method.chunks, call.codec)
+        self._blob = ChunkReceiver(self._reader, chunks, self.close)
+
+    async def recv_bytes(self, progress: Progress | None = None) -> bytes:
+        """The whole blob in memory."""
+        return await self._blob.recv_bytes(progress)
+
+    async def recv_to_file(self, path: str | os.PathLike[str], progress: Progress | None = None) -> int:
+        """Write the blob to `path` atomically: a temp file in the same folder, fsync, rename; on any
+        error (server error, cancellation, DATA_LOSS) neither file remains. Returns the size."""
+        return await self._blob.recv_to_file(path, progress)
+
+    async def recv_to_writer(self, writer: Any, progress: Progress | None = None) -> int:
+        """Write the blob to anything with `write()` (sync or async). Returns the size."""
+        return await self._blob.recv_to_writer(writer, progress)
+
+    def iter_bytes(self, progress: Progress | None = None) -> AsyncIterator[bytes]:
+        """The blob piece by piece."""
+        return self._blob.iter_bytes(progress)
+
+
 class _Sending(_StreamBase, Generic[Req]):
     """A stream the client sends on, after the handshake gave the server's inbox `S`."""
 
@@ -317,6 +346,36 @@ class ClientStream(_Sending[Req], Generic[Req, Resp]):
             await self.close()
 
 
+class UploadStream(ClientStream[Req, Resp]):
+    """A chunked upload (`(natsmicro.chunked_io)` client stream): send bytes, a file or a reader."""
+
+    def __init__(self, call: _Call, inbox: Inbox, server_inbox: str, response_type: type[Resp], headers: dict[str, str]) -> None:
+        super().__init__(call, inbox, server_inbox, response_type, headers)
+        assert call.method.chunks is not None
+        chunks = ChunkCodec(call.method.request, call.method.chunks, call.codec)
+        self._blob = ChunkSender(self._writer, chunks, self._send_body)
+
+    async def _send_body(self, body: bytes) -> None:
+        if self._answered:
+            return self._raise_early_error()
+        try:
+            await self._writer.send_body(body)
+        except _Answered:
+            self._raise_early_error()
+
+    async def send_bytes(self, data: bytes | bytearray | memoryview, progress: Progress | None = None) -> None:
+        """Send `data` split into the method's chunk size."""
+        await self._blob.send_bytes(data, 0, progress)
+
+    async def send_file(self, path: str | os.PathLike[str], chunk_size: int = 0, progress: Progress | None = None) -> None:
+        """Send a file (0 = the method's default_chunk_size)."""
+        await self._blob.send_file(path, chunk_size, progress)
+
+    async def send_reader(self, reader: Any, chunk_size: int = 0, progress: Progress | None = None) -> None:
+        """Send what a file-like object (sync or async `read`) or an (async) iterable of bytes gives."""
+        await self._blob.send_reader(reader, chunk_size, progress)
+
+
 class BidiStream(_Sending[Req], _Receiving[Resp], Generic[Req, Resp]):
     """The client's end of a bidirectional call: `send`/`recv` freely, `close_send` ends our side."""
 
@@ -366,6 +425,13 @@ class ServerStreamCall(Generic[Resp]):
                 yield message
         finally:
             await stream.close()
+
+
+class DownloadCall(ServerStreamCall[Resp]):
+    """`await` it for a `DownloadStream` (blob helpers), or `async for` over the chunk messages."""
+
+    def __await__(self) -> Generator[Any, None, DownloadStream[Resp]]:
+        return self._open().__await__()  # type: ignore[return-value]
 
 
 class BidiStreamCall(Generic[Req, Resp]):
@@ -449,7 +515,8 @@ class ClientBase:
         async def open_stream() -> ServerStream[Any]:
             call = _Call(self, method, timeout)
             inbox = await Inbox(call.nc).open()  # subscribed before the request can cause anything
-            stream = ServerStream(call, inbox, method.response)  # watching R before anything is sent
+            kind = DownloadStream if method.chunks is not None else ServerStream
+            stream = kind(call, inbox, method.response)  # watching R before anything is sent
             try:
                 out_headers = call.opening_headers(headers, inbox.subject, receives=True)
                 body = call.encode(request, out_headers)
@@ -461,7 +528,7 @@ class ClientBase:
                 raise
             return stream
 
-        return ServerStreamCall(open_stream)
+        return DownloadCall(open_stream) if method.chunks is not None else ServerStreamCall(open_stream)
 
     async def _nats_handshake(
         self, py_name: str, timeout: float | None, headers: Mapping[str, str] | None
@@ -503,9 +570,8 @@ class ClientBase:
         headers: Mapping[str, str] | None,
     ) -> Any:
         call, inbox, server_inbox, ack_headers = await self._nats_handshake(py_name, timeout, headers)
-        stream: ClientStream[Any, Any] = ClientStream(
-            call, inbox, server_inbox, call.method.response, caller_headers(ack_headers)
-        )
+        kind = UploadStream if call.method.chunks is not None else ClientStream
+        stream: ClientStream[Any, Any] = kind(call, inbox, server_inbox, call.method.response, caller_headers(ack_headers))
         if ack_headers.get(STREAM_VERSION) == VERSION_2:
             stream._start_v2(ack_headers, None)
         if requests is None:

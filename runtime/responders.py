@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import Any, AsyncIterator, Generic, TypeVar
 
@@ -16,6 +17,7 @@ import betterproto
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from .chunks import ChunkCodec, ChunkReceiver, Progress, split
 from .codec import Codec
 from .context import CallContext, set_current_call
 from .errors import ErrorCode, RpcError
@@ -71,6 +73,34 @@ class RequestStream(Generic[M]):
     async def recv(self) -> M:
         """The next message; StopAsyncIteration when the client has ended its side."""
         return await self._reader.recv()
+
+
+class UploadRequests(RequestStream[M]):
+    """A chunked upload's requests: the messages, or the blob as bytes, a file or pieces."""
+
+    def __init__(self, reader: StreamReader[M], chunks: ChunkCodec) -> None:
+        super().__init__(reader)
+        self._blob = ChunkReceiver(reader, chunks, _nothing)
+
+    async def recv_bytes(self, progress: Progress | None = None) -> bytes:
+        """The whole blob in memory."""
+        return await self._blob.recv_bytes(progress)
+
+    async def recv_to_file(self, path: str | os.PathLike[str], progress: Progress | None = None) -> int:
+        """Write the blob to `path` atomically (temp file, fsync, rename); returns the size."""
+        return await self._blob.recv_to_file(path, progress)
+
+    async def recv_to_writer(self, writer: Any, progress: Progress | None = None) -> int:
+        """Write the blob to anything with `write()` (sync or async); returns the size."""
+        return await self._blob.recv_to_writer(writer, progress)
+
+    def iter_bytes(self, progress: Progress | None = None) -> AsyncIterator[bytes]:
+        """The blob piece by piece."""
+        return self._blob.iter_bytes(progress)
+
+
+async def _nothing() -> None:
+    pass
 
 
 class Responder:
@@ -251,8 +281,16 @@ class _SendsStream(Responder):
                 responses.close()
             raise self.error(ErrorCode.INTERNAL, f"{self.method.py_name} must be an async generator (use yield)")
         assert self.writer is not None
+        chunks = None
+        if self.method.chunks is not None:
+            chunks = ChunkCodec(self.method.response, self.method.chunks, self.codec)
+            chunks.check_fits(chunks.chunk_size, self.nc.max_payload, self.name)
         try:
             async for response in responses:
+                if chunks is not None and isinstance(response, (bytes, bytearray, memoryview)):
+                    for piece in split(response, chunks.chunk_size):  # raw bytes of any size
+                        await self.writer.send_body(chunks.encode(piece))
+                    continue
                 if not isinstance(response, self.method.response):
                     raise self.error(
                         ErrorCode.INTERNAL,
@@ -392,6 +430,11 @@ class _Handshaking(Responder):
     def before_ack(self) -> None:
         """Set up what must exist before the client learns `S`."""
 
+    def requests(self) -> RequestStream[Any]:
+        if self.method.chunks is not None:
+            return UploadRequests(self.reader, ChunkCodec(self.method.request, self.method.chunks, self.codec))
+        return RequestStream(self.reader)
+
     async def release(self) -> None:
         if self.inbox is not None:
             await self.inbox.close()
@@ -403,7 +446,7 @@ class ClientStreamResponder(_Handshaking):
     response: betterproto.Message | None = None
 
     async def serve(self) -> None:
-        self.response = await self.handler(RequestStream(self.reader))
+        self.response = await self.handler(self.requests())
 
     async def finish(self, error: RpcError | None) -> None:
         if self.inbox is None:  # failed before the handshake: answer the request itself
@@ -437,7 +480,7 @@ class BidiResponder(_Handshaking, _SendsStream):
             self.writer.on_sent = self.session.liveness.sent
 
     async def serve(self) -> None:
-        await self.send_all(self.handler(RequestStream(self.reader)))
+        await self.send_all(self.handler(self.requests()))
 
 
 RESPONDERS: dict[str, type[Responder]] = {

@@ -161,6 +161,14 @@ class StreamReader(Generic[M]):
 
     async def recv(self) -> M:
         """The next message; StopAsyncIteration at a clean end, RpcError on any failure."""
+        body = await self.recv_body()
+        try:
+            return self.codec.decode(self.message_type, body, self.method)
+        except RpcError as error:
+            raise self._fail(error) from None
+
+    async def recv_body(self) -> bytes:
+        """The next message's body, undecoded (chunk fast path); same checks and acks as `recv`."""
         if self.finished:
             if self.error is not None:
                 raise self.error
@@ -183,13 +191,9 @@ class StreamReader(Generic[M]):
                         )
                     )
                 self.received = expected
-                try:
-                    message = self.codec.decode(self.message_type, msg.data, self.method)
-                except RpcError as error:
-                    raise self._fail(error) from None
                 if self.acker is not None:
                     await self.acker.consumed(expected, len(msg.data))
-                return message
+                return msg.data
             if kind is FrameKind.END:
                 self.saw_end = True
                 if frame.error is not None:
