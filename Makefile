@@ -6,7 +6,7 @@ PY := $(BIN)/python
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup gen demo test typecheck bench clean
+.PHONY: setup gen demo snapshots test typecheck bench clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,10 @@ gen: $(STAMP)
 
 demo: gen
 	$(PY) examples/streaming/demo.py
+	$(PY) examples/snapshots/snapshots.py 16
+
+snapshots: gen
+	$(PY) examples/snapshots/snapshots.py
 
 test: gen
 	$(PY) -m pytest -q
