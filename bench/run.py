@@ -1,0 +1,351 @@
+"""`make bench`: every RPC shape against raw nats-py doing the same traffic, in the same run.
+
+Writes bench/results.md and bench/results.json. Machines here are noisy, so compare the ratios
+(ours / raw), not the absolute numbers. `--quick` runs smaller sizes (a smoke test of the bench).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import nats  # noqa: E402
+
+import betterproto_nats  # noqa: E402
+from betterproto_nats.nats_compat import flush_ordered  # noqa: E402
+from betterproto_nats.testing import NatsServer  # noqa: E402
+from gen.streaming.v1 import (  # noqa: E402
+    ChatMessage,
+    CountUpRequest,
+    CountUpResponse,
+    ExportSnapshotRequest,
+    ImportSnapshotResponse,
+    PingRequest,
+    PingResponse,
+    SnapshotChunk,
+    StreamDemoServiceNatsBase,
+    StreamDemoServiceNatsClient,
+    SumRequest,
+    SumResponse,
+)
+
+QUICK = "--quick" in sys.argv
+SCALE = 10 if QUICK else 1
+MIB = 1 << 20
+
+
+@dataclass
+class Result:
+    name: str
+    unit: str
+    ours: float
+    raw: float
+    target: float | None = None  # minimum ratio ours/raw, where the issue sets one
+
+    @property
+    def ratio(self) -> float:
+        return self.ours / self.raw if self.raw else 0.0
+
+
+class Bench(StreamDemoServiceNatsBase):
+    """The service under test: minimal work per call, so the runtime's cost shows."""
+
+    async def ping(self, request: PingRequest) -> PingResponse:
+        return PingResponse(payload=request.payload)
+
+    async def count_up(self, request: CountUpRequest) -> AsyncIterator[CountUpResponse]:
+        response = CountUpResponse(number=1)
+        for _ in range(request.count):
+            yield response
+
+    async def sum(self, requests: AsyncIterator[SumRequest]) -> SumResponse:
+        count = 0
+        async for _ in requests:
+            count += 1
+        return SumResponse(count=count)
+
+    async def chat(self, requests: AsyncIterator[ChatMessage]) -> AsyncIterator[ChatMessage]:
+        async for message in requests:
+            yield message
+
+    async def export_snapshot(self, request: ExportSnapshotRequest) -> AsyncIterator[SnapshotChunk | bytes]:
+        size, chunk = (int(x) for x in request.id.split(":"))
+        piece = SnapshotChunk(data=os.urandom(chunk))
+        for _ in range(size // chunk):
+            yield piece
+
+    async def import_snapshot(self, requests: betterproto_nats.UploadRequests[SnapshotChunk]) -> ImportSnapshotResponse:
+        size = 0
+        async for piece in requests.iter_bytes():
+            size += len(piece)
+        return ImportSnapshotResponse(size=size)
+
+
+async def timed(work: Callable[[], Awaitable[Any]]) -> float:
+    started = time.perf_counter()
+    await work()
+    return time.perf_counter() - started
+
+
+# --- raw nats-py equivalents -----------------------------------------------------------------------
+
+
+async def raw_stream(pub: Any, sub: Any, bodies: list[bytes] | bytes, count: int) -> float:
+    """`count` messages with a seq header from `pub` to an inbox of `sub`, then an end marker."""
+    inbox = sub.new_inbox()
+    done = asyncio.Event()
+    received = 0
+
+    async def on_msg(msg: Any) -> None:
+        nonlocal received
+        if msg.headers and "Nats-Stream-End" in msg.headers:
+            done.set()
+        else:
+            received += 1
+
+    s = await sub.subscribe(inbox, cb=on_msg)
+    await flush_ordered(sub)
+
+    async def send() -> None:
+        for i in range(count):
+            body = bodies if isinstance(bodies, bytes) else bodies[i % len(bodies)]
+            await pub.publish(inbox, body, headers={"Nats-Stream-Seq": str(i + 1)})
+        await pub.publish(inbox, b"", headers={"Nats-Stream-End": "true"})
+        await done.wait()
+
+    elapsed = await timed(send)
+    await s.unsubscribe()
+    return elapsed
+
+
+async def raw_unary(snc: Any, cnc: Any, n: int, in_flight: int) -> float:
+    body = bytes(PingResponse(payload="x"))
+
+    async def answer(msg: Any) -> None:
+        await snc.publish(msg.reply, body)
+
+    s = await snc.subscribe("raw.ping", queue="q", cb=answer)
+    await flush_ordered(snc)
+    request = bytes(PingRequest(payload="x"))
+
+    async def calls() -> None:
+        for _ in range(n // in_flight):
+            await asyncio.gather(*(cnc.request("raw.ping", request, timeout=10) for _ in range(in_flight)))
+
+    elapsed = await timed(calls)
+    await s.unsubscribe()
+    return elapsed
+
+
+async def raw_ping_pong(snc: Any, cnc: Any, n: int) -> float:
+    inbox, back = snc.new_inbox(), cnc.new_inbox()
+    body = bytes(ChatMessage(text="x"))
+
+    async def echo(msg: Any) -> None:
+        await snc.publish(back, msg.data, headers={"Nats-Stream-Seq": msg.headers["Nats-Stream-Seq"]})
+
+    s1 = await snc.subscribe(inbox, cb=echo)
+    replies: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def put(msg: Any) -> None:
+        replies.put_nowait(msg)
+
+    s2 = await cnc.subscribe(back, cb=put)
+    await flush_ordered(snc)
+    await flush_ordered(cnc)
+
+    async def rounds() -> None:
+        for i in range(n):
+            await cnc.publish(inbox, body, headers={"Nats-Stream-Seq": str(i + 1)})
+            await replies.get()
+
+    elapsed = await timed(rounds)
+    await s1.unsubscribe()
+    await s2.unsubscribe()
+    return elapsed
+
+
+async def raw_echo_pipelined(snc: Any, cnc: Any, n: int) -> float:
+    inbox, back = snc.new_inbox(), cnc.new_inbox()
+    body = bytes(ChatMessage(text="x"))
+    done = asyncio.Event()
+    received = 0
+
+    async def echo(msg: Any) -> None:
+        await snc.publish(back, msg.data, headers={"Nats-Stream-Seq": msg.headers["Nats-Stream-Seq"]})
+
+    async def count(msg: Any) -> None:
+        nonlocal received
+        received += 1
+        if received == n:
+            done.set()
+
+    s1 = await snc.subscribe(inbox, cb=echo)
+    s2 = await cnc.subscribe(back, cb=count)
+    await flush_ordered(snc)
+    await flush_ordered(cnc)
+
+    async def send() -> None:
+        for i in range(n):
+            await cnc.publish(inbox, body, headers={"Nats-Stream-Seq": str(i + 1)})
+        await done.wait()
+
+    elapsed = await timed(send)
+    await s1.unsubscribe()
+    await s2.unsubscribe()
+    return elapsed
+
+
+# --- the benchmarks --------------------------------------------------------------------------------
+
+
+async def run_all(url: str) -> list[Result]:
+    snc = await nats.connect(url, pending_size=64 * MIB)
+    cnc = await nats.connect(url, pending_size=64 * MIB)
+    service = await betterproto_nats.serve(snc, Bench())
+    client = StreamDemoServiceNatsClient(cnc, timeout=600)
+    results: list[Result] = []
+
+    def report(result: Result) -> None:
+        results.append(result)
+        target = f"  (target ≥ {result.target})" if result.target else ""
+        print(f"{result.name:44} ours {result.ours:12,.0f}  raw {result.raw:12,.0f} {result.unit:6} ratio {result.ratio:5.2f}{target}", flush=True)
+
+    # Unary.
+    for in_flight, n in ((1, 3000 // SCALE), (50, 20000 // SCALE)):
+        ours = await timed(lambda: _unary(client, n, in_flight))
+        raw = await raw_unary(snc, cnc, n, in_flight)
+        report(Result(f"unary, {in_flight} in flight", "req/s", n / ours, n / raw, 0.8))
+
+    # Small-message streams.
+    n = 100_000 // SCALE
+    small = bytes(CountUpResponse(number=1))
+    one_stream = n / await timed(lambda: _drain(client.count_up(CountUpRequest(count=n))))
+    report(Result("server stream, 100k small messages", "msg/s", one_stream, n / await raw_stream(snc, cnc, small, n), 0.5))
+    ours = n / await timed(lambda: client.sum(SumRequest(value=1) for _ in range(n)))
+    report(Result("client stream, 100k small messages", "msg/s", ours, n / await raw_stream(cnc, snc, bytes(SumRequest(value=1)), n), 0.5))
+    ours = n / await timed(lambda: _drain(client.chat(ChatMessage(text="x") for _ in range(n))))
+    report(Result("bidi pipelined, 100k echoed", "msg/s", ours, n / await raw_echo_pipelined(snc, cnc, n), 0.5))
+    rounds = 3000 // SCALE
+    ours = rounds / await timed(lambda: _ping_pong(client, rounds))
+    report(Result("bidi ping-pong, sequential round trips", "rt/s", ours, rounds / await raw_ping_pong(snc, cnc, rounds), 0.5))
+
+    # 100 concurrent streams against one.
+    per = n // 100
+    total = await timed(lambda: asyncio.gather(*(_drain(client.count_up(CountUpRequest(count=per))) for _ in range(100))))
+    report(Result("100 concurrent server streams (vs one stream)", "msg/s", n / total, one_stream, 0.8))
+
+    # Chunked transfers.
+    for chunk in (64 * 1024, 512 * 1024):
+        size = (256 * MIB // SCALE) // chunk * chunk
+        ours = size / await timed(lambda: _download(client, size, chunk))
+        raw = size / await raw_stream(snc, cnc, bytes(SnapshotChunk(data=os.urandom(chunk))), size // chunk)
+        report(Result(f"chunked download 256 MiB, {chunk // 1024} KiB chunks", "MB/s", ours / 1e6, raw / 1e6, 0.7))
+        data = os.urandom(size)
+        ours = size / await timed(lambda: _upload(client, data, chunk))
+        raw = size / await raw_stream(cnc, snc, bytes(SnapshotChunk(data=os.urandom(chunk))), size // chunk)
+        report(Result(f"chunked upload 256 MiB, {chunk // 1024} KiB chunks", "MB/s", ours / 1e6, raw / 1e6, 0.7))
+
+    await service.stop()
+    await cnc.close()
+    await snc.close()
+    return results
+
+
+async def _unary(client: StreamDemoServiceNatsClient, n: int, in_flight: int) -> None:
+    request = PingRequest(payload="x")
+    for _ in range(n // in_flight):
+        await asyncio.gather(*(client.ping(request) for _ in range(in_flight)))
+
+
+async def _drain(stream: Any) -> None:
+    async for _ in stream:
+        pass
+
+
+async def _ping_pong(client: StreamDemoServiceNatsClient, rounds: int) -> None:
+    async with await client.chat() as chat:
+        message = ChatMessage(text="x")
+        for _ in range(rounds):
+            await chat.send(message)
+            await chat.recv()
+        await chat.close_send()
+
+
+async def _download(client: StreamDemoServiceNatsClient, size: int, chunk: int) -> None:
+    stream = await client.export_snapshot(ExportSnapshotRequest(id=f"{size}:{chunk}"))
+    got = 0
+    async for piece in stream.iter_bytes():
+        got += len(piece)
+    assert got == size, (got, size)
+
+
+async def _upload(client: StreamDemoServiceNatsClient, data: bytes, chunk: int) -> None:
+    stream = await client.import_snapshot()
+    await stream.send_reader([data], chunk_size=chunk)
+    assert (await stream.close_and_recv()).size == len(data)
+
+
+def peak_rss_of_1gib_download(url: str) -> dict[str, float]:
+    """A client in a child process downloads 1 GiB from our service; its RSS idle and at peak (MB)."""
+    size = (1 << 30) // SCALE // 65536 * 65536
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__).parent / "rss_download.py"), url, str(size)],
+        capture_output=True, text=True, timeout=600, check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def write(results: list[Result], rss: dict[str, float]) -> None:
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, nats-py {importlib.metadata.version('nats-py')}"
+    lines = [
+        f"# Benchmark results ({stamp}{', quick' if QUICK else ''})",
+        "",
+        f"Machine: {machine}. Ours and raw nats-py ran in the same process and run, against one local nats-server.",
+        "",
+        "| benchmark | ours | raw nats-py | unit | ratio | target |",
+        "|---|---:|---:|---|---:|---:|",
+    ]
+    for r in results:
+        met = "" if r.target is None else (f"≥ {r.target} ✓" if r.ratio >= r.target else f"≥ {r.target} ✗")
+        lines.append(f"| {r.name} | {r.ours:,.0f} | {r.raw:,.0f} | {r.unit} | {r.ratio:.2f} | {met} |")
+    growth = rss["peak_mb"] - rss["idle_mb"]
+    lines += [
+        "",
+        f"1 GiB chunked download in a separate client process: RSS idle {rss['idle_mb']:.0f} MB, peak "
+        f"{rss['peak_mb']:.0f} MB, growth {growth:.0f} MB (target < 100 MB {'✓' if growth < 100 else '✗'}), "
+        f"{rss['mb_per_s']:.0f} MB/s.",
+    ]
+    (Path(__file__).parent / "results.md").write_text("\n".join(lines) + "\n")
+    payload = {"date": stamp, "machine": machine, "quick": QUICK, "results": [asdict(r) | {"ratio": r.ratio} for r in results], "rss_1gib_download": rss}
+    (Path(__file__).parent / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+    print("\n".join(lines))
+
+
+async def main() -> None:
+    with NatsServer() as server:
+        results = await run_all(server.url)
+        service_nc = await nats.connect(server.url)
+        service = await betterproto_nats.serve(service_nc, Bench())
+        rss = await asyncio.to_thread(peak_rss_of_1gib_download, server.url)
+        await service.stop()
+        await service_nc.close()
+    write(results, rss)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
