@@ -6,7 +6,7 @@ PY := $(BIN)/python
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup gen demo snapshots test typecheck bench clean
+.PHONY: setup gen golden demo snapshots test typecheck bench clean
 
 setup: $(STAMP)
 
@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml
 gen: $(STAMP)
 	rm -rf gen
 	$(BIN)/buf generate
+
+# Pin the generated code of the example protos after an intended generator change (review the diff).
+golden: gen
+	for p in streaming/v1 fixtures/options/v1 fixtures/hard/v1; do cp gen/$$p/__init__.py tests/golden/$$(echo $$p | tr / _).py.golden; done
 
 demo: gen
 	$(PY) examples/streaming/demo.py

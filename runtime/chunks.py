@@ -57,6 +57,13 @@ class ChunkCodec:
             return b""  # proto3 leaves an empty bytes field out
         return b"".join((self._tag, _varint(len(data)), data))
 
+    def encode_message(self, message: object) -> bytes | None:
+        """A chunk message's body on the fast path, or None when it needs the general encoder
+        (another type, or unknown fields to keep). Large bytes fields are the Rust codec's slow case."""
+        if type(message) is not self.message_type or getattr(message, "_unknown_fields", None):
+            return None
+        return self.encode(getattr(message, self.field))
+
     def decode(self, body: bytes, method: str) -> memoryview:
         """The chunk's bytes; any other layout (unknown fields, JSON) goes through betterproto."""
         tag = self._tag

@@ -38,7 +38,9 @@ from .protocol import (
     STREAM_WINDOW_BYTES,
     VERSION_2,
     caller_headers,
+    FrameKind,
     check_size,
+    classify,
     error_from_headers,
     is_control,
     user_headers,
@@ -282,8 +284,32 @@ class _Sending(_StreamBase, Generic[Req]):
             receiving.acker = AckPolicy(call.window, call.window_bytes, session.send_ack)
         session.start()
 
+    _ended_by_server: Msg | None = None  # the server's final answer or end marker, once it arrived
+
+    def _server_ended(self, msg: Msg) -> None:
+        """The server ended the call while we may still be sending: wake a sender blocked on credit."""
+        self._ended_by_server = msg
+        if self._writer.window is not None:
+            self._writer.window.fail(_Answered())
+
+    def _raise_early_error(self) -> None:
+        final = self._ended_by_server
+        error = error_from_headers(final.headers if final is not None else None, self._call.name)
+        if error is not None:
+            raise error
+
     async def send(self, message: Req) -> None:
-        await self._writer.send(message)
+        """Send one message. After the server has ended the call, its error is raised here; after a
+        successful early answer, further messages are no-ops."""
+        await self._send_body(self._call.codec.encode(message))
+
+    async def _send_body(self, body: bytes) -> None:
+        if self._ended_by_server is not None:
+            return self._raise_early_error()
+        try:
+            await self._writer.send_body(body)
+        except _Answered:
+            self._raise_early_error()
 
     async def send_all(self, messages: Iterable[Req] | AsyncIterable[Req]) -> None:
         async for message in _iterate(messages):
@@ -297,7 +323,6 @@ class ClientStream(_Sending[Req], Generic[Req, Resp]):
         super().__init__(call, inbox, server_inbox)
         self._response_type = response_type
         self.headers = headers  # from the handshake ack, then the final response
-        self._answered = False
         inbox.watcher = self._watch
 
     def _watch(self, msg: Msg) -> bool:
@@ -306,35 +331,17 @@ class ClientStream(_Sending[Req], Generic[Req, Resp]):
         if is_control(msg.headers):
             return True
         # The final answer: a v2 server may send it before we finished sending (it stopped reading).
-        self._answered = True
-        if self._writer.window is not None:
-            self._writer.window.fail(_Answered())
+        self._server_ended(msg)
         return False
 
     def _finished(self) -> bool:
-        return self._answered
-
-    async def send(self, message: Req) -> None:
-        """Send one message. After the server has answered early, an error answer is raised here;
-        a successful one makes further messages no-ops."""
-        if self._answered:
-            return self._raise_early_error()
-        try:
-            await self._writer.send(message)
-        except _Answered:
-            self._raise_early_error()
-
-    def _raise_early_error(self) -> None:
-        final = self._inbox.peek()
-        error = error_from_headers(final.headers if final is not None else None, self._call.name)
-        if error is not None:
-            raise error
+        return self._ended_by_server is not None
 
     async def close_and_recv(self) -> Resp:
         """End our direction and wait for the server's single response."""
         call = self._call
         try:
-            if not self._answered:
+            if self._ended_by_server is None:
                 await self._writer.end()
             msg = await self._inbox.get(call.deadline, call.name)
             error = error_from_headers(msg.headers, call.name)
@@ -354,14 +361,6 @@ class UploadStream(ClientStream[Req, Resp]):
         assert call.method.chunks is not None
         chunks = ChunkCodec(call.method.request, call.method.chunks, call.codec)
         self._blob = ChunkSender(self._writer, chunks, self._send_body)
-
-    async def _send_body(self, body: bytes) -> None:
-        if self._answered:
-            return self._raise_early_error()
-        try:
-            await self._writer.send_body(body)
-        except _Answered:
-            self._raise_early_error()
 
     async def send_bytes(self, data: bytes | bytearray | memoryview, progress: Progress | None = None) -> None:
         """Send `data` split into the method's chunk size."""
@@ -385,9 +384,13 @@ class BidiStream(_Sending[Req], _Receiving[Resp], Generic[Req, Resp]):
         inbox.watcher = self._watch
 
     def _watch(self, msg: Msg) -> bool:
-        if self._session is not None:
-            return self._session.watch(msg)
-        return is_control(msg.headers)
+        if self._session is not None and self._session.watch(msg):
+            return True
+        if is_control(msg.headers):
+            return True
+        if classify(msg.headers).kind in (FrameKind.END, FrameKind.ERROR):
+            self._server_ended(msg)  # queued for recv() too, after the data before it
+        return False
 
     async def close_send(self) -> None:
         """Tell the server we will send nothing more; keep receiving."""
@@ -529,6 +532,19 @@ class ClientBase:
             return stream
 
         return DownloadCall(open_stream) if method.chunks is not None else ServerStreamCall(open_stream)
+
+    def _nats_download(
+        self,
+        py_name: str,
+        request: betterproto.Message,
+        *,
+        timeout: float | None,
+        headers: Mapping[str, str] | None,
+    ) -> DownloadCall[Any]:
+        """A `(natsmicro.chunked_io)` server stream: the same call, with blob helpers."""
+        call = self._nats_server_stream(py_name, request, timeout=timeout, headers=headers)
+        assert isinstance(call, DownloadCall), f"{py_name} is not a chunked download"
+        return call
 
     async def _nats_handshake(
         self, py_name: str, timeout: float | None, headers: Mapping[str, str] | None

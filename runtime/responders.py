@@ -287,10 +287,15 @@ class _SendsStream(Responder):
             chunks.check_fits(chunks.chunk_size, self.nc.max_payload, self.name)
         try:
             async for response in responses:
-                if chunks is not None and isinstance(response, (bytes, bytearray, memoryview)):
-                    for piece in split(response, chunks.chunk_size):  # raw bytes of any size
-                        await self.writer.send_body(chunks.encode(piece))
-                    continue
+                if chunks is not None:
+                    if isinstance(response, (bytes, bytearray, memoryview)):
+                        for piece in split(response, chunks.chunk_size):  # raw bytes of any size
+                            await self.writer.send_body(chunks.encode(piece))
+                        continue
+                    body = chunks.encode_message(response)
+                    if body is not None:  # a chunk message, on the fast path too
+                        await self.writer.send_body(body)
+                        continue
                 if not isinstance(response, self.method.response):
                     raise self.error(
                         ErrorCode.INTERNAL,

@@ -6,6 +6,7 @@ import asyncio
 import json
 
 import pytest
+from conftest import settle
 from nats.aio.client import Client as NATS
 
 import betterproto_nats
@@ -117,17 +118,12 @@ async def test_queue_group_spreads_calls_and_disabled_group_reaches_all(nats_ser
         before = [i.calls for i in instances]
         # Without a queue group every instance gets the request; the first answer wins.
         await client.solo(fx.EchoMessage())
-        await asyncio.wait_for(_until(lambda: all(i.calls == b + 1 for i, b in zip(instances, before))), 5)
+        await settle(lambda: all(i.calls == b + 1 for i, b in zip(instances, before)))
     finally:
         for server in servers:
             await server.stop()
         for conn in conns:
             await conn.close()
-
-
-async def _until(predicate) -> None:  # type: ignore[no-untyped-def]
-    while not predicate():
-        await asyncio.sleep(0.005)
 
 
 async def test_json_option_switches_bodies_to_proto3_json(nc: NATS, server_nc: NATS) -> None:

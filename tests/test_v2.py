@@ -396,3 +396,56 @@ async def test_no_leaks_after_1000_mixed_calls(nc: NATS, server_nc: NATS) -> Non
     assert not own_tasks()
     await server.stop()
     assert subscriptions(server_nc) == server_subs
+
+
+async def test_max_inflight_option_sets_the_window(nc: NATS, server_nc: NATS, tap: Wiretap) -> None:
+    from gen.fixtures.options import v1 as fx
+
+    class Windowed(fx.InventoryNatsBase):
+        async def windowed(self, requests: AsyncIterator[fx.EchoMessage]) -> AsyncIterator[fx.EchoMessage]:
+            async for message in requests:
+                yield message
+
+    server = await betterproto_nats.serve(server_nc, Windowed())
+    try:
+        async with await fx.InventoryNatsClient(nc).windowed(timeout=30) as stream:
+
+            async def read() -> list[int]:  # read while writing: both directions have a window
+                return [m.number async for m in stream]
+
+            reading = asyncio.create_task(read())
+            for i in range(100):
+                await stream.send(fx.EchoMessage(number=i))
+            await stream.close_send()
+            assert await reading == list(range(100))
+            window = stream._writer.window
+            assert window is not None and window.messages == 32 and window.peak_messages <= 32
+        request = next(h for s, h, _ in tap.seen if s == "shop.inventory.windowed")
+        assert request["Nats-Stream-Window"] == "32"  # what the client grants the server
+        ack = next(h for _, h, _ in tap.seen if "Nats-Stream-Inbox" in h and "Nats-Stream-Window" in h)
+        assert ack["Nats-Stream-Window"] == "32"  # what the server grants the client
+    finally:
+        await server.stop()
+
+
+async def test_server_ending_a_bidi_call_wakes_a_blocked_sender(nc: NATS, server_nc: NATS) -> None:
+    """A client that writes without reading runs out of credit; when the server ends the call
+    (here: its 0.5 s deadline), the blocked send raises the server's error instead of hanging."""
+    from gen.fixtures.options import v1 as fx
+
+    class Echo(fx.JsonEchoApiNatsBase):
+        async def stream(self, requests: AsyncIterator[fx.EchoMessage]) -> AsyncIterator[fx.EchoMessage]:
+            async for message in requests:
+                if message.number == 40:
+                    raise RpcError(ErrorCode.RESOURCE_EXHAUSTED, "enough")
+                yield message
+
+    server = await betterproto_nats.serve(server_nc, Echo())
+    try:
+        async with await fx.JsonEchoApiNatsClient(nc).stream(timeout=30) as stream:
+            with pytest.raises(RpcError) as caught:
+                for i in range(10_000):  # never reads: the windows fill, then the server ends the call
+                    await stream.send(fx.EchoMessage(number=i))
+            assert caught.value.code == ErrorCode.RESOURCE_EXHAUSTED
+    finally:
+        await server.stop()
