@@ -338,7 +338,7 @@ def write(results: list[Result], rss: dict[str, float]) -> None:
         met = "" if r.target is None else (f"≥ {r.target} ✓" if r.ratio >= r.target else f"≥ {r.target} ✗")
         lines.append(f"| {r.name} | {r.ours:,.0f} | {r.raw:,.0f} | {r.unit} | {r.ratio:.2f} | {met} |")
     growth = rss["peak_mb"] - rss["idle_mb"]
-    lines += [f"", *(f"- {loss}" for loss in LOSSES)] if LOSSES else []
+    lines += ["", *(f"- {loss}" for loss in LOSSES)] if LOSSES else []
     lines += [
         "",
         f"1 GiB chunked download in a separate client process: RSS idle {rss['idle_mb']:.0f} MB, peak "

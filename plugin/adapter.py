@@ -13,6 +13,7 @@ import black
 import isort.api
 import jinja2
 from betterproto.compile.naming import pythonize_class_name, pythonize_method_name
+from betterproto.lib.google.protobuf import FileDescriptorProto
 from betterproto.lib.google.protobuf.compiler import (
     CodeGeneratorRequest,
     CodeGeneratorResponse,
@@ -30,7 +31,7 @@ from betterproto.plugin.typing_compiler import (
 from .model import GenerationError, ServiceModel, read_services
 
 OPTIONS_PACKAGE = "natsmicro"
-_BETTERPROTO_TEMPLATES = pathlib.Path(__import__("betterproto").__file__).parent / "templates"
+_BETTERPROTO_TEMPLATES = pathlib.Path(str(__import__("betterproto").__file__)).parent / "templates"
 _OUR_TEMPLATES = pathlib.Path(__file__).parent / "templates"
 _TYPING = {
     "direct": DirectImportTypingCompiler,
@@ -107,6 +108,8 @@ def generate(data: bytes) -> bytes:
     nats_services = read_services(list(request.proto_file), emitted, pythonize_method_name)
 
     compiler = PluginRequestCompiler(plugin_request_obj=request)
+    # betterproto annotates OutputTemplate.input_files as List[str]; it holds the file descriptors.
+    files_of: dict[str, list[FileDescriptorProto]] = {}
     for file in request.proto_file:
         package = compiler.output_packages.get(file.package)
         if package is None:
@@ -114,13 +117,14 @@ def generate(data: bytes) -> bytes:
             package.typing_compiler = _TYPING[params.typing]()
             package.pydantic_dataclasses = params.pydantic
             compiler.output_packages[file.package] = package
-        package.input_files.append(file)
-    for package in compiler.output_packages.values():
-        for file in package.input_files:
-            for item, path in traverse(file):
-                read_protobuf_type(source_file=file, item=item, path=path, output_package=package)
-    for package in compiler.output_packages.values():
-        for file in package.input_files:
+        package.input_files.append(file)  # type: ignore[arg-type]
+        files_of.setdefault(file.package, []).append(file)
+    for name, package in compiler.output_packages.items():
+        for file in files_of[name]:
+            for item, item_path in traverse(file):
+                read_protobuf_type(source_file=file, item=item, path=item_path, output_package=package)  # type: ignore[arg-type]
+    for name, package in compiler.output_packages.items():
+        for file in files_of[name]:
             for index, service in enumerate(file.service):
                 read_protobuf_service(service, index, package)
 
@@ -128,10 +132,10 @@ def generate(data: bytes) -> bytes:
     output_paths: set[pathlib.Path] = set()
     for name in sorted(emitted):
         package = compiler.output_packages[name]
-        path = pathlib.Path(*name.split("."), "__init__.py") if name else pathlib.Path("__init__.py")
-        output_paths.add(path)
+        module_path = pathlib.Path(*name.split("."), "__init__.py") if name else pathlib.Path("__init__.py")
+        output_paths.add(module_path)
         content = render(package, nats_services.get(name, []), params)
-        response.file.append(CodeGeneratorResponseFile(name=str(path), content=content))
+        response.file.append(CodeGeneratorResponseFile(name=str(module_path), content=content))
     init_files = {d / "__init__.py" for p in output_paths for d in p.parents} - output_paths
     for init_file in sorted(init_files):
         response.file.append(CodeGeneratorResponseFile(name=str(init_file)))

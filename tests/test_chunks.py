@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-import os
 import random
 from pathlib import Path
 from typing import AsyncIterator

@@ -217,3 +217,10 @@ def test_go_style_proto_compiles_unchanged(tmp_path: Path) -> None:
     (tmp_path / "go.proto").write_text(HEADER + MESSAGES + go_style)
     result = protoc(tmp_path / "out", "go.proto", include=tmp_path)
     assert result.returncode == 0, result.stderr
+
+
+def test_runtime_and_plugin_pass_mypy() -> None:
+    checked = subprocess.run(
+        [sys.executable, "-m", "mypy", "--no-incremental", "runtime", "plugin"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert checked.returncode == 0, checked.stdout
