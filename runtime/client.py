@@ -273,6 +273,21 @@ class _Sending(_StreamBase, Generic[Req]):
     def __init__(self, call: _Call, inbox: Inbox, server_inbox: str) -> None:
         _StreamBase.__init__(self, call, inbox)
         self._writer = StreamWriter(call.nc, server_inbox, call.codec, call.name)
+        inbox.watcher = self._watch
+
+    def _watch(self, msg: Msg) -> bool:
+        """v2 control goes to the session; a message that ends the call wakes a blocked sender."""
+        if self._session is not None and self._session.watch(msg):
+            return True
+        if is_control(msg.headers):
+            return True
+        if self._ends_call(msg):
+            self._server_ended(msg)
+        return False
+
+    def _ends_call(self, msg: Msg) -> bool:
+        """Client streaming: any answer is the final one (a v2 server may answer before we finish)."""
+        return True
 
     def _start_v2(self, ack_headers: Mapping[str, str] | None, receiving: StreamReader[Any] | None) -> None:
         """The ack confirmed v2: the server's window bounds what we send; heartbeats both ways."""
@@ -323,16 +338,6 @@ class ClientStream(_Sending[Req], Generic[Req, Resp]):
         super().__init__(call, inbox, server_inbox)
         self._response_type = response_type
         self.headers = headers  # from the handshake ack, then the final response
-        inbox.watcher = self._watch
-
-    def _watch(self, msg: Msg) -> bool:
-        if self._session is not None and self._session.watch(msg):
-            return True
-        if is_control(msg.headers):
-            return True
-        # The final answer: a v2 server may send it before we finished sending (it stopped reading).
-        self._server_ended(msg)
-        return False
 
     def _finished(self) -> bool:
         return self._ended_by_server is not None
@@ -381,16 +386,10 @@ class BidiStream(_Sending[Req], _Receiving[Resp], Generic[Req, Resp]):
     def __init__(self, call: _Call, inbox: Inbox, server_inbox: str, response_type: type[Resp]) -> None:
         _Sending.__init__(self, call, inbox, server_inbox)
         _Receiving.__init__(self, call, inbox, response_type)
-        inbox.watcher = self._watch
 
-    def _watch(self, msg: Msg) -> bool:
-        if self._session is not None and self._session.watch(msg):
-            return True
-        if is_control(msg.headers):
-            return True
-        if classify(msg.headers).kind in (FrameKind.END, FrameKind.ERROR):
-            self._server_ended(msg)  # queued for recv() too, after the data before it
-        return False
+    def _ends_call(self, msg: Msg) -> bool:
+        # Data keeps coming until the server's end marker (queued for recv() after the data before it).
+        return classify(msg.headers).kind in (FrameKind.END, FrameKind.ERROR)
 
     async def close_send(self) -> None:
         """Tell the server we will send nothing more; keep receiving."""
