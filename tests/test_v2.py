@@ -390,8 +390,20 @@ async def test_no_leaks_after_1000_mixed_calls(nc: NATS, server_nc: NATS) -> Non
         except RpcError as error:
             assert error.code in (ErrorCode.INVALID_ARGUMENT, ErrorCode.DEADLINE_EXCEEDED)
 
+    async def vanishing_client() -> None:
+        """A peer that disappears without a word (its process killed): connection gone, no cancel."""
+        conn = await nats.connect(server_nc.connected_url.geturl(), allow_reconnect=False)  # type: ignore[union-attr]
+        gone = StreamDemoServiceNatsClient(conn, heartbeat=0.1)
+        stream = await gone.count_up(CountUpRequest(start=1, count=10**6))
+        await stream.recv()
+        chat = await gone.chat()
+        await chat.send(ChatMessage(text="x"))
+        await chat.recv()
+        await conn.close()
+
     for batch in range(20):
-        await asyncio.gather(*(one(batch * 50 + i) for i in range(50)))
+        await asyncio.gather(*(one(batch * 50 + i) for i in range(50)), vanishing_client())
+    # 1,000 calls plus 40 whose client vanished: the server frees those within three heartbeats.
     await settle(lambda: subscriptions(nc) == client_subs and not server.calls and subscriptions(server_nc) == served_subs)
     assert not own_tasks()
     await server.stop()
