@@ -317,11 +317,8 @@ async def test_nats_server_restart_mid_stream(tmp_path: Path) -> None:
             await asyncio.wait_for(_drain(stream), 20)
         assert caught.value.code in (ErrorCode.UNAVAILABLE, ErrorCode.DATA_LOSS)
         # ... and calls after the reconnect succeed.
-        for _ in range(100):
-            if client_nc.is_connected and service_nc.is_connected:
-                break
-            await asyncio.sleep(0.05)
-        for attempt in range(50):
+        await settle(lambda: client_nc.is_connected and service_nc.is_connected, timeout=10)
+        for attempt in range(50):  # nats-py resubscribes after a reconnect without waiting for the server
             try:
                 got = [r.number async for r in client.count_up(CountUpRequest(count=3), timeout=2)]
                 break
