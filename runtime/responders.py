@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from typing import Any, AsyncIterator, Generic, TypeVar
 
 import betterproto
@@ -365,7 +364,7 @@ class ServerStreamResponder(_SendsStream):
 
     async def serve(self) -> None:
         responses = self.handler(self.request)
-        if self.old_style:
+        if self.old_style and hasattr(responses, "__aiter__"):  # misuse is reported by send_all
             responses = self._first_send_when_heard(responses)
         await self.send_all(responses)
 
@@ -374,13 +373,15 @@ class ServerStreamResponder(_SendsStream):
         be lost. Send it with a reply subject: the NATS server answers that with a 503 status while
         nobody listens on `R`; after a flush round trip without one, `R` has a listener."""
         assert self.writer is not None
-        iterator = responses.__aiter__() if hasattr(responses, "__aiter__") else responses
-        if not hasattr(iterator, "__anext__"):
-            yield await responses  # let send_all report the misuse
-            return
+        iterator = responses.__aiter__()
         try:
             first = await iterator.__anext__()
         except StopAsyncIteration:
+            return
+        if not isinstance(first, self.method.response):  # raw chunk bytes: sent unprobed (a documented limit)
+            yield first
+            async for response in iterator:
+                yield response
             return
         body = self.codec.encode(first)
         loop = asyncio.get_running_loop()
@@ -494,7 +495,3 @@ RESPONDERS: dict[str, type[Responder]] = {
     "client_stream": ClientStreamResponder,
     "bidi": BidiResponder,
 }
-
-
-def now_ns() -> int:
-    return time.perf_counter_ns()
