@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from typing import (
     Any,
@@ -14,6 +15,7 @@ from typing import (
     Generator,
     Generic,
     Iterable,
+    Iterator,
     Mapping,
     TypeVar,
 )
@@ -58,6 +60,16 @@ T = TypeVar("T")
 HANDSHAKE_TIMEOUT = 5.0
 
 Requests = Iterable[Req] | AsyncIterable[Req]
+
+
+@contextlib.contextmanager
+def _as_rpc_errors(name: str) -> Iterator[None]:
+    """nats-py's own errors (connection closed, draining, buffer full) reach callers as UNAVAILABLE:
+    everything the client raises is an RpcError."""
+    try:
+        yield
+    except nats.errors.Error as error:
+        raise RpcError(ErrorCode.UNAVAILABLE, f"NATS connection: {error}", method=name) from error
 
 
 async def _iterate(requests: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:
@@ -194,7 +206,8 @@ class _Receiving(_StreamBase, Generic[Resp]):
     async def recv(self) -> Resp:
         """The next message; StopAsyncIteration at the end, RpcError on error."""
         try:
-            return await self._reader.recv()
+            with _as_rpc_errors(self._call.name):
+                return await self._reader.recv()
         except BaseException:
             await self.close()
             raise
@@ -322,7 +335,8 @@ class _Sending(_StreamBase, Generic[Req]):
         if self._ended_by_server is not None:
             return self._raise_early_error()
         try:
-            await self._writer.send_body(body)
+            with _as_rpc_errors(self._call.name):
+                await self._writer.send_body(body)
         except _Answered:
             self._raise_early_error()
 
@@ -346,8 +360,9 @@ class ClientStream(_Sending[Req], Generic[Req, Resp]):
         """End our direction and wait for the server's single response."""
         call = self._call
         try:
-            if self._ended_by_server is None:
-                await self._writer.end()
+            with _as_rpc_errors(call.name):
+                if self._ended_by_server is None:
+                    await self._writer.end()
             msg = await self._inbox.get(call.deadline, call.name)
             error = error_from_headers(msg.headers, call.name)
             if error is not None:
@@ -393,7 +408,8 @@ class BidiStream(_Sending[Req], _Receiving[Resp], Generic[Req, Resp]):
 
     async def close_send(self) -> None:
         """Tell the server we will send nothing more; keep receiving."""
-        await self._writer.end()
+        with _as_rpc_errors(self._call.name):
+            await self._writer.end()
 
     async def _send_all_and_close(self, messages: Iterable[Req] | AsyncIterable[Req]) -> None:
         try:
@@ -496,7 +512,8 @@ class ClientBase:
         call = _Call(self, self._nats_service.method(py_name), timeout)
         out_headers = user_headers(headers)
         body = call.encode(request, out_headers)
-        msg = await call.request(body, out_headers, None if call.deadline is None else call.deadline.remaining())
+        with _as_rpc_errors(call.name):
+            msg = await call.request(body, out_headers, None if call.deadline is None else call.deadline.remaining())
         error = error_from_headers(msg.headers, call.name)
         if error is not None:
             raise error
@@ -516,7 +533,8 @@ class ClientBase:
 
         async def open_stream() -> ServerStream[Any]:
             call = _Call(self, method, timeout)
-            inbox = await Inbox(call.nc).open()  # subscribed before the request can cause anything
+            with _as_rpc_errors(call.name):
+                inbox = await Inbox(call.nc).open()  # subscribed before the request can cause anything
             kind = DownloadStream if method.chunks is not None else ServerStream
             stream = kind(call, inbox, method.response)  # watching R before anything is sent
             try:
@@ -524,7 +542,8 @@ class ClientBase:
                 body = call.encode(request, out_headers)
                 # Our reply subject is R too: with nobody listening the NATS server answers R with a
                 # 503 status at once (UNAVAILABLE); servers that see Reply-To ignore the reply subject.
-                await call.nc.publish(call.subject, body, reply=inbox.subject, headers=out_headers)
+                with _as_rpc_errors(call.name):
+                    await call.nc.publish(call.subject, body, reply=inbox.subject, headers=out_headers)
             except BaseException:
                 await inbox.close()
                 raise
@@ -550,7 +569,8 @@ class ClientBase:
     ) -> tuple[_Call, Inbox, str, Mapping[str, str]]:
         """Client-stream/bidi opening: subscribe R, request with `Reply-To: R`, get `S` from the ack."""
         call = _Call(self, self._nats_service.method(py_name), timeout)
-        inbox = await Inbox(call.nc).open()
+        with _as_rpc_errors(call.name):
+            inbox = await Inbox(call.nc).open()
         inbox.watcher = lambda msg: is_control(msg.headers)  # no v2 control is data
         try:
             bidi = call.method.cardinality.server_streams
@@ -560,7 +580,8 @@ class ClientBase:
             if call.deadline is not None and call.deadline.remaining() < wait:
                 wait = call.deadline.remaining()
             try:
-                ack = await call.request(b"", out_headers, wait)
+                with _as_rpc_errors(call.name):
+                    ack = await call.request(b"", out_headers, wait)
             except RpcError as failed:
                 if failed.code == ErrorCode.DEADLINE_EXCEEDED and wait == HANDSHAKE_TIMEOUT:
                     raise call.error(ErrorCode.UNAVAILABLE, f"no handshake ack from {call.subject}") from None

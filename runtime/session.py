@@ -65,7 +65,10 @@ class StreamSession:
         self.liveness.sent()
 
     async def send_ack(self, seq: int) -> None:
-        await self._send({STREAM_ACK: str(seq)})
+        try:
+            await self._send({STREAM_ACK: str(seq)})
+        except Exception:
+            pass  # the connection is gone: liveness ends the stream (silence or a reconnect)
 
     async def send_heartbeat(self) -> None:
         await self._send({STREAM_HEARTBEAT: self._heartbeat_ms})

@@ -148,3 +148,28 @@ async def test_stop_removes_every_subscription(nc: NATS, server_nc: NATS) -> Non
     assert subscriptions(server_nc) == before + 6 + 9  # six endpoints, nine $SRV subjects
     await server.stop()
     assert subscriptions(server_nc) == before
+
+
+async def test_a_closed_connection_is_unavailable_for_every_shape(nats_server, pinger: Pinger) -> None:  # type: ignore[no-untyped-def]
+    from conftest import connect
+
+    from gen.streaming.v1 import ChatMessage, CountUpRequest, SumRequest
+
+    conn = await connect(nats_server.url)
+    client = StreamDemoServiceNatsClient(conn)
+    await conn.close()
+    calls = [
+        lambda: client.ping(PingRequest()),
+        lambda: _first(client.count_up(CountUpRequest(count=1))),
+        lambda: client.sum([SumRequest(value=1)]),
+        lambda: _first(client.chat([ChatMessage(text="x")])),
+    ]
+    for call in calls:
+        with pytest.raises(RpcError) as caught:
+            await call()
+        assert caught.value.code == ErrorCode.UNAVAILABLE
+
+
+async def _first(stream):  # type: ignore[no-untyped-def]
+    async for item in stream:
+        return item
