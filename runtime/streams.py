@@ -34,6 +34,8 @@ from .protocol import (
 
 M = TypeVar("M", bound=betterproto.Message)
 
+RECONNECT_CHECK = 1.0  # seconds: how often a waiting reader looks whether its connection reconnected
+
 
 class Deadline:
     """A point in time a call must end by, on the event loop's clock and as a unix time."""
@@ -74,10 +76,12 @@ class Inbox:
         self._waiter: asyncio.Future[None] | None = None
         self._failure: BaseException | None = None
         self._sub: Subscription | None = None
+        self._reconnects = 0  # the connection's reconnect count when we subscribed
         # Sees every message first; returns True for one it handled itself (v2 control messages).
         self.watcher: Callable[[Msg], bool] | None = None
 
     async def open(self) -> Inbox:
+        self._reconnects = self.nc.stats["reconnects"]
         self._sub = await self.nc.subscribe(self.subject, cb=self._on_msg)
         return self
 
@@ -103,18 +107,25 @@ class Inbox:
         self._wake()
 
     async def get(self, deadline: Deadline | None, method: str | None = None) -> Msg:
+        loop = asyncio.get_running_loop()
         while not self._queue:
             if self._failure is not None:
                 raise self._failure
-            self._waiter = asyncio.get_running_loop().create_future()
+            if self.nc.stats["reconnects"] != self._reconnects:
+                # Messages may have been lost in the gap, including an end marker that would never
+                # come again: a v1 peer sends no heartbeats, so without this a stream could wait forever.
+                self.fail(RpcError(ErrorCode.UNAVAILABLE, "the NATS connection was interrupted", method=method))
+                continue
+            self._waiter = loop.create_future()
+            wake_at = loop.time() + RECONNECT_CHECK
+            if deadline is not None and deadline.at < wake_at:
+                wake_at = deadline.at
             try:
-                if deadline is None:
+                async with asyncio.timeout_at(wake_at):
                     await self._waiter
-                else:
-                    async with asyncio.timeout_at(deadline.at):
-                        await self._waiter
             except TimeoutError:
-                raise RpcError(ErrorCode.DEADLINE_EXCEEDED, "deadline exceeded", method=method) from None
+                if deadline is not None and loop.time() >= deadline.at:
+                    raise RpcError(ErrorCode.DEADLINE_EXCEEDED, "deadline exceeded", method=method) from None
             finally:
                 self._waiter = None
         return self._queue.popleft()

@@ -458,3 +458,31 @@ async def test_server_ending_a_bidi_call_wakes_a_blocked_sender(nc: NATS, server
             assert caught.value.code == ErrorCode.RESOURCE_EXHAUSTED
     finally:
         await server.stop()
+
+
+async def test_v1_stream_ends_after_a_reconnect_instead_of_hanging() -> None:
+    """A Go (v1) server has no heartbeats: after the NATS server restarts, a stream that waits for
+    it must still end (UNAVAILABLE), not hang until a deadline it may not have."""
+    with NatsServer() as server:
+        reconnecting = dict(allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.05)
+        go_nc = await nats.connect(server.url, **reconnecting)
+        client_nc = await nats.connect(server.url, **reconnecting)
+
+        async def go_server(msg) -> None:  # type: ignore[no-untyped-def]
+            # v1: ignores the v2 offer, sends one message and then nothing (its end marker is "lost").
+            await go_nc.publish(msg.headers["Reply-To"], bytes(CountUpResponse(number=1)), headers={"Nats-Stream-Seq": "1"})
+
+        await go_nc.subscribe("api.v1.stream.count_up", queue="q", cb=go_server)
+        from betterproto_nats.nats_compat import flush_ordered
+
+        await flush_ordered(go_nc)
+        stream = await StreamDemoServiceNatsClient(client_nc).count_up(CountUpRequest(count=5))  # no timeout
+        assert (await stream.recv()).number == 1
+        server.stop()
+        server.start()  # same port; both connections reconnect
+        with pytest.raises(RpcError) as caught:
+            await asyncio.wait_for(stream.recv(), 15)
+        assert caught.value.code == ErrorCode.UNAVAILABLE
+        await stream.close()
+        await client_nc.close()
+        await go_nc.close()
