@@ -16,6 +16,8 @@ from gen.fixtures.options import v1 as fx
 from gen.streaming.v1 import (
     ChatMessage,
     CountUpRequest,
+    CountUpResponse,
+    StreamDemoServiceNatsBase,
     StreamDemoServiceNatsClient,
     SumRequest,
 )
@@ -226,3 +228,28 @@ async def test_100k_bidi(demo: Demo, client: StreamDemoServiceNatsClient) -> Non
         assert reply.text == f"echo: {expected}"
         expected += 1
     assert expected == N
+
+
+async def test_oversized_stream_message_ends_the_stream_clearly(nc: NATS, server_nc: NATS) -> None:
+    class Big(StreamDemoServiceNatsBase):
+        async def count_up(self, request: CountUpRequest) -> AsyncIterator[CountUpResponse]:
+            yield CountUpResponse(number=1)
+            yield CountUpResponse(timestamp="x" * server_nc.max_payload)  # cannot fit
+
+    server = await betterproto_nats.serve(server_nc, Big())
+    try:
+        got = []
+        with pytest.raises(RpcError) as caught:
+            async for response in StreamDemoServiceNatsClient(nc).count_up(CountUpRequest()):
+                got.append(response.number)
+        assert got == [1]
+        assert caught.value.code == ErrorCode.RESOURCE_EXHAUSTED and "max_payload" in caught.value.message
+        assert server_nc.is_connected  # nothing oversized reached the NATS server
+        chat = await StreamDemoServiceNatsClient(nc).chat()
+        with pytest.raises(RpcError) as caught:  # the client checks before sending too
+            await chat.send(ChatMessage(text="x" * nc.max_payload))
+        assert caught.value.code == ErrorCode.RESOURCE_EXHAUSTED
+        await chat.close()
+        assert nc.is_connected
+    finally:
+        await server.stop()
