@@ -20,7 +20,6 @@ from betterproto.lib.google.protobuf import (
     MethodDescriptorProto,
     ServiceDescriptorProto,
 )
-
 from betterproto_nats.errors import ErrorCode
 from betterproto_nats.naming import snake_case
 

@@ -23,7 +23,6 @@ from typing import (
 import betterproto
 import nats.errors
 from nats.aio.client import Client as NATS
-
 from nats.aio.msg import Msg
 
 from .chunks import ChunkCodec, ChunkReceiver, ChunkSender, Progress
@@ -39,8 +38,8 @@ from .protocol import (
     STREAM_WINDOW,
     STREAM_WINDOW_BYTES,
     VERSION_2,
-    caller_headers,
     FrameKind,
+    caller_headers,
     check_size,
     classify,
     error_from_headers,
@@ -58,9 +57,6 @@ T = TypeVar("T")
 # How long a client-stream or bidi call waits for the server's handshake ack when the call itself
 # has no shorter deadline; no ack means nobody is serving (UNAVAILABLE).
 HANDSHAKE_TIMEOUT = 5.0
-
-Requests = Iterable[Req] | AsyncIterable[Req]
-
 
 @contextlib.contextmanager
 def _as_rpc_errors(name: str) -> Iterator[None]:

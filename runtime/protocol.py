@@ -126,11 +126,16 @@ def classify(headers: Mapping[str, str] | None, method: str | None = None) -> Fr
     return Frame(FrameKind.OTHER)
 
 
+def is_reserved(name: str) -> bool:
+    """A header name of the protocol's: never a caller's or a handler's."""
+    return name in PROTOCOL_HEADERS or name.startswith("Nats-Stream-")
+
+
 def caller_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
     """The headers a caller sent, without our protocol headers."""
     if not headers:
         return {}
-    return {k: v for k, v in headers.items() if k not in PROTOCOL_HEADERS and not k.startswith("Nats-Stream-")}
+    return {k: v for k, v in headers.items() if not is_reserved(k)}
 
 
 def user_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
@@ -139,7 +144,7 @@ def user_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
         return {}
     out: dict[str, str] = {}
     for name, value in headers.items():
-        if name in PROTOCOL_HEADERS or name.startswith("Nats-Stream-"):
+        if is_reserved(name):
             raise ValueError(f"header {name!r} is reserved for the protocol")
         out[sanitize(str(name))] = sanitize(str(value))
     return out

@@ -22,6 +22,7 @@ from .context import CallContext, set_current_call
 from .errors import ErrorCode, RpcError
 from .flow import DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES, AckPolicy, FlowWindow
 from .liveness import DEFAULT_HEARTBEAT, MAX_HEARTBEAT, MIN_HEARTBEAT
+from .nats_compat import flush_ordered
 from .protocol import (
     DEADLINE,
     REPLY_TO,
@@ -38,7 +39,6 @@ from .protocol import (
 )
 from .session import StreamSession
 from .spec import Cardinality, MethodSpec
-from .nats_compat import flush_ordered
 from .streams import Deadline, Inbox, StreamReader, StreamWriter
 
 log = logging.getLogger("betterproto_nats.server")

@@ -16,10 +16,10 @@ from nats.micro.service import DEFAULT_QUEUE_GROUP
 
 from .discovery import Discovery, EndpointRecord
 from .errors import ErrorCode, RpcError
-from .protocol import REPLY_TO, STREAM_END, STREAM_COUNT, END_TRUE, error_headers
+from .nats_compat import flush_ordered, unsubscribe_quietly
+from .protocol import END_TRUE, REPLY_TO, STREAM_COUNT, STREAM_END, error_headers
 from .responders import RESPONDERS
 from .spec import Cardinality, MethodSpec, ServiceSpec
-from .nats_compat import flush_ordered, unsubscribe_quietly
 
 log = logging.getLogger("betterproto_nats.server")
 

@@ -20,10 +20,6 @@ class Cardinality(enum.Enum):
     BIDI = "bidi"
 
     @property
-    def client_streams(self) -> bool:
-        return self in (Cardinality.CLIENT_STREAM, Cardinality.BIDI)
-
-    @property
     def server_streams(self) -> bool:
         return self in (Cardinality.SERVER_STREAM, Cardinality.BIDI)
 

@@ -17,9 +17,9 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from .codec import Codec
+from .errors import ErrorCode, RpcError
 from .flow import AckPolicy, FlowWindow
 from .nats_compat import unsubscribe_quietly
-from .errors import ErrorCode, RpcError
 from .protocol import (
     END_TRUE,
     STREAM_COUNT,
@@ -69,9 +69,9 @@ class Deadline:
 class Inbox:
     """A subscription whose messages queue up until a reader takes them, in arrival order."""
 
-    def __init__(self, nc: NATS, subject: str | None = None) -> None:
+    def __init__(self, nc: NATS) -> None:
         self.nc = nc
-        self.subject = subject or nc.new_inbox()
+        self.subject = nc.new_inbox()
         self._queue: deque[Msg] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._failure: BaseException | None = None
@@ -91,10 +91,6 @@ class Inbox:
             return
         self._queue.append(msg)
         self._wake()
-
-    def peek(self) -> Msg | None:
-        """The next queued message, without taking it."""
-        return self._queue[0] if self._queue else None
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -150,14 +146,12 @@ class StreamReader(Generic[M]):
         message_type: type[M],
         method: str,
         deadline: Deadline | None,
-        on_other: Callable[[Msg], None] | None = None,
     ) -> None:
         self.inbox = inbox
         self.codec = codec
         self.message_type = message_type
         self.method = method
         self.deadline = deadline
-        self.on_other = on_other
         self.received = 0
         self.finished = False  # no more messages will be returned
         self.saw_end = False  # the peer's end marker arrived
@@ -223,8 +217,7 @@ class StreamReader(Generic[M]):
                 assert frame.error is not None
                 self.saw_end = True
                 raise self._fail(frame.error)
-            if self.on_other is not None:
-                self.on_other(msg)
+            # Anything else (no seq, no end, no error) is not data: skip it.
 
     async def drain_to_end(self, deadline: Deadline | None) -> None:
         """Discard what is left until the peer's end marker (or the deadline)."""
