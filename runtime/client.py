@@ -27,7 +27,7 @@ from nats.aio.msg import Msg
 
 from .chunks import ChunkCodec, ChunkReceiver, ChunkSender, Progress
 from .errors import ErrorCode, RpcError
-from .flow import DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES, AckPolicy, FlowWindow
+from .flow import DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES
 from .liveness import DEFAULT_HEARTBEAT
 from .protocol import (
     DEADLINE,
@@ -244,7 +244,7 @@ class ServerStream(_Receiving[Resp]):
         if headers.get(STREAM_VERSION) == VERSION_2 and control_inbox and self._inbox.is_open:
             call = self._call
             session = self._session = call.session(self._inbox, control_inbox)
-            self._reader.acker = AckPolicy(call.window, call.window_bytes, session.send_ack)
+            session.acknowledge(self._reader, call.window, call.window_bytes)
             session.start()
         return True
 
@@ -302,10 +302,9 @@ class _Sending(_StreamBase, Generic[Req]):
         """The ack confirmed v2: the server's window bounds what we send; heartbeats both ways."""
         call = self._call
         session = self._session = call.session(self._inbox, self._writer.subject)
-        session.window = self._writer.window = FlowWindow.granted(ack_headers)
-        self._writer.on_sent = session.liveness.sent
+        session.drive(self._writer, ack_headers)
         if receiving is not None:
-            receiving.acker = AckPolicy(call.window, call.window_bytes, session.send_ack)
+            session.acknowledge(receiving, call.window, call.window_bytes)
         session.start()
 
     _ended_by_server: Msg | None = None  # the server's final answer or end marker, once it arrived

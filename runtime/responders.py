@@ -20,7 +20,7 @@ from .chunks import ChunkCodec, ChunkReceiver, Progress, split
 from .codec import Codec
 from .context import CallContext, set_current_call
 from .errors import ErrorCode, RpcError
-from .flow import DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES, AckPolicy, FlowWindow
+from .flow import DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES
 from .liveness import DEFAULT_HEARTBEAT, MAX_HEARTBEAT, MIN_HEARTBEAT
 from .nats_compat import flush_ordered
 from .protocol import (
@@ -353,8 +353,7 @@ class ServerStreamResponder(_SendsStream):
         watch = session.watch
         control.watcher = lambda msg: watch(msg) or True  # only control belongs here
         assert self.writer is not None
-        session.window = self.writer.window = FlowWindow.granted(self.msg.headers)
-        self.writer.on_sent = session.liveness.sent
+        session.drive(self.writer, self.msg.headers)
         await self.nc.publish(reply_to, b"", headers={STREAM_VERSION: VERSION_2, STREAM_INBOX: control.subject})
         session.start()
 
@@ -426,7 +425,7 @@ class _Handshaking(Responder):
         if self.v2:
             session = self.start_session(reply_to, self.inbox)
             window = self.method.max_inflight or DEFAULT_WINDOW
-            self.reader.acker = AckPolicy(window, DEFAULT_WINDOW_BYTES, session.send_ack)
+            session.acknowledge(self.reader, window, DEFAULT_WINDOW_BYTES)
             ack.update({STREAM_VERSION: VERSION_2, STREAM_WINDOW: str(window), STREAM_WINDOW_BYTES: str(DEFAULT_WINDOW_BYTES)})
         self.before_ack()
         await self.nc.publish(self.msg.reply, b"", headers=ack)
@@ -482,8 +481,7 @@ class BidiResponder(_Handshaking, _SendsStream):
         self.writer = StreamWriter(self.nc, self.reply_to, self.codec, self.name)
         self.writer.first_headers = self.context.response_headers
         if self.session is not None:
-            self.session.window = self.writer.window = FlowWindow.granted(self.msg.headers)
-            self.writer.on_sent = self.session.liveness.sent
+            self.session.drive(self.writer, self.msg.headers)
 
     async def serve(self) -> None:
         await self.send_all(self.handler(self.requests()))

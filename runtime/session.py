@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from .flow import FlowWindow
+from .flow import AckPolicy, FlowWindow
 from .liveness import Liveness
 from .protocol import STREAM_ACK, STREAM_CANCEL, STREAM_HEARTBEAT, is_control
+from .streams import StreamReader, StreamWriter
 
 
 class StreamSession:
@@ -42,6 +43,16 @@ class StreamSession:
 
     def start(self) -> None:
         self.liveness.start()
+
+    def drive(self, writer: StreamWriter, granted: Mapping[str, str] | None) -> None:
+        """`writer` sends within the window the peer granted (its acks arrive here); every send
+        counts as a sign of life for the peer."""
+        self.window = writer.window = FlowWindow.granted(granted)
+        writer.on_sent = self.liveness.sent
+
+    def acknowledge(self, reader: StreamReader[Any], messages: int, max_bytes: int) -> None:
+        """Acknowledge what the application consumes from `reader`, within the window we granted."""
+        reader.acker = AckPolicy(messages, max_bytes, self.send_ack)
 
     def watch(self, msg: Msg) -> bool:
         """Record a sign of life; handle a control message and return True, else False."""
