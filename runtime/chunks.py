@@ -181,6 +181,29 @@ class ChunkReceiver:
         return await write_atomically(path, self._views(progress))
 
 
+class BlobReceiving:
+    """The blob helpers of a chunked stream being received: client downloads, server uploads."""
+
+    _blob: ChunkReceiver
+
+    async def recv_bytes(self, progress: Progress | None = None) -> bytes:
+        """The whole blob in memory."""
+        return await self._blob.recv_bytes(progress)
+
+    async def recv_to_file(self, path: str | os.PathLike[str], progress: Progress | None = None) -> int:
+        """Write the blob to `path` atomically: a temp file in the same folder, fsync, rename; on any
+        error (peer error, cancellation, DATA_LOSS) neither file remains. Returns the size."""
+        return await self._blob.recv_to_file(path, progress)
+
+    async def recv_to_writer(self, writer: Any, progress: Progress | None = None) -> int:
+        """Write the blob to anything with `write()` (sync or async). Returns the size."""
+        return await self._blob.recv_to_writer(writer, progress)
+
+    def iter_bytes(self, progress: Progress | None = None) -> AsyncIterator[bytes]:
+        """The blob piece by piece."""
+        return self._blob.iter_bytes(progress)
+
+
 class ChunkSender:
     """Sending a blob in chunk messages: what upload streams (client) offer."""
 

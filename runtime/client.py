@@ -25,7 +25,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from .chunks import ChunkCodec, ChunkReceiver, ChunkSender, Progress
+from .chunks import BlobReceiving, ChunkCodec, ChunkReceiver, ChunkSender, Progress
 from .errors import ErrorCode, RpcError
 from .flow import DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES
 from .liveness import DEFAULT_HEARTBEAT
@@ -249,31 +249,14 @@ class ServerStream(_Receiving[Resp]):
         return True
 
 
-class DownloadStream(ServerStream[Resp]):
+class DownloadStream(ServerStream[Resp], BlobReceiving):
     """A chunked download (`(natsmicro.chunked_io)` server stream): the blob as bytes, a file or pieces."""
 
     def __init__(self, call: _Call, inbox: Inbox, response_type: type[Resp]) -> None:
         super().__init__(call, inbox, response_type)
         assert call.method.chunks is not None
         chunks = ChunkCodec(response_type, call.method.chunks, call.codec)
-        self._blob = ChunkReceiver(self._reader, chunks, self.close)
-
-    async def recv_bytes(self, progress: Progress | None = None) -> bytes:
-        """The whole blob in memory."""
-        return await self._blob.recv_bytes(progress)
-
-    async def recv_to_file(self, path: str | os.PathLike[str], progress: Progress | None = None) -> int:
-        """Write the blob to `path` atomically: a temp file in the same folder, fsync, rename; on any
-        error (server error, cancellation, DATA_LOSS) neither file remains. Returns the size."""
-        return await self._blob.recv_to_file(path, progress)
-
-    async def recv_to_writer(self, writer: Any, progress: Progress | None = None) -> int:
-        """Write the blob to anything with `write()` (sync or async). Returns the size."""
-        return await self._blob.recv_to_writer(writer, progress)
-
-    def iter_bytes(self, progress: Progress | None = None) -> AsyncIterator[bytes]:
-        """The blob piece by piece."""
-        return self._blob.iter_bytes(progress)
+        self._blob = ChunkReceiver(self._reader, chunks, self.close)  # the stream is released at the end
 
 
 class _Sending(_StreamBase, Generic[Req]):

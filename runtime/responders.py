@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from typing import Any, AsyncIterator, Generic, TypeVar
 
 import betterproto
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from .chunks import ChunkCodec, ChunkReceiver, Progress, split
+from .chunks import BlobReceiving, ChunkCodec, ChunkReceiver, split
 from .codec import Codec
 from .context import CallContext, set_current_call
 from .errors import ErrorCode, RpcError
@@ -74,28 +73,12 @@ class RequestStream(Generic[M]):
         return await self._reader.recv()
 
 
-class UploadRequests(RequestStream[M]):
+class UploadRequests(RequestStream[M], BlobReceiving):
     """A chunked upload's requests: the messages, or the blob as bytes, a file or pieces."""
 
     def __init__(self, reader: StreamReader[M], chunks: ChunkCodec) -> None:
         super().__init__(reader)
-        self._blob = ChunkReceiver(reader, chunks, _nothing)
-
-    async def recv_bytes(self, progress: Progress | None = None) -> bytes:
-        """The whole blob in memory."""
-        return await self._blob.recv_bytes(progress)
-
-    async def recv_to_file(self, path: str | os.PathLike[str], progress: Progress | None = None) -> int:
-        """Write the blob to `path` atomically (temp file, fsync, rename); returns the size."""
-        return await self._blob.recv_to_file(path, progress)
-
-    async def recv_to_writer(self, writer: Any, progress: Progress | None = None) -> int:
-        """Write the blob to anything with `write()` (sync or async); returns the size."""
-        return await self._blob.recv_to_writer(writer, progress)
-
-    def iter_bytes(self, progress: Progress | None = None) -> AsyncIterator[bytes]:
-        """The blob piece by piece."""
-        return self._blob.iter_bytes(progress)
+        self._blob = ChunkReceiver(reader, chunks, _nothing)  # the responder releases the stream
 
 
 async def _nothing() -> None:
@@ -234,10 +217,25 @@ class Responder:
         headers = error_headers(error.code, error.message)
         await self.nc.publish(subject, b"", headers=headers)
 
-    async def reply(self, subject: str, message: betterproto.Message, headers: dict[str, str]) -> None:
-        body = self.codec.encode(message)
-        check_size(len(body), headers, self.nc.max_payload, self.name)
-        await self.nc.publish(subject, body, headers=headers or None)
+    async def answer(self, subject: str, response: Any, error: RpcError | None) -> None:
+        """A single final answer (unary, client streaming): the response with the handler's response
+        headers, or the error pair; a wrong type or an oversized response becomes the error."""
+        if error is None:
+            if not isinstance(response, self.method.response):
+                error = self.error(
+                    ErrorCode.INTERNAL, f"handler returned {type(response).__name__}, not {self.method.response.__name__}"
+                )
+            else:
+                body = self.codec.encode(response)
+                headers = dict(self.context.response_headers)
+                try:
+                    check_size(len(body), headers, self.nc.max_payload, self.name)
+                except RpcError as too_big:
+                    error = too_big
+                else:
+                    await self.nc.publish(subject, body, headers=headers or None)
+                    return
+        await self.respond_error(subject, error)
 
 
 class UnaryResponder(Responder):
@@ -255,18 +253,7 @@ class UnaryResponder(Responder):
         self.response = await self.handler(self.request)
 
     async def finish(self, error: RpcError | None) -> None:
-        if error is None:
-            if not isinstance(self.response, self.method.response):
-                error = self.error(
-                    ErrorCode.INTERNAL, f"handler returned {type(self.response).__name__}, not {self.method.response.__name__}"
-                )
-            else:
-                try:
-                    await self.reply(self.msg.reply, self.response, dict(self.context.response_headers))
-                    return
-                except RpcError as too_big:
-                    error = too_big
-        await self.respond_error(self.msg.reply, error)
+        await self.answer(self.msg.reply, self.response, error)
 
 
 class _SendsStream(Responder):
@@ -460,18 +447,7 @@ class ClientStreamResponder(_Handshaking):
             return
         if not self.v2 and not self.stopping:  # a v1 (Go) client listens on R only after its end marker
             await self.reader.drain_to_end(self.deadline or Deadline(V1_HOLD_LIMIT))
-        if error is None:
-            if not isinstance(self.response, self.method.response):
-                error = self.error(
-                    ErrorCode.INTERNAL, f"handler returned {type(self.response).__name__}, not {self.method.response.__name__}"
-                )
-            else:
-                try:
-                    await self.reply(self.reply_to, self.response, dict(self.context.response_headers))
-                    return
-                except RpcError as too_big:
-                    error = too_big
-        await self.respond_error(self.reply_to, error)
+        await self.answer(self.reply_to, self.response, error)
 
 
 class BidiResponder(_Handshaking, _SendsStream):
@@ -487,9 +463,9 @@ class BidiResponder(_Handshaking, _SendsStream):
         await self.send_all(self.handler(self.requests()))
 
 
-RESPONDERS: dict[str, type[Responder]] = {
-    "unary": UnaryResponder,
-    "server_stream": ServerStreamResponder,
-    "client_stream": ClientStreamResponder,
-    "bidi": BidiResponder,
+RESPONDERS: dict[Cardinality, type[Responder]] = {
+    Cardinality.UNARY: UnaryResponder,
+    Cardinality.SERVER_STREAM: ServerStreamResponder,
+    Cardinality.CLIENT_STREAM: ClientStreamResponder,
+    Cardinality.BIDI: BidiResponder,
 }

@@ -40,7 +40,7 @@ class Endpoint:
         self.record = EndpointRecord(
             name=method.endpoint, subject=subject, queue_group=self.queue_group, metadata=method.metadata or None
         )
-        self.responder = RESPONDERS[method.cardinality.value]
+        self.responder = RESPONDERS[method.cardinality]
         self.full_name = spec.full_name(method)
         self._sub: Subscription | None = None
 
