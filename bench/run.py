@@ -160,62 +160,35 @@ async def raw_unary(snc: Any, cnc: Any, n: int, in_flight: int) -> float:
     return elapsed
 
 
-async def raw_ping_pong(snc: Any, cnc: Any, n: int) -> float:
+async def raw_echo(snc: Any, cnc: Any, n: int, pipelined: bool) -> float:
+    """The client sends `n` messages that the other side echoes back: all at once (pipelined) or
+    one round trip at a time (ping-pong)."""
     inbox, back = snc.new_inbox(), cnc.new_inbox()
     body = bytes(ChatMessage(text="x"))
+    replies: asyncio.Queue[Any] = asyncio.Queue()
 
     async def echo(msg: Any) -> None:
         await snc.publish(back, msg.data, headers={"Nats-Stream-Seq": msg.headers["Nats-Stream-Seq"]})
-
-    s1 = await snc.subscribe(inbox, cb=echo)
-    replies: asyncio.Queue[Any] = asyncio.Queue()
 
     async def put(msg: Any) -> None:
         replies.put_nowait(msg)
 
-    s2 = await cnc.subscribe(back, cb=put)
+    subs = [await snc.subscribe(inbox, cb=echo), await cnc.subscribe(back, cb=put)]
     await flush_ordered(snc)
     await flush_ordered(cnc)
 
-    async def rounds() -> None:
+    async def run() -> None:
         for i in range(n):
             await cnc.publish(inbox, body, headers={"Nats-Stream-Seq": str(i + 1)})
-            await replies.get()
+            if not pipelined:
+                await replies.get()
+        if pipelined:
+            for _ in range(n):
+                await replies.get()
 
-    elapsed = await timed(rounds)
-    await s1.unsubscribe()
-    await s2.unsubscribe()
-    return elapsed
-
-
-async def raw_echo_pipelined(snc: Any, cnc: Any, n: int) -> float:
-    inbox, back = snc.new_inbox(), cnc.new_inbox()
-    body = bytes(ChatMessage(text="x"))
-    done = asyncio.Event()
-    received = 0
-
-    async def echo(msg: Any) -> None:
-        await snc.publish(back, msg.data, headers={"Nats-Stream-Seq": msg.headers["Nats-Stream-Seq"]})
-
-    async def count(msg: Any) -> None:
-        nonlocal received
-        received += 1
-        if received == n:
-            done.set()
-
-    s1 = await snc.subscribe(inbox, cb=echo)
-    s2 = await cnc.subscribe(back, cb=count)
-    await flush_ordered(snc)
-    await flush_ordered(cnc)
-
-    async def send() -> None:
-        for i in range(n):
-            await cnc.publish(inbox, body, headers={"Nats-Stream-Seq": str(i + 1)})
-        await done.wait()
-
-    elapsed = await timed(send)
-    await s1.unsubscribe()
-    await s2.unsubscribe()
+    elapsed = await timed(run)
+    for sub in subs:
+        await sub.unsubscribe()
     return elapsed
 
 
@@ -252,10 +225,10 @@ async def run_all(url: str) -> list[Result]:
     ours = n / await timed(lambda: client.sum(SumRequest(value=1) for _ in range(n)))
     report(Result("client stream, 100k small messages", "msg/s", ours, n / await raw_stream(raw_c, raw_s, bytes(SumRequest(value=1)), n), 0.5))
     ours = n / await timed(lambda: _drain(client.chat(ChatMessage(text="x") for _ in range(n))))
-    report(Result("bidi pipelined, 100k echoed", "msg/s", ours, n / await raw_echo_pipelined(raw_s, raw_c, n), 0.5))
+    report(Result("bidi pipelined, 100k echoed", "msg/s", ours, n / await raw_echo(raw_s, raw_c, n, pipelined=True), 0.5))
     rounds = 3000 // SCALE
     ours = rounds / await timed(lambda: _ping_pong(client, rounds))
-    report(Result("bidi ping-pong, sequential round trips", "rt/s", ours, rounds / await raw_ping_pong(raw_s, raw_c, rounds), 0.5))
+    report(Result("bidi ping-pong, sequential round trips", "rt/s", ours, rounds / await raw_echo(raw_s, raw_c, rounds, pipelined=False), 0.5))
 
     # 100 concurrent streams against one.
     per = n // 100
