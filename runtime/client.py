@@ -17,6 +17,7 @@ from typing import (
     Iterable,
     Iterator,
     Mapping,
+    Sequence,
     TypeVar,
 )
 
@@ -28,7 +29,8 @@ from nats.aio.msg import Msg
 from .chunks import BlobReceiving, ChunkCodec, ChunkReceiver, ChunkSender, Progress
 from .errors import ErrorCode, RpcError
 from .flow import DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES
-from .liveness import DEFAULT_HEARTBEAT
+from .liveness import DEFAULT_HEARTBEAT, MAX_HEARTBEAT, MIN_HEARTBEAT
+from .nats_compat import PermissionErrors
 from .protocol import (
     DEADLINE,
     REPLY_TO,
@@ -44,11 +46,14 @@ from .protocol import (
     classify,
     error_from_headers,
     is_control,
+    parse_uint,
+    quote,
     user_headers,
 )
 from .session import StreamSession
 from .spec import MethodSpec, ServiceSpec
 from .streams import Deadline, Inbox, StreamReader, StreamWriter
+from .subjects import InboxPolicy
 
 Req = TypeVar("Req", bound=betterproto.Message)
 Resp = TypeVar("Resp", bound=betterproto.Message)
@@ -93,6 +98,61 @@ class _Call:
         self.heartbeat = client._nats_heartbeat
         self.window = method.max_inflight or DEFAULT_WINDOW
         self.window_bytes = DEFAULT_WINDOW_BYTES
+        self.inboxes = client._nats_inboxes
+        self.watched: list[str] = []  # subjects whose permission errors fail this call
+
+    async def open_inbox(self) -> Inbox:
+        """The call's inbox `R`, subscribed; a permission violation on it fails the call."""
+        with _as_rpc_errors(self.name):
+            inbox = await Inbox(self.nc, self.name).open()
+        self.watch_permissions(inbox.subject, inbox)
+        return inbox
+
+    def watch_permissions(self, subject: str, inbox: Inbox) -> None:
+        """Publishing to or subscribing on `subject` denied: the call fails with PERMISSION_DENIED
+        at once (nats-py only tells the connection's error callback; the message is dropped)."""
+
+        def denied(text: str) -> None:
+            error = self.error(ErrorCode.PERMISSION_DENIED, text)
+            self.fail(inbox, error)
+
+        PermissionErrors.of(self.nc).watch(subject, denied)
+        self.watched.append(subject)
+
+    active_session: StreamSession | None = None  # v2 control, once the server confirmed v2
+
+    def fail(self, inbox: Inbox, error: RpcError) -> None:
+        """End the call with `error`: a waiting reader and a sender blocked on credit both see it."""
+        inbox.fail(error)
+        session = self.active_session
+        if session is not None and session.window is not None:
+            session.window.fail(error)
+
+    def release(self) -> None:
+        permissions = PermissionErrors.of(self.nc)
+        for subject in self.watched:
+            permissions.forget(subject)
+        self.watched.clear()
+
+    def server_inbox(self, headers: Mapping[str, str] | None) -> str:
+        """The `Nats-Stream-Inbox` the server named, checked before anything is sent there."""
+        subject = (headers or {}).get(STREAM_INBOX, "")
+        if not subject:
+            raise self.error(ErrorCode.UNAVAILABLE, f"the server's answer has no {STREAM_INBOX}")
+        why = self.inboxes.check(subject)
+        if why is not None:
+            raise self.error(
+                ErrorCode.INTERNAL,
+                f"the server named {STREAM_INBOX} {quote(subject)}, which is {why}; "
+                "pass inbox_prefixes=[...] to the client to allow a service's own prefix",
+            )
+        return subject
+
+    def adopt_heartbeat(self, headers: Mapping[str, str] | None) -> None:
+        """A v2 server says which heartbeat interval it uses (within its idle timeout): use it too."""
+        millis = parse_uint((headers or {}).get(STREAM_HEARTBEAT))
+        if millis:
+            self.heartbeat = min(max(millis / 1000, MIN_HEARTBEAT), MAX_HEARTBEAT)
 
     def opening_headers(self, headers: Mapping[str, str] | None, reply_to: str, receives: bool) -> dict[str, str]:
         """Caller headers, `Reply-To`, and our v2 offer (a v1 server ignores it)."""
@@ -105,18 +165,21 @@ class _Call:
             out[DEADLINE] = self.deadline.epoch_ms
         return out
 
-    def session(self, inbox: Inbox, peer_inbox: str) -> StreamSession:
-        """Start v2 control for this call: the peer is gone after three silent heartbeat intervals."""
+    def session(self, inbox: Inbox, peer_inbox: str, confirmed: Mapping[str, str] | None) -> StreamSession:
+        """Start v2 control for this call: the peer is gone when a heartbeat finds its inbox gone,
+        or after three silent heartbeat intervals."""
+        self.adopt_heartbeat(confirmed)
+        self.watch_permissions(peer_inbox, inbox)
 
         def peer_gone() -> None:
             error = self.error(
                 ErrorCode.UNAVAILABLE, "the server stopped answering or the NATS connection was interrupted"
             )
-            inbox.fail(error)
-            if session.window is not None:
-                session.window.fail(error)
+            self.fail(inbox, error)
 
-        session = StreamSession(self.nc, peer_inbox, self.heartbeat, on_dead=peer_gone)
+        session = self.active_session = StreamSession(
+            self.nc, peer_inbox, inbox.subject, self.heartbeat, on_dead=peer_gone
+        )
         return session
 
     def error(self, code: str, message: str) -> RpcError:
@@ -174,6 +237,7 @@ class _StreamBase:
                 await session.send_cancel("closed by the client")
             session.close()
         await self._inbox.close()
+        self._call.release()
 
     async def __aenter__(self: T) -> T:
         return self
@@ -240,10 +304,14 @@ class ServerStream(_Receiving[Resp]):
         if not is_control(msg.headers):
             return False
         headers = msg.headers or {}
-        control_inbox = headers.get(STREAM_INBOX)
-        if headers.get(STREAM_VERSION) == VERSION_2 and control_inbox and self._inbox.is_open:
+        if headers.get(STREAM_VERSION) == VERSION_2 and self._inbox.is_open:
             call = self._call
-            session = self._session = call.session(self._inbox, control_inbox)
+            try:
+                control_inbox = call.server_inbox(headers)
+            except RpcError as refused:  # nothing is ever sent to an inbox that fails the checks
+                call.fail(self._inbox, refused)
+                return True
+            session = self._session = call.session(self._inbox, control_inbox, headers)
             session.acknowledge(self._reader, call.window, call.window_bytes)
             session.start()
         return True
@@ -284,7 +352,7 @@ class _Sending(_StreamBase, Generic[Req]):
     def _start_v2(self, ack_headers: Mapping[str, str] | None, receiving: StreamReader[Any] | None) -> None:
         """The ack confirmed v2: the server's window bounds what we send; heartbeats both ways."""
         call = self._call
-        session = self._session = call.session(self._inbox, self._writer.subject)
+        session = self._session = call.session(self._inbox, self._writer.subject, ack_headers)
         session.drive(self._writer, ack_headers)
         if receiving is not None:
             session.acknowledge(receiving, call.window, call.window_bytes)
@@ -472,11 +540,14 @@ class ClientBase:
         subject_prefix: str | None = None,
         timeout: float | None = None,
         heartbeat: float = DEFAULT_HEARTBEAT,
+        inbox_prefixes: Sequence[str] = (),
     ) -> None:
         self._nats_nc = nc
         self._nats_subject_prefix = subject_prefix or self._nats_service.subject_prefix
         self._nats_timeout = timeout
         self._nats_heartbeat = heartbeat  # seconds between v2 heartbeats; silence for 3 = peer gone
+        # Where a server may name its stream inboxes: `_INBOX.` and these (a service's own prefix).
+        self._nats_inboxes = InboxPolicy(inbox_prefixes)
 
     async def _nats_unary(
         self,
@@ -511,8 +582,7 @@ class ClientBase:
 
         async def open_stream() -> ServerStream[Any]:
             call = _Call(self, method, timeout)
-            with _as_rpc_errors(call.name):
-                inbox = await Inbox(call.nc).open()  # subscribed before the request can cause anything
+            inbox = await call.open_inbox()  # subscribed before the request can cause anything
             kind = DownloadStream if method.chunks is not None else ServerStream
             stream = kind(call, inbox, method.response)  # watching R before anything is sent
             try:
@@ -524,6 +594,7 @@ class ClientBase:
                     await call.nc.publish(call.subject, body, reply=inbox.subject, headers=out_headers)
             except BaseException:
                 await inbox.close()
+                call.release()
                 raise
             return stream
 
@@ -547,8 +618,7 @@ class ClientBase:
     ) -> tuple[_Call, Inbox, str, Mapping[str, str]]:
         """Client-stream/bidi opening: subscribe R, request with `Reply-To: R`, get `S` from the ack."""
         call = _Call(self, self._nats_service.method(py_name), timeout)
-        with _as_rpc_errors(call.name):
-            inbox = await Inbox(call.nc).open()
+        inbox = await call.open_inbox()
         inbox.watcher = lambda msg: is_control(msg.headers)  # no v2 control is data
         try:
             bidi = call.method.cardinality.server_streams
@@ -567,11 +637,11 @@ class ClientBase:
             refused = error_from_headers(ack.headers, call.name)
             if refused is not None:
                 raise refused
-            server_inbox = (ack.headers or {}).get(STREAM_INBOX)
-            if not server_inbox:
-                raise call.error(ErrorCode.UNAVAILABLE, f"handshake ack without {STREAM_INBOX}")
+            server_inbox = call.server_inbox(ack.headers)
+            call.watch_permissions(server_inbox, inbox)
         except BaseException:
             await inbox.close()
+            call.release()
             raise
         return call, inbox, server_inbox, ack.headers or {}
 

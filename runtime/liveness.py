@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 from typing import Awaitable, Callable
 
-DEFAULT_HEARTBEAT = 5.0  # seconds
-MISSED_BEATS = 3  # silence for this many intervals means the peer is gone
-MIN_HEARTBEAT, MAX_HEARTBEAT = 0.05, 60.0  # what a server accepts from a client's header
+DEFAULT_HEARTBEAT = 1.0  # seconds: a killed peer is noticed within about this long (no-responders)
+MISSED_BEATS = 3  # silence for this many intervals means the peer is gone (a paused process)
+MIN_HEARTBEAT, MAX_HEARTBEAT = 0.05, 20.0  # what a server accepts from a client's header
 
 
 class Liveness:
-    """Sends a heartbeat when nothing was sent for `interval`; calls `on_dead` after
-    `MISSED_BEATS` intervals without hearing anything (data, ack or heartbeat), or once
-    `interrupted()` says the connection was lost meanwhile (messages in that gap may be gone)."""
+    """Sends a heartbeat when nothing was sent for half the `interval` (so the peer hears from us at
+    least once an interval, and a heartbeat that finds the peer's inbox gone comes back as a
+    no-responders status within about an interval); calls `on_dead` after `MISSED_BEATS` intervals
+    without hearing anything (data, ack or heartbeat), or once `interrupted()` says the connection
+    was lost meanwhile (messages in that gap may be gone)."""
 
     def __init__(
         self,
@@ -33,7 +35,7 @@ class Liveness:
 
     def start(self) -> None:
         self.last_sent = self.last_heard = self._loop.time()
-        self._timer = self._loop.call_later(self.interval / 2, self._tick)
+        self._timer = self._loop.call_later(self.interval / 4, self._tick)
 
     def heard(self) -> None:
         self.last_heard = self._loop.time()
@@ -47,10 +49,10 @@ class Liveness:
             self._timer = None
             self._on_dead()
             return
-        if now - self.last_sent >= self.interval and (self._sending is None or self._sending.done()):
+        if now - self.last_sent >= self.interval / 2 and (self._sending is None or self._sending.done()):
             self.last_sent = now
             self._sending = self._loop.create_task(self._beat(), name="betterproto-nats heartbeat")
-        self._timer = self._loop.call_later(self.interval / 2, self._tick)
+        self._timer = self._loop.call_later(self.interval / 4, self._tick)
 
     async def _beat(self) -> None:
         try:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from typing import Callable
+
 from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
 
@@ -31,3 +34,44 @@ async def unsubscribe_quietly(sub: Subscription | None) -> None:
         # Closed connection or already-removed subscription: interest is gone either way; make sure
         # the subscription's delivery task does not outlive it.
         sub._stop_processing()
+
+
+class PermissionErrors:
+    """Routes nats-py's permission-violation reports to the calls whose subjects they name.
+
+    nats-py hands `-ERR 'Permissions Violation for Publish to "X"'` only to the connection's error
+    callback (lower-cased), and the denied message is silently dropped: without this, a call whose
+    own subjects are denied would wait for its deadline. Installed once per connection, wrapping the
+    user's callback (which still sees every error).
+    """
+
+    _pattern = re.compile(r'permissions violation for (?:publish to|subscription to) "([^"]*)"')
+
+    def __init__(self, nc: NATS) -> None:
+        self._watchers: dict[str, Callable[[str], None]] = {}
+        self._user_callback = nc._error_cb
+
+        async def on_error(error: Exception) -> None:
+            match = self._pattern.search(str(error))
+            if match is not None:
+                watcher = self._watchers.get(match.group(1))
+                if watcher is not None:
+                    watcher(str(error)[:256])
+            await self._user_callback(error)
+
+        nc._error_cb = on_error
+
+    @classmethod
+    def of(cls, nc: NATS) -> PermissionErrors:
+        registry: PermissionErrors | None = getattr(nc, "_betterproto_nats_permissions", None)
+        if registry is None:
+            registry = cls(nc)
+            nc._betterproto_nats_permissions = registry  # type: ignore[attr-defined]
+        return registry
+
+    def watch(self, subject: str, on_denied: Callable[[str], None]) -> None:
+        """Call `on_denied(text)` when publishing to or subscribing on `subject` is denied."""
+        self._watchers[subject.lower()] = on_denied
+
+    def forget(self, subject: str) -> None:
+        self._watchers.pop(subject.lower(), None)

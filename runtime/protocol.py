@@ -7,6 +7,7 @@ See docs/PROTOCOL.md for the message sequences.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -66,10 +67,20 @@ def is_control(headers: Mapping[str, str] | None) -> bool:
     return any(name in headers for name in _CONTROL)
 
 
+_UINT = re.compile(r"[0-9]{1,18}")  # ASCII digits only (str.isdigit() accepts '²'); fits in 63 bits
+
+
+def parse_uint(text: str | None) -> int | None:
+    """A remote non-negative integer, parsed strictly: ASCII digits, at most 18 of them; else None."""
+    if text is None or not _UINT.fullmatch(text):
+        return None
+    return int(text)
+
+
 def header_int(headers: Mapping[str, str] | None, name: str, default: int) -> int:
-    """A positive integer header, or `default` when absent or not a positive integer."""
-    text = (headers or {}).get(name, "")
-    return int(text) if text.isdigit() and int(text) > 0 else default
+    """A positive integer header, or `default` when absent, malformed or zero."""
+    value = parse_uint((headers or {}).get(name))
+    return value if value else default
 
 
 def sanitize(value: str) -> str:
@@ -79,9 +90,23 @@ def sanitize(value: str) -> str:
     return value
 
 
+MAX_ERROR_TEXT = 1024  # characters of an error message that travel or are kept from the wire
+MAX_ERROR_CODE = 64
+
+
+def clip(text: str, limit: int = MAX_ERROR_TEXT) -> str:
+    """`text` cut to `limit` characters (marked), so no error echoes remote input unbounded."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def quote(remote: str, limit: int = 32) -> str:
+    """A remote value for an error message: repr'd and short."""
+    return repr(clip(remote, limit))
+
+
 def error_headers(code: str, message: str) -> dict[str, str]:
-    """The micro error pair; what every sender of ours uses (never `Status`)."""
-    return {ERROR_CODE: sanitize(code), ERROR: sanitize(message)}
+    """The micro error pair, capped; what every sender of ours uses (never `Status`)."""
+    return {ERROR_CODE: sanitize(clip(code, MAX_ERROR_CODE)), ERROR: sanitize(clip(message))}
 
 
 def error_from_headers(headers: Mapping[str, str] | None, method: str | None = None) -> RpcError | None:
@@ -93,15 +118,20 @@ def error_from_headers(headers: Mapping[str, str] | None, method: str | None = N
         return None
     code = headers.get(ERROR_CODE)
     if code:
-        return RpcError(code, headers.get(ERROR, ""), method=method)
+        return RpcError(clip(code, MAX_ERROR_CODE), clip(headers.get(ERROR, "")), method=method)
     status = headers.get(STATUS)
     if status:
-        if len(status) == 3 and status.isdigit():
+        if parse_uint(status) is not None and len(status) == 3:
             if status == NO_RESPONDERS_STATUS:
                 return RpcError(ErrorCode.UNAVAILABLE, "no responders", method=method)
             return None
-        return RpcError(status, headers.get(DESCRIPTION, ""), method=method)
+        return RpcError(clip(status, MAX_ERROR_CODE), clip(headers.get(DESCRIPTION, "")), method=method)
     return None
+
+
+def is_no_responders(headers: Mapping[str, str] | None) -> bool:
+    """The NATS server's answer to a message with a reply subject that nobody was subscribed for."""
+    return bool(headers) and headers.get(STATUS) == NO_RESPONDERS_STATUS  # type: ignore[union-attr]
 
 
 def classify(headers: Mapping[str, str] | None, method: str | None = None) -> Frame:
@@ -109,44 +139,54 @@ def classify(headers: Mapping[str, str] | None, method: str | None = None) -> Fr
     if not headers:
         return Frame(FrameKind.OTHER)
     if headers.get(STREAM_END) == END_TRUE:
-        count_text = headers.get(STREAM_COUNT)
-        count = int(count_text) if count_text and count_text.isdigit() else None
+        count = parse_uint(headers.get(STREAM_COUNT))  # malformed: ignored, as if absent
         return Frame(FrameKind.END, count=count, error=error_from_headers(headers, method))
     seq_text = headers.get(STREAM_SEQ)
     if seq_text is not None:
-        if not seq_text.isdigit():
+        seq = parse_uint(seq_text)
+        if seq is None:
             return Frame(
                 FrameKind.ERROR,
-                error=RpcError(ErrorCode.DATA_LOSS, f"bad {STREAM_SEQ} {seq_text!r}", method=method),
+                error=RpcError(ErrorCode.DATA_LOSS, f"malformed {STREAM_SEQ} {quote(seq_text)}", method=method),
             )
-        return Frame(FrameKind.DATA, seq=int(seq_text))
+        return Frame(FrameKind.DATA, seq=seq)
     error = error_from_headers(headers, method)
     if error is not None:
         return Frame(FrameKind.ERROR, error=error)
     return Frame(FrameKind.OTHER)
 
 
+_RESERVED_LOWER = frozenset(name.lower() for name in (*PROTOCOL_HEADERS, STATUS, DESCRIPTION))
+# RFC 7230 token characters: what nats-py accepts as a header name.
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,256}")
+
+
 def is_reserved(name: str) -> bool:
-    """A header name of the protocol's: never a caller's or a handler's."""
-    return name in PROTOCOL_HEADERS or name.startswith("Nats-Stream-")
+    """A header name of the protocol's or of NATS's (`Status`, `Description`, any `Nats-*`),
+    compared case-insensitively: never a caller's or a handler's."""
+    lower = name.lower()
+    return lower in _RESERVED_LOWER or lower.startswith("nats-")
 
 
 def caller_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
-    """The headers a caller sent, without our protocol headers."""
+    """The headers a caller sent, without protocol headers."""
     if not headers:
         return {}
     return {k: v for k, v in headers.items() if not is_reserved(k)}
 
 
 def user_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
-    """Caller- or handler-supplied headers made safe to send: sanitised, protocol names refused."""
+    """Caller- or handler-supplied headers made safe to send: valid names only, protocol names
+    refused (ValueError, before anything is sent), values without CR/LF."""
     if not headers:
         return {}
     out: dict[str, str] = {}
     for name, value in headers.items():
+        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+            raise ValueError(f"header name {clip(repr(name), 64)} is not valid: letters, digits and !#$%&'*+-.^_`|~ only")
         if is_reserved(name):
-            raise ValueError(f"header {name!r} is reserved for the protocol")
-        out[sanitize(str(name))] = sanitize(str(value))
+            raise ValueError(f"header {name!r} is reserved for the protocol or NATS")
+        out[name] = sanitize(str(value))
     return out
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Generic, TypeVar
 
 import betterproto
@@ -20,8 +22,8 @@ from .codec import Codec
 from .context import CallContext, set_current_call
 from .errors import ErrorCode, RpcError
 from .flow import DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES
-from .liveness import DEFAULT_HEARTBEAT, MAX_HEARTBEAT, MIN_HEARTBEAT
-from .nats_compat import flush_ordered
+from .liveness import DEFAULT_HEARTBEAT, MAX_HEARTBEAT, MIN_HEARTBEAT, MISSED_BEATS
+from .nats_compat import PermissionErrors, flush_ordered
 from .protocol import (
     DEADLINE,
     REPLY_TO,
@@ -35,10 +37,14 @@ from .protocol import (
     check_size,
     error_headers,
     header_int,
+    is_no_responders,
+    parse_uint,
+    quote,
 )
 from .session import StreamSession
 from .spec import Cardinality, MethodSpec
-from .streams import Deadline, Inbox, StreamReader, StreamWriter
+from .streams import V1_BUFFER_BYTES, V1_BUFFER_MESSAGES, Deadline, Inbox, StreamReader, StreamWriter
+from .subjects import InboxPolicy, first_token_prefix, is_literal
 
 log = logging.getLogger("betterproto_nats.server")
 
@@ -50,6 +56,57 @@ V1_HOLD_LIMIT = 30.0
 # Old-style server streams (no Reply-To): how long the first message is retried while the client has
 # not yet subscribed to the inbox we named in the ack.
 OLD_STYLE_SUBSCRIBE_WAIT = 2.0
+
+
+DEFAULT_STREAM_IDLE_TIMEOUT = 60.0
+# Codes of calls that ended because of what the peer sent (logged as junk at WARNING, rate-limited).
+_PEER_FAULTS = frozenset({ErrorCode.INVALID_ARGUMENT, ErrorCode.DATA_LOSS, ErrorCode.RESOURCE_EXHAUSTED})
+
+
+@dataclass(frozen=True)
+class ServingPolicy:
+    """What a server enforces on every call: where it may publish, how long a stream may be idle,
+    how much a peer may make it buffer, and whether unexpected errors' texts reach callers."""
+
+    inboxes: InboxPolicy = field(default_factory=InboxPolicy)
+    stream_idle_timeout: float = DEFAULT_STREAM_IDLE_TIMEOUT
+    buffer_messages: int = V1_BUFFER_MESSAGES
+    buffer_bytes: int = V1_BUFFER_BYTES
+    expose_errors: bool = False
+
+    @property
+    def max_heartbeat(self) -> float:
+        """The longest heartbeat interval a client may ask for: silence for `MISSED_BEATS` of them
+        must not outlast the idle timeout."""
+        return max(MIN_HEARTBEAT, min(MAX_HEARTBEAT, self.stream_idle_timeout / MISSED_BEATS))
+
+
+class _RateLimitedLog:
+    """At most `per_second` WARNING records a second for junk from peers; the rest are counted and
+    summed up in the next record, so a flood of bad messages cannot flood the log."""
+
+    def __init__(self, per_second: int = 10) -> None:
+        self.per_second = per_second
+        self._window = 0
+        self._count = 0
+        self._suppressed = 0
+
+    def warning(self, message: str, *args: object) -> None:
+        second = int(time.monotonic())
+        if second != self._window:
+            self._window, self._count = second, 0
+        self._count += 1
+        if self._count > self.per_second:
+            self._suppressed += 1
+            return
+        if self._suppressed:
+            message += " (%d similar messages suppressed)"
+            args = (*args, self._suppressed)
+            self._suppressed = 0
+        log.warning(message, *args)
+
+
+peer_faults = _RateLimitedLog()
 
 
 class _NoAnswer(Exception):
@@ -88,13 +145,16 @@ async def _nothing() -> None:
 class Responder:
     """Common lifecycle of a served call; subclasses say how to open, serve and finish their shape."""
 
-    def __init__(self, nc: NATS, impl: Any, method: MethodSpec, name: str, codec: Codec, msg: Msg) -> None:
+    def __init__(
+        self, nc: NATS, impl: Any, method: MethodSpec, name: str, codec: Codec, msg: Msg, policy: ServingPolicy
+    ) -> None:
         self.nc = nc
         self.impl = impl
         self.method = method
         self.name = name
         self.codec = codec
         self.msg = msg
+        self.policy = policy
         headers = msg.headers or {}
         # Protocol v2 when the client offers it on a streaming call that names its inbox.
         self.v2 = (
@@ -103,22 +163,79 @@ class Responder:
             and bool(headers.get(REPLY_TO))
         )
         self.deadline = Deadline.after(method.timeout)
-        if self.v2 and headers.get(DEADLINE, "").isdigit():
-            self.deadline = Deadline.at_epoch(int(headers[DEADLINE]) / 1000).earliest(self.deadline)
-        # The client chooses the heartbeat interval; a hostile one must not keep a call alive forever.
+        # The client chooses the heartbeat interval, within what the idle timeout allows.
         heartbeat = header_int(headers, STREAM_HEARTBEAT, int(DEFAULT_HEARTBEAT * 1000)) / 1000
-        self.heartbeat = min(max(heartbeat, MIN_HEARTBEAT), MAX_HEARTBEAT)
+        self.heartbeat = min(max(heartbeat, MIN_HEARTBEAT), policy.max_heartbeat)
         self.session: StreamSession | None = None
         self.task: asyncio.Task[Any] | None = None
         self.serving = False
         self.ended_by_peer: RpcError | None = None  # v2: the client cancelled or went silent
+        self.aborted: RpcError | None = None  # the call must end now, and the client be told why
         self.stopping = False  # the service is stopping: answer now, hold nothing back
+        self.inboxes: list[Inbox] = []  # what this call subscribed to (released at its end)
+        self.watched: list[str] = []  # subjects whose permission errors end this call
         self.context = CallContext(
             method=name,
             subject=msg.subject,
             headers=caller_headers(msg.headers),
-            deadline=None if self.deadline is None else self.deadline.epoch,
+            deadline=None,
         )
+
+    def read_deadline(self) -> None:
+        """A v2 client's `Nats-Deadline` (unix ms) shortens the method's own; malformed is refused."""
+        text = (self.msg.headers or {}).get(DEADLINE)
+        if self.v2 and text is not None:
+            epoch_ms = parse_uint(text)
+            if epoch_ms is None:
+                raise self.error(ErrorCode.INVALID_ARGUMENT, f"malformed {DEADLINE} {quote(text)}")
+            self.deadline = Deadline.at_epoch(epoch_ms / 1000).earliest(self.deadline)
+        if self.deadline is not None:
+            self.context.deadline = self.deadline.epoch
+
+    def peer_inbox(self) -> str:
+        """The client's `Reply-To`, checked before anything is published there (INVALID_ARGUMENT)."""
+        reply_to = (self.msg.headers or {}).get(REPLY_TO, "")
+        why = self.policy.inboxes.check(reply_to, also=first_token_prefix(self.msg.reply))
+        if why is not None:
+            raise self.error(ErrorCode.INVALID_ARGUMENT, f"{REPLY_TO} {quote(reply_to)} is {why}")
+        self.watch_permissions(reply_to)
+        return reply_to
+
+    async def open_inbox(self) -> Inbox:
+        """An inbox of this call's, bounded and idle-checked per the policy, released at its end."""
+        inbox = Inbox(self.nc, self.name, on_overflow=self.abort)
+        inbox.limit(self.policy.buffer_messages, self.policy.buffer_bytes)
+        inbox.end_when_idle(
+            self.policy.stream_idle_timeout,
+            self.error(
+                ErrorCode.DEADLINE_EXCEEDED, f"nothing arrived from the client for {self.policy.stream_idle_timeout:g} s"
+            ),
+        )
+        self.inboxes.append(inbox)
+        self.watch_permissions(inbox.subject)
+        return await inbox.open()
+
+    def watch_permissions(self, subject: str) -> None:
+        """A permission violation on `subject` (our publish or subscription) ends the call at once."""
+        PermissionErrors.of(self.nc).watch(
+            subject, lambda text: self.abort(self.error(ErrorCode.PERMISSION_DENIED, text))
+        )
+        self.watched.append(subject)
+
+    def abort(self, error: RpcError) -> None:
+        """End the call now with `error`, which the client is told (a peer overran its window, a
+        permission was denied). The handler is cancelled; nothing else waits for it."""
+        if self.aborted is None and self.ended_by_peer is None:
+            self.aborted = error
+            if self.serving and self.task is not None:
+                self.task.cancel()
+
+    def end_idle(self, quiet: float) -> None:
+        """The service is stopping: streams that wait for a client which sent nothing for `quiet`
+        seconds end now instead of holding `stop()` for its grace period."""
+        error = self.error(ErrorCode.UNAVAILABLE, "the service is stopping")
+        for inbox in self.inboxes:
+            inbox.end_when_idle(quiet, error)
 
     def error(self, code: str, message: str) -> RpcError:
         return RpcError(code, message, method=self.name)
@@ -127,11 +244,16 @@ class Responder:
     def handler(self) -> Any:
         return getattr(self.impl, self.method.py_name)
 
+    def confirmation(self, inbox: str) -> dict[str, str]:
+        """v2 confirmed: our inbox for the client's control messages, and the heartbeat we use."""
+        return {STREAM_VERSION: VERSION_2, STREAM_INBOX: inbox, STREAM_HEARTBEAT: str(round(self.heartbeat * 1000))}
+
     def start_session(self, peer_inbox: str, inbox: Inbox) -> StreamSession:
         """v2 control for this call: the client's acks, heartbeats and cancel arrive on `inbox`."""
         session = self.session = StreamSession(
             self.nc,
             peer_inbox,
+            inbox.subject,
             self.heartbeat,
             on_dead=lambda: self.peer_ended(
                 self.error(ErrorCode.UNAVAILABLE, "the client stopped answering or the NATS connection was interrupted")
@@ -156,11 +278,12 @@ class Responder:
         self.task = asyncio.current_task()
         try:
             try:
+                self.read_deadline()
                 await self.open()
             except _NoAnswer:
                 return None
             set_current_call(self.context)
-            if self.ended_by_peer is None:
+            if self.ended_by_peer is None and self.aborted is None:
                 self.serving = True
                 try:
                     if self.deadline is None:
@@ -170,24 +293,25 @@ class Responder:
                             await self.serve()
                 finally:
                     self.serving = False
+            error = self.aborted
         except RpcError as raised:
-            error = raised
+            error = self.aborted or raised
         except TimeoutError as raised:
             if self.deadline is not None and self.deadline.remaining() <= 0:
                 error = self.error(ErrorCode.DEADLINE_EXCEEDED, "deadline exceeded")
             else:
-                log.error("handler %s failed", self.name, exc_info=raised)
-                error = self.error(ErrorCode.INTERNAL, "TimeoutError")
+                error = self.internal(raised)
         except asyncio.CancelledError:
             if self.task is not None:
                 self.task.uncancel()  # handled here: the call ends, the task does not
-            error = self.ended_by_peer or self.error(
-                ErrorCode.UNAVAILABLE, "the service stopped before the call finished"
-            )
-            self.stopping = True
+            error = self.ended_by_peer or self.aborted
+            if error is None:
+                error = self.error(ErrorCode.UNAVAILABLE, "the service stopped before the call finished")
+                self.stopping = True
         except Exception as raised:
-            log.exception("handler %s failed", self.name)
-            error = self.error(ErrorCode.INTERNAL, str(raised)[:512] or type(raised).__name__)
+            error = self.internal(raised)
+        if error is not None and error.code in _PEER_FAULTS:
+            peer_faults.warning("call to %s on %s ended with %s", self.name, self.msg.subject, error)
         try:
             if self.ended_by_peer is None:
                 await self.finish(error)
@@ -198,8 +322,19 @@ class Responder:
         finally:
             if self.session is not None:
                 self.session.close()
-            await self.release()
+            permissions = PermissionErrors.of(self.nc)
+            for subject in self.watched:
+                permissions.forget(subject)
+            for inbox in self.inboxes:
+                await inbox.close()
         return None if error is None else error.code
+
+    def internal(self, raised: BaseException) -> RpcError:
+        """A handler's unexpected exception: logged with its traceback here; the caller gets
+        INTERNAL with a generic text unless the service exposes errors (for development)."""
+        log.error("handler %s failed", self.name, exc_info=raised)
+        text = str(raised) or type(raised).__name__
+        return self.error(ErrorCode.INTERNAL, text if self.policy.expose_errors else "internal error")
 
     async def open(self) -> None:
         """Read the request or do the handshake; raise RpcError to answer with an error."""
@@ -210,11 +345,14 @@ class Responder:
     async def finish(self, error: RpcError | None) -> None:
         """Put the outcome on the wire."""
 
-    async def release(self) -> None:
-        """Free subscriptions."""
+    @property
+    def reply(self) -> str:
+        """The request's NATS reply subject, or "" when it has none we may publish to."""
+        reply = self.msg.reply
+        return reply if reply and is_literal(reply) else ""
 
     async def respond_error(self, subject: str, error: RpcError) -> None:
-        headers = error_headers(error.code, error.message)
+        headers = error_headers(error.code, error.message)  # capped: always fits
         await self.nc.publish(subject, b"", headers=headers)
 
     async def answer(self, subject: str, response: Any, error: RpcError | None) -> None:
@@ -245,7 +383,7 @@ class UnaryResponder(Responder):
     request: betterproto.Message
 
     async def open(self) -> None:
-        if not self.msg.reply:
+        if not self.reply:
             raise _NoAnswer
         self.request = self.codec.decode(self.method.request, self.msg.data, self.name)
 
@@ -253,7 +391,7 @@ class UnaryResponder(Responder):
         self.response = await self.handler(self.request)
 
     async def finish(self, error: RpcError | None) -> None:
-        await self.answer(self.msg.reply, self.response, error)
+        await self.answer(self.reply, self.response, error)
 
 
 class _SendsStream(Responder):
@@ -303,8 +441,8 @@ class _SendsStream(Responder):
     async def finish(self, error: RpcError | None) -> None:
         if self.writer is not None:
             await self.writer.end(error)
-        elif error is not None and self.msg.reply:
-            await self.respond_error(self.msg.reply, error)
+        elif error is not None and self.reply:
+            await self.respond_error(self.reply, error)
 
 
 class ServerStreamResponder(_SendsStream):
@@ -315,38 +453,35 @@ class ServerStreamResponder(_SendsStream):
     control: Inbox | None = None
 
     async def open(self) -> None:
-        reply_to = (self.msg.headers or {}).get(REPLY_TO)
-        if not reply_to:
-            if not self.msg.reply:
+        if REPLY_TO not in (self.msg.headers or {}):
+            if not self.reply:
                 raise _NoAnswer
             # Old style: we name the inbox in an ack on the reply subject; see `_first_send_when_heard`.
             reply_to = self.nc.new_inbox()
             self.old_style = True
             # Undecodable: answer on the reply subject, since nobody knows R yet.
             self.request = self.codec.decode(self.method.request, self.msg.data, self.name)
+        else:
+            reply_to = self.peer_inbox()  # invalid: refused on the reply subject, nothing sent to it
         self.writer = StreamWriter(self.nc, reply_to, self.codec, self.name)
         self.writer.first_headers = self.context.response_headers
         if not self.old_style:
             self.request = self.codec.decode(self.method.request, self.msg.data, self.name)
         else:
-            await self.nc.publish(self.msg.reply, b"", headers={STREAM_INBOX: reply_to})
+            await self.nc.publish(self.reply, b"", headers={STREAM_INBOX: reply_to})
         if self.v2:
             await self.open_v2(reply_to)
 
     async def open_v2(self, reply_to: str) -> None:
         """Confirm v2 with an empty open message naming our control inbox, before any data."""
-        control = self.control = await Inbox(self.nc).open()
+        control = await self.open_inbox()
         session = self.start_session(reply_to, control)
         watch = session.watch
         control.watcher = lambda msg: watch(msg) or True  # only control belongs here
         assert self.writer is not None
         session.drive(self.writer, self.msg.headers)
-        await self.nc.publish(reply_to, b"", headers={STREAM_VERSION: VERSION_2, STREAM_INBOX: control.subject})
+        await self.nc.publish(reply_to, b"", headers=self.confirmation(control.subject))
         session.start()
-
-    async def release(self) -> None:
-        if self.control is not None:
-            await self.control.close()
 
     async def serve(self) -> None:
         responses = self.handler(self.request)
@@ -400,24 +535,35 @@ class _Handshaking(Responder):
     reply_to: str
 
     async def open(self) -> None:
-        if not self.msg.reply:
+        if not self.reply:
             raise _NoAnswer
-        reply_to = (self.msg.headers or {}).get(REPLY_TO)
-        if not reply_to:
+        if REPLY_TO not in (self.msg.headers or {}):
             raise self.error(ErrorCode.INVALID_ARGUMENT, f"streaming request without {REPLY_TO} header")
-        self.reply_to = reply_to
-        self.inbox = await Inbox(self.nc).open()  # subscribed before the ack names it
-        self.reader = StreamReader(self.inbox, self.codec, self.method.request, self.name, self.deadline)
-        ack = {STREAM_INBOX: self.inbox.subject}
+        self.reply_to = reply_to = self.peer_inbox()
+        inbox = self.inbox = await self.open_inbox()  # subscribed before the ack names it
+        self.reader = StreamReader(inbox, self.codec, self.method.request, self.name, self.deadline)
         if self.v2:
-            session = self.start_session(reply_to, self.inbox)
+            session = self.start_session(reply_to, inbox)
             window = self.method.max_inflight or DEFAULT_WINDOW
             session.acknowledge(self.reader, window, DEFAULT_WINDOW_BYTES)
-            ack.update({STREAM_VERSION: VERSION_2, STREAM_WINDOW: str(window), STREAM_WINDOW_BYTES: str(DEFAULT_WINDOW_BYTES)})
+            ack = self.confirmation(inbox.subject)
+            ack.update({STREAM_WINDOW: str(window), STREAM_WINDOW_BYTES: str(DEFAULT_WINDOW_BYTES)})
+        else:
+            ack = {STREAM_INBOX: inbox.subject}
+            inbox.watcher = self.watch_v1
         self.before_ack()
-        await self.nc.publish(self.msg.reply, b"", headers=ack)
+        # The ack names S as its reply subject: if the requester is already gone, the NATS server
+        # answers S with no-responders and the call ends at once instead of idling out.
+        await self.nc.publish(self.reply, b"", reply=inbox.subject, headers=ack)
         if self.session is not None:
             self.session.start()
+
+    def watch_v1(self, msg: Msg) -> bool:
+        """A v1 client's `S`: a no-responders answer to our ack means the client is gone."""
+        if is_no_responders(msg.headers):
+            self.peer_ended(self.error(ErrorCode.UNAVAILABLE, "the client is gone (nobody received the handshake ack)"))
+            return True
+        return False
 
     def before_ack(self) -> None:
         """Set up what must exist before the client learns `S`."""
@@ -426,10 +572,6 @@ class _Handshaking(Responder):
         if self.method.chunks is not None:
             return UploadRequests(self.reader, ChunkCodec(self.method.request, self.method.chunks, self.codec))
         return RequestStream(self.reader)
-
-    async def release(self) -> None:
-        if self.inbox is not None:
-            await self.inbox.close()
 
 
 class ClientStreamResponder(_Handshaking):
@@ -442,8 +584,8 @@ class ClientStreamResponder(_Handshaking):
 
     async def finish(self, error: RpcError | None) -> None:
         if self.inbox is None:  # failed before the handshake: answer the request itself
-            if error is not None:
-                await self.respond_error(self.msg.reply, error)
+            if error is not None and self.reply:
+                await self.respond_error(self.reply, error)
             return
         if not self.v2 and not self.stopping:  # a v1 (Go) client listens on R only after its end marker
             await self.reader.drain_to_end(self.deadline or Deadline(V1_HOLD_LIMIT))

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import re
 import time
-from typing import Any
+from typing import Any, Sequence
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -18,12 +18,16 @@ from .discovery import Discovery, EndpointRecord
 from .errors import ErrorCode, RpcError
 from .nats_compat import flush_ordered, unsubscribe_quietly
 from .protocol import END_TRUE, REPLY_TO, STREAM_COUNT, STREAM_END, error_headers
-from .responders import RESPONDERS
+from .responders import DEFAULT_STREAM_IDLE_TIMEOUT, RESPONDERS, Responder, ServingPolicy
 from .spec import Cardinality, MethodSpec, ServiceSpec
+from .streams import V1_BUFFER_BYTES, V1_BUFFER_MESSAGES
+from .subjects import InboxPolicy, first_token_prefix, is_literal
 
 log = logging.getLogger("betterproto_nats.server")
 
 DEFAULT_GRACE_PERIOD = 10.0
+# At stop(), a stream waiting for a client that sent nothing for this long ends at once.
+STOP_QUIET = 0.5
 _NAME = re.compile(r"^[A-Za-z0-9\-_]+$")
 
 
@@ -68,41 +72,49 @@ class Endpoint:
         if not server.accepting:
             await self._reject(msg, RpcError(ErrorCode.UNAVAILABLE, "the service is stopping", method=self.full_name))
             return
-        if len(server.calls) >= server.max_concurrent_streams:
+        # Unary calls and streams have separate budgets: streams cannot starve unary calls.
+        unary = self.method.cardinality is Cardinality.UNARY
+        calls, limit = (server.unary_calls, server.max_concurrent_unary) if unary else (
+            server.stream_calls,
+            server.max_concurrent_streams,
+        )
+        if len(calls) >= limit:
+            kind = "unary calls" if unary else "streams"
             await self._reject(
-                msg,
-                RpcError(
-                    ErrorCode.RESOURCE_EXHAUSTED,
-                    f"{server.max_concurrent_streams} calls already in progress",
-                    method=self.full_name,
-                ),
+                msg, RpcError(ErrorCode.RESOURCE_EXHAUSTED, f"{limit} {kind} already in progress", method=self.full_name)
             )
             return
-        task = asyncio.create_task(self._serve(msg), name=f"betterproto-nats {self.full_name}")
-        server.calls.add(task)
-        task.add_done_callback(server.calls.discard)
+        responder = self.responder(
+            server.nc, server.impl, self.method, self.full_name, server.spec.codec, msg, server.policy
+        )
+        task = asyncio.create_task(self._serve(responder), name=f"betterproto-nats {self.full_name}")
+        calls[task] = responder
+        task.add_done_callback(lambda done: calls.pop(done, None))
 
-    async def _serve(self, msg: Msg) -> None:
+    async def _serve(self, responder: Responder) -> None:
         started = time.perf_counter_ns()
-        server = self.server
-        responder = self.responder(server.nc, server.impl, self.method, self.full_name, server.spec.codec, msg)
         code = await responder.run()
         self.record.record(time.perf_counter_ns() - started, code)
 
     async def _reject(self, msg: Msg, error: RpcError) -> None:
-        """Refuse a call where its client listens for the answer, without starting it."""
+        """Refuse a call where its client listens for the answer, without starting it; a `Reply-To`
+        is used only when it passes the same checks as for a call."""
         self.record.record(0, error.code)
         headers = error_headers(error.code, error.message)
-        reply_to = (msg.headers or {}).get(REPLY_TO)
+        reply_to = (msg.headers or {}).get(REPLY_TO, "")
         try:
-            if self.method.cardinality is Cardinality.SERVER_STREAM and reply_to:
+            if (
+                self.method.cardinality is Cardinality.SERVER_STREAM
+                and reply_to
+                and self.server.policy.inboxes.check(reply_to, also=first_token_prefix(msg.reply)) is None
+            ):
                 await self.server.nc.publish(
                     reply_to, b"", headers={STREAM_END: END_TRUE, STREAM_COUNT: "0", **headers}
                 )
-            elif msg.reply:
+            elif msg.reply and is_literal(msg.reply):
                 await self.server.nc.publish(msg.reply, b"", headers=headers)
-        except Exception:
-            log.exception("could not refuse a call to %s", self.full_name)
+        except Exception as failed:
+            log.warning("could not refuse a call to %s: %s", self.full_name, failed)
 
 
 class Server:
@@ -117,7 +129,13 @@ class Server:
         name: str | None = None,
         version: str | None = None,
         max_concurrent_streams: int = 1000,
+        max_concurrent_unary: int = 1000,
         grace_period: float = DEFAULT_GRACE_PERIOD,
+        stream_idle_timeout: float = DEFAULT_STREAM_IDLE_TIMEOUT,
+        inbox_prefixes: Sequence[str] = (),
+        stream_buffer_messages: int = V1_BUFFER_MESSAGES,
+        stream_buffer_bytes: int = V1_BUFFER_BYTES,
+        expose_errors: bool = False,
     ) -> None:
         spec: ServiceSpec | None = getattr(impl, "_nats_service", None)
         if spec is None:
@@ -130,10 +148,21 @@ class Server:
         self.version = version or spec.version
         if not _NAME.match(self.name):
             raise ValueError(f"service name {self.name!r} may contain only letters, digits, '-' and '_'")
+        if stream_idle_timeout <= 0:
+            raise ValueError("stream_idle_timeout must be positive")
         self.max_concurrent_streams = max_concurrent_streams
+        self.max_concurrent_unary = max_concurrent_unary
         self.grace_period = grace_period
+        self.policy = ServingPolicy(
+            inboxes=InboxPolicy(inbox_prefixes),
+            stream_idle_timeout=stream_idle_timeout,
+            buffer_messages=stream_buffer_messages,
+            buffer_bytes=stream_buffer_bytes,
+            expose_errors=expose_errors,
+        )
         self.accepting = False
-        self.calls: set[asyncio.Task[None]] = set()
+        self.unary_calls: dict[asyncio.Task[None], Responder] = {}
+        self.stream_calls: dict[asyncio.Task[None], Responder] = {}
         self.endpoints = [Endpoint(self, m, f"{self.subject_prefix}.{m.endpoint}") for m in spec.methods]
         self.discovery = Discovery(
             nc=nc,
@@ -143,6 +172,11 @@ class Server:
             metadata=spec.metadata,
             endpoints=[e.record for e in self.endpoints],
         )
+
+    @property
+    def calls(self) -> set[asyncio.Task[None]]:
+        """Calls in progress (unary and streams)."""
+        return {*self.unary_calls, *self.stream_calls}
 
     @property
     def id(self) -> str:
@@ -163,6 +197,8 @@ class Server:
             await endpoint.stop()
         await flush_ordered(self.nc)  # the NATS server has dropped our interest: no new call arrives
         grace = self.grace_period if grace_period is None else grace_period
+        for responder in self.stream_calls.values():
+            responder.end_idle(STOP_QUIET)  # streams waiting on a silent client do not hold us up
         if self.calls:
             _, pending = await asyncio.wait(set(self.calls), timeout=grace)
             for task in pending:
@@ -186,9 +222,23 @@ async def serve(
     name: str | None = None,
     version: str | None = None,
     max_concurrent_streams: int = 1000,
+    max_concurrent_unary: int = 1000,
     grace_period: float = DEFAULT_GRACE_PERIOD,
+    stream_idle_timeout: float = DEFAULT_STREAM_IDLE_TIMEOUT,
+    inbox_prefixes: Sequence[str] = (),
+    stream_buffer_messages: int = V1_BUFFER_MESSAGES,
+    stream_buffer_bytes: int = V1_BUFFER_BYTES,
+    expose_errors: bool = False,
 ) -> Server:
-    """Serve `impl` (a `<Service>NatsBase` subclass instance) on `nc` until `await server.stop()`."""
+    """Serve `impl` (a `<Service>NatsBase` subclass instance) on `nc` until `await server.stop()`.
+
+    Streams and unary calls are admitted up to their own limits. A stream that hears nothing from
+    its client for `stream_idle_timeout` seconds ends (DEADLINE_EXCEEDED). Clients' stream inboxes
+    must start with `_INBOX.`, the first token of the request's reply subject, or one of
+    `inbox_prefixes`. A client without flow control (v1) may make the service buffer at most
+    `stream_buffer_messages` / `stream_buffer_bytes` per stream. Unexpected handler exceptions
+    reach callers as INTERNAL "internal error" unless `expose_errors` (for development).
+    """
     server = Server(
         nc,
         impl,
@@ -196,7 +246,13 @@ async def serve(
         name=name,
         version=version,
         max_concurrent_streams=max_concurrent_streams,
+        max_concurrent_unary=max_concurrent_unary,
         grace_period=grace_period,
+        stream_idle_timeout=stream_idle_timeout,
+        inbox_prefixes=inbox_prefixes,
+        stream_buffer_messages=stream_buffer_messages,
+        stream_buffer_bytes=stream_buffer_bytes,
+        expose_errors=expose_errors,
     )
     await server.start()
     return server

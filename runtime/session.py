@@ -9,7 +9,16 @@ from nats.aio.msg import Msg
 
 from .flow import AckPolicy, FlowWindow
 from .liveness import Liveness
-from .protocol import STREAM_ACK, STREAM_CANCEL, STREAM_HEARTBEAT, is_control
+from .protocol import (
+    STREAM_ACK,
+    STREAM_CANCEL,
+    STREAM_HEARTBEAT,
+    clip,
+    is_control,
+    is_no_responders,
+    parse_uint,
+    sanitize,
+)
 from .streams import StreamReader, StreamWriter
 
 
@@ -18,18 +27,25 @@ class StreamSession:
 
     `watch` is installed as the receiving `Inbox`'s watcher: it sees every message first (anything
     counts as a sign of life) and takes the control messages out of the data path.
+
+    Acks and heartbeats carry our inbox as their reply subject: once the peer's inbox is gone (its
+    process died), the NATS server answers one of them with a no-responders status at once, so a
+    dead peer is noticed within a heartbeat rather than after three silent ones.
     """
 
     def __init__(
         self,
         nc: NATS,
         peer_inbox: str,
+        own_inbox: str,
         heartbeat: float,
         on_dead: Callable[[], None],
         on_cancel: Callable[[str], None] | None = None,
     ) -> None:
         self.nc = nc
         self.peer_inbox = peer_inbox
+        self.own_inbox = own_inbox
+        self._on_dead = on_dead
         self.window: FlowWindow | None = None  # credit for what we send, once the peer granted it
         self.on_cancel = on_cancel
         self._heartbeat_ms = str(int(heartbeat * 1000))
@@ -53,26 +69,31 @@ class StreamSession:
     def acknowledge(self, reader: StreamReader[Any], messages: int, max_bytes: int) -> None:
         """Acknowledge what the application consumes from `reader`, within the window we granted."""
         reader.acker = AckPolicy(messages, max_bytes, self.send_ack)
+        reader.inbox.limit(messages + 2, max_bytes)  # + the end marker and one stray status
 
     def watch(self, msg: Msg) -> bool:
         """Record a sign of life; handle a control message and return True, else False."""
-        self.liveness.heard()
         headers = msg.headers
+        if is_no_responders(headers):
+            if not self.closed:
+                self._on_dead()  # our ack or heartbeat found nobody: the peer's inbox is gone
+            return True
+        self.liveness.heard()
         if not is_control(headers):
             return False
         assert headers is not None
-        ack = headers.get(STREAM_ACK)
-        if ack is not None and ack.isdigit() and self.window is not None:
-            self.window.on_ack(int(ack))
+        ack = parse_uint(headers.get(STREAM_ACK))
+        if ack is not None and self.window is not None:
+            self.window.on_ack(ack)
         reason = headers.get(STREAM_CANCEL)
         if reason is not None and self.on_cancel is not None:
-            self.on_cancel(reason)
+            self.on_cancel(clip(reason, 256))
         return True
 
     async def _send(self, headers: dict[str, str]) -> None:
         if self.closed:
             return
-        await self.nc.publish(self.peer_inbox, b"", headers=headers)
+        await self.nc.publish(self.peer_inbox, b"", reply=self.own_inbox, headers=headers)
         self.liveness.sent()
 
     async def send_ack(self, seq: int) -> None:
@@ -86,7 +107,7 @@ class StreamSession:
 
     async def send_cancel(self, reason: str) -> None:
         try:
-            await self._send({STREAM_CANCEL: reason.replace("\r", " ").replace("\n", " ")})
+            await self._send({STREAM_CANCEL: sanitize(clip(reason, 256))})
         except Exception:
             pass  # the connection is gone: the peer will notice the silence instead
 

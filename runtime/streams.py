@@ -30,6 +30,7 @@ from .protocol import (
     check_size,
     classify,
     error_headers,
+    message_size,
 )
 
 M = TypeVar("M", bound=betterproto.Message)
@@ -66,17 +67,43 @@ class Deadline:
         return max(0.0, self.at - asyncio.get_running_loop().time())
 
 
-class Inbox:
-    """A subscription whose messages queue up until a reader takes them, in arrival order."""
+# What a receiving inbox holds at most for a peer without flow control (v1, the Go project's
+# protocol); a v2 peer is held to the window we granted instead. Beyond it the stream ends with
+# RESOURCE_EXHAUSTED rather than letting one peer grow our memory without bound.
+V1_BUFFER_MESSAGES = 8192
+V1_BUFFER_BYTES = 32 * 1024 * 1024
 
-    def __init__(self, nc: NATS) -> None:
+
+class Inbox:
+    """A subscription whose messages queue up until a reader takes them, in arrival order.
+
+    The queue is bounded (`limit`); a peer that overruns it ends the stream with RESOURCE_EXHAUSTED
+    and `on_overflow` is told at once. With `idle_timeout` set, a `get` fails once nothing at all
+    (data or control) has arrived for that long.
+    """
+
+    def __init__(
+        self,
+        nc: NATS,
+        method: str | None = None,
+        on_overflow: Callable[[RpcError], None] | None = None,
+    ) -> None:
         self.nc = nc
+        self.method = method
         self.subject = nc.new_inbox()
         self._queue: deque[Msg] = deque()
+        self._queued_bytes = 0
+        self.max_messages = V1_BUFFER_MESSAGES
+        self.max_bytes = V1_BUFFER_BYTES
+        self._on_overflow = on_overflow
         self._waiter: asyncio.Future[None] | None = None
         self._failure: BaseException | None = None
+        self._dropping = False  # overrun: nothing more is queued
         self._sub: Subscription | None = None
         self._reconnects = 0  # the connection's reconnect count when we subscribed
+        self.last_heard = asyncio.get_running_loop().time()
+        self.idle_timeout: float | None = None
+        self._idle_error: RpcError | None = None
         # Sees every message first; returns True for one it handled itself (v2 control messages).
         self.watcher: Callable[[Msg], bool] | None = None
 
@@ -85,12 +112,46 @@ class Inbox:
         self._sub = await self.nc.subscribe(self.subject, cb=self._on_msg)
         return self
 
+    def limit(self, messages: int, max_bytes: int) -> None:
+        """Hold the peer to a window: at most `messages` queued, and `max_bytes` of them unless one."""
+        self.max_messages, self.max_bytes = messages, max_bytes
+
+    def end_when_idle(self, after: float, error: RpcError) -> None:
+        """From now on a `get` that finds nothing fails with `error` once nothing arrived for `after` s."""
+        if self.idle_timeout is None or after < self.idle_timeout:
+            self.idle_timeout, self._idle_error = after, error
+        self._wake()
+
     async def _on_msg(self, msg: Msg) -> None:
+        self.last_heard = asyncio.get_running_loop().time()
         watcher = self.watcher
         if watcher is not None and watcher(msg):
             return
-        self._queue.append(msg)
+        if self._dropping:
+            return
+        queue = self._queue
+        queue.append(msg)
+        size = len(msg.data)
+        if msg.headers:
+            size += sum(map(len, msg.headers.values()))
+        self._queued_bytes += size
+        if len(queue) > self.max_messages or (len(queue) > 1 and self._queued_bytes > self.max_bytes):
+            self._overrun()
         self._wake()
+
+    def _overrun(self) -> None:
+        error = RpcError(
+            ErrorCode.RESOURCE_EXHAUSTED,
+            f"the peer sent more than the {self.max_messages} messages / {self.max_bytes} bytes it may have "
+            "outstanding (flow-control window or receive buffer)",
+            method=self.method,
+        )
+        self._dropping = True
+        self._queue.clear()
+        self._queued_bytes = 0
+        self.fail(error)
+        if self._on_overflow is not None:
+            self._on_overflow(error)
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -99,7 +160,8 @@ class Inbox:
 
     def fail(self, error: BaseException) -> None:
         """Make the current and every later `get` raise `error` once the queue is empty."""
-        self._failure = error
+        if self._failure is None:
+            self._failure = error
         self._wake()
 
     async def get(self, deadline: Deadline | None, method: str | None = None) -> Msg:
@@ -112,10 +174,18 @@ class Inbox:
                 # come again: a v1 peer sends no heartbeats, so without this a stream could wait forever.
                 self.fail(RpcError(ErrorCode.UNAVAILABLE, "the NATS connection was interrupted", method=method))
                 continue
-            self._waiter = loop.create_future()
-            wake_at = loop.time() + RECONNECT_CHECK
+            now = loop.time()
+            wake_at = now + RECONNECT_CHECK
             if deadline is not None and deadline.at < wake_at:
                 wake_at = deadline.at
+            if self.idle_timeout is not None:
+                idle_at = self.last_heard + self.idle_timeout
+                if idle_at <= now:
+                    assert self._idle_error is not None
+                    self.fail(self._idle_error)
+                    continue
+                wake_at = min(wake_at, idle_at)
+            self._waiter = loop.create_future()
             try:
                 async with asyncio.timeout_at(wake_at):
                     await self._waiter
@@ -124,7 +194,12 @@ class Inbox:
                     raise RpcError(ErrorCode.DEADLINE_EXCEEDED, "deadline exceeded", method=method) from None
             finally:
                 self._waiter = None
-        return self._queue.popleft()
+        msg = self._queue.popleft()
+        if self._queue:
+            self._queued_bytes -= len(msg.data) + (sum(map(len, msg.headers.values())) if msg.headers else 0)
+        else:
+            self._queued_bytes = 0
+        return msg
 
     @property
     def is_open(self) -> bool:
@@ -134,6 +209,7 @@ class Inbox:
         sub, self._sub = self._sub, None
         await unsubscribe_quietly(sub)
         self._queue.clear()
+        self._queued_bytes = 0
 
 
 class StreamReader(Generic[M]):
@@ -282,6 +358,10 @@ class StreamWriter:
             self._take_first_headers(headers)
         if error is not None:
             headers.update(error_headers(error.code, error.message))
+        if message_size(0, headers) > self.nc.max_payload:  # response headers too large: end all the same
+            too_big = f"the end marker's headers exceed the server's max_payload of {self.nc.max_payload}"
+            headers = {STREAM_END: END_TRUE, STREAM_COUNT: str(self.sent)}
+            headers.update(error_headers(ErrorCode.RESOURCE_EXHAUSTED, too_big))
         await self.nc.publish(self.subject, b"", headers=headers)
         if self.on_sent is not None:
             self.on_sent()
