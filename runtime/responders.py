@@ -235,7 +235,7 @@ class Responder:
         seconds end now instead of holding `stop()` for its grace period."""
         error = self.error(ErrorCode.UNAVAILABLE, "the service is stopping")
         for inbox in self.inboxes:
-            inbox.end_when_idle(quiet, error)
+            inbox.end_when_quiet(quiet, error)
 
     def error(self, code: str, message: str) -> RpcError:
         return RpcError(code, message, method=self.name)

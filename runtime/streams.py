@@ -101,9 +101,11 @@ class Inbox:
         self._dropping = False  # overrun: nothing more is queued
         self._sub: Subscription | None = None
         self._reconnects = 0  # the connection's reconnect count when we subscribed
-        self.last_heard = asyncio.get_running_loop().time()
-        self.idle_timeout: float | None = None
-        self._idle_error: RpcError | None = None
+        self.last_heard = self.last_data = asyncio.get_running_loop().time()
+        # (seconds, error): a `get` fails once nothing at all arrived for that long ...
+        self._idle: tuple[float, RpcError] | None = None
+        # ... or once nothing but control messages (heartbeats) arrived for that long.
+        self._quiet: tuple[float, RpcError] | None = None
         # Sees every message first; returns True for one it handled itself (v2 control messages).
         self.watcher: Callable[[Msg], bool] | None = None
 
@@ -117,18 +119,23 @@ class Inbox:
         self.max_messages, self.max_bytes = messages, max_bytes
 
     def end_when_idle(self, after: float, error: RpcError) -> None:
-        """From now on a `get` that finds nothing fails with `error` once nothing arrived for `after` s."""
-        if self.idle_timeout is None or after < self.idle_timeout:
-            self.idle_timeout, self._idle_error = after, error
+        """A `get` that finds nothing fails with `error` once nothing arrived for `after` seconds."""
+        self._idle = (after, error)
+        self._wake()
+
+    def end_when_quiet(self, after: float, error: RpcError) -> None:
+        """Like `end_when_idle`, but heartbeats do not count: only data and end markers do."""
+        self._quiet = (after, error)
         self._wake()
 
     async def _on_msg(self, msg: Msg) -> None:
-        self.last_heard = asyncio.get_running_loop().time()
+        self.last_heard = now = asyncio.get_running_loop().time()
         watcher = self.watcher
         if watcher is not None and watcher(msg):
             return
         if self._dropping:
             return
+        self.last_data = now
         queue = self._queue
         queue.append(msg)
         size = len(msg.data)
@@ -178,13 +185,16 @@ class Inbox:
             wake_at = now + RECONNECT_CHECK
             if deadline is not None and deadline.at < wake_at:
                 wake_at = deadline.at
-            if self.idle_timeout is not None:
-                idle_at = self.last_heard + self.idle_timeout
-                if idle_at <= now:
-                    assert self._idle_error is not None
-                    self.fail(self._idle_error)
-                    continue
-                wake_at = min(wake_at, idle_at)
+            ended = False
+            for since, limit in ((self.last_heard, self._idle), (self.last_data, self._quiet)):
+                if limit is not None:
+                    if since + limit[0] <= now:
+                        self.fail(limit[1])
+                        ended = True
+                        break
+                    wake_at = min(wake_at, since + limit[0])
+            if ended:
+                continue
             self._waiter = loop.create_future()
             try:
                 async with asyncio.timeout_at(wake_at):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import sys
 import time
@@ -253,52 +254,59 @@ async def test_deadline_travels_and_both_sides_report_deadline_exceeded(
 # --- Dead peers -----------------------------------------------------------------------------------
 
 
-async def test_killed_server_process_fails_the_client_within_three_heartbeats(nats_server: NatsServer, nc: NATS) -> None:
+@pytest.mark.parametrize("how", ["kill", "pause"])
+async def test_lost_server_process_fails_the_client(nats_server: NatsServer, nc: NATS, how: str) -> None:
+    """Killed: the next heartbeat finds the server's inbox gone (no-responders), within 1 s at default
+    settings. Paused (SIGSTOP; its subscriptions live on): silence for three heartbeats."""
     proc = subprocess.Popen([sys.executable, str(PROCS / "demo_server.py"), nats_server.url], stdout=subprocess.PIPE)
     try:
         assert proc.stdout is not None
         line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)
         assert line.strip() == b"ready"
         interval = 0.3
-        client = StreamDemoServiceNatsClient(nc, heartbeat=interval)
+        client = StreamDemoServiceNatsClient(nc, heartbeat=interval) if how == "pause" else StreamDemoServiceNatsClient(nc)
         stream = await client.count_up(CountUpRequest(count=10**6))
         await stream.recv()
-        proc.kill()
-        killed = time.monotonic()
+        proc.send_signal(signal.SIGKILL if how == "kill" else signal.SIGSTOP)
+        lost = time.monotonic()
         with pytest.raises(RpcError) as caught:
             async for _ in stream:
                 pass
         assert caught.value.code == ErrorCode.UNAVAILABLE
-        assert time.monotonic() - killed < 3 * interval + 1.0
+        noticed = time.monotonic() - lost
+        print(f"{how}: noticed after {noticed:.2f} s")
+        assert noticed < (1.0 if how == "kill" else 3 * interval + 1.0)
     finally:
         proc.kill()
         proc.wait()
 
 
-async def test_killed_client_process_frees_the_server_stream(nats_server: NatsServer, nc: NATS, server_nc: NATS) -> None:
+@pytest.mark.parametrize("how", ["kill", "pause"])
+async def test_lost_client_process_frees_the_server_stream(
+    nats_server: NatsServer, nc: NATS, server_nc: NATS, how: str
+) -> None:
+    """Killed: the handler is freed within 1 s at default settings; paused: within three heartbeats."""
     impl = Probe()
     server = await betterproto_nats.serve(server_nc, impl)
     interval = 0.3
-    proc = subprocess.Popen(
-        [sys.executable, str(PROCS / "demo_client.py"), nats_server.url, str(interval)], stdout=subprocess.PIPE
-    )
+    args = [str(interval)] if how == "pause" else []
+    proc = subprocess.Popen([sys.executable, str(PROCS / "demo_client.py"), nats_server.url, *args], stdout=subprocess.PIPE)
     try:
         assert proc.stdout is not None
         line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)
         assert line.strip() == b"streaming"
         assert len(server.calls) == 1
-        proc.kill()
-        killed = time.monotonic()
+        proc.send_signal(signal.SIGKILL if how == "kill" else signal.SIGSTOP)
+        lost = time.monotonic()
         await asyncio.wait_for(impl.cancelled.wait(), 10)
         await settle(lambda: not server.calls)
-        assert time.monotonic() - killed < 3 * interval + 1.0
+        noticed = time.monotonic() - lost
+        print(f"{how}: freed after {noticed:.2f} s")
+        assert noticed < (1.0 if how == "kill" else 3 * interval + 1.0)
     finally:
         proc.kill()
         proc.wait()
         await server.stop()
-
-
-# --- Server restarts, stop, leaks -----------------------------------------------------------------
 
 
 async def test_nats_server_restart_mid_stream(tmp_path: Path) -> None:

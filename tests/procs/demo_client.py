@@ -1,5 +1,5 @@
 """A client in its own process that streams forever, for tests that kill -9 it.
-Usage: demo_client.py URL HEARTBEAT_SECONDS"""
+Usage: demo_client.py URL [HEARTBEAT_SECONDS]"""
 
 import asyncio
 import sys
@@ -15,7 +15,7 @@ from gen.streaming.v1 import CountUpRequest, StreamDemoServiceNatsClient  # noqa
 
 async def main() -> None:
     nc = await nats.connect(sys.argv[1], allow_reconnect=False)
-    client = StreamDemoServiceNatsClient(nc, heartbeat=float(sys.argv[2]))
+    client = StreamDemoServiceNatsClient(nc, **({"heartbeat": float(sys.argv[2])} if len(sys.argv) > 2 else {}))
     async for response in client.count_up(CountUpRequest(count=10**9)):
         if response.number == 0:
             print("streaming", flush=True)
