@@ -114,16 +114,20 @@ class _Call:
 
         def denied(text: str) -> None:
             error = self.error(ErrorCode.PERMISSION_DENIED, text)
-            self.fail(inbox, error)
+            self.fail(inbox, error, at_once=True)
 
         PermissionErrors.of(self.nc).watch(subject, denied)
         self.watched.append(subject)
 
     active_session: StreamSession | None = None  # v2 control, once the server confirmed v2
 
-    def fail(self, inbox: Inbox, error: RpcError) -> None:
-        """End the call with `error`: a waiting reader and a sender blocked on credit both see it."""
-        inbox.fail(error)
+    def fail(self, inbox: Inbox, error: RpcError, at_once: bool = False) -> None:
+        """End the call with `error`: a waiting reader (after what is queued, unless `at_once`) and a
+        sender blocked on credit both see it."""
+        if at_once:
+            inbox.abort(error)
+        else:
+            inbox.fail(error)
         session = self.active_session
         if session is not None and session.window is not None:
             session.window.fail(error)
@@ -309,7 +313,7 @@ class ServerStream(_Receiving[Resp]):
             try:
                 control_inbox = call.server_inbox(headers)
             except RpcError as refused:  # nothing is ever sent to an inbox that fails the checks
-                call.fail(self._inbox, refused)
+                call.fail(self._inbox, refused, at_once=True)
                 return True
             session = self._session = call.session(self._inbox, control_inbox, headers)
             session.acknowledge(self._reader, call.window, call.window_bytes)

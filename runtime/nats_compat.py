@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import secrets
 from typing import Callable
 
 from nats.aio.client import Client as NATS
@@ -75,3 +76,14 @@ class PermissionErrors:
 
     def forget(self, subject: str) -> None:
         self._watchers.pop(subject.lower(), None)
+
+
+def new_inbox(nc: NATS) -> str:
+    """An inbox subject nobody can guess: the connection's inbox prefix and 128 random bits.
+
+    nats-py's `new_inbox()` ends in a NUID: a prefix fixed per connection and a sequence with small
+    random increments, so a client that saw a few of a service's inboxes could guess the next ones.
+    """
+    prefix = getattr(nc, "_inbox_prefix", None)
+    text = prefix.decode() if isinstance(prefix, (bytes, bytearray)) else nc.new_inbox().rsplit(".", 1)[0]
+    return f"{text}.{secrets.token_urlsafe(16)}"

@@ -23,7 +23,7 @@ from .context import CallContext, set_current_call
 from .errors import ErrorCode, RpcError
 from .flow import DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES
 from .liveness import DEFAULT_HEARTBEAT, MAX_HEARTBEAT, MIN_HEARTBEAT, MISSED_BEATS
-from .nats_compat import PermissionErrors, flush_ordered
+from .nats_compat import PermissionErrors, flush_ordered, new_inbox
 from .protocol import (
     DEADLINE,
     REPLY_TO,
@@ -457,7 +457,7 @@ class ServerStreamResponder(_SendsStream):
             if not self.reply:
                 raise _NoAnswer
             # Old style: we name the inbox in an ack on the reply subject; see `_first_send_when_heard`.
-            reply_to = self.nc.new_inbox()
+            reply_to = new_inbox(self.nc)
             self.old_style = True
             # Undecodable: answer on the reply subject, since nobody knows R yet.
             self.request = self.codec.decode(self.method.request, self.msg.data, self.name)

@@ -19,7 +19,7 @@ from nats.aio.subscription import Subscription
 from .codec import Codec
 from .errors import ErrorCode, RpcError
 from .flow import AckPolicy, FlowWindow
-from .nats_compat import unsubscribe_quietly
+from .nats_compat import new_inbox, unsubscribe_quietly
 from .protocol import (
     END_TRUE,
     STREAM_COUNT,
@@ -90,7 +90,7 @@ class Inbox:
     ) -> None:
         self.nc = nc
         self.method = method
-        self.subject = nc.new_inbox()
+        self.subject = new_inbox(nc)
         self._queue: deque[Msg] = deque()
         self._queued_bytes = 0
         self.max_messages = V1_BUFFER_MESSAGES
@@ -153,12 +153,16 @@ class Inbox:
             "outstanding (flow-control window or receive buffer)",
             method=self.method,
         )
+        self.abort(error)
+        if self._on_overflow is not None:
+            self._on_overflow(error)
+
+    def abort(self, error: BaseException) -> None:
+        """End at once: drop what is queued and whatever still arrives; every `get` raises `error`."""
         self._dropping = True
         self._queue.clear()
         self._queued_bytes = 0
         self.fail(error)
-        if self._on_overflow is not None:
-            self._on_overflow(error)
 
     def _wake(self) -> None:
         waiter = self._waiter
