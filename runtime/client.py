@@ -175,11 +175,8 @@ class _Call:
         self.adopt_heartbeat(confirmed)
         self.watch_permissions(peer_inbox, inbox)
 
-        def peer_gone() -> None:
-            error = self.error(
-                ErrorCode.UNAVAILABLE, "the server stopped answering or the NATS connection was interrupted"
-            )
-            self.fail(inbox, error)
+        def peer_gone(why: str) -> None:
+            self.fail(inbox, self.error(ErrorCode.UNAVAILABLE, f"the server is unreachable: {why}"))
 
         session = self.active_session = StreamSession(
             self.nc, peer_inbox, inbox.subject, self.heartbeat, on_dead=peer_gone

@@ -21,7 +21,7 @@ class Liveness:
         self,
         interval: float,
         send_heartbeat: Callable[[], Awaitable[None]],
-        on_dead: Callable[[], None],
+        on_dead: Callable[[str], None],
         interrupted: Callable[[], bool] = lambda: False,
     ) -> None:
         self.interval = interval
@@ -45,9 +45,13 @@ class Liveness:
 
     def _tick(self) -> None:
         now = self._loop.time()
-        if now - self.last_heard > MISSED_BEATS * self.interval or self._interrupted():
+        if self._interrupted():
             self._timer = None
-            self._on_dead()
+            self._on_dead("the NATS connection was interrupted")
+            return
+        if now - self.last_heard > MISSED_BEATS * self.interval:
+            self._timer = None
+            self._on_dead(f"no word from the peer for {MISSED_BEATS * self.interval:g} s")
             return
         if now - self.last_sent >= self.interval / 2 and (self._sending is None or self._sending.done()):
             self.last_sent = now

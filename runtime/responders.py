@@ -255,9 +255,7 @@ class Responder:
             peer_inbox,
             inbox.subject,
             self.heartbeat,
-            on_dead=lambda: self.peer_ended(
-                self.error(ErrorCode.UNAVAILABLE, "the client stopped answering or the NATS connection was interrupted")
-            ),
+            on_dead=lambda why: self.peer_ended(self.error(ErrorCode.UNAVAILABLE, f"the client is unreachable: {why}")),
             on_cancel=lambda reason: self.peer_ended(self.error(ErrorCode.CANCELLED, reason or "cancelled")),
         )
         inbox.watcher = session.watch

@@ -39,7 +39,7 @@ class StreamSession:
         peer_inbox: str,
         own_inbox: str,
         heartbeat: float,
-        on_dead: Callable[[], None],
+        on_dead: Callable[[str], None],
         on_cancel: Callable[[str], None] | None = None,
     ) -> None:
         self.nc = nc
@@ -76,7 +76,7 @@ class StreamSession:
         headers = msg.headers
         if is_no_responders(headers):
             if not self.closed:
-                self._on_dead()  # our ack or heartbeat found nobody: the peer's inbox is gone
+                self._on_dead("the peer's inbox is gone (no responders)")
             return True
         self.liveness.heard()
         if not is_control(headers):
