@@ -11,6 +11,27 @@ from nats.aio.subscription import Subscription
 from betterproto_nats.nats_compat import flush_ordered
 
 
+# Every header name the protocol (ours, the Go project's, NATS's status) reads: what attackers forge.
+PROTOCOL_NAMES = [
+    "Reply-To",
+    "Nats-Stream-Inbox",
+    "Nats-Stream-Seq",
+    "Nats-Stream-End",
+    "Nats-Stream-Count",
+    "Nats-Stream-Version",
+    "Nats-Stream-Window",
+    "Nats-Stream-Window-Bytes",
+    "Nats-Stream-Ack",
+    "Nats-Stream-Heartbeat",
+    "Nats-Stream-Cancel",
+    "Nats-Deadline",
+    "Nats-Service-Error-Code",
+    "Nats-Service-Error",
+    "Status",
+    "Description",
+]
+
+
 class Collector:
     """Subscribe first, then `await next()` each message (bounded by a timeout)."""
 

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 import betterproto_nats
 from betterproto_nats import RpcError
 from betterproto_nats.testing import NatsServer
+from rawpeer import PROTOCOL_NAMES
 from gen.streaming.v1 import (
     ChatMessage,
     CountUpRequest,
@@ -22,24 +23,6 @@ from gen.streaming.v1 import (
     SumRequest,
 )
 
-PROTOCOL_NAMES = [
-    "Reply-To",
-    "Nats-Stream-Inbox",
-    "Nats-Stream-Seq",
-    "Nats-Stream-End",
-    "Nats-Stream-Count",
-    "Nats-Stream-Version",
-    "Nats-Stream-Window",
-    "Nats-Stream-Window-Bytes",
-    "Nats-Stream-Ack",
-    "Nats-Stream-Heartbeat",
-    "Nats-Stream-Cancel",
-    "Nats-Deadline",
-    "Nats-Service-Error-Code",
-    "Nats-Service-Error",
-    "Status",
-    "Description",
-]
 names = st.one_of(st.sampled_from(PROTOCOL_NAMES), st.from_regex(r"\A[A-Za-z][A-Za-z0-9-]{0,15}\Z"))
 values = st.one_of(
     st.sampled_from(["", "0", "1", "2", "-1", "true", "false", "999999999999999999999", "503", "_INBOX.x"]),

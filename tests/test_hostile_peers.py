@@ -31,7 +31,7 @@ from demo_service import Demo
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from rawpeer import Collector
+from rawpeer import PROTOCOL_NAMES, Collector
 
 import betterproto_nats
 from betterproto_nats import ErrorCode, RpcError, current_call
@@ -68,24 +68,6 @@ MAX_ERROR_TEXT = 1100  # bytes of Nats-Service-Error that may come back: ~1 KiB
 SECRET = "secret db password"
 BIG_ERROR, CRASH = 7001, 7002  # request values that make the Hostile service fail
 
-PROTOCOL_NAMES = [
-    "Reply-To",
-    "Nats-Stream-Inbox",
-    "Nats-Stream-Seq",
-    "Nats-Stream-End",
-    "Nats-Stream-Count",
-    "Nats-Stream-Version",
-    "Nats-Stream-Window",
-    "Nats-Stream-Window-Bytes",
-    "Nats-Stream-Ack",
-    "Nats-Stream-Heartbeat",
-    "Nats-Stream-Cancel",
-    "Nats-Deadline",
-    "Nats-Service-Error-Code",
-    "Nats-Service-Error",
-    "Status",
-    "Description",
-]
 ALL_ENDPOINTS = ["ping", "count_up", "sum", "chat", "export_snapshot", "import_snapshot"]
 STREAMING = ["count_up", "sum", "chat"]
 BODIES = {
@@ -696,6 +678,12 @@ async def test_malformed_offer_numbers_are_ignored(
     await assert_still_serves(nc)
 
 
+async def open_sum(nc: NATS, r: Collector) -> str:
+    """A raw v1 client-stream handshake on `sum`: the server's inbox S."""
+    ack = await nc.request(f"{PREFIX}.sum", b"", timeout=2, headers={REPLY_TO: r.subject})
+    return ack.headers[INBOX]  # type: ignore[index]
+
+
 @pytest.mark.parametrize(
     "seq", ["²", "9" * 5000, "9" * 400, "-1"], ids=["superscript-two", "5000-digits", "400-digits", "minus-one"]
 )
@@ -704,8 +692,7 @@ async def test_malformed_seq_on_server_inbox_is_a_clean_error(
     nc: NATS, server_nc: NATS, service: betterproto_nats.Server, caplog: pytest.LogCaptureFixture, seq: str
 ) -> None:
     async with Collector(nc) as r:
-        ack = await nc.request(f"{PREFIX}.sum", b"", timeout=2, headers={REPLY_TO: r.subject})
-        s_subject = ack.headers[INBOX]  # type: ignore[index]
+        s_subject = await open_sum(nc, r)
         await nc.publish(s_subject, bytes(SumRequest(value=1)), headers={SEQ: seq})
         await nc.publish(s_subject, b"", headers={END: "true"})
         final = await next_frame_or_none(r)
@@ -722,8 +709,7 @@ async def test_malformed_count_on_server_inbox_is_answered(
     nc: NATS, server_nc: NATS, service: betterproto_nats.Server, caplog: pytest.LogCaptureFixture, count: str
 ) -> None:
     async with Collector(nc) as r:
-        ack = await nc.request(f"{PREFIX}.sum", b"", timeout=2, headers={REPLY_TO: r.subject})
-        s_subject = ack.headers[INBOX]  # type: ignore[index]
+        s_subject = await open_sum(nc, r)
         await nc.publish(s_subject, bytes(SumRequest(value=4)), headers={SEQ: "1"})
         await nc.publish(s_subject, b"", headers={END: "true", COUNT: count})
         final = await next_frame_or_none(r)
