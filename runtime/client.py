@@ -103,10 +103,10 @@ class _Call:
 
     async def open_inbox(self) -> Inbox:
         """The call's inbox `R`, subscribed; a permission violation on it fails the call."""
+        inbox = Inbox(self.nc, self.name)
+        self.watch_permissions(inbox.subject, inbox)  # before subscribing: the denial may come at once
         with _as_rpc_errors(self.name):
-            inbox = await Inbox(self.nc, self.name).open()
-        self.watch_permissions(inbox.subject, inbox)
-        return inbox
+            return await inbox.open()
 
     def watch_permissions(self, subject: str, inbox: Inbox) -> None:
         """Publishing to or subscribing on `subject` denied: the call fails with PERMISSION_DENIED
@@ -290,8 +290,9 @@ class ServerStream(_Receiving[Resp]):
 
     async def _await_confirmation(self) -> None:
         """Closing before anything arrived: a v2 server's open message (naming where to send the
-        cancel) may still be on its way. Wait for it briefly; a v1 server never sends one."""
-        if not self._heard.is_set():
+        cancel) may still be on its way. Wait for it briefly; a v1 server never sends one, and
+        nothing arrives on an inbox we were denied."""
+        if not self._heard.is_set() and not self._inbox.denied:
             try:
                 await asyncio.wait_for(self._heard.wait(), min(1.0, self._call.heartbeat))
             except TimeoutError:

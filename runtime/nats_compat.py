@@ -79,11 +79,12 @@ class PermissionErrors:
 
 
 def new_inbox(nc: NATS) -> str:
-    """An inbox subject nobody can guess: the connection's inbox prefix and 128 random bits.
+    """An inbox subject nobody can guess: the connection's inbox prefix and 128 random bits, in
+    lower-case hex (nats-py lower-cases the subjects in permission errors; these match exactly).
 
     nats-py's `new_inbox()` ends in a NUID: a prefix fixed per connection and a sequence with small
     random increments, so a client that saw a few of a service's inboxes could guess the next ones.
     """
     prefix = getattr(nc, "_inbox_prefix", None)
     text = prefix.decode() if isinstance(prefix, (bytes, bytearray)) else nc.new_inbox().rsplit(".", 1)[0]
-    return f"{text}.{secrets.token_urlsafe(16)}"
+    return f"{text}.{secrets.token_hex(16)}"

@@ -508,7 +508,7 @@ class ServerStreamResponder(_SendsStream):
         delay = 0.001
         while True:
             probe: asyncio.Future[Msg] = loop.create_future()
-            sub = await self.nc.subscribe(self.nc.new_inbox(), future=probe)
+            sub = await self.nc.subscribe(new_inbox(self.nc), future=probe)
             try:
                 seq_before = self.writer.sent
                 await self.writer.send_body(body, reply=sub.subject)

@@ -219,6 +219,12 @@ class Inbox:
     def is_open(self) -> bool:
         return self._sub is not None
 
+    @property
+    def denied(self) -> bool:
+        """Ended because NATS denied a permission on this call's subjects: nothing more will arrive."""
+        failure = self._failure
+        return isinstance(failure, RpcError) and failure.code == ErrorCode.PERMISSION_DENIED
+
     async def close(self) -> None:
         sub, self._sub = self._sub, None
         await unsubscribe_quietly(sub)
