@@ -8,6 +8,7 @@ the end marker or the error, wherever this shape expects it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -320,9 +321,10 @@ class Responder:
         finally:
             if self.session is not None:
                 self.session.close()
-            permissions = PermissionErrors.of(self.nc)
-            for subject in self.watched:
-                permissions.forget(subject)
+            if self.watched:
+                permissions = PermissionErrors.of(self.nc)
+                for subject in self.watched:
+                    permissions.forget(subject)
             for inbox in self.inboxes:
                 await inbox.close()
         return None if error is None else error.code
@@ -343,7 +345,7 @@ class Responder:
     async def finish(self, error: RpcError | None) -> None:
         """Put the outcome on the wire."""
 
-    @property
+    @functools.cached_property
     def reply(self) -> str:
         """The request's NATS reply subject, or "" when it has none we may publish to."""
         reply = self.msg.reply
