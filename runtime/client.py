@@ -30,7 +30,6 @@ from .chunks import BlobReceiving, ChunkCodec, ChunkReceiver, ChunkSender, Progr
 from .errors import ErrorCode, RpcError
 from .flow import DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES
 from .liveness import DEFAULT_HEARTBEAT, MAX_HEARTBEAT, MIN_HEARTBEAT
-from .nats_compat import PermissionErrors
 from .protocol import (
     DEADLINE,
     REPLY_TO,
@@ -54,6 +53,7 @@ from .session import StreamSession
 from .spec import MethodSpec, ServiceSpec
 from .streams import Deadline, Inbox, StreamReader, StreamWriter
 from .subjects import InboxPolicy
+from .transport import Transport, transport_of
 
 Req = TypeVar("Req", bound=betterproto.Message)
 Resp = TypeVar("Resp", bound=betterproto.Message)
@@ -87,7 +87,7 @@ class _Call:
 
     def __init__(self, client: ClientBase, method: MethodSpec, timeout: float | None) -> None:
         spec = client._nats_service
-        self.nc: NATS = client._nats_nc
+        self.nc: Transport = client._nats_transport
         self.method = method
         self.name = spec.full_name(method)
         self.subject = f"{client._nats_subject_prefix}.{method.endpoint}"
@@ -116,7 +116,7 @@ class _Call:
             error = self.error(ErrorCode.PERMISSION_DENIED, text)
             self.fail(inbox, error, at_once=True)
 
-        PermissionErrors.of(self.nc).watch(subject, denied)
+        self.nc.watch_permissions(subject, denied)
         self.watched.append(subject)
 
     active_session: StreamSession | None = None  # v2 control, once the server confirmed v2
@@ -133,9 +133,8 @@ class _Call:
             session.window.fail(error)
 
     def release(self) -> None:
-        permissions = PermissionErrors.of(self.nc)
         for subject in self.watched:
-            permissions.forget(subject)
+            self.nc.forget_permissions(subject)
         self.watched.clear()
 
     def server_inbox(self, headers: Mapping[str, str] | None) -> str:
@@ -194,7 +193,7 @@ class _Call:
     async def request(self, body: bytes, headers: dict[str, str], timeout: float | None) -> Any:
         """A NATS request; no responders is UNAVAILABLE, a timeout DEADLINE_EXCEEDED."""
         try:
-            return await self.nc.request(self.subject, body, timeout=timeout, headers=headers or None)  # type: ignore[arg-type]
+            return await self.nc.request(self.subject, body, timeout=timeout, headers=headers or None)
         except nats.errors.NoRespondersError:
             raise self.error(ErrorCode.UNAVAILABLE, f"no service is listening on {self.subject}") from None
         except nats.errors.TimeoutError:
@@ -537,7 +536,7 @@ class ClientBase:
 
     def __init__(
         self,
-        nc: NATS,
+        nc: NATS | Transport,
         *,
         subject_prefix: str | None = None,
         timeout: float | None = None,
@@ -545,6 +544,7 @@ class ClientBase:
         inbox_prefixes: Sequence[str] = (),
     ) -> None:
         self._nats_nc = nc
+        self._nats_transport = transport_of(nc)
         self._nats_subject_prefix = subject_prefix or self._nats_service.subject_prefix
         self._nats_timeout = timeout
         self._nats_heartbeat = heartbeat  # seconds between v2 heartbeats; silence for 3 = peer gone

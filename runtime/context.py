@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Iterator, Mapping
 
 from .protocol import user_headers
 
@@ -42,3 +43,27 @@ def current_call() -> CallContext:
 
 def set_current_call(call: CallContext) -> None:
     _current.set(call)
+
+
+@contextlib.contextmanager
+def call_context(
+    method: str = "test.Service/Method",
+    *,
+    headers: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+    subject: str = "test.method",
+) -> Iterator[CallContext]:
+    """Run a handler outside a served call, as a unit test does: `current_call()` inside the block
+    returns this context (caller `headers`, a deadline `timeout` seconds away), and the handler's
+    response headers can be read from it afterwards."""
+    context = CallContext(
+        method=method,
+        subject=subject,
+        headers=dict(headers or {}),
+        deadline=None if timeout is None else time.time() + timeout,
+    )
+    token = _current.set(context)
+    try:
+        yield context
+    finally:
+        _current.reset(token)

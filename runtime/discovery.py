@@ -12,9 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Mapping
 
-from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.micro.service import (
     EndpointInfo,
     EndpointStats,
@@ -26,7 +24,8 @@ from nats.micro.service import (
 )
 from nats.nuid import NUID
 
-from .nats_compat import unsubscribe_quietly
+from .subjects import is_literal
+from .transport import Subscription, Transport
 
 
 @dataclass
@@ -53,7 +52,7 @@ class EndpointRecord:
 class Discovery:
     """Answers `$SRV.<VERB>`, `$SRV.<VERB>.<name>` and `$SRV.<VERB>.<name>.<id>`."""
 
-    nc: NATS
+    nc: Transport
     name: str
     version: str
     description: str
@@ -120,12 +119,15 @@ class Discovery:
 
     def _responder(self, answer: Callable[[], dict[str, Any]]) -> Callable[[Msg], Awaitable[None]]:
         async def respond(msg: Msg) -> None:
-            if msg.reply:
-                await self.nc.publish(msg.reply, json.dumps(answer()).encode())
+            if msg.reply and is_literal(msg.reply):
+                try:
+                    await self.nc.publish(msg.reply, json.dumps(answer()).encode())
+                except Exception:  # the connection is closing: no answer
+                    pass
 
         return respond
 
     async def stop(self) -> None:
         subs, self._subs = self._subs, []
         for sub in subs:
-            await unsubscribe_quietly(sub)
+            await sub.unsubscribe()

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Generic, TypeVar
 
 import betterproto
-from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from .chunks import BlobReceiving, ChunkCodec, ChunkReceiver, split
@@ -24,7 +23,6 @@ from .context import CallContext, set_current_call
 from .errors import ErrorCode, RpcError
 from .flow import DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES
 from .liveness import DEFAULT_HEARTBEAT, MAX_HEARTBEAT, MIN_HEARTBEAT, MISSED_BEATS
-from .nats_compat import PermissionErrors, flush_ordered, new_inbox
 from .protocol import (
     DEADLINE,
     REPLY_TO,
@@ -46,6 +44,7 @@ from .session import StreamSession
 from .spec import Cardinality, MethodSpec
 from .streams import V1_BUFFER_BYTES, V1_BUFFER_MESSAGES, Deadline, Inbox, StreamReader, StreamWriter
 from .subjects import InboxPolicy, first_token_prefix, is_literal
+from .transport import Transport
 
 log = logging.getLogger("betterproto_nats.server")
 
@@ -147,7 +146,7 @@ class Responder:
     """Common lifecycle of a served call; subclasses say how to open, serve and finish their shape."""
 
     def __init__(
-        self, nc: NATS, impl: Any, method: MethodSpec, name: str, codec: Codec, msg: Msg, policy: ServingPolicy
+        self, nc: Transport, impl: Any, method: MethodSpec, name: str, codec: Codec, msg: Msg, policy: ServingPolicy
     ) -> None:
         self.nc = nc
         self.impl = impl
@@ -218,9 +217,7 @@ class Responder:
 
     def watch_permissions(self, subject: str) -> None:
         """A permission violation on `subject` (our publish or subscription) ends the call at once."""
-        PermissionErrors.of(self.nc).watch(
-            subject, lambda text: self.abort(self.error(ErrorCode.PERMISSION_DENIED, text))
-        )
+        self.nc.watch_permissions(subject, lambda text: self.abort(self.error(ErrorCode.PERMISSION_DENIED, text)))
         self.watched.append(subject)
 
     def abort(self, error: RpcError) -> None:
@@ -321,10 +318,8 @@ class Responder:
         finally:
             if self.session is not None:
                 self.session.close()
-            if self.watched:
-                permissions = PermissionErrors.of(self.nc)
-                for subject in self.watched:
-                    permissions.forget(subject)
+            for subject in self.watched:
+                self.nc.forget_permissions(subject)
             for inbox in self.inboxes:
                 await inbox.close()
         return None if error is None else error.code
@@ -457,7 +452,7 @@ class ServerStreamResponder(_SendsStream):
             if not self.reply:
                 raise _NoAnswer
             # Old style: we name the inbox in an ack on the reply subject; see `_first_send_when_heard`.
-            reply_to = new_inbox(self.nc)
+            reply_to = self.nc.new_inbox()
             self.old_style = True
             # Undecodable: answer on the reply subject, since nobody knows R yet.
             self.request = self.codec.decode(self.method.request, self.msg.data, self.name)
@@ -510,11 +505,16 @@ class ServerStreamResponder(_SendsStream):
         delay = 0.001
         while True:
             probe: asyncio.Future[Msg] = loop.create_future()
-            sub = await self.nc.subscribe(new_inbox(self.nc), future=probe)
+
+            async def answered(msg: Msg, probe: asyncio.Future[Msg] = probe) -> None:
+                if not probe.done():
+                    probe.set_result(msg)
+
+            sub = await self.nc.subscribe(self.nc.new_inbox(), answered)
             try:
                 seq_before = self.writer.sent
                 await self.writer.send_body(body, reply=sub.subject)
-                await flush_ordered(self.nc)
+                await self.nc.flush()
                 heard = not probe.done()
             finally:
                 await sub.unsubscribe()

@@ -11,17 +11,16 @@ from typing import Any, Sequence
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.micro.service import DEFAULT_QUEUE_GROUP
 
 from .discovery import Discovery, EndpointRecord
 from .errors import ErrorCode, RpcError
-from .nats_compat import flush_ordered, unsubscribe_quietly
 from .protocol import END_TRUE, REPLY_TO, STREAM_COUNT, STREAM_END, error_headers
 from .responders import DEFAULT_STREAM_IDLE_TIMEOUT, RESPONDERS, Responder, ServingPolicy
 from .spec import Cardinality, MethodSpec, ServiceSpec
 from .streams import V1_BUFFER_BYTES, V1_BUFFER_MESSAGES
 from .subjects import InboxPolicy, first_token_prefix, is_literal
+from .transport import Subscription, Transport, transport_of
 
 log = logging.getLogger("betterproto_nats.server")
 
@@ -49,22 +48,21 @@ class Endpoint:
         self._sub: Subscription | None = None
 
     async def start(self) -> None:
-        limits: dict[str, int] = {}
-        for option, keyword in (
-            (self.method.pending_msg_limit, "pending_msgs_limit"),
-            (self.method.pending_bytes_limit, "pending_bytes_limit"),
-        ):
-            if option < 0:
-                limits[keyword] = 0  # nats-py: 0 = no limit
-            elif option > 0:
-                limits[keyword] = option
-        self._sub = await self.server.nc.subscribe(
-            self.subject, queue=self.queue_group, cb=self._on_request, **limits  # type: ignore[arg-type]
+        def limit(option: int) -> int | None:
+            return 0 if option < 0 else option or None  # nats-py: 0 = no limit; None = its default
+
+        self._sub = await self.server.transport.subscribe(
+            self.subject,
+            self._on_request,
+            queue=self.queue_group,
+            pending_msgs_limit=limit(self.method.pending_msg_limit),
+            pending_bytes_limit=limit(self.method.pending_bytes_limit),
         )
 
     async def stop(self) -> None:
         sub, self._sub = self._sub, None
-        await unsubscribe_quietly(sub)
+        if sub is not None:
+            await sub.unsubscribe()
 
     async def _on_request(self, msg: Msg) -> None:
         server = self.server
@@ -85,7 +83,7 @@ class Endpoint:
             )
             return
         responder = self.responder(
-            server.nc, server.impl, self.method, self.full_name, server.spec.codec, msg, server.policy
+            server.transport, server.impl, self.method, self.full_name, server.spec.codec, msg, server.policy
         )
         task = asyncio.create_task(self._serve(responder), name=f"betterproto-nats {self.full_name}")
         calls[task] = responder
@@ -108,11 +106,11 @@ class Endpoint:
                 and reply_to
                 and self.server.policy.inboxes.check(reply_to, also=first_token_prefix(msg.reply)) is None
             ):
-                await self.server.nc.publish(
+                await self.server.transport.publish(
                     reply_to, b"", headers={STREAM_END: END_TRUE, STREAM_COUNT: "0", **headers}
                 )
             elif msg.reply and is_literal(msg.reply):
-                await self.server.nc.publish(msg.reply, b"", headers=headers)
+                await self.server.transport.publish(msg.reply, b"", headers=headers)
         except Exception as failed:
             log.warning("could not refuse a call to %s: %s", self.full_name, failed)
 
@@ -122,7 +120,7 @@ class Server:
 
     def __init__(
         self,
-        nc: NATS,
+        nc: NATS | Transport,
         impl: Any,
         *,
         subject_prefix: str | None = None,
@@ -140,7 +138,8 @@ class Server:
         spec: ServiceSpec | None = getattr(impl, "_nats_service", None)
         if spec is None:
             raise TypeError(f"{type(impl).__name__} is not a generated <Service>NatsBase subclass")
-        self.nc = nc
+        self.nc = nc  # as given: a nats-py connection or a Transport
+        self.transport = transport_of(nc)
         self.impl = impl
         self.spec = spec
         self.subject_prefix = subject_prefix or spec.subject_prefix
@@ -165,7 +164,7 @@ class Server:
         self.stream_calls: dict[asyncio.Task[None], Responder] = {}
         self.endpoints = [Endpoint(self, m, f"{self.subject_prefix}.{m.endpoint}") for m in spec.methods]
         self.discovery = Discovery(
-            nc=nc,
+            nc=self.transport,
             name=self.name,
             version=self.version,
             description=spec.description,
@@ -188,14 +187,14 @@ class Server:
         for endpoint in self.endpoints:
             await endpoint.start()
         await self.discovery.start()
-        await flush_ordered(self.nc)  # the NATS server holds every subscription before we return
+        await self.transport.flush()  # the NATS server holds every subscription before we return
 
     async def stop(self, grace_period: float | None = None) -> None:
         """Stop taking calls, let running ones finish within the grace period, cancel the rest."""
         self.accepting = False
         for endpoint in self.endpoints:
             await endpoint.stop()
-        await flush_ordered(self.nc)  # the NATS server has dropped our interest: no new call arrives
+        await self.transport.flush()  # the NATS server has dropped our interest: no new call arrives
         grace = self.grace_period if grace_period is None else grace_period
         for responder in self.stream_calls.values():
             responder.end_idle(STOP_QUIET)  # streams waiting on a silent client do not hold us up
@@ -215,7 +214,7 @@ class Server:
 
 
 async def serve(
-    nc: NATS,
+    nc: NATS | Transport,
     impl: Any,
     *,
     subject_prefix: str | None = None,

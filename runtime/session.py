@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from .flow import AckPolicy, FlowWindow
@@ -20,6 +19,7 @@ from .protocol import (
     sanitize,
 )
 from .streams import StreamReader, StreamWriter
+from .transport import Transport
 
 
 class StreamSession:
@@ -35,7 +35,7 @@ class StreamSession:
 
     def __init__(
         self,
-        nc: NATS,
+        nc: Transport,
         peer_inbox: str,
         own_inbox: str,
         heartbeat: float,
@@ -51,9 +51,9 @@ class StreamSession:
         self._heartbeat_ms = str(int(heartbeat * 1000))
         # A reconnect means data, acks or the peer's cancel may have been lost in the gap: a stream
         # that lived through one cannot be trusted to be complete or to make progress, so it ends.
-        reconnects = nc.stats["reconnects"]
+        reconnects = nc.reconnects
         self.liveness = Liveness(
-            heartbeat, self.send_heartbeat, on_dead, interrupted=lambda: nc.stats["reconnects"] != reconnects
+            heartbeat, self.send_heartbeat, on_dead, interrupted=lambda: nc.reconnects != reconnects
         )
         self.closed = False
 

@@ -12,14 +12,11 @@ from collections import deque
 from typing import Any, Callable, Generic, Mapping, TypeVar
 
 import betterproto
-from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
 from .codec import Codec
 from .errors import ErrorCode, RpcError
 from .flow import AckPolicy, FlowWindow
-from .nats_compat import new_inbox, unsubscribe_quietly
 from .protocol import (
     END_TRUE,
     STREAM_COUNT,
@@ -32,6 +29,7 @@ from .protocol import (
     error_headers,
     message_size,
 )
+from .transport import Subscription, Transport
 
 M = TypeVar("M", bound=betterproto.Message)
 
@@ -84,13 +82,13 @@ class Inbox:
 
     def __init__(
         self,
-        nc: NATS,
+        nc: Transport,
         method: str | None = None,
         on_overflow: Callable[[RpcError], None] | None = None,
     ) -> None:
         self.nc = nc
         self.method = method
-        self.subject = new_inbox(nc)
+        self.subject = nc.new_inbox()
         self._queue: deque[Msg] = deque()
         self._queued_bytes = 0
         self.max_messages = V1_BUFFER_MESSAGES
@@ -110,7 +108,7 @@ class Inbox:
         self.watcher: Callable[[Msg], bool] | None = None
 
     async def open(self) -> Inbox:
-        self._reconnects = self.nc.stats["reconnects"]
+        self._reconnects = self.nc.reconnects
         self._sub = await self.nc.subscribe(self.subject, cb=self._on_msg)
         return self
 
@@ -180,7 +178,7 @@ class Inbox:
         while not self._queue:
             if self._failure is not None:
                 raise self._failure
-            if self.nc.stats["reconnects"] != self._reconnects:
+            if self.nc.reconnects != self._reconnects:
                 # Messages may have been lost in the gap, including an end marker that would never
                 # come again: a v1 peer sends no heartbeats, so without this a stream could wait forever.
                 self.fail(RpcError(ErrorCode.UNAVAILABLE, "the NATS connection was interrupted", method=method))
@@ -227,7 +225,8 @@ class Inbox:
 
     async def close(self) -> None:
         sub, self._sub = self._sub, None
-        await unsubscribe_quietly(sub)
+        if sub is not None:
+            await sub.unsubscribe()
         self._queue.clear()
         self._queued_bytes = 0
 
@@ -330,7 +329,7 @@ class StreamReader(Generic[M]):
 class StreamWriter:
     """The sending side of one direction: numbers messages from 1 and ends with the count sent."""
 
-    def __init__(self, nc: NATS, subject: str, codec: Codec, method: str) -> None:
+    def __init__(self, nc: Transport, subject: str, codec: Codec, method: str) -> None:
         self.nc = nc
         self.subject = subject
         self.codec = codec

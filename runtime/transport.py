@@ -1,0 +1,148 @@
+"""What the runtime uses of NATS, as one small interface: `Transport`.
+
+`NatsTransport` implements it on a nats-py connection (with the workarounds of `nats_compat`);
+`betterproto_nats.testing.InMemoryBus` implements it in memory, for tests without a nats-server.
+`serve()` and generated clients accept a nats-py connection or any `Transport`.
+"""
+
+from __future__ import annotations
+
+from typing import Awaitable, Callable, Protocol, runtime_checkable
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription as NatsSubscription
+
+from .nats_compat import PermissionErrors, flush_ordered, new_inbox, unsubscribe_quietly
+
+MessageHandler = Callable[[Msg], Awaitable[None]]
+
+
+class Subscription(Protocol):
+    """Interest in one subject; `unsubscribe` never raises (a closed connection has no interest)."""
+
+    subject: str
+
+    async def unsubscribe(self) -> None: ...
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """Publish with headers, subscribe, request, inboxes and limits: all the runtime needs of NATS.
+
+    `request` raises nats-py's `NoRespondersError` / `TimeoutError`, and operations on a closed
+    connection raise a `nats.errors.Error`, on every implementation.
+    """
+
+    @property
+    def max_payload(self) -> int: ...
+
+    @property
+    def reconnects(self) -> int:
+        """How often the connection was re-established: messages may have been lost each time."""
+        ...
+
+    def new_inbox(self) -> str:
+        """A fresh subject nobody can guess, under this connection's inbox prefix."""
+        ...
+
+    async def publish(
+        self, subject: str, payload: bytes = b"", reply: str = "", headers: dict[str, str] | None = None
+    ) -> None: ...
+
+    async def subscribe(
+        self,
+        subject: str,
+        cb: MessageHandler,
+        queue: str = "",
+        pending_msgs_limit: int | None = None,
+        pending_bytes_limit: int | None = None,
+    ) -> Subscription: ...
+
+    async def request(
+        self, subject: str, payload: bytes, timeout: float | None, headers: dict[str, str] | None = None
+    ) -> Msg: ...
+
+    async def flush(self) -> None:
+        """A round trip after everything sent before it (subscriptions included) reached the server."""
+        ...
+
+    def watch_permissions(self, subject: str, on_denied: Callable[[str], None]) -> None:
+        """Call `on_denied(text)` when publishing to or subscribing on `subject` is denied."""
+        ...
+
+    def forget_permissions(self, subject: str) -> None: ...
+
+
+class _NatsSubscription:
+    def __init__(self, sub: NatsSubscription) -> None:
+        self._sub = sub
+        self.subject = sub.subject
+
+    async def unsubscribe(self) -> None:
+        await unsubscribe_quietly(self._sub)
+
+
+class NatsTransport:
+    """`Transport` on a nats-py connection."""
+
+    def __init__(self, nc: NATS) -> None:
+        self.nc = nc
+
+    @property
+    def max_payload(self) -> int:
+        return self.nc.max_payload
+
+    @property
+    def reconnects(self) -> int:
+        return int(self.nc.stats["reconnects"])
+
+    def new_inbox(self) -> str:
+        return new_inbox(self.nc)
+
+    async def publish(
+        self, subject: str, payload: bytes = b"", reply: str = "", headers: dict[str, str] | None = None
+    ) -> None:
+        await self.nc.publish(subject, payload, reply=reply, headers=headers)
+
+    async def subscribe(
+        self,
+        subject: str,
+        cb: MessageHandler,
+        queue: str = "",
+        pending_msgs_limit: int | None = None,
+        pending_bytes_limit: int | None = None,
+    ) -> Subscription:
+        limits: dict[str, int] = {}
+        if pending_msgs_limit is not None:
+            limits["pending_msgs_limit"] = pending_msgs_limit
+        if pending_bytes_limit is not None:
+            limits["pending_bytes_limit"] = pending_bytes_limit
+        return _NatsSubscription(await self.nc.subscribe(subject, queue=queue, cb=cb, **limits))  # type: ignore[arg-type]
+
+    async def request(
+        self, subject: str, payload: bytes, timeout: float | None, headers: dict[str, str] | None = None
+    ) -> Msg:
+        return await self.nc.request(subject, payload, timeout=timeout, headers=headers)  # type: ignore[arg-type]  # None: no timeout
+
+    async def flush(self) -> None:
+        await flush_ordered(self.nc)
+
+    def watch_permissions(self, subject: str, on_denied: Callable[[str], None]) -> None:
+        PermissionErrors.of(self.nc).watch(subject, on_denied)
+
+    def forget_permissions(self, subject: str) -> None:
+        PermissionErrors.of(self.nc).forget(subject)
+
+
+def transport_of(connection: NATS | Transport) -> Transport:
+    """The `Transport` for a nats-py connection (one per connection) or a `Transport` as it is."""
+    if isinstance(connection, NATS):
+        transport: NatsTransport | None = getattr(connection, "_betterproto_nats_transport", None)
+        if transport is None:
+            transport = NatsTransport(connection)
+            connection._betterproto_nats_transport = transport  # type: ignore[attr-defined]
+        return transport
+    if isinstance(connection, Transport):
+        return connection
+    raise TypeError(f"expected a nats-py connection or a betterproto_nats Transport, not {type(connection).__name__}")

@@ -1,0 +1,255 @@
+"""The in-memory bus (`betterproto_nats.testing`) and the runtime's own logic over it, in milliseconds:
+NATS semantics the runtime relies on, every RPC shape, flow control, ordering and loss detection,
+deadlines, liveness, cancellation, and unit-testing a handler with `call_context`."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator
+
+import nats.errors
+import pytest
+from nats.aio.msg import Msg
+
+import betterproto_nats
+from betterproto_nats import ErrorCode, RpcError, current_call
+from betterproto_nats.bus import subject_matches
+from betterproto_nats.testing import InMemoryBus, call_context, serve_in_memory
+from demo_service import Demo
+from gen.streaming.v1 import (
+    ChatMessage,
+    CountUpRequest,
+    CountUpResponse,
+    PingRequest,
+    StreamDemoServiceNatsBase,
+    StreamDemoServiceNatsClient,
+    SumRequest,
+    SumResponse,
+)
+
+pytestmark = pytest.mark.timeout(10)
+
+
+class Received:
+    """A callback that records messages and lets a test wait for a count."""
+
+    def __init__(self) -> None:
+        self.messages: list[Msg] = []
+        self.changed = asyncio.Event()
+
+    async def __call__(self, msg: Msg) -> None:
+        self.messages.append(msg)
+        self.changed.set()
+
+    async def until(self, count: int) -> list[Msg]:
+        while len(self.messages) < count:
+            self.changed.clear()
+            await asyncio.wait_for(self.changed.wait(), 2)
+        return self.messages
+
+
+# --- The bus ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "pattern,subject,matches",
+    [
+        ("a.b", "a.b", True),
+        ("a.*", "a.b", True),
+        ("a.*", "a.b.c", False),
+        ("a.>", "a.b.c", True),
+        ("a.>", "a", False),
+        (">", "x", True),
+        ("a.*.c", "a.b.c", True),
+        ("a.b", "a.c", False),
+    ],
+)
+def test_subject_matching(pattern: str, subject: str, matches: bool) -> None:
+    assert subject_matches(pattern, subject) is matches
+
+
+async def test_bus_delivers_in_order_with_headers_and_wildcards() -> None:
+    bus = InMemoryBus()
+    a, b = bus.connect(), bus.connect()
+    got = Received()
+    await b.subscribe("orders.>", got)
+    for i in range(100):
+        await a.publish(f"orders.{i % 3}", str(i).encode(), headers={"N": str(i)})
+    messages = await got.until(100)
+    assert [int(m.data) for m in messages] == list(range(100))
+    assert [m.headers["N"] for m in messages] == [str(i) for i in range(100)]  # type: ignore[index]
+    await a.close()
+    await b.close()
+
+
+async def test_bus_queue_groups_deliver_each_message_once() -> None:
+    bus = InMemoryBus()
+    pub = bus.connect()
+    members = [Received() for _ in range(3)]
+    conns = [bus.connect() for _ in members]
+    for conn, member in zip(conns, members):
+        await conn.subscribe("work", member, queue="q")
+    plain = Received()
+    await pub.subscribe("work", plain)
+    for i in range(60):
+        await pub.publish("work", b"x")
+    await plain.until(60)
+    await asyncio.sleep(0)
+    while sum(len(m.messages) for m in members) < 60:
+        await asyncio.sleep(0)
+    assert sum(len(m.messages) for m in members) == 60
+
+
+async def test_bus_no_responders_max_payload_and_closed() -> None:
+    bus = InMemoryBus(max_payload=1000)
+    conn = bus.connect()
+    with pytest.raises(nats.errors.NoRespondersError):
+        await conn.request("nobody", b"", timeout=1)
+    status = Received()
+    inbox = conn.new_inbox()
+    await conn.subscribe(inbox, status)
+    await conn.publish("nobody.here", b"", reply=inbox)  # a plain publish with a reply gets the 503 too
+    assert (await status.until(1))[0].headers == {"Status": "503"}
+    with pytest.raises(nats.errors.MaxPayloadError):
+        await conn.publish("big", bytes(900), headers={"X": "y" * 200})  # headers count
+    await conn.close()
+    with pytest.raises(nats.errors.ConnectionClosedError):
+        await conn.publish("x", b"")
+
+
+# --- The runtime over the bus ----------------------------------------------------------------------
+
+
+async def test_every_shape_in_memory() -> None:
+    async with serve_in_memory(Demo()) as conn:
+        client = StreamDemoServiceNatsClient(conn)
+        assert (await client.ping(PingRequest(payload="hi"))).payload == "hi"
+        assert [r.number async for r in client.count_up(CountUpRequest(start=1, count=3))] == [1, 2, 3]
+        assert (await client.sum([SumRequest(value=v) for v in (1, 2, 3)])).total == 6
+        assert [m.text async for m in client.chat([ChatMessage(text="a"), ChatMessage(text="b")])] == [
+            "echo: a",
+            "echo: b",
+        ]
+        with pytest.raises(RpcError) as failed:
+            await client.sum([SumRequest(value=-1)])
+        assert failed.value.code == ErrorCode.INVALID_ARGUMENT
+
+
+async def test_discovery_in_memory() -> None:
+    async with serve_in_memory(Demo()) as conn:
+        answer = await conn.request("$SRV.PING", b"", timeout=1)
+        assert b'"name"' in answer.data
+
+
+class Gate(StreamDemoServiceNatsBase):
+    """Handlers that wait for `release`, and record how they end."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.consumed = 0
+        self.cancelled = asyncio.Event()
+
+    async def count_up(self, request: CountUpRequest) -> AsyncIterator[CountUpResponse]:
+        try:
+            for i in range(request.count):
+                yield CountUpResponse(number=i)
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+
+    async def sum(self, requests: AsyncIterator[SumRequest]) -> SumResponse:
+        await self.release.wait()
+        async for _ in requests:
+            self.consumed += 1
+        return SumResponse(count=self.consumed)
+
+
+async def test_flow_control_holds_the_sender_to_the_window() -> None:
+    impl = Gate()
+    async with serve_in_memory(impl) as conn:
+        stream = await StreamDemoServiceNatsClient(conn).sum()
+        window = stream._writer.window
+        assert window is not None and window.messages == 256
+        sender = asyncio.create_task(stream.send_all(SumRequest(value=1) for _ in range(1000)))
+        while len(window._in_flight) < 256:
+            await asyncio.sleep(0)
+        for _ in range(20):  # the handler reads nothing: the sender stays at the window
+            await asyncio.sleep(0)
+        assert not sender.done() and window.peak_messages == 256
+        impl.release.set()
+        await sender
+        assert (await stream.close_and_recv()).count == 1000
+        assert window.peak_messages == 256
+
+
+async def test_a_gap_in_sequence_numbers_is_data_loss() -> None:
+    async with serve_in_memory(Demo()) as conn:
+        stream = await StreamDemoServiceNatsClient(conn).chat()
+        await stream.send(ChatMessage(text="one"))
+        assert (await stream.recv()).text == "echo: one"
+        stream._writer.sent += 1  # skip a sequence number, as a lost message would
+        await stream.send(ChatMessage(text="three"))
+        with pytest.raises(RpcError) as lost:
+            await stream.recv()
+        assert lost.value.code == ErrorCode.DATA_LOSS
+
+
+async def test_deadline_ends_the_call_on_both_sides() -> None:
+    impl = Gate()
+    async with serve_in_memory(impl) as conn:
+        with pytest.raises(RpcError) as late:
+            await StreamDemoServiceNatsClient(conn).sum([SumRequest(value=1)], timeout=0.05)
+        assert late.value.code == ErrorCode.DEADLINE_EXCEEDED
+
+
+async def test_cancel_reaches_the_handler() -> None:
+    impl = Gate()
+    async with serve_in_memory(impl) as conn:
+        stream = await StreamDemoServiceNatsClient(conn).count_up(CountUpRequest(count=1))
+        assert (await stream.recv()).number == 0
+        await stream.close()
+        await asyncio.wait_for(impl.cancelled.wait(), 2)
+
+
+async def test_a_silent_peer_is_dropped_after_three_heartbeats() -> None:
+    impl = Gate()
+    async with serve_in_memory(impl) as conn:
+        client = StreamDemoServiceNatsClient(conn, heartbeat=0.05)
+        stream = await client.count_up(CountUpRequest(count=1))
+        assert (await stream.recv()).number == 0
+        session = stream._session
+        assert session is not None
+        session.closed = True  # the client goes silent without a word
+        session.liveness.stop()
+        await asyncio.wait_for(impl.cancelled.wait(), 2)  # the server gave up on it
+        await stream.close()
+
+
+# --- Unit-testing a handler --------------------------------------------------------------------------
+
+
+class Greeter(StreamDemoServiceNatsBase):
+    async def count_up(self, request: CountUpRequest) -> AsyncIterator[CountUpResponse]:
+        call = current_call()
+        call.set_response_headers({"X-User": call.headers.get("X-User", "?")})
+        for i in range(request.count):
+            yield CountUpResponse(number=i)
+
+
+async def test_a_handler_runs_with_a_call_context_set_up_by_a_test() -> None:
+    with call_context(headers={"X-User": "ada"}, timeout=5) as call:
+        numbers = [r.number async for r in Greeter().count_up(CountUpRequest(count=2))]
+        assert 0 < (call.time_remaining() or 0) <= 5
+    assert numbers == [0, 1]
+    assert call.response_headers == {"X-User": "ada"}
+
+
+async def test_serve_accepts_a_transport_and_clients_too() -> None:
+    bus = InMemoryBus()
+    server = await betterproto_nats.serve(bus.connect(), Demo())
+    client = StreamDemoServiceNatsClient(bus.connect())
+    assert (await client.ping(PingRequest(payload="t"))).payload == "t"
+    await server.stop()
+    with pytest.raises(TypeError):
+        StreamDemoServiceNatsClient(object())  # type: ignore[arg-type]
