@@ -21,7 +21,7 @@ from betterproto.lib.google.protobuf import (
     ServiceDescriptorProto,
 )
 from betterproto_nats.errors import ErrorCode
-from betterproto_nats.naming import snake_case
+from .naming import snake_case
 
 from . import options as opts
 

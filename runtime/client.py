@@ -1,9 +1,13 @@
-"""The client half: what generated `<Service>NatsClient` classes call, and the stream objects users hold."""
+"""The client half: `ClientCall`, the one object that owns a call on the client, and the thin stream
+views users hold (`ServerStream`, `ClientStream`, `BidiStream`, blob helpers); `ClientBase` is what
+generated `<Service>NatsClient` classes call.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import os
 from typing import (
     Any,
@@ -28,24 +32,18 @@ from nats.aio.msg import Msg
 
 from .chunks import BlobReceiving, ChunkCodec, ChunkReceiver, ChunkSender, Progress
 from .errors import ErrorCode, RpcError
-from .flow import DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES
-from .liveness import DEFAULT_HEARTBEAT, MAX_HEARTBEAT, MIN_HEARTBEAT
+from .flow import AckPolicy, FlowWindow, SendCredit, Unlimited
+from .liveness import DEFAULT_HEARTBEAT
+from .negotiation import Window, client_heartbeat, client_offer, confirmed
 from .protocol import (
-    DEADLINE,
     REPLY_TO,
-    STREAM_HEARTBEAT,
     STREAM_INBOX,
-    STREAM_VERSION,
-    STREAM_WINDOW,
-    STREAM_WINDOW_BYTES,
-    VERSION_2,
     FrameKind,
     caller_headers,
     check_size,
     classify,
     error_from_headers,
     is_control,
-    parse_uint,
     quote,
     user_headers,
 )
@@ -63,6 +61,7 @@ T = TypeVar("T")
 # has no shorter deadline; no ack means nobody is serving (UNAVAILABLE).
 HANDSHAKE_TIMEOUT = 5.0
 
+
 @contextlib.contextmanager
 def _as_rpc_errors(name: str) -> Iterator[None]:
     """nats-py's own errors (connection closed, draining, buffer full) reach callers as UNAVAILABLE:
@@ -71,6 +70,19 @@ def _as_rpc_errors(name: str) -> Iterator[None]:
         yield
     except nats.errors.Error as error:
         raise RpcError(ErrorCode.UNAVAILABLE, f"NATS connection: {error}", method=name) from error
+
+
+async def _request(
+    nc: Transport, subject: str, body: bytes, headers: dict[str, str], timeout: float | None, name: str
+) -> Msg:
+    """A NATS request; no responders is UNAVAILABLE, no answer in time DEADLINE_EXCEEDED."""
+    with _as_rpc_errors(name):
+        try:
+            return await nc.request(subject, body, timeout=timeout, headers=headers or None)
+        except nats.errors.NoRespondersError:
+            raise RpcError(ErrorCode.UNAVAILABLE, f"no service is listening on {subject}", method=name) from None
+        except nats.errors.TimeoutError:
+            raise RpcError(ErrorCode.DEADLINE_EXCEEDED, "deadline exceeded", method=name) from None
 
 
 async def _iterate(requests: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:
@@ -82,8 +94,37 @@ async def _iterate(requests: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]
             yield item
 
 
-class _Call:
-    """What every client call knows: connection, method, subject, body codec and deadline."""
+class CallState(enum.Enum):
+    """Where a call is; `ClientCall.move` allows only the transitions in `_NEXT`."""
+
+    OPENING = "opening"  # subscribing, sending the request or waiting for the handshake ack
+    OPEN = "open"  # messages flow in the call's directions
+    HALF_CLOSED = "half-closed"  # we ended our direction; the server's is still open
+    CLOSED = "closed"  # the server ended the call cleanly
+    FAILED = "failed"  # ended with an error, by either side, or abandoned by the client
+
+
+_NEXT: dict[CallState, frozenset[CallState]] = {
+    CallState.OPENING: frozenset({CallState.OPEN, CallState.FAILED}),
+    CallState.OPEN: frozenset({CallState.HALF_CLOSED, CallState.CLOSED, CallState.FAILED}),
+    CallState.HALF_CLOSED: frozenset({CallState.CLOSED, CallState.FAILED}),
+    CallState.CLOSED: frozenset(),
+    CallState.FAILED: frozenset(),
+}
+
+
+class InvalidTransition(RuntimeError):
+    """A call was asked to move where its state machine does not go: a bug in the runtime."""
+
+
+class _Answered(Exception):
+    """The server ended the call while we were still sending."""
+
+
+class ClientCall:
+    """The client's side of one call: its subjects and inbox `R`, reader, writer, v2 session,
+    deadline and state. Messages on `R` are seen first by `on_message`; `close` is the one place
+    that ends the call and releases what it holds."""
 
     def __init__(self, client: ClientBase, method: MethodSpec, timeout: float | None) -> None:
         spec = client._nats_service
@@ -96,48 +137,106 @@ class _Call:
             timeout = client._nats_timeout if client._nats_timeout is not None else method.timeout
         self.deadline = Deadline.after(timeout)
         self.heartbeat = client._nats_heartbeat
-        self.window = method.max_inflight or DEFAULT_WINDOW
-        self.window_bytes = DEFAULT_WINDOW_BYTES
         self.inboxes = client._nats_inboxes
-        self.watched: list[str] = []  # subjects whose permission errors fail this call
+        self.receives = method.cardinality.server_streams
+        self.window = Window.for_method(method.max_inflight)  # what we grant for what we receive
+        self.state = CallState.OPENING
+        self.inbox: Inbox | None = None
+        self.reader: StreamReader[Any] | None = None
+        self.writer: StreamWriter | None = None
+        self.credit: SendCredit = Unlimited()
+        self.session: StreamSession | None = None
+        self.answer: Msg | None = None  # the server's final message, once it arrived (sending shapes)
+        self.heard = asyncio.Event()  # something arrived on R
+        self.released = False
+        self._watched: list[str] = []
+        # If the task that opened the call is cancelled while the call is open, the call is
+        # abandoned: an abandoned `async for` is not closed by Python until garbage collection.
+        self._owner = asyncio.current_task()
+        if self._owner is not None:
+            self._owner.add_done_callback(self._owner_done)
 
-    async def open_inbox(self) -> Inbox:
-        """The call's inbox `R`, subscribed; a permission violation on it fails the call."""
-        inbox = Inbox(self.nc, self.name)
-        self.watch_permissions(inbox.subject, inbox)  # before subscribing: the denial may come at once
+    def error(self, code: str, message: str) -> RpcError:
+        return RpcError(code, message, method=self.name)
+
+    def move(self, state: CallState) -> None:
+        if state not in _NEXT[self.state]:
+            raise InvalidTransition(f"{self.name}: {self.state.value} -> {state.value}")
+        self.state = state
+
+    @property
+    def ended(self) -> bool:
+        return self.state in (CallState.CLOSED, CallState.FAILED)
+
+    def end(self, error: RpcError | None) -> None:
+        """The call is over: cleanly or with `error` (the transition, not the release)."""
+        if not self.ended:
+            self.move(CallState.FAILED if error is not None else CallState.CLOSED)
+
+    # --- Opening ---------------------------------------------------------------------------------
+
+    async def _open_inbox(self) -> Inbox:
+        inbox = self.inbox = Inbox(self.nc, self.name)
+        inbox.watcher = self.on_message
+        self._watch_permissions(inbox.subject)  # before subscribing: the denial may come at once
         with _as_rpc_errors(self.name):
-            return await inbox.open()
+            await inbox.open()
+        if self.receives:
+            self.reader = StreamReader(inbox, self.codec, self.method.response, self.name, self.deadline)
+        return inbox
 
-    def watch_permissions(self, subject: str, inbox: Inbox) -> None:
-        """Publishing to or subscribing on `subject` denied: the call fails with PERMISSION_DENIED
-        at once (nats-py only tells the connection's error callback; the message is dropped)."""
+    def _opening_headers(self, headers: Mapping[str, str] | None, reply_to: str) -> dict[str, str]:
+        """Caller headers, `Reply-To`, and our v2 offer (a v1 server ignores it)."""
+        deadline = None if self.deadline is None else self.deadline.epoch_ms
+        offer = client_offer(self.heartbeat, deadline, self.window if self.receives else None)
+        return {**user_headers(headers), REPLY_TO: reply_to, **offer}
 
-        def denied(text: str) -> None:
-            error = self.error(ErrorCode.PERMISSION_DENIED, text)
-            self.fail(inbox, error, at_once=True)
+    async def open_server_stream(self, request: betterproto.Message, headers: Mapping[str, str] | None) -> None:
+        """Subscribe `R`, then publish the request with `Reply-To: R` (and R as its reply subject:
+        with nobody serving, the NATS server answers R with a 503 status at once)."""
+        try:
+            inbox = await self._open_inbox()  # subscribed before the request can cause anything
+            out_headers = self._opening_headers(headers, inbox.subject)
+            body = self.codec.encode(request)
+            check_size(len(body), out_headers, self.nc.max_payload, self.name)
+            with _as_rpc_errors(self.name):
+                await self.nc.publish(self.subject, body, reply=inbox.subject, headers=out_headers)
+        except BaseException:
+            await self.close()
+            raise
+        self.move(CallState.OPEN)
 
-        self.nc.watch_permissions(subject, denied)
-        self.watched.append(subject)
+    async def open_handshake(self, headers: Mapping[str, str] | None) -> dict[str, str]:
+        """Client-stream/bidi opening: subscribe R, request with `Reply-To: R`, take `S` from the ack.
+        Returns the caller headers of the ack."""
+        try:
+            inbox = await self._open_inbox()
+            out_headers = self._opening_headers(headers, inbox.subject)
+            check_size(0, out_headers, self.nc.max_payload, self.name)
+            wait = HANDSHAKE_TIMEOUT
+            if self.deadline is not None and self.deadline.remaining() < wait:
+                wait = self.deadline.remaining()
+            try:
+                ack = await _request(self.nc, self.subject, b"", out_headers, wait, self.name)
+            except RpcError as failed:
+                if failed.code == ErrorCode.DEADLINE_EXCEEDED and wait == HANDSHAKE_TIMEOUT:
+                    raise self.error(ErrorCode.UNAVAILABLE, f"no handshake ack from {self.subject}") from None
+                raise
+            refused = error_from_headers(ack.headers, self.name)
+            if refused is not None:
+                raise refused
+            server_inbox = self._server_inbox(ack.headers)
+            self._watch_permissions(server_inbox)
+            self.writer = StreamWriter(self.nc, server_inbox, self.codec, self.name)
+            if confirmed(ack.headers):
+                self._start_v2(ack.headers, peer_inbox=server_inbox)
+        except BaseException:
+            await self.close()
+            raise
+        self.move(CallState.OPEN)
+        return caller_headers(ack.headers)
 
-    active_session: StreamSession | None = None  # v2 control, once the server confirmed v2
-
-    def fail(self, inbox: Inbox, error: RpcError, at_once: bool = False) -> None:
-        """End the call with `error`: a waiting reader (after what is queued, unless `at_once`) and a
-        sender blocked on credit both see it."""
-        if at_once:
-            inbox.abort(error)
-        else:
-            inbox.fail(error)
-        session = self.active_session
-        if session is not None and session.window is not None:
-            session.window.fail(error)
-
-    def release(self) -> None:
-        for subject in self.watched:
-            self.nc.forget_permissions(subject)
-        self.watched.clear()
-
-    def server_inbox(self, headers: Mapping[str, str] | None) -> str:
+    def _server_inbox(self, headers: Mapping[str, str] | None) -> str:
         """The `Nats-Stream-Inbox` the server named, checked before anything is sent there."""
         subject = (headers or {}).get(STREAM_INBOX, "")
         if not subject:
@@ -151,93 +250,210 @@ class _Call:
             )
         return subject
 
-    def adopt_heartbeat(self, headers: Mapping[str, str] | None) -> None:
-        """A v2 server says which heartbeat interval it uses (within its idle timeout): use it too."""
-        millis = parse_uint((headers or {}).get(STREAM_HEARTBEAT))
-        if millis:
-            self.heartbeat = min(max(millis / 1000, MIN_HEARTBEAT), MAX_HEARTBEAT)
-
-    def opening_headers(self, headers: Mapping[str, str] | None, reply_to: str, receives: bool) -> dict[str, str]:
-        """Caller headers, `Reply-To`, and our v2 offer (a v1 server ignores it)."""
-        out = {**user_headers(headers), REPLY_TO: reply_to, STREAM_VERSION: VERSION_2}
-        out[STREAM_HEARTBEAT] = str(int(self.heartbeat * 1000))
-        if receives:
-            out[STREAM_WINDOW] = str(self.window)
-            out[STREAM_WINDOW_BYTES] = str(self.window_bytes)
-        if self.deadline is not None:
-            out[DEADLINE] = self.deadline.epoch_ms
-        return out
-
-    def session(self, inbox: Inbox, peer_inbox: str, confirmed: Mapping[str, str] | None) -> StreamSession:
-        """Start v2 control for this call: the peer is gone when a heartbeat finds its inbox gone,
-        or after three silent heartbeat intervals."""
-        self.adopt_heartbeat(confirmed)
-        self.watch_permissions(peer_inbox, inbox)
-
-        def peer_gone(why: str) -> None:
-            self.fail(inbox, self.error(ErrorCode.UNAVAILABLE, f"the server is unreachable: {why}"))
-
-        session = self.active_session = StreamSession(
-            self.nc, peer_inbox, inbox.subject, self.heartbeat, on_dead=peer_gone
+    def _start_v2(self, confirmation: Mapping[str, str] | None, peer_inbox: str) -> None:
+        """The server confirmed v2: its window bounds what we send, ours what we receive; heartbeats
+        both ways at the interval the server said."""
+        assert self.inbox is not None
+        self._watch_permissions(peer_inbox)
+        window = FlowWindow(Window.granted(confirmation)) if self.writer is not None else None
+        session = self.session = StreamSession(
+            self.nc,
+            peer_inbox,
+            self.inbox.subject,
+            client_heartbeat(confirmation, self.heartbeat),
+            on_dead=lambda why: self.fail(self.error(ErrorCode.UNAVAILABLE, f"the server is unreachable: {why}")),
+            window=window,
         )
-        return session
+        if self.writer is not None and window is not None:
+            self.credit = self.writer.credit = window
+            self.writer.on_sent = session.liveness.sent
+        if self.reader is not None:
+            self.reader.acks = AckPolicy(self.window, session.send_ack)
+            self.inbox.limit(self.window.messages + 2, self.window.max_bytes)  # + the end marker and a status
+        session.start()
 
-    def error(self, code: str, message: str) -> RpcError:
-        return RpcError(code, message, method=self.name)
+    def _watch_permissions(self, subject: str) -> None:
+        """Publishing to or subscribing on `subject` denied: the call fails with PERMISSION_DENIED
+        at once (nats-py only tells the connection's error callback; the message is dropped)."""
+        self.nc.watch_permissions(subject, lambda text: self.fail(self.error(ErrorCode.PERMISSION_DENIED, text), True))
+        self._watched.append(subject)
 
-    def encode(self, message: betterproto.Message, headers: Mapping[str, str] | None) -> bytes:
-        body = self.codec.encode(message)
-        check_size(len(body), headers, self.nc.max_payload, self.name)
-        return body
+    # --- What arrives on R (in the subscription callback) -----------------------------------------
 
-    async def request(self, body: bytes, headers: dict[str, str], timeout: float | None) -> Any:
-        """A NATS request; no responders is UNAVAILABLE, a timeout DEADLINE_EXCEEDED."""
-        try:
-            return await self.nc.request(self.subject, body, timeout=timeout, headers=headers or None)
-        except nats.errors.NoRespondersError:
-            raise self.error(ErrorCode.UNAVAILABLE, f"no service is listening on {self.subject}") from None
-        except nats.errors.TimeoutError:
-            raise self.error(ErrorCode.DEADLINE_EXCEEDED, "deadline exceeded") from None
-
-
-class _StreamBase:
-    """Shared by the stream objects: the inbox `R` the server answers on, closing, `async with`."""
-
-    def __init__(self, call: _Call, inbox: Inbox) -> None:
-        self._call = call
-        self._inbox = inbox
-        self._session: StreamSession | None = None  # set once the server confirmed protocol v2
-        # If the task that opened the stream is cancelled while it is open, cancel the call: an
-        # abandoned `async for` is not closed by Python until its generator is garbage collected.
-        self._owner = asyncio.current_task()
-        if self._owner is not None:
-            self._owner.add_done_callback(self._owner_done)
-
-    def _owner_done(self, task: asyncio.Task[Any]) -> None:
-        if task.cancelled() and self._inbox.is_open:
-            asyncio.get_running_loop().create_task(self.close(), name="betterproto-nats close")
-
-    def _finished(self) -> bool:
-        """Whether the server has ended the call (nothing to cancel)."""
+    def on_message(self, msg: Msg) -> bool:
+        """See every message on R first: v2 control goes to the session (or confirms v2 on a server
+        stream); a message that ends the call wakes a sender. True: not for the reader's queue."""
+        self.heard.set()
+        session = self.session
+        if session is not None and session.watch(msg):
+            return True
+        headers = msg.headers
+        if is_control(headers):
+            if session is None and self.writer is None and confirmed(headers) and not self.ended:
+                self._confirm_server_stream(headers)
+            return True
+        if self.writer is not None and self._ends_call(msg):
+            self.answer = msg
+            self.credit.fail(_Answered())
         return False
 
-    async def _await_confirmation(self) -> None:
-        """Closing before we know whether the server speaks v2: see `ServerStream`."""
+    def _confirm_server_stream(self, headers: Mapping[str, str] | None) -> None:
+        """A server stream's open message confirmed v2 and named the server's control inbox."""
+        try:
+            control = self._server_inbox(headers)
+        except RpcError as refused:  # nothing is ever sent to an inbox that fails the checks
+            self.fail(refused, at_once=True)
+            return
+        self._start_v2(headers, peer_inbox=control)
+
+    def _ends_call(self, msg: Msg) -> bool:
+        """Client streaming: any answer is the final one (a v2 server may answer before we finish);
+        bidi: data keeps coming until the end marker or an error."""
+        if not self.receives:
+            return True
+        return classify(msg.headers).kind in (FrameKind.END, FrameKind.ERROR)
+
+    def fail(self, error: RpcError, at_once: bool = False) -> None:
+        """End the call with `error`: a waiting reader (after what is queued, unless `at_once`) and a
+        sender blocked on credit both see it."""
+        if self.inbox is not None:
+            if at_once:
+                self.inbox.abort(error)
+            else:
+                self.inbox.fail(error)
+        self.credit.fail(error)
+
+    # --- Sending ----------------------------------------------------------------------------------
+
+    async def send_body(self, body: bytes) -> None:
+        """Send one message. After the server has ended the call, its error is raised here; after a
+        successful early answer, further messages are no-ops."""
+        assert self.writer is not None
+        if self.answer is not None:
+            return self._raise_early_error()
+        try:
+            with _as_rpc_errors(self.name):
+                await self.writer.send_body(body)
+        except _Answered:
+            self._raise_early_error()
+
+    def _raise_early_error(self) -> None:
+        error = error_from_headers(self.answer.headers if self.answer is not None else None, self.name)
+        if error is not None:
+            raise error
+
+    async def end_send(self) -> None:
+        """End our direction (unless the server already ended the call)."""
+        assert self.writer is not None
+        if self.answer is None and not self.writer.ended:
+            with _as_rpc_errors(self.name):
+                await self.writer.end()
+            if self.state is CallState.OPEN:
+                self.move(CallState.HALF_CLOSED)
+
+    # --- Receiving --------------------------------------------------------------------------------
+
+    async def recv(self) -> Any:
+        """The next message of the server's stream; StopAsyncIteration at its end."""
+        assert self.reader is not None
+        try:
+            with _as_rpc_errors(self.name):
+                return await self.reader.recv()
+        except StopAsyncIteration:
+            self.end(None)
+            await self.close()
+            raise
+        except BaseException as error:
+            self.end(error if isinstance(error, RpcError) else self.error(ErrorCode.CANCELLED, "receive interrupted"))
+            await self.close()
+            raise
+
+    async def final_answer(self) -> Msg:
+        """Client streaming: end our direction, then the server's single answer (its error raised)."""
+        assert self.inbox is not None
+        try:
+            await self.end_send()
+            msg = await self.inbox.get(self.deadline, self.name)
+            error = error_from_headers(msg.headers, self.name)
+            if error is not None:
+                raise error
+            self.answer = msg
+            self.end(None)
+            return msg
+        except RpcError as error:
+            self.end(error)
+            raise
+        finally:
+            await self.close()
+
+    # --- Ending: the one place -------------------------------------------------------------------
+
+    def _server_done(self) -> bool:
+        """Whether the server has ended the call by itself (no cancel needed)."""
+        if self.answer is not None:
+            return True
+        reader = self.reader
+        if reader is None:
+            return False
+        error = reader.error
+        # A deadline the server knows too (v2 sends it): it stops by itself.
+        return reader.saw_end or (error is not None and error.code == ErrorCode.DEADLINE_EXCEEDED)
 
     async def close(self) -> None:
-        """Abandon the call: tell a v2 server to stop, then release the subscription. Idempotent."""
+        """Abandon or finish the call: tell a v2 server that is still going to stop, then release the
+        subscription, the session and the permission watches. Idempotent."""
+        if self.released:
+            return
+        self.released = True
         owner, self._owner = self._owner, None
         if owner is not None:
             owner.remove_done_callback(self._owner_done)
-        if self._session is None and self._inbox.is_open and not self._finished():
-            await self._await_confirmation()
-        session, self._session = self._session, None
-        if session is not None:
-            if not self._finished():
-                await session.send_cancel("closed by the client")
-            session.close()
-        await self._inbox.close()
-        self._call.release()
+        inbox = self.inbox
+        server_done = self._server_done()
+        if self.session is None and self.writer is None and inbox is not None and inbox.is_open and not server_done:
+            await self._await_confirmation(inbox)
+        if self.session is not None:
+            if not server_done:
+                await self.session.send_cancel("closed by the client")
+            self.session.close()
+        if inbox is not None:
+            await inbox.close()
+        for subject in self._watched:
+            self.nc.forget_permissions(subject)
+        self._watched.clear()
+        if not self.ended:
+            reader = self.reader
+            clean = reader is not None and reader.saw_end and reader.error is None  # a blob read to its end
+            self.state = CallState.CLOSED if clean else CallState.FAILED  # else: abandoned before its end
+            self.credit.fail(self.error(ErrorCode.CANCELLED, "the call was closed"))
+
+    async def _await_confirmation(self, inbox: Inbox) -> None:
+        """A server stream closed before anything arrived: a v2 server's open message (naming where
+        to send the cancel) may still be on its way. Wait for it briefly; a v1 server never sends
+        one, and nothing arrives on an inbox we were denied."""
+        if not self.heard.is_set() and not inbox.denied:
+            try:
+                await asyncio.wait_for(self.heard.wait(), min(1.0, self.heartbeat))
+            except TimeoutError:
+                pass
+
+    def _owner_done(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() and not self.released:
+            asyncio.get_running_loop().create_task(self.close(), name="betterproto-nats close")
+
+
+# --- The views users hold -------------------------------------------------------------------------
+
+
+class _View:
+    """A stream object: a typed view of its `ClientCall`; `close()` and `async with` end the call."""
+
+    def __init__(self, call: ClientCall) -> None:
+        self.call = call
+
+    async def close(self) -> None:
+        """Abandon the call (a v2 server is told to stop) and release it. Idempotent."""
+        await self.call.close()
 
     async def __aenter__(self: T) -> T:
         return self
@@ -246,31 +462,19 @@ class _StreamBase:
         await self.close()
 
 
-class _Receiving(_StreamBase, Generic[Resp]):
-    """A stream the server sends on: `recv()`, `async for`, response `headers`."""
-
-    def __init__(self, call: _Call, inbox: Inbox, response_type: type[Resp]) -> None:
-        _StreamBase.__init__(self, call, inbox)
-        self._reader: StreamReader[Resp] = StreamReader(inbox, call.codec, response_type, call.name, call.deadline)
+class _Receives(_View, Generic[Resp]):
+    """The server's stream: `recv()`, `async for`, and the headers of its first message."""
 
     @property
     def headers(self) -> dict[str, str]:
         """Headers the server set on its first message (`current_call().set_response_headers`)."""
-        return self._reader.headers
-
-    def _finished(self) -> bool:
-        error = self._reader.error
-        # A deadline the server knows too (v2 sends it): no cancel needed; it stops by itself.
-        return self._reader.saw_end or (error is not None and error.code == ErrorCode.DEADLINE_EXCEEDED)
+        assert self.call.reader is not None
+        return self.call.reader.headers
 
     async def recv(self) -> Resp:
         """The next message; StopAsyncIteration at the end, RpcError on error."""
-        try:
-            with _as_rpc_errors(self._call.name):
-                return await self._reader.recv()
-        except BaseException:
-            await self.close()
-            raise
+        message: Resp = await self.call.recv()
+        return message
 
     def __aiter__(self) -> AsyncIterator[Resp]:
         return self
@@ -279,155 +483,57 @@ class _Receiving(_StreamBase, Generic[Resp]):
         return await self.recv()
 
 
-class ServerStream(_Receiving[Resp]):
+class ServerStream(_Receives[Resp]):
     """The client's end of a server-streaming call."""
-
-    def __init__(self, call: _Call, inbox: Inbox, response_type: type[Resp]) -> None:
-        super().__init__(call, inbox, response_type)
-        inbox.watcher = self._watch
-        self._heard = asyncio.Event()  # anything arrived: v2's open message always comes first
-
-    async def _await_confirmation(self) -> None:
-        """Closing before anything arrived: a v2 server's open message (naming where to send the
-        cancel) may still be on its way. Wait for it briefly; a v1 server never sends one, and
-        nothing arrives on an inbox we were denied."""
-        if not self._heard.is_set() and not self._inbox.denied:
-            try:
-                await asyncio.wait_for(self._heard.wait(), min(1.0, self._call.heartbeat))
-            except TimeoutError:
-                pass
-
-    def _watch(self, msg: Msg) -> bool:
-        """Before v2 is confirmed, only the server's open message is ours; after, the session's."""
-        self._heard.set()
-        if self._session is not None:
-            return self._session.watch(msg)
-        if not is_control(msg.headers):
-            return False
-        headers = msg.headers or {}
-        if headers.get(STREAM_VERSION) == VERSION_2 and self._inbox.is_open:
-            call = self._call
-            try:
-                control_inbox = call.server_inbox(headers)
-            except RpcError as refused:  # nothing is ever sent to an inbox that fails the checks
-                call.fail(self._inbox, refused, at_once=True)
-                return True
-            session = self._session = call.session(self._inbox, control_inbox, headers)
-            session.acknowledge(self._reader, call.window, call.window_bytes)
-            session.start()
-        return True
 
 
 class DownloadStream(ServerStream[Resp], BlobReceiving):
     """A chunked download (`(natsmicro.chunked_io)` server stream): the blob as bytes, a file or pieces."""
 
-    def __init__(self, call: _Call, inbox: Inbox, response_type: type[Resp]) -> None:
-        super().__init__(call, inbox, response_type)
-        assert call.method.chunks is not None
-        chunks = ChunkCodec(response_type, call.method.chunks, call.codec)
-        self._blob = ChunkReceiver(self._reader, chunks, self.close)  # the stream is released at the end
+    def __init__(self, call: ClientCall) -> None:
+        super().__init__(call)
+        assert call.method.chunks is not None and call.reader is not None
+        chunks = ChunkCodec(call.method.response, call.method.chunks, call.codec)
+        self._blob = ChunkReceiver(call.reader, chunks, call.close)  # released at the blob's end
 
 
-class _Sending(_StreamBase, Generic[Req]):
-    """A stream the client sends on, after the handshake gave the server's inbox `S`."""
+async def _send_all(call: ClientCall, messages: Iterable[Any] | AsyncIterable[Any]) -> None:
+    async for message in _iterate(messages):
+        await call.send_body(call.codec.encode(message))
 
-    def __init__(self, call: _Call, inbox: Inbox, server_inbox: str) -> None:
-        _StreamBase.__init__(self, call, inbox)
-        self._writer = StreamWriter(call.nc, server_inbox, call.codec, call.name)
-        inbox.watcher = self._watch
 
-    def _watch(self, msg: Msg) -> bool:
-        """v2 control goes to the session; a message that ends the call wakes a blocked sender."""
-        if self._session is not None and self._session.watch(msg):
-            return True
-        if is_control(msg.headers):
-            return True
-        if self._ends_call(msg):
-            self._server_ended(msg)
-        return False
+class ClientStream(_View, Generic[Req, Resp]):
+    """The client's end of a client-streaming call: `send` many, then `close_and_recv` one."""
 
-    def _ends_call(self, msg: Msg) -> bool:
-        """Client streaming: any answer is the final one (a v2 server may answer before we finish)."""
-        return True
-
-    def _start_v2(self, ack_headers: Mapping[str, str] | None, receiving: StreamReader[Any] | None) -> None:
-        """The ack confirmed v2: the server's window bounds what we send; heartbeats both ways."""
-        call = self._call
-        session = self._session = call.session(self._inbox, self._writer.subject, ack_headers)
-        session.drive(self._writer, ack_headers)
-        if receiving is not None:
-            session.acknowledge(receiving, call.window, call.window_bytes)
-        session.start()
-
-    _ended_by_server: Msg | None = None  # the server's final answer or end marker, once it arrived
-
-    def _server_ended(self, msg: Msg) -> None:
-        """The server ended the call while we may still be sending: wake a sender blocked on credit."""
-        self._ended_by_server = msg
-        if self._writer.window is not None:
-            self._writer.window.fail(_Answered())
-
-    def _raise_early_error(self) -> None:
-        final = self._ended_by_server
-        error = error_from_headers(final.headers if final is not None else None, self._call.name)
-        if error is not None:
-            raise error
+    def __init__(self, call: ClientCall, headers: dict[str, str]) -> None:
+        super().__init__(call)
+        self.headers = headers  # from the handshake ack, then the final response
 
     async def send(self, message: Req) -> None:
         """Send one message. After the server has ended the call, its error is raised here; after a
         successful early answer, further messages are no-ops."""
-        await self._send_body(self._call.codec.encode(message))
-
-    async def _send_body(self, body: bytes) -> None:
-        if self._ended_by_server is not None:
-            return self._raise_early_error()
-        try:
-            with _as_rpc_errors(self._call.name):
-                await self._writer.send_body(body)
-        except _Answered:
-            self._raise_early_error()
+        await self.call.send_body(self.call.codec.encode(message))
 
     async def send_all(self, messages: Iterable[Req] | AsyncIterable[Req]) -> None:
-        async for message in _iterate(messages):
-            await self.send(message)
-
-
-class ClientStream(_Sending[Req], Generic[Req, Resp]):
-    """The client's end of a client-streaming call: `send` many, then `close_and_recv` one."""
-
-    def __init__(self, call: _Call, inbox: Inbox, server_inbox: str, response_type: type[Resp], headers: dict[str, str]) -> None:
-        super().__init__(call, inbox, server_inbox)
-        self._response_type = response_type
-        self.headers = headers  # from the handshake ack, then the final response
-
-    def _finished(self) -> bool:
-        return self._ended_by_server is not None
+        await _send_all(self.call, messages)
 
     async def close_and_recv(self) -> Resp:
         """End our direction and wait for the server's single response."""
-        call = self._call
-        try:
-            with _as_rpc_errors(call.name):
-                if self._ended_by_server is None:
-                    await self._writer.end()
-            msg = await self._inbox.get(call.deadline, call.name)
-            error = error_from_headers(msg.headers, call.name)
-            if error is not None:
-                raise error
-            self.headers.update(caller_headers(msg.headers))
-            return call.codec.decode(self._response_type, msg.data, call.name)
-        finally:
-            await self.close()
+        call = self.call
+        msg = await call.final_answer()
+        self.headers.update(caller_headers(msg.headers))
+        response: Resp = call.codec.decode(call.method.response, msg.data, call.name)  # type: ignore[assignment]
+        return response
 
 
 class UploadStream(ClientStream[Req, Resp]):
     """A chunked upload (`(natsmicro.chunked_io)` client stream): send bytes, a file or a reader."""
 
-    def __init__(self, call: _Call, inbox: Inbox, server_inbox: str, response_type: type[Resp], headers: dict[str, str]) -> None:
-        super().__init__(call, inbox, server_inbox, response_type, headers)
-        assert call.method.chunks is not None
+    def __init__(self, call: ClientCall, headers: dict[str, str]) -> None:
+        super().__init__(call, headers)
+        assert call.method.chunks is not None and call.writer is not None
         chunks = ChunkCodec(call.method.request, call.method.chunks, call.codec)
-        self._blob = ChunkSender(self._writer, chunks, self._send_body)
+        self._blob = ChunkSender(call.writer, chunks, call.send_body)
 
     async def send_bytes(self, data: bytes | bytearray | memoryview, progress: Progress | None = None) -> None:
         """Send `data` split into the method's chunk size."""
@@ -442,36 +548,33 @@ class UploadStream(ClientStream[Req, Resp]):
         await self._blob.send_reader(reader, chunk_size, progress)
 
 
-class BidiStream(_Sending[Req], _Receiving[Resp], Generic[Req, Resp]):
+class BidiStream(_Receives[Resp], Generic[Req, Resp]):
     """The client's end of a bidirectional call: `send`/`recv` freely, `close_send` ends our side."""
 
-    def __init__(self, call: _Call, inbox: Inbox, server_inbox: str, response_type: type[Resp]) -> None:
-        _Sending.__init__(self, call, inbox, server_inbox)
-        _Receiving.__init__(self, call, inbox, response_type)
+    async def send(self, message: Req) -> None:
+        """Send one message; after the server ended the call, its error is raised here."""
+        await self.call.send_body(self.call.codec.encode(message))
 
-    def _ends_call(self, msg: Msg) -> bool:
-        # Data keeps coming until the server's end marker (queued for recv() after the data before it).
-        return classify(msg.headers).kind in (FrameKind.END, FrameKind.ERROR)
+    async def send_all(self, messages: Iterable[Req] | AsyncIterable[Req]) -> None:
+        await _send_all(self.call, messages)
 
     async def close_send(self) -> None:
         """Tell the server we will send nothing more; keep receiving."""
-        with _as_rpc_errors(self._call.name):
-            await self._writer.end()
+        await self.call.end_send()
 
     async def _send_all_and_close(self, messages: Iterable[Req] | AsyncIterable[Req]) -> None:
         try:
             await self.send_all(messages)
             await self.close_send()
         except BaseException as error:
-            failure = error if isinstance(error, RpcError) else self._call.error(
+            failure = error if isinstance(error, RpcError) else self.call.error(
                 ErrorCode.CANCELLED, f"sending requests failed: {error!r}"
             )
-            self._inbox.fail(failure)
+            self.call.fail(failure)
             raise
 
 
-class _Answered(Exception):
-    """The server answered a client stream before we finished sending."""
+# --- What generated methods return ----------------------------------------------------------------
 
 
 class ServerStreamCall(Generic[Resp]):
@@ -551,6 +654,9 @@ class ClientBase:
         # Where a server may name its stream inboxes: `_INBOX.` and these (a service's own prefix).
         self._nats_inboxes = InboxPolicy(inbox_prefixes)
 
+    def _nats_call(self, py_name: str, timeout: float | None) -> ClientCall:
+        return ClientCall(self, self._nats_service.method(py_name), timeout)
+
     async def _nats_unary(
         self,
         py_name: str,
@@ -560,17 +666,24 @@ class ClientBase:
         headers: Mapping[str, str] | None,
         response_headers: dict[str, str] | None,
     ) -> Any:
-        call = _Call(self, self._nats_service.method(py_name), timeout)
+        spec = self._nats_service
+        method = spec.method(py_name)
+        name = spec.full_name(method)
+        codec = spec.codec
         out_headers = user_headers(headers)
-        body = call.encode(request, out_headers)
-        with _as_rpc_errors(call.name):
-            msg = await call.request(body, out_headers, None if call.deadline is None else call.deadline.remaining())
-        error = error_from_headers(msg.headers, call.name)
+        body = codec.encode(request)
+        nc = self._nats_transport
+        check_size(len(body), out_headers, nc.max_payload, name)
+        if timeout is None:
+            timeout = self._nats_timeout if self._nats_timeout is not None else method.timeout
+        subject = f"{self._nats_subject_prefix}.{method.endpoint}"
+        msg = await _request(nc, subject, body, out_headers, timeout, name)
+        error = error_from_headers(msg.headers, name)
         if error is not None:
             raise error
         if response_headers is not None:
             response_headers.update(caller_headers(msg.headers))
-        return call.codec.decode(call.method.response, msg.data, call.name)
+        return codec.decode(method.response, msg.data, name)
 
     def _nats_server_stream(
         self,
@@ -583,22 +696,9 @@ class ClientBase:
         method = self._nats_service.method(py_name)
 
         async def open_stream() -> ServerStream[Any]:
-            call = _Call(self, method, timeout)
-            inbox = await call.open_inbox()  # subscribed before the request can cause anything
-            kind = DownloadStream if method.chunks is not None else ServerStream
-            stream = kind(call, inbox, method.response)  # watching R before anything is sent
-            try:
-                out_headers = call.opening_headers(headers, inbox.subject, receives=True)
-                body = call.encode(request, out_headers)
-                # Our reply subject is R too: with nobody listening the NATS server answers R with a
-                # 503 status at once (UNAVAILABLE); servers that see Reply-To ignore the reply subject.
-                with _as_rpc_errors(call.name):
-                    await call.nc.publish(call.subject, body, reply=inbox.subject, headers=out_headers)
-            except BaseException:
-                await inbox.close()
-                call.release()
-                raise
-            return stream
+            call = ClientCall(self, method, timeout)
+            await call.open_server_stream(request, headers)
+            return DownloadStream(call) if method.chunks is not None else ServerStream(call)
 
         return DownloadCall(open_stream) if method.chunks is not None else ServerStreamCall(open_stream)
 
@@ -615,38 +715,6 @@ class ClientBase:
         assert isinstance(call, DownloadCall), f"{py_name} is not a chunked download"
         return call
 
-    async def _nats_handshake(
-        self, py_name: str, timeout: float | None, headers: Mapping[str, str] | None
-    ) -> tuple[_Call, Inbox, str, Mapping[str, str]]:
-        """Client-stream/bidi opening: subscribe R, request with `Reply-To: R`, get `S` from the ack."""
-        call = _Call(self, self._nats_service.method(py_name), timeout)
-        inbox = await call.open_inbox()
-        inbox.watcher = lambda msg: is_control(msg.headers)  # no v2 control is data
-        try:
-            bidi = call.method.cardinality.server_streams
-            out_headers = call.opening_headers(headers, inbox.subject, receives=bidi)
-            check_size(0, out_headers, call.nc.max_payload, call.name)
-            wait = HANDSHAKE_TIMEOUT
-            if call.deadline is not None and call.deadline.remaining() < wait:
-                wait = call.deadline.remaining()
-            try:
-                with _as_rpc_errors(call.name):
-                    ack = await call.request(b"", out_headers, wait)
-            except RpcError as failed:
-                if failed.code == ErrorCode.DEADLINE_EXCEEDED and wait == HANDSHAKE_TIMEOUT:
-                    raise call.error(ErrorCode.UNAVAILABLE, f"no handshake ack from {call.subject}") from None
-                raise
-            refused = error_from_headers(ack.headers, call.name)
-            if refused is not None:
-                raise refused
-            server_inbox = call.server_inbox(ack.headers)
-            call.watch_permissions(server_inbox, inbox)
-        except BaseException:
-            await inbox.close()
-            call.release()
-            raise
-        return call, inbox, server_inbox, ack.headers or {}
-
     async def _nats_client_stream(
         self,
         py_name: str,
@@ -655,11 +723,10 @@ class ClientBase:
         timeout: float | None,
         headers: Mapping[str, str] | None,
     ) -> Any:
-        call, inbox, server_inbox, ack_headers = await self._nats_handshake(py_name, timeout, headers)
+        call = self._nats_call(py_name, timeout)
+        ack_headers = await call.open_handshake(headers)
         kind = UploadStream if call.method.chunks is not None else ClientStream
-        stream: ClientStream[Any, Any] = kind(call, inbox, server_inbox, call.method.response, caller_headers(ack_headers))
-        if ack_headers.get(STREAM_VERSION) == VERSION_2:
-            stream._start_v2(ack_headers, None)
+        stream: ClientStream[Any, Any] = kind(call, ack_headers)
         if requests is None:
             return stream
         async with stream:
@@ -675,10 +742,9 @@ class ClientBase:
         headers: Mapping[str, str] | None,
     ) -> BidiStreamCall[Any, Any]:
         async def open_stream() -> BidiStream[Any, Any]:
-            call, inbox, server_inbox, ack_headers = await self._nats_handshake(py_name, timeout, headers)
-            stream: BidiStream[Any, Any] = BidiStream(call, inbox, server_inbox, call.method.response)
-            if ack_headers.get(STREAM_VERSION) == VERSION_2:
-                stream._start_v2(ack_headers, stream._reader)
-            return stream
+            call = self._nats_call(py_name, timeout)
+            await call.open_handshake(headers)
+            return BidiStream(call)
 
         return BidiStreamCall(open_stream, requests)
+

@@ -1,25 +1,69 @@
-"""Protocol v2 flow control: credit windows in messages and bytes, acknowledged cumulatively."""
+"""Protocol v2 flow control: credit windows in messages and bytes, acknowledged cumulatively.
+
+A writer holds a `SendCredit` and a reader an `Acknowledger`; for v1 peers they are the no-op
+`UNLIMITED` and `NO_ACKS`, so readers and writers never ask which version they speak.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Awaitable, Callable, Mapping
+from typing import Awaitable, Callable, Protocol
 
-# Receiver windows when the method sets no `(natsmicro.stream).max_inflight`. Measured (FACTS.md):
-# 128-512 frames of 1 KiB and ~32 frames of 64 KiB run as fast as no flow control; more than 64 MiB
-# queued at the NATS server for one connection gets it cut off, so the byte cap stays small.
-DEFAULT_WINDOW = 256
-DEFAULT_WINDOW_BYTES = 4 * 1024 * 1024
+from .negotiation import Window
+
+
+class SendCredit(Protocol):
+    """What a writer asks before sending and tells after."""
+
+    async def acquire(self, size: int) -> None: ...
+
+    def sent(self, seq: int, size: int) -> None: ...
+
+    def fail(self, error: BaseException) -> None: ...
+
+
+class Unlimited:
+    """No flow control (a v1 peer): sending never waits, unless the call ended."""
+
+    def __init__(self) -> None:
+        self._failure: BaseException | None = None
+
+    async def acquire(self, size: int) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def sent(self, seq: int, size: int) -> None:
+        pass
+
+    def fail(self, error: BaseException) -> None:
+        if self._failure is None:
+            self._failure = error
+
+
+class Acknowledger(Protocol):
+    """What a reader tells about each message the application consumed."""
+
+    async def consumed(self, seq: int, size: int) -> None: ...
+
+
+class NoAcks:
+    """No acknowledgements (a v1 peer)."""
+
+    async def consumed(self, seq: int, size: int) -> None:
+        pass
+
+
+NO_ACKS = NoAcks()
 
 
 class FlowWindow:
     """The sender's credit: at most `messages` data messages and `max_bytes` body bytes beyond the
     last acknowledged seq. `acquire` blocks when out of credit; nothing buffers without bound."""
 
-    def __init__(self, messages: int, max_bytes: int) -> None:
-        self.messages = max(1, messages)
-        self.max_bytes = max(1, max_bytes)
+    def __init__(self, window: Window) -> None:
+        self.messages = max(1, window.messages)
+        self.max_bytes = max(1, window.max_bytes)
         self._in_flight: deque[tuple[int, int]] = deque()  # (seq, body size)
         self.bytes_in_flight = 0
         self.acked = 0
@@ -27,16 +71,6 @@ class FlowWindow:
         self.peak_bytes = 0
         self._waiter: asyncio.Future[None] | None = None
         self._failure: BaseException | None = None
-
-    @classmethod
-    def granted(cls, headers: Mapping[str, str] | None) -> FlowWindow:
-        """The window a receiver granted in its `Nats-Stream-Window(-Bytes)` headers."""
-        from .protocol import STREAM_WINDOW, STREAM_WINDOW_BYTES, header_int
-
-        return cls(
-            header_int(headers, STREAM_WINDOW, DEFAULT_WINDOW),
-            header_int(headers, STREAM_WINDOW_BYTES, DEFAULT_WINDOW_BYTES),
-        )
 
     def _fits(self, size: int) -> bool:
         if not self._in_flight:
@@ -85,9 +119,9 @@ class AckPolicy:
     """The receiver's side: acknowledge consumed messages at the latest when half the window (in
     messages or in bytes) has been consumed since the last acknowledgement."""
 
-    def __init__(self, messages: int, max_bytes: int, send_ack: Callable[[int], Awaitable[None]]) -> None:
-        self.every_messages = max(1, messages // 2)
-        self.every_bytes = max(1, max_bytes // 2)
+    def __init__(self, window: Window, send_ack: Callable[[int], Awaitable[None]]) -> None:
+        self.every_messages = max(1, window.messages // 2)
+        self.every_bytes = max(1, window.max_bytes // 2)
         self._send_ack = send_ack
         self._messages = 0
         self._bytes = 0

@@ -8,6 +8,7 @@ the end marker or the error, wherever this shape expects it.
 from __future__ import annotations
 
 import asyncio
+import enum
 import functools
 import logging
 import time
@@ -21,23 +22,15 @@ from .chunks import BlobReceiving, ChunkCodec, ChunkReceiver, split
 from .codec import Codec
 from .context import CallContext, set_current_call
 from .errors import ErrorCode, RpcError
-from .flow import DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES
-from .liveness import DEFAULT_HEARTBEAT, MAX_HEARTBEAT, MIN_HEARTBEAT, MISSED_BEATS
+from .flow import AckPolicy, FlowWindow
+from .negotiation import Window, confirmation, server_terms
 from .protocol import (
-    DEADLINE,
     REPLY_TO,
-    STREAM_HEARTBEAT,
     STREAM_INBOX,
-    STREAM_VERSION,
-    STREAM_WINDOW,
-    STREAM_WINDOW_BYTES,
-    VERSION_2,
     caller_headers,
     check_size,
     error_headers,
-    header_int,
     is_no_responders,
-    parse_uint,
     quote,
 )
 from .session import StreamSession
@@ -74,12 +67,6 @@ class ServingPolicy:
     buffer_bytes: int = V1_BUFFER_BYTES
     expose_errors: bool = False
 
-    @property
-    def max_heartbeat(self) -> float:
-        """The longest heartbeat interval a client may ask for: silence for `MISSED_BEATS` of them
-        must not outlast the idle timeout."""
-        return max(MIN_HEARTBEAT, min(MAX_HEARTBEAT, self.stream_idle_timeout / MISSED_BEATS))
-
 
 class _RateLimitedLog:
     """At most `per_second` WARNING records a second for junk from peers; the rest are counted and
@@ -107,6 +94,37 @@ class _RateLimitedLog:
 
 
 peer_faults = _RateLimitedLog()
+
+
+class ServerState(enum.Enum):
+    """Where a served call is; `Responder.move` allows only the transitions in `_NEXT`."""
+
+    OPENING = "opening"  # reading the request, or the handshake
+    SERVING = "serving"  # the handler runs
+    FINISHING = "finishing"  # the outcome goes on the wire
+    CLOSED = "closed"  # ended without an error
+    FAILED = "failed"  # ended with an error (ours, the handler's, or the client's doing)
+
+
+_NEXT: dict[ServerState, frozenset[ServerState]] = {
+    ServerState.OPENING: frozenset({ServerState.SERVING, ServerState.FINISHING}),
+    ServerState.SERVING: frozenset({ServerState.FINISHING}),
+    ServerState.FINISHING: frozenset({ServerState.CLOSED, ServerState.FAILED}),
+    ServerState.CLOSED: frozenset(),
+    ServerState.FAILED: frozenset(),
+}
+
+
+class InvalidTransition(RuntimeError):
+    """A call was asked to move where its state machine does not go: a bug in the runtime."""
+
+
+@dataclass(frozen=True)
+class _Interruption:
+    """Why a call must end before its handler is done, and whether the client is to be told."""
+
+    error: RpcError
+    tell_client: bool
 
 
 class _NoAnswer(Exception):
@@ -155,22 +173,13 @@ class Responder:
         self.codec = codec
         self.msg = msg
         self.policy = policy
-        headers = msg.headers or {}
-        # Protocol v2 when the client offers it on a streaming call that names its inbox.
-        self.v2 = (
-            headers.get(STREAM_VERSION) == VERSION_2
-            and method.cardinality is not Cardinality.UNARY
-            and bool(headers.get(REPLY_TO))
-        )
+        self.state = ServerState.OPENING
+        self.v2 = False  # negotiated in `run`, inside the call's error handling
+        self.heartbeat = 0.0
         self.deadline = Deadline.after(method.timeout)
-        # The client chooses the heartbeat interval, within what the idle timeout allows.
-        heartbeat = header_int(headers, STREAM_HEARTBEAT, int(DEFAULT_HEARTBEAT * 1000)) / 1000
-        self.heartbeat = min(max(heartbeat, MIN_HEARTBEAT), policy.max_heartbeat)
         self.session: StreamSession | None = None
         self.task: asyncio.Task[Any] | None = None
-        self.serving = False
-        self.ended_by_peer: RpcError | None = None  # v2: the client cancelled or went silent
-        self.aborted: RpcError | None = None  # the call must end now, and the client be told why
+        self.interruption: _Interruption | None = None
         self.stopping = False  # the service is stopping: answer now, hold nothing back
         self.inboxes: list[Inbox] = []  # what this call subscribed to (released at its end)
         self.watched: list[str] = []  # subjects whose permission errors end this call
@@ -181,14 +190,22 @@ class Responder:
             deadline=None,
         )
 
-    def read_deadline(self) -> None:
-        """A v2 client's `Nats-Deadline` (unix ms) shortens the method's own; malformed is refused."""
-        text = (self.msg.headers or {}).get(DEADLINE)
-        if self.v2 and text is not None:
-            epoch_ms = parse_uint(text)
-            if epoch_ms is None:
-                raise self.error(ErrorCode.INVALID_ARGUMENT, f"malformed {DEADLINE} {quote(text)}")
-            self.deadline = Deadline.at_epoch(epoch_ms / 1000).earliest(self.deadline)
+    def move(self, state: ServerState) -> None:
+        if state not in _NEXT[self.state]:
+            raise InvalidTransition(f"{self.name}: {self.state.value} -> {state.value}")
+        self.state = state
+
+    def negotiate(self) -> None:
+        """The terms of the client's opening headers (v2, heartbeat, deadline); a malformed
+        deadline is INVALID_ARGUMENT."""
+        streaming = self.method.cardinality is not Cardinality.UNARY
+        try:
+            terms = server_terms(self.msg.headers, streaming, self.policy.stream_idle_timeout)
+        except RpcError as malformed:
+            raise self.error(malformed.code, malformed.message) from None
+        self.v2, self.heartbeat = terms.v2, terms.heartbeat
+        if terms.deadline_epoch is not None:
+            self.deadline = Deadline.at_epoch(terms.deadline_epoch).earliest(self.deadline)
         if self.deadline is not None:
             self.context.deadline = self.deadline.epoch
 
@@ -203,7 +220,7 @@ class Responder:
 
     async def open_inbox(self) -> Inbox:
         """An inbox of this call's, bounded and idle-checked per the policy, released at its end."""
-        inbox = Inbox(self.nc, self.name, on_overflow=self.abort)
+        inbox = Inbox(self.nc, self.name, on_overflow=lambda error: self.interrupt(error, tell_client=True))
         inbox.limit(self.policy.buffer_messages, self.policy.buffer_bytes)
         inbox.end_when_idle(
             self.policy.stream_idle_timeout,
@@ -217,16 +234,21 @@ class Responder:
 
     def watch_permissions(self, subject: str) -> None:
         """A permission violation on `subject` (our publish or subscription) ends the call at once."""
-        self.nc.watch_permissions(subject, lambda text: self.abort(self.error(ErrorCode.PERMISSION_DENIED, text)))
+        denied = lambda text: self.interrupt(self.error(ErrorCode.PERMISSION_DENIED, text), tell_client=True)  # noqa: E731
+        self.nc.watch_permissions(subject, denied)
         self.watched.append(subject)
 
-    def abort(self, error: RpcError) -> None:
-        """End the call now with `error`, which the client is told (a peer overran its window, a
-        permission was denied). The handler is cancelled; nothing else waits for it."""
-        if self.aborted is None and self.ended_by_peer is None:
-            self.aborted = error
-            if self.serving and self.task is not None:
-                self.task.cancel()
+    def interrupt(self, error: RpcError, tell_client: bool) -> None:
+        """End the call now with `error`: the handler is cancelled. The client is told when
+        `tell_client` (it overran its window, a permission was denied), not when it cancelled or is
+        gone. The first reason counts."""
+        if self.interruption is not None:
+            return
+        self.interruption = _Interruption(error, tell_client)
+        if not tell_client and self.session is not None:
+            self.session.close()  # send nothing more
+        if self.state is ServerState.SERVING and self.task is not None:
+            self.task.cancel()
 
     def end_idle(self, quiet: float) -> None:
         """The service is stopping: streams that wait for a client which sent nothing for `quiet`
@@ -242,31 +264,32 @@ class Responder:
     def handler(self) -> Any:
         return getattr(self.impl, self.method.py_name)
 
-    def confirmation(self, inbox: str) -> dict[str, str]:
-        """v2 confirmed: our inbox for the client's control messages, and the heartbeat we use."""
-        return {STREAM_VERSION: VERSION_2, STREAM_INBOX: inbox, STREAM_HEARTBEAT: str(round(self.heartbeat * 1000))}
-
-    def start_session(self, peer_inbox: str, inbox: Inbox) -> StreamSession:
-        """v2 control for this call: the client's acks, heartbeats and cancel arrive on `inbox`."""
+    def start_session(self, peer_inbox: str, inbox: Inbox, sends: bool) -> StreamSession:
+        """v2 control for this call: the client's acks, heartbeats and cancel arrive on `inbox`;
+        when we `sends` a stream, the client's acks open the window it granted."""
+        window = FlowWindow(Window.granted(self.msg.headers)) if sends else None
         session = self.session = StreamSession(
             self.nc,
             peer_inbox,
             inbox.subject,
             self.heartbeat,
-            on_dead=lambda why: self.peer_ended(self.error(ErrorCode.UNAVAILABLE, f"the client is unreachable: {why}")),
-            on_cancel=lambda reason: self.peer_ended(self.error(ErrorCode.CANCELLED, reason or "cancelled")),
+            on_dead=lambda why: self.interrupt(self.error(ErrorCode.UNAVAILABLE, f"the client is unreachable: {why}"), False),
+            on_cancel=lambda reason: self.interrupt(self.error(ErrorCode.CANCELLED, reason or "cancelled"), False),
+            window=window,
         )
         inbox.watcher = session.watch
         return session
 
-    def peer_ended(self, error: RpcError) -> None:
-        """The client cancelled or is gone: cancel the handler; send nothing more."""
-        if self.ended_by_peer is None:
-            self.ended_by_peer = error
-        if self.session is not None:
-            self.session.close()
-        if self.serving and self.task is not None:
-            self.task.cancel()
+    def new_writer(self, subject: str) -> StreamWriter:
+        """Our stream to the client's `R`: within the client's window in v2; the handler's response
+        headers go with its first message."""
+        session = self.session
+        if session is not None and session.window is not None:
+            writer = StreamWriter(self.nc, subject, self.codec, self.name, session.window, session.liveness.sent)
+        else:
+            writer = StreamWriter(self.nc, subject, self.codec, self.name)
+        writer.first_headers = self.context.response_headers
+        return writer
 
     async def run(self) -> str | None:
         """Serve the call to its end; returns the error code it ended with, if any (for stats)."""
@@ -274,24 +297,20 @@ class Responder:
         self.task = asyncio.current_task()
         try:
             try:
-                self.read_deadline()
+                self.negotiate()
                 await self.open()
             except _NoAnswer:
                 return None
             set_current_call(self.context)
-            if self.ended_by_peer is None and self.aborted is None:
-                self.serving = True
-                try:
-                    if self.deadline is None:
+            if self.interruption is None:
+                self.move(ServerState.SERVING)
+                if self.deadline is None:
+                    await self.serve()
+                else:
+                    async with asyncio.timeout_at(self.deadline.at):
                         await self.serve()
-                    else:
-                        async with asyncio.timeout_at(self.deadline.at):
-                            await self.serve()
-                finally:
-                    self.serving = False
-            error = self.aborted
         except RpcError as raised:
-            error = self.aborted or raised
+            error = raised
         except TimeoutError as raised:
             if self.deadline is not None and self.deadline.remaining() <= 0:
                 error = self.error(ErrorCode.DEADLINE_EXCEEDED, "deadline exceeded")
@@ -300,29 +319,35 @@ class Responder:
         except asyncio.CancelledError:
             if self.task is not None:
                 self.task.uncancel()  # handled here: the call ends, the task does not
-            error = self.ended_by_peer or self.aborted
-            if error is None:
+            if self.interruption is None:
                 error = self.error(ErrorCode.UNAVAILABLE, "the service stopped before the call finished")
                 self.stopping = True
         except Exception as raised:
             error = self.internal(raised)
+        interruption = self.interruption
+        if interruption is not None:
+            error = interruption.error
         if error is not None and error.code in _PEER_FAULTS:
             peer_faults.warning("call to %s on %s ended with %s", self.name, self.msg.subject, error)
+        self.move(ServerState.FINISHING)
         try:
-            if self.ended_by_peer is None:
+            if interruption is None or interruption.tell_client:
                 await self.finish(error)
-            else:
-                error = self.ended_by_peer
         except Exception:
             log.exception("could not finish %s", self.name)
         finally:
-            if self.session is not None:
-                self.session.close()
-            for subject in self.watched:
-                self.nc.forget_permissions(subject)
-            for inbox in self.inboxes:
-                await inbox.close()
+            await self.release()
+        self.move(ServerState.FAILED if error is not None else ServerState.CLOSED)
         return None if error is None else error.code
+
+    async def release(self) -> None:
+        """The one place a call lets go of what it holds: session, permission watches, inboxes."""
+        if self.session is not None:
+            self.session.close()
+        for subject in self.watched:
+            self.nc.forget_permissions(subject)
+        for inbox in self.inboxes:
+            await inbox.close()
 
     def internal(self, raised: BaseException) -> RpcError:
         """A handler's unexpected exception: logged with its traceback here; the caller gets
@@ -445,7 +470,6 @@ class ServerStreamResponder(_SendsStream):
 
     request: betterproto.Message
     old_style = False
-    control: Inbox | None = None
 
     async def open(self) -> None:
         if REPLY_TO not in (self.msg.headers or {}):
@@ -458,25 +482,19 @@ class ServerStreamResponder(_SendsStream):
             self.request = self.codec.decode(self.method.request, self.msg.data, self.name)
         else:
             reply_to = self.peer_inbox()  # invalid: refused on the reply subject, nothing sent to it
-        self.writer = StreamWriter(self.nc, reply_to, self.codec, self.name)
-        self.writer.first_headers = self.context.response_headers
-        if not self.old_style:
+        if self.v2:
+            control = await self.open_inbox()
+            session = self.start_session(reply_to, control, sends=True)
+            control.watcher = lambda msg: session.watch(msg) or True  # only control belongs here
+        self.writer = self.new_writer(reply_to)
+        if not self.old_style:  # undecodable: the error ends the stream on R
             self.request = self.codec.decode(self.method.request, self.msg.data, self.name)
         else:
             await self.nc.publish(self.reply, b"", headers={STREAM_INBOX: reply_to})
-        if self.v2:
-            await self.open_v2(reply_to)
-
-    async def open_v2(self, reply_to: str) -> None:
-        """Confirm v2 with an empty open message naming our control inbox, before any data."""
-        control = await self.open_inbox()
-        session = self.start_session(reply_to, control)
-        watch = session.watch
-        control.watcher = lambda msg: watch(msg) or True  # only control belongs here
-        assert self.writer is not None
-        session.drive(self.writer, self.msg.headers)
-        await self.nc.publish(reply_to, b"", headers=self.confirmation(control.subject))
-        session.start()
+        if self.session is not None:
+            # Confirm v2 with an empty open message naming our control inbox, before any data.
+            await self.nc.publish(reply_to, b"", headers=confirmation(control.subject, self.heartbeat, None))
+            self.session.start()
 
     async def serve(self) -> None:
         responses = self.handler(self.request)
@@ -543,11 +561,11 @@ class _Handshaking(Responder):
         inbox = self.inbox = await self.open_inbox()  # subscribed before the ack names it
         self.reader = StreamReader(inbox, self.codec, self.method.request, self.name, self.deadline)
         if self.v2:
-            session = self.start_session(reply_to, inbox)
-            window = self.method.max_inflight or DEFAULT_WINDOW
-            session.acknowledge(self.reader, window, DEFAULT_WINDOW_BYTES)
-            ack = self.confirmation(inbox.subject)
-            ack.update({STREAM_WINDOW: str(window), STREAM_WINDOW_BYTES: str(DEFAULT_WINDOW_BYTES)})
+            session = self.start_session(reply_to, inbox, sends=self.method.cardinality is Cardinality.BIDI)
+            window = Window.for_method(self.method.max_inflight)
+            self.reader.acks = AckPolicy(window, session.send_ack)
+            inbox.limit(window.messages + 2, window.max_bytes)  # + the end marker and a stray status
+            ack = confirmation(inbox.subject, self.heartbeat, window)
         else:
             ack = {STREAM_INBOX: inbox.subject}
             inbox.watcher = self.watch_v1
@@ -561,7 +579,8 @@ class _Handshaking(Responder):
     def watch_v1(self, msg: Msg) -> bool:
         """A v1 client's `S`: a no-responders answer to our ack means the client is gone."""
         if is_no_responders(msg.headers):
-            self.peer_ended(self.error(ErrorCode.UNAVAILABLE, "the client is gone (nobody received the handshake ack)"))
+            gone = self.error(ErrorCode.UNAVAILABLE, "the client is gone (nobody received the handshake ack)")
+            self.interrupt(gone, tell_client=False)
             return True
         return False
 
@@ -596,10 +615,7 @@ class BidiResponder(_Handshaking, _SendsStream):
     """Messages in on `S` and out on `R`, each direction numbered and ended on its own."""
 
     def before_ack(self) -> None:
-        self.writer = StreamWriter(self.nc, self.reply_to, self.codec, self.name)
-        self.writer.first_headers = self.context.response_headers
-        if self.session is not None:
-            self.session.drive(self.writer, self.msg.headers)
+        self.writer = self.new_writer(self.reply_to)
 
     async def serve(self) -> None:
         await self.send_all(self.handler(self.requests()))

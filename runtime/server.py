@@ -4,6 +4,7 @@ every call in its own task, so concurrent streams on one endpoint never wait for
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import re
 import time
@@ -28,6 +29,23 @@ DEFAULT_GRACE_PERIOD = 10.0
 # At stop(), a stream waiting for a client that sent nothing for this long ends at once.
 STOP_QUIET = 0.5
 _NAME = re.compile(r"^[A-Za-z0-9\-_]+$")
+
+
+def check_handlers(impl: Any, spec: ServiceSpec) -> None:
+    """Each handler is what its RPC shape needs, checked once when serving starts rather than at the
+    first call: a TypeError that names the handler and says what it must be."""
+    if isinstance(impl, type):
+        raise TypeError(f"serve() needs an instance, not the class {impl.__name__}: serve(nc, {impl.__name__}())")
+    for method in spec.methods:
+        where = f"{type(impl).__name__}.{method.py_name}"
+        handler = getattr(impl, method.py_name, None)
+        if not callable(handler):
+            raise TypeError(f"{where} is not a method")
+        if method.cardinality.server_streams:
+            if not inspect.isasyncgenfunction(handler):
+                raise TypeError(f"{where} serves a stream: it must be an `async def` that yields its responses")
+        elif not inspect.iscoroutinefunction(handler):
+            raise TypeError(f"{where} must be an `async def` that returns one {method.response.__name__}")
 
 
 class Endpoint:
@@ -138,6 +156,7 @@ class Server:
         spec: ServiceSpec | None = getattr(impl, "_nats_service", None)
         if spec is None:
             raise TypeError(f"{type(impl).__name__} is not a generated <Service>NatsBase subclass")
+        check_handlers(impl, spec)
         self.nc = nc  # as given: a nats-py connection or a Transport
         self.transport = transport_of(nc)
         self.impl = impl

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Callable
 
 from nats.aio.msg import Msg
 
-from .flow import AckPolicy, FlowWindow
+from .flow import FlowWindow
 from .liveness import Liveness
 from .protocol import (
     STREAM_ACK,
@@ -18,15 +18,14 @@ from .protocol import (
     parse_uint,
     sanitize,
 )
-from .streams import StreamReader, StreamWriter
 from .transport import Transport
 
 
 class StreamSession:
     """Sends acks, heartbeats and cancels to the peer's inbox; handles the ones that arrive.
 
-    `watch` is installed as the receiving `Inbox`'s watcher: it sees every message first (anything
-    counts as a sign of life) and takes the control messages out of the data path.
+    `watch` sees every message on the call's own inbox first (anything counts as a sign of life) and
+    takes the control messages out of the data path; acks feed `window`, the credit of what we send.
 
     Acks and heartbeats carry our inbox as their reply subject: once the peer's inbox is gone (its
     process died), the NATS server answers one of them with a no-responders status at once, so a
@@ -41,35 +40,24 @@ class StreamSession:
         heartbeat: float,
         on_dead: Callable[[str], None],
         on_cancel: Callable[[str], None] | None = None,
+        window: FlowWindow | None = None,
     ) -> None:
         self.nc = nc
         self.peer_inbox = peer_inbox
         self.own_inbox = own_inbox
         self._on_dead = on_dead
-        self.window: FlowWindow | None = None  # credit for what we send, once the peer granted it
+        self.window = window
         self.on_cancel = on_cancel
+        self.heartbeat = heartbeat
         self._heartbeat_ms = str(int(heartbeat * 1000))
         # A reconnect means data, acks or the peer's cancel may have been lost in the gap: a stream
         # that lived through one cannot be trusted to be complete or to make progress, so it ends.
         reconnects = nc.reconnects
-        self.liveness = Liveness(
-            heartbeat, self.send_heartbeat, on_dead, interrupted=lambda: nc.reconnects != reconnects
-        )
+        self.liveness = Liveness(heartbeat, self.send_heartbeat, on_dead, interrupted=lambda: nc.reconnects != reconnects)
         self.closed = False
 
     def start(self) -> None:
         self.liveness.start()
-
-    def drive(self, writer: StreamWriter, granted: Mapping[str, str] | None) -> None:
-        """`writer` sends within the window the peer granted (its acks arrive here); every send
-        counts as a sign of life for the peer."""
-        self.window = writer.window = FlowWindow.granted(granted)
-        writer.on_sent = self.liveness.sent
-
-    def acknowledge(self, reader: StreamReader[Any], messages: int, max_bytes: int) -> None:
-        """Acknowledge what the application consumes from `reader`, within the window we granted."""
-        reader.acker = AckPolicy(messages, max_bytes, self.send_ack)
-        reader.inbox.limit(messages + 2, max_bytes)  # + the end marker and one stray status
 
     def watch(self, msg: Msg) -> bool:
         """Record a sign of life; handle a control message and return True, else False."""

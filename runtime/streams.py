@@ -16,7 +16,7 @@ from nats.aio.msg import Msg
 
 from .codec import Codec
 from .errors import ErrorCode, RpcError
-from .flow import AckPolicy, FlowWindow
+from .flow import NO_ACKS, Acknowledger, SendCredit, Unlimited
 from .protocol import (
     END_TRUE,
     STREAM_COUNT,
@@ -252,7 +252,7 @@ class StreamReader(Generic[M]):
         self.saw_end = False  # the peer's end marker arrived
         self.error: RpcError | None = None
         self.headers: dict[str, str] = {}  # the peer's headers on its first message
-        self.acker: AckPolicy | None = None  # v2: acknowledge what the application consumed
+        self.acks: Acknowledger = NO_ACKS  # v2: acknowledge what the application consumed
 
     def _fail(self, error: RpcError) -> RpcError:
         self.finished = True
@@ -291,8 +291,7 @@ class StreamReader(Generic[M]):
                         )
                     )
                 self.received = expected
-                if self.acker is not None:
-                    await self.acker.consumed(expected, len(msg.data))
+                await self.acks.consumed(expected, len(msg.data))
                 return msg.data
             if kind is FrameKind.END:
                 self.saw_end = True
@@ -329,7 +328,15 @@ class StreamReader(Generic[M]):
 class StreamWriter:
     """The sending side of one direction: numbers messages from 1 and ends with the count sent."""
 
-    def __init__(self, nc: Transport, subject: str, codec: Codec, method: str) -> None:
+    def __init__(
+        self,
+        nc: Transport,
+        subject: str,
+        codec: Codec,
+        method: str,
+        credit: SendCredit | None = None,
+        on_sent: Callable[[], None] | None = None,
+    ) -> None:
         self.nc = nc
         self.subject = subject
         self.codec = codec
@@ -338,8 +345,8 @@ class StreamWriter:
         self.ended = False
         # Sent once, with the first message of this direction (data or end): response headers.
         self.first_headers: Mapping[str, str] | None = None
-        self.window: FlowWindow | None = None  # v2: the receiver's credit
-        self.on_sent: Callable[[], None] | None = None  # v2: heartbeats count what we send
+        self.credit: SendCredit = credit if credit is not None else Unlimited()  # v2: the receiver's window
+        self.on_sent = on_sent  # v2: heartbeats count what we send
 
     def _take_first_headers(self, headers: dict[str, str]) -> None:
         if self.first_headers:
@@ -357,13 +364,11 @@ class StreamWriter:
         if self.first_headers is not None:
             self._take_first_headers(headers)
         check_size(len(body), headers, self.nc.max_payload, self.method)
-        window = self.window
-        if window is not None:
-            await window.acquire(len(body))
+        credit = self.credit
+        await credit.acquire(len(body))
         await self.nc.publish(self.subject, body, reply=reply, headers=headers)
         self.sent = seq
-        if window is not None:
-            window.sent(seq, len(body))
+        credit.sent(seq, len(body))
         if self.on_sent is not None:
             self.on_sent()
 

@@ -169,7 +169,7 @@ async def test_flow_control_holds_the_sender_to_the_window() -> None:
     impl = Gate()
     async with serve_in_memory(impl) as conn:
         stream = await StreamDemoServiceNatsClient(conn).sum()
-        window = stream._writer.window
+        window = stream.call.writer.credit
         assert window is not None and window.messages == 256
         sender = asyncio.create_task(stream.send_all(SumRequest(value=1) for _ in range(1000)))
         while len(window._in_flight) < 256:
@@ -188,7 +188,7 @@ async def test_a_gap_in_sequence_numbers_is_data_loss() -> None:
         stream = await StreamDemoServiceNatsClient(conn).chat()
         await stream.send(ChatMessage(text="one"))
         assert (await stream.recv()).text == "echo: one"
-        stream._writer.sent += 1  # skip a sequence number, as a lost message would
+        stream.call.writer.sent += 1  # skip a sequence number, as a lost message would
         await stream.send(ChatMessage(text="three"))
         with pytest.raises(RpcError) as lost:
             await stream.recv()
@@ -218,7 +218,7 @@ async def test_a_silent_peer_is_dropped_after_three_heartbeats() -> None:
         client = StreamDemoServiceNatsClient(conn, heartbeat=0.05)
         stream = await client.count_up(CountUpRequest(count=1))
         assert (await stream.recv()).number == 0
-        session = stream._session
+        session = stream.call.session
         assert session is not None
         session.closed = True  # the client goes silent without a word
         session.liveness.stop()
@@ -253,3 +253,76 @@ async def test_serve_accepts_a_transport_and_clients_too() -> None:
     await server.stop()
     with pytest.raises(TypeError):
         StreamDemoServiceNatsClient(object())  # type: ignore[arg-type]
+
+
+# --- Handlers are checked when serving starts; call state machines refuse invalid transitions -------
+
+
+class SyncPing(StreamDemoServiceNatsBase):
+    def ping(self, request: PingRequest) -> object:  # type: ignore[override]
+        return request
+
+
+class CoroutineStream(StreamDemoServiceNatsBase):
+    async def count_up(self, request: CountUpRequest) -> list[CountUpResponse]:  # type: ignore[override]
+        return [CountUpResponse(number=1)]
+
+
+@pytest.mark.parametrize(
+    "impl,says",
+    [
+        (SyncPing(), "SyncPing.ping must be an `async def`"),
+        (CoroutineStream(), "CoroutineStream.count_up serves a stream: it must be an `async def` that yields"),
+        (Demo, "needs an instance, not the class Demo: serve(nc, Demo())"),
+        (object(), "is not a generated <Service>NatsBase subclass"),
+    ],
+)
+async def test_serve_checks_handlers_before_any_call(impl: object, says: str) -> None:
+    with pytest.raises(TypeError) as refused:
+        await betterproto_nats.serve(InMemoryBus().connect(), impl)
+    assert says in str(refused.value)
+
+
+async def test_client_call_state_machine() -> None:
+    from betterproto_nats.client import CallState, InvalidTransition
+
+    async with serve_in_memory(Demo()) as conn:
+        stream = await StreamDemoServiceNatsClient(conn).chat()
+        call = stream.call
+        assert call.state is CallState.OPEN
+        await stream.send(ChatMessage(text="x"))
+        await stream.close_send()
+        assert call.state is CallState.HALF_CLOSED
+        with pytest.raises(RpcError) as late:
+            await stream.send(ChatMessage(text="late"))  # our side is closed: refused, not sent
+        assert late.value.code == ErrorCode.INTERNAL
+        assert [m.text async for m in stream] == ["echo: x"]
+        assert call.state is CallState.CLOSED and call.released
+        with pytest.raises(InvalidTransition):
+            call.move(CallState.OPEN)  # nothing follows the end
+        abandoned = await StreamDemoServiceNatsClient(conn).count_up(CountUpRequest(count=10**6))
+        await abandoned.recv()
+        await abandoned.close()
+        assert abandoned.call.state is CallState.FAILED
+
+
+async def test_server_call_state_machine() -> None:
+    from betterproto_nats.responders import InvalidTransition, ServerState
+
+    states: list[object] = []
+
+    class Watching(Demo):
+        async def ping(self, request: PingRequest) -> object:
+            states.append(next(iter(server.unary_calls.values())).state)
+            return await super().ping(request)
+
+    bus = InMemoryBus()
+    server = await betterproto_nats.serve(bus.connect(), Watching())
+    assert (await StreamDemoServiceNatsClient(bus.connect()).ping(PingRequest(payload="p"))).payload == "p"
+    assert states == [ServerState.SERVING]
+    responder = next(iter(server.endpoints)).responder
+    request = Msg(_client=None, subject="api.v1.stream.ping")  # type: ignore[arg-type]
+    call = responder(server.transport, server.impl, server.spec.methods[0], "x/y", server.spec.codec, request, server.policy)
+    with pytest.raises(InvalidTransition):
+        call.move(ServerState.CLOSED)  # a call that has not been served cannot have ended
+    await server.stop()

@@ -92,9 +92,9 @@ async def inbox_barrage(
         assert (await stream.recv()).text == "echo: before"
         junk = await nats.connect(url, allow_reconnect=False)
         for body, hdrs in to_server:
-            await junk.publish(stream._writer.subject, body, headers=hdrs or None)
+            await junk.publish(stream.call.writer.subject, body, headers=hdrs or None)
         for body, hdrs in to_client:
-            await junk.publish(stream._inbox.subject, body, headers=hdrs or None)
+            await junk.publish(stream.call.inbox.subject, body, headers=hdrs or None)
         await junk.flush()
         await junk.close()
         # The call either carries on correctly or ends with a clear RpcError: never a hang or garbage.

@@ -17,7 +17,7 @@ from nats.aio.client import Client as NATS
 
 import betterproto_nats
 from betterproto_nats import ErrorCode, RpcError
-from betterproto_nats.flow import DEFAULT_WINDOW
+from betterproto_nats.negotiation import DEFAULT_WINDOW_MESSAGES as DEFAULT_WINDOW
 from betterproto_nats.testing import NatsServer
 from gen.streaming.v1 import (
     ChatMessage,
@@ -117,7 +117,7 @@ async def test_slow_client_gets_200k_messages_with_bounded_buffers(nc: NATS, pro
     async for response in stream:
         assert response.number == expected
         expected += 1
-        queued = max(queued, len(stream._inbox._queue))
+        queued = max(queued, len(stream.call.inbox._queue))
         if expected % 1000 == 0:
             await asyncio.sleep(0.001)  # a consumer slower than the sender
     assert expected == n
@@ -131,7 +131,7 @@ async def test_slow_client_stream_handler_bounds_the_sender(nc: NATS, probe: tup
     stream = await StreamDemoServiceNatsClient(nc).sum(timeout=120)
     for i in range(20_000):
         await stream.send(SumRequest(value=1))
-    window = stream._writer.window
+    window = stream.call.writer.credit
     assert window is not None and window.peak_messages <= window.messages
     result = await stream.close_and_recv()
     assert (result.count, result.total) == (20_000, 20_000)
@@ -152,7 +152,7 @@ async def test_slow_bidi_handler_bounds_the_sender(nc: NATS, probe: tuple[Probe,
             await chat.send(ChatMessage(text=str(i)))
         await chat.close_send()
         await asyncio.wait_for(reading, 60)
-        window = chat._writer.window
+        window = chat.call.writer.credit
         assert window is not None and window.peak_messages <= window.messages
     assert received == list(range(5_000))
 
@@ -170,7 +170,7 @@ async def test_byte_window_caps_large_messages(nc: NATS, server_nc: NATS) -> Non
         stream = await StreamDemoServiceNatsClient(nc).count_up(CountUpRequest(count=200), timeout=60)
         queued_bytes = 0
         async for _ in stream:
-            queued_bytes = max(queued_bytes, sum(len(m.data) for m in stream._inbox._queue))
+            queued_bytes = max(queued_bytes, sum(len(m.data) for m in stream.call.inbox._queue))
             await asyncio.sleep(0.001)
         assert queued_bytes <= 4 * 1024 * 1024 + big  # the 4 MiB byte window, not 200 × 256 KiB
     finally:
@@ -435,7 +435,7 @@ async def test_max_inflight_option_sets_the_window(nc: NATS, server_nc: NATS, ta
                 await stream.send(fx.EchoMessage(number=i))
             await stream.close_send()
             assert await reading == list(range(100))
-            window = stream._writer.window
+            window = stream.call.writer.credit
             assert window is not None and window.messages == 32 and window.peak_messages <= 32
         request = next(h for s, h, _ in tap.seen if s == "shop.inventory.windowed")
         assert request["Nats-Stream-Window"] == "32"  # what the client grants the server

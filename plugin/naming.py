@@ -1,4 +1,4 @@
-"""Subject naming shared by the plugin (at generation time) and the runtime (for overrides)."""
+"""Subject naming: the snake case of endpoint names and default subject prefixes, at generation time."""
 
 from __future__ import annotations
 

@@ -1,0 +1,127 @@
+"""Protocol v2 negotiation, as pure functions: what a client offers, what a server accepts, the
+defaults and the clamps. Everything about versions, windows, heartbeats and deadlines in the opening
+headers is decided here, once; calls only carry out the terms.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Mapping
+
+from .errors import ErrorCode, RpcError
+from .liveness import DEFAULT_HEARTBEAT, MAX_HEARTBEAT, MIN_HEARTBEAT, MISSED_BEATS
+from .protocol import (
+    DEADLINE,
+    REPLY_TO,
+    STREAM_HEARTBEAT,
+    STREAM_INBOX,
+    STREAM_VERSION,
+    STREAM_WINDOW,
+    STREAM_WINDOW_BYTES,
+    VERSION_2,
+    header_int,
+    parse_uint,
+    quote,
+)
+
+# Receiver windows when the method sets no `(natsmicro.stream).max_inflight`. Measured (FACTS.md):
+# 128-512 frames of 1 KiB and ~32 frames of 64 KiB run as fast as no flow control; more than 64 MiB
+# queued at the NATS server for one connection gets it cut off, so the byte cap stays small.
+DEFAULT_WINDOW_MESSAGES = 256
+DEFAULT_WINDOW_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Window:
+    """A receiver's credit: data messages and body bytes a sender may have unacknowledged."""
+
+    messages: int = DEFAULT_WINDOW_MESSAGES
+    max_bytes: int = DEFAULT_WINDOW_BYTES
+
+    @classmethod
+    def for_method(cls, max_inflight: int) -> Window:
+        """The window we grant on a method: its `max_inflight` option, or the default."""
+        return cls(max_inflight or DEFAULT_WINDOW_MESSAGES, DEFAULT_WINDOW_BYTES)
+
+    @classmethod
+    def granted(cls, headers: Mapping[str, str] | None) -> Window:
+        """The window a peer granted us in its headers (defaults where absent or malformed)."""
+        return cls(
+            header_int(headers, STREAM_WINDOW, DEFAULT_WINDOW_MESSAGES),
+            header_int(headers, STREAM_WINDOW_BYTES, DEFAULT_WINDOW_BYTES),
+        )
+
+    def headers(self) -> dict[str, str]:
+        return {STREAM_WINDOW: str(self.messages), STREAM_WINDOW_BYTES: str(self.max_bytes)}
+
+
+def clamp_heartbeat(seconds: float, longest: float = MAX_HEARTBEAT) -> float:
+    return min(max(seconds, MIN_HEARTBEAT), longest)
+
+
+def client_offer(heartbeat: float, deadline_epoch_ms: str | None, window: Window | None) -> dict[str, str]:
+    """The v2 offer on a streaming request (a v1 server ignores it): our heartbeat, the call's
+    deadline, and the window we grant for what we receive (`None` when we receive no stream)."""
+    offer = {STREAM_VERSION: VERSION_2, STREAM_HEARTBEAT: str(int(heartbeat * 1000))}
+    if window is not None:
+        offer.update(window.headers())
+    if deadline_epoch_ms is not None:
+        offer[DEADLINE] = deadline_epoch_ms
+    return offer
+
+
+def longest_heartbeat(stream_idle_timeout: float) -> float:
+    """The longest heartbeat a server accepts: silence for `MISSED_BEATS` of them must not outlast
+    its idle timeout."""
+    return clamp_heartbeat(stream_idle_timeout / MISSED_BEATS)
+
+
+@dataclass(frozen=True)
+class ServerTerms:
+    """What a server makes of a request's opening headers."""
+
+    v2: bool
+    heartbeat: float  # seconds, clamped
+    deadline_epoch: float | None  # the client's deadline (unix seconds), v2 only
+
+
+def server_terms(headers: Mapping[str, str] | None, streaming: bool, stream_idle_timeout: float) -> ServerTerms:
+    """v2 when a streaming request offers it and names its inbox; the client's heartbeat within
+    bounds; its deadline. A malformed deadline is INVALID_ARGUMENT."""
+    headers = headers or {}
+    v2 = streaming and headers.get(STREAM_VERSION) == VERSION_2 and bool(headers.get(REPLY_TO))
+    wished = header_int(headers, STREAM_HEARTBEAT, int(DEFAULT_HEARTBEAT * 1000)) / 1000
+    heartbeat = clamp_heartbeat(wished, longest_heartbeat(stream_idle_timeout))
+    deadline = None
+    text = headers.get(DEADLINE)
+    if v2 and text is not None:
+        epoch_ms = parse_uint(text)
+        if epoch_ms is None:
+            raise RpcError(ErrorCode.INVALID_ARGUMENT, f"malformed {DEADLINE} {quote(text)}")
+        deadline = epoch_ms / 1000
+    return ServerTerms(v2, heartbeat, deadline)
+
+
+def confirmation(inbox: str, heartbeat: float, window: Window | None) -> dict[str, str]:
+    """A server's v2 confirmation: its inbox for the client's control messages (and data), the
+    heartbeat it uses, and the window it grants for what it receives (`None`: it receives no stream)."""
+    confirmed = {STREAM_VERSION: VERSION_2, STREAM_INBOX: inbox, STREAM_HEARTBEAT: str(round(heartbeat * 1000))}
+    if window is not None:
+        confirmed.update(window.headers())
+    return confirmed
+
+
+def confirmed(headers: Mapping[str, str] | None) -> bool:
+    return (headers or {}).get(STREAM_VERSION) == VERSION_2
+
+
+def client_heartbeat(confirmed_headers: Mapping[str, str] | None, own: float) -> float:
+    """The heartbeat a client uses once confirmed: the server's, when it says one (it may have
+    shortened ours to fit its idle timeout), else its own."""
+    millis = parse_uint((confirmed_headers or {}).get(STREAM_HEARTBEAT))
+    return clamp_heartbeat(millis / 1000) if millis else own
+
+
+def seconds_until(epoch: float) -> float:
+    return epoch - time.time()
