@@ -36,14 +36,17 @@ async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
     """A client connection; at the end the test must have left no subscription behind on it."""
     conn = await connect(nats_server.url)
     yield conn
+    await no_subscriptions_left(conn)
     await conn.close()
 
 
 @pytest.fixture
 async def server_nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
-    """A second connection, for the service side, as in a real deployment."""
+    """A second connection, for the service side, as in a real deployment; at the end no
+    subscription may be left on it (a stopped service holds none)."""
     conn = await connect(nats_server.url)
     yield conn
+    await no_subscriptions_left(conn)
     await conn.close()
 
 
@@ -61,6 +64,16 @@ async def settle(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-un
         if loop.time() > give_up:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.001)
+
+
+async def no_subscriptions_left(conn: NATS) -> None:
+    """The leak check of the connection fixtures: calls release their inboxes (promptly, but a
+    server's call may still be finishing when the test returns)."""
+    if conn.is_connected:
+        try:
+            await settle(lambda: subscriptions(conn) == 0, timeout=3)
+        except AssertionError:
+            raise AssertionError(f"subscriptions left behind: {[s.subject for s in conn._subs.values()]}") from None
 
 
 def own_tasks() -> set[asyncio.Task[object]]:
