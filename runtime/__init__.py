@@ -12,8 +12,10 @@ from .client import (
 )
 from .context import CallContext, current_call
 from .errors import ErrorCode, RpcError
+from .interceptors import CallInfo, CallOutcome, Direction, Interceptor, LoggingInterceptor, Side
 from .responders import RequestStream, UploadRequests
 from .server import Server, serve
+from .transport import Transport
 
 __version__ = "0.1.0"
 
@@ -21,15 +23,22 @@ __all__ = [
     "BidiStream",
     "BidiStreamCall",
     "CallContext",
+    "CallInfo",
+    "CallOutcome",
     "ClientStream",
+    "Direction",
     "DownloadCall",
     "DownloadStream",
     "ErrorCode",
+    "Interceptor",
+    "LoggingInterceptor",
     "RequestStream",
     "RpcError",
     "Server",
     "ServerStream",
     "ServerStreamCall",
+    "Side",
+    "Transport",
     "UploadRequests",
     "UploadStream",
     "current_call",

@@ -33,6 +33,7 @@ from nats.aio.msg import Msg
 from .chunks import BlobReceiving, ChunkCodec, ChunkReceiver, ChunkSender, Progress
 from .errors import ErrorCode, RpcError
 from .flow import AckPolicy, FlowWindow, SendCredit, Unlimited
+from .interceptors import CallInfo, Chain, Direction, Interceptor, Side, outcome_of
 from .liveness import DEFAULT_HEARTBEAT
 from .negotiation import Window, client_heartbeat, client_offer, confirmed
 from .protocol import (
@@ -149,6 +150,9 @@ class ClientCall:
         self.answer: Msg | None = None  # the server's final message, once it arrived (sending shapes)
         self.heard = asyncio.Event()  # something arrived on R
         self.released = False
+        self.failure: RpcError | None = None  # why the call failed, once it did
+        self.chain = client._nats_chain
+        self.info: CallInfo | None = None  # what interceptors see, when there are any
         self._watched: list[str] = []
         # If the task that opened the call is cancelled while the call is open, the call is
         # abandoned: an abandoned `async for` is not closed by Python until garbage collection.
@@ -171,7 +175,25 @@ class ClientCall:
     def end(self, error: RpcError | None) -> None:
         """The call is over: cleanly or with `error` (the transition, not the release)."""
         if not self.ended:
+            self.failure = error
             self.move(CallState.FAILED if error is not None else CallState.CLOSED)
+
+    async def begin(self, headers: Mapping[str, str] | None) -> dict[str, str]:
+        """The caller's headers, checked; interceptors start here, before anything is sent (they may
+        change the headers, or reject the call)."""
+        out = user_headers(headers)
+        if self.chain is not None:
+            spec = self.method
+            self.info = CallInfo(Side.CLIENT, self.name.rsplit("/", 1)[0], spec.name, spec.cardinality, self.subject, out, spec)
+            await self.chain.start(self.info)
+            out = user_headers(self.info.headers)
+        return out
+
+    def encode(self, message: betterproto.Message) -> bytes:
+        """A message to send, through the interceptors when there are any."""
+        if self.info is not None and self.chain is not None:
+            message = self.chain.message(self.info, Direction.SENT, message)
+        return self.codec.encode(message)
 
     # --- Opening ---------------------------------------------------------------------------------
 
@@ -185,33 +207,37 @@ class ClientCall:
             self.reader = StreamReader(inbox, self.codec, self.method.response, self.name, self.deadline)
         return inbox
 
-    def _opening_headers(self, headers: Mapping[str, str] | None, reply_to: str) -> dict[str, str]:
-        """Caller headers, `Reply-To`, and our v2 offer (a v1 server ignores it)."""
+    async def _opening_headers(self, headers: Mapping[str, str] | None, reply_to: str) -> dict[str, str]:
+        """Caller headers (after the interceptors), `Reply-To`, and our v2 offer (a v1 server ignores it)."""
         deadline = None if self.deadline is None else self.deadline.epoch_ms
         offer = client_offer(self.heartbeat, deadline, self.window if self.receives else None)
-        return {**user_headers(headers), REPLY_TO: reply_to, **offer}
+        return {**await self.begin(headers), REPLY_TO: reply_to, **offer}
 
     async def open_server_stream(self, request: betterproto.Message, headers: Mapping[str, str] | None) -> None:
         """Subscribe `R`, then publish the request with `Reply-To: R` (and R as its reply subject:
         with nobody serving, the NATS server answers R with a 503 status at once)."""
         try:
             inbox = await self._open_inbox()  # subscribed before the request can cause anything
-            out_headers = self._opening_headers(headers, inbox.subject)
-            body = self.codec.encode(request)
+            out_headers = await self._opening_headers(headers, inbox.subject)
+            body = self.encode(request)
             check_size(len(body), out_headers, self.nc.max_payload, self.name)
             with _as_rpc_errors(self.name):
                 await self.nc.publish(self.subject, body, reply=inbox.subject, headers=out_headers)
-        except BaseException:
-            await self.close()
+        except BaseException as error:
+            await self._failed_opening(error)
             raise
         self.move(CallState.OPEN)
+
+    async def _failed_opening(self, error: BaseException) -> None:
+        self.end(error if isinstance(error, RpcError) else self.error(ErrorCode.CANCELLED, "opening interrupted"))
+        await self.close()
 
     async def open_handshake(self, headers: Mapping[str, str] | None) -> dict[str, str]:
         """Client-stream/bidi opening: subscribe R, request with `Reply-To: R`, take `S` from the ack.
         Returns the caller headers of the ack."""
         try:
             inbox = await self._open_inbox()
-            out_headers = self._opening_headers(headers, inbox.subject)
+            out_headers = await self._opening_headers(headers, inbox.subject)
             check_size(0, out_headers, self.nc.max_payload, self.name)
             wait = HANDSHAKE_TIMEOUT
             if self.deadline is not None and self.deadline.remaining() < wait:
@@ -230,8 +256,8 @@ class ClientCall:
             self.writer = StreamWriter(self.nc, server_inbox, self.codec, self.name)
             if confirmed(ack.headers):
                 self._start_v2(ack.headers, peer_inbox=server_inbox)
-        except BaseException:
-            await self.close()
+        except BaseException as error:
+            await self._failed_opening(error)
             raise
         self.move(CallState.OPEN)
         return caller_headers(ack.headers)
@@ -358,7 +384,10 @@ class ClientCall:
         assert self.reader is not None
         try:
             with _as_rpc_errors(self.name):
-                return await self.reader.recv()
+                message = await self.reader.recv()
+            if self.info is not None and self.chain is not None:
+                message = self.chain.message(self.info, Direction.RECEIVED, message)
+            return message
         except StopAsyncIteration:
             self.end(None)
             await self.close()
@@ -405,9 +434,7 @@ class ClientCall:
         if self.released:
             return
         self.released = True
-        owner, self._owner = self._owner, None
-        if owner is not None:
-            owner.remove_done_callback(self._owner_done)
+        self.drop_owner()
         inbox = self.inbox
         server_done = self._server_done()
         if self.session is None and self.writer is None and inbox is not None and inbox.is_open and not server_done:
@@ -424,8 +451,16 @@ class ClientCall:
         if not self.ended:
             reader = self.reader
             clean = reader is not None and reader.saw_end and reader.error is None  # a blob read to its end
-            self.state = CallState.CLOSED if clean else CallState.FAILED  # else: abandoned before its end
+            self.end(None if clean else self.error(ErrorCode.CANCELLED, "closed by the client before the end"))
             self.credit.fail(self.error(ErrorCode.CANCELLED, "the call was closed"))
+        if self.info is not None and self.chain is not None:
+            writer, reader = self.writer, self.reader
+            sent = (writer.sent, writer.bytes_sent) if writer is not None else (1, 0)
+            if reader is not None:
+                received = (reader.received, reader.bytes_received)
+            else:
+                received = (1, len(self.answer.data)) if self.answer is not None and self.failure is None else (0, 0)
+            await self.chain.end(self.info, outcome_of(self.info, self.failure, sent, received))
 
     async def _await_confirmation(self, inbox: Inbox) -> None:
         """A server stream closed before anything arrived: a v2 server's open message (naming where
@@ -436,6 +471,12 @@ class ClientCall:
                 await asyncio.wait_for(self.heard.wait(), min(1.0, self.heartbeat))
             except TimeoutError:
                 pass
+
+    def drop_owner(self) -> None:
+        """Stop watching the task that opened the call."""
+        owner, self._owner = self._owner, None
+        if owner is not None:
+            owner.remove_done_callback(self._owner_done)
 
     def _owner_done(self, task: asyncio.Task[Any]) -> None:
         if task.cancelled() and not self.released:
@@ -499,7 +540,7 @@ class DownloadStream(ServerStream[Resp], BlobReceiving):
 
 async def _send_all(call: ClientCall, messages: Iterable[Any] | AsyncIterable[Any]) -> None:
     async for message in _iterate(messages):
-        await call.send_body(call.codec.encode(message))
+        await call.send_body(call.encode(message))
 
 
 class ClientStream(_View, Generic[Req, Resp]):
@@ -512,7 +553,7 @@ class ClientStream(_View, Generic[Req, Resp]):
     async def send(self, message: Req) -> None:
         """Send one message. After the server has ended the call, its error is raised here; after a
         successful early answer, further messages are no-ops."""
-        await self.call.send_body(self.call.codec.encode(message))
+        await self.call.send_body(self.call.encode(message))
 
     async def send_all(self, messages: Iterable[Req] | AsyncIterable[Req]) -> None:
         await _send_all(self.call, messages)
@@ -523,6 +564,8 @@ class ClientStream(_View, Generic[Req, Resp]):
         msg = await call.final_answer()
         self.headers.update(caller_headers(msg.headers))
         response: Resp = call.codec.decode(call.method.response, msg.data, call.name)  # type: ignore[assignment]
+        if call.info is not None and call.chain is not None:
+            response = call.chain.message(call.info, Direction.RECEIVED, response)
         return response
 
 
@@ -553,7 +596,7 @@ class BidiStream(_Receives[Resp], Generic[Req, Resp]):
 
     async def send(self, message: Req) -> None:
         """Send one message; after the server ended the call, its error is raised here."""
-        await self.call.send_body(self.call.codec.encode(message))
+        await self.call.send_body(self.call.encode(message))
 
     async def send_all(self, messages: Iterable[Req] | AsyncIterable[Req]) -> None:
         await _send_all(self.call, messages)
@@ -645,8 +688,10 @@ class ClientBase:
         timeout: float | None = None,
         heartbeat: float = DEFAULT_HEARTBEAT,
         inbox_prefixes: Sequence[str] = (),
+        interceptors: Sequence[Interceptor] = (),
     ) -> None:
         self._nats_nc = nc
+        self._nats_chain = Chain.of(interceptors)  # run around every call, in the order given
         self._nats_transport = transport_of(nc)
         self._nats_subject_prefix = subject_prefix or self._nats_service.subject_prefix
         self._nats_timeout = timeout
@@ -668,6 +713,8 @@ class ClientBase:
     ) -> Any:
         spec = self._nats_service
         method = spec.method(py_name)
+        if self._nats_chain is not None:
+            return await self._nats_unary_intercepted(method, request, timeout, headers, response_headers)
         name = spec.full_name(method)
         codec = spec.codec
         out_headers = user_headers(headers)
@@ -684,6 +731,43 @@ class ClientBase:
         if response_headers is not None:
             response_headers.update(caller_headers(msg.headers))
         return codec.decode(method.response, msg.data, name)
+
+    async def _nats_unary_intercepted(
+        self,
+        method: MethodSpec,
+        request: betterproto.Message,
+        timeout: float | None,
+        headers: Mapping[str, str] | None,
+        response_headers: dict[str, str] | None,
+    ) -> Any:
+        """A unary call with interceptors around it (a `ClientCall` for its bookkeeping)."""
+        call = ClientCall(self, method, timeout)
+        call.released = True  # a unary call holds no inbox or session
+        call.drop_owner()
+        sent = received = (0, 0)
+        failure: BaseException | None = None
+        try:
+            out_headers = await call.begin(headers)
+            body = call.encode(request)
+            check_size(len(body), out_headers, call.nc.max_payload, call.name)
+            remaining = None if call.deadline is None else call.deadline.remaining()
+            sent = (1, len(body))
+            msg = await _request(call.nc, call.subject, body, out_headers, remaining, call.name)
+            received = (1, len(msg.data))
+            error = error_from_headers(msg.headers, call.name)
+            if error is not None:
+                raise error
+            if response_headers is not None:
+                response_headers.update(caller_headers(msg.headers))
+            response = call.codec.decode(method.response, msg.data, call.name)
+            assert call.chain is not None and call.info is not None
+            return call.chain.message(call.info, Direction.RECEIVED, response)
+        except BaseException as error:
+            failure = error
+            raise
+        finally:
+            if call.info is not None and call.chain is not None:
+                await call.chain.end(call.info, outcome_of(call.info, failure, sent, received))
 
     def _nats_server_stream(
         self,

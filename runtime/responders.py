@@ -13,7 +13,7 @@ import functools
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Generic, TypeVar
+from typing import Any, AsyncIterator, Callable, Generic, TypeVar
 
 import betterproto
 from nats.aio.msg import Msg
@@ -23,6 +23,7 @@ from .codec import Codec
 from .context import CallContext, set_current_call
 from .errors import ErrorCode, RpcError
 from .flow import AckPolicy, FlowWindow
+from .interceptors import CallInfo, Chain, Direction, Side, outcome_of
 from .negotiation import Window, confirmation, server_terms
 from .protocol import (
     REPLY_TO,
@@ -66,6 +67,7 @@ class ServingPolicy:
     buffer_messages: int = V1_BUFFER_MESSAGES
     buffer_bytes: int = V1_BUFFER_BYTES
     expose_errors: bool = False
+    interceptors: Chain | None = None
 
 
 class _RateLimitedLog:
@@ -134,18 +136,20 @@ class _NoAnswer(Exception):
 class RequestStream(Generic[M]):
     """What a client-streaming or bidi handler iterates: the client's messages, in order, once."""
 
-    def __init__(self, reader: StreamReader[M]) -> None:
+    def __init__(self, reader: StreamReader[M], intercept: Callable[[M], M] | None = None) -> None:
         self._reader = reader
+        self._intercept = intercept
 
     def __aiter__(self) -> AsyncIterator[M]:
         return self
 
     async def __anext__(self) -> M:
-        return await self._reader.recv()
+        return await self.recv()
 
     async def recv(self) -> M:
         """The next message; StopAsyncIteration when the client has ended its side."""
-        return await self._reader.recv()
+        message = await self._reader.recv()
+        return message if self._intercept is None else self._intercept(message)
 
 
 class UploadRequests(RequestStream[M], BlobReceiving):
@@ -182,6 +186,8 @@ class Responder:
         self.interruption: _Interruption | None = None
         self.stopping = False  # the service is stopping: answer now, hold nothing back
         self.inboxes: list[Inbox] = []  # what this call subscribed to (released at its end)
+        self.info: CallInfo | None = None  # what interceptors see, when there are any
+        self.exception: BaseException | None = None  # a handler's unexpected exception
         self.watched: list[str] = []  # subjects whose permission errors end this call
         self.context = CallContext(
             method=name,
@@ -302,6 +308,10 @@ class Responder:
             except _NoAnswer:
                 return None
             set_current_call(self.context)
+            chain = self.policy.interceptors
+            if chain is not None:
+                self.info = self.call_info()
+                await chain.start(self.info)  # may reject the call: the handler never runs
             if self.interruption is None:
                 self.move(ServerState.SERVING)
                 if self.deadline is None:
@@ -338,7 +348,34 @@ class Responder:
         finally:
             await self.release()
         self.move(ServerState.FAILED if error is not None else ServerState.CLOSED)
+        if self.info is not None and self.policy.interceptors is not None:
+            outcome = outcome_of(self.info, error, self.traffic(sent=True), self.traffic(sent=False), self.exception)
+            await self.policy.interceptors.end(self.info, outcome)
         return None if error is None else error.code
+
+    def call_info(self) -> CallInfo:
+        spec = self.method
+        service = self.name.rsplit("/", 1)[0]
+        return CallInfo(Side.SERVER, service, spec.name, spec.cardinality, self.msg.subject, self.context.headers, spec)
+
+    def intercept(self, direction: Direction, message: Any) -> Any:
+        """A message through the interceptors (when there are any)."""
+        chain = self.policy.interceptors
+        if chain is None or self.info is None:
+            return message
+        return chain.message(self.info, direction, message)
+
+    answered = (0, 0)  # a single final answer sent: (1, its size)
+
+    def traffic(self, sent: bool) -> tuple[int, int]:
+        """(messages, bytes) this call sent or received (the shapes keep them in different places)."""
+        if sent:
+            writer: StreamWriter | None = getattr(self, "writer", None)
+            return (writer.sent, writer.bytes_sent) if writer is not None else self.answered
+        reader: StreamReader[Any] | None = getattr(self, "reader", None)
+        if reader is not None:
+            return (reader.received, reader.bytes_received)
+        return (1, len(self.msg.data))
 
     async def release(self) -> None:
         """The one place a call lets go of what it holds: session, permission watches, inboxes."""
@@ -353,6 +390,7 @@ class Responder:
         """A handler's unexpected exception: logged with its traceback here; the caller gets
         INTERNAL with a generic text unless the service exposes errors (for development)."""
         log.error("handler %s failed", self.name, exc_info=raised)
+        self.exception = raised
         text = str(raised) or type(raised).__name__
         return self.error(ErrorCode.INTERNAL, text if self.policy.expose_errors else "internal error")
 
@@ -379,6 +417,8 @@ class Responder:
         """A single final answer (unary, client streaming): the response with the handler's response
         headers, or the error pair; a wrong type or an oversized response becomes the error."""
         if error is None:
+            if self.info is not None:
+                response = self.intercept(Direction.SENT, response)
             if not isinstance(response, self.method.response):
                 error = self.error(
                     ErrorCode.INTERNAL, f"handler returned {type(response).__name__}, not {self.method.response.__name__}"
@@ -392,6 +432,7 @@ class Responder:
                     error = too_big
                 else:
                     await self.nc.publish(subject, body, headers=headers or None)
+                    self.answered = (1, len(body))
                     return
         await self.respond_error(subject, error)
 
@@ -408,7 +449,8 @@ class UnaryResponder(Responder):
         self.request = self.codec.decode(self.method.request, self.msg.data, self.name)
 
     async def serve(self) -> None:
-        self.response = await self.handler(self.request)
+        request = self.intercept(Direction.RECEIVED, self.request) if self.info is not None else self.request
+        self.response = await self.handler(request)
 
     async def finish(self, error: RpcError | None) -> None:
         await self.answer(self.reply, self.response, error)
@@ -445,6 +487,8 @@ class _SendsStream(Responder):
                         ErrorCode.INTERNAL,
                         f"handler yielded {type(response).__name__}, not {self.method.response.__name__}",
                     )
+                if self.info is not None:
+                    response = self.intercept(Direction.SENT, response)
                 await self.writer.send(response)
         except asyncio.CancelledError:
             # The handler is suspended at a `yield` while we send: it must see the cancellation too.
@@ -497,7 +541,8 @@ class ServerStreamResponder(_SendsStream):
             self.session.start()
 
     async def serve(self) -> None:
-        responses = self.handler(self.request)
+        request = self.intercept(Direction.RECEIVED, self.request) if self.info is not None else self.request
+        responses = self.handler(request)
         if self.old_style and hasattr(responses, "__aiter__"):  # misuse is reported by send_all
             responses = self._first_send_when_heard(responses)
         await self.send_all(responses)
@@ -590,6 +635,8 @@ class _Handshaking(Responder):
     def requests(self) -> RequestStream[Any]:
         if self.method.chunks is not None:
             return UploadRequests(self.reader, ChunkCodec(self.method.request, self.method.chunks, self.codec))
+        if self.info is not None:
+            return RequestStream(self.reader, lambda message: self.intercept(Direction.RECEIVED, message))
         return RequestStream(self.reader)
 
 

@@ -17,6 +17,7 @@ from nats.micro.service import DEFAULT_QUEUE_GROUP
 from .discovery import Discovery, EndpointRecord
 from .errors import ErrorCode, RpcError
 from .protocol import END_TRUE, REPLY_TO, STREAM_COUNT, STREAM_END, error_headers
+from .interceptors import Chain, Interceptor
 from .responders import DEFAULT_STREAM_IDLE_TIMEOUT, RESPONDERS, Responder, ServingPolicy
 from .spec import Cardinality, MethodSpec, ServiceSpec
 from .streams import V1_BUFFER_BYTES, V1_BUFFER_MESSAGES
@@ -152,6 +153,7 @@ class Server:
         stream_buffer_messages: int = V1_BUFFER_MESSAGES,
         stream_buffer_bytes: int = V1_BUFFER_BYTES,
         expose_errors: bool = False,
+        interceptors: Sequence[Interceptor] = (),
     ) -> None:
         spec: ServiceSpec | None = getattr(impl, "_nats_service", None)
         if spec is None:
@@ -177,6 +179,7 @@ class Server:
             buffer_messages=stream_buffer_messages,
             buffer_bytes=stream_buffer_bytes,
             expose_errors=expose_errors,
+            interceptors=Chain.of(interceptors),
         )
         self.accepting = False
         self.unary_calls: dict[asyncio.Task[None], Responder] = {}
@@ -247,6 +250,7 @@ async def serve(
     stream_buffer_messages: int = V1_BUFFER_MESSAGES,
     stream_buffer_bytes: int = V1_BUFFER_BYTES,
     expose_errors: bool = False,
+    interceptors: Sequence[Interceptor] = (),
 ) -> Server:
     """Serve `impl` (a `<Service>NatsBase` subclass instance) on `nc` until `await server.stop()`.
 
@@ -256,6 +260,7 @@ async def serve(
     `inbox_prefixes`. A client without flow control (v1) may make the service buffer at most
     `stream_buffer_messages` / `stream_buffer_bytes` per stream. Unexpected handler exceptions
     reach callers as INTERNAL "internal error" unless `expose_errors` (for development).
+    `interceptors` run around every call, in the order given (`betterproto_nats.Interceptor`).
     """
     server = Server(
         nc,
@@ -271,6 +276,7 @@ async def serve(
         stream_buffer_messages=stream_buffer_messages,
         stream_buffer_bytes=stream_buffer_bytes,
         expose_errors=expose_errors,
+        interceptors=interceptors,
     )
     await server.start()
     return server

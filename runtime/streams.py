@@ -248,6 +248,7 @@ class StreamReader(Generic[M]):
         self.method = method
         self.deadline = deadline
         self.received = 0
+        self.bytes_received = 0
         self.finished = False  # no more messages will be returned
         self.saw_end = False  # the peer's end marker arrived
         self.error: RpcError | None = None
@@ -291,6 +292,7 @@ class StreamReader(Generic[M]):
                         )
                     )
                 self.received = expected
+                self.bytes_received += len(msg.data)
                 await self.acks.consumed(expected, len(msg.data))
                 return msg.data
             if kind is FrameKind.END:
@@ -342,6 +344,7 @@ class StreamWriter:
         self.codec = codec
         self.method = method
         self.sent = 0
+        self.bytes_sent = 0
         self.ended = False
         # Sent once, with the first message of this direction (data or end): response headers.
         self.first_headers: Mapping[str, str] | None = None
@@ -368,6 +371,7 @@ class StreamWriter:
         await credit.acquire(len(body))
         await self.nc.publish(self.subject, body, reply=reply, headers=headers)
         self.sent = seq
+        self.bytes_sent += len(body)
         credit.sent(seq, len(body))
         if self.on_sent is not None:
             self.on_sent()
