@@ -28,6 +28,7 @@ golden: gen
 demo: gen
 	$(PY) examples/streaming/demo.py
 	$(PY) examples/snapshots/snapshots.py 16
+	$(PY) examples/interceptors/auth.py
 
 snapshots: gen
 	$(PY) examples/snapshots/snapshots.py

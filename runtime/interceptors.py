@@ -174,12 +174,11 @@ class LoggingInterceptor(Interceptor):
             "rpc_bytes_received": outcome.bytes_received,
             "rpc_subject": call.subject,
         }
-        text = "%s %s %s %s in %.1f ms (%d sent, %d received)"
+        text = "%s %s %s in %.1f ms (%d sent, %d received)"
         args = (
             call.side.value,
             call.full_name,
-            fields["rpc_code"],
-            outcome.message,
+            f"{outcome.code}: {outcome.message}" if outcome.code and outcome.message else fields["rpc_code"],
             outcome.duration * 1000,
             outcome.messages_sent,
             outcome.messages_received,

@@ -23,3 +23,14 @@ def test_streaming_demo() -> None:
 def test_snapshots_example() -> None:
     out = run("examples/snapshots/snapshots.py", "4")
     assert "imported snap-1: 4194304 bytes" in out and "sha256 matches on all three copies" in out
+
+
+def test_auth_interceptor_example() -> None:
+    out = run("examples/interceptors/auth.py")
+    assert "pong: with a token" in out and "[1, 2, 3]" in out and "without a token: UNAUTHENTICATED" in out
+
+
+def test_tracing_example() -> None:
+    out = run("examples/interceptors/tracing.py")
+    assert out.count('"name": "streaming.v1.StreamDemoService/CountUp"') == 2  # a client and a server span
+    assert "client streaming.v1.StreamDemoService/Chat OK" in out and "['echo: traced']" in out
