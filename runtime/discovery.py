@@ -60,6 +60,7 @@ class Discovery:
     endpoints: list[EndpointRecord]
     id: str = field(default_factory=lambda: NUID().next().decode())
     started: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    stats_handler: Callable[[EndpointStats], Any] | None = None
     _subs: list[Subscription] = field(default_factory=list)
 
     def ping(self) -> dict[str, Any]:
@@ -84,7 +85,7 @@ class Discovery:
         ).to_dict()
 
     def stats(self) -> dict[str, Any]:
-        return ServiceStats(
+        stats = ServiceStats(
             id=self.id,
             name=self.name,
             version=self.version,
@@ -103,7 +104,11 @@ class Discovery:
                 )
                 for e in self.endpoints
             ],
-        ).to_dict()
+        )
+        if self.stats_handler is not None:  # as nats.micro's: per-endpoint `data`
+            for endpoint in stats.endpoints:
+                endpoint.data = self.stats_handler(endpoint)
+        return stats.to_dict()
 
     async def start(self) -> None:
         answers: dict[ServiceVerb, Callable[[], dict[str, Any]]] = {

@@ -8,11 +8,11 @@ import inspect
 import logging
 import re
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.micro.service import DEFAULT_QUEUE_GROUP
+from nats.micro.service import DEFAULT_QUEUE_GROUP, EndpointStats
 
 from .discovery import Discovery, EndpointRecord
 from .errors import ErrorCode, RpcError
@@ -154,6 +154,7 @@ class Server:
         stream_buffer_bytes: int = V1_BUFFER_BYTES,
         expose_errors: bool = False,
         interceptors: Sequence[Interceptor] = (),
+        stats_handler: Callable[[EndpointStats], Any] | None = None,
     ) -> None:
         spec: ServiceSpec | None = getattr(impl, "_nats_service", None)
         if spec is None:
@@ -192,6 +193,7 @@ class Server:
             description=spec.description,
             metadata=spec.metadata,
             endpoints=[e.record for e in self.endpoints],
+            stats_handler=stats_handler,
         )
 
     @property
@@ -251,6 +253,7 @@ async def serve(
     stream_buffer_bytes: int = V1_BUFFER_BYTES,
     expose_errors: bool = False,
     interceptors: Sequence[Interceptor] = (),
+    stats_handler: Callable[[EndpointStats], Any] | None = None,
 ) -> Server:
     """Serve `impl` (a `<Service>NatsBase` subclass instance) on `nc` until `await server.stop()`.
 
@@ -260,7 +263,8 @@ async def serve(
     `inbox_prefixes`. A client without flow control (v1) may make the service buffer at most
     `stream_buffer_messages` / `stream_buffer_bytes` per stream. Unexpected handler exceptions
     reach callers as INTERNAL "internal error" unless `expose_errors` (for development).
-    `interceptors` run around every call, in the order given (`betterproto_nats.Interceptor`).
+    `interceptors` run around every call, in the order given (`betterproto_nats.Interceptor`);
+    `stats_handler(endpoint_stats)` gives each endpoint's `data` in `$SRV` STATS, as in nats.micro.
     """
     server = Server(
         nc,
@@ -277,6 +281,7 @@ async def serve(
         stream_buffer_bytes=stream_buffer_bytes,
         expose_errors=expose_errors,
         interceptors=interceptors,
+        stats_handler=stats_handler,
     )
     await server.start()
     return server

@@ -324,3 +324,16 @@ async def test_tracing_with_go_style_peers(nc: NATS, server_nc: NATS, tracing: t
         assert set(seen[0]) == {"traceparent"}  # nothing else is added for a Go peer
     finally:
         await sub.unsubscribe()
+
+
+async def test_stats_handler_gives_endpoint_data(nc: NATS, server_nc: NATS) -> None:
+    server = await betterproto_nats.serve(
+        server_nc, Demo(), stats_handler=lambda endpoint: {"endpoint": endpoint.name, "requests": endpoint.num_requests}
+    )
+    try:
+        await ping(StreamDemoServiceNatsClient(nc))
+        stats = json.loads((await nc.request("$SRV.STATS.StreamDemoService", b"", timeout=5)).data)
+        by_name = {e["name"]: e["data"] for e in stats["endpoints"]}
+        assert by_name["ping"] == {"endpoint": "ping", "requests": 1} and by_name["sum"]["requests"] == 0
+    finally:
+        await server.stop()
