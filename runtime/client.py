@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import enum
 import os
+import time
 from typing import (
     Any,
     AsyncIterable,
@@ -37,6 +38,7 @@ from .interceptors import CallInfo, Chain, Direction, Interceptor, Side, outcome
 from .liveness import DEFAULT_HEARTBEAT
 from .negotiation import Window, client_heartbeat, client_offer, confirmed
 from .protocol import (
+    DEADLINE,
     REPLY_TO,
     STREAM_INBOX,
     FrameKind,
@@ -45,6 +47,7 @@ from .protocol import (
     classify,
     error_from_headers,
     is_control,
+    is_no_responders,
     quote,
     user_headers,
 )
@@ -314,6 +317,10 @@ class ClientCall:
         if session is not None and session.watch(msg):
             return True
         headers = msg.headers
+        if session is None and self.reader is not None and self.reader.received == 0 and is_no_responders(headers):
+            # The request itself found nobody (our reply subject is R): say where nobody listens.
+            self.fail(self.error(ErrorCode.UNAVAILABLE, f"no service is listening on {self.subject}"), at_once=True)
+            return True
         if is_control(headers):
             if session is None and self.writer is None and confirmed(headers) and not self.ended:
                 self._confirm_server_stream(headers)
@@ -720,9 +727,11 @@ class ClientBase:
         out_headers = user_headers(headers)
         body = codec.encode(request)
         nc = self._nats_transport
-        check_size(len(body), out_headers, nc.max_payload, name)
         if timeout is None:
             timeout = self._nats_timeout if self._nats_timeout is not None else method.timeout
+        if timeout is not None:  # the server stops the handler at the same moment
+            out_headers[DEADLINE] = str(int((time.time() + timeout) * 1000))
+        check_size(len(body), out_headers, nc.max_payload, name)
         subject = f"{self._nats_subject_prefix}.{method.endpoint}"
         msg = await _request(nc, subject, body, out_headers, timeout, name)
         error = error_from_headers(msg.headers, name)
@@ -748,6 +757,8 @@ class ClientBase:
         failure: BaseException | None = None
         try:
             out_headers = await call.begin(headers)
+            if call.deadline is not None:
+                out_headers[DEADLINE] = call.deadline.epoch_ms
             body = call.encode(request)
             check_size(len(body), out_headers, call.nc.max_payload, call.name)
             remaining = None if call.deadline is None else call.deadline.remaining()

@@ -88,14 +88,15 @@ class ServerTerms:
 
 def server_terms(headers: Mapping[str, str] | None, streaming: bool, stream_idle_timeout: float) -> ServerTerms:
     """v2 when a streaming request offers it and names its inbox; the client's heartbeat within
-    bounds; its deadline. A malformed deadline is INVALID_ARGUMENT."""
+    bounds; its deadline (v2 streams, and unary calls, where our clients send one too). A malformed
+    deadline is INVALID_ARGUMENT."""
     headers = headers or {}
     v2 = streaming and headers.get(STREAM_VERSION) == VERSION_2 and bool(headers.get(REPLY_TO))
     wished = header_int(headers, STREAM_HEARTBEAT, int(DEFAULT_HEARTBEAT * 1000)) / 1000
     heartbeat = clamp_heartbeat(wished, longest_heartbeat(stream_idle_timeout))
     deadline = None
     text = headers.get(DEADLINE)
-    if v2 and text is not None:
+    if (v2 or not streaming) and text is not None:
         epoch_ms = parse_uint(text)
         if epoch_ms is None:
             raise RpcError(ErrorCode.INVALID_ARGUMENT, f"malformed {DEADLINE} {quote(text)}")

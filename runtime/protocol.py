@@ -209,6 +209,8 @@ def check_size(body_len: int, headers: Mapping[str, str] | None, max_payload: in
     if size > max_payload:
         raise RpcError(
             ErrorCode.RESOURCE_EXHAUSTED,
-            f"message of {size} bytes (headers + body) exceeds the server's max_payload of {max_payload}",
+            f"message of {size} bytes (headers + body) exceeds the server's max_payload of {max_payload}: "
+            "raise max_payload in the nats-server configuration, or send large data as a stream "
+            "((natsmicro.chunked_io) splits a blob into chunks)",
             method=method,
         )

@@ -110,6 +110,32 @@ async def test_timeout_is_deadline_exceeded(nc: NATS, server_nc: NATS) -> None:
         await server.stop()
 
 
+async def test_a_unary_timeout_travels_to_the_server(nc: NATS, server_nc: NATS) -> None:
+    """The client's timeout is the handler's deadline too: it sees the time left, and is stopped then."""
+    seen: list[float | None] = []
+    cancelled = asyncio.Event()
+
+    class Slow(StreamDemoServiceNatsBase):
+        async def ping(self, request: PingRequest) -> PingResponse:
+            seen.append(current_call().time_remaining())
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+            return PingResponse()
+
+    server = await betterproto_nats.serve(server_nc, Slow(), grace_period=0)
+    try:
+        with pytest.raises(RpcError) as caught:
+            await StreamDemoServiceNatsClient(nc).ping(PingRequest(), timeout=0.3)
+        assert caught.value.code == ErrorCode.DEADLINE_EXCEEDED
+        await asyncio.wait_for(cancelled.wait(), 2)  # not the handler's full 10 s
+        assert seen[0] is not None and 0 < seen[0] <= 0.3
+    finally:
+        await server.stop()
+
+
 async def test_caller_headers_reach_handler_and_response_headers_reach_client(nc: NATS, pinger: Pinger) -> None:
     client = StreamDemoServiceNatsClient(nc)
     received: dict[str, str] = {}
