@@ -14,6 +14,7 @@ from .context import CallContext, current_call
 from .errors import ErrorCode, RpcError
 from .interceptors import CallInfo, CallOutcome, Direction, Interceptor, LoggingInterceptor, Side
 from .responders import RequestStream, UploadRequests
+from .runner import run
 from .server import Server, serve
 from .transport import Transport
 
@@ -42,5 +43,6 @@ __all__ = [
     "UploadRequests",
     "UploadStream",
     "current_call",
+    "run",
     "serve",
 ]

@@ -59,6 +59,8 @@ class Endpoint:
         spec = server.spec
         disabled = spec.queue_group_disabled or method.queue_group_disabled
         self.queue_group = "" if disabled else DEFAULT_QUEUE_GROUP
+        if server.queue_group is not None:  # the service's override: "" for none
+            self.queue_group = server.queue_group
         self.record = EndpointRecord(
             name=method.endpoint, subject=subject, queue_group=self.queue_group, metadata=method.metadata or None
         )
@@ -155,6 +157,7 @@ class Server:
         expose_errors: bool = False,
         interceptors: Sequence[Interceptor] = (),
         stats_handler: Callable[[EndpointStats], Any] | None = None,
+        queue_group: str | None = None,
     ) -> None:
         spec: ServiceSpec | None = getattr(impl, "_nats_service", None)
         if spec is None:
@@ -171,6 +174,7 @@ class Server:
             raise ValueError(f"service name {self.name!r} may contain only letters, digits, '-' and '_'")
         if stream_idle_timeout <= 0:
             raise ValueError("stream_idle_timeout must be positive")
+        self.queue_group = queue_group
         self.max_concurrent_streams = max_concurrent_streams
         self.max_concurrent_unary = max_concurrent_unary
         self.grace_period = grace_period
@@ -254,6 +258,7 @@ async def serve(
     expose_errors: bool = False,
     interceptors: Sequence[Interceptor] = (),
     stats_handler: Callable[[EndpointStats], Any] | None = None,
+    queue_group: str | None = None,
 ) -> Server:
     """Serve `impl` (a `<Service>NatsBase` subclass instance) on `nc` until `await server.stop()`.
 
@@ -264,7 +269,8 @@ async def serve(
     `stream_buffer_messages` / `stream_buffer_bytes` per stream. Unexpected handler exceptions
     reach callers as INTERNAL "internal error" unless `expose_errors` (for development).
     `interceptors` run around every call, in the order given (`betterproto_nats.Interceptor`);
-    `stats_handler(endpoint_stats)` gives each endpoint's `data` in `$SRV` STATS, as in nats.micro.
+    `stats_handler(endpoint_stats)` gives each endpoint's `data` in `$SRV` STATS, as in nats.micro;
+    `queue_group` overrides every endpoint's queue group ("" for none).
     """
     server = Server(
         nc,
@@ -282,6 +288,7 @@ async def serve(
         expose_errors=expose_errors,
         interceptors=interceptors,
         stats_handler=stats_handler,
+        queue_group=queue_group,
     )
     await server.start()
     return server

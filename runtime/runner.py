@@ -1,0 +1,137 @@
+"""Running services until told to stop: `await betterproto_nats.run(...)` for one's own main, and the
+`python -m betterproto_nats serve module:Class ...` command built on it.
+
+On SIGINT or SIGTERM the services stop taking calls, let the calls in flight finish within the grace
+period (streams that wait on a silent client end at once), and the connection drains and closes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import signal
+import ssl
+import sys
+from typing import Any, Sequence
+
+import nats
+from nats.aio.client import Client as NATS
+
+from .server import DEFAULT_GRACE_PERIOD, Server, serve
+
+log = logging.getLogger("betterproto_nats.run")
+
+
+async def run(
+    services: Any,
+    *,
+    nc: NATS | None = None,
+    url: str = "nats://127.0.0.1:4222",
+    grace_period: float = DEFAULT_GRACE_PERIOD,
+    stop: asyncio.Event | None = None,
+    connect_options: dict[str, Any] | None = None,
+    **serve_options: Any,
+) -> None:
+    """Serve `services` (an implementation or a list of them) on `nc`, or on a connection to `url`
+    made here, until SIGINT/SIGTERM (or `stop` is set); then stop gracefully. `serve_options` are
+    `serve()`'s (subject_prefix, max_concurrent_streams, interceptors, ...)."""
+    impls = list(services) if isinstance(services, (list, tuple)) else [services]
+    own = nc is None
+    if nc is None:
+        nc = await nats.connect(**{"servers": [url], **(connect_options or {})})
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    handled: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+            handled.append(sig)
+        except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
+            pass
+    servers: list[Server] = []
+    try:
+        for impl in impls:
+            servers.append(await serve(nc, impl, grace_period=grace_period, **serve_options))
+            log.info("serving %s as %s (id %s)", type(impl).__name__, servers[-1].name, servers[-1].id)
+        await stop.wait()
+        log.info("stopping: no new calls; calls in flight get %g s", grace_period)
+    finally:
+        await asyncio.gather(*(server.stop() for server in servers))
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+        if own:
+            try:
+                await nc.drain()
+            except Exception:  # already closed
+                pass
+
+
+def load(target: str) -> Any:
+    """`package.module:ClassName` → an instance (the class is called without arguments)."""
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise SystemExit(f"serve: {target!r} is not module:ClassName")
+    try:
+        value = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise SystemExit(f"serve: cannot load {target}: {error}") from None
+    return value() if isinstance(value, type) else value
+
+
+def _connect_options(args: argparse.Namespace) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if args.creds:
+        options["user_credentials"] = args.creds
+    if args.user:
+        options["user"], options["password"] = args.user, args.password
+    if args.token:
+        options["token"] = args.token
+    if args.tls_ca or args.tls_cert:
+        context = ssl.create_default_context(cafile=args.tls_ca)
+        if args.tls_cert:
+            context.load_cert_chain(args.tls_cert, args.tls_key)
+        options["tls"] = context
+    if args.inbox_prefix:
+        options["inbox_prefix"] = args.inbox_prefix
+    return options
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m betterproto_nats", description="Run betterproto-nats services.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_cmd = commands.add_parser("serve", help="serve implementations until SIGINT/SIGTERM")
+    serve_cmd.add_argument("targets", nargs="+", metavar="module:Class", help="service implementations (called without arguments)")
+    serve_cmd.add_argument("--url", default="nats://127.0.0.1:4222", help="NATS server URL(s), comma-separated")
+    serve_cmd.add_argument("--subject-prefix", help="override the services' subject prefix")
+    serve_cmd.add_argument("--queue-group", help="the queue group of every endpoint (default: q)")
+    serve_cmd.add_argument("--no-queue-group", action="store_true", help="every instance gets every call")
+    serve_cmd.add_argument("--grace-period", type=float, default=DEFAULT_GRACE_PERIOD, help="seconds for calls in flight at stop")
+    serve_cmd.add_argument("--max-concurrent-streams", type=int, default=1000)
+    serve_cmd.add_argument("--creds", help="NATS credentials file")
+    serve_cmd.add_argument("--user")
+    serve_cmd.add_argument("--password")
+    serve_cmd.add_argument("--token")
+    serve_cmd.add_argument("--tls-ca", help="CA certificate file")
+    serve_cmd.add_argument("--tls-cert", help="client certificate file")
+    serve_cmd.add_argument("--tls-key", help="client key file")
+    serve_cmd.add_argument("--inbox-prefix", help="this connection's inbox prefix (see docs/SECURITY.md)")
+    serve_cmd.add_argument("--log-calls", action="store_true", help="one log line per call (LoggingInterceptor)")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.path.insert(0, "")  # modules of the current folder, as `python -m` users expect
+    impls = [load(target) for target in args.targets]
+    options: dict[str, Any] = {"max_concurrent_streams": args.max_concurrent_streams}
+    if args.subject_prefix:
+        options["subject_prefix"] = args.subject_prefix
+    if args.queue_group or args.no_queue_group:
+        options["queue_group"] = "" if args.no_queue_group else args.queue_group
+    if args.log_calls:
+        from .interceptors import LoggingInterceptor
+
+        options["interceptors"] = [LoggingInterceptor()]
+    servers = args.url.split(",")
+    connect_options = {"servers": servers, **_connect_options(args)}
+    asyncio.run(run(impls, url=servers[0], grace_period=args.grace_period, connect_options=connect_options, **options))
