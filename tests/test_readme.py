@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 from betterproto_nats.testing import NatsServer
@@ -45,10 +44,7 @@ def generate_quick_start(tmp_path: Path) -> dict[str, str]:
 
 def test_quick_start_runs(tmp_path: Path, nats_server: NatsServer) -> None:
     blocks = generate_quick_start(tmp_path)
-    body = blocks["python"].replace("nats://127.0.0.1:4222", nats_server.url)
-    script = "import asyncio\n\nasync def main():\n" + textwrap.indent(body, "    ")
-    script += "\n    await service.stop()\n    await nc.close()\n\nasyncio.run(main())\n"
-    (tmp_path / "quick.py").write_text(script)
+    (tmp_path / "quick.py").write_text(blocks["python"].replace("nats://127.0.0.1:4222", nats_server.url))
     ran = subprocess.run([sys.executable, "quick.py"], capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert ran.returncode == 0, ran.stderr
     assert "hello you" in ran.stdout and "launch 1" in ran.stdout
@@ -57,7 +53,7 @@ def test_quick_start_runs(tmp_path: Path, nats_server: NatsServer) -> None:
 def test_testing_example_runs(tmp_path: Path) -> None:
     """The README's service test runs in memory, without a nats-server, on the quick start's code."""
     blocks = generate_quick_start(tmp_path)
-    service = blocks["python"].split("nc = await", 1)[0]  # the imports and the Greeter class
+    service = blocks["python"].split("async def main", 1)[0]  # the imports and the Greeter class
     script = service + blocks_of("Testing a service")["python"] + "\nimport asyncio\nasyncio.run(test_greeter())\nprint('ok')\n"
     (tmp_path / "example_test.py").write_text(script)
     ran = subprocess.run([sys.executable, "example_test.py"], capture_output=True, text=True, cwd=tmp_path, timeout=60)
