@@ -17,7 +17,7 @@ import betterproto
 
 from .codec import Codec
 from .errors import ErrorCode, RpcError
-from .protocol import message_size
+from .protocol import BLOB_SIZE, message_size
 from .spec import ChunkSpec
 from .streams import StreamReader, StreamWriter
 
@@ -151,7 +151,7 @@ class ChunkReceiver:
                 piece = self._chunks.decode(body, self._reader.method)
                 done += len(piece)
                 if progress is not None:
-                    progress(done, None)
+                    progress(done, self._reader.blob_size)
                 yield piece
         finally:
             await self._on_done()
@@ -221,6 +221,8 @@ class ChunkSender:
         return size
 
     async def _send_pieces(self, data: Bytes, size: int, done: int, total: int | None, progress: Progress | None) -> int:
+        if total is not None and self._writer.sent == 0 and done == 0:  # the receiver's progress gets the total
+            self._writer.first_headers = {**(self._writer.first_headers or {}), BLOB_SIZE: str(total)}
         for piece in split(data, size):
             await self._send(self._chunks.encode(piece))
             done += len(piece)

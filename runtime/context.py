@@ -8,7 +8,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping
 
-from .protocol import user_headers
+from .protocol import BLOB_SIZE, user_headers
 
 
 @dataclass
@@ -24,6 +24,13 @@ class CallContext:
     def set_response_headers(self, headers: Mapping[str, str] | None = None, **more: str) -> None:
         """Headers to send back with the response (unary, client stream) or first message (streams)."""
         self.response_headers.update(user_headers({**(headers or {}), **more}))
+
+    def set_blob_size(self, size: int) -> None:
+        """A chunked download's total size in bytes, sent with its first chunk (before the first
+        `yield`): the client's progress callback receives it as `total`."""
+        if size < 0:
+            raise ValueError("a blob size is not negative")
+        self.response_headers[BLOB_SIZE] = str(int(size))
 
     def time_remaining(self) -> float | None:
         """Seconds until the deadline (may be negative), or None without one."""

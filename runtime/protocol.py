@@ -32,12 +32,14 @@ STREAM_ACK = "Nats-Stream-Ack"
 STREAM_HEARTBEAT = "Nats-Stream-Heartbeat"
 STREAM_CANCEL = "Nats-Stream-Cancel"
 DEADLINE = "Nats-Deadline"
+# Optional, on the first message of a chunked stream: the blob's size in bytes, for progress reports.
+BLOB_SIZE = "Nats-Blob-Size"
 VERSION_2 = "2"
 _CONTROL = (STREAM_ACK, STREAM_HEARTBEAT, STREAM_CANCEL, STREAM_VERSION)
 
 # Headers of ours that must never be taken for caller headers or echoed back.
 PROTOCOL_HEADERS = frozenset(
-    {REPLY_TO, STREAM_INBOX, STREAM_SEQ, STREAM_END, STREAM_COUNT, ERROR, ERROR_CODE, DEADLINE, *_CONTROL}
+    {REPLY_TO, STREAM_INBOX, STREAM_SEQ, STREAM_END, STREAM_COUNT, ERROR, ERROR_CODE, DEADLINE, BLOB_SIZE, *_CONTROL}
 )
 
 END_TRUE = "true"

@@ -18,6 +18,7 @@ from .codec import Codec
 from .errors import ErrorCode, RpcError
 from .flow import NO_ACKS, Acknowledger, SendCredit, Unlimited
 from .protocol import (
+    BLOB_SIZE,
     END_TRUE,
     STREAM_COUNT,
     STREAM_END,
@@ -28,6 +29,7 @@ from .protocol import (
     classify,
     error_headers,
     message_size,
+    parse_uint,
 )
 from .transport import Subscription, Transport
 
@@ -253,6 +255,7 @@ class StreamReader(Generic[M]):
         self.saw_end = False  # the peer's end marker arrived
         self.error: RpcError | None = None
         self.headers: dict[str, str] = {}  # the peer's headers on its first message
+        self.blob_size: int | None = None  # a chunked stream's size, when the sender said it
         self.acks: Acknowledger = NO_ACKS  # v2: acknowledge what the application consumed
 
     def _fail(self, error: RpcError) -> RpcError:
@@ -279,6 +282,8 @@ class StreamReader(Generic[M]):
             headers = msg.headers
             if not self.headers and headers and self.received == 0:
                 self.headers = caller_headers(headers)
+                if BLOB_SIZE in headers:
+                    self.blob_size = parse_uint(headers[BLOB_SIZE])
             frame = classify(headers, self.method)
             kind = frame.kind
             if kind is FrameKind.DATA:

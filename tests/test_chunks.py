@@ -41,6 +41,7 @@ class Snapshots(StreamDemoServiceNatsBase):
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.chunks_seen = 0
+        self.upload_totals: list[int | None] = []
 
     async def export_snapshot(self, request: ExportSnapshotRequest) -> AsyncIterator[SnapshotChunk | bytes]:
         kind, _, size = request.id.rpartition(":")
@@ -49,6 +50,8 @@ class Snapshots(StreamDemoServiceNatsBase):
             for start in range(0, len(data), 1000):
                 yield SnapshotChunk(data=data[start : start + 1000])
             return
+        if kind == "sized":  # the handler declares the size: the client's progress gets a total
+            current_call().set_blob_size(len(data))
         if kind == "huge":  # yielded in 1 MiB slices so the server does not hold it twice
             for start in range(0, len(data), 1 << 20):
                 yield data[start : start + (1 << 20)]
@@ -67,6 +70,10 @@ class Snapshots(StreamDemoServiceNatsBase):
             target = self.tmp / "uploaded.bin"
             size = await requests.recv_to_file(target)
             digest.update(target.read_bytes())
+        elif mode == "progress":
+            data = await requests.recv_bytes(progress=lambda done, total: self.upload_totals.append(total))
+            digest.update(data)
+            size = len(data)
         elif mode == "iter":
             async for piece in requests.iter_bytes():
                 digest.update(piece)
@@ -255,3 +262,20 @@ async def test_256_mib_upload(snapshots: Snapshots, client: StreamDemoServiceNat
     await stream.send_bytes(data)
     result = await stream.close_and_recv()
     assert (result.size, result.id) == (N256, hashlib.sha256(data).hexdigest())
+
+
+async def test_blob_size_reaches_progress_both_ways(snapshots: Snapshots, client: StreamDemoServiceNatsClient, tmp_path: Path) -> None:
+    """A download whose handler declares its size, and an upload by send_file: the receiver's progress
+    callback gets the total (`Nats-Blob-Size` on the first chunk; a Go peer ignores it)."""
+    seen: list[tuple[int, int | None]] = []
+    stream = await client.export_snapshot(ExportSnapshotRequest(id=f"sized:{3 * CHUNK}"))
+    assert len(await stream.recv_bytes(progress=lambda done, total: seen.append((done, total)))) == 3 * CHUNK
+    assert seen == [(CHUNK, 3 * CHUNK), (2 * CHUNK, 3 * CHUNK), (3 * CHUNK, 3 * CHUNK)]
+    assert "Nats-Blob-Size" not in stream.headers  # a protocol header, not the handler's
+
+    source = tmp_path / "source.bin"
+    source.write_bytes(blob(2 * UPLOAD_CHUNK + 5))
+    upload = await client.import_snapshot(headers={"mode": "progress"})
+    await upload.send_file(source)
+    assert (await upload.close_and_recv()).size == 2 * UPLOAD_CHUNK + 5
+    assert snapshots.upload_totals == [2 * UPLOAD_CHUNK + 5] * 3
