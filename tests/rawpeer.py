@@ -32,6 +32,17 @@ PROTOCOL_NAMES = [
 ]
 
 
+# Headers a raw peer drops from what it receives, as a Go peer ignores them (set while tracing is on).
+IGNORED_HEADERS: set[str] = set()
+
+
+def as_go_sees_it(msg: Msg) -> Msg:
+    """`msg` without the headers a Go peer ignores (trace context)."""
+    if IGNORED_HEADERS and msg.headers:
+        msg.headers = {k: v for k, v in msg.headers.items() if k not in IGNORED_HEADERS} or None
+    return msg
+
+
 class Collector:
     """Subscribe first, then `await next()` each message (bounded by a timeout)."""
 
@@ -47,7 +58,7 @@ class Collector:
         return self
 
     async def _put(self, msg: Msg) -> None:
-        self.queue.put_nowait(msg)
+        self.queue.put_nowait(as_go_sees_it(msg))
 
     async def next(self, timeout: float = 5.0) -> Msg:
         return await asyncio.wait_for(self.queue.get(), timeout)

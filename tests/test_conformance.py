@@ -13,7 +13,8 @@ from typing import AsyncIterator
 import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from rawpeer import Collector
+import rawpeer
+from rawpeer import Collector, as_go_sees_it
 
 import betterproto_nats
 from betterproto_nats.nats_compat import flush_ordered
@@ -54,6 +55,30 @@ GO_END = {END: "true"}
 # What our client adds to its opening message: the v2 offer, which a v1 (Go) server ignores.
 OFFER = {"Nats-Stream-Version": "2", "Nats-Stream-Heartbeat": "1000"}
 RECEIVE_WINDOW = {"Nats-Stream-Window": "256", "Nats-Stream-Window-Bytes": "4194304"}
+
+
+@pytest.fixture(autouse=True, params=["plain", "traced"])
+def tracing_on_our_side(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every conformance test runs twice: as is, and with OpenTelemetry tracing interceptors on our
+    client and server. A Go peer ignores the trace headers, so the raw peers drop them; everything
+    else must be byte for byte the same."""
+    if request.param == "plain":
+        return
+    from betterproto_nats.otel import TracingInterceptor
+    from opentelemetry.sdk.trace import TracerProvider
+
+    tracer = TracingInterceptor(tracer_provider=TracerProvider())
+    client_init, server_init = betterproto_nats.client.ClientBase.__init__, betterproto_nats.Server.__init__
+
+    def traced_client(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        client_init(self, *args, **{"interceptors": [tracer], **kwargs})
+
+    def traced_server(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        server_init(self, *args, **{"interceptors": [tracer], **kwargs})
+
+    monkeypatch.setattr(betterproto_nats.client.ClientBase, "__init__", traced_client)
+    monkeypatch.setattr(betterproto_nats.Server, "__init__", traced_server)
+    monkeypatch.setattr(rawpeer, "IGNORED_HEADERS", {"traceparent", "tracestate"})
 
 
 @pytest.fixture
@@ -188,7 +213,7 @@ class GoServer:
 
     async def serve(self, endpoint: str, handler) -> None:  # type: ignore[no-untyped-def]
         async def on_request(msg: Msg) -> None:
-            self.requests.append(msg)
+            self.requests.append(as_go_sees_it(msg))
             await handler(msg)
 
         self.subs.append(await self.nc.subscribe(f"api.v1.stream.{endpoint}", queue="q", cb=on_request))
@@ -198,7 +223,7 @@ class GoServer:
         s_subject = self.nc.new_inbox()
 
         async def collect(data: Msg) -> None:
-            self.received.append(data)
+            self.received.append(as_go_sees_it(data))
             await on_data(data)
 
         self.subs.append(await self.nc.subscribe(s_subject, cb=collect))
