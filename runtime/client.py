@@ -53,7 +53,7 @@ from .protocol import (
 )
 from .session import StreamSession
 from .spec import MethodSpec, ServiceSpec
-from .streams import Deadline, Inbox, StreamReader, StreamWriter
+from .streams import Deadline, FirstHop, Inbox, StreamReader, StreamWriter
 from .subjects import InboxPolicy
 from .transport import Transport, transport_of
 
@@ -257,6 +257,7 @@ class ClientCall:
             server_inbox = self._server_inbox(ack.headers)
             self._watch_permissions(server_inbox)
             self.writer = StreamWriter(self.nc, server_inbox, self.codec, self.name)
+            self.writer.first_hop = FirstHop(self.nc, inbox.subject, self.name)  # S is new: make sure it is known
             if confirmed(ack.headers):
                 self._start_v2(ack.headers, peer_inbox=server_inbox)
         except BaseException as error:
@@ -312,6 +313,9 @@ class ClientCall:
     def on_message(self, msg: Msg) -> bool:
         """See every message on R first: v2 control goes to the session (or confirms v2 on a server
         stream); a message that ends the call wakes a sender. True: not for the reader's queue."""
+        writer = self.writer
+        if writer is not None and writer.first_hop is not None and writer.first_hop.saw(msg):
+            return True
         self.heard.set()
         session = self.session
         if session is not None and session.watch(msg):

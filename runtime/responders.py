@@ -36,7 +36,7 @@ from .protocol import (
 )
 from .session import StreamSession
 from .spec import Cardinality, MethodSpec
-from .streams import V1_BUFFER_BYTES, V1_BUFFER_MESSAGES, Deadline, Inbox, StreamReader, StreamWriter
+from .streams import V1_BUFFER_BYTES, V1_BUFFER_MESSAGES, Deadline, FirstHop, Inbox, StreamReader, StreamWriter
 from .subjects import InboxPolicy, first_token_prefix, is_literal
 from .transport import Transport
 
@@ -283,18 +283,39 @@ class Responder:
             on_cancel=lambda reason: self.interrupt(self.error(ErrorCode.CANCELLED, reason or "cancelled"), False),
             window=window,
         )
-        inbox.watcher = session.watch
+        inbox.watcher = self.watch
         return session
 
-    def new_writer(self, subject: str) -> StreamWriter:
+    def watch(self, msg: Msg) -> bool:
+        """Our inbox's watcher: the first hop's probe statuses, then v2 control (or v1's gone client)."""
+        writer: StreamWriter | None = getattr(self, "writer", None)
+        if writer is not None and writer.first_hop is not None and writer.first_hop.saw(msg):
+            return True
+        if self.session is not None:
+            return self.session.watch(msg)
+        return self.watch_v1(msg)
+
+    def watch_v1(self, msg: Msg) -> bool:
+        """A v1 client's `S`: a no-responders answer to our ack means the client is gone."""
+        if is_no_responders(msg.headers):
+            gone = self.error(ErrorCode.UNAVAILABLE, "the client is gone (nobody received the handshake ack)")
+            self.interrupt(gone, tell_client=False)
+            return True
+        return False
+
+    def new_writer(self, subject: str, own_inbox: str | None) -> StreamWriter:
         """Our stream to the client's `R`: within the client's window in v2; the handler's response
-        headers go with its first message."""
+        headers go with its first message; when `R` is not the request's own reply subject (which
+        NATS routes back in any topology) and we have an inbox for the answer, its first message
+        makes sure `R` is known (`FirstHop`)."""
         session = self.session
         if session is not None and session.window is not None:
             writer = StreamWriter(self.nc, subject, self.codec, self.name, session.window, session.liveness.sent)
         else:
             writer = StreamWriter(self.nc, subject, self.codec, self.name)
         writer.first_headers = self.context.response_headers
+        if own_inbox is not None and subject != self.msg.reply:
+            writer.first_hop = FirstHop(self.nc, own_inbox, self.name)
         return writer
 
     async def run(self) -> str | None:
@@ -529,8 +550,8 @@ class ServerStreamResponder(_SendsStream):
         if self.v2:
             control = await self.open_inbox()
             session = self.start_session(reply_to, control, sends=True)
-            control.watcher = lambda msg: session.watch(msg) or True  # only control belongs here
-        self.writer = self.new_writer(reply_to)
+            control.watcher = lambda msg: self.watch(msg) or True  # only control belongs here
+        self.writer = self.new_writer(reply_to, control.subject if self.session is not None else None)
         if not self.old_style:  # undecodable: the error ends the stream on R
             self.request = self.codec.decode(self.method.request, self.msg.data, self.name)
         else:
@@ -613,21 +634,13 @@ class _Handshaking(Responder):
             ack = confirmation(inbox.subject, self.heartbeat, window)
         else:
             ack = {STREAM_INBOX: inbox.subject}
-            inbox.watcher = self.watch_v1
+            inbox.watcher = self.watch
         self.before_ack()
         # The ack names S as its reply subject: if the requester is already gone, the NATS server
         # answers S with no-responders and the call ends at once instead of idling out.
         await self.nc.publish(self.reply, b"", reply=inbox.subject, headers=ack)
         if self.session is not None:
             self.session.start()
-
-    def watch_v1(self, msg: Msg) -> bool:
-        """A v1 client's `S`: a no-responders answer to our ack means the client is gone."""
-        if is_no_responders(msg.headers):
-            gone = self.error(ErrorCode.UNAVAILABLE, "the client is gone (nobody received the handshake ack)")
-            self.interrupt(gone, tell_client=False)
-            return True
-        return False
 
     def before_ack(self) -> None:
         """Set up what must exist before the client learns `S`."""
@@ -662,7 +675,8 @@ class BidiResponder(_Handshaking, _SendsStream):
     """Messages in on `S` and out on `R`, each direction numbered and ended on its own."""
 
     def before_ack(self) -> None:
-        self.writer = self.new_writer(self.reply_to)
+        assert self.inbox is not None
+        self.writer = self.new_writer(self.reply_to, self.inbox.subject)
 
     async def serve(self) -> None:
         await self.send_all(self.handler(self.requests()))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from typing import Any, Callable, Generic, Mapping, TypeVar
+from typing import Any, Awaitable, Callable, Generic, Mapping, TypeVar
 
 import betterproto
 from nats.aio.msg import Msg
@@ -28,6 +28,7 @@ from .protocol import (
     check_size,
     classify,
     error_headers,
+    is_no_responders,
     message_size,
     parse_uint,
 )
@@ -332,6 +333,60 @@ class StreamReader(Generic[M]):
         self.finished = True
 
 
+# How long the first message to a peer's inbox is resent while the NATS server does not know the inbox.
+FIRST_HOP_WAIT = 2.0
+
+
+class FirstHop:
+    """Delivers the first message to an inbox the peer created, even before interest in it has
+    reached our NATS server (across gateways, subscription interest and messages travel on different
+    connections, so the peer's announcement of its inbox can arrive before the inbox is known).
+
+    The message goes with our own inbox as its reply subject, then a flush: a server that does not
+    know the subject answers with a no-responders status before the flush's PONG, and the message,
+    which went nowhere, is sent again with a short backoff (bounded, then UNAVAILABLE). A Go peer
+    ignores reply subjects on stream messages, so it sees nothing extra. `saw` is called first by our
+    inbox's watcher to take those statuses.
+    """
+
+    def __init__(self, nc: Transport, own_inbox: str, method: str | None) -> None:
+        self.nc = nc
+        self.own_inbox = own_inbox
+        self.method = method
+        self.done = False
+        self._probing = False
+        self._missed = False
+
+    def saw(self, msg: Msg) -> bool:
+        """True for a no-responders status that answers our probe (not for the reader)."""
+        if self._probing and is_no_responders(msg.headers):
+            self._missed = True
+            return True
+        return False
+
+    async def send(self, send_once: Callable[[str], Awaitable[None]], undo: Callable[[], None]) -> None:
+        """`send_once(reply)` until it was not refused; `undo()` rewinds what a refused send counted."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + FIRST_HOP_WAIT
+        delay = 0.001
+        while True:
+            self._probing, self._missed = True, False
+            try:
+                await send_once(self.own_inbox)
+                await self.nc.flush()
+                await asyncio.sleep(0)  # the status, if any, came before the PONG: let its callback run
+            finally:
+                self._probing = False
+            if not self._missed:
+                self.done = True
+                return
+            undo()
+            if loop.time() > give_up:
+                raise RpcError(ErrorCode.UNAVAILABLE, "the peer's inbox is not reachable", method=self.method)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+
 class StreamWriter:
     """The sending side of one direction: numbers messages from 1 and ends with the count sent."""
 
@@ -354,6 +409,7 @@ class StreamWriter:
         # Sent once, with the first message of this direction (data or end): response headers.
         self.first_headers: Mapping[str, str] | None = None
         self.credit: SendCredit = credit if credit is not None else Unlimited()  # v2: the receiver's window
+        self.first_hop: FirstHop | None = None  # set when the subject is an inbox the peer just created
         self.on_sent = on_sent  # v2: heartbeats count what we send
 
     def _take_first_headers(self, headers: dict[str, str]) -> None:
@@ -365,6 +421,14 @@ class StreamWriter:
         await self.send_body(self.codec.encode(message))
 
     async def send_body(self, body: bytes, reply: str = "") -> None:
+        first_hop = self.first_hop
+        if first_hop is not None and not first_hop.done and not reply:
+            sent, sent_bytes, first_headers = self.sent, self.bytes_sent, self.first_headers
+
+            def undo() -> None:
+                self.sent, self.bytes_sent, self.first_headers = sent, sent_bytes, first_headers
+
+            return await first_hop.send(lambda own: self.send_body(body, reply=own), undo)
         if self.ended:
             raise RpcError(ErrorCode.INTERNAL, "send after the stream was ended", method=self.method)
         seq = self.sent + 1
@@ -385,6 +449,17 @@ class StreamWriter:
         """Send the end marker (with the error pair when failing); only the first call sends."""
         if self.ended:
             return
+        first_hop = self.first_hop
+        if first_hop is not None and not first_hop.done:  # nothing was sent: the end marker goes first
+            first_headers = self.first_headers
+
+            def undo() -> None:
+                self.ended, self.first_headers = False, first_headers
+
+            return await first_hop.send(lambda own: self._end(error, own), undo)
+        await self._end(error)
+
+    async def _end(self, error: RpcError | None, reply: str = "") -> None:
         self.ended = True
         headers: dict[str, Any] = {STREAM_END: END_TRUE, STREAM_COUNT: str(self.sent)}
         if self.first_headers is not None:
@@ -395,6 +470,6 @@ class StreamWriter:
             too_big = f"the end marker's headers exceed the server's max_payload of {self.nc.max_payload}"
             headers = {STREAM_END: END_TRUE, STREAM_COUNT: str(self.sent)}
             headers.update(error_headers(ErrorCode.RESOURCE_EXHAUSTED, too_big))
-        await self.nc.publish(self.subject, b"", headers=headers)
+        await self.nc.publish(self.subject, b"", reply=reply, headers=headers)
         if self.on_sent is not None:
             self.on_sent()

@@ -12,6 +12,7 @@ import pytest
 from nats.aio.msg import Msg
 
 import betterproto_nats
+import betterproto_nats.streams
 from betterproto_nats import ErrorCode, RpcError, current_call
 from betterproto_nats.bus import subject_matches
 from betterproto_nats.testing import InMemoryBus, call_context, serve_in_memory
@@ -326,3 +327,52 @@ async def test_server_call_state_machine() -> None:
     with pytest.raises(InvalidTransition):
         call.move(ServerState.CLOSED)  # a call that has not been served cannot have ended
     await server.stop()
+
+
+# --- The first message to an inbox the peer just created ---------------------------------------------
+
+
+async def late_server(conn: object, subscribe_after: float | None, seen: list[Msg]) -> object:
+    """A raw server for `sum` whose inbox S exists only `subscribe_after` seconds after its ack (as
+    when interest has not yet crossed a gateway); it records what reaches S."""
+    s_subject = "_INBOX.late.s"
+
+    async def collect(msg: Msg) -> None:
+        seen.append(msg)
+
+    async def on_request(msg: Msg) -> None:
+        await conn.publish(msg.reply, b"", headers={"Nats-Stream-Inbox": s_subject})  # type: ignore[attr-defined]
+        if subscribe_after is not None:
+            await asyncio.sleep(subscribe_after)  # the simulated propagation delay
+            await conn.subscribe(s_subject, collect)  # type: ignore[attr-defined]
+
+    return await conn.subscribe("api.v1.stream.sum", on_request)  # type: ignore[attr-defined]
+
+
+async def test_the_first_message_waits_until_the_peers_inbox_is_known() -> None:
+    bus = InMemoryBus()
+    seen: list[Msg] = []
+    await late_server(bus.connect(), 0.03, seen)
+    stream = await StreamDemoServiceNatsClient(bus.connect()).sum(timeout=5)
+    await stream.send(SumRequest(value=1))  # refused with no-responders until S exists, then delivered
+    await stream.send(SumRequest(value=2))
+    await stream.call.end_send()
+    while len(seen) < 3:
+        await asyncio.sleep(0.001)
+    assert [m.headers for m in seen] == [
+        {"Nats-Stream-Seq": "1"},
+        {"Nats-Stream-Seq": "2"},
+        {"Nats-Stream-End": "true", "Nats-Stream-Count": "2"},
+    ]  # each once, in order: nothing lost, nothing repeated
+    await stream.close()
+
+
+async def test_an_inbox_that_never_appears_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(betterproto_nats.streams, "FIRST_HOP_WAIT", 0.1)
+    bus = InMemoryBus()
+    await late_server(bus.connect(), None, [])
+    stream = await StreamDemoServiceNatsClient(bus.connect()).sum(timeout=5)
+    with pytest.raises(RpcError) as unreachable:
+        await stream.send(SumRequest(value=1))
+    assert unreachable.value.code == ErrorCode.UNAVAILABLE
+    await stream.close()
