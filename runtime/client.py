@@ -52,7 +52,7 @@ from .protocol import (
     user_headers,
 )
 from .session import StreamSession
-from .spec import MethodSpec, ServiceSpec
+from .spec import Cardinality, MethodSpec, ServiceSpec
 from .streams import Deadline, FirstHop, Inbox, StreamReader, StreamWriter
 from .subjects import InboxPolicy
 from .transport import Transport, transport_of
@@ -143,6 +143,7 @@ class ClientCall:
         self.heartbeat = client._nats_heartbeat
         self.inboxes = client._nats_inboxes
         self.receives = method.cardinality.server_streams
+        self.sends = method.cardinality in (Cardinality.CLIENT_STREAM, Cardinality.BIDI)
         self.window = Window.for_method(method.max_inflight)  # what we grant for what we receive
         self.state = CallState.OPENING
         self.inbox: Inbox | None = None
@@ -256,7 +257,7 @@ class ClientCall:
                 raise refused
             server_inbox = self._server_inbox(ack.headers)
             self._watch_permissions(server_inbox)
-            self.writer = StreamWriter(self.nc, server_inbox, self.codec, self.name)
+            self.writer = StreamWriter(self.nc, server_inbox, self.codec, self.name, self.credit)
             self.writer.first_hop = FirstHop(self.nc, inbox.subject, self.name)  # S is new: make sure it is known
             if confirmed(ack.headers):
                 self._start_v2(ack.headers, peer_inbox=server_inbox)
@@ -295,6 +296,8 @@ class ClientCall:
             window=window,
         )
         if self.writer is not None and window is not None:
+            if self.answer is not None:  # the server ended the call during the handshake
+                window.fail(_Answered())
             self.credit = self.writer.credit = window
             self.writer.on_sent = session.liveness.sent
         if self.reader is not None:
@@ -326,10 +329,10 @@ class ClientCall:
             self.fail(self.error(ErrorCode.UNAVAILABLE, f"no service is listening on {self.subject}"), at_once=True)
             return True
         if is_control(headers):
-            if session is None and self.writer is None and confirmed(headers) and not self.ended:
+            if session is None and not self.sends and confirmed(headers) and not self.ended:
                 self._confirm_server_stream(headers)
             return True
-        if self.writer is not None and self._ends_call(msg):
+        if self.sends and self._ends_call(msg):  # also while the handshake is still being read
             self.answer = msg
             self.credit.fail(_Answered())
         return False

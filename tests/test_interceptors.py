@@ -20,6 +20,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 import betterproto_nats
 from betterproto_nats import CallInfo, CallOutcome, Direction, ErrorCode, Interceptor, LoggingInterceptor, RpcError
+from betterproto_nats.nats_compat import flush_ordered
 from betterproto_nats.otel import MetricsInterceptor, TracingInterceptor
 from conftest import Wiretap, settle, subscriptions
 from demo_service import Demo
@@ -318,6 +319,7 @@ async def test_tracing_with_go_style_peers(nc: NATS, server_nc: NATS, tracing: t
         await server_nc.publish(msg.reply, bytes(PingRequest(payload="from go")))
 
     sub = await server_nc.subscribe("api.v1.stream.ping", cb=go_server)
+    await flush_ordered(server_nc)  # the NATS server has the subscription before the call
     try:
         client = StreamDemoServiceNatsClient(nc, interceptors=[interceptor])
         assert (await client.ping(PingRequest(payload="x"), timeout=5)).payload == "from go"
