@@ -445,12 +445,14 @@ class Responder:
                     ErrorCode.INTERNAL, f"handler returned {type(response).__name__}, not {self.method.response.__name__}"
                 )
             else:
-                body = self.codec.encode(response)
                 headers = dict(self.context.response_headers)
                 try:
+                    body = self.codec.encode(response)
                     check_size(len(body), headers, self.nc.max_payload, self.name)
                 except RpcError as too_big:
                     error = too_big
+                except Exception as unencodable:  # e.g. a field holding a value of the wrong type
+                    error = self.internal(unencodable)
                 else:
                     await self.nc.publish(subject, body, headers=headers or None)
                     self.answered = (1, len(body))
