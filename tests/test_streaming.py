@@ -236,6 +236,10 @@ async def test_oversized_stream_message_ends_the_stream_clearly(nc: NATS, server
             yield CountUpResponse(number=1)
             yield CountUpResponse(timestamp="x" * server_nc.max_payload)  # cannot fit
 
+        async def chat(self, requests: AsyncIterator[ChatMessage]) -> AsyncIterator[ChatMessage]:
+            async for message in requests:  # open until the client ends it
+                yield message
+
     server = await betterproto_nats.serve(server_nc, Big())
     try:
         got = []
