@@ -44,7 +44,7 @@ _GRPCLIB_TYPE_IMPORTS = {
     "from betterproto.grpc.grpclib_client import MetadataLike",
     "from grpclib.metadata import Deadline",
 }
-RUNTIME_IMPORTS = ("import betterproto_nats._api_v1 as _nats", "from typing import overload as _overload")
+RUNTIME_IMPORTS = ("import betterproto_nats._api_v2 as _nats", "from typing import overload as _overload")
 
 
 class Parameters:

@@ -130,7 +130,7 @@ class ClientCall:
     deadline and state. Messages on `R` are seen first by `on_message`; `close` is the one place
     that ends the call and releases what it holds."""
 
-    def __init__(self, client: ClientBase, method: MethodSpec, timeout: float | None) -> None:
+    def __init__(self, client: ClientBase, method: MethodSpec[Any, Any], timeout: float | None) -> None:
         spec = client._nats_service
         self.nc: Transport = client._nats_transport
         self.method = method
@@ -577,7 +577,7 @@ class ClientStream(_View, Generic[Req, Resp]):
         call = self.call
         msg = await call.final_answer()
         self.headers.update(caller_headers(msg.headers))
-        response: Resp = call.codec.decode(call.method.response, msg.data, call.name)  # type: ignore[assignment]
+        response: Resp = call.codec.decode(call.method.response, msg.data, call.name)
         if call.info is not None and call.chain is not None:
             response = call.chain.message(call.info, Direction.RECEIVED, response)
         return response
@@ -634,14 +634,67 @@ class BidiStream(_Receives[Resp], Generic[Req, Resp]):
 # --- What generated methods return ----------------------------------------------------------------
 
 
-class ServerStreamCall(Generic[Resp]):
-    """`await` it for a `ServerStream`, or `async for` over it directly."""
+class _Awaitable:
+    """A call's result before it is awaited. Using it as if it were the result (a forgotten `await`)
+    is a TypeError that says so, instead of Python's puzzling errors about coroutines."""
 
-    def __init__(self, open_stream: Callable[[], Awaitable[ServerStream[Resp]]]) -> None:
+    _what = "this call"
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise TypeError(
+            f"{self._what} returns an awaitable, not its result: write `await client.{self._what}(...)` "
+            f"(`.{name}` is on what it gives)"
+        )
+
+
+class Pending(_Awaitable, Generic[T]):
+    """A unary or client-streaming call: `await` it."""
+
+    def __init__(self, run: Callable[[], Awaitable[T]], what: str) -> None:
+        self._run = run
+        self._what = what
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self._run().__await__()
+
+
+S = TypeVar("S", bound=_View)
+
+
+class PendingStream(Pending[S]):
+    """A stream to be opened: `stream = await ...`, or `async with ... as stream:` (closed at the end)."""
+
+    _stream: S | None = None
+
+    async def __aenter__(self) -> S:
+        self._stream = await self._run()
+        return self._stream
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._stream is not None:
+            await self._stream.close()
+
+
+class ServerStreamCall(_Awaitable, Generic[Resp]):
+    """`await` it for a `ServerStream`, `async with` it (closed at the end), or `async for` over it."""
+
+    def __init__(self, open_stream: Callable[[], Awaitable[ServerStream[Resp]]], what: str = "this call") -> None:
         self._open = open_stream
+        self._what = what
+        self._stream: ServerStream[Resp] | None = None
 
     def __await__(self) -> Generator[Any, None, ServerStream[Resp]]:
         return self._open().__await__()
+
+    async def __aenter__(self) -> ServerStream[Resp]:
+        self._stream = await self._open()
+        return self._stream
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._stream is not None:
+            await self._stream.close()
 
     async def __aiter__(self) -> AsyncIterator[Resp]:
         stream = await self._open()
@@ -658,20 +711,35 @@ class DownloadCall(ServerStreamCall[Resp]):
     def __await__(self) -> Generator[Any, None, DownloadStream[Resp]]:
         return self._open().__await__()  # type: ignore[return-value]
 
+    async def __aenter__(self) -> DownloadStream[Resp]:
+        return await super().__aenter__()  # type: ignore[return-value]
 
-class BidiStreamCall(Generic[Req, Resp]):
-    """`await` it for a `BidiStream`, or `async for` over the responses to the given requests."""
+
+class BidiStreamCall(_Awaitable, Generic[Req, Resp]):
+    """`await` it for a `BidiStream`, `async with` it (closed at the end), or `async for` over the
+    responses to the given requests."""
 
     def __init__(
         self,
         open_stream: Callable[[], Awaitable[BidiStream[Req, Resp]]],
         requests: Iterable[Req] | AsyncIterable[Req] | None,
+        what: str = "this call",
     ) -> None:
         self._open = open_stream
         self._requests = requests
+        self._what = what
+        self._stream: BidiStream[Req, Resp] | None = None
 
     def __await__(self) -> Generator[Any, None, BidiStream[Req, Resp]]:
         return self._open().__await__()
+
+    async def __aenter__(self) -> BidiStream[Req, Resp]:
+        self._stream = await self._open()
+        return self._stream
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._stream is not None:
+            await self._stream.close()
 
     async def __aiter__(self) -> AsyncIterator[Resp]:
         if self._requests is None:
@@ -713,12 +781,13 @@ class ClientBase:
         # Where a server may name its stream inboxes: `_INBOX.` and these (a service's own prefix).
         self._nats_inboxes = InboxPolicy(inbox_prefixes)
 
-    def _nats_call(self, py_name: str, timeout: float | None) -> ClientCall:
-        return ClientCall(self, self._nats_service.method(py_name), timeout)
+    def _nats_method(self, method: str | MethodSpec[Any, Any]) -> MethodSpec[Any, Any]:
+        """The descriptor (API v2 passes it; API v1 passes the method's name)."""
+        return self._nats_service.method(method) if isinstance(method, str) else method
 
     async def _nats_unary(
         self,
-        py_name: str,
+        py_name: str | MethodSpec[Any, Any],
         request: betterproto.Message,
         *,
         timeout: float | None,
@@ -726,7 +795,7 @@ class ClientBase:
         response_headers: dict[str, str] | None,
     ) -> Any:
         spec = self._nats_service
-        method = spec.method(py_name)
+        method = self._nats_method(py_name)
         if self._nats_chain is not None:
             return await self._nats_unary_intercepted(method, request, timeout, headers, response_headers)
         name = spec.full_name(method)
@@ -750,7 +819,7 @@ class ClientBase:
 
     async def _nats_unary_intercepted(
         self,
-        method: MethodSpec,
+        method: MethodSpec[Any, Any],
         request: betterproto.Message,
         timeout: float | None,
         headers: Mapping[str, str] | None,
@@ -789,24 +858,25 @@ class ClientBase:
 
     def _nats_server_stream(
         self,
-        py_name: str,
+        py_name: str | MethodSpec[Any, Any],
         request: betterproto.Message,
         *,
         timeout: float | None,
         headers: Mapping[str, str] | None,
     ) -> ServerStreamCall[Any]:
-        method = self._nats_service.method(py_name)
+        method = self._nats_method(py_name)
 
         async def open_stream() -> ServerStream[Any]:
             call = ClientCall(self, method, timeout)
             await call.open_server_stream(request, headers)
             return DownloadStream(call) if method.chunks is not None else ServerStream(call)
 
-        return DownloadCall(open_stream) if method.chunks is not None else ServerStreamCall(open_stream)
+        kind = DownloadCall if method.chunks is not None else ServerStreamCall
+        return kind(open_stream, method.py_name)
 
     def _nats_download(
         self,
-        py_name: str,
+        py_name: str | MethodSpec[Any, Any],
         request: betterproto.Message,
         *,
         timeout: float | None,
@@ -819,13 +889,13 @@ class ClientBase:
 
     async def _nats_client_stream(
         self,
-        py_name: str,
+        py_name: str | MethodSpec[Any, Any],
         requests: Iterable[Any] | AsyncIterable[Any] | None,
         *,
         timeout: float | None,
         headers: Mapping[str, str] | None,
     ) -> Any:
-        call = self._nats_call(py_name, timeout)
+        call = ClientCall(self, self._nats_method(py_name), timeout)
         ack_headers = await call.open_handshake(headers)
         kind = UploadStream if call.method.chunks is not None else ClientStream
         stream: ClientStream[Any, Any] = kind(call, ack_headers)
@@ -837,16 +907,74 @@ class ClientBase:
 
     def _nats_bidi(
         self,
-        py_name: str,
+        py_name: str | MethodSpec[Any, Any],
         requests: Iterable[Any] | AsyncIterable[Any] | None,
         *,
         timeout: float | None,
         headers: Mapping[str, str] | None,
     ) -> BidiStreamCall[Any, Any]:
+        method = self._nats_method(py_name)
+
         async def open_stream() -> BidiStream[Any, Any]:
-            call = self._nats_call(py_name, timeout)
+            call = ClientCall(self, method, timeout)
             await call.open_handshake(headers)
             return BidiStream(call)
 
-        return BidiStreamCall(open_stream, requests)
+        return BidiStreamCall(open_stream, requests, method.py_name)
+
+
+# --- What generated code of API v2 calls: typed by the method's descriptor ------------------------
+
+
+def unary(
+    client: ClientBase,
+    method: MethodSpec[Req, Resp],
+    request: Req,
+    *,
+    timeout: float | None,
+    headers: Mapping[str, str] | None,
+    response_headers: dict[str, str] | None,
+) -> Pending[Resp]:
+    """A unary call, to be awaited."""
+    run = lambda: client._nats_unary(  # noqa: E731
+        method, request, timeout=timeout, headers=headers, response_headers=response_headers
+    )
+    return Pending(run, method.py_name)
+
+
+def server_stream(
+    client: ClientBase, method: MethodSpec[Req, Resp], request: Req, *, timeout: float | None, headers: Mapping[str, str] | None
+) -> ServerStreamCall[Resp]:
+    return client._nats_server_stream(method, request, timeout=timeout, headers=headers)
+
+
+def download(
+    client: ClientBase, method: MethodSpec[Req, Resp], request: Req, *, timeout: float | None, headers: Mapping[str, str] | None
+) -> DownloadCall[Resp]:
+    return client._nats_download(method, request, timeout=timeout, headers=headers)
+
+
+def client_stream(
+    client: ClientBase,
+    method: MethodSpec[Req, Resp],
+    requests: Iterable[Req] | AsyncIterable[Req] | None,
+    *,
+    timeout: float | None,
+    headers: Mapping[str, str] | None,
+) -> Any:
+    """With `requests`: the response, to be awaited; without: a `ClientStream` (or `UploadStream`)
+    to be awaited or used in `async with`. Generated overloads give the precise types."""
+    run = lambda: client._nats_client_stream(method, requests, timeout=timeout, headers=headers)  # noqa: E731
+    return Pending(run, method.py_name) if requests is not None else PendingStream(run, method.py_name)
+
+
+def bidi(
+    client: ClientBase,
+    method: MethodSpec[Req, Resp],
+    requests: Iterable[Req] | AsyncIterable[Req] | None,
+    *,
+    timeout: float | None,
+    headers: Mapping[str, str] | None,
+) -> BidiStreamCall[Req, Resp]:
+    return client._nats_bidi(method, requests, timeout=timeout, headers=headers)
 

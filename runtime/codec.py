@@ -70,7 +70,7 @@ class Codec:
                 value: Any = json.loads(data) if data else {}
                 if not isinstance(value, dict):
                     raise ValueError("JSON body is not an object")
-                return message_type().from_dict(value)
+                return message_type().from_dict(value)  # type: ignore[no-any-return]  # betterproto: untyped
             _check_framing(data)
             return message_type().parse(data)
         except Exception as error:  # betterproto raises many kinds; all mean a bad body

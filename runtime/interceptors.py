@@ -40,7 +40,7 @@ class CallInfo:
     subject: str  # the endpoint subject
     # Client: the headers about to be sent (add or change them in `start`). Server: the caller's.
     headers: dict[str, str]
-    spec: MethodSpec
+    spec: MethodSpec[Any, Any]
     started: float = field(default_factory=time.perf_counter)
     # Scratch space for interceptors that keep state per call (e.g. a span), keyed as they like.
     state: dict[Any, Any] = field(default_factory=dict)

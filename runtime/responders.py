@@ -168,7 +168,7 @@ class Responder:
     """Common lifecycle of a served call; subclasses say how to open, serve and finish their shape."""
 
     def __init__(
-        self, nc: Transport, impl: Any, method: MethodSpec, name: str, codec: Codec, msg: Msg, policy: ServingPolicy
+        self, nc: Transport, impl: Any, method: MethodSpec[Any, Any], name: str, codec: Codec, msg: Msg, policy: ServingPolicy
     ) -> None:
         self.nc = nc
         self.impl = impl
@@ -361,6 +361,9 @@ class Responder:
         if error is not None and error.code in _PEER_FAULTS:
             peer_faults.warning("call to %s on %s ended with %s", self.name, self.msg.subject, error)
         self.move(ServerState.FINISHING)
+        writer: StreamWriter | None = getattr(self, "writer", None)
+        if self.stopping and writer is not None:
+            writer.first_hop = None  # the service is stopping: say how the call ended once, at once
         try:
             if interruption is None or interruption.tell_client:
                 await self.finish(error)

@@ -52,7 +52,7 @@ def check_handlers(impl: Any, spec: ServiceSpec) -> None:
 class Endpoint:
     """One RPC's subscription: admits calls and hands each to a responder task."""
 
-    def __init__(self, server: Server, method: MethodSpec, subject: str) -> None:
+    def __init__(self, server: Server, method: MethodSpec[Any, Any], subject: str) -> None:
         self.server = server
         self.method = method
         self.subject = subject

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Any, Generic, Mapping, Sequence, TypeVar
 
 import betterproto
 
@@ -32,16 +32,21 @@ class ChunkSpec:
     size: int = 65536
 
 
+Req = TypeVar("Req", bound=betterproto.Message)
+Resp = TypeVar("Resp", bound=betterproto.Message)
+
+
 @dataclass(frozen=True)
-class MethodSpec:
-    """One RPC: its names, shape, types and endpoint options (timeouts already resolved)."""
+class MethodSpec(Generic[Req, Resp]):
+    """One RPC, typed by its request and response: names, shape, types and endpoint options
+    (timeouts already resolved). Generated code declares one per method and passes it to the runtime."""
 
     name: str  # proto name: "CountUp"
     py_name: str  # the handler/client attribute: "count_up"
     endpoint: str  # snake_case endpoint name and last subject token: "count_up"
     cardinality: Cardinality
-    request: type[betterproto.Message]
-    response: type[betterproto.Message]
+    request: type[Req]
+    response: type[Resp]
     timeout: float | None = None  # seconds; None = no deadline
     metadata: Mapping[str, str] = field(default_factory=dict)
     queue_group_disabled: bool = False
@@ -58,7 +63,7 @@ class ServiceSpec:
     proto_name: str  # "streaming.v1.StreamDemoService"
     name: str
     subject_prefix: str
-    methods: tuple[MethodSpec, ...]
+    methods: tuple[MethodSpec[Any, Any], ...]
     version: str = "1.0.0"
     description: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
@@ -70,12 +75,12 @@ class ServiceSpec:
     def codec(self) -> Codec:
         return JSON if self.json else PROTO
 
-    def method(self, py_name: str) -> MethodSpec:
+    def method(self, py_name: str) -> MethodSpec[Any, Any]:
         for method in self.methods:
             if method.py_name == py_name:
                 return method
         raise KeyError(f"{self.proto_name} has no method {py_name!r}")
 
-    def full_name(self, method: MethodSpec) -> str:
+    def full_name(self, method: MethodSpec[Any, Any]) -> str:
         """`package.Service/Method`, as in error messages and the call context."""
         return f"{self.proto_name}/{method.name}"

@@ -334,7 +334,7 @@ class StreamReader(Generic[M]):
 
 
 # How long the first message to a peer's inbox is resent while the NATS server does not know the inbox.
-FIRST_HOP_WAIT = 2.0
+FIRST_HOP_WAIT = 1.0
 
 
 class FirstHop:

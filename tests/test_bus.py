@@ -376,3 +376,41 @@ async def test_an_inbox_that_never_appears_is_unavailable(monkeypatch: pytest.Mo
         await stream.send(SumRequest(value=1))
     assert unreachable.value.code == ErrorCode.UNAVAILABLE
     await stream.close()
+
+
+# --- Generated code of codegen API 2: typed descriptors, awaitables that say when `await` is missing ---
+
+
+async def test_a_missing_await_says_so_on_every_call_style() -> None:
+    async with serve_in_memory(Demo()) as conn:
+        client = StreamDemoServiceNatsClient(conn)
+        forgotten = [
+            (lambda: client.ping(PingRequest(payload="x")).payload, "ping"),
+            (lambda: client.sum().send(SumRequest(value=1)), "sum"),
+            (lambda: client.sum([SumRequest(value=1)]).total, "sum"),
+            (lambda: client.count_up(CountUpRequest(count=1)).recv(), "count_up"),
+            (lambda: client.chat().send(ChatMessage(text="x")), "chat"),
+        ]
+        for use, name in forgotten:
+            with pytest.raises(TypeError) as missing:
+                use()
+            assert f"`await client.{name}(...)`" in str(missing.value)
+        # Used as intended: awaited, or as async context managers that close the stream at the end.
+        assert (await client.ping(PingRequest(payload="x"))).payload == "x"
+        async with client.sum() as upload:
+            await upload.send(SumRequest(value=4))
+            assert (await upload.close_and_recv()).total == 4
+        async with client.chat() as chat:
+            await chat.send(ChatMessage(text="y"))
+            assert (await chat.recv()).text == "echo: y"
+        assert chat.call.released
+        async with client.count_up(CountUpRequest(start=1, count=2)) as numbers:
+            assert [r.number async for r in numbers] == [1, 2]
+
+
+def test_generated_descriptors_are_typed_and_shared() -> None:
+    from gen.streaming.v1 import PingResponse, StreamDemoServiceNatsBase, StreamDemoServiceNatsMethods
+
+    method = StreamDemoServiceNatsMethods.ping
+    assert method.request is PingRequest and method.response is PingResponse
+    assert StreamDemoServiceNatsBase._nats_service.methods[0] is method  # one descriptor, no lookup by name

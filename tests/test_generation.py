@@ -16,7 +16,7 @@ BIN = Path(sys.executable).parent
 PLUGIN = BIN / "protoc-gen-python_nats"
 BETTERPROTO = BIN / "protoc-gen-python_betterproto"
 PROTOS = ["streaming/v1/stream_demo.proto", "fixtures/hard/v1/hard.proto", "fixtures/options/v1/options.proto"]
-OURS = {("betterproto_nats._api_v1", None, "_nats"), ("typing", "overload", "_overload")}
+OURS = {("betterproto_nats._api_v2", None, "_nats"), ("typing", "overload", "_overload")}
 
 
 def protoc(out: Path, *files: str, plugin: Path = PLUGIN, opt: str = "", include: Path = ROOT / "proto") -> subprocess.CompletedProcess[str]:
@@ -44,7 +44,7 @@ def body(code: str) -> str:
     lines = code.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(("class ", "@dataclass")))
     text = "\n".join(lines[start:])
-    cut = [text.find(marker) for marker in ("(_nats.ErrorCode):", "(_nats.ServiceBase):") if marker in text]
+    cut = [text.find(marker) for marker in ("(_nats.ErrorCode):", "NatsMethods:", "(_nats.ServiceBase):") if marker in text]
     if cut:
         text = text[: text.rfind("\nclass ", 0, min(cut))]
     return text.rstrip()
@@ -94,7 +94,7 @@ def test_grpclib_false_leaves_grpclib_out_and_mypy_passes(tmp_path: Path) -> Non
     (tmp_path / "path").mkdir()
     (tmp_path / "path" / "betterproto_nats").symlink_to(ROOT / "runtime")
     checked = subprocess.run(
-        [sys.executable, "-m", "mypy", "--no-incremental", "--check-untyped-defs", "gen_nogrpc"],
+        [sys.executable, "-m", "mypy", "--no-incremental", "--strict", "gen_nogrpc"],
         capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "MYPYPATH": str(tmp_path / "path")},
     )
     assert checked.returncode == 0, checked.stdout

@@ -1,5 +1,6 @@
-"""Golden tests: the generated code of the example protos is pinned, and the pinned code (as an
-older generator produced it) keeps running on the current runtime through `_api_v1`.
+"""Golden tests: the generated code of the example protos is pinned, and pinned code keeps running on
+the current runtime: today's (`_api_v2`) and code from the generator of codegen API 1
+(`streaming_v1.api_v1.py.golden`, frozen: never re-pinned).
 
 After an intended change to the generator: `make golden`, then review the diff.
 """
@@ -28,8 +29,9 @@ def test_generated_code_matches_golden(package: str) -> None:
     assert generated == golden, f"generated code for {package} changed: review it, then `make golden`"
 
 
-async def test_golden_streaming_code_runs_on_this_runtime(nc: NATS, server_nc: NATS) -> None:
-    path = str(GOLDEN / "streaming_v1.py.golden")
+@pytest.mark.parametrize("golden", ["streaming_v1.py.golden", "streaming_v1.api_v1.py.golden"])
+async def test_golden_streaming_code_runs_on_this_runtime(nc: NATS, server_nc: NATS, golden: str) -> None:
+    path = str(GOLDEN / golden)
     loader = importlib.machinery.SourceFileLoader("golden_streaming_v1", path)
     spec = importlib.util.spec_from_file_location("golden_streaming_v1", path, loader=loader)
     assert spec is not None and spec.loader is not None
@@ -50,6 +52,9 @@ async def test_golden_streaming_code_runs_on_this_runtime(nc: NATS, server_nc: N
         client = module.StreamDemoServiceNatsClient(nc)
         assert (await client.ping(module.PingRequest(payload="old"))).payload == "old"
         assert [r.number async for r in client.count_up(module.CountUpRequest(count=3))] == [0, 1, 2]
+        with pytest.raises(betterproto_nats.RpcError) as unimplemented:
+            await client.sum([module.SumRequest(value=1)])
+        assert unimplemented.value.code == betterproto_nats.ErrorCode.UNIMPLEMENTED
     finally:
         await server.stop()
         del sys.modules[spec.name]

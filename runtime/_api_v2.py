@@ -1,0 +1,23 @@
+"""The private API that generated code of version 2 imports as `_nats`.
+
+Version 2 passes typed method descriptors (`MethodSpec[Req, Resp]`, one per method, declared in a
+`<Service>NatsMethods` class) instead of method names, and its client methods return awaitables
+(`Pending`, `PendingStream`, the stream calls) whose types are precise. Everything of version 1
+is here too. `_api_v1` stays as it is, so code generated for it keeps running.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar as ClassVar
+from typing import overload as overload
+
+from ._api_v1 import *  # noqa: F401,F403  (version 2 is version 1 plus the names below)
+from .client import Pending as Pending
+from .client import PendingStream as PendingStream
+from .client import bidi as bidi
+from .client import client_stream as client_stream
+from .client import download as download
+from .client import server_stream as server_stream
+from .client import unary as unary
+
+API_VERSION = 2
