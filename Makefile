@@ -10,10 +10,12 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Editable in "strict" mode: a link tree under build/ that mypy and other tools can follow (the
+# package names differ from the folders). New modules need a re-link, hence the file list below.
+$(STAMP): pyproject.toml $(wildcard runtime/*.py plugin/*.py)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev]" --config-settings editable_mode=strict
 	@touch $(STAMP)
 
 # Generated code goes to gen/ (ignored by git): the example and test protos.
@@ -37,7 +39,8 @@ test: gen
 	$(PY) -m pytest -q
 
 typecheck: gen
-	$(BIN)/mypy runtime plugin
+	$(BIN)/mypy --strict runtime plugin
+
 
 bench: gen
 	$(PY) bench/run.py

@@ -94,7 +94,7 @@ def _check_files(request: CodeGeneratorRequest) -> None:
 
 def generate(data: bytes) -> bytes:
     """Run the plugin on a serialised CodeGeneratorRequest; returns the serialised response."""
-    monkey_patch_oneof_index()
+    monkey_patch_oneof_index()  # type: ignore[no-untyped-call]  # betterproto leaves it untyped
     request = CodeGeneratorRequest()
     request.parse(data)
     params = Parameters(request.parameter)
