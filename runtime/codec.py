@@ -1,55 +1,38 @@
-"""Message bodies: protobuf binary (the default) or proto3 JSON (`(natsmicro.service).json`)."""
+"""Message bodies: protobuf binary (the default) or proto3 JSON (`(natsmicro.service).json`).
+
+Binary bodies go through the codec the plugin generated for the message's class (registered in
+`wire` when its module is imported) and through betterproto for any other class: code generated
+before the codec existed, messages the generator leaves to betterproto, betterproto's own types.
+JSON bodies always use betterproto's to_dict/from_dict.
+"""
 
 from __future__ import annotations
 
 import json
+import struct
 from typing import Any, TypeVar
 
 import betterproto
 
 from .errors import ErrorCode, RpcError
+from .wire import DECODERS, ENCODERS, DecodeError, check_framing
 
 M = TypeVar("M", bound=betterproto.Message)
 
 
-def _check_framing(data: bytes) -> None:
-    """Walk the top-level protobuf fields and reject truncated or malformed framing.
-
-    betterproto's parser silently accepts a length that runs past the end of the data, so a garbled
-    body would decode into a plausible message; this walk makes it an `INVALID_ARGUMENT` instead.
-    """
-    pos, end = 0, len(data)
-    while pos < end:
-        key, pos = _varint(data, pos)
-        wire_type = key & 7
-        if key >> 3 == 0:
-            raise ValueError("field number 0")
-        if wire_type == 0:
-            _, pos = _varint(data, pos)
-        elif wire_type == 1:
-            pos += 8
-        elif wire_type == 2:
-            length, pos = _varint(data, pos)
-            pos += length
-        elif wire_type == 5:
-            pos += 4
-        else:
-            raise ValueError(f"unsupported wire type {wire_type}")
-        if pos > end:
-            raise ValueError("truncated field")
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise ValueError("truncated varint")
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
+def _reason(error: Exception) -> str:
+    """Why a body did not decode, in a few words that never quote the body (remote input)."""
+    if isinstance(error, DecodeError):  # ours: fixed texts
+        return str(error)
+    if isinstance(error, (IndexError, struct.error)):
+        return "truncated field"
+    if isinstance(error, UnicodeDecodeError):
+        return f"invalid UTF-8 in a string field ({error.reason})"
+    if isinstance(error, json.JSONDecodeError):
+        return f"invalid JSON ({error.msg} at character {error.pos})"
+    if isinstance(error, OverflowError):
+        return "a value out of range (a Timestamp or Duration beyond datetime's)"
+    return f"{type(error).__name__} from betterproto"  # its messages may quote the body
 
 
 class Codec:
@@ -61,7 +44,8 @@ class Codec:
     def encode(self, message: betterproto.Message) -> bytes:
         if self.json:
             return json.dumps(message.to_dict(), separators=(",", ":")).encode()
-        return bytes(message)
+        encode = ENCODERS.get(type(message))
+        return encode(message) if encode is not None else bytes(message)
 
     def decode(self, message_type: type[M], data: bytes, method: str | None = None) -> M:
         """Decode a body; anything that does not decode is `INVALID_ARGUMENT`."""
@@ -69,14 +53,22 @@ class Codec:
             if self.json:
                 value: Any = json.loads(data) if data else {}
                 if not isinstance(value, dict):
-                    raise ValueError("JSON body is not an object")
-                return message_type().from_dict(value)  # type: ignore[no-any-return]  # betterproto: untyped
-            _check_framing(data)
-            return message_type().parse(data)
+                    raise DecodeError("JSON body is not an object")
+                decoded: M = message_type().from_dict(value)
+                return decoded
+            if type(data) is not bytes:
+                data = bytes(data)
+            decode = DECODERS.get(message_type)
+            if decode is not None:
+                message: M = decode(data, 0, len(data), 0)
+                return message
+            check_framing(data)  # betterproto's parser accepts lengths past the end
+            parsed: M = message_type().parse(data)
+            return parsed
         except Exception as error:  # betterproto raises many kinds; all mean a bad body
             raise RpcError(
                 ErrorCode.INVALID_ARGUMENT,
-                f"cannot decode {message_type.__name__}: {error}",
+                f"cannot decode {message_type.__name__}: {_reason(error)}",
                 method=method,
             ) from None
 
