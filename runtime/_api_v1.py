@@ -28,5 +28,6 @@ from .spec import Cardinality as Cardinality
 from .spec import ChunkSpec as ChunkSpec
 from .spec import MethodSpec as MethodSpec
 from .spec import ServiceSpec as ServiceSpec
+from .wire import *  # noqa: F403 - the generated codecs' functions: exactly wire.__all__
 
 API_VERSION = 1
