@@ -28,6 +28,7 @@ from betterproto.plugin.typing_compiler import (
     TypingImportTypingCompiler,
 )
 
+from . import codecgen
 from .model import GenerationError, ServiceModel, read_services
 
 OPTIONS_PACKAGE = "natsmicro"
@@ -45,6 +46,7 @@ _GRPCLIB_TYPE_IMPORTS = {
     "from grpclib.metadata import Deadline",
 }
 RUNTIME_IMPORTS = ("import betterproto_nats._api_v2 as _nats", "from typing import overload as _overload")
+CODEC_IMPORTS = RUNTIME_IMPORTS[:1]  # modules without services import the runtime API for their codecs only
 
 
 class Parameters:
@@ -160,8 +162,8 @@ def _check_names(package: OutputTemplate, services: list[ServiceModel]) -> None:
 
 
 def render(package: OutputTemplate, services: list[ServiceModel], params: Parameters) -> str:
-    """betterproto's message body, then our NATS classes, then betterproto's header (which needs the
-    imports both bodies collected); sorted and formatted exactly as betterproto does."""
+    """betterproto's message body, then our NATS classes and the messages' codecs, then betterproto's
+    header (which needs the imports all bodies collected); sorted and formatted as betterproto does."""
     _check_names(package, services)
     env = jinja2.Environment(
         trim_blocks=True,
@@ -178,6 +180,10 @@ def render(package: OutputTemplate, services: list[ServiceModel], params: Parame
         )
         package.imports.update(RUNTIME_IMPORTS)
         body = body + "\n\n" + nats
+    codecs = codecgen.render(package)
+    if codecs:
+        package.imports.update(CODEC_IMPORTS)
+        body = body + "\n\n" + codecs
     if not params.grpclib:
         package.imports_type_checking_only -= _GRPCLIB_TYPE_IMPORTS
     header = env.get_template("header.py.j2").render(output_file=betterproto_view)
