@@ -102,19 +102,24 @@ def encode_message(message: betterproto.Message) -> bytes:
 # by the generated code, as protobuf decides it (implicit presence, `optional`, oneofs, elements).
 
 
-def varint(value: int) -> bytes:
-    """A varint; a negative number as its 64-bit two's complement (ten bytes), as protobuf does."""
+def put_varint(out: bytearray, value: int) -> None:
+    """Append a varint; a negative number as its 64-bit two's complement (ten bytes), as protobuf
+    writes it. Numbers outside 64 bits raise (betterproto would write an invalid varint)."""
     if value < 0:
         if value < -(1 << 63):
             raise ValueError(f"{value} does not fit in 64 bits")
         value += 1 << 64
     elif value >> 64:
         raise ValueError(f"{value} does not fit in 64 bits")
-    out = bytearray()
     while value >= 0x80:
         out.append(value & 0x7F | 0x80)
         value >>= 7
     out.append(value)
+
+
+def varint(value: int) -> bytes:
+    out = bytearray()
+    put_varint(out, value)
     return bytes(out)
 
 
@@ -122,8 +127,11 @@ def write_int32(out: bytearray, tag: bytes, value: int) -> None:
     out += tag
     if 0 <= value < 0x80:
         out.append(value)
+    elif 0 < value < 0x4000:
+        out.append(value & 0x7F | 0x80)
+        out.append(value >> 7)
     else:
-        out += varint(value)
+        put_varint(out, value)
 
 
 write_int64 = write_uint32 = write_uint64 = write_enum = write_int32
@@ -173,7 +181,7 @@ def write_bytes(out: bytearray, tag: bytes, value: bytes | bytearray) -> None:
     if size < 0x80:
         out.append(size)
     else:
-        out += varint(size)
+        put_varint(out, size)
     out += value
 
 
@@ -184,7 +192,7 @@ def write_string(out: bytearray, tag: bytes, value: str) -> None:
     if size < 0x80:
         out.append(size)
     else:
-        out += varint(size)
+        put_varint(out, size)
     out += data
 
 
@@ -204,7 +212,7 @@ def _packed_varint_writer(zigzag: bool) -> Callable[[bytearray, bytes, Any], Non
             if 0 <= value < 0x80:
                 body.append(value)
             else:
-                body += varint(value)
+                put_varint(body, value)
         write_bytes(out, tag, body)
 
     return write

@@ -1,0 +1,120 @@
+"""Message codecs side by side, in one process: betterproto 2.0.0b7 (with betterproto-rust-codec if it
+is installed), the codec our plugin generates (through the runtime's Codec, as calls use it) and
+google protobuf (upb), on three messages: a small two-field one, one with nested, repeated and map
+fields, and a 64 KiB bytes field. Prints ops/s and the ratios. `--quick` runs shorter.
+
+Run after `make gen`: .venv/bin/python bench/codec.py
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from betterproto_nats.codec import PROTO  # noqa: E402
+from gen.fixtures.common.v1 import Color, Money  # noqa: E402
+from gen.fixtures.hard import v1 as hard  # noqa: E402
+from gen.streaming.v1 import CountUpResponse, SnapshotChunk  # noqa: E402
+
+QUICK = "--quick" in sys.argv
+SECONDS = 0.05 if QUICK else 0.3  # per timing; the best of five is kept
+
+
+def google_classes() -> dict[str, Any]:
+    """upb classes for the same .proto files (protoc --python_out into a temporary folder)."""
+    out = Path(tempfile.mkdtemp(prefix="bench-pb2-"))
+    try:
+        protos = ["streaming/v1/stream_demo.proto", "fixtures/hard/v1/hard.proto", "fixtures/common/v1/common.proto", "natsmicro/options.proto"]
+        subprocess.run(
+            [sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT / 'proto'}", f"--python_out={out}", *protos],
+            check=True, capture_output=True,
+        )
+        sys.path.insert(0, str(out))
+        streaming = importlib.import_module("streaming.v1.stream_demo_pb2")
+        hard_pb2 = importlib.import_module("fixtures.hard.v1.hard_pb2")
+        sys.path.remove(str(out))
+    finally:
+        shutil.rmtree(out)
+    return {"CountUpResponse": streaming.CountUpResponse, "Outer": hard_pb2.Outer, "SnapshotChunk": streaming.SnapshotChunk}
+
+
+def rate(call: Callable[[], object]) -> float:
+    """Calls per second: the best of five timings of about SECONDS each."""
+    count = 1
+    while True:
+        start = time.perf_counter()
+        for _ in range(count):
+            call()
+        elapsed = time.perf_counter() - start
+        if elapsed > SECONDS / 5:
+            break
+        count *= 4
+    count = max(1, int(count * SECONDS / elapsed))
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(count):
+            call()
+        best = min(best, time.perf_counter() - start)
+    return count / best
+
+
+def messages() -> list[tuple[str, Any]]:
+    at = datetime(2026, 11, 29, 12, 0, 0, 250000, tzinfo=timezone.utc)
+    outer = hard.Outer(
+        inner=hard.OuterInner(kind=hard.OuterInnerKind.KIND_A, value="inner"),
+        inners=[hard.OuterInner(value=f"item {i}") for i in range(4)],
+        by_name={f"key {i}": hard.OuterInner(value=str(i)) for i in range(4)},
+        prices={i: Money(currency="EUR", units=100 * i) for i in range(1, 4)},
+        money=Money(currency="USD", units=12345),
+        maybe=0,
+        color=Color.RED,
+        at=at,
+        took=timedelta(seconds=90),
+        class_="c",
+        typing=7,
+        from_=True,
+    )
+    return [
+        ("small (2 fields)", CountUpResponse(number=12345, timestamp="2026-11-29T12:00:00.250Z")),
+        ("nested/repeated/map", outer),
+        ("64 KiB bytes", SnapshotChunk(data=bytes(range(256)) * 256)),
+    ]
+
+
+def main() -> None:
+    google = google_classes()
+    rust = importlib.util.find_spec("betterproto_rust_codec") is not None
+    print(f"betterproto 2.0.0b7 {'with betterproto-rust-codec' if rust else '(pure Python)'}, Python {sys.version.split()[0]}")
+    print()
+    print("| message | op | betterproto | generated | upb | generated / betterproto | generated / upb |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for name, message in messages():
+        cls = type(message)
+        body = bytes(message)
+        google_cls = google[cls.__name__]
+        google_message = google_cls.FromString(body)
+        assert google_cls.FromString(PROTO.encode(message)) == google_message  # the same message three ways
+        rows = {
+            "encode": (lambda: bytes(message), lambda: PROTO.encode(message), google_message.SerializeToString),
+            "decode": (lambda: cls().parse(body), lambda: PROTO.decode(cls, body), lambda: google_cls.FromString(body)),
+        }
+        for op, (theirs, ours, upb) in rows.items():
+            b, o, g = rate(theirs), rate(ours), rate(upb)
+            size = f" ({o * len(body) / 1e6:,.0f} MB/s)" if len(body) > 10000 else ""
+            print(f"| {name} | {op} | {b:,.0f} | {o:,.0f}{size} | {g:,.0f} | {o / b:.1f}x | {o / g:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
