@@ -28,7 +28,7 @@ from gen.fixtures.hard import v1 as hard  # noqa: E402
 from gen.streaming.v1 import CountUpResponse, SnapshotChunk  # noqa: E402
 
 QUICK = "--quick" in sys.argv
-SECONDS = 0.05 if QUICK else 0.3  # per timing; the best of five is kept
+SECONDS = 0.02 if QUICK else 0.15  # per timing; the best of seven rounds is kept
 
 
 def google_classes() -> dict[str, Any]:
@@ -49,25 +49,29 @@ def google_classes() -> dict[str, Any]:
     return {"CountUpResponse": streaming.CountUpResponse, "Outer": hard_pb2.Outer, "SnapshotChunk": streaming.SnapshotChunk}
 
 
-def rate(call: Callable[[], object]) -> float:
-    """Calls per second: the best of five timings of about SECONDS each."""
-    count = 1
-    while True:
-        start = time.perf_counter()
-        for _ in range(count):
-            call()
-        elapsed = time.perf_counter() - start
-        if elapsed > SECONDS / 5:
-            break
-        count *= 4
-    count = max(1, int(count * SECONDS / elapsed))
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        for _ in range(count):
-            call()
-        best = min(best, time.perf_counter() - start)
-    return count / best
+def rates(*calls: Callable[[], object]) -> list[float]:
+    """Calls per second of each: the best of seven rounds of about SECONDS each, taken in turns so
+    that a busy moment on the machine hits all of them alike."""
+    counts = []
+    for call in calls:
+        count = 1
+        while True:
+            start = time.perf_counter()
+            for _ in range(count):
+                call()
+            elapsed = time.perf_counter() - start
+            if elapsed > SECONDS / 10:
+                break
+            count *= 4
+        counts.append(max(1, int(count * SECONDS / elapsed)))
+    best = [float("inf")] * len(calls)
+    for _ in range(7):
+        for i, (call, count) in enumerate(zip(calls, counts)):
+            start = time.perf_counter()
+            for _ in range(count):
+                call()
+            best[i] = min(best[i], (time.perf_counter() - start) / count)
+    return [1 / b for b in best]
 
 
 def messages() -> list[tuple[str, Any]]:
@@ -111,7 +115,7 @@ def main() -> None:
             "decode": (lambda: cls().parse(body), lambda: PROTO.decode(cls, body), lambda: google_cls.FromString(body)),
         }
         for op, (theirs, ours, upb) in rows.items():
-            b, o, g = rate(theirs), rate(ours), rate(upb)
+            b, o, g = rates(theirs, ours, upb)
             size = f" ({o * len(body) / 1e6:,.0f} MB/s)" if len(body) > 10000 else ""
             print(f"| {name} | {op} | {b:,.0f} | {o:,.0f}{size} | {g:,.0f} | {o / b:.1f}x | {o / g:.2f} |")
 
