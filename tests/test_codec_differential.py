@@ -302,6 +302,23 @@ def assert_same(got: Any, want: Any, path: str = "") -> None:
         assert got == want, f"{path}: {got!r} != {want!r}"
 
 
+@st.composite
+def unknown_fields(draw: st.DrawFn) -> bytes:
+    """Fields no fixture message knows (numbers 3000-3999; no groups, which betterproto cannot read)."""
+    out = bytearray()
+    for _ in range(draw(st.integers(0, 3))):
+        number, wire_type = draw(st.integers(3000, 3999)), draw(st.sampled_from([0, 1, 2, 5]))
+        out += wire.varint(number << 3 | wire_type)
+        if wire_type == 0:
+            out += wire.varint(draw(st.integers(0, 2**64 - 1)))
+        elif wire_type == 2:
+            value = draw(st.binary(max_size=10))
+            out += wire.varint(len(value)) + value
+        else:
+            out += draw(st.binary(min_size=8 if wire_type == 1 else 4, max_size=8 if wire_type == 1 else 4))
+    return bytes(out)
+
+
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 
 
@@ -321,6 +338,13 @@ def test_decode_and_encode_match_google_and_betterproto(full_name: str, data: st
     assert outcome(decoded.to_dict) == outcome(reference.to_dict)
     assert PROTO.encode(decoded) == body  # google protobuf's bytes
     assert PROTO.encode(reference) == body
+
+    # Unknown fields, before and after the known ones: kept as betterproto keeps them, written last.
+    before, after = data.draw(unknown_fields()), data.draw(unknown_fields())
+    decoded = PROTO.decode(cls, before + body + after)
+    assert_same(decoded, signed_enums(cls().parse(before + body + after)))
+    assert PROTO.encode(decoded) == body + before + after
+    assert GOOGLE[full_name].FromString(before + body + after).SerializeToString(deterministic=True) == body + before + after
 
     # The other direction, from objects built by users: betterproto reads back what they hold.
     encoded = PROTO.encode(built)
