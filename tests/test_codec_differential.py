@@ -420,3 +420,75 @@ def test_truncated_and_corrupted_bodies_get_googles_decision(full_name: str, dat
         check_same_decision(full_name, cls, corrupted)
 
 
+
+
+@pytest.mark.parametrize(
+    "full_name, body",
+    [
+        ("fixtures.codec.v1.Maps", "5a020801"),  # a map entry without its value: the default message
+        ("fixtures.codec.v1.Maps", "5a021200"),  # ... without its key
+        ("fixtures.codec.v1.Maps", "0a060a01610a0162"),  # a key given twice in one entry: the last one
+        ("fixtures.codec.v1.Maps", "0a030a0161" "0a030a0161"),  # one key twice: one entry
+        ("fixtures.codec.v1.Oneofs", "0801" "3201" "61" "0802"),  # a oneof switching members
+        ("fixtures.codec.v1.Oneofs", "6200" "6801"),  # members of two oneofs
+        ("fixtures.codec.v1.Everything", "0a020801" "0a021001"),  # a message field twice: the last one
+        ("fixtures.codec.v1.Scalars", "f80101" "0801" "fd0100000000" "1002"),  # unknown fields between
+        ("fixtures.codec.v1.Optionals", "0800" "4000"),  # optional fields set to their defaults
+        ("fixtures.codec.v1.WellKnown", "2200" "5200"),  # wrappers present but empty: 0 and ""
+        ("fixtures.codec.v1.Repeated", "0801" "0802"),  # packable elements one by one
+        ("fixtures.codec.v1.Tree", ""),
+    ],
+)
+def test_hand_written_bodies_decode_as_betterproto_decodes_them(full_name: str, body: str) -> None:
+    cls = ours(full_name)
+    data = bytes.fromhex(body)
+    assert_same(PROTO.decode(cls, data), cls().parse(data))
+    assert google_accepts(full_name, data)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "fb01" "0801" "fc01",  # a group among unknown fields: kept
+        "fb01" "0801" "f401",  # ended by another field number
+        "fc01",  # an end-group key alone
+        "fb01" "0801",  # never ended
+        "0b" "0801" "0c",  # a group where field 1 (int32) is: unknown, kept
+        "fe01",  # wire type 6
+        "ff01",  # wire type 7
+        "0001",  # field number 0
+        "f8ffffff0f01",  # field number 2^29 - 1
+        "8080808010" "01",  # field number 2^29
+        "888080808000" "01",  # a six-byte key
+        "8880808000" "01",  # a five-byte key for field 1
+        "10" "ffffffffffffffffff01",  # a ten-byte varint
+        "10" "ffffffffffffffffffff01",  # an eleven-byte varint
+        "72" "8080808000",  # a five-byte length
+        "72" "808080808000",  # a six-byte length
+        "72" "ffffffffffffffff7f",  # a huge length
+        "7201ff",  # invalid UTF-8 in a string
+        "7203eda080",  # a UTF-8-encoded surrogate
+        "fa0101ff",  # invalid UTF-8 in an unknown field: not checked
+        "3d0000",  # a fixed32 cut short
+        "6802",  # a bool of 2
+        "800105",  # an enum number the enum does not have
+    ],
+)
+def test_hand_written_bodies_get_googles_decision(body: str) -> None:
+    check_same_decision("fixtures.codec.v1.Scalars", codec_v1.Scalars, bytes.fromhex(body))
+
+
+@pytest.mark.parametrize(
+    "full_name, body",
+    [
+        ("fixtures.codec.v1.Repeated", "3a03000000"),  # packed fixed32 of 3 bytes
+        ("fixtures.codec.v1.Repeated", "0a0180"),  # a packed varint cut short
+        ("fixtures.codec.v1.Maps", "0a030a01ff"),  # a map key with invalid UTF-8
+        ("fixtures.codec.v1.Maps", "0a020801"),  # a string key given as a varint: unknown in the entry
+        ("fixtures.codec.v1.WellKnown", "22020a00"),  # a wrapper's value with another wire type
+        ("fixtures.codec.v1.Everything", "0a0208800a"),  # a varint running out of its message
+        ("fixtures.codec.v1.Everything", "0a03080110"),  # a key at the end of a message
+    ],
+)
+def test_hand_written_nested_bodies_get_googles_decision(full_name: str, body: str) -> None:
+    check_same_decision(full_name, ours(full_name), bytes.fromhex(body))
