@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 from typing import Callable
@@ -17,7 +18,16 @@ async def flush_ordered(nc: NATS, timeout: int = 5) -> None:
     wait in the pending buffer for the flusher task, so its PONG can come back before the server
     has seen those subscriptions (measured: ~2% of subscribe+flush pairs on a busy 2-core machine,
     giving "no responders" to a caller on another connection). Write the buffer first.
+
+    And shield it: when a task waiting in nats-py's `flush()` is cancelled, the PONG's future is
+    cancelled but stays queued, and the PONG then raises InvalidStateError inside nats-py's read
+    loop, which stops reading for good: the connection is deaf from then on. A call cancelled by its
+    peer must not do that, so the round trip completes in a task of its own.
     """
+    await asyncio.shield(_flush(nc, timeout))
+
+
+async def _flush(nc: NATS, timeout: int) -> None:
     try:
         await nc._flush_pending(force_flush=True)
         await nc.flush(timeout=timeout)

@@ -215,3 +215,19 @@ async def test_a_body_that_decodes_into_the_wrong_field_type_still_gets_an_answe
         assert (await StreamDemoServiceNatsClient(nc).ping(PingRequest(payload="ok"), timeout=5)).payload == "ok"
     finally:
         await server.stop()
+
+
+async def test_a_cancelled_flush_leaves_the_connection_reading(nc: NATS, pinger: Pinger) -> None:
+    """nats-py 2.16 stops reading a connection for good when a PONG answers a flush whose waiter was
+    cancelled; ours (used wherever a peer can cancel us mid-flush) is shielded from that."""
+    from betterproto_nats.nats_compat import flush_ordered
+
+    for _ in range(5):
+        waiting = asyncio.create_task(flush_ordered(nc))
+        for _ in range(1000):  # bounded: until the PING is out and its PONG awaited
+            if nc._pongs:
+                break
+            await asyncio.sleep(0)
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+    assert (await StreamDemoServiceNatsClient(nc).ping(PingRequest(payload="still"), timeout=5)).payload == "pong: still"
