@@ -12,7 +12,18 @@ from .client import (
 )
 from .context import CallContext, current_call
 from .errors import ErrorCode, RpcError
-from .interceptors import CallInfo, CallOutcome, Direction, Interceptor, LoggingInterceptor, Side
+from .interceptors import (
+    BidiInterceptor,
+    CallInfo,
+    CallOutcome,
+    ClientStreamInterceptor,
+    Direction,
+    Interceptor,
+    LoggingInterceptor,
+    ServerStreamInterceptor,
+    Side,
+    UnaryInterceptor,
+)
 from .responders import RequestStream, UploadRequests
 from .runner import run
 from .server import Server, serve
@@ -21,6 +32,10 @@ from .transport import Transport
 __version__ = "0.1.0"
 
 __all__ = [
+    "BidiInterceptor",
+    "ClientStreamInterceptor",
+    "ServerStreamInterceptor",
+    "UnaryInterceptor",
     "BidiStream",
     "BidiStreamCall",
     "CallContext",

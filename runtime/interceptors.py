@@ -13,7 +13,7 @@ import enum
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Generic, Sequence, TypeVar
 
 from .errors import ErrorCode, RpcError
 from .spec import Cardinality, MethodSpec
@@ -78,6 +78,8 @@ class Interceptor:
     - `end`: after the call ended, with its outcome.
     """
 
+    shapes: frozenset[Cardinality] = frozenset(Cardinality)  # the RPC shapes it runs for
+
     async def start(self, call: CallInfo) -> None:
         """Before the call; raise RpcError to reject it."""
 
@@ -87,6 +89,49 @@ class Interceptor:
 
     async def end(self, call: CallInfo, outcome: CallOutcome) -> None:
         """After the call."""
+
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+class _ShapeInterceptor(Interceptor, Generic[Req, Resp]):
+    """Typed hooks for calls of one shape: `request` sees each request message, `response` each
+    response message, on either side (`start` and `end` as for every interceptor)."""
+
+    def request(self, call: CallInfo, request: Req) -> Req:
+        return request
+
+    def response(self, call: CallInfo, response: Resp) -> Resp:
+        return response
+
+    def message(self, call: CallInfo, direction: Direction, message: Any) -> Any:
+        is_request = (direction is Direction.SENT) == (call.side is Side.CLIENT)
+        return self.request(call, message) if is_request else self.response(call, message)
+
+
+class UnaryInterceptor(_ShapeInterceptor[Req, Resp]):
+    """Runs for unary calls only."""
+
+    shapes = frozenset({Cardinality.UNARY})
+
+
+class ServerStreamInterceptor(_ShapeInterceptor[Req, Resp]):
+    """Runs for server-streaming calls only (one request, many responses)."""
+
+    shapes = frozenset({Cardinality.SERVER_STREAM})
+
+
+class ClientStreamInterceptor(_ShapeInterceptor[Req, Resp]):
+    """Runs for client-streaming calls only (many requests, one response)."""
+
+    shapes = frozenset({Cardinality.CLIENT_STREAM})
+
+
+class BidiInterceptor(_ShapeInterceptor[Req, Resp]):
+    """Runs for bidirectional calls only."""
+
+    shapes = frozenset({Cardinality.BIDI})
 
 
 class Chain:
@@ -108,12 +153,14 @@ class Chain:
     async def start(self, call: CallInfo) -> None:
         started: list[Interceptor] = []
         call.state[Chain] = started
+        call.state[Direction] = [i for i in self._message_hooks if call.shape in i.shapes]
         for interceptor in self.interceptors:
-            await interceptor.start(call)
-            started.append(interceptor)
+            if call.shape in interceptor.shapes:
+                await interceptor.start(call)
+                started.append(interceptor)
 
     def message(self, call: CallInfo, direction: Direction, message: Any) -> Any:
-        for interceptor in self._message_hooks:
+        for interceptor in call.state.get(Direction, ()):
             message = interceptor.message(call, direction, message)
         return message
 

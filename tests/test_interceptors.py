@@ -339,3 +339,50 @@ async def test_stats_handler_gives_endpoint_data(nc: NATS, server_nc: NATS) -> N
         assert by_name["ping"] == {"endpoint": "ping", "requests": 1} and by_name["sum"]["requests"] == 0
     finally:
         await server.stop()
+
+
+async def test_typed_per_shape_interceptors_run_for_their_shape_only(nc: NATS, server_nc: NATS) -> None:
+    from betterproto_nats import BidiInterceptor, UnaryInterceptor
+    from gen.streaming.v1 import PingResponse
+
+    class Shout(UnaryInterceptor[PingRequest, PingResponse]):
+        """Client side: upper-cases the request; sees only unary calls."""
+
+        def __init__(self) -> None:
+            self.started: list[str] = []
+
+        async def start(self, call: CallInfo) -> None:
+            self.started.append(call.method)
+
+        def request(self, call: CallInfo, request: PingRequest) -> PingRequest:
+            return PingRequest(payload=request.payload.upper())
+
+        def response(self, call: CallInfo, response: PingResponse) -> PingResponse:
+            return PingResponse(payload=response.payload + "!")
+
+    class CountChat(BidiInterceptor[ChatMessage, ChatMessage]):
+        """Server side: counts the chat's requests and responses."""
+
+        def __init__(self) -> None:
+            self.requests = self.responses = 0
+
+        def request(self, call: CallInfo, request: ChatMessage) -> ChatMessage:
+            self.requests += 1
+            return request
+
+        def response(self, call: CallInfo, response: ChatMessage) -> ChatMessage:
+            self.responses += 1
+            return response
+
+    shout, counted = Shout(), CountChat()
+    server = await betterproto_nats.serve(server_nc, Demo(), interceptors=[counted])
+    try:
+        client = StreamDemoServiceNatsClient(nc, interceptors=[shout])
+        assert (await client.ping(PingRequest(payload="hi"), timeout=5)).payload == "HI!"
+        assert await count_up(client) == [1, 2, 3]
+        assert await chat(client) == ["echo: a", "echo: b"]
+        await settle(lambda: not server.calls)
+    finally:
+        await server.stop()
+    assert shout.started == ["Ping"]  # not started for the streams
+    assert (counted.requests, counted.responses) == (2, 2)
