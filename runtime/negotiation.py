@@ -5,7 +5,6 @@ headers is decided here, once; calls only carry out the terms.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -122,7 +121,3 @@ def client_heartbeat(confirmed_headers: Mapping[str, str] | None, own: float) ->
     shortened ours to fit its idle timeout), else its own."""
     millis = parse_uint((confirmed_headers or {}).get(STREAM_HEARTBEAT))
     return clamp_heartbeat(millis / 1000) if millis else own
-
-
-def seconds_until(epoch: float) -> float:
-    return epoch - time.time()
