@@ -1,4 +1,4 @@
-"""Wire conformance with protoc-gen-nats-micro's Go implementation (spec/PROTOCOL.md v1).
+"""Wire conformance with protoc-gen-nats-micro's Go implementation (the v1 protocol of docs/PROTOCOL.md).
 
 A raw nats-py peer plays the Go client against our server and the Go server against our client,
 sending and checking exact subjects, headers and bodies. Bodies are the bytes of
