@@ -48,7 +48,7 @@ M = TypeVar("M", bound=betterproto.Message)
 # marker, so the final answer is held until that marker arrives: at most this long without a deadline.
 V1_HOLD_LIMIT = 30.0
 # Old-style server streams (no Reply-To): how long the first message is retried while the client has
-# not yet subscribed to the inbox we named in the ack.
+# not yet subscribed to the inbox we named in the ack (it subscribes only once the ack arrived).
 OLD_STYLE_SUBSCRIBE_WAIT = 2.0
 
 
@@ -166,6 +166,8 @@ async def _nothing() -> None:
 
 class Responder:
     """Common lifecycle of a served call; subclasses say how to open, serve and finish their shape."""
+
+    writer: StreamWriter | None = None  # the stream to the client's `R`, for shapes that send one
 
     def __init__(
         self, nc: Transport, impl: Any, method: MethodSpec[Any, Any], name: str, codec: Codec, msg: Msg, policy: ServingPolicy
@@ -288,7 +290,7 @@ class Responder:
 
     def watch(self, msg: Msg) -> bool:
         """Our inbox's watcher: the first hop's probe statuses, then v2 control (or v1's gone client)."""
-        writer: StreamWriter | None = getattr(self, "writer", None)
+        writer = self.writer
         if writer is not None and writer.first_hop is not None and writer.first_hop.saw(msg):
             return True
         if self.session is not None:
@@ -361,9 +363,8 @@ class Responder:
         if error is not None and error.code in _PEER_FAULTS:
             peer_faults.warning("call to %s on %s ended with %s", self.name, self.msg.subject, error)
         self.move(ServerState.FINISHING)
-        writer: StreamWriter | None = getattr(self, "writer", None)
-        if self.stopping and writer is not None:
-            writer.first_hop = None  # the service is stopping: say how the call ended once, at once
+        if self.stopping and self.writer is not None:
+            self.writer.first_hop = None  # the service is stopping: say how the call ended once, at once
         try:
             if interruption is None or interruption.tell_client:
                 await self.finish(error)
@@ -394,7 +395,7 @@ class Responder:
     def traffic(self, sent: bool) -> tuple[int, int]:
         """(messages, bytes) this call sent or received (the shapes keep them in different places)."""
         if sent:
-            writer: StreamWriter | None = getattr(self, "writer", None)
+            writer = self.writer
             return (writer.sent, writer.bytes_sent) if writer is not None else self.answered
         reader: StreamReader[Any] | None = getattr(self, "reader", None)
         if reader is not None:
@@ -485,8 +486,6 @@ class UnaryResponder(Responder):
 class _SendsStream(Responder):
     """A shape whose server direction is a stream to the client's inbox `R`."""
 
-    writer: StreamWriter | None = None
-
     async def send_all(self, responses: Any) -> None:
         if not hasattr(responses, "__aiter__"):
             if asyncio.iscoroutine(responses):
@@ -545,75 +544,37 @@ class ServerStreamResponder(_SendsStream):
         if REPLY_TO not in (self.msg.headers or {}):
             if not self.reply:
                 raise _NoAnswer
-            # Old style: we name the inbox in an ack on the reply subject; see `_first_send_when_heard`.
+            # Old style: we name R in an ack on the reply subject; the client subscribes to it only
+            # then, so the first message waits until R is known (`FirstHop`, answers on `probe`).
             reply_to = self.nc.new_inbox()
             self.old_style = True
             # Undecodable: answer on the reply subject, since nobody knows R yet.
             self.request = self.codec.decode(self.method.request, self.msg.data, self.name)
         else:
             reply_to = self.peer_inbox()  # invalid: refused on the reply subject, nothing sent to it
+        own_inbox: Inbox | None = None
         if self.v2:
-            control = await self.open_inbox()
-            session = self.start_session(reply_to, control, sends=True)
-            control.watcher = lambda msg: self.watch(msg) or True  # only control belongs here
-        self.writer = self.new_writer(reply_to, control.subject if self.session is not None else None)
+            own_inbox = await self.open_inbox()
+            self.start_session(reply_to, own_inbox, sends=True)
+        elif self.old_style:
+            own_inbox = await self.open_inbox()
+        if own_inbox is not None:
+            own_inbox.watcher = lambda msg: self.watch(msg) or True  # only control and statuses belong here
+        self.writer = self.new_writer(reply_to, None if own_inbox is None else own_inbox.subject)
+        if self.old_style and self.writer.first_hop is not None:
+            self.writer.first_hop.wait = OLD_STYLE_SUBSCRIBE_WAIT
         if not self.old_style:  # undecodable: the error ends the stream on R
             self.request = self.codec.decode(self.method.request, self.msg.data, self.name)
         else:
             await self.nc.publish(self.reply, b"", headers={STREAM_INBOX: reply_to})
-        if self.session is not None:
+        if self.session is not None and own_inbox is not None:
             # Confirm v2 with an empty open message naming our control inbox, before any data.
-            await self.nc.publish(reply_to, b"", headers=confirmation(control.subject, self.heartbeat, None))
+            await self.nc.publish(reply_to, b"", headers=confirmation(own_inbox.subject, self.heartbeat, None))
             self.session.start()
 
     async def serve(self) -> None:
         request = self.intercept(Direction.RECEIVED, self.request) if self.info is not None else self.request
-        responses = self.handler(request)
-        if self.old_style and hasattr(responses, "__aiter__"):  # misuse is reported by send_all
-            responses = self._first_send_when_heard(responses)
-        await self.send_all(responses)
-
-    async def _first_send_when_heard(self, responses: Any) -> AsyncIterator[Any]:
-        """Old-style streams: the client subscribes to `R` after our ack, so the first message could
-        be lost. Send it with a reply subject: the NATS server answers that with a 503 status while
-        nobody listens on `R`; after a flush round trip without one, `R` has a listener."""
-        assert self.writer is not None
-        iterator = responses.__aiter__()
-        try:
-            first = await iterator.__anext__()
-        except StopAsyncIteration:
-            return
-        if not isinstance(first, self.method.response):  # raw chunk bytes: sent unprobed (a documented limit)
-            yield first
-            async for response in iterator:
-                yield response
-            return
-        body = self.codec.encode(first)
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + OLD_STYLE_SUBSCRIBE_WAIT
-        delay = 0.001
-        while True:
-            probe: asyncio.Future[Msg] = loop.create_future()
-
-            async def answered(msg: Msg, probe: asyncio.Future[Msg] = probe) -> None:
-                if not probe.done():
-                    probe.set_result(msg)
-
-            sub = await self.nc.subscribe(self.nc.new_inbox(), answered)
-            try:
-                seq_before = self.writer.sent
-                await self.writer.send_body(body, reply=sub.subject)
-                await self.nc.flush()
-                heard = not probe.done()
-            finally:
-                await sub.unsubscribe()
-            if heard or loop.time() > give_up:
-                break
-            self.writer.sent = seq_before  # nobody got it: send the same seq again
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
-        async for response in iterator:
-            yield response
+        await self.send_all(self.handler(request))
 
 
 class _Handshaking(Responder):

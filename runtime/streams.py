@@ -353,6 +353,7 @@ class FirstHop:
         self.nc = nc
         self.own_inbox = own_inbox
         self.method = method
+        self.wait = FIRST_HOP_WAIT  # seconds of retries before UNAVAILABLE
         self.done = False
         self._probing = False
         self._missed = False
@@ -367,7 +368,7 @@ class FirstHop:
     async def send(self, send_once: Callable[[str], Awaitable[None]], undo: Callable[[], None]) -> None:
         """`send_once(reply)` until it was not refused; `undo()` rewinds what a refused send counted."""
         loop = asyncio.get_running_loop()
-        give_up = loop.time() + FIRST_HOP_WAIT
+        give_up = loop.time() + self.wait
         delay = 0.001
         while True:
             self._probing, self._missed = True, False
