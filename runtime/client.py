@@ -32,6 +32,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from .chunks import BlobReceiving, ChunkCodec, ChunkReceiver, ChunkSender, Progress
+from .codec import Codec
 from .errors import ErrorCode, RpcError
 from .flow import AckPolicy, FlowWindow, SendCredit, Unlimited
 from .interceptors import CallInfo, Chain, Direction, Interceptor, Side, outcome_of
@@ -87,6 +88,18 @@ async def _request(
             raise RpcError(ErrorCode.UNAVAILABLE, f"no service is listening on {subject}", method=name) from None
         except nats.errors.TimeoutError:
             raise RpcError(ErrorCode.DEADLINE_EXCEEDED, "deadline exceeded", method=name) from None
+
+
+def _unary_response(
+    msg: Msg, method: MethodSpec[Any, Any], codec: Codec, name: str, response_headers: dict[str, str] | None
+) -> Any:
+    """A unary answer: the server's error raised, its response headers kept, the response decoded."""
+    error = error_from_headers(msg.headers, name)
+    if error is not None:
+        raise error
+    if response_headers is not None:
+        response_headers.update(caller_headers(msg.headers))
+    return codec.decode(method.response, msg.data, name)
 
 
 async def _iterate(requests: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:
@@ -810,12 +823,7 @@ class ClientBase:
         check_size(len(body), out_headers, nc.max_payload, name)
         subject = f"{self._nats_subject_prefix}.{method.endpoint}"
         msg = await _request(nc, subject, body, out_headers, timeout, name)
-        error = error_from_headers(msg.headers, name)
-        if error is not None:
-            raise error
-        if response_headers is not None:
-            response_headers.update(caller_headers(msg.headers))
-        return codec.decode(method.response, msg.data, name)
+        return _unary_response(msg, method, codec, name, response_headers)
 
     async def _nats_unary_intercepted(
         self,
@@ -841,12 +849,7 @@ class ClientBase:
             sent = (1, len(body))
             msg = await _request(call.nc, call.subject, body, out_headers, remaining, call.name)
             received = (1, len(msg.data))
-            error = error_from_headers(msg.headers, call.name)
-            if error is not None:
-                raise error
-            if response_headers is not None:
-                response_headers.update(caller_headers(msg.headers))
-            response = call.codec.decode(method.response, msg.data, call.name)
+            response = _unary_response(msg, method, call.codec, call.name, response_headers)
             assert call.chain is not None and call.info is not None
             return call.chain.message(call.info, Direction.RECEIVED, response)
         except BaseException as error:

@@ -75,6 +75,11 @@ V1_BUFFER_MESSAGES = 8192
 V1_BUFFER_BYTES = 32 * 1024 * 1024
 
 
+def _held(msg: Msg) -> int:
+    """Bytes a queued message holds: its body and header values (a peer controls both)."""
+    return len(msg.data) + (sum(map(len, msg.headers.values())) if msg.headers else 0)
+
+
 class Inbox:
     """A subscription whose messages queue up until a reader takes them, in arrival order.
 
@@ -139,10 +144,7 @@ class Inbox:
         self.last_data = now
         queue = self._queue
         queue.append(msg)
-        size = len(msg.data)
-        if msg.headers:
-            size += sum(map(len, msg.headers.values()))
-        self._queued_bytes += size
+        self._queued_bytes += _held(msg)
         if len(queue) > self.max_messages or (len(queue) > 1 and self._queued_bytes > self.max_bytes):
             self._overrun()
         self._wake()
@@ -211,7 +213,7 @@ class Inbox:
                 self._waiter = None
         msg = self._queue.popleft()
         if self._queue:
-            self._queued_bytes -= len(msg.data) + (sum(map(len, msg.headers.values())) if msg.headers else 0)
+            self._queued_bytes -= _held(msg)
         else:
             self._queued_bytes = 0
         return msg
