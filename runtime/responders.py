@@ -69,6 +69,11 @@ class ServingPolicy:
     expose_errors: bool = False
     interceptors: Chain | None = None
 
+    def reply_to_problem(self, msg: Msg) -> str | None:
+        """Why the request's `Reply-To` may not be published to, or None: `_INBOX.`, the first token
+        of the request's own reply subject, or a configured prefix."""
+        return self.inboxes.check((msg.headers or {}).get(REPLY_TO, ""), also=first_token_prefix(msg.reply))
+
 
 class _RateLimitedLog:
     """At most `per_second` WARNING records a second for junk from peers; the rest are counted and
@@ -220,7 +225,7 @@ class Responder:
     def peer_inbox(self) -> str:
         """The client's `Reply-To`, checked before anything is published there (INVALID_ARGUMENT)."""
         reply_to = (self.msg.headers or {}).get(REPLY_TO, "")
-        why = self.policy.inboxes.check(reply_to, also=first_token_prefix(self.msg.reply))
+        why = self.policy.reply_to_problem(self.msg)
         if why is not None:
             raise self.error(ErrorCode.INVALID_ARGUMENT, f"{REPLY_TO} {quote(reply_to)} is {why}")
         self.watch_permissions(reply_to)

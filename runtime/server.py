@@ -21,7 +21,7 @@ from .interceptors import Chain, Interceptor
 from .responders import DEFAULT_STREAM_IDLE_TIMEOUT, RESPONDERS, Responder, ServingPolicy
 from .spec import Cardinality, MethodSpec, ServiceSpec
 from .streams import V1_BUFFER_BYTES, V1_BUFFER_MESSAGES
-from .subjects import InboxPolicy, first_token_prefix, is_literal
+from .subjects import InboxPolicy, is_literal
 from .transport import Subscription, Transport, transport_of
 
 log = logging.getLogger("betterproto_nats.server")
@@ -125,7 +125,7 @@ class Endpoint:
             if (
                 self.method.cardinality is Cardinality.SERVER_STREAM
                 and reply_to
-                and self.server.policy.inboxes.check(reply_to, also=first_token_prefix(msg.reply)) is None
+                and self.server.policy.reply_to_problem(msg) is None
             ):
                 await self.server.transport.publish(
                     reply_to, b"", headers={STREAM_END: END_TRUE, STREAM_COUNT: "0", **headers}
