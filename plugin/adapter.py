@@ -4,7 +4,6 @@ this module only."""
 
 from __future__ import annotations
 
-import os
 import pathlib
 import sys
 from typing import Any
@@ -207,11 +206,6 @@ def format_code(code: str) -> str:
         known_third_party=["grpclib", "betterproto"],
     )
     return black.format_str(src_contents=code, mode=black.Mode())
-
-
-def include_dir() -> str:
-    """The folder holding `natsmicro/options.proto`, for `protoc -I`."""
-    return os.fspath(pathlib.Path(__file__).parent / "include")
 
 
 def run(stdin: Any = sys.stdin.buffer, stdout: Any = sys.stdout.buffer) -> int:
