@@ -27,7 +27,7 @@ from betterproto.plugin.typing_compiler import (
     TypingImportTypingCompiler,
 )
 
-from . import codecgen
+from . import bufcheck, codecgen
 from . import __version__
 from .model import GenerationError, ServiceModel, read_services
 
@@ -210,6 +210,15 @@ def format_code(code: str) -> str:
 
 def run(stdin: Any = sys.stdin.buffer, stdout: Any = sys.stdout.buffer) -> int:
     """The protoc plugin protocol: request on stdin, response on stdout; errors on stderr, exit 1."""
+    template = bufcheck.strategy_problem()
+    if template is not None:
+        print(
+            f"protoc-gen-python_nats: error: {template}: add `strategy: all` to the protoc-gen-python_nats entry. "
+            "betterproto writes one module per proto package, and buf's default (one run per folder) "
+            "keeps only one folder's messages of a package that spans folders.",
+            file=sys.stderr,
+        )
+        return 1
     try:
         stdout.write(generate(stdin.read()))
     except GenerationError as error:

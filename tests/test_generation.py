@@ -227,3 +227,61 @@ def test_runtime_and_plugin_pass_mypy() -> None:
         [sys.executable, "-m", "mypy", "--no-incremental", "--strict", "runtime", "plugin"], capture_output=True, text=True, cwd=ROOT
     )
     assert checked.returncode == 0, checked.stdout
+
+
+BUF_TEMPLATES = {
+    "missing": ("version: v2\nplugins:\n  - local: protoc-gen-python_nats\n    out: gen\n", True),
+    "present": ("version: v2\nplugins:\n  - local: protoc-gen-python_nats\n    out: gen\n    strategy: all\n", False),
+    "after an opt list": (
+        "version: v2\nplugins:\n  - local: protoc-gen-python_nats\n    opt:\n      - grpclib=false\n    strategy: 'all'\n",
+        False,
+    ),
+    "on another plugin": (
+        "version: v2\nplugins:\n- local: protoc-gen-other\n  strategy: all\n- local: protoc-gen-python_nats\n  out: gen\n",
+        True,
+    ),
+    "v1 style": ("version: v1\nplugins:\n  - plugin: python_nats\n    out: gen\n    strategy: directory\n", True),
+    "not ours": ("version: v2\nplugins:\n  - local: protoc-gen-go\n    out: gen\n", False),
+}
+
+
+@pytest.mark.parametrize("case", BUF_TEMPLATES)
+def test_buf_template_without_strategy_all_is_found(case: str) -> None:
+    from betterproto_nats_plugin.bufcheck import entry_lacks_strategy_all
+
+    text, lacks = BUF_TEMPLATES[case]
+    assert entry_lacks_strategy_all(text) is lacks
+
+
+def test_template_is_read_only_under_buf_generate(tmp_path: Path) -> None:
+    from betterproto_nats_plugin.bufcheck import strategy_problem
+
+    (tmp_path / "buf.gen.yaml").write_text(BUF_TEMPLATES["missing"][0])
+    (tmp_path / "other.yaml").write_text(BUF_TEMPLATES["present"][0])
+    assert strategy_problem(["/usr/bin/buf", "generate"], tmp_path) == str(tmp_path / "buf.gen.yaml")
+    assert strategy_problem(["buf", "generate", "--template", "other.yaml"], tmp_path) is None
+    assert strategy_problem(["buf", "generate", "--template=buf.gen.yaml"], tmp_path) is not None
+    assert strategy_problem(["buf", "generate", "--template", '{"version": "v2"}'], tmp_path) is None  # inline
+    assert strategy_problem(["protoc", "-I", "."], tmp_path) is None
+    assert strategy_problem([], tmp_path) is None
+
+
+def test_buf_without_strategy_all_fails_with_the_fix(tmp_path: Path) -> None:
+    """A package in two folders: buf's per-folder runs would keep one folder's messages only."""
+    (tmp_path / "buf.yaml").write_text("version: v2\nmodules:\n  - path: proto\n")
+    (tmp_path / "buf.gen.yaml").write_text(BUF_TEMPLATES["missing"][0])
+    for folder, message in (("shop/v1", "Order"), ("shop/v1/extra", "Extra")):
+        (tmp_path / "proto" / folder).mkdir(parents=True)
+        (tmp_path / "proto" / folder / f"{message.lower()}.proto").write_text(
+            f'syntax = "proto3";\npackage shop.v1;\nmessage {message} {{ string id = 1; }}\n'
+        )
+    env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    failed = subprocess.run([BIN / "buf", "generate"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=60)
+    assert failed.returncode != 0
+    assert "add `strategy: all` to the protoc-gen-python_nats entry" in failed.stderr
+    assert str(tmp_path / "buf.gen.yaml") in failed.stderr
+    (tmp_path / "buf.gen.yaml").write_text(BUF_TEMPLATES["present"][0])
+    done = subprocess.run([BIN / "buf", "generate"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    module = (tmp_path / "gen" / "shop" / "v1" / "__init__.py").read_text()
+    assert "class Order(" in module and "class Extra(" in module
