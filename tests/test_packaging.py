@@ -7,6 +7,7 @@ import os
 import site
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 from typing import Iterator
@@ -19,16 +20,38 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    out = tmp_path_factory.mktemp("wheel")
+def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`python -m build`: an sdist, and a wheel built from that sdist (so the sdist must be complete).
+    --no-isolation takes setuptools from the dev venv: no network."""
+    out = tmp_path_factory.mktemp("dist")
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT)],
+        [sys.executable, "-m", "build", "--no-isolation", "-o", str(out), str(ROOT)],
         capture_output=True, text=True, timeout=300,
     )
-    assert built.returncode == 0, built.stderr
-    assert "Package would be ignored" not in built.stderr
-    (path,) = out.glob("betterproto_nats-*.whl")
-    yield path
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    assert "Package would be ignored" not in built.stdout + built.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def wheel(dist: Path) -> Path:
+    (path,) = dist.glob("betterproto_nats-*.whl")
+    return path
+
+
+def test_sdist_contents(dist: Path) -> None:
+    (sdist,) = dist.glob("betterproto_nats-*.tar.gz")
+    with tarfile.open(sdist) as archive:
+        names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
+        info = archive.extractfile(next(m for m in archive.getmembers() if m.name.endswith("/PKG-INFO")))
+        assert info is not None
+        metadata = info.read().decode()
+    for required in ("pyproject.toml", "README.md", "CHANGELOG.md", "docs/PROTOCOL.md", "runtime/client.py", "plugin/include/natsmicro/options.proto"):
+        assert required in names, required
+    assert not any(name.startswith((".venv/", "gen/", "build/", ".git/")) for name in names)
+    for field in ("Requires-Python: >=3.11", "License-Expression: Apache-2.0", "Classifier: Typing :: Typed"):
+        assert field in metadata, field
+    assert "Project-URL:" in metadata
 
 
 def test_wheel_contents(wheel: Path) -> None:
