@@ -216,6 +216,11 @@ async def run_all(url: str) -> list[Result]:
         ours = await timed(lambda: _unary(client, n, in_flight))
         raw = await raw_unary(raw_s, raw_c, n, in_flight)
         report(Result(f"unary, {in_flight} in flight", "req/s", n / ours, n / raw, 0.8))
+    # The deadline header (Nats-Deadline, and the server's timer): ours with it against ours without.
+    n = 3000 // SCALE
+    undeadlined = StreamDemoServiceNatsClient(cnc, timeout=None)
+    without = await timed(lambda: _unary(undeadlined, n, 1))
+    report(Result("unary with a deadline (vs without)", "req/s", n / await timed(lambda: _unary(client, n, 1)), n / without))
 
     # Small-message streams.
     n = 100_000 // SCALE
