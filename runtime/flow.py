@@ -14,7 +14,10 @@ from .negotiation import Window
 
 
 class SendCredit(Protocol):
-    """What a writer asks before sending and tells after."""
+    """What a writer asks before sending and tells after; `batch`: how many messages the receiver
+    takes in one batched frame (1: one NATS message each)."""
+
+    batch: int
 
     async def acquire(self, size: int) -> None: ...
 
@@ -25,6 +28,8 @@ class SendCredit(Protocol):
 
 class Unlimited:
     """No flow control (a v1 peer): sending never waits, unless the call ended."""
+
+    batch = 1
 
     def __init__(self) -> None:
         self._failure: BaseException | None = None
@@ -64,6 +69,7 @@ class FlowWindow:
     def __init__(self, window: Window) -> None:
         self.messages = max(1, window.messages)
         self.max_bytes = max(1, window.max_bytes)
+        self.batch = max(1, min(window.batch, self.messages))
         self._in_flight: deque[tuple[int, int]] = deque()  # (seq, body size)
         self.bytes_in_flight = 0
         self.acked = 0

@@ -98,3 +98,53 @@ def new_inbox(nc: NATS) -> str:
     prefix = getattr(nc, "_inbox_prefix", None)
     text = prefix.decode() if isinstance(prefix, (bytes, bytearray)) else nc.new_inbox().rsplit(".", 1)[0]
     return f"{text}.{secrets.token_hex(16)}"
+
+
+def _has_pending_buffer(nc: NATS) -> bool:
+    """nats-py keeps what `publish` writes in `_pending` (a list of commands), counts it in
+    `_pending_data_size` and wakes its flusher task through `_flush_queue`. When an upgrade changes
+    that, `publish_nowait` stays off and everything goes through `publish` (tests/test_nats_compat.py
+    fails loudly)."""
+    return (
+        isinstance(getattr(nc, "_pending", None), list)
+        and isinstance(getattr(nc, "_pending_data_size", None), int)
+        and isinstance(getattr(nc, "_max_pending_size", None), int)
+        and isinstance(getattr(nc, "_flush_queue", None), asyncio.Queue)
+        and isinstance(getattr(nc, "stats", None), dict)
+        and hasattr(nc, "_flusher_task")
+    )
+
+
+def header_block(headers: dict[str, str]) -> bytes:
+    """The NATS/1.0 header block for headers we built ourselves (valid names, values without CR/LF)."""
+    return ("NATS/1.0\r\n" + "".join(f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n").encode()
+
+
+def publish_nowait(nc: NATS, subject: str, payload: bytes, headers: dict[str, str], reply: str = "") -> bool:
+    """Queue an HPUB the way nats-py's `publish` does when it has nothing to wait for, without a
+    coroutine (and without re-checking subjects and header names that we built). False, having
+    done nothing, when `publish` must be used: disconnected, draining, the buffer full, the
+    flusher gone, or nats-py's internals not as expected."""
+    usable: bool | None = getattr(nc, "_betterproto_nats_nowait", None)
+    if usable is None:
+        usable = nc._betterproto_nats_nowait = _has_pending_buffer(nc)  # type: ignore[attr-defined]
+    if not usable:
+        return False
+    if not nc.is_connected or nc.is_draining_pubs or len(payload) > nc.max_payload:
+        return False
+    flusher = nc._flusher_task
+    if flusher is None or flusher.done():
+        return False
+    block = header_block(headers)
+    head = f"HPUB {subject} {reply + ' ' if reply else ''}{len(block)} {len(block) + len(payload)}\r\n".encode()
+    size = len(head) + len(block) + len(payload) + 2
+    if nc._max_pending_size > 0 and nc._pending_data_size + size > nc._max_pending_size:
+        return False
+    nc._pending.append(b"".join((head, block, payload, b"\r\n")))
+    nc._pending_data_size += size
+    nc.stats["out_msgs"] += 1
+    nc.stats["out_bytes"] += len(payload)
+    queue = nc._flush_queue
+    if queue is not None and queue.empty():
+        queue.put_nowait(asyncio.get_running_loop().create_future())  # wake the flusher
+    return True

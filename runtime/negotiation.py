@@ -12,7 +12,9 @@ from .errors import ErrorCode, RpcError
 from .liveness import DEFAULT_HEARTBEAT, MAX_HEARTBEAT, MIN_HEARTBEAT, MISSED_BEATS
 from .protocol import (
     DEADLINE,
+    MAX_BATCH,
     REPLY_TO,
+    STREAM_BATCH,
     STREAM_HEARTBEAT,
     STREAM_INBOX,
     STREAM_VERSION,
@@ -33,15 +35,17 @@ DEFAULT_WINDOW_BYTES = 4 * 1024 * 1024
 
 @dataclass(frozen=True)
 class Window:
-    """A receiver's credit: data messages and body bytes a sender may have unacknowledged."""
+    """A receiver's credit: data messages and body bytes a sender may have unacknowledged, and how
+    many messages it takes in one batched frame (1: no batches, what a peer that says nothing gets)."""
 
     messages: int = DEFAULT_WINDOW_MESSAGES
     max_bytes: int = DEFAULT_WINDOW_BYTES
+    batch: int = 1
 
     @classmethod
     def for_method(cls, max_inflight: int) -> Window:
-        """The window we grant on a method: its `max_inflight` option, or the default."""
-        return cls(max_inflight or DEFAULT_WINDOW_MESSAGES, DEFAULT_WINDOW_BYTES)
+        """The window we grant on a method: its `max_inflight` option, or the default; batches welcome."""
+        return cls(max_inflight or DEFAULT_WINDOW_MESSAGES, DEFAULT_WINDOW_BYTES, MAX_BATCH)
 
     @classmethod
     def granted(cls, headers: Mapping[str, str] | None) -> Window:
@@ -49,10 +53,14 @@ class Window:
         return cls(
             header_int(headers, STREAM_WINDOW, DEFAULT_WINDOW_MESSAGES),
             header_int(headers, STREAM_WINDOW_BYTES, DEFAULT_WINDOW_BYTES),
+            min(header_int(headers, STREAM_BATCH, 1), MAX_BATCH),
         )
 
     def headers(self) -> dict[str, str]:
-        return {STREAM_WINDOW: str(self.messages), STREAM_WINDOW_BYTES: str(self.max_bytes)}
+        window = {STREAM_WINDOW: str(self.messages), STREAM_WINDOW_BYTES: str(self.max_bytes)}
+        if self.batch > 1:
+            window[STREAM_BATCH] = str(self.batch)
+        return window
 
 
 def clamp_heartbeat(seconds: float, longest: float = MAX_HEARTBEAT) -> float:

@@ -31,6 +31,9 @@ STREAM_WINDOW_BYTES = "Nats-Stream-Window-Bytes"
 STREAM_ACK = "Nats-Stream-Ack"
 STREAM_HEARTBEAT = "Nats-Stream-Heartbeat"
 STREAM_CANCEL = "Nats-Stream-Cancel"
+# On a data message: it holds this many stream messages (a batch); in a window offer: the most a
+# receiver accepts in one. Only sent to a peer that offered it.
+STREAM_BATCH = "Nats-Stream-Batch"
 DEADLINE = "Nats-Deadline"
 # Optional, on the first message of a chunked stream: the blob's size in bytes, for progress reports.
 BLOB_SIZE = "Nats-Blob-Size"
@@ -39,16 +42,17 @@ _CONTROL = (STREAM_ACK, STREAM_HEARTBEAT, STREAM_CANCEL, STREAM_VERSION)
 
 # Headers of ours that must never be taken for caller headers or echoed back.
 PROTOCOL_HEADERS = frozenset(
-    {REPLY_TO, STREAM_INBOX, STREAM_SEQ, STREAM_END, STREAM_COUNT, ERROR, ERROR_CODE, DEADLINE, BLOB_SIZE, *_CONTROL}
+    {REPLY_TO, STREAM_INBOX, STREAM_SEQ, STREAM_END, STREAM_COUNT, STREAM_BATCH, ERROR, ERROR_CODE, DEADLINE, BLOB_SIZE, *_CONTROL}
 )
 
 END_TRUE = "true"
+MAX_BATCH = 256  # messages in one batch, at most (sent and accepted)
 
 
 class FrameKind(enum.Enum):
     """What a message received on a stream inbox means."""
 
-    DATA = "data"  # carries Nats-Stream-Seq: one message of the stream
+    DATA = "data"  # carries Nats-Stream-Seq: one message of the stream, or a batch of them
     END = "end"  # Nats-Stream-End: true, possibly with an error
     ERROR = "error"  # an error answer without end marker (a unary-style reply, or a 503 status)
     OTHER = "other"  # anything else: not data (open/ack messages, unknown control)
@@ -59,6 +63,7 @@ class Frame:
     kind: FrameKind
     seq: int = 0
     count: int | None = None  # Nats-Stream-Count on an end marker
+    batch: int = 1  # Nats-Stream-Batch on data: how many messages the body holds
     error: RpcError | None = None
 
 
@@ -151,7 +156,16 @@ def classify(headers: Mapping[str, str] | None, method: str | None = None) -> Fr
                 FrameKind.ERROR,
                 error=RpcError(ErrorCode.DATA_LOSS, f"malformed {STREAM_SEQ} {quote(seq_text)}", method=method),
             )
-        return Frame(FrameKind.DATA, seq=seq)
+        batch_text = headers.get(STREAM_BATCH)
+        if batch_text is None:
+            return Frame(FrameKind.DATA, seq=seq)
+        batch = parse_uint(batch_text)
+        if not batch or batch > MAX_BATCH:
+            return Frame(
+                FrameKind.ERROR,
+                error=RpcError(ErrorCode.DATA_LOSS, f"malformed {STREAM_BATCH} {quote(batch_text)}", method=method),
+            )
+        return Frame(FrameKind.DATA, seq=seq, batch=batch)
     error = error_from_headers(headers, method)
     if error is not None:
         return Frame(FrameKind.ERROR, error=error)

@@ -14,12 +14,14 @@ from typing import Any, Awaitable, Callable, Generic, Mapping, TypeVar
 import betterproto
 from nats.aio.msg import Msg
 
+from .batch import BATCHED_BODY_LIMIT, MAX_BATCH_BYTES, pack, unpack
 from .codec import Codec
 from .errors import ErrorCode, RpcError
 from .flow import NO_ACKS, Acknowledger, SendCredit, Unlimited
 from .protocol import (
     BLOB_SIZE,
     END_TRUE,
+    STREAM_BATCH,
     STREAM_COUNT,
     STREAM_END,
     STREAM_SEQ,
@@ -32,7 +34,7 @@ from .protocol import (
     message_size,
     parse_uint,
 )
-from .transport import Subscription, Transport
+from .transport import NowaitPublisher, Subscription, Transport
 
 M = TypeVar("M", bound=betterproto.Message)
 
@@ -80,6 +82,15 @@ def _held(msg: Msg) -> int:
     return len(msg.data) + (sum(map(len, msg.headers.values())) if msg.headers else 0)
 
 
+def _counted(msg: Msg) -> int:
+    """Stream messages a queued NATS message holds against the window: a batch's count (as its
+    peer claims it; the reader checks the claim), else one."""
+    headers = msg.headers
+    if headers is None or STREAM_BATCH not in headers:
+        return 1
+    return parse_uint(headers[STREAM_BATCH]) or 1
+
+
 class Inbox:
     """A subscription whose messages queue up until a reader takes them, in arrival order.
 
@@ -98,6 +109,7 @@ class Inbox:
         self.method = method
         self.subject = nc.new_inbox()
         self._queue: deque[Msg] = deque()
+        self._queued_messages = 0  # stream messages queued: a batched frame counts what it holds
         self._queued_bytes = 0
         self.max_messages = V1_BUFFER_MESSAGES
         self.max_bytes = V1_BUFFER_BYTES
@@ -144,8 +156,9 @@ class Inbox:
         self.last_data = now
         queue = self._queue
         queue.append(msg)
+        self._queued_messages += _counted(msg)
         self._queued_bytes += _held(msg)
-        if len(queue) > self.max_messages or (len(queue) > 1 and self._queued_bytes > self.max_bytes):
+        if self._queued_messages > self.max_messages or (len(queue) > 1 and self._queued_bytes > self.max_bytes):
             self._overrun()
         self._wake()
 
@@ -164,7 +177,7 @@ class Inbox:
         """End at once: drop what is queued and whatever still arrives; every `get` raises `error`."""
         self._dropping = True
         self._queue.clear()
-        self._queued_bytes = 0
+        self._queued_messages = self._queued_bytes = 0
         self.fail(error)
 
     def _wake(self) -> None:
@@ -213,9 +226,10 @@ class Inbox:
                 self._waiter = None
         msg = self._queue.popleft()
         if self._queue:
+            self._queued_messages -= _counted(msg)
             self._queued_bytes -= _held(msg)
         else:
-            self._queued_bytes = 0
+            self._queued_messages = self._queued_bytes = 0
         return msg
 
     @property
@@ -233,7 +247,7 @@ class Inbox:
         if sub is not None:
             await sub.unsubscribe()
         self._queue.clear()
-        self._queued_bytes = 0
+        self._queued_messages = self._queued_bytes = 0
 
 
 class StreamReader(Generic[M]):
@@ -260,10 +274,12 @@ class StreamReader(Generic[M]):
         self.headers: dict[str, str] = {}  # the peer's headers on its first message
         self.blob_size: int | None = None  # a chunked stream's size, when the sender said it
         self.acks: Acknowledger = NO_ACKS  # v2: acknowledge what the application consumed
+        self._unpacked: deque[bytes] = deque()  # the rest of a batched frame, in order
 
     def _fail(self, error: RpcError) -> RpcError:
         self.finished = True
         self.error = error
+        self._unpacked.clear()
         return error
 
     async def recv(self) -> M:
@@ -280,6 +296,8 @@ class StreamReader(Generic[M]):
             if self.error is not None:
                 raise self.error
             raise StopAsyncIteration
+        if self._unpacked:
+            return await self._consumed(self._unpacked.popleft())
         while True:
             msg = await self.inbox.get(self.deadline, self.method)
             headers = msg.headers
@@ -299,10 +317,19 @@ class StreamReader(Generic[M]):
                             method=self.method,
                         )
                     )
-                self.received = expected
-                self.bytes_received += len(msg.data)
-                await self.acks.consumed(expected, len(msg.data))
-                return msg.data
+                if frame.batch == 1:
+                    return await self._consumed(msg.data)
+                bodies = unpack(msg.data, frame.batch)
+                if bodies is None:
+                    raise self._fail(
+                        RpcError(
+                            ErrorCode.DATA_LOSS,
+                            f"malformed batched frame: not {frame.batch} length-prefixed messages",
+                            method=self.method,
+                        )
+                    )
+                self._unpacked.extend(bodies[1:])
+                return await self._consumed(bodies[0])
             if kind is FrameKind.END:
                 self.saw_end = True
                 if frame.error is not None:
@@ -322,6 +349,13 @@ class StreamReader(Generic[M]):
                 self.saw_end = True
                 raise self._fail(frame.error)
             # Anything else (no seq, no end, no error) is not data: skip it.
+
+    async def _consumed(self, body: bytes) -> bytes:
+        """The next message in sequence, counted and (v2) acknowledged as the application takes it."""
+        self.received += 1
+        self.bytes_received += len(body)
+        await self.acks.consumed(self.received, len(body))
+        return body
 
     async def drain_to_end(self, deadline: Deadline | None) -> None:
         """Discard what is left until the peer's end marker (or the deadline)."""
@@ -391,7 +425,12 @@ class FirstHop:
 
 
 class StreamWriter:
-    """The sending side of one direction: numbers messages from 1 and ends with the count sent."""
+    """The sending side of one direction: numbers messages from 1 and ends with the count sent.
+
+    When the receiver takes batched frames (`credit.batch` > 1), small messages wait in `_batch`
+    until this loop turn ends (the producer awaits something that suspends) or a bound is reached,
+    and leave as one NATS message: never later than they would have been written to the socket.
+    """
 
     def __init__(
         self,
@@ -406,7 +445,7 @@ class StreamWriter:
         self.subject = subject
         self.codec = codec
         self.method = method
-        self.sent = 0
+        self.sent = 0  # the last sequence number given out (sent, or waiting in the batch)
         self.bytes_sent = 0
         self.ended = False
         # Sent once, with the first message of this direction (data or end): response headers.
@@ -414,6 +453,15 @@ class StreamWriter:
         self.credit: SendCredit = credit if credit is not None else Unlimited()  # v2: the receiver's window
         self.first_hop: FirstHop | None = None  # set when the subject is an inbox the peer just created
         self.on_sent = on_sent  # v2: heartbeats count what we send
+        self._nowait: NowaitPublisher | None = nc if hasattr(nc, "publish_nowait") else None  # type: ignore[assignment]
+        self._batch: list[bytes] = []
+        self._batch_bytes = 0
+        self._flush_pending = False  # a flush is scheduled for the end of this loop turn
+        self._flushing: asyncio.Task[None] | None = None  # a flush that had to await `publish`
+        self._flush_error: BaseException | None = None
+        # Bodies up to this size may share a frame; one frame stays well below max_payload.
+        self._batch_byte_limit = min(MAX_BATCH_BYTES, nc.max_payload // 2)
+        self._batched_body_limit = min(BATCHED_BODY_LIMIT, self._batch_byte_limit // 2)
 
     def _take_first_headers(self, headers: dict[str, str]) -> None:
         if self.first_headers:
@@ -434,17 +482,93 @@ class StreamWriter:
             return await first_hop.send(lambda own: self.send_body(body, reply=own), undo)
         if self.ended:
             raise RpcError(ErrorCode.INTERNAL, "send after the stream was ended", method=self.method)
+        credit = self.credit
+        if credit.batch > 1 and len(body) <= self._batched_body_limit and not reply and self.first_headers is None:
+            return await self._add_to_batch(body, credit)
+        if self._batch or self._flushing is not None:
+            await self.flush()
         seq = self.sent + 1
         headers = {STREAM_SEQ: str(seq)}
         if self.first_headers is not None:
             self._take_first_headers(headers)
         check_size(len(body), headers, self.nc.max_payload, self.method)
-        credit = self.credit
         await credit.acquire(len(body))
-        await self.nc.publish(self.subject, body, reply=reply, headers=headers)
+        await self._publish(body, headers, reply)
         self.sent = seq
         self.bytes_sent += len(body)
         credit.sent(seq, len(body))
+
+    async def _add_to_batch(self, body: bytes, credit: SendCredit) -> None:
+        """Queue a small message for the next batched frame; flow control counts it now."""
+        size = len(body)
+        await credit.acquire(size)  # out of credit: we suspend here, and the scheduled flush runs
+        if self._flush_error is not None:
+            raise self._flush_error
+        self.sent += 1
+        self.bytes_sent += size
+        credit.sent(self.sent, size)
+        batch = self._batch
+        batch.append(body)
+        self._batch_bytes += size + 3
+        if len(batch) >= credit.batch or self._batch_bytes >= self._batch_byte_limit:
+            await self.flush()
+        elif not self._flush_pending:
+            self._flush_pending = True
+            asyncio.get_running_loop().call_soon(self._flush_soon)
+
+    def _take_batch(self) -> tuple[bytes, dict[str, str]]:
+        """The waiting messages as one NATS message (a single one as a plain data message)."""
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
+        first = self.sent - len(batch) + 1
+        if len(batch) == 1:
+            body, headers = batch[0], {STREAM_SEQ: str(first)}
+        else:
+            body, headers = pack(batch), {STREAM_SEQ: str(first), STREAM_BATCH: str(len(batch))}
+        if self.first_headers is not None:
+            self._take_first_headers(headers)
+        return body, headers
+
+    def _flush_soon(self) -> None:
+        """End of the loop turn in which messages were queued: send them now, without waiting."""
+        self._flush_pending = False
+        if not self._batch or self._flushing is not None:
+            return
+        body, headers = self._take_batch()
+        nowait = self._nowait
+        if nowait is not None and nowait.publish_nowait(self.subject, body, headers):
+            if self.on_sent is not None:
+                self.on_sent()
+            return
+        self._flushing = asyncio.get_running_loop().create_task(self._publish_taken(body, headers))
+
+    async def _publish_taken(self, body: bytes, headers: dict[str, str]) -> None:
+        """Publish a taken batch, then whatever was queued meanwhile (nobody else sends it)."""
+        try:
+            while True:
+                await self._publish(body, headers)
+                if not self._batch:
+                    break
+                body, headers = self._take_batch()
+        except BaseException as error:  # the connection closed: the next send or end says so
+            self._flush_error = error
+            self.credit.fail(error)
+        finally:
+            self._flushing = None
+
+    async def flush(self) -> None:
+        """Send whatever waits in the batch now (in order behind a flush already under way)."""
+        if self._flushing is not None:
+            await asyncio.shield(self._flushing)
+        if self._flush_error is not None:
+            raise self._flush_error
+        if self._batch:
+            body, headers = self._take_batch()
+            await self._publish(body, headers)
+
+    async def _publish(self, body: bytes, headers: dict[str, str], reply: str = "") -> None:
+        nowait = self._nowait
+        if nowait is None or not nowait.publish_nowait(self.subject, body, headers, reply):
+            await self.nc.publish(self.subject, body, reply=reply, headers=headers)
         if self.on_sent is not None:
             self.on_sent()
 
@@ -460,6 +584,12 @@ class StreamWriter:
                 self.ended, self.first_headers = False, first_headers
 
             return await first_hop.send(lambda own: self._end(error, own), undo)
+        if self._batch or self._flushing is not None:
+            try:
+                await self.flush()
+            except BaseException:
+                if error is None:
+                    raise
         await self._end(error)
 
     async def _end(self, error: RpcError | None, reply: str = "") -> None:
@@ -473,6 +603,4 @@ class StreamWriter:
             too_big = f"the end marker's headers exceed the server's max_payload of {self.nc.max_payload}"
             headers = {STREAM_END: END_TRUE, STREAM_COUNT: str(self.sent)}
             headers.update(error_headers(ErrorCode.RESOURCE_EXHAUSTED, too_big))
-        await self.nc.publish(self.subject, b"", reply=reply, headers=headers)
-        if self.on_sent is not None:
-            self.on_sent()
+        await self._publish(b"", headers, reply)

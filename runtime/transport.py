@@ -13,7 +13,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 
-from .nats_compat import PermissionErrors, flush_ordered, new_inbox, unsubscribe_quietly
+from .nats_compat import PermissionErrors, flush_ordered, new_inbox, publish_nowait, unsubscribe_quietly
 
 MessageHandler = Callable[[Msg], Awaitable[None]]
 
@@ -74,6 +74,13 @@ class Transport(Protocol):
     def forget_permissions(self, subject: str) -> None: ...
 
 
+class NowaitPublisher(Protocol):
+    """Optional on a `Transport`: queue a message synchronously (subjects and headers built by the
+    runtime), in order with `publish`; False when it cannot, and then `publish` is used."""
+
+    def publish_nowait(self, subject: str, payload: bytes, headers: dict[str, str], reply: str = "") -> bool: ...
+
+
 class _NatsSubscription:
     def __init__(self, sub: NatsSubscription) -> None:
         self._sub = sub
@@ -104,6 +111,10 @@ class NatsTransport:
         self, subject: str, payload: bytes = b"", reply: str = "", headers: dict[str, str] | None = None
     ) -> None:
         await self.nc.publish(subject, payload, reply=reply, headers=headers)
+
+    def publish_nowait(self, subject: str, payload: bytes, headers: dict[str, str], reply: str = "") -> bool:
+        """Queue a message we built without a coroutine; False when `publish` must be used."""
+        return publish_nowait(self.nc, subject, payload, headers, reply)
 
     async def subscribe(
         self,

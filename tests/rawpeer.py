@@ -21,6 +21,7 @@ PROTOCOL_NAMES = [
     "Nats-Stream-Version",
     "Nats-Stream-Window",
     "Nats-Stream-Window-Bytes",
+    "Nats-Stream-Batch",
     "Nats-Stream-Ack",
     "Nats-Stream-Heartbeat",
     "Nats-Stream-Cancel",

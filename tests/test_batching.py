@@ -1,0 +1,211 @@
+"""Batched frames (protocol v2 extension): the framing, what goes on the wire to a peer that offered
+batches and to one that did not, and hostile batches on both sides (raw nats-py peers)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator
+
+import pytest
+from conftest import Wiretap
+from hypothesis import given
+from hypothesis import strategies as st
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from rawpeer import Collector
+from test_hostile_peers import assert_connection_intact, assert_still_serves, fake_endpoint, next_frame
+
+import betterproto_nats
+from betterproto_nats import ErrorCode, RpcError
+from betterproto_nats.batch import pack, unpack
+from betterproto_nats.nats_compat import flush_ordered, publish_nowait
+from betterproto_nats.protocol import MAX_BATCH
+from demo_service import Demo
+from gen.streaming.v1 import CountUpRequest, CountUpResponse, StreamDemoServiceNatsClient, SumRequest, SumResponse
+
+PREFIX = "api.v1.stream"
+SEQ, BATCH, END, COUNT = "Nats-Stream-Seq", "Nats-Stream-Batch", "Nats-Stream-End", "Nats-Stream-Count"
+INBOX, ERROR_CODE = "Nats-Stream-Inbox", "Nats-Service-Error-Code"
+OFFER = {"Nats-Stream-Version": "2", "Nats-Stream-Heartbeat": "5000", "Nats-Stream-Window": "256", "Nats-Stream-Window-Bytes": "4194304"}
+
+
+# --- Framing --------------------------------------------------------------------------------------
+
+
+@given(st.lists(st.binary(max_size=300), min_size=1, max_size=40))
+def test_pack_and_unpack_round_trip(bodies: list[bytes]) -> None:
+    assert unpack(pack(bodies), len(bodies)) == bodies
+
+
+MALFORMED = {
+    "length past the end": (b"\x05abc", 1),
+    "bytes left over": (b"\x01a\x01b", 1),
+    "fewer messages than claimed": (b"\x01a", 2),
+    "empty payload": (b"", 1),
+    "over-long length varint": (b"\xff\xff\xff\xff\xff\x01", 1),
+    "huge length": (b"\xff\xff\xff\xff\x0fa", 1),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_unpack_refuses_what_is_not_exactly_the_count(case: str) -> None:
+    data, count = MALFORMED[case]
+    assert unpack(data, count) is None
+
+
+# --- On the wire ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def service(server_nc: NATS) -> AsyncIterator[betterproto_nats.Server]:
+    server = await betterproto_nats.serve(server_nc, Demo())
+    yield server
+    await server.stop()
+
+
+async def collect_stream(r: Collector) -> list[Msg]:
+    """Data frames up to and including the end marker."""
+    frames = [await next_frame(r, 5)]
+    while END not in (frames[-1].headers or {}):
+        frames.append(await next_frame(r, 5))
+    return frames
+
+
+def bodies_of(frames: list[Msg]) -> list[bytes]:
+    """The stream's messages in order, unpacking batches; checks that sequence numbers are contiguous."""
+    bodies: list[bytes] = []
+    for frame in frames[:-1]:
+        headers = frame.headers or {}
+        assert int(headers[SEQ]) == len(bodies) + 1, headers
+        count = int(headers.get(BATCH, "1"))
+        bodies.extend(unpack(frame.data, count) if BATCH in headers else [frame.data])  # type: ignore[arg-type]
+    assert frames[-1].headers[COUNT] == str(len(bodies))  # type: ignore[index]
+    return bodies
+
+
+@pytest.mark.parametrize("offered", [16, None], ids=["batches-offered", "no-batch-offer"])
+async def test_server_batches_only_for_a_client_that_offered(nc: NATS, service: betterproto_nats.Server, offered: int | None) -> None:
+    """Messages a handler yields without waiting travel together, within the offered size; a v2
+    client that did not offer batches gets one NATS message per stream message, as before."""
+    offer = {**OFFER, **({BATCH: str(offered)} if offered else {})}
+    async with Collector(nc) as r:
+        await nc.publish(f"{PREFIX}.count_up", bytes(CountUpRequest(count=200)), reply=r.subject, headers={"Reply-To": r.subject, **offer})
+        frames = await collect_stream(r)
+    assert bodies_of(frames) == [bytes(CountUpResponse(number=i)) for i in range(200)]
+    sizes = [int((f.headers or {}).get(BATCH, "1")) for f in frames[:-1]]
+    if offered:
+        assert max(sizes) > 1 and max(sizes) <= offered, sizes
+        assert len(frames) < 200 // 4
+        assert all(BATCH not in (f.headers or {}) for f in frames[:-1] if int(f.headers[SEQ]) == 1)  # type: ignore[index]
+    else:
+        assert sizes == [1] * 200 and all(BATCH not in (f.headers or {}) for f in frames)
+
+
+async def open_sum_v2(nc: NATS, r: Collector) -> tuple[str, dict[str, str]]:
+    ack = await nc.request(f"{PREFIX}.sum", b"", timeout=2, headers={"Reply-To": r.subject, **OFFER})
+    assert ack.headers is not None and ERROR_CODE not in ack.headers, ack.headers
+    return ack.headers[INBOX], ack.headers
+
+
+async def test_server_takes_batches_and_says_so(nc: NATS, service: betterproto_nats.Server) -> None:
+    async with Collector(nc) as r:
+        s_subject, ack = await open_sum_v2(nc, r)
+        assert ack[BATCH] == str(MAX_BATCH)  # the server offers to take batches
+        await nc.publish(s_subject, bytes(SumRequest(value=1)), reply=r.subject, headers={SEQ: "1"})
+        await nc.publish(s_subject, pack([bytes(SumRequest(value=v)) for v in (2, 3, 4)]), headers={SEQ: "2", BATCH: "3"})
+        await nc.publish(s_subject, bytes(SumRequest(value=5)), headers={SEQ: "5"})
+        await nc.publish(s_subject, b"", headers={END: "true", COUNT: "5"})
+        answer = await next_frame(r, 5)
+    assert ERROR_CODE not in (answer.headers or {}), answer.headers
+    assert SumResponse().parse(answer.data) == SumResponse(total=15, count=5)
+
+
+HOSTILE_BATCHES = {
+    "framing-lies": ({SEQ: "1", BATCH: "3"}, b"\x01a\x05b", ErrorCode.DATA_LOSS),
+    "batch-zero": ({SEQ: "1", BATCH: "0"}, b"", ErrorCode.DATA_LOSS),
+    "batch-over-max": ({SEQ: "1", BATCH: str(MAX_BATCH + 1)}, b"", ErrorCode.DATA_LOSS),
+    "batch-superscript": ({SEQ: "1", BATCH: "²"}, b"", ErrorCode.DATA_LOSS),
+    "batch-400-digits": ({SEQ: "1", BATCH: "9" * 400}, b"", ErrorCode.DATA_LOSS),
+    "wrong-first-seq": ({SEQ: "7", BATCH: "2"}, pack([b"", b""]), ErrorCode.DATA_LOSS),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE_BATCHES)
+async def test_hostile_batch_to_the_server_is_a_clean_error(nc: NATS, server_nc: NATS, service: betterproto_nats.Server, case: str) -> None:
+    headers, body, code = HOSTILE_BATCHES[case]
+    async with Collector(nc) as r:
+        s_subject, _ = await open_sum_v2(nc, r)
+        await nc.publish(s_subject, body, headers=headers)
+        await nc.publish(s_subject, b"", headers={END: "true", COUNT: "3"})
+        answer = await next_frame(r, 5)
+    assert (answer.headers or {}).get(ERROR_CODE) == code, answer.headers
+    assert_connection_intact(server_nc)
+    await assert_still_serves(nc)
+
+
+class NotReading(Demo):
+    """A client-stream handler that never reads: everything the client sends stays queued."""
+
+    async def sum(self, requests: AsyncIterator[SumRequest]) -> SumResponse:
+        await asyncio.Event().wait()
+        return SumResponse()
+
+
+async def test_batches_count_what_they_claim_against_the_window(nc: NATS, server_nc: NATS) -> None:
+    """Three full batches to a handler that does not read claim 768 messages of a 256 window."""
+    server = await betterproto_nats.serve(server_nc, NotReading())
+    try:
+        async with Collector(nc) as r:
+            s_subject, _ = await open_sum_v2(nc, r)
+            for first in (1, MAX_BATCH + 1, 2 * MAX_BATCH + 1):
+                await nc.publish(s_subject, b"\x00" * MAX_BATCH, headers={SEQ: str(first), BATCH: str(MAX_BATCH)})
+            answer = await next_frame(r, 5)
+        assert (answer.headers or {}).get(ERROR_CODE) == ErrorCode.RESOURCE_EXHAUSTED, answer.headers
+        assert_connection_intact(server_nc)
+    finally:
+        await server.stop()
+
+
+async def test_our_client_refuses_a_malformed_batch(nc: NATS, server_nc: NATS) -> None:
+    """A raw server that confirms v2 and sends a batch whose framing lies: DATA_LOSS, not a hang."""
+
+    async def answer(msg: Msg) -> None:
+        r_subject = (msg.headers or {})["Reply-To"]
+        own = server_nc.new_inbox()
+        await server_nc.publish(r_subject, b"", headers={"Nats-Stream-Version": "2", INBOX: own, "Nats-Stream-Heartbeat": "1000"})
+        await server_nc.publish(r_subject, bytes(CountUpResponse(number=0)), headers={SEQ: "1"})
+        await server_nc.publish(r_subject, b"\x02\x08\x01\x09", headers={SEQ: "2", BATCH: "2"})
+
+    sub = await fake_endpoint(server_nc, "count_up", answer)
+    try:
+        client = StreamDemoServiceNatsClient(nc)
+        received = []
+        with pytest.raises(RpcError) as failed:
+            async for response in client.count_up(CountUpRequest(count=3), timeout=5):
+                received.append(response.number)
+        assert received == [0]
+        assert failed.value.code == ErrorCode.DATA_LOSS and "batched frame" in failed.value.message
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_our_peers_batch_both_ways(nc: NATS, service: betterproto_nats.Server, tap: Wiretap) -> None:
+    client = StreamDemoServiceNatsClient(nc)
+    assert [r.number async for r in client.count_up(CountUpRequest(count=1000))] == list(range(1000))
+    assert await client.sum(SumRequest(value=1) for _ in range(1000)) == SumResponse(total=1000, count=1000)
+    data = tap.with_header(SEQ)
+    assert len(data) < 2000 // 4, len(data)
+    batched_to = {subject for subject, headers, _ in data if BATCH in headers}
+    assert len(batched_to) == 2  # R (server to client) and S (client to server)
+
+
+async def test_publish_nowait_is_active_on_this_nats_py(nc: NATS) -> None:
+    """The synchronous publish path relies on nats-py internals; if an upgrade changes them, this
+    fails (everything still works through `publish`, only slower)."""
+    received: asyncio.Queue[Msg] = asyncio.Queue()
+    sub = await nc.subscribe("nowait.check", cb=received.put)
+    await flush_ordered(nc)
+    assert publish_nowait(nc, "nowait.check", b"body", {"A": "1", SEQ: "7"}, reply="r.x")
+    msg = await asyncio.wait_for(received.get(), 5)
+    assert (msg.data, msg.reply, msg.headers) == (b"body", "r.x", {"A": "1", SEQ: "7"})
+    await sub.unsubscribe()
