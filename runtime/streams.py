@@ -116,7 +116,7 @@ class Inbox:
         self._on_overflow = on_overflow
         self._waiter: asyncio.Future[None] | None = None
         self._failure: BaseException | None = None
-        self._dropping = False  # overrun: nothing more is queued
+        self._dropping = False  # failed (or overrun): nothing more is queued
         self._sub: Subscription | None = None
         self._reconnects = 0  # the connection's reconnect count when we subscribed
         self.last_heard = self.last_data = asyncio.get_running_loop().time()
@@ -147,6 +147,12 @@ class Inbox:
         self._wake()
 
     async def _on_msg(self, msg: Msg) -> None:
+        if self.nc.reconnects != self._reconnects:
+            # Anything after a reconnect follows a gap in which messages may have been lost: the
+            # stream ends UNAVAILABLE on this side, whatever comes now (a skipped seq that would read
+            # as DATA_LOSS, the peer's answer to such a gap, more data that would keep it going).
+            self.fail(self._interrupted())
+            return
         self.last_heard = now = asyncio.get_running_loop().time()
         watcher = self.watcher
         if watcher is not None and watcher(msg):
@@ -175,7 +181,6 @@ class Inbox:
 
     def abort(self, error: BaseException) -> None:
         """End at once: drop what is queued and whatever still arrives; every `get` raises `error`."""
-        self._dropping = True
         self._queue.clear()
         self._queued_messages = self._queued_bytes = 0
         self.fail(error)
@@ -186,10 +191,16 @@ class Inbox:
             waiter.set_result(None)
 
     def fail(self, error: BaseException) -> None:
-        """Make the current and every later `get` raise `error` once the queue is empty."""
+        """Make the current and every later `get` raise `error` once the queue is empty. Nothing that
+        arrives from now on is queued: a peer still sending (acked as the reader drains the queue)
+        would otherwise keep the queue from ever emptying, and the stream from ending."""
+        self._dropping = True
         if self._failure is None:
             self._failure = error
         self._wake()
+
+    def _interrupted(self) -> RpcError:
+        return RpcError(ErrorCode.UNAVAILABLE, "the NATS connection was interrupted", method=self.method)
 
     async def get(self, deadline: Deadline | None, method: str | None = None) -> Msg:
         loop = asyncio.get_running_loop()
@@ -199,7 +210,7 @@ class Inbox:
             if self.nc.reconnects != self._reconnects:
                 # Messages may have been lost in the gap, including an end marker that would never
                 # come again: a v1 peer sends no heartbeats, so without this a stream could wait forever.
-                self.fail(RpcError(ErrorCode.UNAVAILABLE, "the NATS connection was interrupted", method=method))
+                self.fail(self._interrupted())
                 continue
             now = loop.time()
             wake_at = now + RECONNECT_CHECK
