@@ -167,6 +167,7 @@ class ClientCall:
         self.answer: Msg | None = None  # the server's final message, once it arrived (sending shapes)
         self.heard = asyncio.Event()  # something arrived on R
         self.released = False
+        self.lost = False  # the server's heartbeats said our messages were lost in transit
         self.failure: RpcError | None = None  # why the call failed, once it did
         self.chain = client._nats_chain
         self.info: CallInfo | None = None  # what interceptors see, when there are any
@@ -307,7 +308,13 @@ class ClientCall:
             client_heartbeat(confirmation, self.heartbeat),
             on_dead=lambda why: self.fail(self.error(ErrorCode.UNAVAILABLE, f"the server is unreachable: {why}")),
             window=window,
+            on_loss=self._lost,
         )
+        inbox, writer = self.inbox, self.writer
+        if self.reader is not None:
+            session.received = lambda: inbox.arrived
+        if writer is not None:
+            session.sent = lambda: writer.position
         if self.writer is not None and window is not None:
             if self.answer is not None:  # the server ended the call during the handshake
                 window.fail(_Answered())
@@ -365,6 +372,12 @@ class ClientCall:
         if not self.receives:
             return True
         return classify(msg.headers).kind in (FrameKind.END, FrameKind.ERROR)
+
+    def _lost(self, why: str) -> None:
+        """Our messages did not reach the server (its heartbeats say so): the call fails with
+        DATA_LOSS, and the cancel at close tells the server why."""
+        self.lost = True
+        self.fail(self.error(ErrorCode.DATA_LOSS, why))
 
     def fail(self, error: RpcError, at_once: bool = False) -> None:
         """End the call with `error`: a waiting reader (after what is queued, unless `at_once`) and a
@@ -468,7 +481,7 @@ class ClientCall:
             await self._await_confirmation(inbox)
         if self.session is not None:
             if not server_done:
-                await self.session.send_cancel("closed by the client")
+                await self.session.send_cancel("closed by the client", data_loss=self.lost)
             self.session.close()
         if inbox is not None:
             await inbox.close()

@@ -31,6 +31,8 @@ STREAM_WINDOW_BYTES = "Nats-Stream-Window-Bytes"
 STREAM_ACK = "Nats-Stream-Ack"
 STREAM_HEARTBEAT = "Nats-Stream-Heartbeat"
 STREAM_CANCEL = "Nats-Stream-Cancel"
+# On heartbeats: data messages received so far in the direction toward the heartbeat's sender.
+STREAM_RECEIVED = "Nats-Stream-Received"
 # On a data message: it holds this many stream messages (a batch); in a window offer: the most a
 # receiver accepts in one. Only sent to a peer that offered it.
 STREAM_BATCH = "Nats-Stream-Batch"
@@ -42,7 +44,7 @@ _CONTROL = (STREAM_ACK, STREAM_HEARTBEAT, STREAM_CANCEL, STREAM_VERSION)
 
 # Headers of ours that must never be taken for caller headers or echoed back.
 PROTOCOL_HEADERS = frozenset(
-    {REPLY_TO, STREAM_INBOX, STREAM_SEQ, STREAM_END, STREAM_COUNT, STREAM_BATCH, ERROR, ERROR_CODE, DEADLINE, BLOB_SIZE, *_CONTROL}
+    {REPLY_TO, STREAM_INBOX, STREAM_SEQ, STREAM_END, STREAM_COUNT, STREAM_BATCH, STREAM_RECEIVED, ERROR, ERROR_CODE, DEADLINE, BLOB_SIZE, *_CONTROL}
 )
 
 END_TRUE = "true"

@@ -287,8 +287,9 @@ class Responder:
             inbox.subject,
             self.heartbeat,
             on_dead=lambda why: self.interrupt(self.error(ErrorCode.UNAVAILABLE, f"the client is unreachable: {why}"), False),
-            on_cancel=lambda reason: self.interrupt(self.error(ErrorCode.CANCELLED, reason or "cancelled"), False),
+            on_cancel=lambda reason, code: self.interrupt(self.error(code, reason or "cancelled"), False),
             window=window,
+            on_loss=lambda why: self.interrupt(self.error(ErrorCode.DATA_LOSS, why), True),
         )
         inbox.watcher = self.watch
         return session
@@ -321,6 +322,8 @@ class Responder:
         else:
             writer = StreamWriter(self.nc, subject, self.codec, self.name)
         writer.first_headers = self.context.response_headers
+        if session is not None:
+            session.sent = lambda: writer.position
         if own_inbox is not None and subject != self.msg.reply:
             writer.first_hop = FirstHop(self.nc, own_inbox, self.name)
         return writer
@@ -599,6 +602,7 @@ class _Handshaking(Responder):
         self.reader = StreamReader(inbox, self.codec, self.method.request, self.name, self.deadline)
         if self.v2:
             session = self.start_session(reply_to, inbox, sends=self.method.cardinality is Cardinality.BIDI)
+            session.received = lambda: inbox.arrived
             window = Window.for_method(self.method.max_inflight)
             self.reader.acks = AckPolicy(window, session.send_ack)
             inbox.limit(window.messages + 2, window.max_bytes)  # + the end marker and a stray status

@@ -7,11 +7,14 @@ from typing import Callable
 from nats.aio.msg import Msg
 
 from .flow import FlowWindow
-from .liveness import Liveness
+from .errors import ErrorCode
+from .liveness import MISSED_BEATS, Liveness
 from .protocol import (
+    ERROR_CODE,
     STREAM_ACK,
     STREAM_CANCEL,
     STREAM_HEARTBEAT,
+    STREAM_RECEIVED,
     clip,
     is_control,
     is_no_responders,
@@ -30,6 +33,11 @@ class StreamSession:
     Acks and heartbeats carry our inbox as their reply subject: once the peer's inbox is gone (its
     process died), the NATS server answers one of them with a no-responders status at once, so a
     dead peer is noticed within a heartbeat rather than after three silent ones.
+
+    Heartbeats also say how much of the peer's stream has arrived (`received`, when we receive one).
+    A sender whose peer reports the same count, short of what was sent, in `MISSED_BEATS` heartbeats
+    spanning at least an interval knows messages were lost in transit: `on_loss` ends the call
+    (DATA_LOSS) instead of both sides waiting, heartbeats flowing, for messages that never come.
     """
 
     def __init__(
@@ -39,8 +47,9 @@ class StreamSession:
         own_inbox: str,
         heartbeat: float,
         on_dead: Callable[[str], None],
-        on_cancel: Callable[[str], None] | None = None,
+        on_cancel: Callable[[str, str], None] | None = None,
         window: FlowWindow | None = None,
+        on_loss: Callable[[str], None] | None = None,
     ) -> None:
         self.nc = nc
         self.peer_inbox = peer_inbox
@@ -55,6 +64,12 @@ class StreamSession:
         reconnects = nc.reconnects
         self.liveness = Liveness(heartbeat, self.send_heartbeat, on_dead, interrupted=lambda: nc.reconnects != reconnects)
         self.closed = False
+        # Stream positions (data messages, and the end marker as one more): what arrived of the
+        # peer's stream, when we receive one; what we sent, when we send one.
+        self.received: Callable[[], int] | None = None
+        self.sent: Callable[[], int] | None = None
+        self.on_loss = on_loss
+        self._behind: tuple[int, int, float] | None = None  # (peer's count, reports of it, first seen)
 
     def start(self) -> None:
         self.liveness.start()
@@ -73,10 +88,29 @@ class StreamSession:
         ack = parse_uint(headers.get(STREAM_ACK))
         if ack is not None and self.window is not None:
             self.window.on_ack(ack)
+        received = parse_uint(headers.get(STREAM_RECEIVED))
+        if received is not None and self.sent is not None:
+            self._peer_received(received, self.sent())
         reason = headers.get(STREAM_CANCEL)
         if reason is not None and self.on_cancel is not None:
-            self.on_cancel(clip(reason, 256))
+            code = ErrorCode.DATA_LOSS if headers.get(ERROR_CODE) == ErrorCode.DATA_LOSS else ErrorCode.CANCELLED
+            self.on_cancel(clip(reason, 256), code)
         return True
+
+    def _peer_received(self, received: int, sent: int) -> None:
+        """The peer's count of what arrived: stuck short of what we sent means loss."""
+        if received >= sent:
+            self._behind = None
+            return
+        now = self.liveness.loop_time()
+        behind = self._behind
+        if behind is None or behind[0] != received:
+            self._behind = (received, 1, now)
+            return
+        reports = behind[1] + 1
+        self._behind = (received, reports, behind[2])
+        if reports >= MISSED_BEATS and now - behind[2] >= self.heartbeat and self.on_loss is not None:
+            self.on_loss(f"the peer received {received} of the {sent} messages sent; the rest were lost in transit")
 
     async def _send(self, headers: dict[str, str]) -> None:
         if self.closed:
@@ -91,11 +125,18 @@ class StreamSession:
             pass  # the connection is gone: liveness ends the stream (silence or a reconnect)
 
     async def send_heartbeat(self) -> None:
-        await self._send({STREAM_HEARTBEAT: self._heartbeat_ms})
+        headers = {STREAM_HEARTBEAT: self._heartbeat_ms}
+        if self.received is not None:
+            headers[STREAM_RECEIVED] = str(self.received())
+        await self._send(headers)
 
-    async def send_cancel(self, reason: str) -> None:
+    async def send_cancel(self, reason: str, data_loss: bool = False) -> None:
+        """Tell the server to stop; `data_loss`: because our messages did not reach it."""
+        headers = {STREAM_CANCEL: sanitize(clip(reason, 256))}
+        if data_loss:
+            headers[ERROR_CODE] = ErrorCode.DATA_LOSS
         try:
-            await self._send({STREAM_CANCEL: sanitize(clip(reason, 256))})
+            await self._send(headers)
         except Exception:
             pass  # the connection is gone: the peer will notice the silence instead
 

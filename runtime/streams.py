@@ -110,6 +110,7 @@ class Inbox:
         self.subject = nc.new_inbox()
         self._queue: deque[Msg] = deque()
         self._queued_messages = 0  # stream messages queued: a batched frame counts what it holds
+        self.arrived = 0  # data messages and end markers that arrived (v2 heartbeats tell the sender)
         self._queued_bytes = 0
         self.max_messages = V1_BUFFER_MESSAGES
         self.max_bytes = V1_BUFFER_BYTES
@@ -162,7 +163,11 @@ class Inbox:
         self.last_data = now
         queue = self._queue
         queue.append(msg)
-        self._queued_messages += _counted(msg)
+        counted = _counted(msg)
+        headers = msg.headers
+        if headers is not None and (STREAM_SEQ in headers or STREAM_END in headers):
+            self.arrived += counted
+        self._queued_messages += counted
         self._queued_bytes += _held(msg)
         if self._queued_messages > self.max_messages or (len(queue) > 1 and self._queued_bytes > self.max_bytes):
             self._overrun()
@@ -473,6 +478,11 @@ class StreamWriter:
         # Bodies up to this size may share a frame; one frame stays well below max_payload.
         self._batch_byte_limit = min(MAX_BATCH_BYTES, nc.max_payload // 2)
         self._batched_body_limit = min(BATCHED_BODY_LIMIT, self._batch_byte_limit // 2)
+
+    @property
+    def position(self) -> int:
+        """Stream frames given out: data messages, and the end marker as one more."""
+        return self.sent + self.ended
 
     def _take_first_headers(self, headers: dict[str, str]) -> None:
         if self.first_headers:

@@ -1,0 +1,168 @@
+"""Messages lost in transit (v2): heartbeats carry how much of the peer's stream arrived, so a sender
+whose messages never arrive ends the call with DATA_LOSS on both sides instead of hanging, even
+without a deadline. Loss is injected by a Transport that drops chosen messages on a real NATS
+connection (what a gateway without interest, or a cut route, does)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import AsyncIterator
+
+import pytest
+from nats.aio.client import Client as NATS
+from conftest import settle
+from rawpeer import Collector
+from test_hostile_peers import next_frame
+
+import betterproto_nats
+from betterproto_nats import CallInfo, CallOutcome, ErrorCode, Interceptor, RpcError
+from betterproto_nats.transport import NatsTransport
+from demo_service import Demo
+from gen.streaming.v1 import ChatMessage, CountUpRequest, CountUpResponse, StreamDemoServiceNatsClient, SumRequest
+
+SEQ, BATCH, END, RECEIVED = "Nats-Stream-Seq", "Nats-Stream-Batch", "Nats-Stream-End", "Nats-Stream-Received"
+HEARTBEAT = 0.2  # seconds: loss shows within a few of them
+BOUND = 10 * HEARTBEAT  # what "promptly" means here
+
+
+class Lossy(NatsTransport):
+    """A real connection that drops the data frame holding sequence number `seq` (alone or in a
+    batch), or the end marker."""
+
+    def __init__(self, nc: NATS, seq: int | None = None, end: bool = False) -> None:
+        super().__init__(nc)
+        self.seq, self.end = seq, end
+        self.dropped = 0
+
+    def _holds_seq(self, headers: dict[str, str]) -> bool:
+        if self.seq is None or SEQ not in headers:
+            return False
+        first = int(headers[SEQ])
+        return first <= self.seq < first + int(headers.get(BATCH, "1"))
+
+    def _drops(self, headers: dict[str, str] | None) -> bool:
+        headers = headers or {}
+        drop = self._holds_seq(headers) or (self.end and END in headers)
+        self.dropped += drop
+        return drop
+
+    async def publish(self, subject: str, payload: bytes = b"", reply: str = "", headers: dict[str, str] | None = None) -> None:
+        if not self._drops(headers):
+            await super().publish(subject, payload, reply, headers)
+
+    def publish_nowait(self, subject: str, payload: bytes, headers: dict[str, str], reply: str = "") -> bool:
+        return True if self._drops(headers) else super().publish_nowait(subject, payload, headers, reply)
+
+
+class Outcomes(Interceptor):
+    def __init__(self) -> None:
+        self.codes: asyncio.Queue[str | None] = asyncio.Queue()
+
+    async def end(self, call: CallInfo, outcome: CallOutcome) -> None:
+        self.codes.put_nowait(outcome.code)
+
+
+class Waits(Demo):
+    """A server stream that sends `count` messages, then waits (for the client's next move)."""
+
+    async def count_up(self, request: CountUpRequest) -> AsyncIterator[CountUpResponse]:
+        for number in range(request.count):
+            yield CountUpResponse(number=number)
+            await asyncio.sleep(0)  # one frame each
+        await asyncio.Event().wait()
+
+
+@pytest.fixture
+async def outcomes(server_nc: NATS) -> AsyncIterator[Outcomes]:
+    seen = Outcomes()
+    server = await betterproto_nats.serve(server_nc, Waits(), interceptors=[seen])
+    yield seen
+    await server.stop()
+
+
+async def slowly(values: list[int]) -> AsyncIterator[SumRequest]:
+    for value in values:
+        yield SumRequest(value=value)
+        await asyncio.sleep(0.01)  # one frame each
+
+
+async def test_client_stream_end_marker_loss_fails_both_sides(nc: NATS, outcomes: Outcomes) -> None:
+    """The client's end marker never arrives: the server waits for more, the client for the answer,
+    no deadline. The server's heartbeats show it: DATA_LOSS on both sides."""
+    lossy = Lossy(nc, end=True)
+    client = StreamDemoServiceNatsClient(lossy, heartbeat=HEARTBEAT)
+    started = time.monotonic()
+    with pytest.raises(RpcError) as failed:
+        await asyncio.wait_for(client.sum(slowly([1, 2, 3])), BOUND)
+    assert lossy.dropped == 1
+    assert failed.value.code == ErrorCode.DATA_LOSS and "lost in transit" in failed.value.message, failed.value
+    assert await asyncio.wait_for(outcomes.codes.get(), BOUND) == ErrorCode.DATA_LOSS
+    assert time.monotonic() - started < BOUND
+
+
+async def test_client_stream_data_loss_is_known_before_the_end(nc: NATS, outcomes: Outcomes) -> None:
+    """The client's latest message never arrives while it holds the stream open: the client learns
+    it from the server's heartbeats, its next step fails with DATA_LOSS, and so does the server."""
+    client = StreamDemoServiceNatsClient(Lossy(nc, seq=3), heartbeat=HEARTBEAT)
+    stream = await client.sum()
+    for value in (1, 2, 3):
+        await stream.send(SumRequest(value=value))
+    await settle(lambda: stream.call.lost, timeout=BOUND)
+    with pytest.raises(RpcError) as failed:
+        await stream.send(SumRequest(value=4))
+    assert failed.value.code == ErrorCode.DATA_LOSS and "received" in failed.value.message, failed.value
+    with pytest.raises(RpcError):
+        await stream.close_and_recv()
+    assert await asyncio.wait_for(outcomes.codes.get(), BOUND) == ErrorCode.DATA_LOSS
+
+
+async def test_bidi_loss_fails_the_waiting_client(nc: NATS, outcomes: Outcomes) -> None:
+    """Message 2 of a ping-pong vanishes; the client waits for its echo forever, but not here."""
+    lossy = Lossy(nc, seq=2)
+    client = StreamDemoServiceNatsClient(lossy, heartbeat=HEARTBEAT)
+    async with await client.chat() as chat:
+        await chat.send(ChatMessage(text="one"))
+        assert (await chat.recv()).text == "echo: one"
+        await chat.send(ChatMessage(text="two"))
+        with pytest.raises(RpcError) as failed:
+            await asyncio.wait_for(chat.recv(), BOUND)
+    assert failed.value.code == ErrorCode.DATA_LOSS, failed.value
+    assert await asyncio.wait_for(outcomes.codes.get(), BOUND) == ErrorCode.DATA_LOSS
+
+
+async def test_server_stream_loss_fails_both_sides(nc: NATS, server_nc: NATS) -> None:
+    """The server's third message never arrives and it sends nothing more: the client's
+    heartbeats tell the server, which ends the call with DATA_LOSS and says so to the client."""
+    seen = Outcomes()
+    server = await betterproto_nats.serve(Lossy(server_nc, seq=3), Waits(), interceptors=[seen])
+    try:
+        client = StreamDemoServiceNatsClient(nc, heartbeat=HEARTBEAT)
+        received = []
+        with pytest.raises(RpcError) as failed:
+            async for response in client.count_up(CountUpRequest(count=3)):
+                received.append(response.number)
+        assert received == [0, 1]
+        assert failed.value.code == ErrorCode.DATA_LOSS, failed.value
+        assert await asyncio.wait_for(seen.codes.get(), BOUND) == ErrorCode.DATA_LOSS
+    finally:
+        await server.stop()
+
+
+async def test_heartbeats_say_how_much_arrived(nc: NATS, outcomes: Outcomes) -> None:
+    """On the wire: a raw v2 client that sent two messages sees the server's heartbeats report 2."""
+    async with Collector(nc) as r:
+        headers = {"Reply-To": r.subject, "Nats-Stream-Version": "2", "Nats-Stream-Heartbeat": "100"}
+        ack = await nc.request("api.v1.stream.sum", b"", timeout=2, headers=headers)
+        s_subject = ack.headers["Nats-Stream-Inbox"]  # type: ignore[index]
+        await nc.publish(s_subject, bytes(SumRequest(value=1)), headers={SEQ: "1"})
+        await nc.publish(s_subject, bytes(SumRequest(value=2)), headers={SEQ: "2"})
+        reports: list[str] = []
+        while "2" not in reports:
+            msg = await r.next(2)
+            if msg.headers and RECEIVED in msg.headers:
+                reports.append(msg.headers[RECEIVED])
+        assert set(reports) <= {"0", "1", "2"}
+        await nc.publish(s_subject, b"", headers={END: "true", "Nats-Stream-Count": "2"})
+        answer = await next_frame(r, 2)
+    assert "Nats-Service-Error-Code" not in (answer.headers or {}), answer.headers
