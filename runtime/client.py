@@ -74,7 +74,11 @@ def _as_rpc_errors(name: str) -> Iterator[None]:
     try:
         yield
     except nats.errors.Error as error:
-        raise RpcError(ErrorCode.UNAVAILABLE, f"NATS connection: {error}", method=name) from error
+        raise _connection_error(error, name) from error
+
+
+def _connection_error(error: nats.errors.Error, name: str) -> RpcError:
+    return RpcError(ErrorCode.UNAVAILABLE, f"NATS connection: {error}", method=name)
 
 
 async def _request(
@@ -398,10 +402,11 @@ class ClientCall:
         if self.answer is not None:
             return self._raise_early_error()
         try:
-            with _as_rpc_errors(self.name):
-                await self.writer.send_body(body)
+            await self.writer.send_body(body)
         except _Answered:
             self._raise_early_error()
+        except nats.errors.Error as error:  # as _as_rpc_errors, without a context manager per message
+            raise _connection_error(error, self.name) from error
 
     def _raise_early_error(self) -> None:
         error = error_from_headers(self.answer.headers if self.answer is not None else None, self.name)
@@ -423,8 +428,10 @@ class ClientCall:
         """The next message of the server's stream; StopAsyncIteration at its end."""
         assert self.reader is not None
         try:
-            with _as_rpc_errors(self.name):
+            try:
                 message = await self.reader.recv()
+            except nats.errors.Error as error:  # as _as_rpc_errors, without a context manager per message
+                raise _connection_error(error, self.name) from error
             if self.info is not None and self.chain is not None:
                 message = self.chain.message(self.info, Direction.RECEIVED, message)
             return message
@@ -561,7 +568,8 @@ class _Receives(_View, Generic[Resp]):
         return self
 
     async def __anext__(self) -> Resp:
-        return await self.recv()
+        message: Resp = await self.call.recv()
+        return message
 
 
 class ServerStream(_Receives[Resp]):

@@ -21,6 +21,10 @@ class SendCredit(Protocol):
 
     async def acquire(self, size: int) -> None: ...
 
+    def ready(self, size: int) -> bool:
+        """`acquire(size)` would return at once (no wait, no error): callers may skip it."""
+        ...
+
     def sent(self, seq: int, size: int) -> None: ...
 
     def fail(self, error: BaseException) -> None: ...
@@ -38,6 +42,9 @@ class Unlimited:
         if self._failure is not None:
             raise self._failure
 
+    def ready(self, size: int) -> bool:
+        return self._failure is None
+
     def sent(self, seq: int, size: int) -> None:
         pass
 
@@ -47,16 +54,17 @@ class Unlimited:
 
 
 class Acknowledger(Protocol):
-    """What a reader tells about each message the application consumed."""
+    """What a reader tells about each message the application consumed; returns the ack to await
+    when one is due (most messages need none, so no coroutine per message)."""
 
-    async def consumed(self, seq: int, size: int) -> None: ...
+    def consumed(self, seq: int, size: int) -> Awaitable[None] | None: ...
 
 
 class NoAcks:
     """No acknowledgements (a v1 peer)."""
 
-    async def consumed(self, seq: int, size: int) -> None:
-        pass
+    def consumed(self, seq: int, size: int) -> Awaitable[None] | None:
+        return None
 
 
 NO_ACKS = NoAcks()
@@ -83,6 +91,9 @@ class FlowWindow:
             return True  # one message always goes, whatever its size
         return len(self._in_flight) < self.messages and self.bytes_in_flight + size <= self.max_bytes
 
+    def ready(self, size: int) -> bool:
+        return self._failure is None and self._fits(size)
+
     async def acquire(self, size: int) -> None:
         while not self._fits(size):
             if self._failure is not None:
@@ -96,10 +107,13 @@ class FlowWindow:
             raise self._failure
 
     def sent(self, seq: int, size: int) -> None:
-        self._in_flight.append((seq, size))
+        in_flight = self._in_flight
+        in_flight.append((seq, size))
         self.bytes_in_flight += size
-        self.peak_messages = max(self.peak_messages, len(self._in_flight))
-        self.peak_bytes = max(self.peak_bytes, self.bytes_in_flight)
+        if len(in_flight) > self.peak_messages:
+            self.peak_messages = len(in_flight)
+        if self.bytes_in_flight > self.peak_bytes:
+            self.peak_bytes = self.bytes_in_flight
 
     def on_ack(self, seq: int) -> None:
         """Everything up to `seq` was consumed by the receiver."""
@@ -132,9 +146,10 @@ class AckPolicy:
         self._messages = 0
         self._bytes = 0
 
-    async def consumed(self, seq: int, size: int) -> None:
+    def consumed(self, seq: int, size: int) -> Awaitable[None] | None:
         self._messages += 1
         self._bytes += size
         if self._messages >= self.every_messages or self._bytes >= self.every_bytes:
             self._messages = self._bytes = 0
-            await self._send_ack(seq)
+            return self._send_ack(seq)
+        return None

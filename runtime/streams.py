@@ -300,7 +300,13 @@ class StreamReader(Generic[M]):
 
     async def recv(self) -> M:
         """The next message; StopAsyncIteration at a clean end, RpcError on any failure."""
-        body = await self.recv_body()
+        if self._unpacked and not self.finished:  # the rest of a batch: no waiting, no checks
+            body = self._unpacked.popleft()
+            ack = self._count(body)
+            if ack is not None:
+                await ack
+        else:
+            body = await self.recv_body()
         try:
             return self.codec.decode(self.message_type, body, self.method)
         except RpcError as error:
@@ -366,11 +372,16 @@ class StreamReader(Generic[M]):
                 raise self._fail(frame.error)
             # Anything else (no seq, no end, no error) is not data: skip it.
 
-    async def _consumed(self, body: bytes) -> bytes:
-        """The next message in sequence, counted and (v2) acknowledged as the application takes it."""
+    def _count(self, body: bytes) -> Awaitable[None] | None:
+        """Count the next message in sequence as taken by the application; the v2 ack that is due."""
         self.received += 1
         self.bytes_received += len(body)
-        await self.acks.consumed(self.received, len(body))
+        return self.acks.consumed(self.received, len(body))
+
+    async def _consumed(self, body: bytes) -> bytes:
+        ack = self._count(body)
+        if ack is not None:
+            await ack
         return body
 
     async def drain_to_end(self, deadline: Deadline | None) -> None:
@@ -522,7 +533,8 @@ class StreamWriter:
     async def _add_to_batch(self, body: bytes, credit: SendCredit) -> None:
         """Queue a small message for the next batched frame; flow control counts it now."""
         size = len(body)
-        await credit.acquire(size)  # out of credit: we suspend here, and the scheduled flush runs
+        if not credit.ready(size):
+            await credit.acquire(size)  # out of credit: we suspend here, and the scheduled flush runs
         if self._flush_error is not None:
             raise self._flush_error
         self.sent += 1
