@@ -11,7 +11,6 @@ import asyncio
 import enum
 import functools
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Generic, TypeVar
 
@@ -24,6 +23,7 @@ from .context import CallContext, set_current_call
 from .errors import ErrorCode, RpcError
 from .flow import AckPolicy, FlowWindow
 from .interceptors import CallInfo, Chain, Direction, Side, outcome_of
+from .logs import RateLimitedLog
 from .negotiation import Window, confirmation, server_terms
 from .protocol import (
     REPLY_TO,
@@ -75,32 +75,7 @@ class ServingPolicy:
         return self.inboxes.check((msg.headers or {}).get(REPLY_TO, ""), also=first_token_prefix(msg.reply))
 
 
-class _RateLimitedLog:
-    """At most `per_second` WARNING records a second for junk from peers; the rest are counted and
-    summed up in the next record, so a flood of bad messages cannot flood the log."""
-
-    def __init__(self, per_second: int = 10) -> None:
-        self.per_second = per_second
-        self._window = 0
-        self._count = 0
-        self._suppressed = 0
-
-    def warning(self, message: str, *args: object) -> None:
-        second = int(time.monotonic())
-        if second != self._window:
-            self._window, self._count = second, 0
-        self._count += 1
-        if self._count > self.per_second:
-            self._suppressed += 1
-            return
-        if self._suppressed:
-            message += " (%d similar messages suppressed)"
-            args = (*args, self._suppressed)
-            self._suppressed = 0
-        log.warning(message, *args)
-
-
-peer_faults = _RateLimitedLog()
+peer_faults = RateLimitedLog(log)  # junk from peers, rate-limited
 
 
 class ServerState(enum.Enum):
