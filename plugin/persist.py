@@ -24,7 +24,7 @@ from betterproto.lib.google.protobuf import (
 from . import options as opts
 
 # The Go plugin's placeholder: `{name}` with name made of word characters; anything else is literal.
-PLACEHOLDER = re.compile(r"\{(\w+)\}")
+PLACEHOLDER = re.compile(r"\{(\w+)\}", re.ASCII)
 _KEY_TEXT = re.compile(r"^[-/_=.a-zA-Z0-9]*$")  # what the literal parts may hold (KV key characters)
 _BUCKET = re.compile(r"^[a-zA-Z0-9_-]+$")  # JetStream's bucket names
 MAX_HISTORY = 64  # JetStream's limit on revisions per key

@@ -50,7 +50,7 @@ BLOB_BUFFER = 8 * 1024 * 1024  # a download's blob may run this far ahead of its
 OBJECT_CHUNK = 128 * 1024  # chunk size of objects written from one body (nats-py's and nats.go's default)
 MAX_OBJECT_RESPONSE = 64 * 1024 * 1024  # a stored unary response read back whole is at most this big
 
-_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+_PLACEHOLDER = re.compile(r"\{(\w+)\}", re.ASCII)  # the Go plugin's placeholder (Go's \w is ASCII)
 _KEY = re.compile(r"^[-/_=.a-zA-Z0-9]+$")
 _KV_OPERATION = "KV-Operation"
 _MARKER_REASON = "Nats-Marker-Reason"  # nats-server 2.11+: a marker the server placed (expiry, purge)
