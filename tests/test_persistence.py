@@ -5,8 +5,11 @@ buckets missing/present/misconfigured, JetStream off or in a domain, and the Go 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 from typing import AsyncIterator, Iterator
 
@@ -434,3 +437,45 @@ async def test_jetstream_domain(tmp_path: Path) -> None:
         finally:
             await snc.close()
             await cnc.close()
+
+
+async def test_stored_values_that_do_not_match_are_data_loss(jnc: NATS) -> None:
+    """What a client reads from a store is checked like anything else from the wire."""
+    js = jnc.jetstream()
+    client = ProfilesNatsClient(jnc)
+    kv = await js.create_key_value(bucket="profiles")
+    await kv.put("profile.junk", b"\xff\xff\xff")
+    with pytest.raises(RpcError) as junk:
+        await client.get_save_cached(Profile(id="junk"))
+    assert junk.value.code == ErrorCode.DATA_LOSS
+    store = await js.create_object_store("snapshots")
+    info = await store.put("snap.t", bytes(ProfileView(id="t")))
+    info.digest = "SHA-256=" + "A" * 43 + "="  # a description that does not match the chunks
+    meta = "$O.snapshots.M." + base64.urlsafe_b64encode(b"snap.t").decode()
+    await js.publish(meta, json.dumps(info.as_dict()).encode(), headers={"Nats-Rollup": "sub"})
+    with pytest.raises(RpcError) as tampered:
+        await client.get_snapshot_stored(Profile(id="t"))
+    assert tampered.value.code == ErrorCode.DATA_LOSS
+
+
+def test_readme_persistence_example_runs(tmp_path: Path, js_server: NatsServer) -> None:
+    """The README's JetStream example, generated and run as written against a JetStream server."""
+    from test_readme import blocks_of
+
+    blocks = blocks_of("Keeping responses in JetStream")
+    proto = tmp_path / "proto" / "users" / "v1" / "users.proto"
+    proto.parent.mkdir(parents=True)
+    proto.write_text(blocks["proto"])
+    (tmp_path / "gen").mkdir()
+    root = Path(__file__).resolve().parent.parent
+    plugin = Path(sys.executable).parent / "protoc-gen-python_nats"
+    generated = subprocess.run(
+        [sys.executable, "-m", "grpc_tools.protoc", f"-I{tmp_path / 'proto'}", f"-I{root / 'proto'}", f"--plugin={plugin}",
+         f"--python_nats_out={tmp_path / 'gen'}", "users/v1/users.proto"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert generated.returncode == 0, generated.stderr
+    (tmp_path / "example.py").write_text(blocks["python"].replace("nats://127.0.0.1:4222", js_server.url))
+    ran = subprocess.run([sys.executable, "example.py"], capture_output=True, text=True, cwd=tmp_path, timeout=15)
+    assert ran.returncode == 0, ran.stderr
+    assert "UserProfile(id='42', name='user 42')" in ran.stdout
