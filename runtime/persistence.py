@@ -283,19 +283,21 @@ class Stores:
             compression=api.StoreCompression.S2 if spec.compression else None,
         )
 
-    def _check_kv(self, spec: KvStoreSpec, config: api.StreamConfig, warn: bool) -> None:
-        """An existing bucket is used as it is (never changed); one it cannot work with is an error,
-        and on the server a setting that differs from the options is logged once."""
+    def _check_kv(self, spec: KvStoreSpec, config: api.StreamConfig, writer: bool) -> None:
+        """An existing bucket is used as it is (never changed); one the writer (the server) cannot work
+        with is an error, and a setting that differs from the options is logged once."""
         what = f"KV bucket {spec.bucket!r}"
         if (config.max_msgs_per_subject or 0) < 1 or f"$KV.{spec.bucket}.>" not in (config.subjects or ()):
             raise RpcError(ErrorCode.INTERNAL, f"{what}: stream {config.name} exists but is not a KV bucket")
+        if not writer:
+            return
         if spec.message_ttls and not config.allow_msg_ttl:
             raise RpcError(
                 ErrorCode.INTERNAL,
                 f"{what} does not allow per-message TTLs, which key_ttl, purge_ttl and limit_marker_ttl need "
                 f"(nats-server 2.11+; enable allow_msg_ttl on stream {config.name}, or recreate the bucket)",
             )
-        if not warn or spec.bucket in self._warned:
+        if spec.bucket in self._warned:
             return
         wanted = self._kv_config(spec)
 
@@ -409,20 +411,24 @@ class ObjectBucket:
             raise
 
     async def read(self, info: api.ObjectInfo, method: str | None = None) -> AsyncIterator[bytes]:
-        """The object's bytes chunk by chunk (one direct get each: memory stays one chunk), checked
-        against its size and digest (DATA_LOSS when they disagree)."""
-        size, chunks = info.size or 0, info.chunks or 0
+        """The object's bytes chunk by chunk (one get each: memory stays one chunk), checked against its
+        size and digest (DATA_LOSS when they disagree). Driven by the stored chunks, not the
+        description's counts, so a wrong description cannot make it loop or grow."""
+        size = info.size or 0
         subject = f"$O.{self.bucket}.C.{info.nuid}"
         digest = hashlib.sha256()
         seq, got = 1, 0
-        for _ in range(chunks):
-            msg = await self.js.get_msg(self.stream, seq=seq, subject=subject, direct=self.direct, next=True)
+        while got < size:
+            try:
+                msg = await self.js.get_msg(self.stream, seq=seq, subject=subject, direct=self.direct, next=True)
+            except js_errors.NotFoundError:
+                break  # fewer bytes than described
             data = msg.data or b""
             got += len(data)
-            if got > size:
+            if got > size or not msg.seq:
                 break
             digest.update(data)
-            seq = (msg.seq or seq) + 1
+            seq = msg.seq + 1
             yield data
         expected = (info.digest or "").removeprefix(_DIGEST).removeprefix(_DIGEST.lower())
         try:
