@@ -115,8 +115,12 @@ def store_error(error: BaseException, what: str, method: str | None = None) -> R
     """An exception of nats-py's JetStream API as an RpcError that says what failed and why."""
     if isinstance(error, RpcError):
         return error
-    if isinstance(error, (js_errors.ServiceUnavailableError, js_errors.NoStreamResponseError)):
-        return RpcError(ErrorCode.UNAVAILABLE, f"{what}: JetStream is not available (not enabled, or the bucket is gone)", method=method)
+    if isinstance(error, js_errors.ServiceUnavailableError):
+        why = "JetStream is not available (not enabled for this server or account, or in another domain)"
+        return RpcError(ErrorCode.UNAVAILABLE, f"{what}: {why}", method=method)
+    if isinstance(error, js_errors.NoStreamResponseError):
+        why = "no JetStream stream took the write (the bucket was deleted, or JetStream is off)"
+        return RpcError(ErrorCode.UNAVAILABLE, f"{what}: {why}", method=method)
     if isinstance(error, (nats.errors.TimeoutError, asyncio.TimeoutError)):
         return RpcError(ErrorCode.UNAVAILABLE, f"{what}: JetStream did not answer in time", method=method)
     if isinstance(error, js_errors.APIError):
@@ -173,8 +177,8 @@ class Stores:
             info = await self.js.account_info()
         except Exception as error:  # noqa: BLE001 - every failure means the same here
             raise JetStreamUnavailable(
-                f"JetStream is not available on this connection{self.where}: {store_error(error, 'account info').message}. "
-                "Enable it (nats-server -js, or for the account), or serve(..., persist=False) to serve without storing"
+                f"{store_error(error, 'this connection' + self.where).message}. Enable JetStream (nats-server -js, "
+                "or for the account), or serve(..., persist=False) to serve without storing responses"
             ) from None
         level = info.api.level if info.api is not None else None
         if needs_message_ttl and not level:
