@@ -170,56 +170,58 @@ def _bucket(bucket: str, rule: str) -> str:
     return bucket
 
 
+def _store(
+    kind: str, options: opts.KVStoreOptions | opts.ObjectStoreOptions, request_type: str, index: RequestIndex, extra: Callable[[str], dict[str, str]]
+) -> StoreModel:
+    """What both options share (bucket, key, ttl, description, client_only, compression), checked,
+    around what only `kind` has (`extra(rule)`)."""
+    rule = f"(natsmicro.{kind})"
+    args = {"bucket": repr(_bucket(options.bucket, rule))}
+    args["key"] = key_template(options.key_template, request_type, index, rule).source()
+    ttl = _seconds(options.ttl, f"{rule}.ttl")
+    if ttl:
+        args["ttl"] = repr(ttl)
+    if options.description:
+        args["description"] = repr(options.description)
+    args.update(extra(rule))
+    if options.client_only:
+        args["client_only"] = "True"
+    if options.compression:
+        args["compression"] = "True"
+    return StoreModel(kind, options.bucket, options.client_only, args)
+
+
 def kv_store(kv: opts.KVStoreOptions, request_type: str, index: RequestIndex) -> StoreModel:
     """`(natsmicro.kv_store)` resolved as the Go plugin resolves it (write mode: compare-and-set
     when key_ttl is set, else last-write-wins; failure policy: best effort) and checked."""
-    rule = "(natsmicro.kv_store)"
-    args = {"bucket": repr(_bucket(kv.bucket, rule))}
-    args["key"] = key_template(kv.key_template, request_type, index, rule).source()
-    ttl = _seconds(kv.ttl, f"{rule}.ttl")
-    if ttl:
-        args["ttl"] = repr(ttl)
-    if kv.description:
-        args["description"] = repr(kv.description)
-    if not 0 <= kv.max_history <= MAX_HISTORY:
-        raise PersistError(f"{rule}.max_history must be between 1 and {MAX_HISTORY} (0 = 1)")
-    if kv.max_history > 1:
-        args["history"] = str(kv.max_history)
-    if kv.client_only:
-        args["client_only"] = "True"
-    if kv.metadata:
-        args["metadata"] = repr(dict(sorted(kv.metadata.items())))
-    for name in ("limit_marker_ttl", "key_ttl", "purge_ttl"):
-        seconds = _seconds(getattr(kv, name), f"{rule}.{name}", MIN_MESSAGE_TTL)
-        if seconds:
-            args[name] = repr(seconds)
-    mode = _WRITE_MODES.get(kv.write_mode)
-    if mode is None:  # unspecified: the Go plugin's resolution
-        mode = "COMPARE_AND_SET" if kv.key_ttl else "LAST_WRITE_WINS"
-    if mode != "LAST_WRITE_WINS":
-        args["write_mode"] = f"_nats.WriteMode.{mode}"
-    if kv.persist_failure_policy == opts.KVPersistFailurePolicy.KV_PERSIST_FAILURE_POLICY_REQUIRED:
-        args["policy"] = "_nats.PersistPolicy.REQUIRED"
-    if kv.compression:
-        args["compression"] = "True"
-    return StoreModel("kv_store", kv.bucket, kv.client_only, args)
+
+    def kv_only(rule: str) -> dict[str, str]:
+        args: dict[str, str] = {}
+        if not 0 <= kv.max_history <= MAX_HISTORY:
+            raise PersistError(f"{rule}.max_history must be between 1 and {MAX_HISTORY} (0 = 1)")
+        if kv.max_history > 1:
+            args["history"] = str(kv.max_history)
+        if kv.metadata:
+            args["metadata"] = repr(dict(sorted(kv.metadata.items())))
+        for name in ("limit_marker_ttl", "key_ttl", "purge_ttl"):
+            seconds = _seconds(getattr(kv, name), f"{rule}.{name}", MIN_MESSAGE_TTL)
+            if seconds:
+                args[name] = repr(seconds)
+        mode = _WRITE_MODES.get(kv.write_mode)
+        if mode is None:  # unspecified: the Go plugin's resolution
+            mode = "COMPARE_AND_SET" if kv.key_ttl else "LAST_WRITE_WINS"
+        if mode != "LAST_WRITE_WINS":
+            args["write_mode"] = f"_nats.WriteMode.{mode}"
+        if kv.persist_failure_policy == opts.KVPersistFailurePolicy.KV_PERSIST_FAILURE_POLICY_REQUIRED:
+            args["policy"] = "_nats.PersistPolicy.REQUIRED"
+        return args
+
+    return _store("kv_store", kv, request_type, index, kv_only)
 
 
 def object_store(obj: opts.ObjectStoreOptions, request_type: str, index: RequestIndex) -> StoreModel:
     """`(natsmicro.object_store)` checked (the same key rules as KV: keys are object names here)."""
-    rule = "(natsmicro.object_store)"
-    args = {"bucket": repr(_bucket(obj.bucket, rule))}
-    args["key"] = key_template(obj.key_template, request_type, index, rule).source()
-    ttl = _seconds(obj.ttl, f"{rule}.ttl")
-    if ttl:
-        args["ttl"] = repr(ttl)
-    if obj.description:
-        args["description"] = repr(obj.description)
-    if obj.client_only:
-        args["client_only"] = "True"
-    if obj.compression:
-        args["compression"] = "True"
-    return StoreModel("object_store", obj.bucket, obj.client_only, args)
+    return _store("object_store", obj, request_type, index, lambda rule: {})
 
 
 def helper_names(py_name: str, kv: StoreModel | None, obj: StoreModel | None) -> list[str]:

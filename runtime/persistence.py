@@ -23,7 +23,7 @@ import re
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Union
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, TypeVar, Union
 
 import betterproto
 import nats.errors
@@ -59,6 +59,7 @@ _STREAM_IN_USE = 10058  # "stream name already in use with a different configura
 _DIGEST = "SHA-256="
 
 Bytes = Union[bytes, bytearray, memoryview]
+B = TypeVar("B")
 
 
 class JetStreamUnavailable(RuntimeError):
@@ -192,37 +193,45 @@ class Stores:
         self._kv.pop(stream, None)
         self._objects.pop(stream, None)
 
+    async def _cached(self, cache: dict[str, B], stream: str, open_bucket: Callable[[], Awaitable[B | None]]) -> B | None:
+        """A bucket handle from `cache`, opened once (concurrent first uses wait for one opening)."""
+        bucket = cache.get(stream)
+        if bucket is None:
+            async with self._opening.setdefault(stream, asyncio.Lock()):
+                bucket = cache.get(stream)
+                if bucket is None:
+                    bucket = await open_bucket()
+                    if bucket is not None:
+                        cache[stream] = bucket
+        return bucket
+
     async def kv(self, spec: KvStoreSpec, create: bool) -> KvBucket | None:
         """The bucket of `spec`: created from the options when missing and `create`, else None."""
         stream = f"KV_{spec.bucket}"
-        bucket = self._kv.get(stream)
-        if bucket is None:
-            async with self._opening.setdefault(stream, asyncio.Lock()):
-                bucket = self._kv.get(stream)
-                if bucket is None:
-                    config = await self._open(stream, self._kv_config(spec) if create else None, f"KV bucket {spec.bucket!r}")
-                    if config is None:
-                        return None
-                    self._check_kv(spec, config, create)
-                    bucket = self._kv[stream] = KvBucket(self, spec.bucket, bool(config.allow_direct))
-        return bucket
+
+        async def open_bucket() -> KvBucket | None:
+            config = await self._open(stream, self._kv_config(spec) if create else None, f"KV bucket {spec.bucket!r}")
+            if config is None:
+                return None
+            self._check_kv(spec, config, create)
+            return KvBucket(self, spec.bucket, bool(config.allow_direct))
+
+        return await self._cached(self._kv, stream, open_bucket)
 
     async def objects(self, spec: ObjectStoreSpec, create: bool) -> ObjectBucket | None:
         """The object store of `spec`: created when missing and `create`, else None."""
         stream = f"OBJ_{spec.bucket}"
-        bucket = self._objects.get(stream)
-        if bucket is None:
-            async with self._opening.setdefault(stream, asyncio.Lock()):
-                bucket = self._objects.get(stream)
-                if bucket is None:
-                    what = f"object store {spec.bucket!r}"
-                    config = await self._open(stream, self._object_config(spec) if create else None, what)
-                    if config is None:
-                        return None
-                    if f"$O.{spec.bucket}.M.>" not in (config.subjects or ()):
-                        raise RpcError(ErrorCode.INTERNAL, f"{what}: stream {stream} exists but is not an object store")
-                    bucket = self._objects[stream] = ObjectBucket(self, spec.bucket, bool(config.allow_direct))
-        return bucket
+
+        async def open_bucket() -> ObjectBucket | None:
+            what = f"object store {spec.bucket!r}"
+            config = await self._open(stream, self._object_config(spec) if create else None, what)
+            if config is None:
+                return None
+            if f"$O.{spec.bucket}.M.>" not in (config.subjects or ()):
+                raise RpcError(ErrorCode.INTERNAL, f"{what}: stream {stream} exists but is not an object store")
+            return ObjectBucket(self, spec.bucket, bool(config.allow_direct))
+
+        return await self._cached(self._objects, stream, open_bucket)
 
     async def _open(self, stream: str, create: api.StreamConfig | None, what: str) -> api.StreamConfig | None:
         """The stream's configuration; created from `create` when missing (None: report missing)."""

@@ -67,20 +67,25 @@ def js_server(tmp_path: Path) -> Iterator[NatsServer]:
         yield server
 
 
+async def checked_connection(server: NatsServer) -> AsyncIterator[NATS]:
+    conn = await connect(server.url)
+    yield conn
+    await no_subscriptions_left(conn)  # watches, history reads and stopped services hold nothing
+    await conn.close()
+
+
 @pytest.fixture
 async def jnc(js_server: NatsServer) -> AsyncIterator[NATS]:
-    conn = await connect(js_server.url)
-    yield conn
-    await no_subscriptions_left(conn)
-    await conn.close()
+    """The client's connection to the JetStream server."""
+    async for conn in checked_connection(js_server):
+        yield conn
 
 
 @pytest.fixture
 async def jsnc(js_server: NatsServer) -> AsyncIterator[NATS]:
-    conn = await connect(js_server.url)
-    yield conn
-    await no_subscriptions_left(conn)
-    await conn.close()
+    """The service's connection to the JetStream server."""
+    async for conn in checked_connection(js_server):
+        yield conn
 
 
 @pytest.fixture
