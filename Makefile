@@ -25,7 +25,7 @@ gen: $(STAMP)
 
 # Pin the generated code of the example protos after an intended generator change (review the diff).
 golden: gen
-	for p in streaming/v1 fixtures/options/v1 fixtures/hard/v1; do cp gen/$$p/__init__.py tests/golden/$$(echo $$p | tr / _).py.golden; done
+	for p in streaming/v1 fixtures/options/v1 fixtures/hard/v1 fixtures/persist/v1; do cp gen/$$p/__init__.py tests/golden/$$(echo $$p | tr / _).py.golden; done
 
 demo: gen
 	$(PY) examples/streaming/demo.py

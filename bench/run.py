@@ -13,6 +13,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -27,6 +28,7 @@ import nats  # noqa: E402
 import betterproto_nats  # noqa: E402
 from betterproto_nats.nats_compat import flush_ordered  # noqa: E402
 from betterproto_nats.testing import NatsServer  # noqa: E402
+from gen.fixtures.persist.v1 import Profile, ProfilesNatsBase, ProfilesNatsClient, ProfileView  # noqa: E402
 from gen.streaming.v1 import (  # noqa: E402
     ChatMessage,
     CountUpRequest,
@@ -291,6 +293,48 @@ async def _upload(client: StreamDemoServiceNatsClient, data: bytes, chunk: int) 
     assert (await stream.close_and_recv()).size == len(data)
 
 
+class Persisted(ProfilesNatsBase):
+    """A service whose answers are kept in JetStream KV (`(natsmicro.kv_store)`)."""
+
+    async def save(self, request: Profile) -> ProfileView:
+        return ProfileView(id=request.id)
+
+    save_checked = save
+
+
+async def run_persistence() -> list[Result]:
+    """Unary calls whose answers are stored in JetStream KV, against the same calls served with
+    `persist=False`: best effort (answer, then write) and required (write, then answer). Median of
+    three alternating runs: the writes share this machine's cores with the calls."""
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory() as store, NatsServer(extra_args=["-js", "-sd", store]) as server:
+        snc, cnc = await nats.connect(server.url), await nats.connect(server.url)
+        client = ProfilesNatsClient(cnc, timeout=60)
+        for in_flight, n in ((1, 1000 // SCALE), (50, 5000 // SCALE)):
+            for label, call in (("best effort", client.save), ("required", client.save_checked)):
+                rates: dict[bool, list[float]] = {True: [], False: []}
+                dropped = 0
+                for run in range(3):
+                    for persist in (True, False):
+                        requests = [Profile(id=f"{label[0]}{in_flight}-{run}-{i}") for i in range(n)]  # new keys
+
+                        async def calls() -> None:
+                            for start in range(0, n, in_flight):
+                                await asyncio.gather(*(call(r) for r in requests[start : start + in_flight]))
+
+                        service = await betterproto_nats.serve(snc, Persisted(), persist=persist)
+                        rates[persist].append(n / await timed(calls))
+                        dropped += service.persistence.persister.dropped if service.persistence else 0
+                        await service.stop()  # waits for the background writes
+                stored, unstored = (sorted(rates[p])[1] for p in (True, False))
+                name = f"unary + KV {label}, {in_flight} in flight (vs not stored)"
+                results.append(Result(name + (f", {dropped} writes dropped" if dropped else ""), "req/s", stored, unstored))
+                print(f"{results[-1].name:44} ours {stored:12,.0f}  unstored {unstored:12,.0f} req/s  ratio {results[-1].ratio:5.2f}", flush=True)
+        await snc.close()
+        await cnc.close()
+    return results
+
+
 def peak_rss_of_1gib_download(url: str) -> dict[str, float]:
     """A client in a child process downloads 1 GiB from our service; its RSS idle and at peak (MB)."""
     size = (1 << 30) // SCALE // 65536 * 65536
@@ -332,6 +376,7 @@ def write(results: list[Result], rss: dict[str, float]) -> None:
 async def main() -> None:
     with NatsServer() as server:
         results = await run_all(server.url)
+        results += await run_persistence()
         service_nc = await nats.connect(server.url)
         service = await betterproto_nats.serve(service_nc, Bench())
         rss = await asyncio.to_thread(peak_rss_of_1gib_download, server.url)

@@ -11,7 +11,7 @@ from typing import Any
 import black
 import isort.api
 import jinja2
-from betterproto.compile.naming import pythonize_class_name, pythonize_method_name
+from betterproto.compile.naming import pythonize_class_name, pythonize_field_name, pythonize_method_name
 from betterproto.lib.google.protobuf import FileDescriptorProto
 from betterproto.lib.google.protobuf.compiler import (
     CodeGeneratorRequest,
@@ -108,7 +108,7 @@ def generate(data: bytes) -> bytes:
     if not params.include_google:
         emitted.discard("google.protobuf")
     # Read names and options before betterproto builds its model: it renames descriptors in place.
-    nats_services = read_services(list(request.proto_file), emitted, pythonize_method_name)
+    nats_services = read_services(list(request.proto_file), emitted, pythonize_method_name, pythonize_field_name)
 
     compiler = PluginRequestCompiler(plugin_request_obj=request)
     # betterproto annotates OutputTemplate.input_files as List[str]; it holds the file descriptors.

@@ -13,6 +13,7 @@ from typing import Callable
 
 from betterproto.lib.google.protobuf import (
     DescriptorProto,
+    EnumDescriptorProto,
     FieldDescriptorProto,
     FieldDescriptorProtoLabel,
     FieldDescriptorProtoType,
@@ -24,6 +25,7 @@ from betterproto_nats.errors import ErrorCode
 from .naming import snake_case
 
 from . import options as opts
+from . import persist
 
 DEFAULT_VERSION = "1.0.0"
 DEFAULT_CHUNK_SIZE = 65536
@@ -63,6 +65,9 @@ class MethodModel:
     pending_bytes_limit: int
     max_inflight: int
     chunks: ChunkModel | None
+    kv_store: persist.StoreModel | None = None
+    object_store: persist.StoreModel | None = None
+    helpers: list[str] = field(default_factory=list)  # client helpers of persisted methods
 
     @property
     def cardinality(self) -> str:
@@ -91,34 +96,40 @@ def _seconds(value: object) -> float | None:
     return seconds if seconds > 0 else None
 
 
-def _message_index(files: list[FileDescriptorProto]) -> dict[str, DescriptorProto]:
-    """Every message of the request by fully qualified name (`.pkg.Outer.Inner`)."""
-    index: dict[str, DescriptorProto] = {}
+def _index(files: list[FileDescriptorProto], field_py_name: Callable[[str], str]) -> persist.RequestIndex:
+    """Every message and enum of the request by fully qualified name (`.pkg.Outer.Inner`)."""
+    messages: dict[str, DescriptorProto] = {}
+    enums: dict[str, EnumDescriptorProto] = {}
 
-    def add(prefix: str, messages: list[DescriptorProto]) -> None:
-        for message in messages:
+    def add(prefix: str, nested: list[DescriptorProto], nested_enums: list[EnumDescriptorProto]) -> None:
+        for enum in nested_enums:
+            enums[f"{prefix}.{enum.name}"] = enum
+        for message in nested:
             name = f"{prefix}.{message.name}"
-            index[name] = message
-            add(name, message.nested_type)
+            messages[name] = message
+            add(name, message.nested_type, message.enum_type)
 
     for file in files:
-        add(f".{file.package}" if file.package else "", file.message_type)
-    return index
+        add(f".{file.package}" if file.package else "", file.message_type, file.enum_type)
+    return persist.RequestIndex(messages, enums, field_py_name)
 
 
 def read_services(
-    files: list[FileDescriptorProto], packages: set[str], method_py_name: Callable[[str], str]
+    files: list[FileDescriptorProto],
+    packages: set[str],
+    method_py_name: Callable[[str], str],
+    field_py_name: Callable[[str], str],
 ) -> dict[str, list[ServiceModel]]:
     """NATS models of the services of `packages`, by package. Call before betterproto builds its
     model: it renames nested message descriptors in place."""
-    messages = _message_index(files)
+    index = _index(files, field_py_name)
     result: dict[str, list[ServiceModel]] = {}
     for file in files:
         if file.package not in packages:
             continue
         services = result.setdefault(file.package, [])
         for service in file.service:
-            model = _read_service(file, service, messages, method_py_name)
+            model = _read_service(file, service, index, method_py_name)
             if model is not None:
                 services.append(model)
     return result
@@ -127,7 +138,7 @@ def read_services(
 def _read_service(
     file: FileDescriptorProto,
     service: ServiceDescriptorProto,
-    messages: dict[str, DescriptorProto],
+    index: persist.RequestIndex,
     method_py_name: Callable[[str], str],
 ) -> ServiceModel | None:
     where = service.name
@@ -175,7 +186,7 @@ def _read_service(
     endpoints: dict[str, str] = {}
     py_names: dict[str, str] = {}
     for method in service.method:
-        method_model = _read_method(file, service, method, messages, service_timeout, method_py_name)
+        method_model = _read_method(file, service, method, index, service_timeout, method_py_name)
         if method_model is None:
             continue
         taken = endpoints.get(method_model.endpoint) or py_names.get(method_model.py_name)
@@ -187,6 +198,15 @@ def _read_service(
             )
         endpoints[method_model.endpoint] = py_names[method_model.py_name] = method.name
         model.methods.append(method_model)
+    for method_model in model.methods:  # a persisted method's client helpers are client methods too
+        for helper in method_model.helpers:
+            if helper in py_names:
+                raise GenerationError(
+                    file.name,
+                    f"{service.name}.{method_model.proto_name}",
+                    f"its client helper {helper!r} collides with {py_names[helper]}'s name; rename one",
+                )
+            py_names[helper] = f"{method_model.proto_name} (a helper)"
     return model
 
 
@@ -194,7 +214,7 @@ def _read_method(
     file: FileDescriptorProto,
     service: ServiceDescriptorProto,
     method: MethodDescriptorProto,
-    messages: dict[str, DescriptorProto],
+    index: persist.RequestIndex,
     service_timeout: float | None,
     method_py_name: Callable[[str], str],
 ) -> MethodModel | None:
@@ -203,20 +223,13 @@ def _read_method(
         endpoint = opts.read_extension(method.options, opts.ENDPOINT, opts.EndpointOptions) or opts.EndpointOptions()
         stream = opts.read_extension(method.options, opts.STREAM, opts.StreamOptions)
         chunked = opts.read_extension(method.options, opts.CHUNKED_IO, opts.ChunkedIOOptions)
-        persistence = opts.extension_numbers(method.options) & {opts.KV_STORE, opts.OBJECT_STORE}
+        kv = opts.read_extension(method.options, opts.KV_STORE, opts.KVStoreOptions)
+        obj = opts.read_extension(method.options, opts.OBJECT_STORE, opts.ObjectStoreOptions)
     except opts.OptionError as error:
         raise GenerationError(file.name, where, str(error)) from None
     if endpoint.skip:
         return None
-    if persistence:
-        kinds = " and ".join(
-            name for number, name in ((opts.KV_STORE, "kv_store"), (opts.OBJECT_STORE, "object_store")) if number in persistence
-        )
-        print(
-            f"protoc-gen-python_nats: warning: {file.name}: {where}: (natsmicro.{kinds}) is not implemented "
-            "by the Python generator yet; responses are not persisted",
-            file=sys.stderr,
-        )
+    messages = index.messages
     if endpoint.timeout is not None and endpoint.timeout.total_seconds() < 0:
         raise GenerationError(file.name, where, "timeout must not be negative")
     for limit_name in ("pending_msg_limit", "pending_bytes_limit"):
@@ -234,9 +247,20 @@ def _read_method(
     chunks = None
     if chunked is not None:
         chunks = _check_chunked(file, where, method, chunked, messages)
+    unary = not (client_streaming or server_streaming)
+    download = server_streaming and not client_streaming and chunks is not None
+    kv_model = obj_model = None
+    try:
+        if kv is not None and _applies(file, where, "kv_store", unary, "unary methods"):
+            kv_model = persist.kv_store(kv, method.input_type, index)
+        if obj is not None and _applies(file, where, "object_store", unary or download, "unary methods and chunked downloads"):
+            obj_model = persist.object_store(obj, method.input_type, index)
+    except persist.PersistError as error:
+        raise GenerationError(file.name, where, str(error)) from None
+    py_name = method_py_name(method.name)
     return MethodModel(
         proto_name=method.name,
-        py_name=method_py_name(method.name),
+        py_name=py_name,
         endpoint=snake_case(method.name),
         client_streaming=client_streaming,
         server_streaming=server_streaming,
@@ -247,7 +271,21 @@ def _read_method(
         pending_bytes_limit=endpoint.pending_bytes_limit,
         max_inflight=max_inflight,
         chunks=chunks,
+        kv_store=kv_model,
+        object_store=obj_model,
+        helpers=persist.helper_names(py_name, kv_model, obj_model),
     )
+
+
+def _applies(file: FileDescriptorProto, where: str, option: str, applies: bool, to: str) -> bool:
+    """Persistence options apply to some shapes only; elsewhere they are ignored with a warning, as the
+    Go plugin ignores them (a proto written for it must still compile)."""
+    if not applies:
+        print(
+            f"protoc-gen-python_nats: warning: {file.name}: {where}: (natsmicro.{option}) applies to {to} only; ignored",
+            file=sys.stderr,
+        )
+    return applies
 
 
 def _check_chunked(

@@ -56,6 +56,46 @@ class ChunkedIOOptions(betterproto.Message):
     default_chunk_size: int = betterproto.int32_field(2)
 
 
+class KVWriteMode(betterproto.Enum):
+    KV_WRITE_MODE_UNSPECIFIED = 0
+    KV_WRITE_MODE_LAST_WRITE_WINS = 1
+    KV_WRITE_MODE_COMPARE_AND_SET = 2
+    KV_WRITE_MODE_CREATE_ONLY = 3
+
+
+class KVPersistFailurePolicy(betterproto.Enum):
+    KV_PERSIST_FAILURE_POLICY_UNSPECIFIED = 0
+    KV_PERSIST_FAILURE_POLICY_BEST_EFFORT = 1
+    KV_PERSIST_FAILURE_POLICY_REQUIRED = 2
+
+
+@dataclass(eq=False, repr=False)
+class KVStoreOptions(betterproto.Message):
+    bucket: str = betterproto.string_field(1)
+    key_template: str = betterproto.string_field(2)
+    ttl: timedelta = betterproto.message_field(3)
+    description: str = betterproto.string_field(4)
+    max_history: int = betterproto.int32_field(5)
+    client_only: bool = betterproto.bool_field(6)
+    metadata: dict[str, str] = betterproto.map_field(7, betterproto.TYPE_STRING, betterproto.TYPE_STRING)
+    limit_marker_ttl: timedelta = betterproto.message_field(8)
+    key_ttl: timedelta = betterproto.message_field(9)
+    purge_ttl: timedelta = betterproto.message_field(10)
+    write_mode: KVWriteMode = betterproto.enum_field(11)
+    persist_failure_policy: KVPersistFailurePolicy = betterproto.enum_field(12)
+    compression: bool = betterproto.bool_field(13)
+
+
+@dataclass(eq=False, repr=False)
+class ObjectStoreOptions(betterproto.Message):
+    bucket: str = betterproto.string_field(1)
+    key_template: str = betterproto.string_field(2)
+    ttl: timedelta = betterproto.message_field(3)
+    description: str = betterproto.string_field(4)
+    client_only: bool = betterproto.bool_field(5)
+    compression: bool = betterproto.bool_field(6)
+
+
 O = TypeVar("O", bound=betterproto.Message)
 
 

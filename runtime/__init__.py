@@ -24,9 +24,11 @@ from .interceptors import (
     Side,
     UnaryInterceptor,
 )
+from .persistence import JetStreamUnavailable
 from .responders import RequestStream, UploadRequests
 from .runner import run
 from .server import Server, serve
+from .stored import KvEntry, KvWatch, StoredBlob
 from .transport import Transport
 
 __version__ = "0.1.0"
@@ -47,6 +49,9 @@ __all__ = [
     "DownloadStream",
     "ErrorCode",
     "Interceptor",
+    "JetStreamUnavailable",
+    "KvEntry",
+    "KvWatch",
     "LoggingInterceptor",
     "RequestStream",
     "RpcError",
@@ -54,6 +59,7 @@ __all__ = [
     "ServerStream",
     "ServerStreamCall",
     "Side",
+    "StoredBlob",
     "Transport",
     "UploadRequests",
     "UploadStream",

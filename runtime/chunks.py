@@ -11,7 +11,7 @@ import inspect
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Any, AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Union
+from typing import IO, Any, AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Union
 
 import betterproto
 
@@ -132,29 +132,28 @@ async def write_atomically(path: str | os.PathLike[str], pieces: AsyncIterator[m
     return written
 
 
-class ChunkReceiver:
-    """Receiving a blob: what download streams (client) and upload requests (server) offer."""
+class BlobReader:
+    """A blob that arrives piece by piece, whatever its source (a chunked stream, a stored object):
+    as pieces, whole, into a writer or atomically into a file."""
 
-    def __init__(self, reader: StreamReader[Any], chunks: ChunkCodec, on_done: Callable[[], Awaitable[None]]) -> None:
-        self._reader = reader
-        self._chunks = chunks
-        self._on_done = on_done  # release the stream once the blob ended or failed
+    def _pieces(self) -> AsyncGenerator[memoryview, None]:
+        raise NotImplementedError
+
+    def _total(self) -> int | None:
+        """The blob's size when known (for progress)."""
+        return None
 
     async def _views(self, progress: Progress | None) -> AsyncIterator[memoryview]:
         done = 0
+        pieces = self._pieces()
         try:
-            while True:
-                try:
-                    body = await self._reader.recv_body()
-                except StopAsyncIteration:
-                    return
-                piece = self._chunks.decode(body, self._reader.method)
+            async for piece in pieces:
                 done += len(piece)
                 if progress is not None:
-                    progress(done, self._reader.blob_size)
+                    progress(done, self._total())
                 yield piece
         finally:
-            await self._on_done()
+            await pieces.aclose()  # the source's cleanup now, also when the reader stops early
 
     async def iter_bytes(self, progress: Progress | None = None) -> AsyncIterator[bytes]:
         """The blob piece by piece, as it arrives."""
@@ -181,10 +180,33 @@ class ChunkReceiver:
         return await write_atomically(path, self._views(progress))
 
 
-class BlobReceiving:
-    """The blob helpers of a chunked stream being received: client downloads, server uploads."""
+class ChunkReceiver(BlobReader):
+    """Receiving a blob in chunk messages: what download streams (client) and upload requests (server) offer."""
 
-    _blob: ChunkReceiver
+    def __init__(self, reader: StreamReader[Any], chunks: ChunkCodec, on_done: Callable[[], Awaitable[None]]) -> None:
+        self._reader = reader
+        self._chunks = chunks
+        self._on_done = on_done  # release the stream once the blob ended or failed
+
+    async def _pieces(self) -> AsyncGenerator[memoryview, None]:
+        try:
+            while True:
+                try:
+                    body = await self._reader.recv_body()
+                except StopAsyncIteration:
+                    return
+                yield self._chunks.decode(body, self._reader.method)
+        finally:
+            await self._on_done()
+
+    def _total(self) -> int | None:
+        return self._reader.blob_size
+
+
+class BlobReceiving:
+    """The blob helpers of a blob being received: client downloads, server uploads, stored objects."""
+
+    _blob: BlobReader
 
     async def recv_bytes(self, progress: Progress | None = None) -> bytes:
         """The whole blob in memory."""

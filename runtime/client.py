@@ -56,7 +56,8 @@ from .session import StreamSession
 from .spec import Cardinality, MethodSpec, ServiceSpec
 from .streams import Deadline, FirstHop, Inbox, StreamReader, StreamWriter
 from .subjects import InboxPolicy
-from .transport import Transport, transport_of
+from .persistence import Stores
+from .transport import NatsTransport, Transport, transport_of
 
 Req = TypeVar("Req", bound=betterproto.Message)
 Resp = TypeVar("Resp", bound=betterproto.Message)
@@ -805,6 +806,8 @@ class ClientBase:
         heartbeat: float = DEFAULT_HEARTBEAT,
         inbox_prefixes: Sequence[str] = (),
         interceptors: Sequence[Interceptor] = (),
+        jetstream_domain: str | None = None,
+        jetstream_prefix: str | None = None,
     ) -> None:
         self._nats_nc = nc
         self._nats_chain = Chain.of(interceptors)  # run around every call, in the order given
@@ -814,6 +817,23 @@ class ClientBase:
         self._nats_heartbeat = heartbeat  # seconds between v2 heartbeats; silence for 3 = peer gone
         # Where a server may name its stream inboxes: `_INBOX.` and these (a service's own prefix).
         self._nats_inboxes = InboxPolicy(inbox_prefixes)
+        # Where the helpers of persisted methods read (`(natsmicro.kv_store)`, `object_store`).
+        self._nats_jetstream = (jetstream_domain, jetstream_prefix)
+        self._nats_store: Stores | None = None
+
+    def _nats_stores(self, method: MethodSpec[Any, Any]) -> Stores:
+        """The JetStream stores the persisted-method helpers read (UNAVAILABLE without nats-py)."""
+        if self._nats_store is None:
+            transport = self._nats_transport
+            if not isinstance(transport, NatsTransport):
+                raise RpcError(
+                    ErrorCode.UNAVAILABLE,
+                    "stored responses are read from JetStream, which needs a nats-py connection",
+                    method=self._nats_service.full_name(method),
+                )
+            domain, prefix = self._nats_jetstream
+            self._nats_store = Stores(transport.nc, domain, prefix)
+        return self._nats_store
 
     def _nats_method(self, method: str | MethodSpec[Any, Any]) -> MethodSpec[Any, Any]:
         """The descriptor (API v2 passes it; API v1 passes the method's name)."""

@@ -11,7 +11,6 @@ import asyncio
 import enum
 import functools
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Generic, TypeVar
 
@@ -24,7 +23,9 @@ from .context import CallContext, set_current_call
 from .errors import ErrorCode, RpcError
 from .flow import AckPolicy, FlowWindow
 from .interceptors import CallInfo, Chain, Direction, Side, outcome_of
+from .logs import RateLimitedLog
 from .negotiation import Window, confirmation, server_terms
+from .persistence import BlobCopy, Persistence, StoreKeys
 from .protocol import (
     REPLY_TO,
     STREAM_INBOX,
@@ -68,6 +69,7 @@ class ServingPolicy:
     buffer_bytes: int = V1_BUFFER_BYTES
     expose_errors: bool = False
     interceptors: Chain | None = None
+    persistence: Persistence | None = None  # where persisted methods' responses go (None: not stored)
 
     def reply_to_problem(self, msg: Msg) -> str | None:
         """Why the request's `Reply-To` may not be published to, or None: `_INBOX.`, the first token
@@ -75,32 +77,7 @@ class ServingPolicy:
         return self.inboxes.check((msg.headers or {}).get(REPLY_TO, ""), also=first_token_prefix(msg.reply))
 
 
-class _RateLimitedLog:
-    """At most `per_second` WARNING records a second for junk from peers; the rest are counted and
-    summed up in the next record, so a flood of bad messages cannot flood the log."""
-
-    def __init__(self, per_second: int = 10) -> None:
-        self.per_second = per_second
-        self._window = 0
-        self._count = 0
-        self._suppressed = 0
-
-    def warning(self, message: str, *args: object) -> None:
-        second = int(time.monotonic())
-        if second != self._window:
-            self._window, self._count = second, 0
-        self._count += 1
-        if self._count > self.per_second:
-            self._suppressed += 1
-            return
-        if self._suppressed:
-            message += " (%d similar messages suppressed)"
-            args = (*args, self._suppressed)
-            self._suppressed = 0
-        log.warning(message, *args)
-
-
-peer_faults = _RateLimitedLog()
+peer_faults = RateLimitedLog(log)  # junk from peers, rate-limited
 
 
 class ServerState(enum.Enum):
@@ -446,6 +423,9 @@ class Responder:
         headers = error_headers(error.code, error.message)  # capped: always fits
         await self.nc.publish(subject, b"", headers=headers)
 
+    async def persist(self, body: bytes) -> None:
+        """Store an encoded final answer before it is sent, where the method's options say (unary)."""
+
     async def answer(self, subject: str, response: Any, error: RpcError | None) -> None:
         """A single final answer (unary, client streaming): the response with the handler's response
         headers, or the error pair; a wrong type or an oversized response becomes the error."""
@@ -461,7 +441,8 @@ class Responder:
                 try:
                     body = self.codec.encode(response)
                     check_size(len(body), headers, self.nc.max_payload, self.name)
-                except RpcError as too_big:
+                    await self.persist(body)
+                except RpcError as too_big:  # or a required write that failed
                     error = too_big
                 except Exception as unencodable:  # e.g. a field holding a value of the wrong type
                     error = self.internal(unencodable)
@@ -477,6 +458,7 @@ class UnaryResponder(Responder):
 
     response: betterproto.Message | None = None
     request: betterproto.Message
+    keys: StoreKeys | None = None  # a persisted method's storage keys
 
     async def open(self) -> None:
         if not self.reply:
@@ -485,7 +467,14 @@ class UnaryResponder(Responder):
 
     async def serve(self) -> None:
         request = self.intercept(Direction.RECEIVED, self.request) if self.info is not None else self.request
+        persistence = self.policy.persistence
+        if persistence is not None and self.method.persists:  # a request without a valid key fails here
+            self.keys = persistence.keys(self.method, request, self.name)
         self.response = await self.handler(request)
+
+    async def persist(self, body: bytes) -> None:
+        if self.keys is not None and self.policy.persistence is not None:
+            await self.policy.persistence.store(self.method, self.keys, body, self.deadline, self.name)
 
     async def finish(self, error: RpcError | None) -> None:
         await self.answer(self.reply, self.response, error)
@@ -493,6 +482,8 @@ class UnaryResponder(Responder):
 
 class _SendsStream(Responder):
     """A shape whose server direction is a stream to the client's inbox `R`."""
+
+    blob: BlobCopy | None = None  # a chunked download's blob on its way to the object store
 
     async def send_all(self, responses: Any) -> None:
         if not hasattr(responses, "__aiter__"):
@@ -509,8 +500,12 @@ class _SendsStream(Responder):
                 if chunks is not None:
                     if isinstance(response, (bytes, bytearray, memoryview)):
                         for piece in split(response, chunks.chunk_size):  # raw bytes of any size
+                            if self.blob is not None:
+                                self.blob.feed(piece)
                             await self.writer.send_body(chunks.encode(piece))
                         continue
+                    if self.blob is not None and isinstance(response, self.method.response):
+                        self.blob.feed(getattr(response, chunks.field))
                     body = chunks.encode_message(response)
                     if body is not None:  # a chunk message, on the fast path too
                         await self.writer.send_body(body)
@@ -536,10 +531,17 @@ class _SendsStream(Responder):
                 await responses.aclose()  # run the handler's cleanup now, not at garbage collection
 
     async def finish(self, error: RpcError | None) -> None:
+        if self.blob is not None:
+            self.blob.finish(error is None)
         if self.writer is not None:
             await self.writer.end(error)
         elif error is not None and self.reply:
             await self.respond_error(self.reply, error)
+
+    async def release(self) -> None:
+        if self.blob is not None:
+            self.blob.finish(False)  # a call that never finished (cancelled) leaves no object behind
+        await super().release()
 
 
 class ServerStreamResponder(_SendsStream):
@@ -582,6 +584,9 @@ class ServerStreamResponder(_SendsStream):
 
     async def serve(self) -> None:
         request = self.intercept(Direction.RECEIVED, self.request) if self.info is not None else self.request
+        persistence = self.policy.persistence
+        if persistence is not None and self.method.persists:  # a chunked download kept in the object store
+            self.blob = persistence.copy_blob(self.method, persistence.keys(self.method, request, self.name), self.name)
         await self.send_all(self.handler(request))
 
 

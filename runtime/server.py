@@ -22,7 +22,8 @@ from .responders import DEFAULT_STREAM_IDLE_TIMEOUT, RESPONDERS, Responder, Serv
 from .spec import Cardinality, MethodSpec, ServiceSpec
 from .streams import V1_BUFFER_BYTES, V1_BUFFER_MESSAGES
 from .subjects import InboxPolicy, is_literal
-from .transport import Subscription, Transport, transport_of
+from .persistence import MAX_PENDING_WRITES, Persistence
+from .transport import NatsTransport, Subscription, Transport, transport_of
 
 log = logging.getLogger("betterproto_nats.server")
 
@@ -158,6 +159,10 @@ class Server:
         interceptors: Sequence[Interceptor] = (),
         stats_handler: Callable[[EndpointStats], Any] | None = None,
         queue_group: str | None = None,
+        persist: bool = True,
+        jetstream_domain: str | None = None,
+        jetstream_prefix: str | None = None,
+        max_pending_writes: int = MAX_PENDING_WRITES,
     ) -> None:
         spec: ServiceSpec | None = getattr(impl, "_nats_service", None)
         if spec is None:
@@ -178,6 +183,16 @@ class Server:
         self.max_concurrent_streams = max_concurrent_streams
         self.max_concurrent_unary = max_concurrent_unary
         self.grace_period = grace_period
+        self.persistence: Persistence | None = None
+        if persist and any(m.persists for m in spec.methods):
+            if not isinstance(self.transport, NatsTransport):
+                raise TypeError(
+                    f"{spec.proto_name} stores responses in JetStream ((natsmicro.kv_store) / object_store), which "
+                    "needs a nats-py connection; serve(..., persist=False) serves it without storing"
+                )
+            self.persistence = Persistence(
+                self.transport.nc, domain=jetstream_domain, prefix=jetstream_prefix, max_pending=max_pending_writes
+            )
         self.policy = ServingPolicy(
             inboxes=InboxPolicy(inbox_prefixes),
             stream_idle_timeout=stream_idle_timeout,
@@ -185,6 +200,7 @@ class Server:
             buffer_bytes=stream_buffer_bytes,
             expose_errors=expose_errors,
             interceptors=Chain.of(interceptors),
+            persistence=self.persistence,
         )
         self.accepting = False
         self.unary_calls: dict[asyncio.Task[None], Responder] = {}
@@ -211,6 +227,8 @@ class Server:
         return self.discovery.id
 
     async def start(self) -> None:
+        if self.persistence is not None:  # before any subscription: a service that cannot store does not start
+            await self.persistence.check(self.spec)
         self.accepting = True
         for endpoint in self.endpoints:
             await endpoint.start()
@@ -232,6 +250,8 @@ class Server:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
+        if self.persistence is not None:  # background writes of answered calls, bounded by the grace too
+            await self.persistence.close(grace)
         await self.discovery.stop()
 
     async def __aenter__(self) -> Server:
@@ -259,6 +279,10 @@ async def serve(
     interceptors: Sequence[Interceptor] = (),
     stats_handler: Callable[[EndpointStats], Any] | None = None,
     queue_group: str | None = None,
+    persist: bool = True,
+    jetstream_domain: str | None = None,
+    jetstream_prefix: str | None = None,
+    max_pending_writes: int = MAX_PENDING_WRITES,
 ) -> Server:
     """Serve `impl` (a `<Service>NatsBase` subclass instance) on `nc` until `await server.stop()`.
 
@@ -271,6 +295,10 @@ async def serve(
     `interceptors` run around every call, in the order given (`betterproto_nats.Interceptor`);
     `stats_handler(endpoint_stats)` gives each endpoint's `data` in `$SRV` STATS, as in nats.micro;
     `queue_group` overrides every endpoint's queue group ("" for none).
+    Methods with `(natsmicro.kv_store)` / `object_store` store their responses in JetStream (through
+    `jetstream_domain` or `jetstream_prefix` when given); serving fails with `JetStreamUnavailable` when
+    JetStream does not answer. At most `max_pending_writes` best-effort writes wait at a time (more are
+    dropped and logged); `persist=False` serves without storing anything.
     """
     server = Server(
         nc,
@@ -289,6 +317,10 @@ async def serve(
         interceptors=interceptors,
         stats_handler=stats_handler,
         queue_group=queue_group,
+        persist=persist,
+        jetstream_domain=jetstream_domain,
+        jetstream_prefix=jetstream_prefix,
+        max_pending_writes=max_pending_writes,
     )
     await server.start()
     return server

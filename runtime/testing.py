@@ -28,7 +28,9 @@ __all__ = ["BusConnection", "InMemoryBus", "NatsServer", "call_context", "serve_
 async def serve_in_memory(impl: Any, **options: Any) -> AsyncIterator[BusConnection]:
     """Serve `impl` on a fresh in-memory bus and yield a connection for clients:
     `async with serve_in_memory(MyService()) as conn: client = MyServiceNatsClient(conn)`.
-    `options` are `serve()`'s. No nats-server is needed; the service stops at the end of the block."""
+    `options` are `serve()`'s. No nats-server is needed; the service stops at the end of the block.
+    The bus has no JetStream: persisted methods answer without storing (`persist=False`)."""
+    options.setdefault("persist", False)
     bus = InMemoryBus()
     server_conn, client_conn = bus.connect(), bus.connect()
     server = await serve(server_conn, impl, **options)

@@ -6,9 +6,13 @@ import ast
 import subprocess
 import sys
 import textwrap
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+
+from betterproto_nats_plugin import options as opts
+from betterproto_nats_plugin import persist
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -19,6 +23,7 @@ PROTOS = [
     "fixtures/hard/v1/hard.proto",
     "fixtures/options/v1/options.proto",
     "fixtures/codec/v1/codec.proto",
+    "fixtures/persist/v1/persist.proto",
 ]
 API = ("betterproto_nats._api_v2", None, "_nats")
 OURS = {API, ("typing", "overload", "_overload")}
@@ -125,7 +130,10 @@ message TwoFields { bytes data = 1; string name = 2; }
 message NotBytes { string data = 1; }
 message Repeated { repeated bytes data = 1; }
 message Payload { bytes payload = 1; }
+message Keyed { string id = 1; double score = 2; repeated string tags = 3; Resp nested = 4; bytes blob = 5; }
 """
+KV = 'rpc Get(Keyed) returns (Resp) { option (natsmicro.kv_store) = {bucket: "b" key_template: "k.{id}" %s}; }'
+
 
 BAD = {
     "chunked_unary": ("rpc Get(Req) returns (Resp) { option (natsmicro.chunked_io) = {}; }", "Svc.Get", "not unary"),
@@ -145,6 +153,8 @@ BAD = {
     "error_code_case": ('option (natsmicro.service) = {error_codes: "outOfStock"};', "Svc", "UPPER_SNAKE_CASE"),
     "error_code_builtin": ('option (natsmicro.service) = {error_codes: "NOT_FOUND"};', "Svc", "built in"),
     "same_endpoint": ("rpc GetItem(Req) returns (Resp) {}\n rpc get_item(Req) returns (Resp) {}", "Svc.get_item", "also GetItem's"),
+    "kv_unknown_field": (KV.replace("k.{id}", "k.{nope}") % "", "Svc.Get", "names {nope}, which is not a field of bad.v1.Keyed"),
+    "helper_collision": (KV % "" + "\n rpc GetGetCached(Req) returns (Resp) {}", "Svc.Get", "'get_get_cached' collides"),
 }
 
 
@@ -179,14 +189,83 @@ def test_editions_are_refused(tmp_path: Path) -> None:
     assert result.returncode != 0 and "editions" in result.stderr
 
 
-def test_persistence_options_warn_but_generate(tmp_path: Path) -> None:
+def _keyed_index() -> "persist.RequestIndex":
+    from betterproto.lib.google.protobuf import DescriptorProto, FieldDescriptorProto
+    from betterproto.lib.google.protobuf import FieldDescriptorProtoLabel as L
+    from betterproto.lib.google.protobuf import FieldDescriptorProtoType as T
+
+    def field(name: str, kind: T, label: L = L.LABEL_OPTIONAL) -> FieldDescriptorProto:
+        return FieldDescriptorProto(name=name, type=kind, label=label)
+
+    keyed = DescriptorProto(
+        name="Keyed",
+        field=[
+            field("id", T.TYPE_STRING),
+            field("score", T.TYPE_DOUBLE),
+            field("tags", T.TYPE_STRING, L.LABEL_REPEATED),
+            field("nested", T.TYPE_MESSAGE),
+            field("blob", T.TYPE_BYTES),
+        ],
+    )
+    return persist.RequestIndex({".bad.v1.Keyed": keyed}, {}, lambda name: name)
+
+
+PERSIST_RULES = {
+    "empty template": ({"key_template": ""}, "key_template is empty"),
+    "no bucket": ({"bucket": ""}, "bucket must be set"),
+    "bad bucket": ({"bucket": "a.b"}, "bucket 'a.b' may contain only"),
+    "double": ({"key_template": "{score}"}, "Keyed.score is a double"),
+    "repeated": ({"key_template": "{tags}"}, "Keyed.tags is repeated"),
+    "message": ({"key_template": "{nested}"}, "Keyed.nested is a message"),
+    "bytes": ({"key_template": "{blob}"}, "Keyed.blob is a bytes"),
+    "literal": ({"key_template": "k {id}*"}, "cannot be part of a key"),
+    "empty token": ({"key_template": "{id}."}, "empty token"),
+    "short key_ttl": ({"key_ttl": timedelta(milliseconds=500)}, "key_ttl must be at least 1 s"),
+    "negative ttl": ({"ttl": timedelta(seconds=-1)}, "ttl must not be negative"),
+    "history": ({"max_history": 65}, "max_history must be between 1 and 64"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PERSIST_RULES))
+def test_persistence_option_rules(case: str) -> None:
+    """Each rule of the persistence options (the plugin adds file and method, checked above)."""
+    changes, rule = PERSIST_RULES[case]
+    options = opts.KVStoreOptions(**{"bucket": "b", "key_template": "k.{id}", **changes})
+    with pytest.raises(persist.PersistError) as refused:
+        persist.kv_store(options, ".bad.v1.Keyed", _keyed_index())
+    assert rule in str(refused.value)
+    objects = opts.ObjectStoreOptions(bucket="o", key_template=options.key_template if "key_template" in changes else "{id}")
+    if "key_template" in changes:  # the object store's keys follow the same rules
+        with pytest.raises(persist.PersistError):
+            persist.object_store(objects, ".bad.v1.Keyed", _keyed_index())
+
+
+def test_persistence_options_resolve_as_the_go_plugin_does() -> None:
+    index = _keyed_index()
+    assert "write_mode" not in persist.kv_store(opts.KVStoreOptions(bucket="b", key_template="{id}"), ".bad.v1.Keyed", index).args
+    with_ttl = persist.kv_store(opts.KVStoreOptions(bucket="b", key_template="{id}", key_ttl=timedelta(seconds=5)), ".bad.v1.Keyed", index)
+    assert with_ttl.args["write_mode"] == "_nats.WriteMode.COMPARE_AND_SET" and with_ttl.args["key_ttl"] == "5.0"
+    explicit = opts.KVStoreOptions(
+        bucket="b", key_template="{id}", key_ttl=timedelta(seconds=5), write_mode=opts.KVWriteMode.KV_WRITE_MODE_LAST_WRITE_WINS
+    )
+    assert "write_mode" not in persist.kv_store(explicit, ".bad.v1.Keyed", index).args
+    assert persist.kv_store(opts.KVStoreOptions(bucket="b", key_template="fixed"), ".bad.v1.Keyed", index).args["key"] == (
+        "_nats.KeyTemplate('fixed')"
+    )
+
+
+def test_persistence_options_on_other_shapes_warn_and_are_ignored(tmp_path: Path) -> None:
+    """As the Go plugin does: only unary methods (and, for the object store, chunked downloads) persist."""
     (tmp_path / "kv.proto").write_text(
-        HEADER + MESSAGES + 'service Svc { rpc Get(Req) returns (Resp) { option (natsmicro.kv_store) = {bucket: "b"}; } }\n'
+        HEADER
+        + MESSAGES
+        + 'service Svc { rpc Get(Req) returns (stream Resp) { option (natsmicro.kv_store) = {bucket: "b" key_template: "{id}"}; } }\n'
     )
     result = protoc(tmp_path / "out", "kv.proto", include=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "warning" in result.stderr and "Svc.Get" in result.stderr and "kv_store" in result.stderr
-    assert "class SvcNatsClient" in (tmp_path / "out" / "bad" / "v1" / "__init__.py").read_text()
+    assert "warning" in result.stderr and "Svc.Get" in result.stderr and "applies to unary methods only" in result.stderr
+    code = (tmp_path / "out" / "bad" / "v1" / "__init__.py").read_text()
+    assert "kv_store=" not in code and "get_get_cached" not in code
 
 
 def test_unknown_plugin_parameter_is_an_error(tmp_path: Path) -> None:

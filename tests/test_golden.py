@@ -19,7 +19,7 @@ import betterproto_nats
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden"
-PACKAGES = ["streaming/v1", "fixtures/options/v1", "fixtures/hard/v1"]
+PACKAGES = ["streaming/v1", "fixtures/options/v1", "fixtures/hard/v1", "fixtures/persist/v1"]
 
 
 @pytest.mark.parametrize("package", PACKAGES)
