@@ -228,11 +228,14 @@ async def run_all(url: str) -> list[Result]:
     n = 100_000 // SCALE
     small = bytes(CountUpResponse(number=1))
     one_stream = n / await timed(lambda: _drain(client.count_up(CountUpRequest(count=n))))
-    report(Result("server stream, 100k small messages", "msg/s", one_stream, n / await raw_stream(raw_s, raw_c, small, n), 0.5))
-    ours = n / await timed(lambda: client.sum(SumRequest(value=1) for _ in range(n)))
-    report(Result("client stream, 100k small messages", "msg/s", ours, n / await raw_stream(raw_c, raw_s, bytes(SumRequest(value=1)), n), 0.5))
-    ours = n / await timed(lambda: _drain(client.chat(ChatMessage(text="x") for _ in range(n))))
-    report(Result("bidi pipelined, 100k echoed", "msg/s", ours, n / await raw_echo(raw_s, raw_c, n, pipelined=True), 0.5))
+    # Targets: 2x raw with batched frames (the scale issue; the codec issue asked 0.6 / 0.4).
+    report(Result("server stream, 100k small messages", "msg/s", one_stream, n / await raw_stream(raw_s, raw_c, small, n), 2.0))
+    # One message object sent n times, as the server stream's handler does: the runtime's cost shows.
+    one_sum, one_chat = SumRequest(value=1), ChatMessage(text="x")
+    ours = n / await timed(lambda: client.sum(one_sum for _ in range(n)))
+    report(Result("client stream, 100k small messages", "msg/s", ours, n / await raw_stream(raw_c, raw_s, bytes(SumRequest(value=1)), n), 2.0))
+    ours = n / await timed(lambda: _drain(client.chat(one_chat for _ in range(n))))
+    report(Result("bidi pipelined, 100k echoed", "msg/s", ours, n / await raw_echo(raw_s, raw_c, n, pipelined=True), 2.0))
     rounds = 3000 // SCALE
     ours = rounds / await timed(lambda: _ping_pong(client, rounds))
     report(Result("bidi ping-pong, sequential round trips", "rt/s", ours, rounds / await raw_echo(raw_s, raw_c, rounds, pipelined=False), 0.5))

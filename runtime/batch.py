@@ -5,7 +5,7 @@ message's sequence) and `Nats-Stream-Batch` (how many); see docs/PROTOCOL.md. Pu
 from __future__ import annotations
 
 from .protocol import MAX_BATCH
-from .wire import DecodeError, put_varint, read_length
+from .wire import DecodeError, read_length, write_bytes
 
 # Bytes per batch at most (and below max_payload); MAX_BATCH messages at most, and within the
 # receiver's window. Bigger messages (chunks) always travel alone.
@@ -17,12 +17,7 @@ def pack(bodies: list[bytes]) -> bytes:
     """The payload of a batch: each body behind its varint length."""
     out = bytearray()
     for body in bodies:
-        size = len(body)
-        if size < 0x80:
-            out.append(size)
-        else:
-            put_varint(out, size)
-        out += body
+        write_bytes(out, b"", body)  # a length-delimited field without its tag
     return bytes(out)
 
 

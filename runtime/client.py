@@ -399,11 +399,14 @@ class ClientCall:
     async def send_body(self, body: bytes) -> None:
         """Send one message. After the server has ended the call, its error is raised here; after a
         successful early answer, further messages are no-ops."""
-        assert self.writer is not None
+        writer = self.writer
+        assert writer is not None
         if self.answer is not None:
             return self._raise_early_error()
+        if writer.queue_nowait(body):
+            return
         try:
-            await self.writer.send_body(body)
+            await writer.send_body(body)
         except _Answered:
             self._raise_early_error()
         except nats.errors.Error as error:  # as _as_rpc_errors, without a context manager per message

@@ -517,7 +517,9 @@ class _SendsStream(Responder):
                     )
                 if self.info is not None:
                     response = self.intercept(Direction.SENT, response)
-                await self.writer.send(response)
+                body = self.codec.encode(response)
+                if not self.writer.queue_nowait(body):
+                    await self.writer.send_body(body)
         except asyncio.CancelledError:
             # The handler is suspended at a `yield` while we send: it must see the cancellation too.
             if hasattr(responses, "athrow"):

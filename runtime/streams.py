@@ -501,7 +501,29 @@ class StreamWriter:
         self.first_headers = None
 
     async def send(self, message: betterproto.Message) -> None:
-        await self.send_body(self.codec.encode(message))
+        body = self.codec.encode(message)
+        if not self.queue_nowait(body):
+            await self.send_body(body)
+
+    def queue_nowait(self, body: bytes) -> bool:
+        """Put a small message into the batch when nothing needs waiting for (batches agreed, the
+        first message sent, credit there); False: `send_body` it. The hot path of a stream: no
+        coroutine per message."""
+        credit = self.credit
+        size = len(body)
+        if (
+            credit.batch == 1
+            or size > self._batched_body_limit
+            or self.first_headers is not None
+            or self.ended
+            or self._flush_error is not None
+            or (self.first_hop is not None and not self.first_hop.done)
+            or not credit.ready(size)
+        ):
+            return False
+        if self._append(body, size, credit):
+            self._flush_without_waiting()
+        return True
 
     async def send_body(self, body: bytes, reply: str = "") -> None:
         first_hop = self.first_hop
@@ -537,6 +559,12 @@ class StreamWriter:
             await credit.acquire(size)  # out of credit: we suspend here, and the scheduled flush runs
         if self._flush_error is not None:
             raise self._flush_error
+        if self._append(body, size, credit):
+            await self.flush()
+
+    def _append(self, body: bytes, size: int, credit: SendCredit) -> bool:
+        """Count a message and add it to the batch; True when the batch is full now. Otherwise
+        the batch leaves at the end of this loop turn."""
         self.sent += 1
         self.bytes_sent += size
         credit.sent(self.sent, size)
@@ -544,10 +572,11 @@ class StreamWriter:
         batch.append(body)
         self._batch_bytes += size + 3
         if len(batch) >= credit.batch or self._batch_bytes >= self._batch_byte_limit:
-            await self.flush()
-        elif not self._flush_pending:
+            return True
+        if not self._flush_pending:
             self._flush_pending = True
             asyncio.get_running_loop().call_soon(self._flush_soon)
+        return False
 
     def _take_batch(self) -> tuple[bytes, dict[str, str]]:
         """The waiting messages as one NATS message (a single one as a plain data message)."""
@@ -562,8 +591,13 @@ class StreamWriter:
         return body, headers
 
     def _flush_soon(self) -> None:
-        """End of the loop turn in which messages were queued: send them now, without waiting."""
+        """End of the loop turn in which messages were queued: send them now."""
         self._flush_pending = False
+        self._flush_without_waiting()
+
+    def _flush_without_waiting(self) -> None:
+        """Queue the batch at once when the transport can, else hand it to a task (in order:
+        a flush already under way sends it after its own)."""
         if not self._batch or self._flushing is not None:
             return
         body, headers = self._take_batch()
