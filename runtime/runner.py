@@ -20,6 +20,7 @@ import nats
 import nats.errors
 from nats.aio.client import Client as NATS
 
+from .persistence import JetStreamUnavailable
 from .server import DEFAULT_GRACE_PERIOD, Server, serve
 
 log = logging.getLogger("betterproto_nats.run")
@@ -144,6 +145,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     serve_cmd.add_argument("--tls-key", help="client key file")
     serve_cmd.add_argument("--inbox-prefix", help="this connection's inbox prefix (see docs/SECURITY.md)")
     serve_cmd.add_argument("--log-calls", action="store_true", help="one log line per call (LoggingInterceptor)")
+    serve_cmd.add_argument("--jetstream-domain", help="JetStream domain of the persisted methods' stores")
+    serve_cmd.add_argument("--jetstream-prefix", help="JetStream API prefix of the persisted methods' stores")
+    serve_cmd.add_argument("--no-persist", action="store_true", help="serve without storing persisted methods' responses")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -154,6 +158,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         options["subject_prefix"] = args.subject_prefix
     if args.queue_group or args.no_queue_group:
         options["queue_group"] = "" if args.no_queue_group else args.queue_group
+    if args.jetstream_domain:
+        options["jetstream_domain"] = args.jetstream_domain
+    if args.jetstream_prefix:
+        options["jetstream_prefix"] = args.jetstream_prefix
+    if args.no_persist:
+        options["persist"] = False
     if args.log_calls:
         from .interceptors import LoggingInterceptor
 
@@ -165,5 +175,5 @@ def main(argv: Sequence[str] | None = None) -> None:
                 impls, url=servers[0], grace_period=args.grace_period, connect_options=connect_options,
                 connect_wait=args.connect_wait, **options,
             ))
-    except ConnectionError as error:
+    except (ConnectionError, JetStreamUnavailable) as error:
         raise SystemExit(f"serve: {error}") from None

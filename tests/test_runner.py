@@ -61,6 +61,23 @@ def test_serve_command_says_what_is_wrong_with_a_target() -> None:
     assert ran.returncode != 0 and "cannot load no_such_module:Thing" in ran.stderr
 
 
+def test_serve_command_without_jetstream_says_so_for_persisted_methods(nats_server: NatsServer) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests" / "procs")])}
+    args = [sys.executable, "-m", "betterproto_nats", "serve", "services:Stored", "--url", nats_server.url]
+    ran = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env=env, timeout=30)
+    assert ran.returncode == 1 and "serve: " in ran.stderr and "JetStream" in ran.stderr, ran.stderr
+    assert "Traceback" not in ran.stderr
+    stop = subprocess.Popen([*args, "--no-persist"], stderr=subprocess.PIPE, cwd=ROOT, env=env)
+    try:
+        assert stop.stderr is not None
+        assert b"serving Stored" in stop.stderr.readline()  # serves, without storing
+        stop.send_signal(signal.SIGTERM)
+        assert stop.wait(10) == 0
+    finally:
+        stop.kill()
+        stop.wait()
+
+
 def test_serve_command_without_a_nats_server_says_so_briefly() -> None:
     """nats-py alone retries for minutes with a traceback per attempt; serve gives up with the fix."""
     with socket.socket() as closed:  # a loopback port that nothing listens on

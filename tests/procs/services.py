@@ -20,3 +20,10 @@ class Slow(StreamDemoServiceNatsBase):
         for i in range(request.count):
             yield CountUpResponse(number=i)
             await asyncio.sleep(0.05)
+
+
+from gen.fixtures.persist.v1 import ProfilesNatsBase  # noqa: E402
+
+
+class Stored(ProfilesNatsBase):
+    """A service whose methods store their responses in JetStream (nothing implemented: enough to start)."""
