@@ -5,6 +5,7 @@ cluster whose nodes are killed under streams in flight."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, Callable, Iterator
@@ -18,7 +19,16 @@ from betterproto_nats import ErrorCode, RpcError
 from betterproto_nats.testing import NatsServer
 from conftest import no_subscriptions_left, settle
 from demo_service import Demo
-from gen.streaming.v1 import ChatMessage, CountUpRequest, PingRequest, StreamDemoServiceNatsClient, SumRequest
+from gen.streaming.v1 import (
+    ChatMessage,
+    CountUpRequest,
+    ExportSnapshotRequest,
+    ImportSnapshotResponse,
+    PingRequest,
+    SnapshotChunk,
+    StreamDemoServiceNatsClient,
+    SumRequest,
+)
 from topologies import cluster, leaf_node, supercluster
 
 RACE = 500
@@ -43,13 +53,29 @@ async def reachable(client: StreamDemoServiceNatsClient) -> None:
     raise AssertionError("the service never became reachable")
 
 
-@pytest.fixture
-async def across(topology: tuple[NatsServer, NatsServer]) -> AsyncIterator[StreamDemoServiceNatsClient]:
-    """The service on one server, a client on the other, once interest has crossed."""
-    service_side, client_side = topology
+BLOB = bytes(range(256)) * 4096  # 1 MiB: 16 chunks of the default 64 KiB
+
+
+class WithBlobs(Demo):
+    """Demo plus a chunked download of `BLOB` and an upload that answers with what arrived."""
+
+    async def export_snapshot(self, request: ExportSnapshotRequest) -> AsyncIterator[SnapshotChunk | bytes]:
+        yield BLOB
+
+    async def import_snapshot(self, requests: betterproto_nats.UploadRequests[SnapshotChunk]) -> ImportSnapshotResponse:
+        data = await requests.recv_bytes()
+        return ImportSnapshotResponse(id=hashlib.sha256(data).hexdigest(), size=len(data))
+
+
+@pytest.fixture(params=["service-on-first", "service-on-second"])
+async def across(
+    topology: tuple[NatsServer, NatsServer], request: pytest.FixtureRequest
+) -> AsyncIterator[StreamDemoServiceNatsClient]:
+    """The service on one server, a client on the other (both ways round), once interest has crossed."""
+    service_side, client_side = topology if request.param == "service-on-first" else topology[::-1]
     server_nc = await nats.connect(service_side.url, allow_reconnect=False)
     client_nc = await nats.connect(client_side.url, allow_reconnect=False)
-    server = await betterproto_nats.serve(server_nc, Demo())
+    server = await betterproto_nats.serve(server_nc, WithBlobs())
     client = StreamDemoServiceNatsClient(client_nc)
     await reachable(client)
     yield client
@@ -67,6 +93,11 @@ async def every_shape_works(client: StreamDemoServiceNatsClient) -> None:
 
 async def test_every_shape_across(across: StreamDemoServiceNatsClient) -> None:
     await every_shape_works(across)
+    download = await across.export_snapshot(ExportSnapshotRequest(id="blob"), timeout=10)
+    assert await download.recv_bytes() == BLOB
+    upload = await across.import_snapshot(timeout=10)
+    await upload.send_bytes(BLOB)
+    assert await upload.close_and_recv() == ImportSnapshotResponse(id=hashlib.sha256(BLOB).hexdigest(), size=len(BLOB))
 
 
 @pytest.mark.parametrize("shape", ["client_stream", "bidi"])
