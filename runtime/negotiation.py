@@ -99,8 +99,10 @@ def server_terms(headers: Mapping[str, str] | None, streaming: bool, stream_idle
     deadline is INVALID_ARGUMENT."""
     headers = headers or {}
     v2 = streaming and headers.get(STREAM_VERSION) == VERSION_2 and bool(headers.get(REPLY_TO))
-    wished = header_int(headers, STREAM_HEARTBEAT, int(DEFAULT_HEARTBEAT * 1000)) / 1000
-    heartbeat = clamp_heartbeat(wished, longest_heartbeat(stream_idle_timeout))
+    heartbeat = 0.0  # unary calls and v1 streams have none
+    if v2:
+        wished = header_int(headers, STREAM_HEARTBEAT, int(DEFAULT_HEARTBEAT * 1000)) / 1000
+        heartbeat = clamp_heartbeat(wished, longest_heartbeat(stream_idle_timeout))
     deadline = None
     text = headers.get(DEADLINE)
     if (v2 or not streaming) and text is not None:
