@@ -521,8 +521,11 @@ class StreamWriter:
             or not credit.ready(size)
         ):
             return False
-        if self._append(body, size, credit):
+        if self._batch and self._would_overflow(size, credit):
             self._flush_without_waiting()
+            if self._batch:  # a flush is still under way: this one waits for it in `send_body`
+                return False
+        self._append(body, size, credit)
         return True
 
     async def send_body(self, body: bytes, reply: str = "") -> None:
@@ -559,24 +562,28 @@ class StreamWriter:
             await credit.acquire(size)  # out of credit: we suspend here, and the scheduled flush runs
         if self._flush_error is not None:
             raise self._flush_error
-        if self._append(body, size, credit):
+        if self._batch and self._would_overflow(size, credit):
             await self.flush()
+        self._append(body, size, credit)
 
-    def _append(self, body: bytes, size: int, credit: SendCredit) -> bool:
-        """Count a message and add it to the batch; True when the batch is full now. Otherwise
-        the batch leaves at the end of this loop turn."""
+    def _would_overflow(self, size: int, credit: SendCredit) -> bool:
+        """One more message of `size` would break the batch's bounds (count, bytes)."""
+        return len(self._batch) >= credit.batch or self._batch_bytes + size + 3 > self._batch_byte_limit
+
+    def _append(self, body: bytes, size: int, credit: SendCredit) -> None:
+        """Count a message and add it to the batch (within its bounds: callers checked). A full
+        batch leaves now if it can; any other at the end of this loop turn."""
         self.sent += 1
         self.bytes_sent += size
         credit.sent(self.sent, size)
         batch = self._batch
         batch.append(body)
         self._batch_bytes += size + 3
-        if len(batch) >= credit.batch or self._batch_bytes >= self._batch_byte_limit:
-            return True
-        if not self._flush_pending:
+        if len(batch) >= credit.batch:
+            self._flush_without_waiting()
+        elif not self._flush_pending:
             self._flush_pending = True
             asyncio.get_running_loop().call_soon(self._flush_soon)
-        return False
 
     def _take_batch(self) -> tuple[bytes, dict[str, str]]:
         """The waiting messages as one NATS message (a single one as a plain data message)."""
@@ -616,7 +623,7 @@ class StreamWriter:
                 if not self._batch:
                     break
                 body, headers = self._take_batch()
-        except BaseException as error:  # the connection closed: the next send or end says so
+        except Exception as error:  # the connection closed: the next send or end says so
             self._flush_error = error
             self.credit.fail(error)
         finally:

@@ -209,3 +209,43 @@ async def test_publish_nowait_is_active_on_this_nats_py(nc: NATS) -> None:
     msg = await asyncio.wait_for(received.get(), 5)
     assert (msg.data, msg.reply, msg.headers) == (b"body", "r.x", {"A": "1", SEQ: "7"})
     await sub.unsubscribe()
+
+
+class SlowPublisher:
+    """A transport whose `publish` waits a few loop turns (a full socket buffer) and that records
+    every frame; it has no `publish_nowait`, so batches that cannot leave at once go through a task."""
+
+    max_payload = 1024 * 1024
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[dict[str, str], bytes]] = []
+
+    async def publish(self, subject: str, payload: bytes = b"", reply: str = "", headers: dict[str, str] | None = None) -> None:
+        for _ in range(3):
+            await asyncio.sleep(0)
+        self.frames.append((dict(headers or {}), payload))
+
+
+async def test_batches_stay_within_bounds_while_a_flush_waits() -> None:
+    """A producer that never waits, a transport that does: batches never outgrow the receiver's
+    count or the byte bound, and every message arrives once, in order."""
+    from betterproto_nats.codec import PROTO
+    from betterproto_nats.flow import FlowWindow
+    from betterproto_nats.negotiation import Window
+    from betterproto_nats.streams import StreamWriter
+
+    transport = SlowPublisher()
+    writer = StreamWriter(transport, "_INBOX.peer", PROTO, "m", FlowWindow(Window(100_000, 64 * 2**20, 16)))  # type: ignore[arg-type]
+    bodies = [bytes([i % 251]) * (i % 700) for i in range(3000)]
+    for body in bodies:  # as handlers' and callers' messages are sent
+        if not writer.queue_nowait(body):
+            await writer.send_body(body)
+    await writer.end()
+    received: list[bytes] = []
+    for headers, payload in transport.frames[:-1]:
+        assert int(headers[SEQ]) == len(received) + 1
+        count = int(headers.get(BATCH, "1"))
+        assert count <= 16 and len(payload) <= 64 * 1024, (count, len(payload))
+        received.extend(unpack(payload, count) if BATCH in headers else [payload])  # type: ignore[arg-type]
+    assert received == bodies
+    assert transport.frames[-1][0][END] == "true" and transport.frames[-1][0][COUNT] == "3000"
