@@ -119,6 +119,8 @@ async def _iterate(requests: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]
 class CallState(enum.Enum):
     """Where a call is; `ClientCall.move` allows only the transitions in `_NEXT`."""
 
+    __hash__ = object.__hash__  # members are singletons: identity, not Enum's hash of the name (per call)
+
     OPENING = "opening"  # subscribing, sending the request or waiting for the handshake ack
     OPEN = "open"  # messages flow in the call's directions
     HALF_CLOSED = "half-closed"  # we ended our direction; the server's is still open

@@ -103,8 +103,8 @@ def new_inbox(nc: NATS) -> str:
 def _has_pending_buffer(nc: NATS) -> bool:
     """nats-py keeps what `publish` writes in `_pending` (a list of commands), counts it in
     `_pending_data_size` and wakes its flusher task through `_flush_queue`. When an upgrade changes
-    that, `publish_nowait` stays off and everything goes through `publish` (tests/test_nats_compat.py
-    fails loudly)."""
+    that, `publish_nowait` stays off and everything goes through `publish` (a test in
+    tests/test_batching.py fails loudly)."""
     return (
         isinstance(getattr(nc, "_pending", None), list)
         and isinstance(getattr(nc, "_pending_data_size", None), int)
@@ -120,7 +120,7 @@ def header_block(headers: dict[str, str]) -> bytes:
     return ("NATS/1.0\r\n" + "".join(f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n").encode()
 
 
-def publish_nowait(nc: NATS, subject: str, payload: bytes, headers: dict[str, str], reply: str = "") -> bool:
+def publish_nowait(nc: NATS, subject: str, payload: bytes, headers: dict[str, str] | None, reply: str = "") -> bool:
     """Queue an HPUB the way nats-py's `publish` does when it has nothing to wait for, without a
     coroutine (and without re-checking subjects and header names that we built). False, having
     done nothing, when `publish` must be used: disconnected, draining, the buffer full, the
@@ -135,8 +135,12 @@ def publish_nowait(nc: NATS, subject: str, payload: bytes, headers: dict[str, st
     flusher = nc._flusher_task
     if flusher is None or flusher.done():
         return False
-    block = header_block(headers)
-    head = f"HPUB {subject} {reply + ' ' if reply else ''}{len(block)} {len(block) + len(payload)}\r\n".encode()
+    if headers:
+        block = header_block(headers)
+        head = f"HPUB {subject} {reply + ' ' if reply else ''}{len(block)} {len(block) + len(payload)}\r\n".encode()
+    else:  # as nats-py writes a message without headers
+        block = b""
+        head = f"PUB {subject} {reply + ' ' if reply else ''}{len(payload)}\r\n".encode()
     size = len(head) + len(block) + len(payload) + 2
     if nc._max_pending_size > 0 and nc._pending_data_size + size > nc._max_pending_size:
         return False

@@ -39,7 +39,7 @@ from .session import StreamSession
 from .spec import Cardinality, MethodSpec
 from .streams import V1_BUFFER_BYTES, V1_BUFFER_MESSAGES, Deadline, FirstHop, Inbox, StreamReader, StreamWriter
 from .subjects import InboxPolicy, first_token_prefix, is_literal
-from .transport import Transport
+from .transport import Transport, publish
 
 log = logging.getLogger("betterproto_nats.server")
 
@@ -82,6 +82,8 @@ peer_faults = RateLimitedLog(log)  # junk from peers, rate-limited
 
 class ServerState(enum.Enum):
     """Where a served call is; `Responder.move` allows only the transitions in `_NEXT`."""
+
+    __hash__ = object.__hash__  # members are singletons: identity, not Enum's hash of the name (per call)
 
     OPENING = "opening"  # reading the request, or the handshake
     SERVING = "serving"  # the handler runs
@@ -447,7 +449,7 @@ class Responder:
                 except Exception as unencodable:  # e.g. a field holding a value of the wrong type
                     error = self.internal(unencodable)
                 else:
-                    await self.nc.publish(subject, body, headers=headers or None)
+                    await publish(self.nc, subject, body, headers or None)  # subject: the request's reply or a checked Reply-To
                     self.answered = (1, len(body))
                     return
         await self.respond_error(subject, error)

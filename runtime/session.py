@@ -21,7 +21,7 @@ from .protocol import (
     parse_uint,
     sanitize,
 )
-from .transport import NowaitPublisher, Transport
+from .transport import Transport, publish
 
 
 class StreamSession:
@@ -52,7 +52,6 @@ class StreamSession:
         on_loss: Callable[[str], None] | None = None,
     ) -> None:
         self.nc = nc
-        self._nowait: NowaitPublisher | None = nc if hasattr(nc, "publish_nowait") else None  # type: ignore[assignment]
         self.peer_inbox = peer_inbox
         self.own_inbox = own_inbox
         self._on_dead = on_dead
@@ -116,9 +115,7 @@ class StreamSession:
     async def _send(self, headers: dict[str, str]) -> None:
         if self.closed:
             return
-        nowait = self._nowait
-        if nowait is None or not nowait.publish_nowait(self.peer_inbox, b"", headers, self.own_inbox):
-            await self.nc.publish(self.peer_inbox, b"", reply=self.own_inbox, headers=headers)
+        await publish(self.nc, self.peer_inbox, b"", headers, self.own_inbox)
         self.liveness.sent()
 
     async def send_ack(self, seq: int) -> None:

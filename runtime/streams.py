@@ -34,7 +34,7 @@ from .protocol import (
     message_size,
     parse_uint,
 )
-from .transport import NowaitPublisher, Subscription, Transport
+from .transport import NowaitPublisher, Subscription, Transport, publish
 
 M = TypeVar("M", bound=betterproto.Message)
 
@@ -640,9 +640,7 @@ class StreamWriter:
             await self._publish(body, headers)
 
     async def _publish(self, body: bytes, headers: dict[str, str], reply: str = "") -> None:
-        nowait = self._nowait
-        if nowait is None or not nowait.publish_nowait(self.subject, body, headers, reply):
-            await self.nc.publish(self.subject, body, reply=reply, headers=headers)
+        await publish(self.nc, self.subject, body, headers, reply)
         if self.on_sent is not None:
             self.on_sent()
 

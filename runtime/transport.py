@@ -78,7 +78,7 @@ class NowaitPublisher(Protocol):
     """Optional on a `Transport`: queue a message synchronously (subjects and headers built by the
     runtime), in order with `publish`; False when it cannot, and then `publish` is used."""
 
-    def publish_nowait(self, subject: str, payload: bytes, headers: dict[str, str], reply: str = "") -> bool: ...
+    def publish_nowait(self, subject: str, payload: bytes, headers: dict[str, str] | None, reply: str = "") -> bool: ...
 
 
 class _NatsSubscription:
@@ -112,7 +112,7 @@ class NatsTransport:
     ) -> None:
         await self.nc.publish(subject, payload, reply=reply, headers=headers)
 
-    def publish_nowait(self, subject: str, payload: bytes, headers: dict[str, str], reply: str = "") -> bool:
+    def publish_nowait(self, subject: str, payload: bytes, headers: dict[str, str] | None, reply: str = "") -> bool:
         """Queue a message we built without a coroutine; False when `publish` must be used."""
         return publish_nowait(self.nc, subject, payload, headers, reply)
 
@@ -144,6 +144,14 @@ class NatsTransport:
 
     def forget_permissions(self, subject: str) -> None:
         PermissionErrors.of(self.nc).forget(subject)
+
+
+async def publish(nc: Transport, subject: str, payload: bytes, headers: dict[str, str] | None = None, reply: str = "") -> None:
+    """Publish a message the runtime built (subject and headers checked or ours): queued without a
+    coroutine when the transport can (`NowaitPublisher`), else through `publish`."""
+    nowait = getattr(nc, "publish_nowait", None)
+    if nowait is None or not nowait(subject, payload, headers, reply):
+        await nc.publish(subject, payload, reply=reply, headers=headers)
 
 
 def transport_of(connection: NATS | Transport) -> Transport:
