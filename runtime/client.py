@@ -319,9 +319,9 @@ class ClientCall:
         )
         inbox, writer = self.inbox, self.writer
         if self.reader is not None:
-            session.received = lambda: inbox.arrived
+            session.received = inbox.arrived_unless_failed
         if writer is not None:
-            session.sent = lambda: writer.position
+            session.sent = lambda: writer.handed_over
         if self.writer is not None and window is not None:
             if self.answer is not None:  # the server ended the call during the handshake
                 window.fail(_Answered())

@@ -37,9 +37,6 @@ class Liveness:
         self.last_sent = self.last_heard = self._loop.time()
         self._timer = self._loop.call_later(self.interval / 4, self._tick)
 
-    def loop_time(self) -> float:
-        return self._loop.time()
-
     def heard(self) -> None:
         self.last_heard = self._loop.time()
 

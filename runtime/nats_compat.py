@@ -125,12 +125,12 @@ def publish_nowait(nc: NATS, subject: str, payload: bytes, headers: dict[str, st
     coroutine (and without re-checking subjects and header names that we built). False, having
     done nothing, when `publish` must be used: disconnected, draining, the buffer full, the
     flusher gone, or nats-py's internals not as expected."""
+    if not nc.is_connected or nc.is_draining_pubs or len(payload) > nc.max_payload:
+        return False
     usable: bool | None = getattr(nc, "_betterproto_nats_nowait", None)
-    if usable is None:
+    if usable is None:  # looked at once, on a connected client (its flush queue exists then)
         usable = nc._betterproto_nats_nowait = _has_pending_buffer(nc)  # type: ignore[attr-defined]
     if not usable:
-        return False
-    if not nc.is_connected or nc.is_draining_pubs or len(payload) > nc.max_payload:
         return False
     flusher = nc._flusher_task
     if flusher is None or flusher.done():

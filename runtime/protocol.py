@@ -31,8 +31,9 @@ STREAM_WINDOW_BYTES = "Nats-Stream-Window-Bytes"
 STREAM_ACK = "Nats-Stream-Ack"
 STREAM_HEARTBEAT = "Nats-Stream-Heartbeat"
 STREAM_CANCEL = "Nats-Stream-Cancel"
-# On heartbeats: data messages received so far in the direction toward the heartbeat's sender.
-STREAM_RECEIVED = "Nats-Stream-Received"
+# On heartbeats of a side that sends a stream: its frames (data messages, then the end marker) handed
+# to NATS before the heartbeat, which follows them on the same subject (so they must have arrived).
+STREAM_SENT = "Nats-Stream-Sent"
 # On a data message: it holds this many stream messages (a batch); in a window offer: the most a
 # receiver accepts in one. Only sent to a peer that offered it.
 STREAM_BATCH = "Nats-Stream-Batch"
@@ -44,10 +45,12 @@ _CONTROL = (STREAM_ACK, STREAM_HEARTBEAT, STREAM_CANCEL, STREAM_VERSION)
 
 # Headers of ours that must never be taken for caller headers or echoed back.
 PROTOCOL_HEADERS = frozenset(
-    {REPLY_TO, STREAM_INBOX, STREAM_SEQ, STREAM_END, STREAM_COUNT, STREAM_BATCH, STREAM_RECEIVED, ERROR, ERROR_CODE, DEADLINE, BLOB_SIZE, *_CONTROL}
+    {REPLY_TO, STREAM_INBOX, STREAM_SEQ, STREAM_END, STREAM_COUNT, STREAM_BATCH, STREAM_SENT, ERROR, ERROR_CODE, DEADLINE, BLOB_SIZE, *_CONTROL}
 )
 
 END_TRUE = "true"
+# Protocol headers the runtime itself puts among a handler's response headers.
+RESPONSE_PROTOCOL_HEADERS = frozenset({BLOB_SIZE})
 MAX_BATCH = 256  # messages in one batch, at most (sent and accepted)
 
 
@@ -193,16 +196,17 @@ def caller_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
     return {k: v for k, v in headers.items() if not is_reserved(k)}
 
 
-def user_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+def user_headers(headers: Mapping[str, str] | None, allow: frozenset[str] = frozenset()) -> dict[str, str]:
     """Caller- or handler-supplied headers made safe to send: valid names only, protocol names
-    refused (ValueError, before anything is sent), values without CR/LF."""
+    refused (ValueError, before anything is sent) except those in `allow` (the runtime's own, in a
+    dict a handler shares), values without CR/LF."""
     if not headers:
         return {}
     out: dict[str, str] = {}
     for name, value in headers.items():
         if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
             raise ValueError(f"header name {clip(repr(name), 64)} is not valid: letters, digits and !#$%&'*+-.^_`|~ only")
-        if is_reserved(name):
+        if is_reserved(name) and name not in allow:
             raise ValueError(f"header {name!r} is reserved for the protocol or NATS")
         out[name] = sanitize(str(value))
     return out

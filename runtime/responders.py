@@ -33,7 +33,9 @@ from .protocol import (
     check_size,
     error_headers,
     is_no_responders,
+    RESPONSE_PROTOCOL_HEADERS,
     quote,
+    user_headers,
 )
 from .session import StreamSession
 from .spec import Cardinality, MethodSpec
@@ -302,7 +304,7 @@ class Responder:
             writer = StreamWriter(self.nc, subject, self.codec, self.name)
         writer.first_headers = self.context.response_headers
         if session is not None:
-            session.sent = lambda: writer.position
+            session.sent = lambda: writer.handed_over
         if own_inbox is not None and subject != self.msg.reply:
             writer.first_hop = FirstHop(self.nc, own_inbox, self.name)
         return writer
@@ -439,8 +441,9 @@ class Responder:
                     ErrorCode.INTERNAL, f"handler returned {type(response).__name__}, not {self.method.response.__name__}"
                 )
             else:
-                headers = dict(self.context.response_headers)
                 try:
+                    # checked again: the dict is the handler's (blob size aside, ours)
+                    headers = user_headers(self.context.response_headers, allow=RESPONSE_PROTOCOL_HEADERS)
                     body = self.codec.encode(response)
                     check_size(len(body), headers, self.nc.max_payload, self.name)
                     await self.persist(body)
@@ -611,7 +614,7 @@ class _Handshaking(Responder):
         self.reader = StreamReader(inbox, self.codec, self.method.request, self.name, self.deadline)
         if self.v2:
             session = self.start_session(reply_to, inbox, sends=self.method.cardinality is Cardinality.BIDI)
-            session.received = lambda: inbox.arrived
+            session.received = inbox.arrived_unless_failed
             window = Window.for_method(self.method.max_inflight)
             self.reader.acks = AckPolicy(window, session.send_ack)
             inbox.limit(window.messages + 2, window.max_bytes)  # + the end marker and a stray status

@@ -8,13 +8,13 @@ from nats.aio.msg import Msg
 
 from .flow import FlowWindow
 from .errors import ErrorCode
-from .liveness import MISSED_BEATS, Liveness
+from .liveness import Liveness
 from .protocol import (
     ERROR_CODE,
     STREAM_ACK,
     STREAM_CANCEL,
     STREAM_HEARTBEAT,
-    STREAM_RECEIVED,
+    STREAM_SENT,
     clip,
     is_control,
     is_no_responders,
@@ -34,9 +34,10 @@ class StreamSession:
     process died), the NATS server answers one of them with a no-responders status at once, so a
     dead peer is noticed within a heartbeat rather than after three silent ones.
 
-    Heartbeats also say how much of the peer's stream has arrived (`received`, when we receive one).
-    A sender whose peer reports the same count, short of what was sent, in `MISSED_BEATS` heartbeats
-    spanning at least an interval knows messages were lost in transit: `on_loss` ends the call
+    Heartbeats of a side that sends a stream also say how many of its frames went out before them
+    (`Nats-Stream-Sent`). They travel on the subject the data took, from the same connection, so NATS
+    delivers them after that data: a receiver that has fewer frames than the count knows the rest
+    were lost in transit, at once and without guessing from timing; `on_loss` ends the call
     (DATA_LOSS) instead of both sides waiting, heartbeats flowing, for messages that never come.
     """
 
@@ -65,11 +66,10 @@ class StreamSession:
         self.liveness = Liveness(heartbeat, self.send_heartbeat, on_dead, interrupted=lambda: nc.reconnects != reconnects)
         self.closed = False
         # Stream positions (data messages, and the end marker as one more): what arrived of the
-        # peer's stream, when we receive one; what we sent, when we send one.
-        self.received: Callable[[], int] | None = None
+        # peer's stream, when we receive one; what we handed to NATS, when we send one.
+        self.received: Callable[[], int | None] | None = None  # None once our side failed: nothing to check
         self.sent: Callable[[], int] | None = None
         self.on_loss = on_loss
-        self._behind: tuple[int, int, float] | None = None  # (peer's count, reports of it, first seen)
 
     def start(self) -> None:
         self.liveness.start()
@@ -88,29 +88,19 @@ class StreamSession:
         ack = parse_uint(headers.get(STREAM_ACK))
         if ack is not None and self.window is not None:
             self.window.on_ack(ack)
-        received = parse_uint(headers.get(STREAM_RECEIVED))
-        if received is not None and self.sent is not None:
-            self._peer_received(received, self.sent())
+        sent = parse_uint(headers.get(STREAM_SENT))
+        if sent is not None and self.received is not None:
+            self._check_arrived(sent, self.received())
         reason = headers.get(STREAM_CANCEL)
         if reason is not None and self.on_cancel is not None:
             code = ErrorCode.DATA_LOSS if headers.get(ERROR_CODE) == ErrorCode.DATA_LOSS else ErrorCode.CANCELLED
             self.on_cancel(clip(reason, 256), code)
         return True
 
-    def _peer_received(self, received: int, sent: int) -> None:
-        """The peer's count of what arrived: stuck short of what we sent means loss."""
-        if received >= sent:
-            self._behind = None
-            return
-        now = self.liveness.loop_time()
-        behind = self._behind
-        if behind is None or behind[0] != received:
-            self._behind = (received, 1, now)
-            return
-        reports = behind[1] + 1
-        self._behind = (received, reports, behind[2])
-        if reports >= MISSED_BEATS and now - behind[2] >= self.heartbeat and self.on_loss is not None:
-            self.on_loss(f"the peer received {received} of the {sent} messages sent; the rest were lost in transit")
+    def _check_arrived(self, sent: int, arrived: int | None) -> None:
+        """The peer's count of frames it sent before this heartbeat: all of them should be here."""
+        if arrived is not None and arrived < sent and self.on_loss is not None and not self.closed:
+            self.on_loss(f"the peer sent {sent} messages before its heartbeat, {arrived} arrived: the rest were lost in transit")
 
     async def _send(self, headers: dict[str, str]) -> None:
         if self.closed:
@@ -126,8 +116,8 @@ class StreamSession:
 
     async def send_heartbeat(self) -> None:
         headers = {STREAM_HEARTBEAT: self._heartbeat_ms}
-        if self.received is not None:
-            headers[STREAM_RECEIVED] = str(self.received())
+        if self.sent is not None:
+            headers[STREAM_SENT] = str(self.sent())
         await self._send(headers)
 
     async def send_cancel(self, reason: str, data_loss: bool = False) -> None:

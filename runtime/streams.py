@@ -33,6 +33,8 @@ from .protocol import (
     is_no_responders,
     message_size,
     parse_uint,
+    user_headers,
+    RESPONSE_PROTOCOL_HEADERS,
 )
 from .transport import NowaitPublisher, Subscription, Transport, publish
 
@@ -77,6 +79,10 @@ V1_BUFFER_MESSAGES = 8192
 V1_BUFFER_BYTES = 32 * 1024 * 1024
 
 
+FRAME_OVERHEAD = 64  # bytes per queued message beyond its body: header values and batch framing
+FIRST_HEADERS_ROOM = 64 * 1024  # a handler's response headers ride on the first message
+
+
 def _held(msg: Msg) -> int:
     """Bytes a queued message holds: its body and header values (a peer controls both)."""
     return len(msg.data) + (sum(map(len, msg.headers.values())) if msg.headers else 0)
@@ -118,6 +124,7 @@ class Inbox:
         self._waiter: asyncio.Future[None] | None = None
         self._failure: BaseException | None = None
         self._dropping = False  # failed (or overrun): nothing more is queued
+        self.aborted = False  # ended at once: not even what was queued is delivered
         self._sub: Subscription | None = None
         self._reconnects = 0  # the connection's reconnect count when we subscribed
         self.last_heard = self.last_data = asyncio.get_running_loop().time()
@@ -134,8 +141,11 @@ class Inbox:
         return self
 
     def limit(self, messages: int, max_bytes: int) -> None:
-        """Hold the peer to a window: at most `messages` queued, and `max_bytes` of them unless one."""
-        self.max_messages, self.max_bytes = messages, max_bytes
+        """Hold the peer to a window: at most `messages` queued, and `max_bytes` of bodies unless one
+        (plus room for what a sender's window does not count: header values, batch framing, and the
+        response headers on a first message)."""
+        self.max_messages = messages
+        self.max_bytes = max_bytes + FRAME_OVERHEAD * messages + FIRST_HEADERS_ROOM
 
     def end_when_idle(self, after: float, error: RpcError) -> None:
         """A `get` that finds nothing fails with `error` once nothing arrived for `after` seconds."""
@@ -158,15 +168,15 @@ class Inbox:
         watcher = self.watcher
         if watcher is not None and watcher(msg):
             return
+        counted = _counted(msg)
+        headers = msg.headers
+        if headers is not None and (STREAM_SEQ in headers or STREAM_END in headers):
+            self.arrived += counted
         if self._dropping:
             return
         self.last_data = now
         queue = self._queue
         queue.append(msg)
-        counted = _counted(msg)
-        headers = msg.headers
-        if headers is not None and (STREAM_SEQ in headers or STREAM_END in headers):
-            self.arrived += counted
         self._queued_messages += counted
         self._queued_bytes += _held(msg)
         if self._queued_messages > self.max_messages or (len(queue) > 1 and self._queued_bytes > self.max_bytes):
@@ -186,6 +196,7 @@ class Inbox:
 
     def abort(self, error: BaseException) -> None:
         """End at once: drop what is queued and whatever still arrives; every `get` raises `error`."""
+        self.aborted = True  # readers drop what they unpacked too
         self._queue.clear()
         self._queued_messages = self._queued_bytes = 0
         self.fail(error)
@@ -252,6 +263,10 @@ class Inbox:
     def is_open(self) -> bool:
         return self._sub is not None
 
+    def arrived_unless_failed(self) -> int | None:
+        """What arrived, for comparing with a peer's count; None once this side failed."""
+        return None if self._failure is not None else self.arrived
+
     @property
     def denied(self) -> bool:
         """Ended because NATS denied a permission on this call's subjects: nothing more will arrive."""
@@ -300,7 +315,7 @@ class StreamReader(Generic[M]):
 
     async def recv(self) -> M:
         """The next message; StopAsyncIteration at a clean end, RpcError on any failure."""
-        if self._unpacked and not self.finished:  # the rest of a batch: no waiting, no checks
+        if self._unpacked and not self.finished and not self.inbox.aborted:  # the rest of a batch: no waiting
             body = self._unpacked.popleft()
             ack = self._count(body)
             if ack is not None:
@@ -319,7 +334,9 @@ class StreamReader(Generic[M]):
                 raise self.error
             raise StopAsyncIteration
         if self._unpacked:
-            return await self._consumed(self._unpacked.popleft())
+            if not self.inbox.aborted:
+                return await self._consumed(self._unpacked.popleft())
+            self._unpacked.clear()
         while True:
             msg = await self.inbox.get(self.deadline, self.method)
             headers = msg.headers
@@ -486,18 +503,25 @@ class StreamWriter:
         self._flush_pending = False  # a flush is scheduled for the end of this loop turn
         self._flushing: asyncio.Task[None] | None = None  # a flush that had to await `publish`
         self._flush_error: BaseException | None = None
+        self._handed_over = 0
         # Bodies up to this size may share a frame; one frame stays well below max_payload.
         self._batch_byte_limit = min(MAX_BATCH_BYTES, nc.max_payload // 2)
         self._batched_body_limit = min(BATCHED_BODY_LIMIT, self._batch_byte_limit // 2)
 
     @property
-    def position(self) -> int:
-        """Stream frames given out: data messages, and the end marker as one more."""
-        return self.sent + self.ended
+    def handed_over(self) -> int:
+        """Frames handed to NATS (data messages, then the end marker as one more), as a v2 heartbeat
+        reports them: nothing while the first message may still have to be sent again."""
+        first_hop = self.first_hop
+        return self._handed_over if first_hop is None or first_hop.done else 0
+
+    def _handed(self, position: int) -> None:
+        if position > self._handed_over:
+            self._handed_over = position
 
     def _take_first_headers(self, headers: dict[str, str]) -> None:
-        if self.first_headers:
-            headers.update(self.first_headers)
+        if self.first_headers:  # a handler's dict, which it may have changed since it set it: checked again
+            headers.update(user_headers(self.first_headers, allow=RESPONSE_PROTOCOL_HEADERS))
         self.first_headers = None
 
     async def send(self, message: betterproto.Message) -> None:
@@ -552,6 +576,7 @@ class StreamWriter:
         await credit.acquire(len(body))
         await self._publish(body, headers, reply)
         self.sent = seq
+        self._handed(seq)
         self.bytes_sent += len(body)
         credit.sent(seq, len(body))
 
@@ -586,7 +611,8 @@ class StreamWriter:
             asyncio.get_running_loop().call_soon(self._flush_soon)
 
     def _take_batch(self) -> tuple[bytes, dict[str, str]]:
-        """The waiting messages as one NATS message (a single one as a plain data message)."""
+        """The waiting messages as one NATS message (a single one as a plain data message); its
+        last sequence number is `self.sent` at this moment."""
         batch, self._batch, self._batch_bytes = self._batch, [], 0
         first = self.sent - len(batch) + 1
         if len(batch) == 1:
@@ -608,21 +634,25 @@ class StreamWriter:
         if not self._batch or self._flushing is not None:
             return
         body, headers = self._take_batch()
+        last = self.sent
         nowait = self._nowait
         if nowait is not None and nowait.publish_nowait(self.subject, body, headers):
+            self._handed(last)
             if self.on_sent is not None:
                 self.on_sent()
             return
-        self._flushing = asyncio.get_running_loop().create_task(self._publish_taken(body, headers))
+        self._flushing = asyncio.get_running_loop().create_task(self._publish_taken(body, headers, last))
 
-    async def _publish_taken(self, body: bytes, headers: dict[str, str]) -> None:
+    async def _publish_taken(self, body: bytes, headers: dict[str, str], last: int) -> None:
         """Publish a taken batch, then whatever was queued meanwhile (nobody else sends it)."""
         try:
             while True:
                 await self._publish(body, headers)
+                self._handed(last)
                 if not self._batch:
                     break
                 body, headers = self._take_batch()
+                last = self.sent
         except Exception as error:  # the connection closed: the next send or end says so
             self._flush_error = error
             self.credit.fail(error)
@@ -637,7 +667,9 @@ class StreamWriter:
             raise self._flush_error
         if self._batch:
             body, headers = self._take_batch()
+            last = self.sent
             await self._publish(body, headers)
+            self._handed(last)
 
     async def _publish(self, body: bytes, headers: dict[str, str], reply: str = "") -> None:
         await publish(self.nc, self.subject, body, headers, reply)
@@ -659,7 +691,7 @@ class StreamWriter:
         if self._batch or self._flushing is not None:
             try:
                 await self.flush()
-            except BaseException:
+            except Exception:
                 if error is None:
                     raise
         await self._end(error)
@@ -676,3 +708,4 @@ class StreamWriter:
             headers = {STREAM_END: END_TRUE, STREAM_COUNT: str(self.sent)}
             headers.update(error_headers(ErrorCode.RESOURCE_EXHAUSTED, too_big))
         await self._publish(b"", headers, reply)
+        self._handed(self.sent + 1)

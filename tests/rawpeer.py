@@ -22,7 +22,7 @@ PROTOCOL_NAMES = [
     "Nats-Stream-Window",
     "Nats-Stream-Window-Bytes",
     "Nats-Stream-Batch",
-    "Nats-Stream-Received",
+    "Nats-Stream-Sent",
     "Nats-Stream-Ack",
     "Nats-Stream-Heartbeat",
     "Nats-Stream-Cancel",

@@ -7,7 +7,7 @@ import asyncio
 from typing import AsyncIterator
 
 import pytest
-from conftest import Wiretap
+from conftest import Wiretap, settle
 from hypothesis import given
 from hypothesis import strategies as st
 from nats.aio.client import Client as NATS
@@ -21,7 +21,7 @@ from betterproto_nats.batch import pack, unpack
 from betterproto_nats.nats_compat import flush_ordered, publish_nowait
 from betterproto_nats.protocol import MAX_BATCH
 from demo_service import Demo
-from gen.streaming.v1 import CountUpRequest, CountUpResponse, StreamDemoServiceNatsClient, SumRequest, SumResponse
+from gen.streaming.v1 import ChatMessage, CountUpRequest, CountUpResponse, StreamDemoServiceNatsClient, SumRequest, SumResponse
 
 PREFIX = "api.v1.stream"
 SEQ, BATCH, END, COUNT = "Nats-Stream-Seq", "Nats-Stream-Batch", "Nats-Stream-End", "Nats-Stream-Count"
@@ -249,3 +249,38 @@ async def test_batches_stay_within_bounds_while_a_flush_waits() -> None:
         received.extend(unpack(payload, count) if BATCH in headers else [payload])  # type: ignore[arg-type]
     assert received == bodies
     assert transport.frames[-1][0][END] == "true" and transport.frames[-1][0][COUNT] == "3000"
+
+
+class Paused(Demo):
+    """A bidi handler that reads only once told to: the client's stream queues up meanwhile."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = asyncio.Event()
+
+    async def chat(self, requests: AsyncIterator[ChatMessage]) -> AsyncIterator[ChatMessage]:  # type: ignore[override]
+        await self.go.wait()
+        yield ChatMessage(text=str(len([r async for r in requests])))
+
+
+async def test_a_full_byte_window_does_not_overrun_a_paused_reader(nc: NATS, server_nc: NATS) -> None:
+    """256 messages of 16 KiB fill the 4 MiB window exactly; the receiver also holds header values
+    and batch framing, which the sender's window does not count: that must not read as an overrun."""
+    impl = Paused()
+    server = await betterproto_nats.serve(server_nc, impl)
+    try:
+        body = ChatMessage(text="x" * (16384 - 3))  # 16 KiB encoded
+        call = asyncio.ensure_future(_texts(StreamDemoServiceNatsClient(nc).chat([body] * 256, timeout=20)))
+
+        def queued() -> int:
+            return sum(inbox._queued_messages for responder in server.stream_calls.values() for inbox in responder.inboxes)
+
+        await settle(lambda: queued() >= 256 or call.done(), timeout=10)
+        impl.go.set()
+        assert await asyncio.wait_for(call, 10) == ["256"]
+    finally:
+        await server.stop()
+
+
+async def _texts(responses: AsyncIterator[ChatMessage]) -> list[str]:
+    return [r.text async for r in responses]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import AsyncIterator
 
 import pytest
 from conftest import subscriptions
@@ -11,6 +12,8 @@ from nats.aio.client import Client as NATS
 import betterproto_nats
 from betterproto_nats import ErrorCode, RpcError, current_call
 from gen.streaming.v1 import (
+    CountUpRequest,
+    CountUpResponse,
     PingRequest,
     PingResponse,
     StreamDemoServiceNatsBase,
@@ -231,3 +234,29 @@ async def test_a_cancelled_flush_leaves_the_connection_reading(nc: NATS, pinger:
         waiting.cancel()
         await asyncio.gather(waiting, return_exceptions=True)
     assert (await StreamDemoServiceNatsClient(nc).ping(PingRequest(payload="still"), timeout=5)).payload == "pong: still"
+
+
+class Injector(StreamDemoServiceNatsBase):
+    """Handlers that change their response-header dict behind `set_response_headers`' back."""
+
+    async def ping(self, request: PingRequest) -> PingResponse:
+        current_call().response_headers["X-Note"] = "a\r\nNats-Service-Error-Code: NOT_FOUND"
+        return PingResponse(payload=request.payload)
+
+    async def count_up(self, request: CountUpRequest) -> AsyncIterator[CountUpResponse]:
+        current_call().response_headers["X-Note"] = "a\r\nNats-Service-Error-Code: NOT_FOUND"
+        yield CountUpResponse(number=1)
+
+
+async def test_response_headers_changed_directly_cannot_inject_headers(nc: NATS, server_nc: NATS) -> None:
+    server = await betterproto_nats.serve(server_nc, Injector())
+    try:
+        client = StreamDemoServiceNatsClient(nc)
+        received: dict[str, str] = {}
+        assert (await client.ping(PingRequest(payload="p"), response_headers=received)).payload == "p"
+        assert received.get("X-Note") == "a Nats-Service-Error-Code: NOT_FOUND"  # one header, CR/LF gone
+        stream = await client.count_up(CountUpRequest(count=1))
+        assert [r.number async for r in stream] == [1]
+        assert stream.headers.get("X-Note") == "a Nats-Service-Error-Code: NOT_FOUND"
+    finally:
+        await server.stop()
