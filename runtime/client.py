@@ -574,8 +574,14 @@ class _Receives(_View, Generic[Resp]):
         return self
 
     async def __anext__(self) -> Resp:
-        message: Resp = await self.call.recv()
-        return message
+        call = self.call
+        if call.info is None:  # no interceptors: the rest of a batch is taken without more coroutines
+            reader = call.reader
+            message: Resp | None = reader.take_nowait() if reader is not None else None
+            if message is not None:
+                return message
+        received: Resp = await call.recv()
+        return received
 
 
 class ServerStream(_Receives[Resp]):

@@ -130,6 +130,10 @@ class RequestStream(Generic[M]):
         return self
 
     async def __anext__(self) -> M:
+        if self._intercept is None:  # the rest of a batch without more coroutines
+            message = self._reader.take_nowait()
+            if message is not None:
+                return message
         return await self.recv()
 
     async def recv(self) -> M:

@@ -306,6 +306,7 @@ class StreamReader(Generic[M]):
         self.blob_size: int | None = None  # a chunked stream's size, when the sender said it
         self.acks: Acknowledger = NO_ACKS  # v2: acknowledge what the application consumed
         self._unpacked: deque[bytes] = deque()  # the rest of a batched frame, in order
+        self._acking: set[asyncio.Future[None]] = set()  # acks sent by `take_nowait`
 
     def _fail(self, error: RpcError) -> RpcError:
         self.finished = True
@@ -326,6 +327,23 @@ class StreamReader(Generic[M]):
             return self.codec.decode(self.message_type, body, self.method)
         except RpcError as error:
             raise self._fail(error) from None
+
+    def take_nowait(self) -> M | None:
+        """The next message when it is already unpacked (the rest of a batch), else None: `recv`
+        waits or fails. An ack that falls due goes out in a task of its own (acks are cumulative)."""
+        if not self._unpacked or self.finished or self.inbox.aborted:
+            return None
+        try:
+            message = self.codec.decode(self.message_type, self._unpacked[0], self.method)
+        except RpcError as error:
+            self._fail(error)  # `recv` raises it, through the call's own error handling
+            return None
+        ack = self._count(self._unpacked.popleft())
+        if ack is not None:
+            task = asyncio.ensure_future(ack)
+            self._acking.add(task)  # held until done: the loop keeps only weak references
+            task.add_done_callback(self._acking.discard)
+        return message
 
     async def recv_body(self) -> bytes:
         """The next message's body, undecoded (chunk fast path); same checks and acks as `recv`."""
