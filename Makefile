@@ -6,7 +6,7 @@ PY := $(BIN)/python
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup gen golden demo snapshots test typecheck bench clean
+.PHONY: setup gen golden demo snapshots test typecheck bench bench-streams clean
 
 setup: $(STAMP)
 
@@ -44,6 +44,11 @@ typecheck: gen
 
 bench: gen
 	$(PY) bench/run.py
+
+# 10 and 10,000 concurrent idle streams, client and service in separate processes: memory per stream
+# on each side and heartbeat messages per second (about two minutes; docs/PERFORMANCE.md).
+bench-streams: gen
+	$(PY) bench/streams10k.py
 
 clean:
 	rm -rf gen build *.egg-info .pytest_cache .mypy_cache

@@ -37,7 +37,8 @@ from .errors import ErrorCode, RpcError
 from .flow import AckPolicy, FlowWindow, SendCredit, Unlimited
 from .interceptors import CallInfo, Chain, Direction, Interceptor, Side, outcome_of
 from .liveness import DEFAULT_HEARTBEAT
-from .negotiation import Window, client_heartbeat, client_offer, confirmed
+from .negotiation import Window, client_heartbeat, client_offer, confirmed, shared_peer
+from .peers import PeerLiveness
 from .protocol import (
     DEADLINE,
     REPLY_TO,
@@ -148,7 +149,13 @@ class _Answered(Exception):
 class ClientCall:
     """The client's side of one call: its subjects and inbox `R`, reader, writer, v2 session,
     deadline and state. Messages on `R` are seen first by `on_message`; `close` is the one place
-    that ends the call and releases what it holds."""
+    that ends the call and releases what it holds. Slots, not a `__dict__`: thousands may be open."""
+
+    __slots__ = (
+        "nc", "method", "name", "subject", "codec", "deadline", "heartbeat", "inboxes", "receives", "sends", "window",
+        "state", "inbox", "reader", "writer", "credit", "session", "peers", "answer", "heard", "_heard_waiter",
+        "released", "lost", "failure", "chain", "info", "_watched", "_owner",
+    )
 
     def __init__(self, client: ClientBase, method: MethodSpec[Any, Any], timeout: float | None) -> None:
         spec = client._nats_service
@@ -171,8 +178,10 @@ class ClientCall:
         self.writer: StreamWriter | None = None
         self.credit: SendCredit = Unlimited()
         self.session: StreamSession | None = None
+        self.peers: PeerLiveness | None = None  # our connection's shared liveness, named in the offer
         self.answer: Msg | None = None  # the server's final message, once it arrived (sending shapes)
-        self.heard = asyncio.Event()  # something arrived on R
+        self.heard = False  # something arrived on R
+        self._heard_waiter: asyncio.Future[None] | None = None  # `close` waits for that
         self.released = False
         self.lost = False  # the server's heartbeats said our messages were lost in transit
         self.failure: RpcError | None = None  # why the call failed, once it did
@@ -233,10 +242,14 @@ class ClientCall:
         return inbox
 
     async def _opening_headers(self, headers: Mapping[str, str] | None, reply_to: str) -> dict[str, str]:
-        """Caller headers (after the interceptors), `Reply-To`, and our v2 offer (a v1 server ignores it)."""
+        """Caller headers (after the interceptors), `Reply-To`, and our v2 offer (a v1 server ignores
+        it), which names our connection's liveness subject (heartbeats shared per peer connection)."""
+        caller = await self.begin(headers)
         deadline = None if self.deadline is None else self.deadline.epoch_ms
-        offer = client_offer(self.heartbeat, deadline, self.window if self.receives else None)
-        return {**await self.begin(headers), REPLY_TO: reply_to, **offer}
+        with _as_rpc_errors(self.name):
+            self.peers = await PeerLiveness.acquire(self.nc)
+        offer = client_offer(self.heartbeat, deadline, self.window if self.receives else None, self.peers.subject)
+        return {**caller, REPLY_TO: reply_to, **offer}
 
     async def open_server_stream(self, request: betterproto.Message, headers: Mapping[str, str] | None) -> None:
         """Subscribe `R`, then publish the request with `Reply-To: R` (and R as its reply subject:
@@ -304,39 +317,48 @@ class ClientCall:
 
     def _start_v2(self, confirmation: Mapping[str, str] | None, peer_inbox: str) -> None:
         """The server confirmed v2: its window bounds what we send, ours what we receive; heartbeats
-        both ways at the interval the server said."""
-        assert self.inbox is not None
+        both ways at the interval the server said, shared with its connection when it named its
+        liveness subject."""
+        inbox = self.inbox
+        assert inbox is not None
+        peer_subject = self._checked_peer(confirmation)
         self._watch_permissions(peer_inbox)
-        window = FlowWindow(Window.granted(confirmation)) if self.writer is not None else None
-        session = self.session = StreamSession(
-            self.nc,
-            peer_inbox,
-            self.inbox.subject,
-            client_heartbeat(confirmation, self.heartbeat),
-            on_dead=lambda why: self.fail(self.error(ErrorCode.UNAVAILABLE, f"the server is unreachable: {why}")),
-            window=window,
-            on_loss=self._lost,
-        )
-        inbox, writer = self.inbox, self.writer
-        if self.reader is not None:
-            session.received = inbox.arrived_unless_failed
-        if writer is not None:
-            session.sent = lambda: writer.handed_over
-        if self.writer is not None and window is not None:
+        writer, reader = self.writer, self.reader
+        window = FlowWindow(Window.granted(confirmation)) if writer is not None else None
+        heartbeat = client_heartbeat(confirmation, self.heartbeat)
+        session = self.session = StreamSession(self.nc, peer_inbox, inbox.subject, heartbeat, self, window)
+        if reader is not None:
+            session.receiving = inbox
+            reader.acks = AckPolicy(self.window, session.send_ack)
+            inbox.limit(self.window.messages + 2, self.window.max_bytes)  # + the end marker and a status
+        if writer is not None and window is not None:
+            session.sending = writer
             if self.answer is not None:  # the server ended the call during the handshake
                 window.fail(_Answered())
-            self.credit = self.writer.credit = window
-            self.writer.on_sent = session.liveness.sent
-        if self.reader is not None:
-            self.reader.acks = AckPolicy(self.window, session.send_ack)
-            self.inbox.limit(self.window.messages + 2, self.window.max_bytes)  # + the end marker and a status
+            self.credit = writer.credit = window
+            writer.on_sent = session.on_sent
+        if peer_subject is not None and self.peers is not None:
+            session.share(self.peers, peer_subject)
+            inbox.peer = session.group
         session.start()
+
+    def _checked_peer(self, confirmation: Mapping[str, str] | None) -> str | None:
+        """The server's liveness subject, checked like its inboxes (INTERNAL when it fails)."""
+        subject = shared_peer(confirmation)
+        if subject is not None:
+            why = self.inboxes.check(subject)
+            if why is not None:
+                raise self.error(ErrorCode.INTERNAL, f"the server named a liveness subject {quote(subject)}, which is {why}")
+        return subject
 
     def _watch_permissions(self, subject: str) -> None:
         """Publishing to or subscribing on `subject` denied: the call fails with PERMISSION_DENIED
         at once (nats-py only tells the connection's error callback; the message is dropped)."""
-        self.nc.watch_permissions(subject, lambda text: self.fail(self.error(ErrorCode.PERMISSION_DENIED, text), True))
+        self.nc.watch_permissions(subject, self._denied)
         self._watched.append(subject)
+
+    def _denied(self, text: str) -> None:
+        self.fail(self.error(ErrorCode.PERMISSION_DENIED, text), at_once=True)
 
     # --- What arrives on R (in the subscription callback) -----------------------------------------
 
@@ -346,7 +368,10 @@ class ClientCall:
         writer = self.writer
         if writer is not None and writer.first_hop is not None and writer.first_hop.saw(msg):
             return True
-        self.heard.set()
+        self.heard = True
+        waiter = self._heard_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
         session = self.session
         if session is not None and session.watch(msg):
             return True
@@ -367,11 +392,9 @@ class ClientCall:
     def _confirm_server_stream(self, headers: Mapping[str, str] | None) -> None:
         """A server stream's open message confirmed v2 and named the server's control inbox."""
         try:
-            control = self._server_inbox(headers)
-        except RpcError as refused:  # nothing is ever sent to an inbox that fails the checks
+            self._start_v2(headers, peer_inbox=self._server_inbox(headers))
+        except RpcError as refused:  # nothing is ever sent to a subject that fails the checks
             self.fail(refused, at_once=True)
-            return
-        self._start_v2(headers, peer_inbox=control)
 
     def _ends_call(self, msg: Msg) -> bool:
         """Client streaming: any answer is the final one (a v2 server may answer before we finish);
@@ -380,11 +403,26 @@ class ClientCall:
             return True
         return classify(msg.headers).kind in (FrameKind.END, FrameKind.ERROR)
 
-    def _lost(self, why: str) -> None:
-        """Our messages did not reach the server (its heartbeats say so): the call fails with
-        DATA_LOSS, and the cancel at close tells the server why."""
+    # --- How the session ends the call (`CallEnds`) ------------------------------------------------
+
+    def peer_unreachable(self, why: str, tell: bool) -> None:
+        self.fail(self.error(ErrorCode.UNAVAILABLE, f"the server is unreachable: {why}"))
+
+    def peer_cancelled(self, reason: str, code: str) -> None:
+        """A server does not cancel (nothing is sent to us that would)."""
+
+    def messages_lost(self, why: str) -> None:
+        """Frames the server sent did not arrive (its count says so): the call fails with DATA_LOSS,
+        and the cancel at close tells the server why."""
         self.lost = True
         self.fail(self.error(ErrorCode.DATA_LOSS, why))
+
+    def peer_released(self, missing: str | None) -> None:
+        """The server let go of the call (its heartbeats say so): when its last message did not
+        arrive, the call fails with DATA_LOSS instead of waiting for it forever."""
+        if missing is None and (self.receives or self.answer is not None):
+            return  # everything arrived: the reader takes it from the queue
+        self.fail(self.error(ErrorCode.DATA_LOSS, f"the server ended the call, but {missing or 'its answer'} did not arrive"))
 
     def fail(self, error: RpcError, at_once: bool = False) -> None:
         """End the call with `error`: a waiting reader (after what is queued, unless `at_once`) and a
@@ -495,9 +533,12 @@ class ClientCall:
         if self.session is not None:
             if not server_done:
                 await self.session.send_cancel("closed by the client", data_loss=self.lost)
-            self.session.close()
+            self.session.close(released=not server_done)  # shared heartbeats repeat the cancel
         if inbox is not None:
             await inbox.close()
+        peers, self.peers = self.peers, None
+        if peers is not None:
+            await peers.release()
         for subject in self._watched:
             self.nc.forget_permissions(subject)
         self._watched.clear()
@@ -519,11 +560,14 @@ class ClientCall:
         """A server stream closed before anything arrived: a v2 server's open message (naming where
         to send the cancel) may still be on its way. Wait for it briefly; a v1 server never sends
         one, and nothing arrives on an inbox we were denied."""
-        if not self.heard.is_set() and not inbox.denied:
+        if not self.heard and not inbox.denied:
+            waiter = self._heard_waiter = asyncio.get_running_loop().create_future()
             try:
-                await asyncio.wait_for(self.heard.wait(), min(1.0, self.heartbeat))
+                await asyncio.wait_for(waiter, min(1.0, self.heartbeat))
             except TimeoutError:
                 pass
+            finally:
+                self._heard_waiter = None
 
     def drop_owner(self) -> None:
         """Stop watching the task that opened the call."""
@@ -532,6 +576,7 @@ class ClientCall:
             owner.remove_done_callback(self._owner_done)
 
     def _owner_done(self, task: asyncio.Task[Any]) -> None:
+        self._owner = None  # done either way: nothing more to watch (and nothing to keep alive)
         if task.cancelled() and not self.released:
             asyncio.get_running_loop().create_task(self.close(), name="betterproto-nats close")
 

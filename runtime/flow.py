@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 from .negotiation import Window
+
+# Stands for a queue that holds nothing and was not allocated yet: an empty deque costs about 600
+# bytes, which thousands of idle streams would each hold. Never appended to (it has room for none).
+EMPTY_QUEUE: deque[Any] = deque(maxlen=0)
 
 
 class SendCredit(Protocol):
@@ -74,11 +78,16 @@ class FlowWindow:
     """The sender's credit: at most `messages` data messages and `max_bytes` body bytes beyond the
     last acknowledged seq. `acquire` blocks when out of credit; nothing buffers without bound."""
 
+    __slots__ = (
+        "messages", "max_bytes", "batch", "_in_flight", "bytes_in_flight", "acked", "peak_messages", "peak_bytes",
+        "_waiter", "_failure",
+    )
+
     def __init__(self, window: Window) -> None:
         self.messages = max(1, window.messages)
         self.max_bytes = max(1, window.max_bytes)
         self.batch = max(1, min(window.batch, self.messages))
-        self._in_flight: deque[tuple[int, int]] = deque()  # (seq, body size)
+        self._in_flight: deque[tuple[int, int]] = EMPTY_QUEUE  # (seq, body size)
         self.bytes_in_flight = 0
         self.acked = 0
         self.peak_messages = 0
@@ -108,6 +117,8 @@ class FlowWindow:
 
     def sent(self, seq: int, size: int) -> None:
         in_flight = self._in_flight
+        if in_flight is EMPTY_QUEUE:
+            in_flight = self._in_flight = deque()
         in_flight.append((seq, size))
         self.bytes_in_flight += size
         if len(in_flight) > self.peak_messages:
@@ -120,8 +131,11 @@ class FlowWindow:
         if seq <= self.acked:
             return
         self.acked = seq
-        while self._in_flight and self._in_flight[0][0] <= seq:
-            self.bytes_in_flight -= self._in_flight.popleft()[1]
+        in_flight = self._in_flight
+        while in_flight and in_flight[0][0] <= seq:
+            self.bytes_in_flight -= in_flight.popleft()[1]
+        if not in_flight:
+            self._in_flight = EMPTY_QUEUE
         self._wake()
 
     def fail(self, error: BaseException) -> None:
@@ -138,6 +152,8 @@ class FlowWindow:
 class AckPolicy:
     """The receiver's side: acknowledge consumed messages at the latest when half the window (in
     messages or in bytes) has been consumed since the last acknowledgement."""
+
+    __slots__ = ("every_messages", "every_bytes", "_send_ack", "_messages", "_bytes")
 
     def __init__(self, window: Window, send_ack: Callable[[int], Awaitable[None]]) -> None:
         self.every_messages = max(1, window.messages // 2)

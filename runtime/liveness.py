@@ -11,17 +11,20 @@ MIN_HEARTBEAT, MAX_HEARTBEAT = 0.05, 20.0  # what a server accepts from a client
 
 
 class Liveness:
-    """Sends a heartbeat when nothing was sent for half the `interval` (so the peer hears from us at
+    """Per-stream heartbeats (a peer that does not share them per connection, `peers.py`).
+
+    Sends a heartbeat when nothing was sent for half the `interval` (so the peer hears from us at
     least once an interval, and a heartbeat that finds the peer's inbox gone comes back as a
-    no-responders status within about an interval); calls `on_dead` after `MISSED_BEATS` intervals
-    without hearing anything (data, ack or heartbeat), or once `interrupted()` says the connection
-    was lost meanwhile (messages in that gap may be gone)."""
+    no-responders status within about an interval); calls `on_dead(why, tell)` after
+    `MISSED_BEATS` intervals without hearing anything (data, ack or heartbeat), or, with `tell`
+    (the peer is still there and should hear why), once `interrupted()` says our connection was lost
+    meanwhile (messages in that gap may be gone)."""
 
     def __init__(
         self,
         interval: float,
         send_heartbeat: Callable[[], Awaitable[None]],
-        on_dead: Callable[[str], None],
+        on_dead: Callable[[str, bool], None],
         interrupted: Callable[[], bool] = lambda: False,
     ) -> None:
         self.interval = interval
@@ -47,11 +50,11 @@ class Liveness:
         now = self._loop.time()
         if self._interrupted():
             self._timer = None
-            self._on_dead("the NATS connection was interrupted")
+            self._on_dead("the NATS connection was interrupted", True)
             return
         if now - self.last_heard > MISSED_BEATS * self.interval:
             self._timer = None
-            self._on_dead(f"no word from the peer for {MISSED_BEATS * self.interval:g} s")
+            self._on_dead(f"no word from the peer for {MISSED_BEATS * self.interval:g} s", False)
             return
         if now - self.last_sent >= self.interval / 2 and (self._sending is None or self._sending.done()):
             self.last_sent = now

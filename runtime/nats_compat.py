@@ -65,8 +65,7 @@ class PermissionErrors:
         async def on_error(error: Exception) -> None:
             match = self._pattern.search(str(error))
             if match is not None:
-                watcher = self._watchers.get(match.group(1))
-                if watcher is not None:
+                for watcher in self._concerned(match.group(1)):
                     watcher(str(error)[:256])
             await self._user_callback(error)
 
@@ -79,6 +78,17 @@ class PermissionErrors:
             registry = cls(nc)
             nc._betterproto_nats_permissions = registry  # type: ignore[attr-defined]
         return registry
+
+    def _concerned(self, subject: str) -> list[Callable[[str], None]]:
+        """Who watches `subject`; for a denied wildcard subscription `X.>` (the runtime's inboxes,
+        `runtime/mux.py`), everyone who watches a subject under `X.`."""
+        watcher = self._watchers.get(subject)
+        if watcher is not None:
+            return [watcher]
+        if not subject.endswith(".>"):
+            return []
+        prefix = subject[:-1]
+        return [w for name, w in self._watchers.items() if name.startswith(prefix)]
 
     def watch(self, subject: str, on_denied: Callable[[str], None]) -> None:
         """Call `on_denied(text)` when publishing to or subscribing on `subject` is denied."""

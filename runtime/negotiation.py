@@ -5,6 +5,7 @@ headers is decided here, once; calls only carry out the terms.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -17,6 +18,7 @@ from .protocol import (
     STREAM_BATCH,
     STREAM_HEARTBEAT,
     STREAM_INBOX,
+    STREAM_PEER,
     STREAM_VERSION,
     STREAM_WINDOW,
     STREAM_WINDOW_BYTES,
@@ -44,8 +46,9 @@ class Window:
 
     @classmethod
     def for_method(cls, max_inflight: int) -> Window:
-        """The window we grant on a method: its `max_inflight` option, or the default; batches welcome."""
-        return cls(max_inflight or DEFAULT_WINDOW_MESSAGES, DEFAULT_WINDOW_BYTES, MAX_BATCH)
+        """The window we grant on a method: its `max_inflight` option, or the default; batches welcome
+        (one shared object per size)."""
+        return _method_window(max_inflight)
 
     @classmethod
     def granted(cls, headers: Mapping[str, str] | None) -> Window:
@@ -63,14 +66,24 @@ class Window:
         return window
 
 
+@functools.lru_cache(maxsize=256)
+def _method_window(max_inflight: int) -> Window:
+    return Window(max_inflight or DEFAULT_WINDOW_MESSAGES, DEFAULT_WINDOW_BYTES, MAX_BATCH)
+
+
 def clamp_heartbeat(seconds: float, longest: float = MAX_HEARTBEAT) -> float:
     return min(max(seconds, MIN_HEARTBEAT), longest)
 
 
-def client_offer(heartbeat: float, deadline_epoch_ms: str | None, window: Window | None) -> dict[str, str]:
+def client_offer(
+    heartbeat: float, deadline_epoch_ms: str | None, window: Window | None, peer: str | None = None
+) -> dict[str, str]:
     """The v2 offer on a streaming request (a v1 server ignores it): our heartbeat, the call's
-    deadline, and the window we grant for what we receive (`None` when we receive no stream)."""
+    deadline, the window we grant for what we receive (`None` when we receive no stream) and our
+    connection's liveness subject (`peer`: heartbeats shared with the server's connection)."""
     offer = {STREAM_VERSION: VERSION_2, STREAM_HEARTBEAT: str(int(heartbeat * 1000))}
+    if peer is not None:
+        offer[STREAM_PEER] = peer
     if window is not None:
         offer.update(window.headers())
     if deadline_epoch_ms is not None:
@@ -91,6 +104,7 @@ class ServerTerms:
     v2: bool
     heartbeat: float  # seconds, clamped
     deadline_epoch: float | None  # the client's deadline (unix seconds), v2 only
+    peer: str | None = None  # the client's liveness subject (unchecked), v2 only
 
 
 def server_terms(headers: Mapping[str, str] | None, streaming: bool, stream_idle_timeout: float) -> ServerTerms:
@@ -110,16 +124,24 @@ def server_terms(headers: Mapping[str, str] | None, streaming: bool, stream_idle
         if epoch_ms is None:
             raise RpcError(ErrorCode.INVALID_ARGUMENT, f"malformed {DEADLINE} {quote(text)}")
         deadline = epoch_ms / 1000
-    return ServerTerms(v2, heartbeat, deadline)
+    return ServerTerms(v2, heartbeat, deadline, shared_peer(headers) if v2 else None)
 
 
-def confirmation(inbox: str, heartbeat: float, window: Window | None) -> dict[str, str]:
+def confirmation(inbox: str, heartbeat: float, window: Window | None, peer: str | None = None) -> dict[str, str]:
     """A server's v2 confirmation: its inbox for the client's control messages (and data), the
-    heartbeat it uses, and the window it grants for what it receives (`None`: it receives no stream)."""
+    heartbeat it uses, the window it grants for what it receives (`None`: it receives no stream) and,
+    when the client named one and heartbeats are shared, its connection's liveness subject."""
     confirmed = {STREAM_VERSION: VERSION_2, STREAM_INBOX: inbox, STREAM_HEARTBEAT: str(round(heartbeat * 1000))}
+    if peer is not None:
+        confirmed[STREAM_PEER] = peer
     if window is not None:
         confirmed.update(window.headers())
     return confirmed
+
+
+def shared_peer(headers: Mapping[str, str] | None) -> str | None:
+    """The peer's liveness subject in its offer or confirmation (unchecked), if it named one."""
+    return (headers or {}).get(STREAM_PEER) or None
 
 
 def confirmed(headers: Mapping[str, str] | None) -> bool:

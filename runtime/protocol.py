@@ -34,6 +34,9 @@ STREAM_CANCEL = "Nats-Stream-Cancel"
 # On heartbeats of a side that sends a stream: its frames (data messages, then the end marker) handed
 # to NATS before the heartbeat, which follows them on the same subject (so they must have arrived).
 STREAM_SENT = "Nats-Stream-Sent"
+# On the v2 offer and confirmation: the sender's connection liveness subject (shared heartbeats,
+# runtime/peers.py); on a shared heartbeat: who sends it.
+STREAM_PEER = "Nats-Stream-Peer"
 # On a data message: it holds this many stream messages (a batch); in a window offer: the most a
 # receiver accepts in one. Only sent to a peer that offered it.
 STREAM_BATCH = "Nats-Stream-Batch"
@@ -45,7 +48,7 @@ _CONTROL = (STREAM_ACK, STREAM_HEARTBEAT, STREAM_CANCEL, STREAM_VERSION)
 
 # Headers of ours that must never be taken for caller headers or echoed back.
 PROTOCOL_HEADERS = frozenset(
-    {REPLY_TO, STREAM_INBOX, STREAM_SEQ, STREAM_END, STREAM_COUNT, STREAM_BATCH, STREAM_SENT, ERROR, ERROR_CODE, DEADLINE, BLOB_SIZE, *_CONTROL}
+    {REPLY_TO, STREAM_INBOX, STREAM_SEQ, STREAM_END, STREAM_COUNT, STREAM_BATCH, STREAM_SENT, STREAM_PEER, ERROR, ERROR_CODE, DEADLINE, BLOB_SIZE, *_CONTROL}
 )
 
 END_TRUE = "true"

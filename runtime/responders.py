@@ -26,6 +26,7 @@ from .interceptors import CallInfo, Chain, Direction, Side, outcome_of
 from .logs import RateLimitedLog
 from .negotiation import Window, confirmation, server_terms
 from .persistence import BlobCopy, Persistence, StoreKeys
+from .peers import PeerLiveness
 from .protocol import (
     REPLY_TO,
     STREAM_INBOX,
@@ -72,6 +73,11 @@ class ServingPolicy:
     expose_errors: bool = False
     interceptors: Chain | None = None
     persistence: Persistence | None = None  # where persisted methods' responses go (None: not stored)
+
+    @functools.cached_property
+    def idle_message(self) -> str:
+        """Why a stream whose client went quiet for `stream_idle_timeout` ends (one text for all)."""
+        return f"nothing arrived from the client for {self.stream_idle_timeout:g} s"
 
     def reply_to_problem(self, msg: Msg) -> str | None:
         """Why the request's `Reply-To` may not be published to, or None: `_INBOX.`, the first token
@@ -155,9 +161,15 @@ async def _nothing() -> None:
 
 
 class Responder:
-    """Common lifecycle of a served call; subclasses say how to open, serve and finish their shape."""
+    """Common lifecycle of a served call; subclasses say how to open, serve and finish their shape.
 
-    writer: StreamWriter | None = None  # the stream to the client's `R`, for shapes that send one
+    Slots, not a `__dict__`: thousands of streams each hold one for as long as they last."""
+
+    __slots__ = (
+        "nc", "impl", "method", "name", "codec", "msg", "policy", "state", "v2", "heartbeat", "deadline", "session",
+        "peer_subject", "peers", "task", "interruption", "stopping", "inboxes", "info", "exception", "watched",
+        "context", "writer", "answered", "reply", "request", "response", "blob",
+    )
 
     def __init__(
         self, nc: Transport, impl: Any, method: MethodSpec[Any, Any], name: str, codec: Codec, msg: Msg, policy: ServingPolicy
@@ -174,6 +186,8 @@ class Responder:
         self.heartbeat = 0.0
         self.deadline = Deadline.after(method.timeout)
         self.session: StreamSession | None = None
+        self.peer_subject: str | None = None  # the client's liveness subject, checked (shared heartbeats)
+        self.peers: PeerLiveness | None = None  # our connection's, when heartbeats are shared
         self.task: asyncio.Task[Any] | None = None
         self.interruption: _Interruption | None = None
         self.stopping = False  # the service is stopping: answer now, hold nothing back
@@ -181,6 +195,13 @@ class Responder:
         self.info: CallInfo | None = None  # what interceptors see, when there are any
         self.exception: BaseException | None = None  # a handler's unexpected exception
         self.watched: list[str] = []  # subjects whose permission errors end this call
+        self.writer: StreamWriter | None = None  # the stream to the client's `R`, for shapes that send one
+        self.answered = (0, 0)  # a single final answer sent: (1, its size)
+        # The request's NATS reply subject, or "" when it has none we may publish to.
+        self.reply = msg.reply if msg.reply and is_literal(msg.reply) else ""
+        self.request: Any = None  # the decoded request (unary and server streams)
+        self.response: Any = None  # the handler's single response (unary and client streams)
+        self.blob: BlobCopy | None = None  # a chunked download's blob on its way to the object store
         self.context = CallContext(
             method=name,
             subject=msg.subject,
@@ -202,6 +223,8 @@ class Responder:
         except RpcError as malformed:
             raise self.error(malformed.code, malformed.message) from None
         self.v2, self.heartbeat = terms.v2, terms.heartbeat
+        if terms.peer is not None and self.policy.inboxes.check(terms.peer, also=first_token_prefix(self.msg.reply)) is None:
+            self.peer_subject = terms.peer  # else: per-stream heartbeats, as with a client that names none
         if terms.deadline_epoch is not None:
             self.deadline = Deadline.at_epoch(terms.deadline_epoch).earliest(self.deadline)
         if self.deadline is not None:
@@ -218,23 +241,24 @@ class Responder:
 
     async def open_inbox(self) -> Inbox:
         """An inbox of this call's, bounded and idle-checked per the policy, released at its end."""
-        inbox = Inbox(self.nc, self.name, on_overflow=lambda error: self.interrupt(error, tell_client=True))
+        inbox = Inbox(self.nc, self.name, on_overflow=self.overflowed)
         inbox.limit(self.policy.buffer_messages, self.policy.buffer_bytes)
-        inbox.end_when_idle(
-            self.policy.stream_idle_timeout,
-            self.error(
-                ErrorCode.DEADLINE_EXCEEDED, f"nothing arrived from the client for {self.policy.stream_idle_timeout:g} s"
-            ),
-        )
+        inbox.end_when_idle(self.policy.stream_idle_timeout, ErrorCode.DEADLINE_EXCEEDED, self.policy.idle_message)
         self.inboxes.append(inbox)
         self.watch_permissions(inbox.subject)
         return await inbox.open()
 
     def watch_permissions(self, subject: str) -> None:
         """A permission violation on `subject` (our publish or subscription) ends the call at once."""
-        denied = lambda text: self.interrupt(self.error(ErrorCode.PERMISSION_DENIED, text), tell_client=True)  # noqa: E731
-        self.nc.watch_permissions(subject, denied)
+        self.nc.watch_permissions(subject, self.denied)
         self.watched.append(subject)
+
+    def denied(self, text: str) -> None:
+        self.interrupt(self.error(ErrorCode.PERMISSION_DENIED, text), tell_client=True)
+
+    def overflowed(self, error: RpcError) -> None:
+        """The client sent more than its window or our buffers allow."""
+        self.interrupt(error, tell_client=True)
 
     def interrupt(self, error: RpcError, tell_client: bool) -> None:
         """End the call now with `error`: the handler is cancelled. The client is told when
@@ -251,9 +275,8 @@ class Responder:
     def end_idle(self, quiet: float) -> None:
         """The service is stopping: streams that wait for a client which sent nothing for `quiet`
         seconds end now instead of holding `stop()` for its grace period."""
-        error = self.error(ErrorCode.UNAVAILABLE, "the service is stopping")
         for inbox in self.inboxes:
-            inbox.end_when_quiet(quiet, error)
+            inbox.end_when_quiet(quiet, ErrorCode.UNAVAILABLE, "the service is stopping")
 
     def error(self, code: str, message: str) -> RpcError:
         return RpcError(code, message, method=self.name)
@@ -262,22 +285,45 @@ class Responder:
     def handler(self) -> Any:
         return getattr(self.impl, self.method.py_name)
 
-    def start_session(self, peer_inbox: str, inbox: Inbox, sends: bool) -> StreamSession:
+    async def start_session(self, peer_inbox: str, inbox: Inbox, sends: bool) -> StreamSession:
         """v2 control for this call: the client's acks, heartbeats and cancel arrive on `inbox`;
-        when we `sends` a stream, the client's acks open the window it granted."""
+        when we `sends` a stream, the client's acks open the window it granted. Heartbeats are shared
+        with the client's connection when it named its liveness subject."""
         window = FlowWindow(Window.granted(self.msg.headers)) if sends else None
-        session = self.session = StreamSession(
-            self.nc,
-            peer_inbox,
-            inbox.subject,
-            self.heartbeat,
-            on_dead=lambda why: self.interrupt(self.error(ErrorCode.UNAVAILABLE, f"the client is unreachable: {why}"), False),
-            on_cancel=lambda reason, code: self.interrupt(self.error(code, reason or "cancelled"), False),
-            window=window,
-            on_loss=lambda why: self.interrupt(self.error(ErrorCode.DATA_LOSS, why), True),
-        )
+        session = self.session = StreamSession(self.nc, peer_inbox, inbox.subject, self.heartbeat, self, window)
         inbox.watcher = self.watch
+        if self.peer_subject is not None:
+            self.peers = await PeerLiveness.acquire(self.nc)
+            session.share(self.peers, self.peer_subject)
+            inbox.peer = session.group  # the client's heartbeats keep an idle stream alive
         return session
+
+    def confirmation(self, inbox: Inbox, window: Window | None) -> dict[str, str]:
+        """Our v2 confirmation (the open message or the handshake ack)."""
+        return confirmation(inbox.subject, self.heartbeat, window, None if self.peers is None else self.peers.subject)
+
+    # --- How the session ends the call (`CallEnds`) ------------------------------------------------
+
+    def peer_unreachable(self, why: str, tell: bool) -> None:
+        """The client is gone, or our connection was interrupted; with `tell` it is told at once (no
+        first-hop probing): it may only have gone silent (shared heartbeats), or still be there."""
+        if tell and self.writer is not None:
+            self.writer.first_hop = None
+        self.interrupt(self.error(ErrorCode.UNAVAILABLE, f"the client is unreachable: {why}"), tell_client=tell)
+
+    def peer_cancelled(self, reason: str, code: str) -> None:
+        self.interrupt(self.error(code, reason or "cancelled"), tell_client=False)
+
+    def messages_lost(self, why: str) -> None:
+        self.interrupt(self.error(ErrorCode.DATA_LOSS, why), tell_client=True)
+
+    def peer_released(self, missing: str | None) -> None:
+        """The client let go of the call but its cancel did not arrive (or what it sent did not)."""
+        if missing is not None:
+            error = self.error(ErrorCode.DATA_LOSS, f"the client ended the call, but {missing} did not arrive")
+        else:
+            error = self.error(ErrorCode.CANCELLED, "the client ended the call (its cancel did not arrive)")
+        self.interrupt(error, tell_client=False)
 
     def watch(self, msg: Msg) -> bool:
         """Our inbox's watcher: the first hop's probe statuses, then v2 control (or v1's gone client)."""
@@ -287,6 +333,11 @@ class Responder:
         if self.session is not None:
             return self.session.watch(msg)
         return self.watch_v1(msg)
+
+    def watch_control(self, msg: Msg) -> bool:
+        """A control-only inbox's watcher: whatever arrives is not data."""
+        self.watch(msg)
+        return True
 
     def watch_v1(self, msg: Msg) -> bool:
         """A v1 client's `S`: a no-responders answer to our ack means the client is gone."""
@@ -303,12 +354,12 @@ class Responder:
         makes sure `R` is known (`FirstHop`)."""
         session = self.session
         if session is not None and session.window is not None:
-            writer = StreamWriter(self.nc, subject, self.codec, self.name, session.window, session.liveness.sent)
+            writer = StreamWriter(self.nc, subject, self.codec, self.name, session.window, session.on_sent)
         else:
             writer = StreamWriter(self.nc, subject, self.codec, self.name)
         writer.first_headers = self.context.response_headers
         if session is not None:
-            session.sent = lambda: writer.handed_over
+            session.sending = writer
         if own_inbox is not None and subject != self.msg.reply:
             writer.first_hop = FirstHop(self.nc, own_inbox, self.name)
         return writer
@@ -323,6 +374,7 @@ class Responder:
                 await self.open()
             except _NoAnswer:
                 return None
+            self.msg.headers = None  # read: a long stream need not keep them (caller headers were copied)
             set_current_call(self.context)
             chain = self.policy.interceptors
             if chain is not None:
@@ -383,8 +435,6 @@ class Responder:
             return message
         return chain.message(self.info, direction, message)
 
-    answered = (0, 0)  # a single final answer sent: (1, its size)
-
     def traffic(self, sent: bool) -> tuple[int, int]:
         """(messages, bytes) this call sent or received (the shapes keep them in different places)."""
         if sent:
@@ -397,12 +447,15 @@ class Responder:
 
     async def release(self) -> None:
         """The one place a call lets go of what it holds: session, permission watches, inboxes."""
-        if self.session is not None:
-            self.session.close()
+        if self.session is not None:  # released: the client was sent how the call ended
+            self.session.close(released=self.interruption is None or self.interruption.tell_client)
         for subject in self.watched:
             self.nc.forget_permissions(subject)
         for inbox in self.inboxes:
             await inbox.close()
+        peers, self.peers = self.peers, None
+        if peers is not None:
+            await peers.release()
 
     def internal(self, raised: BaseException) -> RpcError:
         """A handler's unexpected exception: logged with its traceback here; the caller gets
@@ -420,12 +473,6 @@ class Responder:
 
     async def finish(self, error: RpcError | None) -> None:
         """Put the outcome on the wire."""
-
-    @functools.cached_property
-    def reply(self) -> str:
-        """The request's NATS reply subject, or "" when it has none we may publish to."""
-        reply = self.msg.reply
-        return reply if reply and is_literal(reply) else ""
 
     async def respond_error(self, subject: str, error: RpcError) -> None:
         headers = error_headers(error.code, error.message)  # capped: always fits
@@ -465,9 +512,11 @@ class Responder:
 class UnaryResponder(Responder):
     """Request in, response (or error headers) out on the request's reply subject."""
 
-    response: betterproto.Message | None = None
-    request: betterproto.Message
-    keys: StoreKeys | None = None  # a persisted method's storage keys
+    __slots__ = ("keys",)
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.keys: StoreKeys | None = None  # a persisted method's storage keys
 
     async def open(self) -> None:
         if not self.reply:
@@ -492,7 +541,7 @@ class UnaryResponder(Responder):
 class _SendsStream(Responder):
     """A shape whose server direction is a stream to the client's inbox `R`."""
 
-    blob: BlobCopy | None = None  # a chunked download's blob on its way to the object store
+    __slots__ = ()
 
     async def send_all(self, responses: Any) -> None:
         if not hasattr(responses, "__aiter__"):
@@ -558,8 +607,11 @@ class _SendsStream(Responder):
 class ServerStreamResponder(_SendsStream):
     """Request in; data to `R` numbered from 1, then the end marker (with the error pair on failure)."""
 
-    request: betterproto.Message
-    old_style = False
+    __slots__ = ("old_style",)
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.old_style = False
 
     async def open(self) -> None:
         if REPLY_TO not in (self.msg.headers or {}):
@@ -576,11 +628,11 @@ class ServerStreamResponder(_SendsStream):
         own_inbox: Inbox | None = None
         if self.v2:
             own_inbox = await self.open_inbox()
-            self.start_session(reply_to, own_inbox, sends=True)
+            await self.start_session(reply_to, own_inbox, sends=True)
         elif self.old_style:
             own_inbox = await self.open_inbox()
         if own_inbox is not None:
-            own_inbox.watcher = lambda msg: self.watch(msg) or True  # only control and statuses belong here
+            own_inbox.watcher = self.watch_control  # only control and statuses belong here
         self.writer = self.new_writer(reply_to, None if own_inbox is None else own_inbox.subject)
         if self.old_style and self.writer.first_hop is not None:
             self.writer.first_hop.wait = OLD_STYLE_SUBSCRIBE_WAIT
@@ -590,7 +642,7 @@ class ServerStreamResponder(_SendsStream):
             await self.nc.publish(self.reply, b"", headers={STREAM_INBOX: reply_to})
         if self.session is not None and own_inbox is not None:
             # Confirm v2 with an empty open message naming our control inbox, before any data.
-            await self.nc.publish(reply_to, b"", headers=confirmation(own_inbox.subject, self.heartbeat, None))
+            await self.nc.publish(reply_to, b"", headers=self.confirmation(own_inbox, None))
             self.session.start()
 
     async def serve(self) -> None:
@@ -604,9 +656,13 @@ class ServerStreamResponder(_SendsStream):
 class _Handshaking(Responder):
     """Client-streaming and bidi opening: subscribe `S`, ack with `Nats-Stream-Inbox: S`."""
 
-    inbox: Inbox | None = None
-    reader: StreamReader[Any]
-    reply_to: str
+    __slots__ = ("inbox", "reader", "reply_to")
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.inbox: Inbox | None = None
+        self.reader: StreamReader[Any]
+        self.reply_to = ""
 
     async def open(self) -> None:
         if not self.reply:
@@ -617,12 +673,12 @@ class _Handshaking(Responder):
         inbox = self.inbox = await self.open_inbox()  # subscribed before the ack names it
         self.reader = StreamReader(inbox, self.codec, self.method.request, self.name, self.deadline)
         if self.v2:
-            session = self.start_session(reply_to, inbox, sends=self.method.cardinality is Cardinality.BIDI)
-            session.received = inbox.arrived_unless_failed
+            session = await self.start_session(reply_to, inbox, sends=self.method.cardinality is Cardinality.BIDI)
+            session.receiving = inbox
             window = Window.for_method(self.method.max_inflight)
             self.reader.acks = AckPolicy(window, session.send_ack)
             inbox.limit(window.messages + 2, window.max_bytes)  # + the end marker and a stray status
-            ack = confirmation(inbox.subject, self.heartbeat, window)
+            ack = self.confirmation(inbox, window)
         else:
             ack = {STREAM_INBOX: inbox.subject}
             inbox.watcher = self.watch
@@ -647,7 +703,7 @@ class _Handshaking(Responder):
 class ClientStreamResponder(_Handshaking):
     """Messages in on `S`; one response (or error) out on `R` once the client's end marker is in."""
 
-    response: betterproto.Message | None = None
+    __slots__ = ()
 
     async def serve(self) -> None:
         self.response = await self.handler(self.requests())
@@ -664,6 +720,8 @@ class ClientStreamResponder(_Handshaking):
 
 class BidiResponder(_Handshaking, _SendsStream):
     """Messages in on `S` and out on `R`, each direction numbered and ended on its own."""
+
+    __slots__ = ()
 
     def before_ack(self) -> None:
         assert self.inbox is not None

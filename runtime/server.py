@@ -67,7 +67,10 @@ class Endpoint:
         )
         self.responder = RESPONDERS[method.cardinality]
         self.full_name = spec.full_name(method)
+        self.task_name = f"betterproto-nats {self.full_name}"
         self._sub: Subscription | None = None
+        calls = server.unary_calls if method.cardinality is Cardinality.UNARY else server.stream_calls
+        self.call_done = lambda task: calls.pop(task, None)  # one callback for all of this endpoint's calls
 
     async def start(self) -> None:
         def limit(option: int) -> int | None:
@@ -107,9 +110,9 @@ class Endpoint:
         responder = self.responder(
             server.transport, server.impl, self.method, self.full_name, server.spec.codec, msg, server.policy
         )
-        task = asyncio.create_task(self._serve(responder), name=f"betterproto-nats {self.full_name}")
+        task = asyncio.create_task(self._serve(responder), name=self.task_name)
         calls[task] = responder
-        task.add_done_callback(lambda done: calls.pop(done, None))
+        task.add_done_callback(self.call_done)
 
     async def _serve(self, responder: Responder) -> None:
         started = time.perf_counter_ns()

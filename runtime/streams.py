@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from typing import Any, Awaitable, Callable, Generic, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generic, Mapping, TypeVar
 
 import betterproto
 from nats.aio.msg import Msg
@@ -17,7 +17,7 @@ from nats.aio.msg import Msg
 from .batch import BATCHED_BODY_LIMIT, MAX_BATCH_BYTES, pack, unpack
 from .codec import Codec
 from .errors import ErrorCode, RpcError
-from .flow import NO_ACKS, Acknowledger, SendCredit, Unlimited
+from .flow import EMPTY_QUEUE, NO_ACKS, Acknowledger, SendCredit, Unlimited
 from .protocol import (
     BLOB_SIZE,
     END_TRUE,
@@ -36,7 +36,11 @@ from .protocol import (
     user_headers,
     RESPONSE_PROTOCOL_HEADERS,
 )
-from .transport import NowaitPublisher, Subscription, Transport, publish
+from .mux import InboxMux
+from .transport import NowaitPublisher, Transport, publish
+
+if TYPE_CHECKING:
+    from .peers import PeerGroup
 
 M = TypeVar("M", bound=betterproto.Message)
 
@@ -105,6 +109,12 @@ class Inbox:
     (data or control) has arrived for that long.
     """
 
+    __slots__ = (
+        "nc", "method", "subject", "_mux", "_queue", "_queued_messages", "arrived", "_queued_bytes", "max_messages",
+        "max_bytes", "_on_overflow", "_waiter", "_failure", "_dropping", "aborted", "_state", "_reconnects", "last_heard",
+        "last_data", "_idle", "_quiet", "watcher", "peer",
+    )
+
     def __init__(
         self,
         nc: Transport,
@@ -113,8 +123,9 @@ class Inbox:
     ) -> None:
         self.nc = nc
         self.method = method
-        self.subject = nc.new_inbox()
-        self._queue: deque[Msg] = deque()
+        self._mux = InboxMux.of(nc)  # one subscription per connection for all its inboxes
+        self.subject = self._mux.reserve()
+        self._queue: deque[Msg] = EMPTY_QUEUE  # allocated while something is queued
         self._queued_messages = 0  # stream messages queued: a batched frame counts what it holds
         self.arrived = 0  # data messages and end markers that arrived (v2 heartbeats tell the sender)
         self._queued_bytes = 0
@@ -125,19 +136,23 @@ class Inbox:
         self._failure: BaseException | None = None
         self._dropping = False  # failed (or overrun): nothing more is queued
         self.aborted = False  # ended at once: not even what was queued is delivered
-        self._sub: Subscription | None = None
+        self._state = 0  # 0: reserved, 1: open, 2: closed
         self._reconnects = 0  # the connection's reconnect count when we subscribed
         self.last_heard = self.last_data = asyncio.get_running_loop().time()
-        # (seconds, error): a `get` fails once nothing at all arrived for that long ...
-        self._idle: tuple[float, RpcError] | None = None
+        # (seconds, code, message): a `get` fails once nothing at all arrived for that long ...
+        self._idle: tuple[float, str, str] | None = None
         # ... or once nothing but control messages (heartbeats) arrived for that long.
-        self._quiet: tuple[float, RpcError] | None = None
+        self._quiet: tuple[float, str, str] | None = None
         # Sees every message first; returns True for one it handled itself (v2 control messages).
         self.watcher: Callable[[Msg], bool] | None = None
+        # Shared liveness: the peer's connection heartbeats count as heard here (the idle clock).
+        self.peer: PeerGroup | None = None
 
     async def open(self) -> Inbox:
         self._reconnects = self.nc.reconnects
-        self._sub = await self.nc.subscribe(self.subject, cb=self._on_msg)
+        if self._state == 0:
+            self._state = 1
+            await self._mux.open(self.subject, self._on_msg)
         return self
 
     def limit(self, messages: int, max_bytes: int) -> None:
@@ -147,17 +162,17 @@ class Inbox:
         self.max_messages = messages
         self.max_bytes = max_bytes + FRAME_OVERHEAD * messages + FIRST_HEADERS_ROOM
 
-    def end_when_idle(self, after: float, error: RpcError) -> None:
-        """A `get` that finds nothing fails with `error` once nothing arrived for `after` seconds."""
-        self._idle = (after, error)
+    def end_when_idle(self, after: float, code: str, message: str) -> None:
+        """A `get` that finds nothing fails (`code`, `message`) once nothing arrived for `after` seconds."""
+        self._idle = (after, code, message)
         self._wake()
 
-    def end_when_quiet(self, after: float, error: RpcError) -> None:
+    def end_when_quiet(self, after: float, code: str, message: str) -> None:
         """Like `end_when_idle`, but heartbeats do not count: only data and end markers do."""
-        self._quiet = (after, error)
+        self._quiet = (after, code, message)
         self._wake()
 
-    async def _on_msg(self, msg: Msg) -> None:
+    def _on_msg(self, msg: Msg) -> None:
         if self.nc.reconnects != self._reconnects:
             # Anything after a reconnect follows a gap in which messages may have been lost: the
             # stream ends UNAVAILABLE on this side, whatever comes now (a skipped seq that would read
@@ -176,6 +191,8 @@ class Inbox:
             return
         self.last_data = now
         queue = self._queue
+        if queue is EMPTY_QUEUE:
+            queue = self._queue = deque()
         queue.append(msg)
         self._queued_messages += counted
         self._queued_bytes += _held(msg)
@@ -197,7 +214,7 @@ class Inbox:
     def abort(self, error: BaseException) -> None:
         """End at once: drop what is queued and whatever still arrives; every `get` raises `error`."""
         self.aborted = True  # readers drop what they unpacked too
-        self._queue.clear()
+        self._queue = EMPTY_QUEUE
         self._queued_messages = self._queued_bytes = 0
         self.fail(error)
 
@@ -233,10 +250,11 @@ class Inbox:
             if deadline is not None and deadline.at < wake_at:
                 wake_at = deadline.at
             ended = False
-            for since, limit in ((self.last_heard, self._idle), (self.last_data, self._quiet)):
+            heard = self.last_heard if self.peer is None else max(self.last_heard, self.peer.heard)
+            for since, limit in ((heard, self._idle), (self.last_data, self._quiet)):
                 if limit is not None:
                     if since + limit[0] <= now:
-                        self.fail(limit[1])
+                        self.fail(RpcError(limit[1], limit[2], method=self.method))
                         ended = True
                         break
                     wake_at = min(wake_at, since + limit[0])
@@ -257,11 +275,12 @@ class Inbox:
             self._queued_bytes -= _held(msg)
         else:
             self._queued_messages = self._queued_bytes = 0
+            self._queue = EMPTY_QUEUE
         return msg
 
     @property
     def is_open(self) -> bool:
-        return self._sub is not None
+        return self._state == 1
 
     def arrived_unless_failed(self) -> int | None:
         """What arrived, for comparing with a peer's count; None once this side failed."""
@@ -274,15 +293,20 @@ class Inbox:
         return isinstance(failure, RpcError) and failure.code == ErrorCode.PERMISSION_DENIED
 
     async def close(self) -> None:
-        sub, self._sub = self._sub, None
-        if sub is not None:
-            await sub.unsubscribe()
-        self._queue.clear()
+        if self._state != 2:
+            self._state = 2
+            await self._mux.release(self.subject)
+        self._queue = EMPTY_QUEUE
         self._queued_messages = self._queued_bytes = 0
 
 
 class StreamReader(Generic[M]):
     """The receiving side of one direction: checks `Nats-Stream-Seq`, the end marker and its count."""
+
+    __slots__ = (
+        "inbox", "codec", "message_type", "method", "deadline", "received", "bytes_received", "finished", "saw_end",
+        "error", "headers", "blob_size", "acks", "_unpacked", "_acking",
+    )
 
     def __init__(
         self,
@@ -305,19 +329,19 @@ class StreamReader(Generic[M]):
         self.headers: dict[str, str] = {}  # the peer's headers on its first message
         self.blob_size: int | None = None  # a chunked stream's size, when the sender said it
         self.acks: Acknowledger = NO_ACKS  # v2: acknowledge what the application consumed
-        self._unpacked: deque[bytes] = deque()  # the rest of a batched frame, in order
-        self._acking: set[asyncio.Future[None]] = set()  # acks sent by `take_nowait`
+        self._unpacked: deque[bytes] = EMPTY_QUEUE  # the rest of a batched frame, in order
+        self._acking: set[asyncio.Future[None]] | None = None  # acks sent by `take_nowait`
 
     def _fail(self, error: RpcError) -> RpcError:
         self.finished = True
         self.error = error
-        self._unpacked.clear()
+        self._unpacked = EMPTY_QUEUE
         return error
 
     async def recv(self) -> M:
         """The next message; StopAsyncIteration at a clean end, RpcError on any failure."""
         if self._unpacked and not self.finished and not self.inbox.aborted:  # the rest of a batch: no waiting
-            body = self._unpacked.popleft()
+            body = self._next_unpacked()
             ack = self._count(body)
             if ack is not None:
                 await ack
@@ -338,12 +362,23 @@ class StreamReader(Generic[M]):
         except RpcError as error:
             self._fail(error)  # `recv` raises it, through the call's own error handling
             return None
-        ack = self._count(self._unpacked.popleft())
+        ack = self._count(self._next_unpacked())
         if ack is not None:
+            acking = self._acking
+            if acking is None:
+                acking = self._acking = set()
             task = asyncio.ensure_future(ack)
-            self._acking.add(task)  # held until done: the loop keeps only weak references
-            task.add_done_callback(self._acking.discard)
+            acking.add(task)  # held until done: the loop keeps only weak references
+            task.add_done_callback(acking.discard)
         return message
+
+    def _next_unpacked(self) -> bytes:
+        """The next message of a batched frame (the queue goes once empty: idle streams hold none)."""
+        unpacked = self._unpacked
+        body = unpacked.popleft()
+        if not unpacked:
+            self._unpacked = EMPTY_QUEUE
+        return body
 
     async def recv_body(self) -> bytes:
         """The next message's body, undecoded (chunk fast path); same checks and acks as `recv`."""
@@ -353,8 +388,8 @@ class StreamReader(Generic[M]):
             raise StopAsyncIteration
         if self._unpacked:
             if not self.inbox.aborted:
-                return await self._consumed(self._unpacked.popleft())
-            self._unpacked.clear()
+                return await self._consumed(self._next_unpacked())
+            self._unpacked = EMPTY_QUEUE
         while True:
             msg = await self.inbox.get(self.deadline, self.method)
             headers = msg.headers
@@ -385,7 +420,7 @@ class StreamReader(Generic[M]):
                             method=self.method,
                         )
                     )
-                self._unpacked.extend(bodies[1:])
+                self._unpacked = deque(bodies[1:])
                 return await self._consumed(bodies[0])
             if kind is FrameKind.END:
                 self.saw_end = True
@@ -447,6 +482,8 @@ class FirstHop:
     inbox's watcher to take those statuses.
     """
 
+    __slots__ = ("nc", "own_inbox", "method", "wait", "done", "_probing", "_missed")
+
     def __init__(self, nc: Transport, own_inbox: str, method: str | None) -> None:
         self.nc = nc
         self.own_inbox = own_inbox
@@ -493,6 +530,12 @@ class StreamWriter:
     until this loop turn ends (the producer awaits something that suspends) or a bound is reached,
     and leave as one NATS message: never later than they would have been written to the socket.
     """
+
+    __slots__ = (
+        "nc", "subject", "codec", "method", "sent", "bytes_sent", "ended", "first_headers", "credit", "first_hop",
+        "on_sent", "_nowait", "_batch", "_batch_bytes", "_flush_pending", "_flushing", "_flush_error",
+        "_handed_over", "_batch_byte_limit", "_batched_body_limit",
+    )
 
     def __init__(
         self,

@@ -23,6 +23,7 @@ PROTOCOL_NAMES = [
     "Nats-Stream-Window-Bytes",
     "Nats-Stream-Batch",
     "Nats-Stream-Sent",
+    "Nats-Stream-Peer",
     "Nats-Stream-Ack",
     "Nats-Stream-Heartbeat",
     "Nats-Stream-Cancel",

@@ -220,9 +220,14 @@ async def test_a_silent_peer_is_dropped_after_three_heartbeats() -> None:
         stream = await client.count_up(CountUpRequest(count=1))
         assert (await stream.recv()).number == 0
         session = stream.call.session
-        assert session is not None
-        session.closed = True  # the client goes silent without a word
-        session.liveness.stop()
+        assert session is not None and session.group is not None  # heartbeats shared per connection
+        manager = session.group.manager
+        assert manager._timer is not None
+        manager._timer.cancel()  # the client's connection goes silent without a word
+        manager._timer = None
+        with pytest.raises(RpcError) as told:  # told per stream: it might only have been paused
+            await asyncio.wait_for(stream.recv(), 2)
+        assert told.value.code == ErrorCode.UNAVAILABLE and "unreachable" in told.value.message
         await asyncio.wait_for(impl.cancelled.wait(), 2)  # the server gave up on it
         await stream.close()
 

@@ -914,3 +914,128 @@ async def test_rpc_error_from_handler_keeps_its_message(nc: NATS, server_nc: NAT
         await StreamDemoServiceNatsClient(nc).ping(PingRequest(payload="not-found"), timeout=2)
     assert (caught.value.code, caught.value.message) == (ErrorCode.NOT_FOUND, "no such thing")
     await assert_survived(server_nc, nc)
+
+
+# --- Shared liveness: heartbeats per peer connection (runtime/peers.py) ----------------------------------
+
+PEER = "Nats-Stream-Peer"
+
+
+async def shared_chat(nc: NATS, r: Collector, peer_subject: str) -> tuple[str, dict[str, str]]:
+    """A raw v2 bidi handshake that names `peer_subject` as its connection's liveness subject:
+    the service's inbox S and its ack's headers."""
+    headers = {REPLY_TO: r.subject, VERSION: "2", HEARTBEAT: "200", PEER: peer_subject}
+    ack = await nc.request(f"{PREFIX}.chat", b"", timeout=2, headers=headers)
+    assert ERROR_CODE not in (ack.headers or {}), ack.headers
+    return ack.headers[INBOX], dict(ack.headers or {})  # type: ignore[index]
+
+
+@bounded(15)
+async def test_junk_heartbeats_to_the_liveness_subject_are_ignored(
+    nats_server: Any, nc: NATS, server_nc: NATS, service: betterproto_nats.Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A raw peer that shares liveness with the service learns its liveness subject, then sends it
+    junk: no headers, another peer's name, malformed intervals and entries, non-ASCII, ~1 MB of
+    empty lines, thousands of unknown streams, a forged no-responders status. Another client's
+    stream lives on (its heartbeats with the service are untouched); the attacker's own stream ends
+    only because the attacker never beats properly (silence: it is told UNAVAILABLE), not by the
+    releases it forged under other names; nothing is logged as a crash."""
+    from conftest import connect
+
+    victim_nc = await connect(nats_server.url)
+    try:
+        victim = StreamDemoServiceNatsClient(victim_nc, heartbeat=0.2)
+        async with await victim.chat() as chat, Collector(nc) as r, Collector(nc) as beats:
+            await chat.send(ChatMessage(text="before"))
+            assert (await chat.recv()).text == "echo: before"
+            s_subject, ack = await shared_chat(nc, r, beats.subject)
+            liveness = ack[PEER]
+            assert liveness.startswith("_INBOX.") and ack[HEARTBEAT] == "200"
+            mine = {HEARTBEAT: "200", PEER: beats.subject}
+            junk: list[tuple[dict[str, str] | None, bytes]] = [
+                (None, b""),
+                ({HEARTBEAT: "200"}, b""),
+                ({HEARTBEAT: "200", PEER: "_INBOX.somebody.else"}, f"{s_subject} e".encode()),
+                ({HEARTBEAT: "9" * 5000, PEER: beats.subject}, f"{s_subject} e".encode()),
+                ({HEARTBEAT: "²", PEER: beats.subject}, b""),
+                (mine, bytes(range(256))),
+                (mine, b"\n" * 900_000),
+                (mine, "\n".join(f"_INBOX.x{i} s{i} r{i} e{i}" for i in range(5000)).encode()),
+                (mine, f"{s_subject} s{'9' * 5000} r{'9' * 400} e-1 e² s r x y z {' ' * 1000}".encode()),
+                (mine, f"{s_subject}\n\n \n{s_subject} {s_subject}".encode()),
+                ({"Status": "503", "Description": "No Responders"}, b""),
+            ]
+            for headers, body in junk:
+                await nc.publish(liveness, body, headers=headers)
+            await flush_ordered(nc)
+            await asyncio.sleep(0.8)  # four intervals: a broken liveness would have ended the streams
+            await chat.send(ChatMessage(text="after"))
+            assert (await chat.recv()).text == "echo: after"
+            told = await next_frame(r)
+            assert told.headers[END] == "true" and told.headers[ERROR_CODE] == ErrorCode.UNAVAILABLE, told.headers  # type: ignore[index]
+            assert "no word" in told.headers[ERROR]  # type: ignore[index]
+            assert len(service.calls) == 1  # the victim's
+    finally:
+        await victim_nc.close()
+    assert_connection_intact(server_nc)
+    assert_no_tracebacks(caplog)
+
+
+@bounded()
+async def test_a_release_names_only_the_senders_own_stream(
+    nc: NATS, server_nc: NATS, service: betterproto_nats.Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A peer's heartbeat can end a stream only by its inbox, which only its own client knows: the
+    raw peer releases its own stream (CANCELLED, nothing sent back), while a release naming a stream
+    of another group is ignored."""
+    async with Collector(nc) as r1, Collector(nc) as r2, Collector(nc) as beats:
+        s1, ack = await shared_chat(nc, r1, beats.subject)
+        s2, _ = await shared_chat(nc, r2, beats.subject + ".other")  # another "connection" (group)
+        await settle(lambda: len(service.calls) == 2)
+        await nc.publish(ack[PEER], f"{s2} e0\n{s1} e0".encode(), headers={HEARTBEAT: "200", PEER: beats.subject})
+        await settle(lambda: len(service.calls) == 1)
+        assert await next_frame_or_none(r1, 0.3) is None  # the client is gone: nothing is told
+    assert_no_tracebacks(caplog)
+
+
+@pytest.mark.parametrize("hostile", list(HOSTILE_REPLY_TO.values()), ids=list(HOSTILE_REPLY_TO))
+@bounded()
+async def test_hostile_liveness_subject_in_an_offer_is_never_used(
+    nc: NATS, server_nc: NATS, service: betterproto_nats.Server, tap: Wiretap, hostile: str
+) -> None:
+    """A `Nats-Stream-Peer` that fails the inbox checks: the service keeps per-stream heartbeats
+    (its confirmation names no liveness subject) and never publishes there."""
+    spy = PublishSpy(server_nc).watch(hostile)
+    async with Collector(nc) as r:
+        headers = {REPLY_TO: r.subject, VERSION: "2", HEARTBEAT: "100", PEER: hostile}
+        ack = await nc.request(f"{PREFIX}.chat", b"", timeout=2, headers=headers)
+        assert PEER not in (ack.headers or {}) and ack.headers[VERSION] == "2"  # type: ignore[index]
+        heartbeat = await r.next(2)  # per-stream, to R
+        assert HEARTBEAT in (heartbeat.headers or {}), heartbeat.headers
+        await nc.publish(ack.headers[INBOX], b"", headers={END: "true", COUNT: "0"})  # type: ignore[index]
+        assert (await next_frame(r)).headers[END] == "true"  # type: ignore[index]
+    await calls_over(service)
+    await tapped(tap, server_nc, nc)
+    assert_not_published(hostile, spy, tap)
+
+
+@pytest.mark.parametrize("hostile", list(HOSTILE_SERVER_INBOX.values()), ids=list(HOSTILE_SERVER_INBOX))
+@bounded()
+async def test_client_refuses_a_hostile_liveness_subject(nc: NATS, server_nc: NATS, tap: Wiretap, hostile: str) -> None:
+    """A fake server confirms v2 naming a bad `Nats-Stream-Peer`: the call fails (INTERNAL) and
+    nothing is ever published there."""
+    spy = PublishSpy(nc).watch(hostile)
+
+    async def handshake(msg: Msg) -> None:
+        s_subject = server_nc.new_inbox()
+        await server_nc.publish(msg.reply, b"", headers={INBOX: s_subject, VERSION: "2", HEARTBEAT: "100", PEER: hostile})
+
+    sub = await fake_endpoint(server_nc, "sum", handshake)
+    client = StreamDemoServiceNatsClient(nc, heartbeat=0.1)
+    outcome = await outcome_unless_leaked(client.sum([SumRequest(value=1)], timeout=1.0), spy)
+    await sub.unsubscribe()
+    if not spy.hit.is_set():
+        await tapped(tap, nc)
+    assert_not_published(hostile, spy, tap, "the client")
+    assert isinstance(outcome, RpcError) and outcome.code == ErrorCode.INTERNAL, outcome
+    await real_service_still_serves(server_nc, nc)

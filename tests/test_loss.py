@@ -28,11 +28,11 @@ BOUND = 10 * HEARTBEAT  # what "promptly" means here
 
 class Lossy(NatsTransport):
     """A real connection that drops the data frame holding sequence number `seq` (alone or in a
-    batch), or the end marker."""
+    batch), or the end marker, or every message with header `header` (a cancel, say)."""
 
-    def __init__(self, nc: NATS, seq: int | None = None, end: bool = False) -> None:
+    def __init__(self, nc: NATS, seq: int | None = None, end: bool = False, header: str | None = None) -> None:
         super().__init__(nc)
-        self.seq, self.end = seq, end
+        self.seq, self.end, self.header = seq, end, header
         self.dropped = 0
 
     def _holds_seq(self, headers: dict[str, str]) -> bool:
@@ -43,7 +43,7 @@ class Lossy(NatsTransport):
 
     def _drops(self, headers: dict[str, str] | None) -> bool:
         headers = headers or {}
-        drop = self._holds_seq(headers) or (self.end and END in headers)
+        drop = self._holds_seq(headers) or (self.end and END in headers) or (self.header is not None and self.header in headers)
         self.dropped += drop
         return drop
 

@@ -46,10 +46,12 @@ EXTRA_USERS = """
       publish: {allow: ["api.v1.>"]}
       subscribe: {allow: ["_INBOX.carol.>"]}
     }}
-    # dave: nats-py's request replies only, no stream inbox of his own.
+    # dave: may not subscribe to any inbox of his own (his connection's one subscription for all its
+    # stream inboxes, `_INBOX.dave.<random>.>`, is denied: nats-server would allow it under
+    # `_INBOX.dave.*.*`, the shape of nats-py's request-reply inbox, so that is not granted either).
     {user: dave, password: dave-pw, permissions: {
       publish: {allow: ["api.v1.>", "_INBOX.svc.>"]}
-      subscribe: {allow: ["_INBOX.dave.*.*"]}
+      subscribe: {allow: ["$nothing.>"]}
     }}
     # unary: a unary-only service with allow_responses (docs/SECURITY.md).
     {user: unary, password: unary-pw, permissions: {
@@ -123,8 +125,9 @@ class User:
         """nats-py's (lower-cased) report of a denied `publish to` / `subscription to` `subject`."""
         return f'nats: permissions violation for {action} "{subject.lower()}"' in self.errors
 
-    def stream_inboxes(self) -> list[str]:
-        """Subjects this connection is subscribed to, other than nats-py's request-reply inbox."""
+    def subscriptions(self) -> list[str]:
+        """Subjects this connection is subscribed to, other than nats-py's request-reply inbox: the
+        runtime's one wildcard for all the connection's stream inboxes while it has any."""
         resp = self.nc._resp_sub_prefix.decode() if self.nc._resp_sub_prefix else None
         return [sub.subject for sub in self.nc._subs.values() if not (resp and sub.subject.startswith(resp))]
 
@@ -263,8 +266,8 @@ async def test_bob_cannot_inject_into_alices_streams(users: Users, service: Serv
     # Client streaming: a forged final answer on alice's inbox R would end her call with total 999.
     upload = await client.sum()
     await upload.send(SumRequest(value=1))
-    [inbox] = alice.stream_inboxes()
-    assert inbox.startswith("_INBOX.alice.")
+    inbox = upload.call.inbox.subject
+    assert inbox.startswith("_INBOX.alice.") and alice.subscriptions() == [inbox.rsplit(".", 1)[0] + ".>"]
     await bob.nc.publish(inbox, bytes(SumRequest(value=999)))
     await bob.nc.publish(
         inbox, b"", headers={"Nats-Service-Error-Code": "INTERNAL", "Nats-Service-Error": "forged by bob"}
@@ -278,7 +281,7 @@ async def test_bob_cannot_inject_into_alices_streams(users: Users, service: Serv
     async with await client.chat() as chat:
         await chat.send(ChatMessage(text="one"))
         assert (await asyncio.wait_for(chat.recv(), 5)).text == "echo: one"
-        [inbox] = alice.stream_inboxes()
+        inbox = chat.call.inbox.subject
         await bob.nc.publish(inbox, bytes(ChatMessage(user="server", text="forged")), headers={"Nats-Stream-Seq": "2"})
         await bob.nc.publish(inbox, b"", headers={"Nats-Stream-End": "true", "Nats-Stream-Count": "1"})
         await settle(lambda: bob.denied("publish to", inbox), timeout=2)
@@ -378,7 +381,6 @@ async def test_denied_publish_into_the_service_inbox_fails_client_stream_and_bid
 async def test_denied_subscription_to_the_own_inbox_fails_a_server_stream(users: Users, service: Service) -> None:
     dave = await users("dave")
     client = dave.client(timeout=10)
-    assert (await client.ping(PingRequest(payload="unary works"), timeout=2)).payload == "unary works"
 
     async def count_up() -> list[int]:
         return [r.number async for r in client.count_up(CountUpRequest(start=1, count=3))]
@@ -386,7 +388,10 @@ async def test_denied_subscription_to_the_own_inbox_fails_a_server_stream(users:
     error = await fails_fast(count_up())
     assert error.code == ErrorCode.PERMISSION_DENIED, error
     assert any('permissions violation for subscription to "_inbox.dave.' in e for e in dave.errors)
-    await settle(lambda: not dave.stream_inboxes() and not service.server.calls, timeout=3)
+    await settle(lambda: not service.server.calls, timeout=3)
+    assert dave.nc.is_connected and dave.subscriptions() == []  # the denied one went; the connection lives on
+    error = await fails_fast(count_up())  # and the next stream fails the same way
+    assert error.code == ErrorCode.PERMISSION_DENIED, error
 
 
 async def test_unary_only_service_with_allow_responses(users: Users) -> None:

@@ -171,7 +171,7 @@ async def test_max_concurrent_streams_refuses_with_resource_exhausted(server_nc:
 async def test_breaking_out_of_async_for_releases_the_subscription(demo: Demo, client: StreamDemoServiceNatsClient, nc: NATS) -> None:
     before = subscriptions(nc)
     async for response in client.count_up(CountUpRequest(start=1, count=1000)):
-        assert subscriptions(nc) == before + 1
+        assert subscriptions(nc) == before + 1  # one for all the connection's inboxes (R among them)
         break
     await settle(lambda: subscriptions(nc) == before)
 

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import AsyncIterator
 
 import nats
 import pytest
-from conftest import Wiretap, own_tasks, settle, subscriptions
+from conftest import Wiretap, helper_process, lose, noticed_within, own_tasks, settle, subscriptions
 from nats.aio.client import Client as NATS
 
 import betterproto_nats
@@ -28,8 +25,6 @@ from gen.streaming.v1 import (
     SumRequest,
     SumResponse,
 )
-
-PROCS = Path(__file__).resolve().parent / "procs"
 
 
 class Probe(StreamDemoServiceNatsBase):
@@ -256,29 +251,21 @@ async def test_deadline_travels_and_both_sides_report_deadline_exceeded(
 
 @pytest.mark.parametrize("how", ["kill", "pause"])
 async def test_lost_server_process_fails_the_client(nats_server: NatsServer, nc: NATS, how: str) -> None:
-    """Killed: the next heartbeat finds the server's inbox gone (no-responders), within 1 s at default
-    settings. Paused (SIGSTOP; its subscriptions live on): silence for three heartbeats."""
-    proc = subprocess.Popen([sys.executable, str(PROCS / "demo_server.py"), nats_server.url], stdout=subprocess.PIPE)
-    try:
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)
-        assert line.strip() == b"ready"
+    """Killed: the next heartbeat finds the server's inboxes gone (no-responders), within 1 s at
+    default settings. Paused (SIGSTOP; its subscriptions live on): silence for three heartbeats."""
+    async with helper_process("demo_server.py", nats_server.url, ready=b"ready") as proc:
         interval = 0.3
         client = StreamDemoServiceNatsClient(nc, heartbeat=interval) if how == "pause" else StreamDemoServiceNatsClient(nc)
         stream = await client.count_up(CountUpRequest(count=10**6))
         await stream.recv()
-        proc.send_signal(signal.SIGKILL if how == "kill" else signal.SIGSTOP)
-        lost = time.monotonic()
+        lost = lose(proc, how)
         with pytest.raises(RpcError) as caught:
             async for _ in stream:
                 pass
         assert caught.value.code == ErrorCode.UNAVAILABLE
         noticed = time.monotonic() - lost
         print(f"{how}: noticed after {noticed:.2f} s")
-        assert noticed < (1.0 if how == "kill" else 3 * interval + 1.0)
-    finally:
-        proc.kill()
-        proc.wait()
+        assert noticed < noticed_within(how, interval)
 
 
 @pytest.mark.parametrize("how", ["kill", "pause"])
@@ -290,22 +277,16 @@ async def test_lost_client_process_frees_the_server_stream(
     server = await betterproto_nats.serve(server_nc, impl)
     interval = 0.3
     args = [str(interval)] if how == "pause" else []
-    proc = subprocess.Popen([sys.executable, str(PROCS / "demo_client.py"), nats_server.url, *args], stdout=subprocess.PIPE)
     try:
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)
-        assert line.strip() == b"streaming"
-        assert len(server.calls) == 1
-        proc.send_signal(signal.SIGKILL if how == "kill" else signal.SIGSTOP)
-        lost = time.monotonic()
-        await asyncio.wait_for(impl.cancelled.wait(), 10)
-        await settle(lambda: not server.calls)
-        noticed = time.monotonic() - lost
-        print(f"{how}: freed after {noticed:.2f} s")
-        assert noticed < (1.0 if how == "kill" else 3 * interval + 1.0)
+        async with helper_process("demo_client.py", nats_server.url, *args, ready=b"streaming") as proc:
+            assert len(server.calls) == 1
+            lost = lose(proc, how)
+            await asyncio.wait_for(impl.cancelled.wait(), 10)
+            await settle(lambda: not server.calls)
+            noticed = time.monotonic() - lost
+            print(f"{how}: freed after {noticed:.2f} s")
+            assert noticed < noticed_within(how, interval)
     finally:
-        proc.kill()
-        proc.wait()
         await server.stop()
 
 

@@ -1,4 +1,5 @@
-"""A StreamDemoService in its own process, for tests that kill -9 it. Usage: demo_server.py URL"""
+"""A StreamDemoService in its own process, for tests that kill -9 (or pause) it.
+Usage: demo_server.py URL [idle]: with `idle`, each count_up stream sends one message and then waits."""
 
 import asyncio
 import sys
@@ -21,9 +22,18 @@ class Slow(StreamDemoServiceNatsBase):
             await asyncio.sleep(0.02)
 
 
+class Idle(StreamDemoServiceNatsBase):
+    def __init__(self) -> None:
+        self.forever = asyncio.Event()
+
+    async def count_up(self, request: CountUpRequest) -> AsyncIterator[CountUpResponse]:
+        yield CountUpResponse(number=0)
+        await self.forever.wait()
+
+
 async def main() -> None:
     nc = await nats.connect(sys.argv[1], allow_reconnect=False)
-    await betterproto_nats.serve(nc, Slow())
+    await betterproto_nats.serve(nc, Idle() if sys.argv[2:3] == ["idle"] else Slow())
     print("ready", flush=True)
     await asyncio.Event().wait()
 

@@ -1,0 +1,100 @@
+"""A connection's stream inboxes on one subscription: `InboxMux`.
+
+Every inbox the runtime receives on (a stream's `R` or `S`, a control inbox, the shared-liveness
+subjects of `peers.py`) is `<base>.<128 random bits>` under one wildcard subscription `<base>.>` per
+connection, and a message goes to the handler registered for its exact subject. A nats-py
+subscription costs a queue, an event and a task (about 4 KiB); a registered inbox costs a dictionary
+entry. Names stay unguessable (`docs/SECURITY.md`): the random part is per inbox.
+
+What it changes on the wire: interest in an inbox exists as long as the connection has any inbox at
+all, so a message to an inbox that was already let go of is dropped here rather than answered with
+no-responders by the NATS server (when the whole connection is gone, it still is).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from typing import Callable, ClassVar
+
+from nats.aio.msg import Msg
+
+from .transport import Subscription, Transport
+
+Handler = Callable[[Msg], None]
+
+
+class InboxMux:
+    """The inboxes of one connection (see the module): `InboxMux.of(nc)`, then `reserve` a subject,
+    `open` it with a handler (subscribed by then), `release` it; the last release unsubscribes."""
+
+    _muxes: ClassVar[dict[int, InboxMux]] = {}  # by id() of the transport, while in use
+
+    def __init__(self, nc: Transport) -> None:
+        self.nc = nc
+        self.loop = asyncio.get_running_loop()
+        self.base = nc.new_inbox()
+        self.handlers: dict[str, Handler] = {}
+        self.users = 0  # reserved subjects not yet released
+        self.closed = False
+        self._sub: Subscription | None = None
+        self._opening: asyncio.Task[None] | None = None
+
+    @classmethod
+    def of(cls, nc: Transport) -> InboxMux:
+        """The connection's mux (a new one when it has none in use)."""
+        mux = cls._muxes.get(id(nc))
+        if mux is None or mux.closed or mux.nc is not nc or mux.loop is not asyncio.get_running_loop():
+            mux = cls._muxes[id(nc)] = cls(nc)
+        return mux
+
+    def reserve(self) -> str:
+        """A new inbox subject; the mux stays until it is released."""
+        self.users += 1
+        return f"{self.base}.{secrets.token_hex(16)}"
+
+    def add(self, subject: str, handler: Handler) -> None:
+        """Deliver what arrives on `subject` (reserved here) to `handler` (once subscribed: `open`)."""
+        self.handlers[subject] = handler
+
+    async def open(self, subject: str, handler: Handler) -> None:
+        """`add`, and return once the subscription exists (the first inbox makes it, all share it)."""
+        self.handlers[subject] = handler
+        if self._opening is None:
+            self._opening = self.loop.create_task(self._subscribe(), name="betterproto-nats inboxes")
+        await asyncio.shield(self._opening)
+
+    async def _subscribe(self) -> None:
+        # No pending limits: handlers only queue (bounded per stream by its window or buffer).
+        self._sub = await self.nc.subscribe(f"{self.base}.>", cb=self._deliver, pending_msgs_limit=0, pending_bytes_limit=0)
+
+    async def _deliver(self, msg: Msg) -> None:
+        handler = self.handlers.get(msg.subject)
+        if handler is not None:
+            handler(msg)
+
+    async def release(self, subject: str) -> None:
+        """`subject` is done with (reserved, opened or not); the last one closes the subscription."""
+        if self._drop(subject):
+            await self.close()
+
+    def discard(self, subject: str) -> None:
+        """`release` from synchronous code (closing, if it was the last, in a task of its own)."""
+        if self._drop(subject):
+            self.loop.create_task(self.close(), name="betterproto-nats inboxes close")
+
+    def _drop(self, subject: str) -> bool:
+        self.handlers.pop(subject, None)
+        self.users -= 1
+        return self.users <= 0 and not self.closed
+
+    async def close(self) -> None:
+        """Unsubscribe (idempotent); inboxes still registered hear nothing more."""
+        self.closed = True
+        if self._muxes.get(id(self.nc)) is self:
+            del self._muxes[id(self.nc)]
+        if self._opening is not None:
+            await asyncio.gather(self._opening, return_exceptions=True)
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            await sub.unsubscribe()
