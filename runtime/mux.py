@@ -22,6 +22,9 @@ from nats.aio.msg import Msg
 from .transport import Subscription, Transport
 
 Handler = Callable[[Msg], None]
+# nats-py's queue for the shared subscription, at most (beyond it nats-py drops: a slow consumer).
+MUX_PENDING_MESSAGES = 1_000_000
+MUX_PENDING_BYTES = 512 * 1024 * 1024
 
 
 class InboxMux:
@@ -65,8 +68,11 @@ class InboxMux:
         await asyncio.shield(self._opening)
 
     async def _subscribe(self) -> None:
-        # No pending limits: handlers only queue (bounded per stream by its window or buffer).
-        self._sub = await self.nc.subscribe(f"{self.base}.>", cb=self._deliver, pending_msgs_limit=0, pending_bytes_limit=0)
+        # Handlers only queue (bounded per stream by its window or buffer), so nats-py's queue in front
+        # of them stays short; its limits are a last bound (a loop starved for seconds), not flow control.
+        self._sub = await self.nc.subscribe(
+            f"{self.base}.>", cb=self._deliver, pending_msgs_limit=MUX_PENDING_MESSAGES, pending_bytes_limit=MUX_PENDING_BYTES
+        )
 
     async def _deliver(self, msg: Msg) -> None:
         handler = self.handlers.get(msg.subject)
