@@ -235,7 +235,12 @@ async def run_all(url: str) -> list[Result]:
     Bench.build_responses = False
     report(Result("unary, handler builds its response, 50 in flight (vs prebuilt)", "req/s", n / built, n / without))
 
-    # Small-message streams.
+    # Small-message streams. One short stream of each shape first: the first stream on a connection
+    # sets up what all its streams share (the inbox subscription, liveness per peer), as raw's
+    # connections are warm too.
+    await _drain(client.count_up(CountUpRequest(count=10)))
+    await client.sum(SumRequest(value=1) for _ in range(10))
+    await _drain(client.chat(ChatMessage(text="x") for _ in range(10)))
     n = 100_000 // SCALE
     small = bytes(CountUpResponse(number=1))
     one_stream = n / await timed(lambda: _drain(client.count_up(CountUpRequest(count=n))))
