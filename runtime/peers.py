@@ -26,7 +26,7 @@ from nats.aio.msg import Msg
 from .liveness import MISSED_BEATS
 from .mux import InboxMux
 from .protocol import STREAM_HEARTBEAT, STREAM_PEER, is_no_responders, parse_uint
-from .transport import NowaitPublisher, Transport
+from .transport import Transport, publish_now
 
 # A count or a release is named in this many beats (a lost beat does not hide it).
 REPEAT = MISSED_BEATS
@@ -117,7 +117,6 @@ class PeerLiveness:
         self._late = 0.0  # a tick after this is late (our loop was busy)
         self._skipped = False  # the last tick was late and judged no silence
         self._sending: asyncio.Task[None] | None = None
-        self._nowait: NowaitPublisher | None = nc if hasattr(nc, "publish_nowait") else None  # type: ignore[assignment]
         self._body_limit = max(1024, min(BEAT_BODY_LIMIT, nc.max_payload // 2))
         self.closed = False
 
@@ -235,9 +234,8 @@ class PeerLiveness:
             body.append(line)
             size += len(line) + 1
         bodies.append("\n".join(body).encode())
-        nowait = self._nowait
         for data in bodies:
-            if nowait is None or not nowait.publish_nowait(group.subject, data, headers, group.reply):
+            if not publish_now(self.nc, group.subject, data, headers, group.reply):
                 outgoing.append((group.subject, data, headers, group.reply))
         if not group.streams and not group.released:
             self._drop(group)

@@ -37,7 +37,7 @@ from .protocol import (
     RESPONSE_PROTOCOL_HEADERS,
 )
 from .mux import InboxMux
-from .transport import NowaitPublisher, Transport, publish
+from .transport import Transport, publish, publish_now
 
 if TYPE_CHECKING:
     from .peers import PeerGroup
@@ -533,7 +533,7 @@ class StreamWriter:
 
     __slots__ = (
         "nc", "subject", "codec", "method", "sent", "bytes_sent", "ended", "first_headers", "credit", "first_hop",
-        "on_sent", "_nowait", "_batch", "_batch_bytes", "_flush_pending", "_flushing", "_flush_error",
+        "on_sent", "_batch", "_batch_bytes", "_flush_pending", "_flushing", "_flush_error",
         "_handed_over", "_batch_byte_limit", "_batched_body_limit",
     )
 
@@ -558,7 +558,6 @@ class StreamWriter:
         self.credit: SendCredit = credit if credit is not None else Unlimited()  # v2: the receiver's window
         self.first_hop: FirstHop | None = None  # set when the subject is an inbox the peer just created
         self.on_sent = on_sent  # v2: heartbeats count what we send
-        self._nowait: NowaitPublisher | None = nc if hasattr(nc, "publish_nowait") else None  # type: ignore[assignment]
         self._batch: list[bytes] = []
         self._batch_bytes = 0
         self._flush_pending = False  # a flush is scheduled for the end of this loop turn
@@ -576,9 +575,17 @@ class StreamWriter:
         first_hop = self.first_hop
         return self._handed_over if first_hop is None or first_hop.done else 0
 
-    def _handed(self, position: int) -> None:
+    def _published(self, position: int) -> None:
+        """Frames up to `position` are with NATS now: heartbeats may count them."""
         if position > self._handed_over:
             self._handed_over = position
+        if self.on_sent is not None:
+            self.on_sent()
+
+    def _batchable(self, size: int, reply: str = "") -> bool:
+        """A message that may share a frame: batches agreed, small, not the one that carries the
+        response headers or the first-hop check."""
+        return self.credit.batch > 1 and size <= self._batched_body_limit and not reply and self.first_headers is None
 
     def _take_first_headers(self, headers: dict[str, str]) -> None:
         if self.first_headers:  # a handler's dict, which it may have changed since it set it: checked again
@@ -597,9 +604,7 @@ class StreamWriter:
         credit = self.credit
         size = len(body)
         if (
-            credit.batch == 1
-            or size > self._batched_body_limit
-            or self.first_headers is not None
+            not self._batchable(size)
             or self.ended
             or self._flush_error is not None
             or (self.first_hop is not None and not self.first_hop.done)
@@ -625,7 +630,7 @@ class StreamWriter:
         if self.ended:
             raise RpcError(ErrorCode.INTERNAL, "send after the stream was ended", method=self.method)
         credit = self.credit
-        if credit.batch > 1 and len(body) <= self._batched_body_limit and not reply and self.first_headers is None:
+        if self._batchable(len(body), reply):
             return await self._add_to_batch(body, credit)
         if self._batch or self._flushing is not None:
             await self.flush()
@@ -635,9 +640,8 @@ class StreamWriter:
             self._take_first_headers(headers)
         check_size(len(body), headers, self.nc.max_payload, self.method)
         await credit.acquire(len(body))
-        await self._publish(body, headers, reply)
+        await self._publish(body, headers, seq, reply)
         self.sent = seq
-        self._handed(seq)
         self.bytes_sent += len(body)
         credit.sent(seq, len(body))
 
@@ -671,9 +675,9 @@ class StreamWriter:
             self._flush_pending = True
             asyncio.get_running_loop().call_soon(self._flush_soon)
 
-    def _take_batch(self) -> tuple[bytes, dict[str, str]]:
-        """The waiting messages as one NATS message (a single one as a plain data message); its
-        last sequence number is `self.sent` at this moment."""
+    def _take_batch(self) -> tuple[bytes, dict[str, str], int]:
+        """The waiting messages as one NATS message (a single one as a plain data message), and the
+        sequence number of its last message."""
         batch, self._batch, self._batch_bytes = self._batch, [], 0
         first = self.sent - len(batch) + 1
         if len(batch) == 1:
@@ -682,7 +686,7 @@ class StreamWriter:
             body, headers = pack(batch), {STREAM_SEQ: str(first), STREAM_BATCH: str(len(batch))}
         if self.first_headers is not None:
             self._take_first_headers(headers)
-        return body, headers
+        return body, headers, self.sent
 
     def _flush_soon(self) -> None:
         """End of the loop turn in which messages were queued: send them now."""
@@ -694,13 +698,9 @@ class StreamWriter:
         a flush already under way sends it after its own)."""
         if not self._batch or self._flushing is not None:
             return
-        body, headers = self._take_batch()
-        last = self.sent
-        nowait = self._nowait
-        if nowait is not None and nowait.publish_nowait(self.subject, body, headers):
-            self._handed(last)
-            if self.on_sent is not None:
-                self.on_sent()
+        body, headers, last = self._take_batch()
+        if publish_now(self.nc, self.subject, body, headers):
+            self._published(last)
             return
         self._flushing = asyncio.get_running_loop().create_task(self._publish_taken(body, headers, last))
 
@@ -708,12 +708,10 @@ class StreamWriter:
         """Publish a taken batch, then whatever was queued meanwhile (nobody else sends it)."""
         try:
             while True:
-                await self._publish(body, headers)
-                self._handed(last)
+                await self._publish(body, headers, last)
                 if not self._batch:
                     break
-                body, headers = self._take_batch()
-                last = self.sent
+                body, headers, last = self._take_batch()
         except Exception as error:  # the connection closed: the next send or end says so
             self._flush_error = error
             self.credit.fail(error)
@@ -727,15 +725,13 @@ class StreamWriter:
         if self._flush_error is not None:
             raise self._flush_error
         if self._batch:
-            body, headers = self._take_batch()
-            last = self.sent
-            await self._publish(body, headers)
-            self._handed(last)
+            body, headers, last = self._take_batch()
+            await self._publish(body, headers, last)
 
-    async def _publish(self, body: bytes, headers: dict[str, str], reply: str = "") -> None:
+    async def _publish(self, body: bytes, headers: dict[str, str], position: int, reply: str = "") -> None:
+        """One frame, which takes the stream to `position` (its last message, or the end marker)."""
         await publish(self.nc, self.subject, body, headers, reply)
-        if self.on_sent is not None:
-            self.on_sent()
+        self._published(position)
 
     async def end(self, error: RpcError | None = None) -> None:
         """Send the end marker (with the error pair when failing); only the first call sends."""
@@ -768,5 +764,4 @@ class StreamWriter:
             too_big = f"the end marker's headers exceed the server's max_payload of {self.nc.max_payload}"
             headers = {STREAM_END: END_TRUE, STREAM_COUNT: str(self.sent)}
             headers.update(error_headers(ErrorCode.RESOURCE_EXHAUSTED, too_big))
-        await self._publish(b"", headers, reply)
-        self._handed(self.sent + 1)
+        await self._publish(b"", headers, self.sent + 1, reply)

@@ -146,11 +146,16 @@ class NatsTransport:
         PermissionErrors.of(self.nc).forget(subject)
 
 
-async def publish(nc: Transport, subject: str, payload: bytes, headers: dict[str, str] | None = None, reply: str = "") -> None:
-    """Publish a message the runtime built (subject and headers checked or ours): queued without a
-    coroutine when the transport can (`NowaitPublisher`), else through `publish`."""
+def publish_now(nc: Transport, subject: str, payload: bytes, headers: dict[str, str] | None = None, reply: str = "") -> bool:
+    """Queue a message the runtime built (subject and headers checked or ours) without a coroutine,
+    when the transport can (`NowaitPublisher`); False: nothing was done, use `publish`."""
     nowait = getattr(nc, "publish_nowait", None)
-    if nowait is None or not nowait(subject, payload, headers, reply):
+    return nowait is not None and bool(nowait(subject, payload, headers, reply))
+
+
+async def publish(nc: Transport, subject: str, payload: bytes, headers: dict[str, str] | None = None, reply: str = "") -> None:
+    """Publish a message the runtime built: `publish_now` when it can, else the transport's `publish`."""
+    if not publish_now(nc, subject, payload, headers, reply):
         await nc.publish(subject, payload, reply=reply, headers=headers)
 
 
