@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import AsyncIterator, Iterator
 
 import pytest
-from conftest import connect, no_subscriptions_left
+from conftest import connect, no_subscriptions_left, settle
 from nats.aio.client import Client as NATS
 from nats.js import api
 
@@ -198,10 +198,8 @@ async def test_best_effort_failure_answers_and_logs(jnc: NATS, served: Profiles,
     client = ProfilesNatsClient(jnc)
     with caplog.at_level(logging.WARNING, logger="betterproto_nats.persistence"):
         assert (await client.save(Profile(id="b", name="still answered"))).name == "still answered"
-        for _ in range(500):  # the write runs after the answer: wait for its log record (bounded)
-            if any("not a KV bucket" in r.getMessage() for r in caplog.records):
-                break
-            await asyncio.sleep(0.01)
+        # The write runs after the answer: wait (bounded) for its log record.
+        await settle(lambda: any("not a KV bucket" in r.getMessage() for r in caplog.records))
     assert any("failed" in r.getMessage() and "not a KV bucket" in r.getMessage() for r in caplog.records)
 
 
