@@ -48,6 +48,10 @@ class _BusSubscription:
     def put(self, msg: Msg) -> None:
         self._pending.put_nowait(msg)
 
+    @property
+    def pending_msgs(self) -> int:
+        return self._pending.qsize()
+
     async def _deliver(self) -> None:
         while True:
             msg = await self._pending.get()
@@ -169,8 +173,9 @@ class BusConnection:
             raise nats.errors.NoRespondersError
         return msg
 
-    async def flush(self) -> None:
+    async def flush(self) -> bool:
         await asyncio.sleep(0)  # routing is synchronous: everything sent is already delivered to queues
+        return not self.closed
 
     def watch_permissions(self, subject: str, on_denied: Callable[[str], None]) -> None:
         """The bus has no permissions."""

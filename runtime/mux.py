@@ -9,6 +9,10 @@ entry. Names stay unguessable (`docs/SECURITY.md`): the random part is per inbox
 What it changes on the wire: interest in an inbox exists as long as the connection has any inbox at
 all, so a message to an inbox that was already let go of is dropped here rather than answered with
 no-responders by the NATS server (when the whole connection is gone, it still is).
+
+It also knows how far this side has read (`progress`, `catch_up`): a peer is judged silent only
+against what we have read, never because our own loop or socket fell behind (docs/DESIGN.md,
+"Liveness under load").
 """
 
 from __future__ import annotations
@@ -42,6 +46,14 @@ class InboxMux:
         self.closed = False
         self._sub: Subscription | None = None
         self._opening: asyncio.Task[None] | None = None
+        self.delivered = 0  # messages handed to handlers (or dropped: no handler), in arrival order
+        # Everything the NATS server had for this connection before this loop time has been handed
+        # to the handlers (a round trip after it came back, and the subscription's queue was read).
+        self.progress = self.loop.time()
+        self._catching_up: asyncio.Task[None] | None = None
+        self._then: list[Callable[[bool], None]] = []  # called when the round under way is over
+        self._target = 0  # the round waits until `delivered` reaches this
+        self._reached: asyncio.Future[None] | None = None
 
     @classmethod
     def of(cls, nc: Transport) -> InboxMux:
@@ -78,6 +90,43 @@ class InboxMux:
         handler = self.handlers.get(msg.subject)
         if handler is not None:
             handler(msg)
+        self.delivered += 1
+        reached = self._reached
+        if reached is not None and self.delivered >= self._target and not reached.done():
+            reached.set_result(None)
+
+    # --- How far we have read ---------------------------------------------------------------------
+
+    def catch_up(self, then: Callable[[bool], None]) -> None:
+        """Read everything the NATS server has for this connection now, then advance `progress` and
+        call `then(True)`; `then(False)` when the round failed (closed, reconnecting: `progress`
+        stays). One round at a time: a caller that needs a later one asks again from `then`."""
+        self._then.append(then)
+        if self._catching_up is None and not self.closed:
+            self._catching_up = self.loop.create_task(self._catch_up(), name="betterproto-nats catch up")
+
+    async def _catch_up(self) -> None:
+        """A round trip to the NATS server (its PONG follows every message it sent us before), then
+        wait until the shared subscription has handed on what was queued by then."""
+        started = self.loop.time()
+        caught_up = False
+        try:
+            if await self.nc.flush() is False:
+                return  # closed or reconnecting: nothing can be judged from here
+            sub = self._sub
+            if sub is not None:
+                self._target = self.delivered + sub.pending_msgs
+                if self.delivered < self._target:
+                    self._reached = self.loop.create_future()
+                    await self._reached
+            if started > self.progress:
+                self.progress = started
+            caught_up = True
+        finally:
+            self._catching_up = self._reached = None
+            then, self._then = self._then, []
+            for callback in then:
+                callback(caught_up)
 
     async def release(self, subject: str) -> None:
         """`subject` is done with (reserved, opened or not); the last one closes the subscription."""
@@ -99,6 +148,8 @@ class InboxMux:
         self.closed = True
         if self._muxes.get(id(self.nc)) is self:
             del self._muxes[id(self.nc)]
+        if self._catching_up is not None:
+            self._catching_up.cancel()
         if self._opening is not None:
             await asyncio.gather(self._opening, return_exceptions=True)
         sub, self._sub = self._sub, None

@@ -11,7 +11,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
 
 
-async def flush_ordered(nc: NATS, timeout: int = 5) -> None:
+async def flush_ordered(nc: NATS, timeout: int = 5) -> bool:
     """A round trip that the NATS server answers only after everything sent before it.
 
     nats-py 2.16's `flush()` writes its PING straight to the socket while SUB/PUB commands still
@@ -23,16 +23,19 @@ async def flush_ordered(nc: NATS, timeout: int = 5) -> None:
     cancelled but stays queued, and the PONG then raises InvalidStateError inside nats-py's read
     loop, which stops reading for good: the connection is deaf from then on. A call cancelled by its
     peer must not do that, so the round trip completes in a task of its own.
+
+    Returns whether the PONG came back (False: closed, reconnecting, or no answer within `timeout`).
     """
-    await asyncio.shield(_flush(nc, timeout))
+    return await asyncio.shield(_flush(nc, timeout))
 
 
-async def _flush(nc: NATS, timeout: int) -> None:
+async def _flush(nc: NATS, timeout: int) -> bool:
     try:
         await nc._flush_pending(force_flush=True)
         await nc.flush(timeout=timeout)
     except Exception:  # closed or reconnecting: nothing to order against
-        pass
+        return False
+    return True
 
 
 async def unsubscribe_quietly(sub: Subscription | None) -> None:
@@ -162,3 +165,10 @@ def publish_nowait(nc: NATS, subject: str, payload: bytes, headers: dict[str, st
     if queue is not None and queue.empty():
         queue.put_nowait(asyncio.get_running_loop().create_future())  # wake the flusher
     return True
+
+
+def outbound_pending(nc: NATS) -> tuple[int, int]:
+    """(bytes published and not yet handed to the socket, the most nats-py buffers: `pending_size`);
+    (0, 0) when nats-py's internals are not as expected."""
+    pending, limit = getattr(nc, "_pending_data_size", 0), getattr(nc, "_max_pending_size", 0)
+    return (pending, limit) if isinstance(pending, int) and isinstance(limit, int) else (0, 0)

@@ -9,7 +9,8 @@ whatever the number of streams.
 
 A beat's body names only the streams that need something (see docs/PROTOCOL.md, "Heartbeats"):
 `<inbox> s<n>`: we handed n frames of the stream the receiver owns as `<inbox>` to NATS before this
-beat (in the `REPEAT` beats after it last changed); a receiver with fewer knows the rest were lost;
+beat (in the `REPEAT` beats after it went quiet); a receiver with fewer knows the rest were lost (a
+stream that keeps sending needs no count: a lost message shows as a gap in the next one);
 `<inbox> e[<n>]`: we let go of the stream after sending n frames (in the next `REPEAT` beats).
 So 10,000 idle streams cost one beat per half interval, and a beat's body grows only with the streams
 that sent something lately. The counts are exact because a beat follows the data it counts from the
@@ -30,6 +31,8 @@ from .transport import Transport, publish_now
 
 # A count or a release is named in this many beats (a lost beat does not hide it).
 REPEAT = MISSED_BEATS
+# In `PeerGroup.counting`: the stream sent since the last beat (no count yet: it is still sending).
+SENDING = REPEAT + 1
 # A beat's body stays below this (and half of max_payload): more entries go in more beats.
 BEAT_BODY_LIMIT = 64 * 1024
 # Entries read from one beat at most (ours hold at most BEAT_BODY_LIMIT bytes of them).
@@ -58,7 +61,7 @@ class PeerGroup:
 
     __slots__ = ("manager", "subject", "ms", "interval", "reply", "heard", "beaten", "streams", "counting", "released", "dead")
 
-    count_beats = REPEAT
+    count_beats = SENDING  # what a stream that just sent is marked with in `counting`
 
     def __init__(self, manager: PeerLiveness, subject: str, ms: int) -> None:
         self.manager = manager
@@ -69,15 +72,19 @@ class PeerGroup:
         self.reply = manager.mux.reserve()
         self.heard = self.beaten = manager.loop.time()
         self.streams: dict[str, Member] = {}  # by our inbox for the stream (how the peer names it)
-        self.counting: dict[Member, int] = {}  # streams that sent lately: beats left that count them
+        # Streams that sent lately: beats left that count them (`SENDING`: it sent since the last beat).
+        self.counting: dict[Member, int] = {}
         self.released: list[tuple[str, int | None, int]] = []  # (the peer's inbox, final count, beats left)
         self.dead = False
 
     def entries(self) -> list[str]:
-        """The body lines of the next beat: counts of the streams that sent lately, releases."""
+        """The body lines of the next beat: counts of the streams that went quiet lately, releases."""
         lines = []
         counting = self.counting
         for member, left in list(counting.items()):
+            if left == SENDING:  # still sending: counted once it goes quiet (10,000 busy streams: no lines)
+                counting[member] = REPEAT
+                continue
             sent = member.sent_count()
             if sent is None:
                 del counting[member]
@@ -114,8 +121,6 @@ class PeerLiveness:
         self._opening: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._period = 0.0  # seconds between ticks: a quarter of the shortest interval
-        self._late = 0.0  # a tick after this is late (our loop was busy)
-        self._skipped = False  # the last tick was late and judged no silence
         self._sending: asyncio.Task[None] | None = None
         self._body_limit = max(1024, min(BEAT_BODY_LIMIT, nc.max_payload // 2))
         self.closed = False
@@ -194,7 +199,6 @@ class PeerLiveness:
                 return
             self._timer.cancel()
         self._period = period
-        self._late = self.loop.time() + 2 * period
         self._timer = self.loop.call_later(period, self._tick)
 
     def _tick(self) -> None:
@@ -205,20 +209,42 @@ class PeerLiveness:
             self.interrupted()
             return
         now = self.loop.time()
-        # A tick that comes late (our loop was busy) first lets what arrived meanwhile be read: it
-        # judges no silence, but the next one does, late or not.
-        judge = now <= self._late or self._skipped
-        self._skipped = not judge
         outgoing: list[tuple[str, bytes, dict[str, str], str]] = []
+        suspects = False
         for group in list(self.groups.values()):
-            if judge and now - group.heard > MISSED_BEATS * group.interval:
-                self._kill(group, f"no word from the peer for {MISSED_BEATS * group.interval:g} s", tell=True)
-            elif now - group.beaten >= group.interval / 2 and (self._sending is None or self._sending.done()):
+            if now - group.heard > MISSED_BEATS * group.interval and not self._silent(group):
+                suspects = True  # silent by the clock: first read what may wait for us, then judge
+            if group.dead:
+                continue
+            if now - group.beaten >= group.interval / 2 and (self._sending is None or self._sending.done()):
                 group.beaten = now
                 self._beat(group, outgoing)
         if outgoing:
             self._sending = self.loop.create_task(self._publish(outgoing), name="betterproto-nats heartbeat")
+        if suspects:
+            self.mux.catch_up(self._judge)
         self._schedule()
+
+    def _silent(self, group: PeerGroup) -> bool:
+        """The peer said nothing for `MISSED_BEATS` intervals of what we have read (`mux.progress`:
+        a busy loop or a backlog on our socket is not the peer's silence); then its streams end."""
+        if self.mux.progress - group.heard <= MISSED_BEATS * group.interval:
+            return False
+        self._kill(group, f"no word from the peer for {MISSED_BEATS * group.interval:g} s", tell=True)
+        return True
+
+    def _judge(self, caught_up: bool) -> None:
+        """After catching up on what arrived: the silent groups end; a group still silent by the clock
+        but heard before the round began needs a later round (a failed round: the next tick asks)."""
+        if self.closed or not caught_up:
+            return
+        now = self.loop.time()
+        again = False
+        for group in list(self.groups.values()):
+            if now - group.heard > MISSED_BEATS * group.interval and not self._silent(group):
+                again = True
+        if again:
+            self.mux.catch_up(self._judge)
 
     def _beat(self, group: PeerGroup, outgoing: list[tuple[str, bytes, dict[str, str], str]]) -> None:
         """One beat to the group's peer (more when its entries exceed a body), then forget what

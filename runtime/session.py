@@ -9,6 +9,7 @@ from nats.aio.msg import Msg
 from .errors import ErrorCode
 from .flow import FlowWindow
 from .liveness import Liveness
+from .mux import InboxMux
 from .protocol import (
     ERROR_CODE,
     STREAM_ACK,
@@ -102,7 +103,11 @@ class StreamSession:
             return
         nc, reconnects = self.nc, self.nc.reconnects
         self.liveness = Liveness(
-            self.heartbeat, self.send_heartbeat, self.peer_unreachable, interrupted=lambda: nc.reconnects != reconnects
+            self.heartbeat,
+            self.send_heartbeat,
+            self.peer_unreachable,
+            InboxMux.of(nc),  # the stream's inbox holds it: how far this connection has read
+            interrupted=lambda: nc.reconnects != reconnects,
         )
         self.liveness.start()
 

@@ -13,7 +13,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 
-from .nats_compat import PermissionErrors, flush_ordered, new_inbox, publish_nowait, unsubscribe_quietly
+from .nats_compat import PermissionErrors, flush_ordered, new_inbox, outbound_pending, publish_nowait, unsubscribe_quietly
 
 MessageHandler = Callable[[Msg], Awaitable[None]]
 
@@ -22,6 +22,11 @@ class Subscription(Protocol):
     """Interest in one subject; `unsubscribe` never raises (a closed connection has no interest)."""
 
     subject: str
+
+    @property
+    def pending_msgs(self) -> int:
+        """Messages received for this subscription and not yet handed to its callback."""
+        ...
 
     async def unsubscribe(self) -> None: ...
 
@@ -63,8 +68,10 @@ class Transport(Protocol):
         self, subject: str, payload: bytes, timeout: float | None, headers: dict[str, str] | None = None
     ) -> Msg: ...
 
-    async def flush(self) -> None:
-        """A round trip after everything sent before it (subscriptions included) reached the server."""
+    async def flush(self) -> bool | None:
+        """A round trip after everything sent before it (subscriptions included) reached the server.
+        When it returns, every message the server had for us before it was received (and queued for
+        its subscription). False: the round trip failed (closed, reconnecting, timed out)."""
         ...
 
     def watch_permissions(self, subject: str, on_denied: Callable[[str], None]) -> None:
@@ -72,6 +79,15 @@ class Transport(Protocol):
         ...
 
     def forget_permissions(self, subject: str) -> None: ...
+
+
+class OutboundBuffer(Protocol):
+    """Optional on a `Transport`: what it buffers on its way out (admission control refuses new
+    calls while the NATS server or the network does not keep up)."""
+
+    def outbound(self) -> tuple[int, int]:
+        """(bytes published and not yet written, the most the transport buffers; 0: unknown)."""
+        ...
 
 
 class NowaitPublisher(Protocol):
@@ -85,6 +101,10 @@ class _NatsSubscription:
     def __init__(self, sub: NatsSubscription) -> None:
         self._sub = sub
         self.subject = sub.subject
+
+    @property
+    def pending_msgs(self) -> int:
+        return self._sub.pending_msgs
 
     async def unsubscribe(self) -> None:
         await unsubscribe_quietly(self._sub)
@@ -116,6 +136,9 @@ class NatsTransport:
         """Queue a message we built without a coroutine; False when `publish` must be used."""
         return publish_nowait(self.nc, subject, payload, headers, reply)
 
+    def outbound(self) -> tuple[int, int]:
+        return outbound_pending(self.nc)
+
     async def subscribe(
         self,
         subject: str,
@@ -136,14 +159,20 @@ class NatsTransport:
     ) -> Msg:
         return await self.nc.request(subject, payload, timeout=timeout, headers=headers)  # type: ignore[arg-type]  # None: no timeout
 
-    async def flush(self) -> None:
-        await flush_ordered(self.nc)
+    async def flush(self) -> bool:
+        return await flush_ordered(self.nc)
 
     def watch_permissions(self, subject: str, on_denied: Callable[[str], None]) -> None:
         PermissionErrors.of(self.nc).watch(subject, on_denied)
 
     def forget_permissions(self, subject: str) -> None:
         PermissionErrors.of(self.nc).forget(subject)
+
+
+def outbound_backlog(nc: Transport) -> tuple[int, int]:
+    """(bytes waiting to be written, the transport's buffer size): (0, 0) when it cannot tell."""
+    outbound = getattr(nc, "outbound", None)
+    return outbound() if outbound is not None else (0, 0)
 
 
 def publish_now(nc: Transport, subject: str, payload: bytes, headers: dict[str, str] | None = None, reply: str = "") -> bool:
