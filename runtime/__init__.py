@@ -11,7 +11,7 @@ from .client import (
     UploadStream,
 )
 from .context import CallContext, current_call
-from .errors import ErrorCode, RpcError
+from .errors import ErrorCode, Overloaded, RpcError
 from .interceptors import (
     BidiInterceptor,
     CallInfo,
@@ -26,6 +26,7 @@ from .interceptors import (
 )
 from .persistence import JetStreamUnavailable
 from .responders import RequestStream, UploadRequests
+from .retry import RetryPolicy
 from .runner import run
 from .server import Server, serve
 from .stored import KvEntry, KvWatch, StoredBlob
@@ -53,7 +54,9 @@ __all__ = [
     "KvEntry",
     "KvWatch",
     "LoggingInterceptor",
+    "Overloaded",
     "RequestStream",
+    "RetryPolicy",
     "RpcError",
     "Server",
     "ServerStream",

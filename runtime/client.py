@@ -17,6 +17,7 @@ from typing import (
     Awaitable,
     Callable,
     ClassVar,
+    Coroutine,
     Generator,
     Generic,
     Iterable,
@@ -31,6 +32,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from .admission import DEFAULT_MAX_LOOP_LAG, OpenGate
 from .chunks import BlobReceiving, ChunkCodec, ChunkReceiver, ChunkSender, Progress
 from .codec import Codec
 from .errors import ErrorCode, RpcError
@@ -58,6 +60,7 @@ from .spec import Cardinality, MethodSpec, ServiceSpec
 from .streams import Deadline, FirstHop, Inbox, StreamReader, StreamWriter
 from .subjects import InboxPolicy
 from .persistence import Stores
+from .retry import RetryPolicy
 from .transport import NatsTransport, Transport, transport_of
 
 Req = TypeVar("Req", bound=betterproto.Message)
@@ -154,7 +157,7 @@ class ClientCall:
     __slots__ = (
         "nc", "method", "name", "subject", "codec", "deadline", "heartbeat", "inboxes", "receives", "sends", "window",
         "state", "inbox", "reader", "writer", "credit", "session", "peers", "answer", "heard", "_heard_waiter",
-        "released", "lost", "failure", "chain", "info", "_watched", "_owner",
+        "released", "lost", "failure", "chain", "info", "_watched", "_owner", "gate", "max_loop_lag",
     )
 
     def __init__(self, client: ClientBase, method: MethodSpec[Any, Any], timeout: float | None) -> None:
@@ -186,6 +189,8 @@ class ClientCall:
         self.lost = False  # the server's heartbeats said our messages were lost in transit
         self.failure: RpcError | None = None  # why the call failed, once it did
         self.chain = client._nats_chain
+        self.max_loop_lag = client._nats_max_loop_lag
+        self.gate: OpenGate | None = None  # our place among the connection's open streams
         self.info: CallInfo | None = None  # what interceptors see, when there are any
         self._watched: list[str] = []
         # If the task that opened the call is cancelled while the call is open, the call is
@@ -231,6 +236,15 @@ class ClientCall:
 
     # --- Opening ---------------------------------------------------------------------------------
 
+    async def _enter_gate(self) -> None:
+        """Wait, within the deadline, while this connection has more streams than its loop carries
+        (`admission.OpenGate`); Overloaded when the deadline passes first (nothing was sent)."""
+        if self.max_loop_lag is None:
+            return
+        gate = OpenGate.of(self.nc, self.max_loop_lag)
+        await gate.enter(None if self.deadline is None else self.deadline.remaining(), self.name)
+        self.gate = gate
+
     async def _open_inbox(self) -> Inbox:
         inbox = self.inbox = Inbox(self.nc, self.name)
         inbox.watcher = self.on_message
@@ -255,6 +269,7 @@ class ClientCall:
         """Subscribe `R`, then publish the request with `Reply-To: R` (and R as its reply subject:
         with nobody serving, the NATS server answers R with a 503 status at once)."""
         try:
+            await self._enter_gate()
             inbox = await self._open_inbox()  # subscribed before the request can cause anything
             out_headers = await self._opening_headers(headers, inbox.subject)
             body = self.encode(request)
@@ -274,6 +289,7 @@ class ClientCall:
         """Client-stream/bidi opening: subscribe R, request with `Reply-To: R`, take `S` from the ack.
         Returns the caller headers of the ack."""
         try:
+            await self._enter_gate()
             inbox = await self._open_inbox()
             out_headers = await self._opening_headers(headers, inbox.subject)
             check_size(0, out_headers, self.nc.max_payload, self.name)
@@ -528,8 +544,8 @@ class ClientCall:
         self.drop_owner()
         inbox = self.inbox
         server_done = self._server_done()
-        if self.session is None and self.writer is None and inbox is not None and inbox.is_open and not server_done:
-            await self._await_confirmation(inbox)
+        if not self.sends and self.session is None and inbox is not None and inbox.is_open and not server_done:
+            await self._await_confirmation(inbox)  # a server stream's: client streams confirm on the handshake
         if self.session is not None:
             if not server_done:
                 await self.session.send_cancel("closed by the client", data_loss=self.lost)
@@ -539,6 +555,9 @@ class ClientCall:
         peers, self.peers = self.peers, None
         if peers is not None:
             await peers.release()
+        gate, self.gate = self.gate, None
+        if gate is not None:
+            gate.leave()
         for subject in self._watched:
             self.nc.forget_permissions(subject)
         self._watched.clear()
@@ -732,7 +751,7 @@ class _Awaitable:
     _what = "this call"
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
+        if name.startswith(("_", "cr_", "gi_")):  # Python's and asyncio's own probes
             raise AttributeError(name)
         raise TypeError(
             f"{self._what} returns an awaitable, not its result: write `await client.{self._what}(...)` "
@@ -740,10 +759,10 @@ class _Awaitable:
         )
 
 
-class Pending(_Awaitable, Generic[T]):
-    """A unary or client-streaming call: `await` it."""
+class _Deferred(_Awaitable, Generic[T]):
+    """A call made when it is awaited (`run` makes it)."""
 
-    def __init__(self, run: Callable[[], Awaitable[T]], what: str) -> None:
+    def __init__(self, run: Callable[[], Coroutine[Any, Any, T]], what: str) -> None:
         self._run = run
         self._what = what
 
@@ -751,11 +770,41 @@ class Pending(_Awaitable, Generic[T]):
         return self._run().__await__()
 
 
+class Pending(_Deferred[T], Coroutine[Any, Any, T]):
+    """A unary or client-streaming call: `await` it, or hand it to `asyncio.create_task` (it is a
+    coroutine; the call starts when it is first awaited or run, never otherwise)."""
+
+    def __init__(self, run: Callable[[], Coroutine[Any, Any, T]], what: str) -> None:
+        super().__init__(run, what)
+        self._coroutine: Coroutine[Any, Any, T] | None = None
+
+    def _started(self) -> Coroutine[Any, Any, T]:
+        if self._coroutine is None:
+            self._coroutine = self._run()
+        return self._coroutine
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self._started().__await__()
+
+    def send(self, value: Any) -> Any:
+        return self._started().send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        if val is None and tb is None:
+            return self._started().throw(typ)
+        return self._started().throw(typ, val, tb)
+
+    def close(self) -> None:
+        if self._coroutine is not None:
+            self._coroutine.close()
+
+
 S = TypeVar("S", bound=_View)
 
 
-class PendingStream(Pending[S]):
-    """A stream to be opened: `stream = await ...`, or `async with ... as stream:` (closed at the end)."""
+class PendingStream(_Deferred[S]):
+    """A stream to be opened: `stream = await ...`, or `async with ... as stream:` (closed at the end).
+    Not a coroutine: a stream has `send` and `close` of its own, and a forgotten `await` must say so."""
 
     _stream: S | None = None
 
@@ -864,13 +913,18 @@ class ClientBase:
         interceptors: Sequence[Interceptor] = (),
         jetstream_domain: str | None = None,
         jetstream_prefix: str | None = None,
+        max_loop_lag: float | None = DEFAULT_MAX_LOOP_LAG,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self._nats_nc = nc
+        self._nats_retry = retry  # unary calls refused (and idempotent ones failed) are retried by it
         self._nats_chain = Chain.of(interceptors)  # run around every call, in the order given
         self._nats_transport = transport_of(nc)
         self._nats_subject_prefix = subject_prefix or self._nats_service.subject_prefix
         self._nats_timeout = timeout
         self._nats_heartbeat = heartbeat  # seconds between v2 heartbeats; silence for 3 = peer gone
+        # Opening a stream waits while the loop runs this far behind (None: never; admission.OpenGate).
+        self._nats_max_loop_lag = max_loop_lag
         # Where a server may name its stream inboxes: `_INBOX.` and these (a service's own prefix).
         self._nats_inboxes = InboxPolicy(inbox_prefixes)
         # Where the helpers of persisted methods read (`(natsmicro.kv_store)`, `object_store`).
@@ -903,6 +957,20 @@ class ClientBase:
         timeout: float | None,
         headers: Mapping[str, str] | None,
         response_headers: dict[str, str] | None,
+        idempotent: bool | None = None,
+    ) -> Any:
+        """A unary call: under the client's `RetryPolicy` when it has one."""
+        if self._nats_retry is not None:
+            return await self._nats_unary_retried(py_name, request, timeout, headers, response_headers, idempotent)
+        return await self._nats_unary_once(py_name, request, timeout, headers, response_headers)
+
+    async def _nats_unary_once(
+        self,
+        py_name: str | MethodSpec[Any, Any],
+        request: betterproto.Message,
+        timeout: float | None,
+        headers: Mapping[str, str] | None,
+        response_headers: dict[str, str] | None,
     ) -> Any:
         spec = self._nats_service
         method = self._nats_method(py_name)
@@ -921,6 +989,40 @@ class ClientBase:
         subject = f"{self._nats_subject_prefix}.{method.endpoint}"
         msg = await _request(nc, subject, body, out_headers, timeout, name)
         return _unary_response(msg, method, codec, name, response_headers)
+
+    async def _nats_unary_retried(
+        self,
+        py_name: str | MethodSpec[Any, Any],
+        request: betterproto.Message,
+        timeout: float | None,
+        headers: Mapping[str, str] | None,
+        response_headers: dict[str, str] | None,
+        idempotent: bool | None,
+    ) -> Any:
+        """A unary call under the client's `RetryPolicy`: tried again while the policy allows, each
+        try within what is left of the call's deadline."""
+        policy = self._nats_retry
+        assert policy is not None
+        method = self._nats_method(py_name)
+        if idempotent is None:
+            idempotent = method.idempotent
+        if timeout is None:
+            timeout = self._nats_timeout if self._nats_timeout is not None else method.timeout
+        loop = asyncio.get_running_loop()
+        give_up = None if timeout is None else loop.time() + timeout
+        retry = 0
+        while True:
+            remaining = None if give_up is None else max(0.0, give_up - loop.time())
+            try:
+                return await self._nats_unary_once(method, request, remaining, headers, response_headers)
+            except RpcError as error:
+                retry += 1
+                if retry >= policy.attempts or not policy.retries(error, idempotent):
+                    raise
+                delay = policy.delay(retry, error.retry_after)
+                if give_up is not None and loop.time() + delay >= give_up:
+                    raise
+            await asyncio.sleep(delay)
 
     async def _nats_unary_intercepted(
         self,
@@ -1034,11 +1136,14 @@ def unary(
     timeout: float | None,
     headers: Mapping[str, str] | None,
     response_headers: dict[str, str] | None,
+    idempotent: bool | None = None,
 ) -> Pending[Resp]:
-    """A unary call, to be awaited."""
-    run = lambda: client._nats_unary(  # noqa: E731
-        method, request, timeout=timeout, headers=headers, response_headers=response_headers
-    )
+    """A unary call, to be awaited; `idempotent` (None: as the proto says) lets the client's
+    `RetryPolicy` retry it on more than refusals."""
+    if client._nats_retry is None:
+        run = lambda: client._nats_unary_once(method, request, timeout, headers, response_headers)  # noqa: E731
+    else:
+        run = lambda: client._nats_unary_retried(method, request, timeout, headers, response_headers, idempotent)  # noqa: E731
     return Pending(run, method.py_name)
 
 

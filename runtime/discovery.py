@@ -61,6 +61,8 @@ class Discovery:
     id: str = field(default_factory=lambda: NUID().next().decode())
     started: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     stats_handler: Callable[[EndpointStats], Any] | None = None
+    # Per endpoint name: its admission control's figures, the endpoint's `data` unless a stats_handler gives it.
+    load: Mapping[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
     _subs: list[Subscription] = field(default_factory=list)
 
     def ping(self) -> dict[str, Any]:
@@ -105,9 +107,11 @@ class Discovery:
                 for e in self.endpoints
             ],
         )
-        if self.stats_handler is not None:  # as nats.micro's: per-endpoint `data`
-            for endpoint in stats.endpoints:
+        for endpoint in stats.endpoints:
+            if self.stats_handler is not None:  # as nats.micro's: per-endpoint `data`
                 endpoint.data = self.stats_handler(endpoint)
+            elif endpoint.name in self.load:
+                endpoint.data = self.load[endpoint.name]()
         return stats.to_dict()
 
     async def start(self) -> None:

@@ -23,13 +23,15 @@ class ErrorCode:
 
 
 class RpcError(Exception):
-    """An RPC failed with `code` and `message`; raise it in a handler to fail the call that way."""
+    """An RPC failed with `code` and `message`; raise it in a handler to fail the call that way.
+    `retry_after`: seconds the peer asked us to wait before trying again (None: it said nothing)."""
 
-    def __init__(self, code: str, message: str = "", *, method: str | None = None) -> None:
+    def __init__(self, code: str, message: str = "", *, method: str | None = None, retry_after: float | None = None) -> None:
         super().__init__(code, message)
         self.code = code
         self.message = message
         self.method = method
+        self.retry_after = retry_after
 
     def __str__(self) -> str:
         where = f"{self.method}: " if self.method else ""
@@ -37,3 +39,17 @@ class RpcError(Exception):
 
     def __repr__(self) -> str:
         return f"RpcError({self.code!r}, {self.message!r}, method={self.method!r})"
+
+
+class Overloaded(RpcError):
+    """The service refused the call before starting it: it is past its capacity (calls in progress,
+    its event loop's lag, its outgoing backlog). Nothing ran, so the same call may be sent again after
+    `retry_after` seconds (the service's hint; a client's `RetryPolicy` does that for you)."""
+
+    retry_after: float
+
+    def __init__(self, message: str, *, retry_after: float, method: str | None = None) -> None:
+        super().__init__(ErrorCode.RESOURCE_EXHAUSTED, message, method=method, retry_after=retry_after)
+
+    def __repr__(self) -> str:
+        return f"Overloaded({self.message!r}, retry_after={self.retry_after!r}, method={self.method!r})"

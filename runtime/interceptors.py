@@ -76,6 +76,8 @@ class Interceptor:
       client's outgoing headers, and raise `RpcError` to reject the call.
     - `message`: sees each message in either direction, in order, once; returns it (or a replacement).
     - `end`: after the call ended, with its outcome.
+    - `refused` (server): a call the service refused without starting it (admission control: at its
+      limits, overloaded, stopping); `start` and `end` never run for it.
     """
 
     shapes: frozenset[Cardinality] = frozenset(Cardinality)  # the RPC shapes it runs for
@@ -89,6 +91,9 @@ class Interceptor:
 
     async def end(self, call: CallInfo, outcome: CallOutcome) -> None:
         """After the call."""
+
+    async def refused(self, call: CallInfo, error: RpcError) -> None:
+        """A call the service refused before starting it, with the error its caller gets."""
 
 
 Req = TypeVar("Req")
@@ -163,6 +168,15 @@ class Chain:
         for interceptor in call.state.get(Direction, ()):
             message = interceptor.message(call, direction, message)
         return message
+
+    async def refused(self, call: CallInfo, error: RpcError) -> None:
+        """`refused` of every interceptor for the call's shape; a failing one is logged."""
+        for interceptor in self.interceptors:
+            if call.shape in interceptor.shapes:
+                try:
+                    await interceptor.refused(call, error)
+                except Exception:
+                    log.exception("interceptor %r failed on a refused call to %s", interceptor, call.full_name)
 
     async def end(self, call: CallInfo, outcome: CallOutcome) -> None:
         """`end` of every interceptor whose `start` completed, in reverse order; a failing `end` is

@@ -85,7 +85,8 @@ class TracingInterceptor(Interceptor):
 
 class MetricsInterceptor(Interceptor):
     """OpenTelemetry metrics per call: calls started and finished (by method and code), a duration
-    histogram, messages and bytes each way, and streams open now."""
+    histogram, messages and bytes each way, streams open now, and calls a service refused without
+    starting them (by code; `rpc.nats.retry_after` says refusals of admission control)."""
 
     def __init__(self, meter_provider: metrics.MeterProvider | None = None) -> None:
         from . import __version__
@@ -97,6 +98,9 @@ class MetricsInterceptor(Interceptor):
         self.messages = meter.create_counter("rpc.nats.messages", unit="{message}", description="Messages, by direction")
         self.bytes = meter.create_counter("rpc.nats.bytes", unit="By", description="Message bytes, by direction")
         self.open_streams = meter.create_up_down_counter("rpc.nats.streams.open", unit="{stream}", description="Streams open now")
+        self.refusals = meter.create_counter(
+            "rpc.nats.calls.refused", unit="{call}", description="Calls refused before they started (admission control, stopping)"
+        )
 
     @staticmethod
     def _labels(call: CallInfo) -> dict[str, str]:
@@ -107,6 +111,10 @@ class MetricsInterceptor(Interceptor):
         self.started.add(1, labels)
         if call.shape is not Cardinality.UNARY:
             self.open_streams.add(1, labels)
+
+    async def refused(self, call: CallInfo, error: RpcError) -> None:
+        overloaded = error.retry_after is not None
+        self.refusals.add(1, {**self._labels(call), STATUS_CODE: error.code, "rpc.nats.overloaded": overloaded})
 
     async def end(self, call: CallInfo, outcome: CallOutcome) -> None:
         labels = self._labels(call)

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Mapping
 
-from .errors import ErrorCode, RpcError
+from .errors import ErrorCode, Overloaded, RpcError
 
 REPLY_TO = "Reply-To"
 STREAM_INBOX = "Nats-Stream-Inbox"
@@ -41,6 +41,10 @@ STREAM_PEER = "Nats-Stream-Peer"
 # receiver accepts in one. Only sent to a peer that offered it.
 STREAM_BATCH = "Nats-Stream-Batch"
 DEADLINE = "Nats-Deadline"
+# Beside a RESOURCE_EXHAUSTED error pair: the service refused the call before starting it (admission
+# control) and asks the caller to wait this many milliseconds before trying again.
+RETRY_AFTER = "Nats-Retry-After"
+MAX_RETRY_AFTER_MS = 60_000  # a hint from the wire is capped at a minute
 # Optional, on the first message of a chunked stream: the blob's size in bytes, for progress reports.
 BLOB_SIZE = "Nats-Blob-Size"
 VERSION_2 = "2"
@@ -48,7 +52,10 @@ _CONTROL = (STREAM_ACK, STREAM_HEARTBEAT, STREAM_CANCEL, STREAM_VERSION)
 
 # Headers of ours that must never be taken for caller headers or echoed back.
 PROTOCOL_HEADERS = frozenset(
-    {REPLY_TO, STREAM_INBOX, STREAM_SEQ, STREAM_END, STREAM_COUNT, STREAM_BATCH, STREAM_SENT, STREAM_PEER, ERROR, ERROR_CODE, DEADLINE, BLOB_SIZE, *_CONTROL}
+    {
+        REPLY_TO, STREAM_INBOX, STREAM_SEQ, STREAM_END, STREAM_COUNT, STREAM_BATCH, STREAM_SENT, STREAM_PEER, ERROR, ERROR_CODE,
+        DEADLINE, BLOB_SIZE, RETRY_AFTER, *_CONTROL,
+    }
 )
 
 END_TRUE = "true"
@@ -119,9 +126,13 @@ def quote(remote: str, limit: int = 32) -> str:
     return repr(clip(remote, limit))
 
 
-def error_headers(code: str, message: str) -> dict[str, str]:
-    """The micro error pair, capped; what every sender of ours uses (never `Status`)."""
-    return {ERROR_CODE: sanitize(clip(code, MAX_ERROR_CODE)), ERROR: sanitize(clip(message))}
+def error_headers(code: str, message: str, retry_after: float | None = None) -> dict[str, str]:
+    """The micro error pair, capped; what every sender of ours uses (never `Status`). With
+    `retry_after` (seconds): a refusal of admission control, the call not started."""
+    headers = {ERROR_CODE: sanitize(clip(code, MAX_ERROR_CODE)), ERROR: sanitize(clip(message))}
+    if retry_after is not None:
+        headers[RETRY_AFTER] = str(min(MAX_RETRY_AFTER_MS, max(0, round(retry_after * 1000))))
+    return headers
 
 
 def error_from_headers(headers: Mapping[str, str] | None, method: str | None = None) -> RpcError | None:
@@ -133,7 +144,12 @@ def error_from_headers(headers: Mapping[str, str] | None, method: str | None = N
         return None
     code = headers.get(ERROR_CODE)
     if code:
-        return RpcError(clip(code, MAX_ERROR_CODE), clip(headers.get(ERROR, "")), method=method)
+        message = clip(headers.get(ERROR, ""))
+        if code == ErrorCode.RESOURCE_EXHAUSTED:
+            retry_ms = parse_uint(headers.get(RETRY_AFTER))
+            if retry_ms is not None:  # refused by admission control: the call never started
+                return Overloaded(message, retry_after=min(retry_ms, MAX_RETRY_AFTER_MS) / 1000, method=method)
+        return RpcError(clip(code, MAX_ERROR_CODE), message, method=method)
     status = headers.get(STATUS)
     if status:
         if parse_uint(status) is not None and len(status) == 3:

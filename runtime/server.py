@@ -8,16 +8,18 @@ import inspect
 import logging
 import re
 import time
+from collections import Counter
 from typing import Any, Callable, Sequence
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.micro.service import DEFAULT_QUEUE_GROUP, EndpointStats
 
+from .admission import DEFAULT_MAX_LOOP_LAG, Admission
 from .discovery import Discovery, EndpointRecord
-from .errors import ErrorCode, RpcError
-from .protocol import END_TRUE, REPLY_TO, STREAM_COUNT, STREAM_END, error_headers
-from .interceptors import Chain, Interceptor
+from .errors import ErrorCode, Overloaded, RpcError
+from .protocol import END_TRUE, REPLY_TO, STREAM_COUNT, STREAM_END, caller_headers, error_headers
+from .interceptors import CallInfo, Chain, Interceptor, Side
 from .responders import DEFAULT_STREAM_IDLE_TIMEOUT, RESPONDERS, Responder, ServingPolicy
 from .spec import Cardinality, MethodSpec, ServiceSpec
 from .streams import V1_BUFFER_BYTES, V1_BUFFER_MESSAGES
@@ -69,8 +71,10 @@ class Endpoint:
         self.full_name = spec.full_name(method)
         self.task_name = f"betterproto-nats {self.full_name}"
         self._sub: Subscription | None = None
-        calls = server.unary_calls if method.cardinality is Cardinality.UNARY else server.stream_calls
-        self.call_done = lambda task: calls.pop(task, None)  # one callback for all of this endpoint's calls
+        self.unary = method.cardinality is Cardinality.UNARY
+        self.calls = server.unary_calls if self.unary else server.stream_calls  # this kind's budget
+        self.active = 0  # this endpoint's calls in progress
+        self.refused = 0  # calls refused by admission control (limits, load)
 
     async def start(self) -> None:
         def limit(option: int) -> int | None:
@@ -91,39 +95,57 @@ class Endpoint:
 
     async def _on_request(self, msg: Msg) -> None:
         server = self.server
-        self.record.num_requests += 1
+        record = self.record
+        record.num_requests += 1
         if not server.accepting:
             await self._reject(msg, RpcError(ErrorCode.UNAVAILABLE, "the service is stopping", method=self.full_name))
             return
-        # Unary calls and streams have separate budgets: streams cannot starve unary calls.
-        unary = self.method.cardinality is Cardinality.UNARY
-        calls, limit = (server.unary_calls, server.max_concurrent_unary) if unary else (
-            server.stream_calls,
-            server.max_concurrent_streams,
-        )
-        if len(calls) >= limit:
-            kind = "unary calls" if unary else "streams"
-            await self._reject(
-                msg, RpcError(ErrorCode.RESOURCE_EXHAUSTED, f"{limit} {kind} already in progress", method=self.full_name)
-            )
+        calls = self.calls
+        finished = record.num_requests - self.active - self.refused
+        typical = record.processing_time / finished / 1e9 if finished > 0 else 0.0
+        refusal = server.admission.refusal(self.unary, len(calls), typical)
+        if refusal is not None:
+            self.refused += 1
+            server.refused[refusal.reason] += 1
+            await self._reject(msg, Overloaded(refusal.message, retry_after=refusal.retry_after, method=self.full_name))
             return
         responder = self.responder(
             server.transport, server.impl, self.method, self.full_name, server.spec.codec, msg, server.policy
         )
         task = asyncio.create_task(self._serve(responder), name=self.task_name)
         calls[task] = responder
-        task.add_done_callback(self.call_done)
+        self.active += 1
+        task.add_done_callback(self._call_done)
+
+    def _call_done(self, task: asyncio.Task[None]) -> None:
+        self.calls.pop(task, None)
+        self.active -= 1
 
     async def _serve(self, responder: Responder) -> None:
         started = time.perf_counter_ns()
         code = await responder.run()
         self.record.record(time.perf_counter_ns() - started, code)
 
+    def load(self) -> dict[str, Any]:
+        """What `$SRV` STATS reports of this endpoint's admission control (its `data`)."""
+        admission = self.server.admission
+        return {
+            "in_progress": self.active,
+            "refused": self.refused,
+            "max_concurrent": (admission.unary if self.unary else admission.streams).ceiling,
+            "budget": (admission.unary if self.unary else admission.streams).limit,
+            "loop_lag_ms": round(admission.loop_lag() * 1000, 1),
+            "max_loop_lag_ms": None if admission.max_loop_lag is None else round(admission.max_loop_lag * 1000, 1),
+        }
+
     async def _reject(self, msg: Msg, error: RpcError) -> None:
         """Refuse a call where its client listens for the answer, without starting it; a `Reply-To`
         is used only when it passes the same checks as for a call."""
         self.record.record(0, error.code)
-        headers = error_headers(error.code, error.message)
+        chain = self.server.policy.interceptors
+        if chain is not None:
+            await chain.refused(self._refused_info(msg), error)
+        headers = error_headers(error.code, error.message, error.retry_after)
         reply_to = (msg.headers or {}).get(REPLY_TO, "")
         try:
             if (
@@ -139,6 +161,11 @@ class Endpoint:
         except Exception as failed:
             log.warning("could not refuse a call to %s: %s", self.full_name, failed)
 
+    def _refused_info(self, msg: Msg) -> CallInfo:
+        method = self.method
+        service = self.full_name.rsplit("/", 1)[0]
+        return CallInfo(Side.SERVER, service, method.name, method.cardinality, msg.subject, caller_headers(msg.headers), method)
+
 
 class Server:
     """A running service: its endpoints, discovery and calls in progress."""
@@ -153,6 +180,8 @@ class Server:
         version: str | None = None,
         max_concurrent_streams: int = 1000,
         max_concurrent_unary: int = 1000,
+        max_loop_lag: float | None = DEFAULT_MAX_LOOP_LAG,
+        max_outbound_bytes: int | None = None,
         grace_period: float = DEFAULT_GRACE_PERIOD,
         stream_idle_timeout: float = DEFAULT_STREAM_IDLE_TIMEOUT,
         inbox_prefixes: Sequence[str] = (),
@@ -185,6 +214,14 @@ class Server:
         self.queue_group = queue_group
         self.max_concurrent_streams = max_concurrent_streams
         self.max_concurrent_unary = max_concurrent_unary
+        self.admission = Admission(
+            self.transport,
+            max_streams=max_concurrent_streams,
+            max_unary=max_concurrent_unary,
+            max_loop_lag=max_loop_lag,
+            max_outbound_bytes=max_outbound_bytes,
+        )
+        self.refused: Counter[str] = Counter()  # calls refused, by what ran out (Refusal.reason)
         self.grace_period = grace_period
         self.persistence: Persistence | None = None
         if persist and any(m.persists for m in spec.methods):
@@ -217,6 +254,7 @@ class Server:
             metadata=spec.metadata,
             endpoints=[e.record for e in self.endpoints],
             stats_handler=stats_handler,
+            load={e.record.name: e.load for e in self.endpoints},
         )
 
     @property
@@ -233,6 +271,7 @@ class Server:
         if self.persistence is not None:  # before any subscription: a service that cannot store does not start
             await self.persistence.check(self.spec)
         self.accepting = True
+        self.admission.start()
         for endpoint in self.endpoints:
             await endpoint.start()
         await self.discovery.start()
@@ -256,6 +295,7 @@ class Server:
         if self.persistence is not None:  # background writes of answered calls, bounded by the grace too
             await self.persistence.close(grace)
         await self.discovery.stop()
+        self.admission.stop()
 
     async def __aenter__(self) -> Server:
         return self
@@ -273,6 +313,8 @@ async def serve(
     version: str | None = None,
     max_concurrent_streams: int = 1000,
     max_concurrent_unary: int = 1000,
+    max_loop_lag: float | None = DEFAULT_MAX_LOOP_LAG,
+    max_outbound_bytes: int | None = None,
     grace_period: float = DEFAULT_GRACE_PERIOD,
     stream_idle_timeout: float = DEFAULT_STREAM_IDLE_TIMEOUT,
     inbox_prefixes: Sequence[str] = (),
@@ -289,7 +331,11 @@ async def serve(
 ) -> Server:
     """Serve `impl` (a `<Service>NatsBase` subclass instance) on `nc` until `await server.stop()`.
 
-    Streams and unary calls are admitted up to their own limits. A stream that hears nothing from
+    Streams and unary calls are admitted up to their own limits, and only while the event loop runs
+    at most `max_loop_lag` seconds behind (None: no such limit) and the connection's outgoing buffer
+    holds at most `max_outbound_bytes` (None: half of nats-py's `pending_size`; 0: no limit); a call
+    refused for any of these gets RESOURCE_EXHAUSTED with a retry hint (`betterproto_nats.Overloaded`
+    on our clients) and never started. Calls already accepted are never ended for load. A stream that hears nothing from
     its client for `stream_idle_timeout` seconds ends (DEADLINE_EXCEEDED). Clients' stream inboxes
     must start with `_INBOX.`, the first token of the request's reply subject, or one of
     `inbox_prefixes`. A client without flow control (v1) may make the service buffer at most
@@ -311,6 +357,8 @@ async def serve(
         version=version,
         max_concurrent_streams=max_concurrent_streams,
         max_concurrent_unary=max_concurrent_unary,
+        max_loop_lag=max_loop_lag,
+        max_outbound_bytes=max_outbound_bytes,
         grace_period=grace_period,
         stream_idle_timeout=stream_idle_timeout,
         inbox_prefixes=inbox_prefixes,

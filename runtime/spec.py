@@ -131,6 +131,7 @@ class MethodSpec(Generic[Req, Resp]):
     pending_msg_limit: int = 0  # -1 none, 0 library default
     pending_bytes_limit: int = 0
     max_inflight: int = 0  # flow-control window; 0 = runtime default
+    idempotent: bool = False  # `idempotency_level` IDEMPOTENT or NO_SIDE_EFFECTS: a RetryPolicy may retry it
     chunks: ChunkSpec | None = None
     kv_store: KvStoreSpec | None = None
     object_store: ObjectStoreSpec | None = None
