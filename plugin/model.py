@@ -19,6 +19,7 @@ from betterproto.lib.google.protobuf import (
     FieldDescriptorProtoType,
     FileDescriptorProto,
     MethodDescriptorProto,
+    MethodOptionsIdempotencyLevel,
     ServiceDescriptorProto,
 )
 from betterproto_nats.errors import ErrorCode
@@ -68,6 +69,7 @@ class MethodModel:
     kv_store: persist.StoreModel | None = None
     object_store: persist.StoreModel | None = None
     helpers: list[str] = field(default_factory=list)  # client helpers of persisted methods
+    idempotent: bool = False  # unary, `idempotency_level` IDEMPOTENT or NO_SIDE_EFFECTS (retries allowed)
 
     @property
     def cardinality(self) -> str:
@@ -274,7 +276,15 @@ def _read_method(
         kv_store=kv_model,
         object_store=obj_model,
         helpers=persist.helper_names(py_name, kv_model, obj_model),
+        idempotent=unary and _idempotent(method),
     )
+
+
+def _idempotent(method: MethodDescriptorProto) -> bool:
+    """protobuf's own `option idempotency_level = IDEMPOTENT;` (or NO_SIDE_EFFECTS) on a method: a
+    client's RetryPolicy may send it again after a failure (docs/PROTOCOL.md, "Admission control")."""
+    level = int(getattr(method.options, "idempotency_level", 0) or 0) if method.options is not None else 0
+    return level in (MethodOptionsIdempotencyLevel.IDEMPOTENT, MethodOptionsIdempotencyLevel.NO_SIDE_EFFECTS)
 
 
 def _applies(file: FileDescriptorProto, where: str, option: str, applies: bool, to: str) -> bool:
