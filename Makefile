@@ -6,7 +6,7 @@ PY := $(BIN)/python
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup gen golden demo snapshots test typecheck bench bench-streams clean
+.PHONY: setup gen golden demo snapshots test typecheck bench bench-streams bench-overload clean
 
 setup: $(STAMP)
 
@@ -49,6 +49,11 @@ bench: gen
 # on each side and heartbeat messages per second (about two minutes; docs/PERFORMANCE.md).
 bench-streams: gen
 	$(PY) bench/streams10k.py
+
+# A service past its capacity, its clients in another process: 10,000 server, client and bidi streams,
+# a unary flood at 5x capacity, a handler that blocks the loop (a few minutes; docs/PERFORMANCE.md).
+bench-overload: gen
+	$(PY) bench/overload.py
 
 clean:
 	rm -rf gen build *.egg-info .pytest_cache .mypy_cache

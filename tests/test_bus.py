@@ -413,6 +413,18 @@ async def test_a_missing_await_says_so_on_every_call_style() -> None:
             assert [r.number async for r in numbers] == [1, 2]
 
 
+async def test_unary_and_client_stream_calls_are_coroutines() -> None:
+    """`asyncio.create_task(client.ping(...))` works as with any coroutine (a call made but never
+    awaited starts nothing); a stream to be opened is no coroutine (its `send` is the stream's)."""
+    async with serve_in_memory(Demo()) as conn:
+        client = StreamDemoServiceNatsClient(conn)
+        ping = asyncio.create_task(client.ping(PingRequest(payload="t")))
+        total = asyncio.create_task(client.sum([SumRequest(value=2), SumRequest(value=3)]))
+        assert (await ping).payload == "t" and (await total).total == 5
+        assert asyncio.iscoroutine(client.ping(PingRequest()))
+        assert not asyncio.iscoroutine(client.sum())
+
+
 def test_generated_descriptors_are_typed_and_shared() -> None:
     from gen.streaming.v1 import PingResponse, StreamDemoServiceNatsBase, StreamDemoServiceNatsMethods
 

@@ -104,12 +104,15 @@ async def test_every_shape_across(across: StreamDemoServiceNatsClient) -> None:
 async def test_races_of_short_streams_lose_nothing(across: StreamDemoServiceNatsClient, shape: str) -> None:
     client = across
 
+    errors: list[str] = []
+
     async def one(i: int) -> bool:
         try:
             if shape == "client_stream":
                 return (await client.sum([SumRequest(value=i)], timeout=5)).total == i
             return [m.text async for m in client.chat([ChatMessage(text=str(i))], timeout=5)] == [f"echo: {i}"]
-        except RpcError:
+        except RpcError as error:
+            errors.append(repr(error))
             return False
 
     results = []
@@ -117,7 +120,7 @@ async def test_races_of_short_streams_lose_nothing(across: StreamDemoServiceNats
         results += await asyncio.gather(*(one(i) for i in range(start, start + 50)))
     failures = results.count(False)
     print(f"{shape}: {failures} of {RACE} failed")
-    assert failures == 0
+    assert failures == 0, errors[:5]
 
 
 # --- A cluster node killed under streams in flight ---------------------------------------------------
