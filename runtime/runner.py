@@ -20,6 +20,7 @@ import nats
 import nats.errors
 from nats.aio.client import Client as NATS
 
+from .admission import DEFAULT_MAX_LOOP_LAG
 from .persistence import JetStreamUnavailable
 from .server import DEFAULT_GRACE_PERIOD, Server, serve
 
@@ -136,6 +137,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     serve_cmd.add_argument("--connect-wait", type=float, default=DEFAULT_CONNECT_WAIT, help="seconds to find a NATS server at start")
     serve_cmd.add_argument("--grace-period", type=float, default=DEFAULT_GRACE_PERIOD, help="seconds for calls in flight at stop")
     serve_cmd.add_argument("--max-concurrent-streams", type=int, default=1000)
+    serve_cmd.add_argument("--max-concurrent-unary", type=int, default=1000)
+    serve_cmd.add_argument(
+        "--max-loop-lag", type=float, default=DEFAULT_MAX_LOOP_LAG,
+        help="seconds the event loop may run behind before new calls are refused (0: no such limit)",
+    )
     serve_cmd.add_argument("--creds", help="NATS credentials file")
     serve_cmd.add_argument("--user")
     serve_cmd.add_argument("--password")
@@ -153,7 +159,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.path.insert(0, "")  # modules of the current folder, as `python -m` users expect
     impls = [load(target) for target in args.targets]
-    options: dict[str, Any] = {"max_concurrent_streams": args.max_concurrent_streams}
+    options: dict[str, Any] = {
+        "max_concurrent_streams": args.max_concurrent_streams,
+        "max_concurrent_unary": args.max_concurrent_unary,
+        "max_loop_lag": args.max_loop_lag or None,
+    }
     if args.subject_prefix:
         options["subject_prefix"] = args.subject_prefix
     if args.queue_group or args.no_queue_group:

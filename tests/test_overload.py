@@ -171,6 +171,40 @@ async def test_a_lost_service_is_noticed_while_the_client_is_saturated(nats_serv
             await stream.close()
 
 
+@pytest.mark.parametrize("how", ["kill", "pause"])
+async def test_a_lost_client_is_noticed_while_the_service_is_saturated(nats_server: NatsServer, server_nc: NATS, how: str) -> None:
+    """The other way round: 20 streams of a client process that is killed or paused, the service's
+    loop computing 20 ms in every turn: it frees them all within the same bounds."""
+
+    class Idle(StreamDemoServiceNatsBase):
+        def __init__(self) -> None:
+            self.open = 0
+
+        async def count_up(self, request: CountUpRequest) -> AsyncIterator[CountUpResponse]:
+            self.open += 1
+            try:
+                yield CountUpResponse(number=0)
+                await asyncio.Event().wait()
+            finally:
+                self.open -= 1
+
+    impl = Idle()
+    server = await betterproto_nats.serve(server_nc, impl, max_loop_lag=None)
+    try:
+        interval = 0.3
+        args = (str(interval) if how == "pause" else "1.0", "20")
+        async with helper_process("demo_client.py", nats_server.url, *args, ready=b"streaming") as proc:
+            assert impl.open == 20
+            async with ballast(0.02):
+                lost = lose(proc, how)
+                await settle(lambda: impl.open == 0, timeout=10)
+                freed = time.monotonic() - lost
+        print(f"{how}: 20 streams freed after {freed:.2f} s with the service saturated")
+        assert freed < noticed_within(how, interval) + 0.5
+    finally:
+        await server.stop(grace_period=0)
+
+
 async def test_streams_that_keep_sending_carry_no_counts_in_heartbeats(nc: NATS, server_nc: NATS) -> None:
     """A shared heartbeat counts only the streams that went quiet: a stream that keeps sending needs no
     count (a lost message shows as a gap in the next), so 10,000 busy streams do not make every beat
