@@ -201,6 +201,7 @@ class OpenGate:
                     "the stream was not opened",
                     retry_after=_hint(2 * behind),
                     method=method,
+                    reason="client",
                 ) from None
             raise
 

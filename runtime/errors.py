@@ -48,8 +48,11 @@ class Overloaded(RpcError):
 
     retry_after: float
 
-    def __init__(self, message: str, *, retry_after: float, method: str | None = None) -> None:
+    def __init__(self, message: str, *, retry_after: float, method: str | None = None, reason: str | None = None) -> None:
         super().__init__(ErrorCode.RESOURCE_EXHAUSTED, message, method=method, retry_after=retry_after)
+        # What ran out, where the refusal was made ("loop_lag", "budget", "concurrency", "outbound",
+        # "client"); None for a refusal read from the wire (the reason is not sent).
+        self.reason = reason
 
     def __repr__(self) -> str:
         return f"Overloaded({self.message!r}, retry_after={self.retry_after!r}, method={self.method!r})"

@@ -18,7 +18,7 @@ from opentelemetry import metrics, propagate, trace
 from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from .errors import RpcError
+from .errors import Overloaded, RpcError
 from .interceptors import CallInfo, CallOutcome, Interceptor, Side
 from .spec import Cardinality
 
@@ -113,8 +113,11 @@ class MetricsInterceptor(Interceptor):
             self.open_streams.add(1, labels)
 
     async def refused(self, call: CallInfo, error: RpcError) -> None:
-        overloaded = error.retry_after is not None
-        self.refusals.add(1, {**self._labels(call), STATUS_CODE: error.code, "rpc.nats.overloaded": overloaded})
+        labels: dict[str, str | bool] = {**self._labels(call), STATUS_CODE: error.code}
+        labels["rpc.nats.overloaded"] = error.retry_after is not None
+        if isinstance(error, Overloaded) and error.reason:
+            labels["rpc.nats.refusal"] = error.reason  # what ran out: loop_lag, budget, concurrency, outbound
+        self.refusals.add(1, labels)
 
     async def end(self, call: CallInfo, outcome: CallOutcome) -> None:
         labels = self._labels(call)

@@ -20,6 +20,7 @@ from .discovery import Discovery, EndpointRecord
 from .errors import ErrorCode, Overloaded, RpcError
 from .protocol import END_TRUE, REPLY_TO, STREAM_COUNT, STREAM_END, caller_headers, error_headers
 from .interceptors import CallInfo, Chain, Interceptor, Side
+from .logs import RateLimitedLog
 from .responders import DEFAULT_STREAM_IDLE_TIMEOUT, RESPONDERS, Responder, ServingPolicy
 from .spec import Cardinality, MethodSpec, ServiceSpec
 from .streams import V1_BUFFER_BYTES, V1_BUFFER_MESSAGES
@@ -28,6 +29,7 @@ from .persistence import MAX_PENDING_WRITES, Persistence
 from .transport import NatsTransport, Subscription, Transport, transport_of
 
 log = logging.getLogger("betterproto_nats.server")
+overloads = RateLimitedLog(log)  # refusals of admission control: at most 10 records a second
 
 DEFAULT_GRACE_PERIOD = 10.0
 # At stop(), a stream waiting for a client that sent nothing for this long ends at once.
@@ -107,7 +109,9 @@ class Endpoint:
         if refusal is not None:
             self.refused += 1
             server.refused[refusal.reason] += 1
-            await self._reject(msg, Overloaded(refusal.message, retry_after=refusal.retry_after, method=self.full_name))
+            overloads.warning("refusing calls to %s: %s", self.full_name, refusal.message)
+            error = Overloaded(refusal.message, retry_after=refusal.retry_after, method=self.full_name, reason=refusal.reason)
+            await self._reject(msg, error)
             return
         responder = self.responder(
             server.transport, server.impl, self.method, self.full_name, server.spec.codec, msg, server.policy

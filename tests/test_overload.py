@@ -389,7 +389,7 @@ async def test_a_lagging_service_refuses_new_calls_and_recovers_at_once(nc: NATS
         for point in metric.data.data_points
     ]
     assert sum(p.value for p in points) == outcomes["refused"]
-    assert {p.attributes["rpc.nats.overloaded"] for p in points} == {True}
+    assert {(p.attributes["rpc.nats.overloaded"], p.attributes["rpc.nats.refusal"]) for p in points} == {(True, "loop_lag")}
 
 
 async def test_a_unary_flood_at_5x_capacity(nats_server: NatsServer, nc: NATS) -> None:
