@@ -1,22 +1,18 @@
-"""`make bench`: every RPC shape against raw nats-py doing the same traffic, in the same run.
-
-Writes bench/results.md and bench/results.json. Machines here are noisy, so compare the ratios
-(ours / raw), not the absolute numbers. `--quick` runs smaller sizes (a smoke test of the bench).
+"""The same-process rows of `make bench` (the extra section): client and service in ONE process, one
+prebuilt message object sent n times, ours and raw nats-py in the same run. This was the whole bench
+until the separate-process rows (bench/run.py, bench/worker.py) replaced it; it stays so that the
+history compares ("no row regresses in the same-process extra"). bench/run.py calls `main_rows()`;
+`bench/run.py --same-process` runs only this section. `--quick` runs smaller sizes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.metadata
-import json
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable
 
@@ -354,55 +350,9 @@ async def run_persistence() -> list[Result]:
     return results
 
 
-def peak_rss_of_1gib_download(url: str) -> dict[str, float]:
-    """A client in a child process downloads 1 GiB from our service; its RSS idle and at peak (MB)."""
-    size = (1 << 30) // SCALE // 65536 * 65536
-    out = subprocess.run(
-        [sys.executable, str(Path(__file__).parent / "rss_download.py"), url, str(size)],
-        capture_output=True, text=True, timeout=600, check=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def write(results: list[Result], rss: dict[str, float]) -> None:
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, nats-py {importlib.metadata.version('nats-py')}"
-    lines = [
-        f"# Benchmark results ({stamp}{', quick' if QUICK else ''})",
-        "",
-        f"Machine: {machine}. Ours and raw nats-py ran in the same process and run, against one local nats-server.",
-        "",
-        "| benchmark | ours | raw nats-py | unit | ratio | target |",
-        "|---|---:|---:|---|---:|---:|",
-    ]
-    for r in results:
-        met = "" if r.target is None else (f"≥ {r.target} ✓" if r.ratio >= r.target else f"≥ {r.target} ✗")
-        lines.append(f"| {r.name} | {r.ours:,.0f} | {r.raw:,.0f} | {r.unit} | {r.ratio:.2f} | {met} |")
-    growth = rss["peak_mb"] - rss["idle_mb"]
-    lines += ["", *(f"- {loss}" for loss in LOSSES)] if LOSSES else []
-    lines += [
-        "",
-        f"1 GiB chunked download in a separate client process: RSS idle {rss['idle_mb']:.0f} MB, peak "
-        f"{rss['peak_mb']:.0f} MB, growth {growth:.0f} MB (target < 100 MB {'✓' if growth < 100 else '✗'}), "
-        f"{rss['mb_per_s']:.0f} MB/s.",
-    ]
-    (Path(__file__).parent / "results.md").write_text("\n".join(lines) + "\n")
-    payload = {"raw_losses": LOSSES, "date": stamp, "machine": machine, "quick": QUICK, "results": [asdict(r) | {"ratio": r.ratio} for r in results], "rss_1gib_download": rss}
-    (Path(__file__).parent / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
-    print("\n".join(lines))
-
-
-async def main() -> None:
+async def main_rows() -> list[Result]:
+    """Every same-process row (the earlier `make bench` table, without its RSS check, which ran in a
+    separate process and is part of bench/run.py's main section)."""
     with NatsServer() as server:
         results = await run_all(server.url)
-        results += await run_persistence()
-        service_nc = await nats.connect(server.url)
-        service = await betterproto_nats.serve(service_nc, Bench())
-        rss = await asyncio.to_thread(peak_rss_of_1gib_download, server.url)
-        await service.stop()
-        await service_nc.close()
-    write(results, rss)
-
-
-if __name__ == "__main__":
-    asyncio.run(main())
+    return results + await run_persistence()

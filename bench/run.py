@@ -1,0 +1,372 @@
+"""`make bench`: every RPC shape, measured as users deploy: the service and its client in two separate
+processes (bench/worker.py), one local nats-server started here, distinct messages built by the
+producer before timing. Ours against raw nats-py doing the same traffic (or against the baseline the
+row names: the reference model of the Go project's Python in bench/reference.py, our own call
+without a deadline, ...). Median of 3 runs per side, ours and the baseline alternating.
+
+Then the same-process rows of the earlier bench as an extra section (bench/same_process.py).
+Writes bench/results.md and bench/results.json. The machine is noisy: compare the ratios.
+
+    .venv/bin/python bench/run.py                  # everything (about 6 minutes on 2 cores)
+    .venv/bin/python bench/run.py --quick          # 1 run per side, 1/10 sizes: a smoke run
+    .venv/bin/python bench/run.py --separate-only  # without the same-process extra
+    .venv/bin/python bench/run.py --same-process   # only the same-process extra
+    .venv/bin/python bench/run.py --rows unary     # only rows whose name contains this (no files written)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.metadata
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH.parent))
+sys.path.insert(0, str(BENCH))
+
+import reference  # noqa: E402
+import same_process  # noqa: E402
+
+from betterproto_nats.testing import NatsServer  # noqa: E402
+
+MIB = 1 << 20
+WORKER = BENCH / "worker.py"
+START_TIMEOUT = 120.0  # seconds for a side to connect and build its messages
+RUN_TIMEOUT = 420.0  # seconds for a client's timed part (the worker gives up after 300)
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side of a comparison: which implementation runs which worker row, with what."""
+
+    impl: str  # ours | raw | ref
+    row: str
+    variant: str = ""
+    persist: int = 1
+
+    def args(self) -> list[str]:
+        return ["--impl", self.impl, "--row", self.row, "--variant", self.variant, "--persist", str(self.persist)]
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    unit: str  # req/s, msg/s, rt/s or MB/s
+    ours: Side
+    base: Side
+    n: int
+    in_flight: int = 1
+    chunk: int = 0
+    target: float | None = None
+    runs: int = 3
+    jetstream: bool = False
+
+
+@dataclass
+class Result:
+    name: str
+    unit: str
+    ours: float
+    raw: float  # the baseline: raw nats-py unless the row names another
+    target: float | None = None
+    ours_runs: list[float] = field(default_factory=list)
+    raw_runs: list[float] = field(default_factory=list)
+    # Median CPU microseconds per item (call, message or chunk) of each process, ours and baseline.
+    cpu_us: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        return self.ours / self.raw if self.raw else 0.0
+
+
+def rows(quick: bool) -> list[Row]:
+    """The main table, in order. Targets: unary 0.9 of raw nats-py and 1.0 of the reference Python
+    (issue 20), streams 2x raw publishing one NATS message per stream message (the scale issue), the
+    earlier ones for ping-pong, concurrency and chunks."""
+    scale = 10 if quick else 1
+    runs = 1 if quick else 3
+    ours = lambda row, **kw: Side("ours", row, **kw)  # noqa: E731
+    raw = lambda row: Side("raw", row)  # noqa: E731
+    u1, u50 = 3000 // scale, 20000 // scale
+    n = 100_000 // scale
+    table = [
+        Row("unary, 1 in flight", "req/s", ours("unary"), raw("unary"), u1, 1, target=0.9),
+        Row("unary, 50 in flight", "req/s", ours("unary"), raw("unary"), u50, 50, target=0.9),
+        Row("unary, 1 in flight (vs reference Python)", "req/s", ours("unary"), Side("ref", "unary"), u1, 1, target=1.0),
+        Row("unary, 50 in flight (vs reference Python)", "req/s", ours("unary"), Side("ref", "unary"), u50, 50, target=1.0),
+        Row("unary with a deadline, 1 in flight (vs without)", "req/s", ours("unary", variant="deadline"), ours("unary"), u1, 1),
+        Row("unary with a deadline, 50 in flight (vs without)", "req/s", ours("unary", variant="deadline"), ours("unary"), u50, 50),
+        Row("unary, handler builds its response, 50 in flight (vs prebuilt)", "req/s", ours("unary", variant="build"), ours("unary"), u50, 50),
+        Row("server stream, 100k small messages", "msg/s", ours("server-stream"), raw("server-stream"), n, target=2.0),
+        Row("client stream, 100k small messages", "msg/s", ours("client-stream"), raw("client-stream"), n, target=2.0),
+        Row("bidi pipelined, 100k echoed", "msg/s", ours("bidi"), raw("bidi"), n, target=2.0),
+        Row("server stream, 100k (vs raw pre-packed batches: ceiling)", "msg/s", ours("server-stream"), raw("ceiling"), n),
+        Row("bidi ping-pong, sequential round trips", "rt/s", ours("ping-pong"), raw("ping-pong"), 3000 // scale, target=0.5),
+        Row("100 concurrent server streams (vs one stream)", "msg/s", ours("streams100"), ours("server-stream"), n, target=0.8),
+    ]
+    # Chunked transfers: 256 MiB each way. Two runs per side instead of three in a full run (these
+    # rows are long and steady); the median of two is their mean.
+    for chunk in (64 * 1024, 512 * 1024):
+        size = (256 * MIB // scale) // chunk * chunk
+        for way in ("download", "upload"):
+            name = f"chunked {way} 256 MiB, {chunk // 1024} KiB chunks"
+            table.append(Row(name, "MB/s", ours(way), raw(way), size, chunk=chunk, target=0.7, runs=min(runs, 2)))
+    # Unary calls whose answers are kept in JetStream KV, against the same calls served with
+    # persist=False: best effort (answer, then write) and required (write, then answer).
+    for in_flight, calls in ((1, 1000 // scale), (50, 5000 // scale)):
+        for label, variant in (("best effort", "best"), ("required", "required")):
+            name = f"unary + KV {label}, {in_flight} in flight (vs not stored)"
+            table.append(Row(name, "req/s", ours("persist", variant=variant, persist=1), ours("persist", variant=variant, persist=0), calls, in_flight, jetstream=True))
+    return table
+
+
+class Pair:
+    """A service process and a client process of one run; both ended on the way out, even on error."""
+
+    def __init__(self, url: str, row: Row, side: Side, pb2: Path, profile_dir: Path | None = None, tag: str = "") -> None:
+        self.common = [
+            "--url", url, "--n", str(row.n), "--in-flight", str(row.in_flight), "--chunk", str(row.chunk or 65536),
+            "--pb2", str(pb2), "--tag", tag, *side.args(),
+        ]
+        self.profile_dir = profile_dir
+        self.service: asyncio.subprocess.Process | None = None
+        self.client: asyncio.subprocess.Process | None = None
+
+    async def _start(self, role: str) -> asyncio.subprocess.Process:
+        profile = ["--profile", str(self.profile_dir / f"{role}.prof")] if self.profile_dir else []
+        return await asyncio.create_subprocess_exec(
+            sys.executable, str(WORKER), "--role", role, *self.common, *profile,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )
+
+    @staticmethod
+    async def _line(proc: asyncio.subprocess.Process, timeout: float) -> str:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), timeout)).decode().strip()
+        if not line:
+            raise RuntimeError(f"worker exited with {await proc.wait()} without answering")
+        return line
+
+    async def run(self) -> dict[str, Any]:
+        """Start both sides (they build their messages at the same time), let the client go once the
+        service is ready, and return the client's JSON line."""
+        try:
+            self.service = await self._start("service")
+            self.client = await self._start("client")
+            if (line := await self._line(self.service, START_TIMEOUT)) != "ready":
+                raise RuntimeError(f"service said {line!r}")
+            if (line := await self._line(self.client, START_TIMEOUT)) != "prepared":
+                raise RuntimeError(f"client said {line!r}")
+            assert self.client.stdin is not None
+            self.client.stdin.write(b"go\n")
+            await self.client.stdin.drain()
+            result: dict[str, Any] = json.loads(await self._line(self.client, RUN_TIMEOUT))
+            await asyncio.wait_for(self.client.wait(), 30)
+            return result
+        finally:
+            await self.end()
+
+    async def end(self) -> None:
+        """Close the service's stdin (it stops and writes its profile), then make sure both are gone."""
+        for proc in (self.client, self.service):
+            if proc is not None and proc.stdin is not None and not proc.stdin.is_closing():
+                proc.stdin.close()
+        for proc in (self.client, self.service):
+            if proc is None:
+                continue
+            try:
+                await asyncio.wait_for(proc.wait(), 30)
+            except asyncio.TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+def rate(row: Row, result: dict[str, Any]) -> float:
+    """The row's unit from a client's result: items per second, or MB/s of chunk payload."""
+    if row.unit == "MB/s":
+        return result["items"] * row.chunk / result["elapsed"] / 1e6
+    return result["items"] / result["elapsed"]
+
+
+def expected_items(row: Row, side: Side) -> int:
+    return row.n // row.chunk if row.chunk else row.n
+
+
+async def measure(row: Row, url: str, pb2: Path, runs: int) -> Result:
+    """`runs` runs of each side, alternating which goes first; medians, CPU per item, losses."""
+    got: dict[str, list[dict[str, Any]]] = {"ours": [], "base": []}
+    for run in range(runs):
+        order = (("ours", row.ours), ("base", row.base)) if run % 2 == 0 else (("base", row.base), ("ours", row.ours))
+        for key, side in order:
+            tag = f"{key}{run}-{time.monotonic_ns()}"
+            got[key].append(await Pair(url, row, side, pb2, tag=tag).run())
+    rates = {key: [rate(row, r) for r in results] for key, results in got.items()}
+    result = Result(row.name, row.unit, statistics.median(rates["ours"]), statistics.median(rates["base"]), row.target, rates["ours"], rates["base"])
+    for key, results in got.items():
+        for side in ("client", "service"):
+            result.cpu_us[f"{key} {side}"] = statistics.median(r[f"{side}_cpu"] / max(r["items"], 1) * 1e6 for r in results)
+        for r in results:
+            side = row.ours if key == "ours" else row.base
+            expected = expected_items(row, side)
+            if r["items"] < expected or r.get("end_lost"):
+                size = f" ({row.chunk // 1024} KiB each)" if row.chunk else ""
+                result.notes.append(f"{side.impl} lost {expected - r['items']} of {expected} messages{size}" + (" and the end marker" if r.get("end_lost") else ""))
+            if r["service"].get("dropped"):
+                result.notes.append(f"{r['service']['dropped']} KV writes dropped")
+    return result
+
+
+def show(result: Result) -> None:
+    target = f"  (target ≥ {result.target})" if result.target else ""
+    runs = "/".join(f"{x:,.0f}" for x in result.ours_runs) + " vs " + "/".join(f"{x:,.0f}" for x in result.raw_runs)
+    print(f"{result.name:58} ours {result.ours:10,.0f}  base {result.raw:10,.0f} {result.unit:5} ratio {result.ratio:5.2f}{target}  [{runs}]", flush=True)
+    for note in result.notes:
+        print(f"    {note}", flush=True)
+
+
+async def rss_of_1gib_download(url: str, pb2: Path, quick: bool) -> dict[str, float]:
+    """Our service in one process, bench/rss_download.py downloading 1 GiB in another: the
+    downloader's RSS idle and at peak (MB)."""
+    size = (1 << 30) // (10 if quick else 1) // 65536 * 65536
+    row = Row("rss", "MB/s", Side("ours", "rss"), Side("ours", "rss"), size, chunk=65536)
+    pair = Pair(url, row, row.ours, pb2)
+    try:
+        pair.service = await pair._start("service")
+        if (line := await pair._line(pair.service, START_TIMEOUT)) != "ready":
+            raise RuntimeError(f"service said {line!r}")
+        pair.client = await asyncio.create_subprocess_exec(
+            sys.executable, str(BENCH / "rss_download.py"), url, str(size), stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.PIPE,
+        )
+        out: dict[str, float] = json.loads(await pair._line(pair.client, RUN_TIMEOUT))
+        return out
+    finally:
+        await pair.end()
+
+
+def machine() -> str:
+    return (
+        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"nats-py {importlib.metadata.version('nats-py')}, protobuf {importlib.metadata.version('protobuf')}"
+    )
+
+
+def write(results: list[Result], rss: dict[str, float] | None, extra: list[same_process.Result], quick: bool, runs: int) -> None:
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [f"# Benchmark results ({stamp}{', quick' if quick else ''})", "", f"Machine: {machine()}.", ""]
+    if results:
+        lines += [
+            f"**Service and client ran in separate processes** (plus the one local nats-server); median of {runs} "
+            f"run{'s' if runs > 1 else ''} per side{' (chunked rows: 2)' if runs > 2 else ''}, ours and the baseline alternating; each producer built its distinct "
+            "messages before timing. The baseline is raw nats-py unless the row names another.",
+            "",
+            "| benchmark | ours | raw nats-py / baseline | unit | ratio | target |",
+            "|---|---:|---:|---|---:|---:|",
+        ]
+        for r in results:
+            met = "" if r.target is None else (f"≥ {r.target} ✓" if r.ratio >= r.target else f"≥ {r.target} ✗")
+            lines.append(f"| {r.name} | {r.ours:,.0f} | {r.raw:,.0f} | {r.unit} | {r.ratio:.2f} | {met} |")
+        notes = [f"- {r.name}: {note}" for r in results for note in dict.fromkeys(r.notes)]
+        lines += ["", *notes] if notes else []
+        lines += [
+            "",
+            "CPU per item (µs of each process's CPU time over the timed part / calls or messages), median:",
+            "",
+            "| benchmark | ours client | ours service | baseline client | baseline service |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for r in results:
+            c = r.cpu_us
+            lines.append(f"| {r.name} | {c['ours client']:.1f} | {c['ours service']:.1f} | {c['base client']:.1f} | {c['base service']:.1f} |")
+    if rss:
+        growth = rss["peak_mb"] - rss["idle_mb"]
+        lines += [
+            "",
+            f"1 GiB chunked download, service and client in separate processes: client RSS idle {rss['idle_mb']:.0f} MB, peak "
+            f"{rss['peak_mb']:.0f} MB, growth {growth:.0f} MB (target < 100 MB {'✓' if growth < 100 else '✗'}), {rss['mb_per_s']:.0f} MB/s.",
+        ]
+    if extra:
+        lines += [
+            "",
+            "## Same process (extra)",
+            "",
+            "The earlier bench, kept for comparison: client and service in ONE process, one prebuilt message "
+            "object sent n times, ours and raw nats-py in the same run (bench/same_process.py).",
+            "",
+            "| benchmark | ours | raw nats-py | unit | ratio | target |",
+            "|---|---:|---:|---|---:|---:|",
+        ]
+        for e in extra:
+            met = "" if e.target is None else (f"≥ {e.target} ✓" if e.ratio >= e.target else f"≥ {e.target} ✗")
+            lines.append(f"| {e.name} | {e.ours:,.0f} | {e.raw:,.0f} | {e.unit} | {e.ratio:.2f} | {met} |")
+        lines += ["", *(f"- {loss}" for loss in same_process.LOSSES)] if same_process.LOSSES else []
+    (BENCH / "results.md").write_text("\n".join(lines) + "\n")
+    payload = {
+        "date": stamp,
+        "machine": machine(),
+        "quick": quick,
+        "processes": "service and client in separate processes",
+        "runs_per_side": runs,
+        "results": [asdict(r) | {"ratio": r.ratio} for r in results],
+        "rss_1gib_download": rss,
+        "same_process": [asdict(e) | {"ratio": e.ratio} for e in extra],
+        "same_process_raw_losses": same_process.LOSSES,
+    }
+    (BENCH / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+    print("\n".join(lines))
+
+
+async def separate(quick: bool, only: str | None, runs: int | None) -> tuple[list[Result], dict[str, float] | None]:
+    results: list[Result] = []
+    rss = None
+    table = [r for r in rows(quick) if only is None or only in r.name]
+    with tempfile.TemporaryDirectory(prefix="bench-pb2-") as pb2, tempfile.TemporaryDirectory(prefix="bench-js-") as store:
+        reference.generate_pb2(Path(pb2))
+        with NatsServer() as server, NatsServer(extra_args=["-js", "-sd", store]) as js_server:
+            for row in table:
+                result = await measure(row, js_server.url if row.jetstream else server.url, Path(pb2), runs or row.runs)
+                results.append(result)
+                show(result)
+            if only is None:
+                rss = await rss_of_1gib_download(server.url, Path(pb2), quick)
+                print(f"1 GiB download: RSS growth {rss['peak_mb'] - rss['idle_mb']:.0f} MB, {rss['mb_per_s']:.0f} MB/s", flush=True)
+    return results, rss
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="1 run per side, 1/10 sizes")
+    parser.add_argument("--separate-only", action="store_true", help="skip the same-process extra")
+    parser.add_argument("--same-process", action="store_true", help="only the same-process extra")
+    parser.add_argument("--rows", help="only rows whose name contains this; writes no files")
+    parser.add_argument("--runs", type=int, help="runs per side (default 3, 1 with --quick)")
+    args = parser.parse_args()
+    started = time.monotonic()
+    results: list[Result] = []
+    rss = None
+    if not args.same_process:
+        results, rss = await separate(args.quick, args.rows, args.runs)
+    extra: list[same_process.Result] = []
+    if not args.separate_only and not args.rows:
+        print("\nsame process (extra):", flush=True)
+        extra = await same_process.main_rows()
+    if not args.rows:
+        write(results, rss, extra, args.quick, args.runs or (1 if args.quick else 3))
+    print(f"\n(bench took {time.monotonic() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    if "--quick" in sys.argv:
+        same_process.QUICK, same_process.SCALE = True, 10
+    asyncio.run(main())
