@@ -133,14 +133,20 @@ def rows(quick: bool) -> list[Row]:
 
 
 class Pair:
-    """A service process and a client process of one run; both ended on the way out, even on error."""
+    """A service process and a client process of one run (or, `same_process`, one process running
+    both, as the earlier bench did); every process ended on the way out, even on error."""
 
-    def __init__(self, url: str, row: Row, side: Side, pb2: Path, profile_dir: Path | None = None, tag: str = "") -> None:
+    def __init__(
+        self, url: str, row: Row, side: Side, pb2: Path, profile_dir: Path | None = None, tag: str = "",
+        server_pid: int = 0, same_process: bool = False, same_object: bool = False,
+    ) -> None:
         self.common = [
             "--url", url, "--n", str(row.n), "--in-flight", str(row.in_flight), "--chunk", str(row.chunk or 65536),
-            "--pb2", str(pb2), "--tag", tag, *side.args(),
+            "--pb2", str(pb2), "--tag", tag, "--server-pid", str(server_pid), *side.args(),
+            *(["--same-object"] if same_object else []),
         ]
         self.profile_dir = profile_dir
+        self.same_process = same_process
         self.service: asyncio.subprocess.Process | None = None
         self.client: asyncio.subprocess.Process | None = None
 
@@ -163,10 +169,13 @@ class Pair:
         """Start both sides (they build their messages at the same time), let the client go once the
         service is ready, and return the client's JSON line."""
         try:
-            self.service = await self._start("service")
-            self.client = await self._start("client")
-            if (line := await self._line(self.service, START_TIMEOUT)) != "ready":
-                raise RuntimeError(f"service said {line!r}")
+            if self.same_process:
+                self.client = await self._start("both")
+            else:
+                self.service = await self._start("service")
+                self.client = await self._start("client")
+                if (line := await self._line(self.service, START_TIMEOUT)) != "ready":
+                    raise RuntimeError(f"service said {line!r}")
             if (line := await self._line(self.client, START_TIMEOUT)) != "prepared":
                 raise RuntimeError(f"client said {line!r}")
             assert self.client.stdin is not None
@@ -204,18 +213,18 @@ def expected_items(row: Row, side: Side) -> int:
     return row.n // row.chunk if row.chunk else row.n
 
 
-async def measure(row: Row, url: str, pb2: Path, runs: int) -> Result:
+async def measure(row: Row, url: str, pb2: Path, runs: int, server_pid: int = 0) -> Result:
     """`runs` runs of each side, alternating which goes first; medians, CPU per item, losses."""
     got: dict[str, list[dict[str, Any]]] = {"ours": [], "base": []}
     for run in range(runs):
         order = (("ours", row.ours), ("base", row.base)) if run % 2 == 0 else (("base", row.base), ("ours", row.ours))
         for key, side in order:
             tag = f"{key}{run}-{time.monotonic_ns()}"
-            got[key].append(await Pair(url, row, side, pb2, tag=tag).run())
+            got[key].append(await Pair(url, row, side, pb2, tag=tag, server_pid=server_pid).run())
     rates = {key: [rate(row, r) for r in results] for key, results in got.items()}
     result = Result(row.name, row.unit, statistics.median(rates["ours"]), statistics.median(rates["base"]), row.target, rates["ours"], rates["base"])
     for key, results in got.items():
-        for side in ("client", "service"):
+        for side in ("client", "service", "server"):
             result.cpu_us[f"{key} {side}"] = statistics.median(r[f"{side}_cpu"] / max(r["items"], 1) * 1e6 for r in results)
         for r in results:
             side = row.ours if key == "ours" else row.base
@@ -281,14 +290,18 @@ def write(results: list[Result], rss: dict[str, float] | None, extra: list[same_
         lines += ["", *notes] if notes else []
         lines += [
             "",
-            "CPU per item (µs of each process's CPU time over the timed part / calls or messages), median:",
+            "CPU per item (µs of each process's CPU time over the timed part / calls or messages; the nats-server's "
+            "at 10 ms resolution), median:",
             "",
-            "| benchmark | ours client | ours service | baseline client | baseline service |",
-            "|---|---:|---:|---:|---:|",
+            "| benchmark | ours client | ours service | nats-server | baseline client | baseline service | nats-server |",
+            "|---|---:|---:|---:|---:|---:|---:|",
         ]
         for r in results:
             c = r.cpu_us
-            lines.append(f"| {r.name} | {c['ours client']:.1f} | {c['ours service']:.1f} | {c['base client']:.1f} | {c['base service']:.1f} |")
+            lines.append(
+                f"| {r.name} | {c['ours client']:.1f} | {c['ours service']:.1f} | {c['ours server']:.1f} "
+                f"| {c['base client']:.1f} | {c['base service']:.1f} | {c['base server']:.1f} |"
+            )
     if rss:
         growth = rss["peak_mb"] - rss["idle_mb"]
         lines += [
@@ -335,7 +348,9 @@ async def separate(quick: bool, only: str | None, runs: int | None) -> tuple[lis
         reference.generate_pb2(Path(pb2))
         with NatsServer() as server, NatsServer(extra_args=["-js", "-sd", store]) as js_server:
             for row in table:
-                result = await measure(row, js_server.url if row.jetstream else server.url, Path(pb2), runs or row.runs)
+                nats_server = js_server if row.jetstream else server
+                assert nats_server.process is not None
+                result = await measure(row, nats_server.url, Path(pb2), runs or row.runs, nats_server.process.pid)
                 results.append(result)
                 show(result)
             if only is None:

@@ -63,7 +63,7 @@ WARM = 20  # warm-up calls or stream messages before the timed part
 
 def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--role", choices=("service", "client"), required=True)
+    p.add_argument("--role", choices=("service", "client", "both"), required=True, help="both: service and client in this one process")
     p.add_argument("--impl", choices=("ours", "raw", "ref"), required=True)
     p.add_argument("--row", required=True, help="unary, server-stream, ceiling, client-stream, bidi, ping-pong, streams100, download, upload, persist, rss")
     p.add_argument("--url", required=True)
@@ -75,6 +75,8 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tag", default="", help="persist: makes this run's keys new")
     p.add_argument("--pb2", default="", help="ref: the folder with the generated _pb2 modules")
     p.add_argument("--profile", default="", help="write cProfile stats of the timed window here")
+    p.add_argument("--same-object", action="store_true", help="the producer sends one prebuilt message n times (the earlier bench)")
+    p.add_argument("--server-pid", type=int, default=0, help="also measure this nats-server's CPU over the timed part")
     return p.parse_args(argv)
 
 
@@ -92,15 +94,24 @@ async def stdin_line() -> str:
 
 
 class Window:
-    """CPU seconds (and optionally cProfile) of this process between `open()` and `close()`."""
+    """CPU seconds (and optionally cProfile) of this process between `open()` and `close()`, and the
+    NATS messages its connection sent and received meanwhile (how well streams batch)."""
 
-    def __init__(self, profile_path: str) -> None:
-        self.profile = cProfile.Profile() if profile_path else None
+    def __init__(self, profile_path: str, nc: NATS, server_pid: int = 0) -> None:
+        # CPU time, not wall time: with three processes on two cores, wall time would charge whatever
+        # function runs when the kernel preempts us (socket sends that wake the peer, mostly).
+        self.profile = cProfile.Profile(time.process_time) if profile_path else None
         self.path = profile_path
-        self.cpu = 0.0
-        self._started = 0.0
+        self.nc = nc
+        self.server_pid = server_pid
+        self.cpu = self.server_cpu = 0.0
+        self.nats: dict[str, int] = {}
+        self._started = self._server_started = 0.0
+        self._stats: dict[str, int] = {}
 
     def open(self) -> None:
+        self._stats = {k: self.nc.stats[k] for k in ("in_msgs", "out_msgs")}
+        self._server_started = process_cpu(self.server_pid)
         self._started = time.process_time()
         if self.profile:
             self.profile.enable()
@@ -109,6 +120,8 @@ class Window:
         if self.profile:
             self.profile.disable()
         self.cpu = time.process_time() - self._started
+        self.server_cpu = process_cpu(self.server_pid) - self._server_started
+        self.nats = {k: self.nc.stats[k] - v for k, v in self._stats.items()}
         return self.cpu
 
     def dump(self) -> None:
@@ -116,11 +129,25 @@ class Window:
             self.profile.dump_stats(self.path)
 
 
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of another process so far (0 without a pid), from /proc."""
+    if not pid:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def build(make: Callable[[int], Any], n: int, same: bool) -> list[Any]:
+    """A producer's n messages: distinct ones, or (`--same-object`, the earlier bench) one object n times."""
+    return [make(0)] * n if same else [make(i) for i in range(n)]
+
+
 # --- services ---------------------------------------------------------------------------------------
 
 
-def count_ups(n: int) -> list[CountUpResponse]:
-    return [CountUpResponse(number=i) for i in range(n)]
+def count_ups(n: int, same: bool = False) -> list[CountUpResponse]:
+    return build(lambda i: CountUpResponse(number=i), n, same)
 
 
 def chunk_pool(size: int, chunk: int) -> list[bytes]:
@@ -183,7 +210,7 @@ async def serve_ours(nc: NATS, args: argparse.Namespace) -> tuple[Callable[[], A
         server = await betterproto_nats.serve(nc, Persisted(), persist=bool(args.persist))
         report = lambda: {"dropped": server.persistence.persister.dropped if server.persistence else 0}  # noqa: E731
         return server.stop, report
-    numbers = count_ups(args.n) if args.row in ("server-stream", "streams100") else []
+    numbers = count_ups(args.n, args.same_object) if args.row in ("server-stream", "streams100") else []
     chunks = [SnapshotChunk(data=c) for c in chunk_pool(args.n, args.chunk)] if args.row in ("download", "rss") else []
     server = await betterproto_nats.serve(nc, Ours(numbers, chunks, build=args.variant == "build"))
     return server.stop, dict
@@ -201,7 +228,7 @@ class RawService:
         self.last = 0.0
         n, chunk = args.n, args.chunk
         self.reply = bytes(PingResponse(payload="x"))
-        self.bodies = [bytes(m) for m in count_ups(n)] if args.row in ("server-stream", "ceiling") else []
+        self.bodies = [bytes(m) for m in count_ups(n, args.same_object)] if args.row in ("server-stream", "ceiling") else []
         self.batches = [self.pack(self.bodies[i : i + BATCH]) for i in range(0, len(self.bodies), BATCH)] if args.row == "ceiling" else []
         self.chunks = [bytes(SnapshotChunk(data=c)) for c in chunk_pool(n, chunk)] if args.row == "download" else []
 
@@ -278,34 +305,58 @@ async def serve_ref(nc: NATS, args: argparse.Namespace) -> Callable[[], Awaitabl
     return service.stop
 
 
-async def service_main(args: argparse.Namespace) -> None:
-    nc = await connect(args.url)
-    window = Window(args.profile)
-    stop: Callable[[], Awaitable[None]] | None = None
-    report: Callable[[], dict[str, Any]] = dict
-    if args.impl == "ours":
-        stop, report = await serve_ours(nc, args)
-    elif args.impl == "raw":
-        raw = RawService(nc, args)
-        await raw.start()
-    else:
-        stop = await serve_ref(nc, args)
+class ServiceSide:
+    """The service half of a row on its own connection, with the control subject answered."""
 
-    async def control(msg: Msg) -> None:
-        if msg.data == b"start":
-            window.open()
-            await msg.respond(b"{}")
+    def __init__(self, nc: NATS, window: Window, stop: Callable[[], Awaitable[None]] | None) -> None:
+        self.nc, self.window, self.stop = nc, window, stop
+
+    @classmethod
+    async def start(cls, args: argparse.Namespace, profile: str) -> ServiceSide:
+        nc = await connect(args.url)
+        window = Window(profile, nc)
+        stop: Callable[[], Awaitable[None]] | None = None
+        report: Callable[[], dict[str, Any]] = dict
+        if args.impl == "ours":
+            stop, report = await serve_ours(nc, args)
+        elif args.impl == "raw":
+            await RawService(nc, args).start()
         else:
-            await msg.respond(json.dumps({"cpu": window.close(), **report()}).encode())
+            stop = await serve_ref(nc, args)
 
-    await nc.subscribe(CTL, cb=control)
-    await flush_ordered(nc)
+        async def control(msg: Msg) -> None:
+            if msg.data == b"start":
+                window.open()
+                await msg.respond(b"{}")
+            else:
+                await msg.respond(json.dumps({"cpu": window.close(), "nats": window.nats, **report()}).encode())
+
+        await nc.subscribe(CTL, cb=control)
+        await flush_ordered(nc)
+        return cls(nc, window, stop)
+
+    async def close(self) -> None:
+        self.window.dump()
+        if self.stop is not None:
+            await asyncio.wait_for(self.stop(), 30)
+        await self.nc.close()
+
+
+async def service_main(args: argparse.Namespace) -> None:
+    service = await ServiceSide.start(args, args.profile)
     print("ready", flush=True)
     await stdin_line()  # until the parent closes our stdin
-    window.dump()
-    if stop is not None:
-        await asyncio.wait_for(stop(), 30)
-    await nc.close()
+    await service.close()
+
+
+async def both_main(args: argparse.Namespace) -> None:
+    """Service and client in this one process, on two connections (the earlier bench's set-up): the
+    client's CPU figure is then the whole process's, and only the client side is profiled."""
+    service = await ServiceSide.start(args, "")
+    try:
+        await client_main(args)
+    finally:
+        await service.close()
 
 
 # --- clients ----------------------------------------------------------------------------------------
@@ -332,7 +383,7 @@ async def ours_client(nc: NATS, args: argparse.Namespace) -> tuple[Work, Callabl
     client = StreamDemoServiceNatsClient(nc, timeout=600)
     plain = StreamDemoServiceNatsClient(nc)  # no timeout, so no deadline header: the default, as raw calls
     if row == "unary":
-        requests = [PingRequest(payload=f"p{i}") for i in range(n)]
+        requests = build(lambda i: PingRequest(payload=f"p{i}"), n, args.same_object)
         caller = client if args.variant == "deadline" else plain
 
         async def warm() -> None:
@@ -374,21 +425,21 @@ async def ours_client(nc: NATS, args: argparse.Namespace) -> tuple[Work, Callabl
 
         return work, warm_streams
     if row == "client-stream":
-        sums = [SumRequest(value=i) for i in range(n)]
+        sums = build(lambda i: SumRequest(value=i), n, args.same_object)
 
         async def work() -> dict[str, Any]:
             return {"items": (await client.sum(sums)).count}
 
         return work, warm_streams
     if row == "bidi":
-        chats = [ChatMessage(text=f"m{i}") for i in range(n)]
+        chats = build(lambda i: ChatMessage(text=f"m{i}"), n, args.same_object)
 
         async def work() -> dict[str, Any]:
             return {"items": await _count(client.chat(chats))}
 
         return work, warm_streams
     if row == "ping-pong":
-        chats = [ChatMessage(text=f"m{i}") for i in range(n)]
+        chats = build(lambda i: ChatMessage(text=f"m{i}"), n, args.same_object)
 
         async def work() -> dict[str, Any]:
             async with await client.chat() as chat:
@@ -529,7 +580,7 @@ async def raw_client(nc: NATS, args: argparse.Namespace) -> tuple[Work, Callable
         pass
 
     if row == "unary":
-        bodies = [bytes(PingRequest(payload=f"p{i}")) for i in range(n)]
+        bodies = [bytes(m) for m in build(lambda i: PingRequest(payload=f"p{i}"), n, args.same_object)]
         call = lambda body: nc.request("raw.ping", body, timeout=10)  # noqa: E731
 
         async def warm() -> None:
@@ -556,14 +607,14 @@ async def raw_client(nc: NATS, args: argparse.Namespace) -> tuple[Work, Callable
             bodies = [bytes(SnapshotChunk(data=c)) for c in chunk_pool(n, args.chunk)]
         else:
             count = n
-            bodies = [bytes(SumRequest(value=i)) for i in range(n)]
+            bodies = [bytes(m) for m in build(lambda i: SumRequest(value=i), n, args.same_object)]
 
         async def work() -> dict[str, Any]:
             return await raw_send(nc, bodies, count)
 
         return work, no_warm
     if row in ("bidi", "ping-pong"):
-        bodies = [bytes(ChatMessage(text=f"m{i}")) for i in range(n)]
+        bodies = [bytes(m) for m in build(lambda i: ChatMessage(text=f"m{i}"), n, args.same_object)]
         replies: asyncio.Queue[Msg] = asyncio.Queue()
 
         async def put(msg: Msg) -> None:
@@ -600,7 +651,7 @@ async def ref_client(nc: NATS, args: argparse.Namespace) -> tuple[Work, Callable
         raise SystemExit("the reference model has only the unary row")
     pb = reference.load_pb2(Path(args.pb2))
     client = reference.Client(nc, pb)
-    requests = [pb.PingRequest(payload=f"p{i}") for i in range(args.n)]
+    requests = build(lambda i: pb.PingRequest(payload=f"p{i}"), args.n, args.same_object)
 
     async def warm() -> None:
         await _waves(client.ping, requests[:WARM], args.in_flight)
@@ -621,7 +672,7 @@ async def client_main(args: argparse.Namespace) -> None:
         raise SystemExit("no go from the parent")
     await warm()
     await nc.request(CTL, b"start", timeout=30)
-    window = Window(args.profile)
+    window = Window(args.profile, nc, args.server_pid)
     window.open()
     started = time.monotonic()
     result = await asyncio.wait_for(work(), GIVE_UP)  # bounds every loop of the timed part
@@ -631,11 +682,15 @@ async def client_main(args: argparse.Namespace) -> None:
     window.dump()
     result.setdefault("elapsed", elapsed)
     result.setdefault("bytes", 0)
-    print(json.dumps({**result, "client_cpu": window.cpu, "service_cpu": service.pop("cpu"), "service": service}), flush=True)
+    print(json.dumps({
+        **result, "client_cpu": window.cpu, "service_cpu": service.pop("cpu"), "server_cpu": window.server_cpu,
+        "client_nats": window.nats, "service": service, "same_process": args.role == "both",
+    }), flush=True)
     await nc.close()
 
 
 if __name__ == "__main__":
     options = arguments()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    asyncio.run(service_main(options) if options.role == "service" else client_main(options))
+    main = {"service": service_main, "client": client_main, "both": both_main}[options.role]
+    asyncio.run(main(options))
