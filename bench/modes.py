@@ -35,12 +35,15 @@ ROWS: dict[str, tuple[str, str, int, int]] = {  # name: (worker row, unit, n, in
 }
 
 
-async def one_way(url: str, pid: int, pb2: Path, row: Row, side: Side, same_process: bool, same_object: bool, runs: int) -> dict[str, float]:
+async def one_way(
+    url: str, pid: int, pb2: Path, row: Row, side: Side, same_process: bool, same_object: bool, runs: int, window: int = 0
+) -> dict[str, float]:
     """Medians over `runs` of the rate, CPU µs per item (client, service, nats-server) and NATS
     messages per 1,000 items in and out of the client's connection."""
     results: list[dict[str, Any]] = []
     for _ in range(runs):
-        results.append(await Pair(url, row, side, pb2, server_pid=pid, same_process=same_process, same_object=same_object).run())
+        pair = Pair(url, row, side, pb2, server_pid=pid, same_process=same_process, same_object=same_object, window=window)
+        results.append(await pair.run())
 
     def med(f: Any) -> float:
         return statistics.median(f(r) for r in results)
@@ -60,6 +63,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--rows", default="unary50,server-stream,client-stream,bidi")
+    parser.add_argument("--window", type=int, default=1024, help="the larger receive window tried for our streams (default 256)")
     args = parser.parse_args()
     print("| row | impl | processes | messages | rate | client µs | service µs | nats-server µs | client's NATS msgs per 1,000 items |")
     print("|---|---|---|---|---:|---:|---:|---:|---:|")
@@ -71,17 +75,19 @@ async def main() -> None:
             for impl in ("ours", "raw"):
                 side = Side(impl, worker_row)
                 row = Row(name, unit, side, side, n, in_flight)
-                for same_process in (True, False):
-                    for same_object in (True, False):
-                        m = await one_way(server.url, server.process.pid, Path(pb2), row, side, same_process, same_object, args.runs)
-                        where = "one (both)" if same_process else "two"
-                        what = "one object n times" if same_object else "n distinct"
-                        service = "(in client)" if same_process else f"{m['service']:.1f}"
-                        print(
-                            f"| {name} | {impl} | {where} | {what} | {m['rate']:,.0f} {unit} | {m['client']:.1f} | {service} "
-                            f"| {m['server']:.1f} | {m['nats']:,.0f} |",
-                            flush=True,
-                        )
+                ways = [(True, True, 0), (True, False, 0), (False, True, 0), (False, False, 0)]
+                if impl == "ours" and worker_row != "unary":
+                    ways.append((False, False, args.window))  # what a larger default window would do
+                for same_process, same_object, window in ways:
+                    m = await one_way(server.url, server.process.pid, Path(pb2), row, side, same_process, same_object, args.runs, window)
+                    where = "one (both)" if same_process else "two"
+                    what = ("one object n times" if same_object else "n distinct") + (f", window {window}" if window else "")
+                    service = "(in client)" if same_process else f"{m['service']:.1f}"
+                    print(
+                        f"| {name} | {impl} | {where} | {what} | {m['rate']:,.0f} {unit} | {m['client']:.1f} | {service} "
+                        f"| {m['server']:.1f} | {m['nats']:,.0f} |",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

@@ -138,12 +138,12 @@ class Pair:
 
     def __init__(
         self, url: str, row: Row, side: Side, pb2: Path, profile_dir: Path | None = None, tag: str = "",
-        server_pid: int = 0, same_process: bool = False, same_object: bool = False,
+        server_pid: int = 0, same_process: bool = False, same_object: bool = False, window: int = 0,
     ) -> None:
         self.common = [
             "--url", url, "--n", str(row.n), "--in-flight", str(row.in_flight), "--chunk", str(row.chunk or 65536),
             "--pb2", str(pb2), "--tag", tag, "--server-pid", str(server_pid), *side.args(),
-            *(["--same-object"] if same_object else []),
+            *(["--same-object"] if same_object else []), *(["--window", str(window)] if window else []),
         ]
         self.profile_dir = profile_dir
         self.same_process = same_process

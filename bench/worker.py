@@ -77,6 +77,7 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", default="", help="write cProfile stats of the timed window here")
     p.add_argument("--same-object", action="store_true", help="the producer sends one prebuilt message n times (the earlier bench)")
     p.add_argument("--server-pid", type=int, default=0, help="also measure this nats-server's CPU over the timed part")
+    p.add_argument("--window", type=int, default=0, help="experiment: the receive window (messages) our side grants by default")
     return p.parse_args(argv)
 
 
@@ -139,8 +140,9 @@ def process_cpu(pid: int) -> float:
 
 
 def build(make: Callable[[int], Any], n: int, same: bool) -> list[Any]:
-    """A producer's n messages: distinct ones, or (`--same-object`, the earlier bench) one object n times."""
-    return [make(0)] * n if same else [make(i) for i in range(n)]
+    """A producer's n messages: distinct ones, or (`--same-object`, as the earlier bench) one object n
+    times: message 1, as message 0 would be all defaults, an empty body."""
+    return [make(1)] * n if same else [make(i) for i in range(n)]
 
 
 # --- services ---------------------------------------------------------------------------------------
@@ -692,5 +694,9 @@ async def client_main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     options = arguments()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    if options.window:  # an experiment (bench/modes.py): the runtime's default window, read per call
+        import betterproto_nats.negotiation
+
+        betterproto_nats.negotiation.DEFAULT_WINDOW_MESSAGES = options.window
     main = {"service": service_main, "client": client_main, "both": both_main}[options.role]
     asyncio.run(main(options))
