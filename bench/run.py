@@ -209,10 +209,6 @@ def rate(row: Row, result: dict[str, Any]) -> float:
     return result["items"] / result["elapsed"]
 
 
-def expected_items(row: Row, side: Side) -> int:
-    return row.n // row.chunk if row.chunk else row.n
-
-
 async def measure(row: Row, url: str, pb2: Path, runs: int, server_pid: int = 0) -> Result:
     """`runs` runs of each side, alternating which goes first; medians, CPU per item, losses."""
     got: dict[str, list[dict[str, Any]]] = {"ours": [], "base": []}
@@ -224,14 +220,14 @@ async def measure(row: Row, url: str, pb2: Path, runs: int, server_pid: int = 0)
     rates = {key: [rate(row, r) for r in results] for key, results in got.items()}
     result = Result(row.name, row.unit, statistics.median(rates["ours"]), statistics.median(rates["base"]), row.target, rates["ours"], rates["base"])
     for key, results in got.items():
-        for side in ("client", "service", "server"):
-            result.cpu_us[f"{key} {side}"] = statistics.median(r[f"{side}_cpu"] / max(r["items"], 1) * 1e6 for r in results)
+        for process in ("client", "service", "server"):
+            result.cpu_us[f"{key} {process}"] = statistics.median(r[f"{process}_cpu"] / max(r["items"], 1) * 1e6 for r in results)
+        impl = (row.ours if key == "ours" else row.base).impl
+        expected = row.n // row.chunk if row.chunk else row.n
         for r in results:
-            side = row.ours if key == "ours" else row.base
-            expected = expected_items(row, side)
             if r["items"] < expected or r.get("end_lost"):
                 size = f" ({row.chunk // 1024} KiB each)" if row.chunk else ""
-                result.notes.append(f"{side.impl} lost {expected - r['items']} of {expected} messages{size}" + (" and the end marker" if r.get("end_lost") else ""))
+                result.notes.append(f"{impl} lost {expected - r['items']} of {expected} messages{size}" + (" and the end marker" if r.get("end_lost") else ""))
             if r["service"].get("dropped"):
                 result.notes.append(f"{r['service']['dropped']} KV writes dropped")
     return result

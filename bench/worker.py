@@ -291,6 +291,7 @@ class RawService:
         await self.nc.publish(msg.reply, json.dumps({"received": self.received, "bytes": self.bytes, "last": self.last}).encode())
 
     async def on_chat(self, msg: Msg) -> None:
+        assert msg.headers is not None
         await self.nc.publish("raw.chat.back", msg.data, headers={"Nats-Stream-Seq": msg.headers["Nats-Stream-Seq"]})
 
 
@@ -491,7 +492,7 @@ async def raw_receive(nc: NATS, request: bytes, batched: bool) -> dict[str, Any]
         if headers and "Nats-Stream-End" in headers:
             done.set()
             return
-        got["items"] += int(headers["Nats-Stream-Batch"]) if batched else 1
+        got["items"] += int(headers["Nats-Stream-Batch"]) if batched and headers else 1
         if batched:
             split(msg.data)
         got["bytes"] += len(msg.data)
@@ -672,7 +673,7 @@ async def client_main(args: argparse.Namespace) -> None:
     print("prepared", flush=True)
     if not (await stdin_line()).strip():
         raise SystemExit("no go from the parent")
-    await warm()
+    await asyncio.wait_for(warm(), GIVE_UP)
     await nc.request(CTL, b"start", timeout=30)
     window = Window(args.profile, nc, args.server_pid)
     window.open()
