@@ -42,6 +42,8 @@ typecheck: gen
 	$(BIN)/mypy --strict runtime plugin
 
 
+# Every RPC shape with service and client in separate processes against raw nats-py and a model of
+# the Go project's Python, then the earlier same-process rows (about 5 minutes; docs/PERFORMANCE.md).
 bench: gen
 	$(PY) bench/run.py
 

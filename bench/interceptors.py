@@ -25,7 +25,7 @@ import betterproto_nats  # noqa: E402
 from betterproto_nats.otel import TracingInterceptor  # noqa: E402
 from betterproto_nats.testing import NatsServer  # noqa: E402
 from gen.streaming.v1 import CountUpRequest, PingRequest, StreamDemoServiceNatsClient  # noqa: E402
-from run import Bench  # noqa: E402
+from same_process import Bench  # noqa: E402
 
 QUICK = "--quick" in sys.argv
 CALLS, MESSAGES = (300, 5_000) if QUICK else (3_000, 50_000)

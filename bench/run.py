@@ -1,52 +1,76 @@
-"""`make bench`: every RPC shape against raw nats-py doing the same traffic, in the same run.
+"""`make bench`: every RPC shape, measured as users deploy: the service and its client in two separate
+processes (bench/worker.py), one local nats-server started here, distinct messages built by the
+producer before timing. Ours against raw nats-py doing the same traffic (or against the baseline the
+row names: the reference model of the Go project's Python in bench/reference.py, our own call
+without a deadline, ...). Median of 3 runs per side, ours and the baseline alternating.
 
-Writes bench/results.md and bench/results.json. Machines here are noisy, so compare the ratios
-(ours / raw), not the absolute numbers. `--quick` runs smaller sizes (a smoke test of the bench).
+Then the same-process rows of the earlier bench as an extra section (bench/same_process.py).
+Writes bench/results.md and bench/results.json. The machine is noisy: compare the ratios.
+
+    .venv/bin/python bench/run.py                  # everything (about 6 minutes on 2 cores)
+    .venv/bin/python bench/run.py --quick          # 1 run per side, 1/10 sizes: a smoke run
+    .venv/bin/python bench/run.py --separate-only  # without the same-process extra
+    .venv/bin/python bench/run.py --same-process   # only the same-process extra
+    .venv/bin/python bench/run.py --rows unary     # only rows whose name contains this (no files written)
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import importlib.metadata
 import json
 import os
 import platform
-import subprocess
+import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH.parent))
+sys.path.insert(0, str(BENCH))
 
-import nats  # noqa: E402
+import reference  # noqa: E402
+import same_process  # noqa: E402
 
-import betterproto_nats  # noqa: E402
-from betterproto_nats.nats_compat import flush_ordered  # noqa: E402
 from betterproto_nats.testing import NatsServer  # noqa: E402
-from gen.fixtures.persist.v1 import Profile, ProfilesNatsBase, ProfilesNatsClient, ProfileView  # noqa: E402
-from gen.streaming.v1 import (  # noqa: E402
-    ChatMessage,
-    CountUpRequest,
-    CountUpResponse,
-    ExportSnapshotRequest,
-    ImportSnapshotResponse,
-    PingRequest,
-    PingResponse,
-    SnapshotChunk,
-    StreamDemoServiceNatsBase,
-    StreamDemoServiceNatsClient,
-    SumRequest,
-    SumResponse,
-)
 
-QUICK = "--quick" in sys.argv
-SCALE = 10 if QUICK else 1
 MIB = 1 << 20
+WORKER = BENCH / "worker.py"
+START_TIMEOUT = 120.0  # seconds for a side to connect and build its messages
+RUN_TIMEOUT = 420.0  # seconds for a client's timed part (the worker gives up after 300)
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side of a comparison: which implementation runs which worker row, with what."""
+
+    impl: str  # ours | raw | ref
+    row: str
+    variant: str = ""
+    persist: int = 1
+
+    def args(self) -> list[str]:
+        return ["--impl", self.impl, "--row", self.row, "--variant", self.variant, "--persist", str(self.persist)]
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    unit: str  # req/s, msg/s, rt/s or MB/s
+    ours: Side
+    base: Side
+    n: int
+    in_flight: int = 1
+    chunk: int = 0
+    target: float | None = None
+    runs: int = 3
+    jetstream: bool = False
 
 
 @dataclass
@@ -54,355 +78,306 @@ class Result:
     name: str
     unit: str
     ours: float
-    raw: float
-    target: float | None = None  # minimum ratio ours/raw, where the issue sets one
+    raw: float  # the baseline: raw nats-py unless the row names another
+    target: float | None = None
+    ours_runs: list[float] = field(default_factory=list)
+    raw_runs: list[float] = field(default_factory=list)
+    # Median CPU microseconds per item (call, message or chunk) of each process, ours and baseline.
+    cpu_us: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ratio(self) -> float:
         return self.ours / self.raw if self.raw else 0.0
 
 
-class Bench(StreamDemoServiceNatsBase):
-    """The service under test: minimal work per call, so the runtime's cost shows. Like the stream
-    handlers, `ping` answers with one prebuilt message unless `build_responses` (a betterproto
-    message built per call costs ~15 µs of betterproto's own, shown in a row of its own)."""
-
-    build_responses = False
-    pong = PingResponse(payload="x")
-
-    async def ping(self, request: PingRequest) -> PingResponse:
-        return PingResponse(payload=request.payload) if self.build_responses else self.pong
-
-    async def count_up(self, request: CountUpRequest) -> AsyncIterator[CountUpResponse]:
-        response = CountUpResponse(number=1)
-        for _ in range(request.count):
-            yield response
-
-    async def sum(self, requests: AsyncIterator[SumRequest]) -> SumResponse:
-        count = 0
-        async for _ in requests:
-            count += 1
-        return SumResponse(count=count)
-
-    async def chat(self, requests: AsyncIterator[ChatMessage]) -> AsyncIterator[ChatMessage]:
-        async for message in requests:
-            yield message
-
-    async def export_snapshot(self, request: ExportSnapshotRequest) -> AsyncIterator[SnapshotChunk | bytes]:
-        size, chunk = (int(x) for x in request.id.split(":"))
-        piece = SnapshotChunk(data=os.urandom(chunk))
-        for _ in range(size // chunk):
-            yield piece
-
-    async def import_snapshot(self, requests: betterproto_nats.UploadRequests[SnapshotChunk]) -> ImportSnapshotResponse:
-        size = 0
-        async for piece in requests.iter_bytes():
-            size += len(piece)
-        return ImportSnapshotResponse(size=size)
-
-
-async def timed(work: Callable[[], Awaitable[Any]]) -> float:
-    started = time.perf_counter()
-    await work()
-    return time.perf_counter() - started
-
-
-# --- raw nats-py equivalents -----------------------------------------------------------------------
-
-
-async def raw_stream(pub: Any, sub: Any, bodies: list[bytes] | bytes, count: int) -> float:
-    """`count` messages with a seq header from `pub` to an inbox of `sub`, then an end marker."""
-    inbox = sub.new_inbox()
-    done = asyncio.Event()
-    received = 0
-
-    async def on_msg(msg: Any) -> None:
-        nonlocal received
-        if msg.headers and "Nats-Stream-End" in msg.headers:
-            done.set()
-        else:
-            received += 1
-
-    s = await sub.subscribe(inbox, cb=on_msg)
-    await flush_ordered(sub)
-
-    body = bodies if isinstance(bodies, bytes) else bodies[0]
-
-    async def send() -> None:
-        for i in range(count):
-            body = bodies if isinstance(bodies, bytes) else bodies[i % len(bodies)]
-            await pub.publish(inbox, body, headers={"Nats-Stream-Seq": str(i + 1)})
-        await pub.publish(inbox, b"", headers={"Nats-Stream-End": "true"})
-        try:  # without flow control the end marker itself can be lost (slow consumer)
-            await asyncio.wait_for(done.wait(), 30)
-        except TimeoutError:
-            pass
-
-    elapsed = await timed(send)
-    await s.unsubscribe()
-    if received != count:
-        LOSSES.append(f"raw nats-py lost {count - received} of {count} messages ({len(body if isinstance(bodies, bytes) else bodies[0])} B each)")
-    return elapsed
-
-
-LOSSES: list[str] = []  # raw nats-py has no flow control: what it dropped, reported with the results
-
-
-async def raw_unary(snc: Any, cnc: Any, n: int, in_flight: int) -> float:
-    body = bytes(PingResponse(payload="x"))
-
-    async def answer(msg: Any) -> None:
-        await snc.publish(msg.reply, body)
-
-    s = await snc.subscribe("raw.ping", queue="q", cb=answer)
-    await flush_ordered(snc)
-    request = bytes(PingRequest(payload="x"))
-
-    async def calls() -> None:
-        for _ in range(n // in_flight):
-            await asyncio.gather(*(cnc.request("raw.ping", request, timeout=10) for _ in range(in_flight)))
-
-    elapsed = await timed(calls)
-    await s.unsubscribe()
-    return elapsed
-
-
-async def raw_echo(snc: Any, cnc: Any, n: int, pipelined: bool) -> float:
-    """The client sends `n` messages that the other side echoes back: all at once (pipelined) or
-    one round trip at a time (ping-pong)."""
-    inbox, back = snc.new_inbox(), cnc.new_inbox()
-    body = bytes(ChatMessage(text="x"))
-    replies: asyncio.Queue[Any] = asyncio.Queue()
-
-    async def echo(msg: Any) -> None:
-        await snc.publish(back, msg.data, headers={"Nats-Stream-Seq": msg.headers["Nats-Stream-Seq"]})
-
-    async def put(msg: Any) -> None:
-        replies.put_nowait(msg)
-
-    subs = [await snc.subscribe(inbox, cb=echo), await cnc.subscribe(back, cb=put)]
-    await flush_ordered(snc)
-    await flush_ordered(cnc)
-
-    async def run() -> None:
-        for i in range(n):
-            await cnc.publish(inbox, body, headers={"Nats-Stream-Seq": str(i + 1)})
-            if not pipelined:
-                await replies.get()
-        if pipelined:
-            for _ in range(n):
-                await replies.get()
-
-    elapsed = await timed(run)
-    for sub in subs:
-        await sub.unsubscribe()
-    return elapsed
-
-
-# --- the benchmarks --------------------------------------------------------------------------------
-
-
-async def run_all(url: str) -> list[Result]:
-    snc = await nats.connect(url, pending_size=64 * MIB)
-    cnc = await nats.connect(url, pending_size=64 * MIB)
-    # Raw nats-py gets connections of its own: without flow control the NATS server may cut them off
-    # as slow consumers, which must not disturb ours.
-    raw_s = await nats.connect(url, pending_size=64 * MIB)
-    raw_c = await nats.connect(url, pending_size=64 * MIB)
-    service = await betterproto_nats.serve(snc, Bench())
-    client = StreamDemoServiceNatsClient(cnc, timeout=600)
-    results: list[Result] = []
-
-    def report(result: Result) -> None:
-        results.append(result)
-        target = f"  (target ≥ {result.target})" if result.target else ""
-        print(f"{result.name:44} ours {result.ours:12,.0f}  raw {result.raw:12,.0f} {result.unit:6} ratio {result.ratio:5.2f}{target}", flush=True)
-
-    # Unary, as raw sends it: no deadline header (a client without a timeout, the default).
-    plain = StreamDemoServiceNatsClient(cnc)
-    for in_flight, n in ((1, 3000 // SCALE), (50, 20000 // SCALE)):
-        ours = await timed(lambda: _unary(plain, n, in_flight))
-        raw = await raw_unary(raw_s, raw_c, n, in_flight)
-        report(Result(f"unary, {in_flight} in flight", "req/s", n / ours, n / raw, 0.8))
-    # What a timeout costs (the Nats-Deadline header both ways through nats-py, the server's timer),
-    # and what a handler pays for building its response as a betterproto message.
-    for in_flight, n in ((1, 3000 // SCALE), (50, 20000 // SCALE)):
-        without = await timed(lambda: _unary(plain, n, in_flight))
-        with_deadline = await timed(lambda: _unary(client, n, in_flight))
-        report(Result(f"unary with a deadline, {in_flight} in flight (vs without)", "req/s", n / with_deadline, n / without))
-    Bench.build_responses = True
-    built = await timed(lambda: _unary(plain, n, 50))
-    Bench.build_responses = False
-    report(Result("unary, handler builds its response, 50 in flight (vs prebuilt)", "req/s", n / built, n / without))
-
-    # Small-message streams. One short stream of each shape first: the first stream on a connection
-    # sets up what all its streams share (the inbox subscription, liveness per peer), as raw's
-    # connections are warm too.
-    await _drain(client.count_up(CountUpRequest(count=10)))
-    await client.sum(SumRequest(value=1) for _ in range(10))
-    await _drain(client.chat(ChatMessage(text="x") for _ in range(10)))
-    n = 100_000 // SCALE
-    small = bytes(CountUpResponse(number=1))
-    one_stream = n / await timed(lambda: _drain(client.count_up(CountUpRequest(count=n))))
-    # Targets: 2x raw with batched frames (the scale issue; the codec issue asked 0.6 / 0.4).
-    report(Result("server stream, 100k small messages", "msg/s", one_stream, n / await raw_stream(raw_s, raw_c, small, n), 2.0))
-    # One message object sent n times, as the server stream's handler does: the runtime's cost shows.
-    one_sum, one_chat = SumRequest(value=1), ChatMessage(text="x")
-    ours = n / await timed(lambda: client.sum(one_sum for _ in range(n)))
-    report(Result("client stream, 100k small messages", "msg/s", ours, n / await raw_stream(raw_c, raw_s, bytes(SumRequest(value=1)), n), 2.0))
-    ours = n / await timed(lambda: _drain(client.chat(one_chat for _ in range(n))))
-    report(Result("bidi pipelined, 100k echoed", "msg/s", ours, n / await raw_echo(raw_s, raw_c, n, pipelined=True), 2.0))
-    rounds = 3000 // SCALE
-    ours = rounds / await timed(lambda: _ping_pong(client, rounds))
-    report(Result("bidi ping-pong, sequential round trips", "rt/s", ours, rounds / await raw_echo(raw_s, raw_c, rounds, pipelined=False), 0.5))
-
-    # 100 concurrent streams against one.
-    per = n // 100
-    total = await timed(lambda: asyncio.gather(*(_drain(client.count_up(CountUpRequest(count=per))) for _ in range(100))))
-    report(Result("100 concurrent server streams (vs one stream)", "msg/s", n / total, one_stream, 0.8))
-
-    # Chunked transfers.
+def rows(quick: bool) -> list[Row]:
+    """The main table, in order. Targets: unary 0.9 of raw nats-py and 1.0 of the reference Python
+    (issue 20), streams 2x raw publishing one NATS message per stream message (the scale issue), the
+    earlier ones for ping-pong, concurrency and chunks."""
+    scale = 10 if quick else 1
+    runs = 1 if quick else 3
+    ours = lambda row, **kw: Side("ours", row, **kw)  # noqa: E731
+    raw = lambda row: Side("raw", row)  # noqa: E731
+    u1, u50 = 3000 // scale, 20000 // scale
+    n = 100_000 // scale
+    table = [
+        Row("unary, 1 in flight", "req/s", ours("unary"), raw("unary"), u1, 1, target=0.9),
+        Row("unary, 50 in flight", "req/s", ours("unary"), raw("unary"), u50, 50, target=0.9),
+        Row("unary, 1 in flight (vs reference Python)", "req/s", ours("unary"), Side("ref", "unary"), u1, 1, target=1.0),
+        Row("unary, 50 in flight (vs reference Python)", "req/s", ours("unary"), Side("ref", "unary"), u50, 50, target=1.0),
+        Row("unary with a deadline, 1 in flight (vs without)", "req/s", ours("unary", variant="deadline"), ours("unary"), u1, 1),
+        Row("unary with a deadline, 50 in flight (vs without)", "req/s", ours("unary", variant="deadline"), ours("unary"), u50, 50),
+        Row("unary, handler builds its response, 50 in flight (vs prebuilt)", "req/s", ours("unary", variant="build"), ours("unary"), u50, 50),
+        Row("server stream, 100k small messages", "msg/s", ours("server-stream"), raw("server-stream"), n, target=2.0),
+        Row("client stream, 100k small messages", "msg/s", ours("client-stream"), raw("client-stream"), n, target=2.0),
+        Row("bidi pipelined, 100k echoed", "msg/s", ours("bidi"), raw("bidi"), n, target=2.0),
+        Row("server stream, 100k (vs raw pre-packed batches: ceiling)", "msg/s", ours("server-stream"), raw("ceiling"), n),
+        Row("bidi ping-pong, sequential round trips", "rt/s", ours("ping-pong"), raw("ping-pong"), 3000 // scale, target=0.5),
+        Row("100 concurrent server streams (vs one stream)", "msg/s", ours("streams100"), ours("server-stream"), n, target=0.8),
+    ]
+    # Chunked transfers: 256 MiB each way. Two runs per side instead of three in a full run (these
+    # rows are long and steady); the median of two is their mean.
     for chunk in (64 * 1024, 512 * 1024):
-        size = (256 * MIB // SCALE) // chunk * chunk
-        ours = size / await timed(lambda: _download(client, size, chunk))
-        raw = size / await raw_stream(raw_s, raw_c, bytes(SnapshotChunk(data=os.urandom(chunk))), size // chunk)
-        report(Result(f"chunked download 256 MiB, {chunk // 1024} KiB chunks", "MB/s", ours / 1e6, raw / 1e6, 0.7))
-        data = os.urandom(size)
-        ours = size / await timed(lambda: _upload(client, data, chunk))
-        raw = size / await raw_stream(raw_c, raw_s, bytes(SnapshotChunk(data=os.urandom(chunk))), size // chunk)
-        report(Result(f"chunked upload 256 MiB, {chunk // 1024} KiB chunks", "MB/s", ours / 1e6, raw / 1e6, 0.7))
-
-    await service.stop()
-    for conn in (cnc, snc, raw_c, raw_s):
-        await conn.close()
-    return results
+        size = (256 * MIB // scale) // chunk * chunk
+        for way in ("download", "upload"):
+            name = f"chunked {way} 256 MiB, {chunk // 1024} KiB chunks"
+            table.append(Row(name, "MB/s", ours(way), raw(way), size, chunk=chunk, target=0.7, runs=min(runs, 2)))
+    # Unary calls whose answers are kept in JetStream KV, against the same calls served with
+    # persist=False: best effort (answer, then write) and required (write, then answer).
+    for in_flight, calls in ((1, 1000 // scale), (50, 5000 // scale)):
+        for label, variant in (("best effort", "best"), ("required", "required")):
+            name = f"unary + KV {label}, {in_flight} in flight (vs not stored)"
+            table.append(Row(name, "req/s", ours("persist", variant=variant, persist=1), ours("persist", variant=variant, persist=0), calls, in_flight, jetstream=True))
+    return table
 
 
-async def _unary(client: StreamDemoServiceNatsClient, n: int, in_flight: int) -> None:
-    request = PingRequest(payload="x")
-    for _ in range(n // in_flight):
-        await asyncio.gather(*(client.ping(request) for _ in range(in_flight)))
+class Pair:
+    """A service process and a client process of one run (or, `same_process`, one process running
+    both, as the earlier bench did); every process ended on the way out, even on error."""
+
+    def __init__(
+        self, url: str, row: Row, side: Side, pb2: Path, profile_dir: Path | None = None, tag: str = "",
+        server_pid: int = 0, same_process: bool = False, same_object: bool = False, window: int = 0,
+    ) -> None:
+        self.common = [
+            "--url", url, "--n", str(row.n), "--in-flight", str(row.in_flight), "--chunk", str(row.chunk or 65536),
+            "--pb2", str(pb2), "--tag", tag, "--server-pid", str(server_pid), *side.args(),
+            *(["--same-object"] if same_object else []), *(["--window", str(window)] if window else []),
+        ]
+        self.profile_dir = profile_dir
+        self.same_process = same_process
+        self.service: asyncio.subprocess.Process | None = None
+        self.client: asyncio.subprocess.Process | None = None
+
+    async def _start(self, role: str) -> asyncio.subprocess.Process:
+        profile = ["--profile", str(self.profile_dir / f"{role}.prof")] if self.profile_dir else []
+        return await asyncio.create_subprocess_exec(
+            sys.executable, str(WORKER), "--role", role, *self.common, *profile,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )
+
+    @staticmethod
+    async def _line(proc: asyncio.subprocess.Process, timeout: float) -> str:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), timeout)).decode().strip()
+        if not line:
+            raise RuntimeError(f"worker exited with {await proc.wait()} without answering")
+        return line
+
+    async def run(self) -> dict[str, Any]:
+        """Start both sides (they build their messages at the same time), let the client go once the
+        service is ready, and return the client's JSON line."""
+        try:
+            if self.same_process:
+                self.client = await self._start("both")
+            else:
+                self.service = await self._start("service")
+                self.client = await self._start("client")
+                if (line := await self._line(self.service, START_TIMEOUT)) != "ready":
+                    raise RuntimeError(f"service said {line!r}")
+            if (line := await self._line(self.client, START_TIMEOUT)) != "prepared":
+                raise RuntimeError(f"client said {line!r}")
+            assert self.client.stdin is not None
+            self.client.stdin.write(b"go\n")
+            await self.client.stdin.drain()
+            result: dict[str, Any] = json.loads(await self._line(self.client, RUN_TIMEOUT))
+            await asyncio.wait_for(self.client.wait(), 30)
+            return result
+        finally:
+            await self.end()
+
+    async def end(self) -> None:
+        """Close the service's stdin (it stops and writes its profile), then make sure both are gone."""
+        for proc in (self.client, self.service):
+            if proc is not None and proc.stdin is not None and not proc.stdin.is_closing():
+                proc.stdin.close()
+        for proc in (self.client, self.service):
+            if proc is None:
+                continue
+            try:
+                await asyncio.wait_for(proc.wait(), 30)
+            except asyncio.TimeoutError:
+                proc.kill()
+                await proc.wait()
 
 
-async def _drain(stream: Any) -> None:
-    async for _ in stream:
-        pass
+def rate(row: Row, result: dict[str, Any]) -> float:
+    """The row's unit from a client's result: items per second, or MB/s of chunk payload."""
+    if row.unit == "MB/s":
+        return result["items"] * row.chunk / result["elapsed"] / 1e6
+    return result["items"] / result["elapsed"]
 
 
-async def _ping_pong(client: StreamDemoServiceNatsClient, rounds: int) -> None:
-    async with await client.chat() as chat:
-        message = ChatMessage(text="x")
-        for _ in range(rounds):
-            await chat.send(message)
-            await chat.recv()
-        await chat.close_send()
+async def measure(row: Row, url: str, pb2: Path, runs: int, server_pid: int = 0) -> Result:
+    """`runs` runs of each side, alternating which goes first; medians, CPU per item, losses."""
+    got: dict[str, list[dict[str, Any]]] = {"ours": [], "base": []}
+    for run in range(runs):
+        order = (("ours", row.ours), ("base", row.base)) if run % 2 == 0 else (("base", row.base), ("ours", row.ours))
+        for key, side in order:
+            tag = f"{key}{run}-{time.monotonic_ns()}"
+            got[key].append(await Pair(url, row, side, pb2, tag=tag, server_pid=server_pid).run())
+    rates = {key: [rate(row, r) for r in results] for key, results in got.items()}
+    result = Result(row.name, row.unit, statistics.median(rates["ours"]), statistics.median(rates["base"]), row.target, rates["ours"], rates["base"])
+    for key, results in got.items():
+        for process in ("client", "service", "server"):
+            result.cpu_us[f"{key} {process}"] = statistics.median(r[f"{process}_cpu"] / max(r["items"], 1) * 1e6 for r in results)
+        impl = (row.ours if key == "ours" else row.base).impl
+        expected = row.n // row.chunk if row.chunk else row.n
+        for r in results:
+            if r["items"] < expected or r.get("end_lost"):
+                size = f" ({row.chunk // 1024} KiB each)" if row.chunk else ""
+                result.notes.append(f"{impl} lost {expected - r['items']} of {expected} messages{size}" + (" and the end marker" if r.get("end_lost") else ""))
+            if r["service"].get("dropped"):
+                result.notes.append(f"{r['service']['dropped']} KV writes dropped")
+    return result
 
 
-async def _download(client: StreamDemoServiceNatsClient, size: int, chunk: int) -> None:
-    stream = await client.export_snapshot(ExportSnapshotRequest(id=f"{size}:{chunk}"))
-    got = 0
-    async for piece in stream.iter_bytes():
-        got += len(piece)
-    assert got == size, (got, size)
+def show(result: Result) -> None:
+    target = f"  (target ≥ {result.target})" if result.target else ""
+    runs = "/".join(f"{x:,.0f}" for x in result.ours_runs) + " vs " + "/".join(f"{x:,.0f}" for x in result.raw_runs)
+    print(f"{result.name:58} ours {result.ours:10,.0f}  base {result.raw:10,.0f} {result.unit:5} ratio {result.ratio:5.2f}{target}  [{runs}]", flush=True)
+    for note in result.notes:
+        print(f"    {note}", flush=True)
 
 
-async def _upload(client: StreamDemoServiceNatsClient, data: bytes, chunk: int) -> None:
-    stream = await client.import_snapshot()
-    await stream.send_reader([data], chunk_size=chunk)
-    assert (await stream.close_and_recv()).size == len(data)
+async def rss_of_1gib_download(url: str, pb2: Path, quick: bool) -> dict[str, float]:
+    """Our service in one process, bench/rss_download.py downloading 1 GiB in another: the
+    downloader's RSS idle and at peak (MB)."""
+    size = (1 << 30) // (10 if quick else 1) // 65536 * 65536
+    row = Row("rss", "MB/s", Side("ours", "rss"), Side("ours", "rss"), size, chunk=65536)
+    pair = Pair(url, row, row.ours, pb2)
+    try:
+        pair.service = await pair._start("service")
+        if (line := await pair._line(pair.service, START_TIMEOUT)) != "ready":
+            raise RuntimeError(f"service said {line!r}")
+        pair.client = await asyncio.create_subprocess_exec(
+            sys.executable, str(BENCH / "rss_download.py"), url, str(size), stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.PIPE,
+        )
+        out: dict[str, float] = json.loads(await pair._line(pair.client, RUN_TIMEOUT))
+        return out
+    finally:
+        await pair.end()
 
 
-class Persisted(ProfilesNatsBase):
-    """A service whose answers are kept in JetStream KV (`(natsmicro.kv_store)`)."""
-
-    async def save(self, request: Profile) -> ProfileView:
-        return ProfileView(id=request.id)
-
-    save_checked = save
-
-
-async def run_persistence() -> list[Result]:
-    """Unary calls whose answers are stored in JetStream KV, against the same calls served with
-    `persist=False`: best effort (answer, then write) and required (write, then answer). Median of
-    three alternating runs: the writes share this machine's cores with the calls."""
-    results: list[Result] = []
-    with tempfile.TemporaryDirectory() as store, NatsServer(extra_args=["-js", "-sd", store]) as server:
-        snc, cnc = await nats.connect(server.url), await nats.connect(server.url)
-        client = ProfilesNatsClient(cnc, timeout=60)
-        for in_flight, n in ((1, 1000 // SCALE), (50, 5000 // SCALE)):
-            for label, call in (("best effort", client.save), ("required", client.save_checked)):
-                rates: dict[bool, list[float]] = {True: [], False: []}
-                dropped = 0
-                for run in range(3):
-                    for persist in (True, False):
-                        requests = [Profile(id=f"{label[0]}{in_flight}-{run}-{i}") for i in range(n)]  # new keys
-
-                        async def calls() -> None:
-                            for start in range(0, n, in_flight):
-                                await asyncio.gather(*(call(r) for r in requests[start : start + in_flight]))
-
-                        service = await betterproto_nats.serve(snc, Persisted(), persist=persist)
-                        rates[persist].append(n / await timed(calls))
-                        dropped += service.persistence.persister.dropped if service.persistence else 0
-                        await service.stop()  # waits for the background writes
-                stored, unstored = (sorted(rates[p])[1] for p in (True, False))
-                name = f"unary + KV {label}, {in_flight} in flight (vs not stored)"
-                results.append(Result(name + (f", {dropped} writes dropped" if dropped else ""), "req/s", stored, unstored))
-                print(f"{results[-1].name:44} ours {stored:12,.0f}  unstored {unstored:12,.0f} req/s  ratio {results[-1].ratio:5.2f}", flush=True)
-        await snc.close()
-        await cnc.close()
-    return results
-
-
-def peak_rss_of_1gib_download(url: str) -> dict[str, float]:
-    """A client in a child process downloads 1 GiB from our service; its RSS idle and at peak (MB)."""
-    size = (1 << 30) // SCALE // 65536 * 65536
-    out = subprocess.run(
-        [sys.executable, str(Path(__file__).parent / "rss_download.py"), url, str(size)],
-        capture_output=True, text=True, timeout=600, check=True,
+def machine() -> str:
+    return (
+        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"nats-py {importlib.metadata.version('nats-py')}, protobuf {importlib.metadata.version('protobuf')}"
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def write(results: list[Result], rss: dict[str, float]) -> None:
+def write(results: list[Result], rss: dict[str, float] | None, extra: list[same_process.Result], quick: bool, runs: int) -> None:
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, nats-py {importlib.metadata.version('nats-py')}"
-    lines = [
-        f"# Benchmark results ({stamp}{', quick' if QUICK else ''})",
-        "",
-        f"Machine: {machine}. Ours and raw nats-py ran in the same process and run, against one local nats-server.",
-        "",
-        "| benchmark | ours | raw nats-py | unit | ratio | target |",
-        "|---|---:|---:|---|---:|---:|",
-    ]
-    for r in results:
-        met = "" if r.target is None else (f"≥ {r.target} ✓" if r.ratio >= r.target else f"≥ {r.target} ✗")
-        lines.append(f"| {r.name} | {r.ours:,.0f} | {r.raw:,.0f} | {r.unit} | {r.ratio:.2f} | {met} |")
-    growth = rss["peak_mb"] - rss["idle_mb"]
-    lines += ["", *(f"- {loss}" for loss in LOSSES)] if LOSSES else []
-    lines += [
-        "",
-        f"1 GiB chunked download in a separate client process: RSS idle {rss['idle_mb']:.0f} MB, peak "
-        f"{rss['peak_mb']:.0f} MB, growth {growth:.0f} MB (target < 100 MB {'✓' if growth < 100 else '✗'}), "
-        f"{rss['mb_per_s']:.0f} MB/s.",
-    ]
-    (Path(__file__).parent / "results.md").write_text("\n".join(lines) + "\n")
-    payload = {"raw_losses": LOSSES, "date": stamp, "machine": machine, "quick": QUICK, "results": [asdict(r) | {"ratio": r.ratio} for r in results], "rss_1gib_download": rss}
-    (Path(__file__).parent / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+    lines = [f"# Benchmark results ({stamp}{', quick' if quick else ''})", "", f"Machine: {machine()}.", ""]
+    if results:
+        lines += [
+            f"**Service and client ran in separate processes** (plus the one local nats-server); median of {runs} "
+            f"run{'s' if runs > 1 else ''} per side{' (chunked rows: 2)' if runs > 2 else ''}, ours and the baseline alternating; each producer built its distinct "
+            "messages before timing. The baseline is raw nats-py unless the row names another.",
+            "",
+            "| benchmark | ours | raw nats-py / baseline | unit | ratio | target |",
+            "|---|---:|---:|---|---:|---:|",
+        ]
+        for r in results:
+            met = "" if r.target is None else (f"≥ {r.target} ✓" if r.ratio >= r.target else f"≥ {r.target} ✗")
+            lines.append(f"| {r.name} | {r.ours:,.0f} | {r.raw:,.0f} | {r.unit} | {r.ratio:.2f} | {met} |")
+        notes = [f"- {r.name}: {note}" for r in results for note in dict.fromkeys(r.notes)]
+        lines += ["", *notes] if notes else []
+        lines += [
+            "",
+            "CPU per item (µs of each process's CPU time over the timed part / calls or messages; the nats-server's "
+            "at 10 ms resolution), median:",
+            "",
+            "| benchmark | ours client | ours service | nats-server | baseline client | baseline service | nats-server |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in results:
+            c = r.cpu_us
+            lines.append(
+                f"| {r.name} | {c['ours client']:.1f} | {c['ours service']:.1f} | {c['ours server']:.1f} "
+                f"| {c['base client']:.1f} | {c['base service']:.1f} | {c['base server']:.1f} |"
+            )
+    if rss:
+        growth = rss["peak_mb"] - rss["idle_mb"]
+        lines += [
+            "",
+            f"1 GiB chunked download, service and client in separate processes: client RSS idle {rss['idle_mb']:.0f} MB, peak "
+            f"{rss['peak_mb']:.0f} MB, growth {growth:.0f} MB (target < 100 MB {'✓' if growth < 100 else '✗'}), {rss['mb_per_s']:.0f} MB/s.",
+        ]
+    if extra:
+        lines += [
+            "",
+            "## Same process (extra)",
+            "",
+            "The earlier bench, kept for comparison: client and service in ONE process, one prebuilt message "
+            "object sent n times, ours and raw nats-py in the same run (bench/same_process.py).",
+            "",
+            "| benchmark | ours | raw nats-py | unit | ratio | target |",
+            "|---|---:|---:|---|---:|---:|",
+        ]
+        for e in extra:
+            met = "" if e.target is None else (f"≥ {e.target} ✓" if e.ratio >= e.target else f"≥ {e.target} ✗")
+            lines.append(f"| {e.name} | {e.ours:,.0f} | {e.raw:,.0f} | {e.unit} | {e.ratio:.2f} | {met} |")
+        lines += ["", *(f"- {loss}" for loss in same_process.LOSSES)] if same_process.LOSSES else []
+    (BENCH / "results.md").write_text("\n".join(lines) + "\n")
+    payload = {
+        "date": stamp,
+        "machine": machine(),
+        "quick": quick,
+        "processes": "service and client in separate processes",
+        "runs_per_side": runs,
+        "results": [asdict(r) | {"ratio": r.ratio} for r in results],
+        "rss_1gib_download": rss,
+        "same_process": [asdict(e) | {"ratio": e.ratio} for e in extra],
+        "same_process_raw_losses": same_process.LOSSES,
+    }
+    (BENCH / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
     print("\n".join(lines))
 
 
+async def separate(quick: bool, only: str | None, runs: int | None) -> tuple[list[Result], dict[str, float] | None]:
+    results: list[Result] = []
+    rss = None
+    table = [r for r in rows(quick) if only is None or only in r.name]
+    with tempfile.TemporaryDirectory(prefix="bench-pb2-") as pb2, tempfile.TemporaryDirectory(prefix="bench-js-") as store:
+        reference.generate_pb2(Path(pb2))
+        with NatsServer() as server, NatsServer(extra_args=["-js", "-sd", store]) as js_server:
+            for row in table:
+                nats_server = js_server if row.jetstream else server
+                assert nats_server.process is not None
+                result = await measure(row, nats_server.url, Path(pb2), runs or row.runs, nats_server.process.pid)
+                results.append(result)
+                show(result)
+            if only is None:
+                rss = await rss_of_1gib_download(server.url, Path(pb2), quick)
+                print(f"1 GiB download: RSS growth {rss['peak_mb'] - rss['idle_mb']:.0f} MB, {rss['mb_per_s']:.0f} MB/s", flush=True)
+    return results, rss
+
+
 async def main() -> None:
-    with NatsServer() as server:
-        results = await run_all(server.url)
-        results += await run_persistence()
-        service_nc = await nats.connect(server.url)
-        service = await betterproto_nats.serve(service_nc, Bench())
-        rss = await asyncio.to_thread(peak_rss_of_1gib_download, server.url)
-        await service.stop()
-        await service_nc.close()
-    write(results, rss)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="1 run per side, 1/10 sizes")
+    parser.add_argument("--separate-only", action="store_true", help="skip the same-process extra")
+    parser.add_argument("--same-process", action="store_true", help="only the same-process extra")
+    parser.add_argument("--rows", help="only rows whose name contains this; writes no files")
+    parser.add_argument("--runs", type=int, help="runs per side (default 3, 1 with --quick)")
+    args = parser.parse_args()
+    started = time.monotonic()
+    results: list[Result] = []
+    rss = None
+    if not args.same_process:
+        results, rss = await separate(args.quick, args.rows, args.runs)
+    extra: list[same_process.Result] = []
+    if not args.separate_only and not args.rows:
+        print("\nsame process (extra):", flush=True)
+        extra = await same_process.main_rows()
+    if not args.rows:
+        write(results, rss, extra, args.quick, args.runs or (1 if args.quick else 3))
+    print(f"\n(bench took {time.monotonic() - started:.0f} s)")
 
 
 if __name__ == "__main__":
+    if "--quick" in sys.argv:
+        same_process.QUICK, same_process.SCALE = True, 10
     asyncio.run(main())
