@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import cProfile
 import pstats
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -98,7 +99,7 @@ def report_side(side: str, stats: pstats.Stats, items: int, cpu: float, top: boo
             print(f"      {tottime * scale:6.2f} µs  {100 * tottime / whole:4.1f}%  {where}")
 
 
-async def separate(selected: list[str], impl: str) -> None:
+async def separate(selected: list[str], impl: str, keep: Path | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-pb2-") as pb2, NatsServer() as server:
         reference.generate_pb2(Path(pb2))
         for name, (row_name, n, in_flight) in SHAPES.items():
@@ -113,6 +114,9 @@ async def separate(selected: list[str], impl: str) -> None:
                 print(f"\n{name} ({impl}; {items:,} items; {plain['items'] / plain['elapsed']:,.0f}/s, {items / result['elapsed']:,.0f}/s profiled)")
                 for role in ("service", "client"):
                     report_side(role, pstats.Stats(str(Path(folder) / f"{role}.prof")), items, plain[f"{role}_cpu"] / plain["items"] * items, top=bool(selected))
+                    if keep is not None:  # for a closer look: python -m pstats <file>
+                        keep.mkdir(parents=True, exist_ok=True)
+                        shutil.copy(Path(folder) / f"{role}.prof", keep / f"{name}-{impl}-{role}.prof")
 
 
 # --- the earlier mode: client and service in this one process ----------------------------------------
@@ -163,11 +167,12 @@ def main() -> None:
     parser.add_argument("shapes", nargs="*", help=", ".join(SHAPES))
     parser.add_argument("--impl", choices=("ours", "raw", "ref"), default="ours", help="whose sides to profile (ref: unary only)")
     parser.add_argument("--same-process", action="store_true", help="the earlier mode: client and service in this process")
+    parser.add_argument("--keep", type=Path, help="keep each side's profile in this folder (<shape>-<impl>-<side>.prof)")
     args = parser.parse_args()
     if args.same_process:
         asyncio.run(same_process(args.shapes))
     else:
-        asyncio.run(separate(args.shapes, args.impl))
+        asyncio.run(separate(args.shapes, args.impl, args.keep))
 
 
 if __name__ == "__main__":

@@ -27,12 +27,17 @@ from .load import LoopLag
 from .transport import Transport, outbound_backlog
 
 DEFAULT_MAX_LOOP_LAG = 0.05  # seconds
-INITIAL_BUDGET = 1000  # calls of a kind in progress before the loop has shown it lags
+# Streams in progress before the loop has shown it lags, and how often their budget may step up: a
+# stream brings its load over its first messages, so a burst is let in a step at a time.
+INITIAL_STREAMS, STREAMS_GROW_EVERY = 1000, 0.1
+# Unary calls in progress at first, and their steps up: a unary call's load shows at once (it runs
+# now), so its budget starts small and follows the loop closely; a burst of calls that each compute
+# for a while cannot all be let in within one loop turn.
+INITIAL_UNARY, UNARY_GROW_EVERY = 64, 0.025
 MIN_BUDGET = 8
-GROWTH = 1.125  # per adaptation while the lag is low and the budget is used
+GROWTH = 1.125  # per step up while the lag is low and the budget is used
 SHRINK = 0.9  # of the calls in progress, while the lag is high
 ADAPT_EVERY = 0.025  # seconds between adaptations (shrinking)
-GROW_EVERY = 0.1  # seconds between steps up: a stream's load shows over its first messages
 MAX_CLIENT_STREAMS = 1_000_000  # a client's budget grows up to this
 MIN_RETRY_AFTER, MAX_RETRY_AFTER = 0.05, 5.0  # seconds: the hint a refusal carries
 
@@ -53,20 +58,24 @@ def _hint(seconds: float) -> float:
 class Budget:
     """How many calls of one kind may be in progress now: `limit`, at most `ceiling`."""
 
-    __slots__ = ("ceiling", "limit", "grown")
+    __slots__ = ("ceiling", "limit", "grow_every", "adapted", "grown")
 
-    def __init__(self, ceiling: int, adaptive: bool) -> None:
+    def __init__(self, ceiling: int, adaptive: bool, initial: int = INITIAL_STREAMS, grow_every: float = STREAMS_GROW_EVERY) -> None:
         self.ceiling = ceiling
-        self.limit = min(ceiling, INITIAL_BUDGET) if adaptive else ceiling
-        self.grown = 0.0  # loop time of the last step up
+        self.limit = min(ceiling, initial) if adaptive else ceiling
+        self.grow_every = grow_every
+        self.adapted = self.grown = 0.0  # loop times of the last adaptation and the last step up
 
     def adapt(self, lag: float, target: float, in_progress: int, now: float) -> None:
-        """Shrink below what runs, in proportion to how far the loop lags beyond `target`; grow by
-        an eighth while it lags less and the budget is nearly used (a burst of new calls is let in a
-        step at a time, as the loop shows it carries them)."""
+        """At most every `ADAPT_EVERY`: shrink below what runs, in proportion to how far the loop lags
+        beyond `target`; grow by an eighth (at most every `grow_every`) while it lags less and the
+        budget is nearly used."""
+        if now - self.adapted < ADAPT_EVERY:
+            return
+        self.adapted = now
         if lag > target:
             self.limit = max(MIN_BUDGET, min(self.limit, int(in_progress * SHRINK * target / lag)))
-        elif lag < target and in_progress >= self.limit * 0.75 and now - self.grown >= GROW_EVERY:
+        elif lag < target and in_progress >= self.limit * 0.75 and now - self.grown >= self.grow_every:
             self.grown = now
             self.limit = min(self.ceiling, max(self.limit + 1, int(self.limit * GROWTH)))
 
@@ -74,7 +83,7 @@ class Budget:
 class Admission:
     """A service's limits, checked for every new call (`refusal`); `start`/`stop` with the service."""
 
-    __slots__ = ("transport", "max_loop_lag", "max_outbound_bytes", "lag", "streams", "unary", "_adapted")
+    __slots__ = ("transport", "max_loop_lag", "max_outbound_bytes", "lag", "streams", "unary", "_outbound")
 
     def __init__(
         self,
@@ -92,11 +101,11 @@ class Admission:
         if max_outbound_bytes is None:  # half of what the connection buffers (nats-py: pending_size)
             max_outbound_bytes = outbound_backlog(transport)[1] // 2
         self.max_outbound_bytes = max_outbound_bytes or None  # 0: no limit
+        self._outbound = getattr(transport, "outbound", None)  # checked for every new call: looked up once
         adaptive = max_loop_lag is not None
         self.streams = Budget(max_streams, adaptive)
-        self.unary = Budget(max_unary, adaptive)
+        self.unary = Budget(max_unary, adaptive, INITIAL_UNARY, UNARY_GROW_EVERY)
         self.lag: LoopLag | None = None
-        self._adapted = 0.0
 
     def start(self) -> None:
         if self.max_loop_lag is not None and self.lag is None:
@@ -117,18 +126,15 @@ class Admission:
         monitor, max_lag = self.lag, self.max_loop_lag
         if monitor is not None and max_lag is not None:
             lag = monitor.seconds
-            now = monitor.loop.time()
-            if now - self._adapted >= ADAPT_EVERY:
-                self._adapted = now
-                budget.adapt(lag, max_lag / 2, in_progress, now)
+            budget.adapt(lag, max_lag / 2, in_progress, monitor.loop.time())
             if lag > max_lag:
                 return Refusal("loop_lag", f"the service is overloaded: its event loop runs {lag * 1000:.0f} ms behind", _hint(2 * lag))
             if in_progress >= budget.limit:
                 return Refusal(
                     "budget", f"the service is at capacity: {in_progress} {kind} in progress", _hint(min(typical_call, 4 * max_lag))
                 )
-        if self.max_outbound_bytes is not None:
-            backlog = outbound_backlog(self.transport)[0]
+        if self.max_outbound_bytes is not None and self._outbound is not None:
+            backlog = self._outbound()[0]
             if backlog > self.max_outbound_bytes:
                 return Refusal("outbound", f"the service is overloaded: {backlog} bytes wait to be sent", _hint(0.0))
         return None
@@ -150,7 +156,7 @@ class OpenGate:
 
     _gates: ClassVar[dict[int, OpenGate]] = {}  # by id() of the transport, while in use
 
-    __slots__ = ("key", "max_loop_lag", "budget", "active", "waiters", "lag", "_adapted")
+    __slots__ = ("key", "max_loop_lag", "budget", "active", "waiters", "lag")
 
     def __init__(self, key: int, max_loop_lag: float) -> None:
         self.key = key
@@ -159,7 +165,6 @@ class OpenGate:
         self.active = 0  # streams that passed and have not left
         self.waiters: deque[asyncio.Future[None]] = deque()
         self.lag = LoopLag.acquire()
-        self._adapted = 0.0
 
     @classmethod
     def of(cls, nc: Transport, max_loop_lag: float = DEFAULT_MAX_LOOP_LAG) -> OpenGate:
@@ -170,10 +175,7 @@ class OpenGate:
 
     def _may_open(self) -> bool:
         lag = self.lag.seconds
-        now = self.lag.loop.time()
-        if now - self._adapted >= ADAPT_EVERY:
-            self._adapted = now
-            self.budget.adapt(lag, self.max_loop_lag / 2, self.active, now)
+        self.budget.adapt(lag, self.max_loop_lag / 2, self.active, self.lag.loop.time())
         return lag <= self.max_loop_lag and self.active < self.budget.limit
 
     async def enter(self, wait: float | None, method: str) -> None:

@@ -7,7 +7,9 @@ import re
 import secrets
 from typing import Callable
 
+import nats.errors
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 
@@ -138,7 +140,8 @@ def publish_nowait(nc: NATS, subject: str, payload: bytes, headers: dict[str, st
     coroutine (and without re-checking subjects and header names that we built). False, having
     done nothing, when `publish` must be used: disconnected, draining, the buffer full, the
     flusher gone, or nats-py's internals not as expected."""
-    if not nc.is_connected or nc.is_draining_pubs or len(payload) > nc.max_payload:
+    length = len(payload)
+    if not nc.is_connected or nc.is_draining_pubs or length > nc.max_payload:
         return False
     usable: bool | None = getattr(nc, "_betterproto_nats_nowait", None)
     if usable is None:  # looked at once, on a connected client (its flush queue exists then)
@@ -150,25 +153,92 @@ def publish_nowait(nc: NATS, subject: str, payload: bytes, headers: dict[str, st
         return False
     if headers:
         block = header_block(headers)
-        head = f"HPUB {subject} {reply + ' ' if reply else ''}{len(block)} {len(block) + len(payload)}\r\n".encode()
+        blocked = len(block)
+        head = f"HPUB {subject} {reply} {blocked} {blocked + length}\r\n" if reply else f"HPUB {subject} {blocked} {blocked + length}\r\n"
+        command = b"".join((head.encode(), block, payload, b"\r\n"))
     else:  # as nats-py writes a message without headers
-        block = b""
-        head = f"PUB {subject} {reply + ' ' if reply else ''}{len(payload)}\r\n".encode()
-    size = len(head) + len(block) + len(payload) + 2
-    if nc._max_pending_size > 0 and nc._pending_data_size + size > nc._max_pending_size:
+        head = f"PUB {subject} {reply} {length}\r\n" if reply else f"PUB {subject} {length}\r\n"
+        command = b"".join((head.encode(), payload, b"\r\n"))
+    size = len(command)
+    limit = nc._max_pending_size
+    if limit > 0 and nc._pending_data_size + size > limit:
         return False
-    nc._pending.append(b"".join((head, block, payload, b"\r\n")))
+    nc._pending.append(command)
     nc._pending_data_size += size
-    nc.stats["out_msgs"] += 1
-    nc.stats["out_bytes"] += len(payload)
+    stats = nc.stats
+    stats["out_msgs"] += 1
+    stats["out_bytes"] += length
     queue = nc._flush_queue
     if queue is not None and queue.empty():
         queue.put_nowait(asyncio.get_running_loop().create_future())  # wake the flusher
     return True
 
 
+class Requests:
+    """Requests on nats-py's own response subscription (`_INBOX.<nuid>.*`, shared with its
+    `request()`), without what `request()` costs per call: a NUID and random bytes per token, a
+    done-callback, the `publish` coroutine and `asyncio.wait_for` (measured, 50 requests in flight
+    against a plain responder: 17-23 µs of the client's CPU a request through `request()`, 9 µs
+    this way). Tokens are a counter: the reply subjects of one connection stay unique, and a peer
+    that sees one learns no more than `request()`'s guessable NUIDs would tell it. When nats-py's
+    internals are not as expected (`usable`), callers use `request()` (a test fails loudly)."""
+
+    def __init__(self, nc: NATS) -> None:
+        self.nc = nc
+        self.count = 0
+        self.prefix = ""  # the response subscription's prefix, once it exists
+        self.usable = (
+            hasattr(nc, "_init_request_sub")
+            and hasattr(nc, "_request_sub_callback")
+            and isinstance(getattr(nc, "_resp_map", None), dict)
+            and hasattr(nc, "_resp_sub_prefix")
+            and _has_pending_buffer(nc)
+        )
+
+    @classmethod
+    def of(cls, nc: NATS) -> Requests:
+        requests: Requests | None = getattr(nc, "_betterproto_nats_requests", None)
+        if requests is None:
+            requests = nc._betterproto_nats_requests = cls(nc)  # type: ignore[attr-defined]
+        return requests
+
+    async def request(self, subject: str, payload: bytes, timeout: float | None, headers: dict[str, str] | None) -> Msg:
+        """The answer to one request (`NoRespondersError`, `TimeoutError` as `request()` raises them)."""
+        nc = self.nc
+        if not self.prefix:
+            if not nc._resp_sub_prefix:
+                await nc._init_request_sub()
+            self.prefix = bytes(nc._resp_sub_prefix or b"").decode()
+        self.count += 1
+        token = str(self.count)
+        reply = self.prefix + token
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Msg] = loop.create_future()
+        waiting = nc._resp_map
+        waiting[token] = future
+        expiry = None if timeout is None else loop.call_later(timeout, _expire, future)
+        try:
+            if not publish_nowait(nc, subject, payload, headers, reply):
+                await nc.publish(subject, payload, reply=reply, headers=headers)
+            msg = await future
+        finally:
+            waiting.pop(token, None)
+            if expiry is not None:
+                expiry.cancel()
+        if msg.headers and msg.headers.get("Status") == "503":
+            raise nats.errors.NoRespondersError
+        return msg
+
+
+def _expire(future: asyncio.Future[Msg]) -> None:
+    if not future.done():
+        future.set_exception(nats.errors.TimeoutError())
+
+
 def outbound_pending(nc: NATS) -> tuple[int, int]:
     """(bytes published and not yet handed to the socket, the most nats-py buffers: `pending_size`);
-    (0, 0) when nats-py's internals are not as expected."""
-    pending, limit = getattr(nc, "_pending_data_size", 0), getattr(nc, "_max_pending_size", 0)
-    return (pending, limit) if isinstance(pending, int) and isinstance(limit, int) else (0, 0)
+    (0, 0) when nats-py's internals are not as expected (looked at once, as for `publish_nowait`)."""
+    usable: bool | None = getattr(nc, "_betterproto_nats_nowait", None)
+    if usable is None:
+        usable = _has_pending_buffer(nc)
+    return (nc._pending_data_size, nc._max_pending_size) if usable else (0, 0)

@@ -117,14 +117,20 @@ def server_terms(headers: Mapping[str, str] | None, streaming: bool, stream_idle
     if v2:
         wished = header_int(headers, STREAM_HEARTBEAT, int(DEFAULT_HEARTBEAT * 1000)) / 1000
         heartbeat = clamp_heartbeat(wished, longest_heartbeat(stream_idle_timeout))
-    deadline = None
-    text = headers.get(DEADLINE)
-    if (v2 or not streaming) and text is not None:
-        epoch_ms = parse_uint(text)
-        if epoch_ms is None:
-            raise RpcError(ErrorCode.INVALID_ARGUMENT, f"malformed {DEADLINE} {quote(text)}")
-        deadline = epoch_ms / 1000
+    deadline = request_deadline(headers) if v2 or not streaming else None
     return ServerTerms(v2, heartbeat, deadline, shared_peer(headers) if v2 else None)
+
+
+def request_deadline(headers: Mapping[str, str] | None) -> float | None:
+    """The caller's deadline (`Nats-Deadline`, unix seconds), if it sent one; a malformed one is
+    INVALID_ARGUMENT."""
+    text = headers.get(DEADLINE) if headers else None
+    if text is None:
+        return None
+    epoch_ms = parse_uint(text)
+    if epoch_ms is None:
+        raise RpcError(ErrorCode.INVALID_ARGUMENT, f"malformed {DEADLINE} {quote(text)}")
+    return epoch_ms / 1000
 
 
 def confirmation(inbox: str, heartbeat: float, window: Window | None, peer: str | None = None) -> dict[str, str]:

@@ -11,8 +11,9 @@ import asyncio
 import enum
 import functools
 import logging
+import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Generic, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Generic, Mapping, Protocol, TypeVar
 
 import betterproto
 from nats.aio.msg import Msg
@@ -20,11 +21,12 @@ from nats.aio.msg import Msg
 from .chunks import BlobReceiving, ChunkCodec, ChunkReceiver, split
 from .codec import Codec
 from .context import CallContext, set_current_call
+from .discovery import EndpointRecord
 from .errors import ErrorCode, RpcError
 from .flow import AckPolicy, FlowWindow
 from .interceptors import CallInfo, Chain, Direction, Side, outcome_of
 from .logs import RateLimitedLog
-from .negotiation import Window, confirmation, server_terms
+from .negotiation import Window, confirmation, request_deadline, server_terms
 from .persistence import BlobCopy, Persistence, StoreKeys
 from .peers import PeerLiveness
 from .protocol import (
@@ -478,64 +480,211 @@ class Responder:
         headers = error_headers(error.code, error.message)  # capped: always fits
         await self.nc.publish(subject, b"", headers=headers)
 
-    async def persist(self, body: bytes) -> None:
-        """Store an encoded final answer before it is sent, where the method's options say (unary)."""
+    def persist(self, body: bytes) -> Awaitable[None] | None:
+        """No stored answers (persisted methods are unary: `UnaryCall.persist`)."""
+        return None
 
     async def answer(self, subject: str, response: Any, error: RpcError | None) -> None:
-        """A single final answer (unary, client streaming): the response with the handler's response
-        headers, or the error pair; a wrong type or an oversized response becomes the error."""
-        if error is None:
-            if self.info is not None:
-                response = self.intercept(Direction.SENT, response)
-            if not isinstance(response, self.method.response):
-                error = self.error(
-                    ErrorCode.INTERNAL, f"handler returned {type(response).__name__}, not {self.method.response.__name__}"
-                )
+        """A single final answer (client streaming): see `answer`."""
+        await answer(self, subject, response, error)
+
+
+class _Answering(Protocol):
+    """What a single final answer needs of its call (`UnaryCall`, a client stream's `Responder`)."""
+
+    nc: Transport
+    method: MethodSpec[Any, Any]
+    name: str
+    codec: Codec
+    context: CallContext
+    info: CallInfo | None
+    answered: tuple[int, int]
+
+    def intercept(self, direction: Direction, message: Any) -> Any: ...
+
+    def error(self, code: str, message: str) -> RpcError: ...
+
+    def internal(self, raised: BaseException) -> RpcError: ...
+
+    def persist(self, body: bytes) -> Awaitable[None] | None:
+        """The write of an encoded answer to await before it is sent, when the method stores them."""
+
+
+async def answer(call: _Answering, subject: str, response: Any, error: RpcError | None) -> None:
+    """A call's single final answer (unary, client streaming): the response with the handler's
+    response headers, or the error pair; a wrong type, an oversized response or a required write
+    that failed becomes the error. `subject`: the request's reply, or a checked `Reply-To`."""
+    if error is None:
+        if call.info is not None:
+            response = call.intercept(Direction.SENT, response)
+        method = call.method
+        if not isinstance(response, method.response):
+            error = call.error(ErrorCode.INTERNAL, f"handler returned {type(response).__name__}, not {method.response.__name__}")
+        else:
+            try:
+                response_headers = call.context.response_headers
+                # checked again: the dict is the handler's (blob size aside, ours)
+                headers = user_headers(response_headers, allow=RESPONSE_PROTOCOL_HEADERS) if response_headers else None
+                body = call.codec.encode(response)
+                check_size(len(body), headers, call.nc.max_payload, call.name)
+                stored = call.persist(body)
+                if stored is not None:
+                    await stored
+            except RpcError as too_big:  # or a required write that failed
+                error = too_big
+            except Exception as unencodable:  # e.g. a field holding a value of the wrong type
+                error = call.internal(unencodable)
             else:
-                try:
-                    # checked again: the dict is the handler's (blob size aside, ours)
-                    headers = user_headers(self.context.response_headers, allow=RESPONSE_PROTOCOL_HEADERS)
-                    body = self.codec.encode(response)
-                    check_size(len(body), headers, self.nc.max_payload, self.name)
-                    await self.persist(body)
-                except RpcError as too_big:  # or a required write that failed
-                    error = too_big
-                except Exception as unencodable:  # e.g. a field holding a value of the wrong type
-                    error = self.internal(unencodable)
-                else:
-                    await publish(self.nc, subject, body, headers or None)  # subject: the request's reply or a checked Reply-To
-                    self.answered = (1, len(body))
-                    return
-        await self.respond_error(subject, error)
+                await publish(call.nc, subject, body, headers or None)
+                call.answered = (1, len(body))
+                return
+    headers = error_headers(error.code, error.message)  # capped: always fits
+    await call.nc.publish(subject, b"", headers=headers)
 
 
-class UnaryResponder(Responder):
-    """Request in, response (or error headers) out on the request's reply subject."""
+@dataclass(frozen=True, slots=True)
+class ServedMethod:
+    """What every call of one endpoint shares (built once when serving starts)."""
 
-    __slots__ = ("keys",)
+    nc: Transport
+    method: MethodSpec[Any, Any]
+    name: str  # "package.Service/Method"
+    handler: Callable[..., Any]
+    codec: Codec
+    policy: ServingPolicy
+    task_name: str
+    record: EndpointRecord  # what `$SRV` STATS report: each call's time and error code
+    done: Callable[[asyncio.Task[None]], None]  # a call's task ends (its endpoint lets go of it)
 
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
+
+class UnaryCall:
+    """The server's side of one unary call, run in a task of its own: the request decoded, the
+    handler run with `current_call()` set and the call's deadline applied, the response (or the
+    error) published to the request's reply subject. One small object per call (no inbox, session
+    or stream state); states as a `Responder`'s: OPENING -> SERVING -> FINISHING -> CLOSED | FAILED."""
+
+    __slots__ = ("served", "msg", "state", "context", "info", "keys", "deadline", "exception", "answered")
+
+    def __init__(self, served: ServedMethod, msg: Msg) -> None:
+        self.served = served
+        self.msg = msg
+        self.state = ServerState.OPENING
+        self.info: CallInfo | None = None  # what interceptors see, when there are any
         self.keys: StoreKeys | None = None  # a persisted method's storage keys
+        self.deadline: Deadline | None = None
+        self.exception: BaseException | None = None  # a handler's unexpected exception
+        self.answered = (0, 0)
 
-    async def open(self) -> None:
-        if not self.reply:
-            raise _NoAnswer
-        self.request = self.codec.decode(self.method.request, self.msg.data, self.name)
+    # What `answer` needs (and interceptors), read from what the endpoint's calls share.
+    nc = property(lambda self: self.served.nc)
+    method = property(lambda self: self.served.method)
+    name = property(lambda self: self.served.name)
+    codec = property(lambda self: self.served.codec)
 
-    async def serve(self) -> None:
-        request = self.intercept(Direction.RECEIVED, self.request) if self.info is not None else self.request
-        persistence = self.policy.persistence
-        if persistence is not None and self.method.persists:  # a request without a valid key fails here
-            self.keys = persistence.keys(self.method, request, self.name)
-        self.response = await self.handler(request)
+    def move(self, state: ServerState) -> None:
+        if state not in _NEXT[self.state]:
+            raise InvalidTransition(f"{self.served.name}: {self.state.value} -> {state.value}")
+        self.state = state
 
-    async def persist(self, body: bytes) -> None:
-        if self.keys is not None and self.policy.persistence is not None:
-            await self.policy.persistence.store(self.method, self.keys, body, self.deadline, self.name)
+    def error(self, code: str, message: str) -> RpcError:
+        return RpcError(code, message, method=self.served.name)
 
-    async def finish(self, error: RpcError | None) -> None:
-        await self.answer(self.reply, self.response, error)
+    def intercept(self, direction: Direction, message: Any) -> Any:
+        chain = self.served.policy.interceptors
+        return message if chain is None or self.info is None else chain.message(self.info, direction, message)
+
+    def internal(self, raised: BaseException) -> RpcError:
+        """A handler's unexpected exception: logged here with its traceback; the caller gets INTERNAL
+        with a generic text unless the service exposes errors."""
+        log.error("handler %s failed", self.served.name, exc_info=raised)
+        self.exception = raised
+        text = str(raised) or type(raised).__name__
+        return self.error(ErrorCode.INTERNAL, text if self.served.policy.expose_errors else "internal error")
+
+    def persist(self, body: bytes) -> Awaitable[None] | None:
+        """Store the encoded answer before it is sent, where the method's options say."""
+        persistence = self.served.policy.persistence
+        if self.keys is None or persistence is None:
+            return None
+        return persistence.store(self.served.method, self.keys, body, self.deadline, self.served.name)
+
+    async def run(self) -> None:
+        """Serve the call to its end, count it in the endpoint's STATS and let the endpoint know (at
+        the end of its task, without a done-callback per call)."""
+        started = time.perf_counter_ns()
+        served, msg = self.served, self.msg
+        reply = msg.reply
+        if not reply or not is_literal(reply):
+            served.record.record(time.perf_counter_ns() - started, None)
+            self.done()
+            return  # nobody to answer: dropped
+        policy = served.policy
+        method = served.method
+        error: RpcError | None = None
+        response: Any = None
+        try:
+            deadline = self.deadline = _unary_deadline(method, msg.headers)
+            request = served.codec.decode(method.request, msg.data, served.name)
+            context = self.context = CallContext(
+                served.name, msg.subject, caller_headers(msg.headers), None if deadline is None else deadline.epoch
+            )
+            set_current_call(context)
+            chain = policy.interceptors
+            if chain is not None:
+                self.info = info = CallInfo(
+                    Side.SERVER, served.name.rsplit("/", 1)[0], method.name, method.cardinality, msg.subject, context.headers, method
+                )
+                await chain.start(info)  # may reject the call: the handler never runs
+                request = chain.message(info, Direction.RECEIVED, request)
+            persistence = policy.persistence
+            if persistence is not None and method.persists:  # a request without a valid key fails here
+                self.keys = persistence.keys(method, request, served.name)
+            self.move(ServerState.SERVING)
+            if deadline is None:
+                response = await served.handler(request)
+            else:
+                async with asyncio.timeout_at(deadline.at):
+                    response = await served.handler(request)
+        except RpcError as raised:
+            error = raised
+        except TimeoutError as raised:
+            deadline = self.deadline
+            error = self.error(ErrorCode.DEADLINE_EXCEEDED, "deadline exceeded") if deadline is not None and deadline.remaining() <= 0 else self.internal(raised)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()  # handled here: the call ends, the task does not
+            error = self.error(ErrorCode.UNAVAILABLE, "the service stopped before the call finished")
+        except Exception as raised:
+            error = self.internal(raised)
+        if error is not None and error.code in _PEER_FAULTS:
+            peer_faults.warning("call to %s on %s ended with %s", served.name, msg.subject, error)
+        self.move(ServerState.FINISHING)
+        try:
+            await answer(self, reply, response, error)  # (an error before `context` was set needs none)
+        except Exception:
+            log.exception("could not finish %s", served.name)
+        self.move(ServerState.FAILED if error is not None else ServerState.CLOSED)
+        try:
+            if self.info is not None and policy.interceptors is not None:
+                outcome = outcome_of(self.info, error, self.answered, (1, len(msg.data)), self.exception)
+                await policy.interceptors.end(self.info, outcome)
+        finally:
+            served.record.record(time.perf_counter_ns() - started, None if error is None else error.code)
+            self.done()
+
+    def done(self) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self.served.done(task)
+
+
+def _unary_deadline(method: MethodSpec[Any, Any], headers: Mapping[str, str] | None) -> Deadline | None:
+    """The earlier of the method's `timeout` option and the caller's `Nats-Deadline` (malformed:
+    INVALID_ARGUMENT)."""
+    deadline = Deadline.after(method.timeout)
+    epoch = request_deadline(headers)
+    return deadline if epoch is None else Deadline.at_epoch(epoch).earliest(deadline)
 
 
 class _SendsStream(Responder):
@@ -732,7 +881,6 @@ class BidiResponder(_Handshaking, _SendsStream):
 
 
 RESPONDERS: dict[Cardinality, type[Responder]] = {
-    Cardinality.UNARY: UnaryResponder,
     Cardinality.SERVER_STREAM: ServerStreamResponder,
     Cardinality.CLIENT_STREAM: ClientStreamResponder,
     Cardinality.BIDI: BidiResponder,

@@ -21,7 +21,7 @@ from .errors import ErrorCode, Overloaded, RpcError
 from .protocol import END_TRUE, REPLY_TO, STREAM_COUNT, STREAM_END, caller_headers, error_headers
 from .interceptors import CallInfo, Chain, Interceptor, Side
 from .logs import RateLimitedLog
-from .responders import DEFAULT_STREAM_IDLE_TIMEOUT, RESPONDERS, Responder, ServingPolicy
+from .responders import DEFAULT_STREAM_IDLE_TIMEOUT, RESPONDERS, Responder, ServedMethod, ServingPolicy, UnaryCall
 from .spec import Cardinality, MethodSpec, ServiceSpec
 from .streams import V1_BUFFER_BYTES, V1_BUFFER_MESSAGES
 from .subjects import InboxPolicy, is_literal
@@ -69,12 +69,17 @@ class Endpoint:
         self.record = EndpointRecord(
             name=method.endpoint, subject=subject, queue_group=self.queue_group, metadata=method.metadata or None
         )
-        self.responder = RESPONDERS[method.cardinality]
         self.full_name = spec.full_name(method)
         self.task_name = f"betterproto-nats {self.full_name}"
         self._sub: Subscription | None = None
         self.unary = method.cardinality is Cardinality.UNARY
-        self.calls = server.unary_calls if self.unary else server.stream_calls  # this kind's budget
+        self.responder = None if self.unary else RESPONDERS[method.cardinality]
+        self.served = ServedMethod(
+            server.transport, method, self.full_name, getattr(server.impl, method.py_name), spec.codec, server.policy, self.task_name,
+            self.record, self._call_done,
+        )
+        # This kind's calls in progress (its budget); what `Server.stop` waits for.
+        self.calls: dict[asyncio.Task[None], Any] = server.unary_calls if self.unary else server.stream_calls
         self.active = 0  # this endpoint's calls in progress
         self.refused = 0  # calls refused by admission control (limits, load)
 
@@ -113,17 +118,20 @@ class Endpoint:
             error = Overloaded(refusal.message, retry_after=refusal.retry_after, method=self.full_name, reason=refusal.reason)
             await self._reject(msg, error)
             return
-        responder = self.responder(
-            server.transport, server.impl, self.method, self.full_name, server.spec.codec, msg, server.policy
-        )
+        if self.responder is None:  # its task counts it in STATS and calls `_call_done` at its end
+            call = UnaryCall(self.served, msg)
+            calls[asyncio.create_task(call.run(), name=self.task_name)] = call
+            self.active += 1
+            return
+        responder = self.responder(server.transport, server.impl, self.method, self.full_name, server.spec.codec, msg, server.policy)
         task = asyncio.create_task(self._serve(responder), name=self.task_name)
         calls[task] = responder
         self.active += 1
         task.add_done_callback(self._call_done)
 
     def _call_done(self, task: asyncio.Task[None]) -> None:
-        self.calls.pop(task, None)
-        self.active -= 1
+        if self.calls.pop(task, None) is not None:
+            self.active -= 1
 
     async def _serve(self, responder: Responder) -> None:
         started = time.perf_counter_ns()
@@ -247,7 +255,7 @@ class Server:
             persistence=self.persistence,
         )
         self.accepting = False
-        self.unary_calls: dict[asyncio.Task[None], Responder] = {}
+        self.unary_calls: dict[asyncio.Task[None], UnaryCall] = {}
         self.stream_calls: dict[asyncio.Task[None], Responder] = {}
         self.endpoints = [Endpoint(self, m, f"{self.subject_prefix}.{m.endpoint}") for m in spec.methods]
         self.discovery = Discovery(
@@ -296,6 +304,9 @@ class Server:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
+            for endpoint in self.endpoints:  # a task cancelled before it ran never told its endpoint
+                for task in [task for task in endpoint.calls if task.done()]:
+                    endpoint._call_done(task)
         if self.persistence is not None:  # background writes of answered calls, bounded by the grace too
             await self.persistence.close(grace)
         await self.discovery.stop()

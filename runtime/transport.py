@@ -13,7 +13,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 
-from .nats_compat import PermissionErrors, flush_ordered, new_inbox, outbound_pending, publish_nowait, unsubscribe_quietly
+from .nats_compat import PermissionErrors, Requests, flush_ordered, new_inbox, outbound_pending, publish_nowait, unsubscribe_quietly
 
 MessageHandler = Callable[[Msg], Awaitable[None]]
 
@@ -115,6 +115,7 @@ class NatsTransport:
 
     def __init__(self, nc: NATS) -> None:
         self.nc = nc
+        self._requests: Requests | None = None  # made on the first request (nats-py's response subscription)
 
     @property
     def max_payload(self) -> int:
@@ -157,6 +158,11 @@ class NatsTransport:
     async def request(
         self, subject: str, payload: bytes, timeout: float | None, headers: dict[str, str] | None = None
     ) -> Msg:
+        requests = self._requests
+        if requests is None:
+            requests = self._requests = Requests.of(self.nc)
+        if requests.usable:
+            return await requests.request(subject, payload, timeout, headers)
         return await self.nc.request(subject, payload, timeout=timeout, headers=headers)  # type: ignore[arg-type]  # None: no timeout
 
     async def flush(self) -> bool:

@@ -313,7 +313,7 @@ async def test_client_call_state_machine() -> None:
 
 
 async def test_server_call_state_machine() -> None:
-    from betterproto_nats.responders import InvalidTransition, ServerState
+    from betterproto_nats.responders import InvalidTransition, ServerState, UnaryCall
 
     states: list[object] = []
 
@@ -326,11 +326,15 @@ async def test_server_call_state_machine() -> None:
     server = await betterproto_nats.serve(bus.connect(), Watching())
     assert (await StreamDemoServiceNatsClient(bus.connect()).ping(PingRequest(payload="p"))).payload == "p"
     assert states == [ServerState.SERVING]
-    responder = next(iter(server.endpoints)).responder
     request = Msg(_client=None, subject="api.v1.stream.ping")  # type: ignore[arg-type]
-    call = responder(server.transport, server.impl, server.spec.methods[0], "x/y", server.spec.codec, request, server.policy)
+    call = UnaryCall(server.endpoints[0].served, request)
     with pytest.raises(InvalidTransition):
         call.move(ServerState.CLOSED)  # a call that has not been served cannot have ended
+    stream = server.endpoints[1].responder
+    assert stream is not None
+    count_up = stream(server.transport, server.impl, server.spec.methods[1], "x/y", server.spec.codec, request, server.policy)
+    with pytest.raises(InvalidTransition):
+        count_up.move(ServerState.CLOSED)
     await server.stop()
 
 

@@ -25,7 +25,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import betterproto_nats
 from betterproto_nats import ErrorCode, Interceptor, Overloaded, RetryPolicy, RpcError
-from betterproto_nats.admission import INITIAL_BUDGET, MIN_BUDGET, Budget
+from betterproto_nats.admission import INITIAL_STREAMS, MIN_BUDGET, Budget
 from betterproto_nats.otel import MetricsInterceptor
 from betterproto_nats.protocol import RETRY_AFTER, error_from_headers, error_headers
 from betterproto_nats.testing import NatsServer
@@ -567,18 +567,24 @@ def test_the_idempotency_option_reaches_the_method_descriptors() -> None:
 
 def test_budget_grows_while_the_loop_keeps_up_and_shrinks_when_it_lags() -> None:
     budget = Budget(10_000, adaptive=True)
-    assert budget.limit == INITIAL_BUDGET
-    budget.adapt(lag=0.001, target=0.025, in_progress=INITIAL_BUDGET, now=1.0)
-    assert budget.limit == int(INITIAL_BUDGET * 1.125)
-    budget.adapt(lag=0.001, target=0.025, in_progress=budget.limit, now=1.01)  # too soon after a step
-    assert budget.limit == int(INITIAL_BUDGET * 1.125)
+    assert budget.limit == INITIAL_STREAMS
+    budget.adapt(lag=0.001, target=0.025, in_progress=INITIAL_STREAMS, now=1.0)
+    assert budget.limit == int(INITIAL_STREAMS * 1.125)
+    budget.adapt(lag=0.001, target=0.025, in_progress=budget.limit, now=1.05)  # too soon after a step
+    assert budget.limit == int(INITIAL_STREAMS * 1.125)
     budget.adapt(lag=0.001, target=0.025, in_progress=10, now=2.0)  # not used: no need to grow
-    assert budget.limit == int(INITIAL_BUDGET * 1.125)
+    assert budget.limit == int(INITIAL_STREAMS * 1.125)
     budget.adapt(lag=0.1, target=0.025, in_progress=800, now=2.1)  # four times the target: a quarter
+    assert budget.limit == int(800 * 0.9 / 4)
+    budget.adapt(lag=10.0, target=0.025, in_progress=800, now=2.101)  # within ADAPT_EVERY: unchanged
     assert budget.limit == int(800 * 0.9 / 4)
     budget.adapt(lag=10.0, target=0.025, in_progress=800, now=2.2)
     assert budget.limit == MIN_BUDGET
     assert Budget(50, adaptive=True).limit == 50 and Budget(5000, adaptive=False).limit == 5000
+    unary = Budget(1000, adaptive=True, initial=64, grow_every=0.025)  # follows the loop closely
+    for step in range(30):
+        unary.adapt(lag=0.001, target=0.025, in_progress=unary.limit, now=3.0 + step * 0.03)
+    assert unary.limit == 1000
 
 
 def test_retry_hints_from_the_wire_are_parsed_strictly() -> None:

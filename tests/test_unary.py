@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import AsyncIterator
 
+import nats.errors
 import pytest
 from conftest import subscriptions
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 import betterproto_nats
 from betterproto_nats import ErrorCode, RpcError, current_call
@@ -260,3 +262,37 @@ async def test_response_headers_changed_directly_cannot_inject_headers(nc: NATS,
         assert stream.headers.get("X-Note") == "a Nats-Service-Error-Code: NOT_FOUND"
     finally:
         await server.stop()
+
+
+async def test_requests_use_the_lean_path_on_this_nats_py(nc: NATS) -> None:
+    """Unary calls go through `nats_compat.Requests` (nats-py's response subscription without the
+    per-call cost of `request()`); if a nats-py upgrade changes its internals, this fails (calls still
+    work through `request()`, only slower). Replies, timeouts, no responders and `request()` itself
+    all still work side by side."""
+    from betterproto_nats.nats_compat import Requests
+    from betterproto_nats.transport import transport_of
+
+    requests = Requests.of(nc)
+    assert requests.usable
+
+    async def echo(msg: Msg) -> None:
+        await nc.publish(msg.reply, msg.data + b"!", headers=msg.headers)
+
+    sub = await nc.subscribe("lean.echo", cb=echo)
+    await nc.flush()
+    transport = transport_of(nc)
+    answers = await asyncio.gather(*(transport.request("lean.echo", str(i).encode(), None, {"K": str(i)}) for i in range(20)))
+    assert [(a.data, (a.headers or {}).get("K")) for a in answers] == [(f"{i}!".encode(), str(i)) for i in range(20)]
+    assert requests.count >= 20 and not nc._resp_map  # every request's entry is gone again
+    assert (await nc.request("lean.echo", b"old", timeout=5)).data == b"old!"  # nats-py's own, beside ours
+    with pytest.raises(nats.errors.NoRespondersError):
+        await transport.request("lean.nobody", b"", 5)
+    await sub.unsubscribe()
+    async def ignore(msg: Msg) -> None:
+        pass
+
+    silent = await nc.subscribe("lean.silent", cb=ignore)
+    with pytest.raises(nats.errors.TimeoutError):
+        await transport.request("lean.silent", b"", 0.05)
+    await silent.unsubscribe()
+    assert not nc._resp_map
