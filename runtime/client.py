@@ -118,15 +118,6 @@ def _unary_response(
     return codec.decode(method.response, msg.data, name)
 
 
-async def _iterate(requests: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:
-    if isinstance(requests, AsyncIterable):
-        async for item in requests:
-            yield item
-    else:
-        for item in requests:
-            yield item
-
-
 class CallState(enum.Enum):
     """Where a call is; `ClientCall.move` allows only the transitions in `_NEXT`."""
 
@@ -459,6 +450,18 @@ class ClientCall:
 
     # --- Sending ----------------------------------------------------------------------------------
 
+    async def send(self, message: Any) -> None:
+        """Encode and send one message (see `send_body`)."""
+        body = self.encode(message)
+        if not self.send_nowait(body):
+            await self.send_body(body)
+
+    def send_nowait(self, body: bytes) -> bool:
+        """Put a message into the writer's batch when nothing needs waiting for (the hot path of a
+        stream); False: `send_body` it."""
+        writer = self.writer
+        return self.answer is None and writer is not None and writer.queue_nowait(body)
+
     async def send_body(self, body: bytes) -> None:
         """Send one message. After the server has ended the call, its error is raised here; after a
         successful early answer, further messages are no-ops."""
@@ -670,8 +673,18 @@ class DownloadStream(ServerStream[Resp], BlobReceiving):
 
 
 async def _send_all(call: ClientCall, messages: Iterable[Any] | AsyncIterable[Any]) -> None:
-    async for message in _iterate(messages):
-        await call.send_body(call.encode(message))
+    if isinstance(messages, AsyncIterable):
+        async for message in messages:
+            await call.send(message)
+        return
+    writer = call.writer
+    assert writer is not None
+    for message in messages:  # no coroutine per message while the batch takes them
+        body = call.encode(message)
+        if not call.send_nowait(body):
+            await call.send_body(body)
+        elif writer.turn_due:
+            await writer.take_turn()
 
 
 class ClientStream(_View, Generic[Req, Resp]):
@@ -684,7 +697,7 @@ class ClientStream(_View, Generic[Req, Resp]):
     async def send(self, message: Req) -> None:
         """Send one message. After the server has ended the call, its error is raised here; after a
         successful early answer, further messages are no-ops."""
-        await self.call.send_body(self.call.encode(message))
+        await self.call.send(message)
 
     async def send_all(self, messages: Iterable[Req] | AsyncIterable[Req]) -> None:
         await _send_all(self.call, messages)
@@ -727,7 +740,7 @@ class BidiStream(_Receives[Resp], Generic[Req, Resp]):
 
     async def send(self, message: Req) -> None:
         """Send one message; after the server ended the call, its error is raised here."""
-        await self.call.send_body(self.call.encode(message))
+        await self.call.send(message)
 
     async def send_all(self, messages: Iterable[Req] | AsyncIterable[Req]) -> None:
         await _send_all(self.call, messages)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 import betterproto
 
@@ -47,6 +47,23 @@ class Codec:
         encode = ENCODERS.get(type(message))
         return encode(message) if encode is not None else bytes(message)
 
+    def decoder(self, message_type: type[M], method: str | None = None) -> Callable[[bytes], M]:
+        """`decode` for one message type, looked up once (a stream decodes every message with it)."""
+        generated = None if self.json else DECODERS.get(message_type)
+        if generated is None:
+            return lambda data: self.decode(message_type, data, method)
+
+        def decode(data: bytes) -> M:
+            try:
+                if type(data) is not bytes:
+                    data = bytes(data)
+                message: M = generated(data, 0, len(data), 0)
+                return message
+            except Exception as error:
+                raise _undecodable(message_type, error, method) from None
+
+        return decode
+
     def decode(self, message_type: type[M], data: bytes, method: str | None = None) -> M:
         """Decode a body; anything that does not decode is `INVALID_ARGUMENT`."""
         try:
@@ -66,11 +83,11 @@ class Codec:
             parsed: M = message_type().parse(data)
             return parsed
         except Exception as error:  # betterproto raises many kinds; all mean a bad body
-            raise RpcError(
-                ErrorCode.INVALID_ARGUMENT,
-                f"cannot decode {message_type.__name__}: {_reason(error)}",
-                method=method,
-            ) from None
+            raise _undecodable(message_type, error, method) from None
+
+
+def _undecodable(message_type: type[betterproto.Message], error: Exception, method: str | None) -> RpcError:
+    return RpcError(ErrorCode.INVALID_ARGUMENT, f"cannot decode {message_type.__name__}: {_reason(error)}", method=method)
 
 
 PROTO = Codec(False)

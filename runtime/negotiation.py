@@ -30,8 +30,11 @@ from .protocol import (
 
 # Receiver windows when the method sets no `(natsmicro.stream).max_inflight`. Measured (FACTS.md):
 # 128-512 frames of 1 KiB and ~32 frames of 64 KiB run as fast as no flow control; more than 64 MiB
-# queued at the NATS server for one connection gets it cut off, so the byte cap stays small.
-DEFAULT_WINDOW_MESSAGES = 256
+# queued at the NATS server for one connection gets it cut off, so the byte cap stays small. In
+# messages, four full batches (256 each): with one (a window of 256, acknowledged every 128) a
+# sender in another process waited for every ack, and small-message streams ran at half the rate
+# (docs/PERFORMANCE.md); the byte cap still bounds what a receiver holds.
+DEFAULT_WINDOW_MESSAGES = 1024
 DEFAULT_WINDOW_BYTES = 4 * 1024 * 1024
 
 

@@ -727,6 +727,8 @@ class _SendsStream(Responder):
                 body = self.codec.encode(response)
                 if not self.writer.queue_nowait(body):
                     await self.writer.send_body(body)
+                elif self.writer.turn_due:
+                    await self.writer.take_turn()
         except asyncio.CancelledError:
             # The handler is suspended at a `yield` while we send: it must see the cancellation too.
             if hasattr(responses, "athrow"):

@@ -19,6 +19,7 @@ import betterproto_nats
 from betterproto_nats import ErrorCode, RpcError
 from betterproto_nats.batch import pack, unpack
 from betterproto_nats.nats_compat import flush_ordered, publish_nowait
+from betterproto_nats.negotiation import DEFAULT_WINDOW_MESSAGES
 from betterproto_nats.protocol import MAX_BATCH
 from demo_service import Demo
 from gen.streaming.v1 import ChatMessage, CountUpRequest, CountUpResponse, StreamDemoServiceNatsClient, SumRequest, SumResponse
@@ -152,12 +153,12 @@ class NotReading(Demo):
 
 
 async def test_batches_count_what_they_claim_against_the_window(nc: NATS, server_nc: NATS) -> None:
-    """Three full batches to a handler that does not read claim 768 messages of a 256 window."""
+    """Full batches to a handler that does not read claim more messages than the window grants."""
     server = await betterproto_nats.serve(server_nc, NotReading())
     try:
         async with Collector(nc) as r:
             s_subject, _ = await open_sum_v2(nc, r)
-            for first in (1, MAX_BATCH + 1, 2 * MAX_BATCH + 1):
+            for first in range(1, DEFAULT_WINDOW_MESSAGES + 2 * MAX_BATCH, MAX_BATCH):
                 await nc.publish(s_subject, b"\x00" * MAX_BATCH, headers={SEQ: str(first), BATCH: str(MAX_BATCH)})
             answer = await next_frame(r, 5)
         assert (answer.headers or {}).get(ERROR_CODE) == ErrorCode.RESOURCE_EXHAUSTED, answer.headers

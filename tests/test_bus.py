@@ -15,6 +15,7 @@ import betterproto_nats
 import betterproto_nats.streams
 from betterproto_nats import ErrorCode, RpcError, current_call
 from betterproto_nats.bus import subject_matches
+from betterproto_nats.negotiation import DEFAULT_WINDOW_MESSAGES
 from betterproto_nats.testing import InMemoryBus, call_context, serve_in_memory
 from demo_service import Demo
 from gen.streaming.v1 import (
@@ -171,17 +172,18 @@ async def test_flow_control_holds_the_sender_to_the_window() -> None:
     async with serve_in_memory(impl) as conn:
         stream = await StreamDemoServiceNatsClient(conn).sum()
         window = stream.call.writer.credit
-        assert window is not None and window.messages == 256
-        sender = asyncio.create_task(stream.send_all(SumRequest(value=1) for _ in range(1000)))
-        while len(window._in_flight) < 256:
+        assert window is not None and window.messages == DEFAULT_WINDOW_MESSAGES
+        total = 3 * DEFAULT_WINDOW_MESSAGES
+        sender = asyncio.create_task(stream.send_all(SumRequest(value=1) for _ in range(total)))
+        while len(window._in_flight) < DEFAULT_WINDOW_MESSAGES:
             await asyncio.sleep(0)
         for _ in range(20):  # the handler reads nothing: the sender stays at the window
             await asyncio.sleep(0)
-        assert not sender.done() and window.peak_messages == 256
+        assert not sender.done() and window.peak_messages == DEFAULT_WINDOW_MESSAGES
         impl.release.set()
         await sender
-        assert (await stream.close_and_recv()).count == 1000
-        assert window.peak_messages == 256
+        assert (await stream.close_and_recv()).count == total
+        assert window.peak_messages == DEFAULT_WINDOW_MESSAGES
 
 
 async def test_a_gap_in_sequence_numbers_is_data_loss() -> None:

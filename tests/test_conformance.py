@@ -54,7 +54,7 @@ def seq(n: int) -> dict[str, str]:
 GO_END = {END: "true"}
 # What our client adds to its opening message: the v2 offer, which a v1 (Go) server ignores.
 OFFER = {"Nats-Stream-Version": "2", "Nats-Stream-Heartbeat": "1000"}
-RECEIVE_WINDOW = {"Nats-Stream-Window": "256", "Nats-Stream-Window-Bytes": "4194304", "Nats-Stream-Batch": "256"}
+RECEIVE_WINDOW = {"Nats-Stream-Window": "1024", "Nats-Stream-Window-Bytes": "4194304", "Nats-Stream-Batch": "256"}
 
 
 def without_peer(headers: dict[str, str]) -> dict[str, str]:
