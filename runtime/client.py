@@ -451,10 +451,13 @@ class ClientCall:
     # --- Sending ----------------------------------------------------------------------------------
 
     async def send(self, message: Any) -> None:
-        """Encode and send one message (see `send_body`)."""
+        """Encode and send one message (see `send_body`); after a full batch left, the loop runs once
+        (`StreamWriter.turn_due`)."""
         body = self.encode(message)
         if not self.send_nowait(body):
             await self.send_body(body)
+        elif self.writer is not None and self.writer.turn_due:
+            await self.writer.take_turn()
 
     def send_nowait(self, body: bytes) -> bool:
         """Put a message into the writer's batch when nothing needs waiting for (the hot path of a
@@ -679,7 +682,7 @@ async def _send_all(call: ClientCall, messages: Iterable[Any] | AsyncIterable[An
         return
     writer = call.writer
     assert writer is not None
-    for message in messages:  # no coroutine per message while the batch takes them
+    for message in messages:  # no coroutine per message while the batch takes them (as `call.send`)
         body = call.encode(message)
         if not call.send_nowait(body):
             await call.send_body(body)
