@@ -23,7 +23,7 @@ from typing import Callable, ClassVar
 
 from nats.aio.msg import Msg
 
-from .transport import Subscription, Transport
+from .transport import Subscription, Transport, subscribe_direct
 
 Handler = Callable[[Msg], None]
 # nats-py's queue for the shared subscription, at most (beyond it nats-py drops: a slow consumer).
@@ -82,11 +82,11 @@ class InboxMux:
     async def _subscribe(self) -> None:
         # Handlers only queue (bounded per stream by its window or buffer), so nats-py's queue in front
         # of them stays short; its limits are a last bound (a loop starved for seconds), not flow control.
-        self._sub = await self.nc.subscribe(
-            f"{self.base}.>", cb=self._deliver, pending_msgs_limit=MUX_PENDING_MESSAGES, pending_bytes_limit=MUX_PENDING_BYTES
+        self._sub = await subscribe_direct(
+            self.nc, f"{self.base}.>", self._deliver, pending_msgs_limit=MUX_PENDING_MESSAGES, pending_bytes_limit=MUX_PENDING_BYTES
         )
 
-    async def _deliver(self, msg: Msg) -> None:
+    def _deliver(self, msg: Msg) -> None:
         handler = self.handlers.get(msg.subject)
         if handler is not None:
             handler(msg)

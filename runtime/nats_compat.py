@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import secrets
 from typing import Callable
@@ -209,6 +210,9 @@ class Requests:
             if not nc._resp_sub_prefix:
                 await nc._init_request_sub()
             self.prefix = bytes(nc._resp_sub_prefix or b"").decode()
+            for sub in list(nc._subs.values()):  # answers resolve their futures as they are read
+                if sub.subject == self.prefix + "*":
+                    deliver_directly(sub, self._answered)
         self.count += 1
         token = str(self.count)
         reply = self.prefix + token
@@ -228,6 +232,56 @@ class Requests:
         if msg.headers and msg.headers.get("Status") == "503":
             raise nats.errors.NoRespondersError
         return msg
+
+    def _answered(self, msg: Msg) -> None:
+        """An answer on the response subscription (as nats-py's own callback takes it): its request's
+        future gets it, ours or `request()`'s."""
+        future = self.nc._resp_map.get(msg.subject[len(self.prefix) :])
+        if future is not None and not future.done():
+            future.set_result(msg)
+
+
+class DirectDelivery:
+    """Stands in for a nats-py subscription's pending queue: each message goes to `handler` as nats-py
+    parses it, in its read loop, instead of through an `asyncio.Queue`, the subscription's task and a
+    coroutine per message (measured: about 1.5 µs of CPU per message). Handlers only hand messages
+    on (queue them for a reader, start a call's task, resolve a future), so they never block; what
+    one raises is logged here, since an exception would stop nats-py's read loop for good."""
+
+    def __init__(self, sub: Subscription, handler: Callable[[Msg], None]) -> None:
+        self.sub = sub
+        self.handler = handler
+
+    def put_nowait(self, msg: Msg) -> None:
+        self.sub._pending_size -= len(msg.data)  # nats-py counted it as waiting: it does not
+        try:
+            self.handler(msg)
+        except Exception:
+            logging.getLogger("betterproto_nats").exception("handling a message on %s failed", self.sub.subject)
+
+    def qsize(self) -> int:
+        return 0
+
+    def empty(self) -> bool:
+        return True
+
+    def full(self) -> bool:
+        return False
+
+
+def deliver_directly(sub: Subscription, handler: Callable[[Msg], None]) -> bool:
+    """Route a subscription's messages to `handler` at once (`DirectDelivery`); False when nats-py's
+    internals are not as expected (the subscription's own callback then keeps delivering)."""
+    task = getattr(sub, "_wait_for_msgs_task", None)
+    if (
+        not isinstance(getattr(sub, "_pending_queue", None), asyncio.Queue)
+        or not isinstance(getattr(sub, "_pending_size", None), int)
+        or not isinstance(task, asyncio.Task)
+    ):
+        return False
+    sub._pending_queue = DirectDelivery(sub, handler)  # type: ignore[assignment]
+    task.cancel()  # the subscription's own delivery task has nothing more to do
+    return True
 
 
 def _expire(future: asyncio.Future[Msg]) -> None:

@@ -26,7 +26,7 @@ from .spec import Cardinality, MethodSpec, ServiceSpec
 from .streams import V1_BUFFER_BYTES, V1_BUFFER_MESSAGES
 from .subjects import InboxPolicy, is_literal
 from .persistence import MAX_PENDING_WRITES, Persistence
-from .transport import NatsTransport, Subscription, Transport, transport_of
+from .transport import NatsTransport, Subscription, Transport, publish_now, subscribe_direct, transport_of
 
 log = logging.getLogger("betterproto_nats.server")
 overloads = RateLimitedLog(log)  # refusals of admission control: at most 10 records a second
@@ -87,7 +87,8 @@ class Endpoint:
         def limit(option: int) -> int | None:
             return 0 if option < 0 else option or None  # nats-py: 0 = no limit; None = its default
 
-        self._sub = await self.server.transport.subscribe(
+        self._sub = await subscribe_direct(  # requests are taken as they are read: no queue or task step each
+            self.server.transport,
             self.subject,
             self._on_request,
             queue=self.queue_group,
@@ -100,12 +101,13 @@ class Endpoint:
         if sub is not None:
             await sub.unsubscribe()
 
-    async def _on_request(self, msg: Msg) -> None:
+    def _on_request(self, msg: Msg) -> None:
+        """A request, as it is read: refused at once, or its call started in a task of its own."""
         server = self.server
         record = self.record
         record.num_requests += 1
         if not server.accepting:
-            await self._reject(msg, RpcError(ErrorCode.UNAVAILABLE, "the service is stopping", method=self.full_name))
+            self._refuse(msg, RpcError(ErrorCode.UNAVAILABLE, "the service is stopping", method=self.full_name))
             return
         calls = self.calls
         finished = record.num_requests - self.active - self.refused
@@ -116,7 +118,7 @@ class Endpoint:
             server.refused[refusal.reason] += 1
             overloads.warning("refusing calls to %s: %s", self.full_name, refusal.message)
             error = Overloaded(refusal.message, retry_after=refusal.retry_after, method=self.full_name, reason=refusal.reason)
-            await self._reject(msg, error)
+            self._refuse(msg, error)
             return
         if self.responder is None:  # its task counts it in STATS and calls `_call_done` at its end
             call = UnaryCall(self.served, msg)
@@ -150,26 +152,35 @@ class Endpoint:
             "max_loop_lag_ms": None if admission.max_loop_lag is None else round(admission.max_loop_lag * 1000, 1),
         }
 
-    async def _reject(self, msg: Msg, error: RpcError) -> None:
-        """Refuse a call where its client listens for the answer, without starting it; a `Reply-To`
-        is used only when it passes the same checks as for a call."""
+    def _refuse(self, msg: Msg, error: RpcError) -> None:
+        """Refuse a call without starting it: at once when nothing needs awaiting (under load,
+        refusals are many), else in a task (interceptors' `refused`, a transport that cannot queue)."""
         self.record.record(0, error.code)
+        refusal = self._refusal(msg, error)
+        if self.server.policy.interceptors is None and (refusal is None or publish_now(self.server.transport, *refusal)):
+            return
+        asyncio.get_running_loop().create_task(self._reject(msg, error, refusal), name=f"{self.task_name} refusal")
+
+    def _refusal(self, msg: Msg, error: RpcError) -> tuple[str, bytes, dict[str, str]] | None:
+        """Where and what the refusal goes: where the client listens for the answer (a `Reply-To`
+        only when it passes the same checks as for a call); None: nowhere."""
+        headers = error_headers(error.code, error.message, error.retry_after)
+        reply_to = (msg.headers or {}).get(REPLY_TO, "")
+        if self.method.cardinality is Cardinality.SERVER_STREAM and reply_to and self.server.policy.reply_to_problem(msg) is None:
+            return reply_to, b"", {STREAM_END: END_TRUE, STREAM_COUNT: "0", **headers}
+        if msg.reply and is_literal(msg.reply):
+            return msg.reply, b"", headers
+        return None
+
+    async def _reject(self, msg: Msg, error: RpcError, refusal: tuple[str, bytes, dict[str, str]] | None) -> None:
         chain = self.server.policy.interceptors
         if chain is not None:
             await chain.refused(self._refused_info(msg), error)
-        headers = error_headers(error.code, error.message, error.retry_after)
-        reply_to = (msg.headers or {}).get(REPLY_TO, "")
+        if refusal is None:
+            return
+        subject, body, headers = refusal
         try:
-            if (
-                self.method.cardinality is Cardinality.SERVER_STREAM
-                and reply_to
-                and self.server.policy.reply_to_problem(msg) is None
-            ):
-                await self.server.transport.publish(
-                    reply_to, b"", headers={STREAM_END: END_TRUE, STREAM_COUNT: "0", **headers}
-                )
-            elif msg.reply and is_literal(msg.reply):
-                await self.server.transport.publish(msg.reply, b"", headers=headers)
+            await self.server.transport.publish(subject, body, headers=headers)
         except Exception as failed:
             log.warning("could not refuse a call to %s: %s", self.full_name, failed)
 

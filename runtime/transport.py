@@ -13,7 +13,16 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 
-from .nats_compat import PermissionErrors, Requests, flush_ordered, new_inbox, outbound_pending, publish_nowait, unsubscribe_quietly
+from .nats_compat import (
+    PermissionErrors,
+    Requests,
+    deliver_directly,
+    flush_ordered,
+    new_inbox,
+    outbound_pending,
+    publish_nowait,
+    unsubscribe_quietly,
+)
 
 MessageHandler = Callable[[Msg], Awaitable[None]]
 
@@ -155,6 +164,25 @@ class NatsTransport:
             limits["pending_bytes_limit"] = pending_bytes_limit
         return _NatsSubscription(await self.nc.subscribe(subject, queue=queue, cb=cb, **limits))  # type: ignore[arg-type]
 
+    async def subscribe_direct(
+        self,
+        subject: str,
+        handler: Callable[[Msg], None],
+        queue: str = "",
+        pending_msgs_limit: int | None = None,
+        pending_bytes_limit: int | None = None,
+    ) -> Subscription:
+        """A subscription whose messages go to a synchronous `handler` as nats-py reads them
+        (`nats_compat.DirectDelivery`), or through its callback where that cannot be done."""
+
+        async def cb(msg: Msg) -> None:
+            handler(msg)
+
+        sub = await self.subscribe(subject, cb, queue, pending_msgs_limit, pending_bytes_limit)
+        if type(self).subscribe is NatsTransport.subscribe and isinstance(sub, _NatsSubscription):
+            deliver_directly(sub._sub, handler)  # (a subclass that changes what arrives gets it through `cb`)
+        return sub
+
     async def request(
         self, subject: str, payload: bytes, timeout: float | None, headers: dict[str, str] | None = None
     ) -> Msg:
@@ -173,6 +201,26 @@ class NatsTransport:
 
     def forget_permissions(self, subject: str) -> None:
         PermissionErrors.of(self.nc).forget(subject)
+
+
+async def subscribe_direct(
+    nc: Transport,
+    subject: str,
+    handler: Callable[[Msg], None],
+    queue: str = "",
+    pending_msgs_limit: int | None = None,
+    pending_bytes_limit: int | None = None,
+) -> Subscription:
+    """A subscription for a synchronous `handler` that only hands messages on: straight from the
+    transport's reader where it can (`NatsTransport.subscribe_direct`), else through a callback."""
+    direct = getattr(nc, "subscribe_direct", None)
+    if direct is not None:
+        return await direct(subject, handler, queue, pending_msgs_limit, pending_bytes_limit)  # type: ignore[no-any-return]
+
+    async def cb(msg: Msg) -> None:
+        handler(msg)
+
+    return await nc.subscribe(subject, cb, queue, pending_msgs_limit, pending_bytes_limit)
 
 
 def outbound_backlog(nc: Transport) -> tuple[int, int]:

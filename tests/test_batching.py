@@ -285,3 +285,31 @@ async def test_a_full_byte_window_does_not_overrun_a_paused_reader(nc: NATS, ser
 
 async def _texts(responses: AsyncIterator[ChatMessage]) -> list[str]:
     return [r.text async for r in responses]
+
+
+async def test_direct_delivery_is_active_on_this_nats_py(nc: NATS) -> None:
+    """The runtime's own subscriptions (endpoints, the inbox mux, request answers) take messages as
+    nats-py reads them (`nats_compat.DirectDelivery`); if a nats-py upgrade changes its internals,
+    this fails (messages then go through the subscription's callback, only slower). A handler that
+    raises is logged and leaves the connection reading."""
+    from betterproto_nats.nats_compat import DirectDelivery
+    from betterproto_nats.transport import transport_of
+
+    got: list[bytes] = []
+
+    def handler(msg: Msg) -> None:
+        if msg.data == b"boom":
+            raise ValueError("a bug in a handler")
+        got.append(msg.data)
+
+    sub = await transport_of(nc).subscribe_direct("direct.check", handler)  # type: ignore[attr-defined]
+    raw = next(s for s in nc._subs.values() if s.subject == "direct.check")
+    assert isinstance(raw._pending_queue, DirectDelivery)
+    assert raw._wait_for_msgs_task is not None
+    await flush_ordered(nc)
+    for body in (b"one", b"boom", b"two"):
+        await nc.publish("direct.check", body)
+    await flush_ordered(nc)  # the PONG follows the messages: they were handled as they were read
+    assert got == [b"one", b"two"] and raw.pending_msgs == 0 and raw.pending_bytes == 0
+    assert raw._wait_for_msgs_task.done()
+    await sub.unsubscribe()

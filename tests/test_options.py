@@ -161,7 +161,7 @@ async def test_pending_limits_apply_to_the_endpoint_subscription(nc: NATS, serve
     try:
         subs = {sub.subject: sub for sub in server_nc._subs.values()}
         echo = subs["shop.inventory.echo"]
-        assert echo._pending_queue.maxsize == 7
+        assert echo._pending_msgs_limit == 7
         assert echo._pending_bytes_limit == 0  # -1 in the proto: no limit
         slow = subs["shop.inventory.slow"]
         assert slow._pending_bytes_limit > 0  # library default
