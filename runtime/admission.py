@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 from .errors import Overloaded
 from .load import LoopLag
@@ -116,22 +116,24 @@ class Admission:
         if lag is not None:
             lag.release()
 
-    def refusal(self, unary: bool, in_progress: int, typical_call: float) -> Refusal | None:
-        """None: take the call. `in_progress`: calls of its kind now; `typical_call`: seconds an
-        endpoint's calls usually take (when a slot may free up)."""
+    def refusal(self, unary: bool, in_progress: int, typical_call: Callable[[], float]) -> Refusal | None:
+        """None: take the call. `in_progress`: calls of its kind now; `typical_call()`: seconds an
+        endpoint's calls usually take (when a slot may free up; asked only when refusing)."""
         budget = self.unary if unary else self.streams
-        kind = "unary calls" if unary else "streams"
         if in_progress >= budget.ceiling:
-            return Refusal("concurrency", f"{budget.ceiling} {kind} already in progress", _hint(typical_call))
+            kind = "unary calls" if unary else "streams"
+            return Refusal("concurrency", f"{budget.ceiling} {kind} already in progress", _hint(typical_call()))
         monitor, max_lag = self.lag, self.max_loop_lag
         if monitor is not None and max_lag is not None:
             lag = monitor.seconds
-            budget.adapt(lag, max_lag / 2, in_progress, monitor.loop.time())
+            if lag > max_lag / 2 or in_progress >= budget.limit * 0.75:  # else the budget has nothing to adapt
+                budget.adapt(lag, max_lag / 2, in_progress, monitor.loop.time())
             if lag > max_lag:
                 return Refusal("loop_lag", f"the service is overloaded: its event loop runs {lag * 1000:.0f} ms behind", _hint(2 * lag))
             if in_progress >= budget.limit:
+                kind = "unary calls" if unary else "streams"
                 return Refusal(
-                    "budget", f"the service is at capacity: {in_progress} {kind} in progress", _hint(min(typical_call, 4 * max_lag))
+                    "budget", f"the service is at capacity: {in_progress} {kind} in progress", _hint(min(typical_call(), 4 * max_lag))
                 )
         if self.max_outbound_bytes is not None and self._outbound is not None:
             backlog = self._outbound()[0]

@@ -110,9 +110,7 @@ class Endpoint:
             self._refuse(msg, RpcError(ErrorCode.UNAVAILABLE, "the service is stopping", method=self.full_name))
             return
         calls = self.calls
-        finished = record.num_requests - self.active - self.refused
-        typical = record.processing_time / finished / 1e9 if finished > 0 else 0.0
-        refusal = server.admission.refusal(self.unary, len(calls), typical)
+        refusal = server.admission.refusal(self.unary, len(calls), self._typical_call)
         if refusal is not None:
             self.refused += 1
             server.refused[refusal.reason] += 1
@@ -130,6 +128,12 @@ class Endpoint:
         calls[task] = responder
         self.active += 1
         task.add_done_callback(self._call_done)
+
+    def _typical_call(self) -> float:
+        """Seconds this endpoint's calls took on average (when a refused caller may find a slot)."""
+        record = self.record
+        finished = record.num_requests - self.active - self.refused
+        return record.processing_time / finished / 1e9 if finished > 0 else 0.0
 
     def _call_done(self, task: asyncio.Task[None]) -> None:
         if self.calls.pop(task, None) is not None:
