@@ -11,7 +11,7 @@ from typing import Iterator, Mapping
 from .protocol import BLOB_SIZE, user_headers
 
 
-@dataclass
+@dataclass(slots=True)
 class CallContext:
     """What a handler may want to know about its call, and the response headers it sets."""
 

@@ -563,7 +563,7 @@ class UnaryCall:
     error) published to the request's reply subject. One small object per call (no inbox, session
     or stream state); states as a `Responder`'s: OPENING -> SERVING -> FINISHING -> CLOSED | FAILED."""
 
-    __slots__ = ("served", "msg", "state", "context", "info", "keys", "deadline", "exception", "answered")
+    __slots__ = ("served", "msg", "state", "context", "info", "keys", "deadline", "exception", "answered", "task")
 
     def __init__(self, served: ServedMethod, msg: Msg) -> None:
         self.served = served
@@ -574,6 +574,7 @@ class UnaryCall:
         self.deadline: Deadline | None = None
         self.exception: BaseException | None = None  # a handler's unexpected exception
         self.answered = (0, 0)
+        self.task: asyncio.Task[None] | None = None  # what runs it (the endpoint sets it)
 
     # What `answer` needs (and interceptors), read from what the endpoint's calls share.
     nc = property(lambda self: self.served.nc)
@@ -674,9 +675,8 @@ class UnaryCall:
             self.done()
 
     def done(self) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self.served.done(task)
+        if self.task is not None:
+            self.served.done(self.task)
 
 
 def _unary_deadline(method: MethodSpec[Any, Any], headers: Mapping[str, str] | None) -> Deadline | None:

@@ -120,7 +120,8 @@ class Endpoint:
             return
         if self.responder is None:  # its task counts it in STATS and calls `_call_done` at its end
             call = UnaryCall(self.served, msg)
-            calls[asyncio.create_task(call.run(), name=self.task_name)] = call
+            call.task = asyncio.create_task(call.run(), name=self.task_name)
+            calls[call.task] = call
             self.active += 1
             return
         responder = self.responder(server.transport, server.impl, self.method, self.full_name, server.spec.codec, msg, server.policy)
