@@ -58,6 +58,7 @@ COLUMNS = ["ours", "codec (generated)", "betterproto", "reference model", "googl
 SHAPES: dict[str, tuple[str, int, int]] = {
     "unary1": ("unary", 3000, 1),
     "unary50": ("unary", 20000, 50),
+    "unary50-deadline": ("unary", 20000, 50),  # calls with a timeout: the Nats-Deadline header, the server's timer
     "server-stream": ("server-stream", 100_000, 1),
     "client-stream": ("client-stream", 100_000, 1),
     "bidi": ("bidi", 100_000, 1),
@@ -105,7 +106,7 @@ async def separate(selected: list[str], impl: str, keep: Path | None = None) -> 
         for name, (row_name, n, in_flight) in SHAPES.items():
             if selected and name not in selected:
                 continue
-            side = Side(impl, row_name)
+            side = Side(impl, row_name, variant="deadline" if name.endswith("-deadline") else "")
             row = Row(name, "", side, side, n, in_flight)
             plain = await Pair(server.url, row, side, Path(pb2)).run()  # without the profiler: CPU per item
             with tempfile.TemporaryDirectory(prefix="bench-prof-") as folder:
