@@ -40,6 +40,7 @@ from .flow import AckPolicy, FlowWindow, SendCredit, Unlimited
 from .interceptors import CallInfo, Chain, Direction, Interceptor, Side, outcome_of
 from .liveness import DEFAULT_HEARTBEAT
 from .negotiation import Window, client_heartbeat, client_offer, confirmed, shared_peer
+from .mux import let_go
 from .peers import PeerLiveness
 from .protocol import (
     DEADLINE,
@@ -557,28 +558,32 @@ class ClientCall:
         self.drop_owner()
         inbox = self.inbox
         server_done = self._server_done()
-        if not self.sends and self.session is None and inbox is not None and inbox.is_open and not server_done:
-            await self._await_confirmation(inbox)  # a server stream's: client streams confirm on the handshake
-        if self.session is not None:
-            if not server_done:
+        try:
+            if not self.sends and self.session is None and inbox is not None and inbox.is_open and not server_done:
+                await self._await_confirmation(inbox)  # a server stream's: client streams confirm on the handshake
+            if self.session is not None and not server_done:
                 await self.session.send_cancel("closed by the client", data_loss=self.lost)
-            self.session.close(released=not server_done)  # shared heartbeats repeat the cancel
-        if inbox is not None:
-            await inbox.close()
-        peers, self.peers = self.peers, None
-        if peers is not None:
-            await peers.release()
-        gate, self.gate = self.gate, None
-        if gate is not None:
-            gate.leave()
-        for subject in self._watched:
-            self.nc.forget_permissions(subject)
-        self._watched.clear()
-        if not self.ended:
-            reader = self.reader
-            clean = reader is not None and reader.saw_end and reader.error is None  # a blob read to its end
-            self.end(None if clean else self.error(ErrorCode.CANCELLED, "closed by the client before the end"))
-            self.credit.fail(self.error(ErrorCode.CANCELLED, "the call was closed"))
+        finally:  # cancelled or not, the call lets go of everything it holds
+            if self.session is not None:
+                self.session.close(released=not server_done)  # shared heartbeats repeat the cancel
+            steps: list[Callable[[], Awaitable[None]]] = [] if inbox is None else [inbox.close]
+            peers, self.peers = self.peers, None
+            if peers is not None:
+                steps.append(peers.release)
+            gate, self.gate = self.gate, None
+            if gate is not None:
+                gate.leave()
+            for subject in self._watched:
+                self.nc.forget_permissions(subject)
+            self._watched.clear()
+            try:
+                await let_go(steps)
+            finally:
+                if not self.ended:
+                    reader = self.reader
+                    clean = reader is not None and reader.saw_end and reader.error is None  # a blob read to its end
+                    self.end(None if clean else self.error(ErrorCode.CANCELLED, "closed by the client before the end"))
+                    self.credit.fail(self.error(ErrorCode.CANCELLED, "the call was closed"))
         if self.info is not None and self.chain is not None:
             writer, reader = self.writer, self.reader
             sent = (writer.sent, writer.bytes_sent) if writer is not None else (1, 0)

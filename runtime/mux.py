@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from typing import Callable, ClassVar
+from typing import Awaitable, Callable, ClassVar, Sequence
 
 from nats.aio.msg import Msg
 
@@ -27,6 +27,19 @@ from .transport import Subscription, Transport, subscribe_direct
 
 Handler = Callable[[Msg], None]
 # nats-py's queue for the shared subscription, at most (beyond it nats-py drops: a slow consumer).
+async def let_go(steps: Sequence[Callable[[], Awaitable[None]]]) -> None:
+    """Await each release step in turn. Cancelled on the way (a service stopping without grace),
+    the steps not yet taken still run, in a task of their own: a call never keeps what it held."""
+    for index, step in enumerate(steps):
+        try:
+            await step()
+        except asyncio.CancelledError:
+            rest = steps[index + 1 :]
+            if rest:
+                asyncio.get_running_loop().create_task(let_go(rest), name="betterproto-nats release")
+            raise
+
+
 MUX_PENDING_MESSAGES = 1_000_000
 MUX_PENDING_BYTES = 512 * 1024 * 1024
 

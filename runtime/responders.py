@@ -28,6 +28,7 @@ from .interceptors import CallInfo, Chain, Direction, Side, outcome_of
 from .logs import RateLimitedLog
 from .negotiation import Window, confirmation, request_deadline, server_terms
 from .persistence import BlobCopy, Persistence, StoreKeys
+from .mux import let_go
 from .peers import PeerLiveness
 from .protocol import (
     REPLY_TO,
@@ -453,11 +454,11 @@ class Responder:
             self.session.close(released=self.interruption is None or self.interruption.tell_client)
         for subject in self.watched:
             self.nc.forget_permissions(subject)
-        for inbox in self.inboxes:
-            await inbox.close()
+        steps: list[Callable[[], Awaitable[None]]] = [inbox.close for inbox in self.inboxes]
         peers, self.peers = self.peers, None
         if peers is not None:
-            await peers.release()
+            steps.append(peers.release)
+        await let_go(steps)
 
     def internal(self, raised: BaseException) -> RpcError:
         """A handler's unexpected exception: logged with its traceback here; the caller gets
