@@ -13,6 +13,14 @@ MISSED_BEATS = 3  # silence for this many intervals means the peer is gone (a pa
 MIN_HEARTBEAT, MAX_HEARTBEAT = 0.05, 20.0  # what a server accepts from a client's header
 
 
+def past_stall(heard: float, due: float, now: float, period: float) -> float:
+    """`heard` moved on by however long our own loop stood still: as late as our timer, due at `due`,
+    runs `now`, beyond one `period`. A peer in our process could not speak meanwhile, and one
+    elsewhere is read after the stall: that time is not the peer's silence."""
+    stall = now - due - period
+    return min(now, heard + stall) if stall > 0 else heard
+
+
 class Liveness:
     """Per-stream heartbeats (a peer that does not share them per connection, `peers.py`).
 
@@ -38,14 +46,14 @@ class Liveness:
         self._on_dead = on_dead
         self._interrupted = interrupted
         self._loop = asyncio.get_running_loop()
-        self.last_sent = self.last_heard = self._loop.time()
+        self.last_sent = self.last_heard = self._due = self._loop.time()
         self._timer: asyncio.TimerHandle | None = None
         self._sending: asyncio.Task[None] | None = None
         self._stopped = False
 
     def start(self) -> None:
         self.last_sent = self.last_heard = self._loop.time()
-        self._timer = self._loop.call_later(self.interval / 4, self._tick)
+        self._schedule()
 
     def heard(self) -> None:
         self.last_heard = self._loop.time()
@@ -59,6 +67,7 @@ class Liveness:
             self._timer = None
             self._on_dead("the NATS connection was interrupted", True)
             return
+        self.last_heard = past_stall(self.last_heard, self._due, now, self.interval / 4)
         if now - self.last_heard > MISSED_BEATS * self.interval:  # silent by the clock: catch up, judge
             if self._silent():
                 return
@@ -66,7 +75,11 @@ class Liveness:
         if now - self.last_sent >= self.interval / 2 and (self._sending is None or self._sending.done()):
             self.last_sent = now
             self._sending = self._loop.create_task(self._beat(), name="betterproto-nats heartbeat")
-        self._timer = self._loop.call_later(self.interval / 4, self._tick)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        self._due = self._loop.time() + self.interval / 4
+        self._timer = self._loop.call_at(self._due, self._tick)
 
     def _silent(self) -> bool:
         """Nothing heard for `MISSED_BEATS` intervals of what we have read: the peer is gone (the

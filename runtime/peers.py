@@ -24,7 +24,7 @@ from typing import ClassVar, Protocol
 
 from nats.aio.msg import Msg
 
-from .liveness import MISSED_BEATS
+from .liveness import MISSED_BEATS, past_stall
 from .mux import InboxMux
 from .protocol import STREAM_HEARTBEAT, STREAM_PEER, is_no_responders, parse_uint
 from .transport import Transport, publish_now
@@ -121,6 +121,7 @@ class PeerLiveness:
         self._opening: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._period = 0.0  # seconds between ticks: a quarter of the shortest interval
+        self._due = 0.0  # when the timer is due to run
         self._sending: asyncio.Task[None] | None = None
         self._body_limit = max(1024, min(BEAT_BODY_LIMIT, nc.max_payload // 2))
         self.closed = False
@@ -199,7 +200,8 @@ class PeerLiveness:
                 return
             self._timer.cancel()
         self._period = period
-        self._timer = self.loop.call_later(period, self._tick)
+        self._due = self.loop.time() + period
+        self._timer = self.loop.call_at(self._due, self._tick)
 
     def _tick(self) -> None:
         self._timer = None
@@ -212,6 +214,7 @@ class PeerLiveness:
         outgoing: list[tuple[str, bytes, dict[str, str], str]] = []
         suspects = False
         for group in list(self.groups.values()):
+            group.heard = past_stall(group.heard, self._due, now, self._period)
             if now - group.heard > MISSED_BEATS * group.interval and not self._silent(group):
                 suspects = True  # silent by the clock: first read what may wait for us, then judge
             if group.dead:

@@ -275,6 +275,26 @@ async def test_a_server_without_shared_liveness_gets_per_stream_heartbeats(nc: N
     await settle(lambda: not own_tasks())
 
 
+@pytest.mark.parametrize("shared", [True, False])
+async def test_a_stall_of_the_loop_both_sides_share_is_not_silence(nc: NATS, server_nc: NATS, shared: bool) -> None:
+    """Service and client in one process (an application calling its own service, a test): the loop
+    stands still for 5 intervals (something computing). When it runs again, each side's overdue
+    timer comes before the other's beat is out; neither takes the stall for the peer's silence
+    (before: the stream ended UNAVAILABLE "no word from the peer for 0.6 s")."""
+    server = await betterproto_nats.serve(server_nc if shared else WithoutPeer(server_nc), Idle())
+    try:
+        async with await StreamDemoServiceNatsClient(nc, heartbeat=HEARTBEAT).chat() as chat:
+            await ping_pong(chat, "a")
+            assert chat.call.session is not None and (chat.call.session.group is not None) == shared
+            for _ in range(3):
+                time.sleep(5 * HEARTBEAT)  # the stall is the test's subject
+                await ping_pong(chat, "b")
+            await asyncio.sleep(2 * HEARTBEAT)  # the judging after the stalls
+            await ping_pong(chat, "c")
+    finally:
+        await server.stop(grace_period=0)
+
+
 # --- Dead and paused peers ------------------------------------------------------------------------------
 
 
