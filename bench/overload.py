@@ -336,6 +336,57 @@ async def run_starved(url: str, n: int) -> dict[str, Any]:
     return tally.summary()
 
 
+PROBE_EVERY = 0.02  # seconds between the probe's calls
+
+
+async def probe_once(client: StreamDemoServiceNatsClient, scenario: str, k: int) -> tuple[str, float]:
+    """One call of the scenario's kind from an idle process: ("refused" | "opened" | "failed", seconds
+    from sending it to the service's first answer: the refusal, the first item, the handshake)."""
+    started = time.perf_counter()
+    try:
+        if scenario == "server":
+            stream = await client.count_up(CountUpRequest(start=k, count=1))
+            async with stream:
+                await stream.recv()
+        elif scenario == "unary":
+            await client.ping(PingRequest(payload=f"probe{k}"), timeout=UNARY_DEADLINE)
+        else:
+            opened = await (client.sum() if scenario == "client" else client.chat())
+            await opened.close()
+        return "opened", time.perf_counter() - started
+    except Overloaded:
+        return "refused", time.perf_counter() - started
+    except RpcError:
+        return "failed", time.perf_counter() - started
+
+
+async def probe_main(url: str, scenario: str) -> None:
+    """`--probe`: while the load runs, a call every `PROBE_EVERY` s from this otherwise idle process:
+    how fast the service answers, without the loaded client's own queues in the figure. Stops when
+    stdin closes; prints p50/p99 of refusals and of accepted calls' first answers."""
+    nc = await nats.connect(url, max_reconnect_attempts=0)
+    client = StreamDemoServiceNatsClient(nc)
+    print("ready", flush=True)
+    seen: dict[str, list[float]] = collections.defaultdict(list)
+    calls: set[asyncio.Task[tuple[str, float]]] = set()
+    stdin_closed = asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    k = 0
+    while not stdin_closed.done():
+        task = asyncio.create_task(probe_once(client, scenario, k))
+        calls.add(task)
+        task.add_done_callback(calls.discard)
+        task.add_done_callback(lambda t: seen[t.result()[0]].append(t.result()[1]))
+        k += 1
+        await asyncio.sleep(PROBE_EVERY)
+    await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 30)
+    await nc.close()
+
+    def pct(values: list[float], q: float) -> float | None:
+        return round(sorted(values)[min(len(values) - 1, int(q * len(values)))] * 1000, 1) if values else None
+
+    print(json.dumps({kind: {"n": len(v), "p50_ms": pct(v, 0.5), "p99_ms": pct(v, 0.99)} for kind, v in seen.items()}), flush=True)
+
+
 async def client_main(url: str, scenario: str, n: int) -> None:
     time_the_gate()
     if scenario in STREAMS:
@@ -352,18 +403,28 @@ def run_scenario(url: str, scenario: str, n: int, service_options: dict[str, Any
     service = subprocess.Popen(
         [sys.executable, me, "--serve", url, json.dumps(service_options)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
+    probe: subprocess.Popen[str] | None = None
     try:
         assert service.stdin is not None and service.stdout is not None
         ready = json.loads(service.stdout.readline())
+        if scenario != "starved":  # an idle third process times the service's answers during the load
+            probe = subprocess.Popen([sys.executable, me, "--probe", url, scenario], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            assert probe.stdout is not None
+            probe.stdout.readline()
         client = subprocess.run(
             [sys.executable, me, "--client", url, scenario, str(n)], capture_output=True, text=True, timeout=600
         )
+        if probe is not None:
+            probe_out, _ = probe.communicate("", timeout=60)
+            result_probe = json.loads(probe_out.strip().splitlines()[-1])
         if client.returncode != 0:
             raise RuntimeError(f"client of {scenario} failed:\n{client.stderr[-3000:]}")
         result: dict[str, Any] = json.loads(client.stdout.strip().splitlines()[-1])
         service.stdin.write("stats\n")
         service.stdin.flush()
         figures = json.loads(service.stdout.readline())
+        if probe is not None:
+            result["probe"] = result_probe
         result["service_base_kib"] = ready["rss_kib"]
         result["service_peak_kib"] = figures["peak_kib"]
         result["service_refused"] = figures["refused"]
@@ -371,9 +432,10 @@ def run_scenario(url: str, scenario: str, n: int, service_options: dict[str, Any
         service.wait(timeout=30)
         return result
     finally:
-        if service.poll() is None:
-            service.kill()
-            service.wait()
+        for process in (service, probe):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
 
 
 def report(scenario: str, n: int, result: dict[str, Any]) -> list[str]:
@@ -394,6 +456,12 @@ def report(scenario: str, n: int, result: dict[str, Any]) -> list[str]:
             growth = result[f"{side}_peak_kib"] - result[f"{side}_base_kib"]
             per = f", {growth / n:.1f} KiB per stream" if scenario in STREAMS else ""
             lines.append(f"{side}: peak RSS {result[f'{side}_peak_kib'] / 1024:.0f} MiB (+{growth / 1024:.0f} MiB{per})")
+    if "probe" in result:
+        seen = result["probe"]
+        lines.append(
+            f"probe (a call every {PROBE_EVERY * 1000:.0f} ms from an idle process), first answer: "
+            + "; ".join(f"{kind} {v['n']}: p50/p99 {v['p50_ms']}/{v['p99_ms']} ms" for kind, v in sorted(seen.items()))
+        )
     if result.get("service_refused"):
         lines.append(f"service refusals by reason: {result['service_refused']}")
     return lines
@@ -426,6 +494,8 @@ def main() -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--serve"]:
         asyncio.run(serve(sys.argv[2], json.loads(sys.argv[3])))
+    elif sys.argv[1:2] == ["--probe"]:
+        asyncio.run(probe_main(sys.argv[2], sys.argv[3]))
     elif sys.argv[1:2] == ["--client"]:
         asyncio.run(client_main(sys.argv[2], sys.argv[3], int(sys.argv[4])))
     else:
