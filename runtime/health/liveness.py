@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Awaitable, Callable
 
-from ..core.heartbeats import MISSED_BEATS, past_stall
+from ..core.heartbeats import overdue, past_stall, silence, silent
 
 if TYPE_CHECKING:
     from ..net.mux import InboxMux
@@ -59,7 +59,7 @@ class Liveness:
             self._on_dead("the NATS connection was interrupted", True)
             return
         self.last_heard = past_stall(self.last_heard, self._due, now, self.interval / 4)
-        if now - self.last_heard > MISSED_BEATS * self.interval:  # silent by the clock: catch up, judge
+        if overdue(self.last_heard, now, self.interval):  # silent by the clock: catch up, judge
             if self._silent():
                 return
             self._mux.catch_up(self._judge)
@@ -75,15 +75,15 @@ class Liveness:
     def _silent(self) -> bool:
         """Nothing heard for `MISSED_BEATS` intervals of what we have read: the peer is gone (the
         stream ends: True)."""
-        if self._mux.progress - self.last_heard <= MISSED_BEATS * self.interval:
+        if not silent(self.last_heard, self._mux.progress, self.interval):
             return False
         self.stop()
-        self._on_dead(f"no word from the peer for {MISSED_BEATS * self.interval:g} s", False)
+        self._on_dead(silence(self.interval), False)
         return True
 
     def _judge(self, caught_up: bool) -> None:
         """After catching up: judge again (a round that began before the silence did needs another)."""
-        if caught_up and not self._stopped and self._loop.time() - self.last_heard > MISSED_BEATS * self.interval:
+        if caught_up and not self._stopped and overdue(self.last_heard, self._loop.time(), self.interval):
             if not self._silent():
                 self._mux.catch_up(self._judge)
 

@@ -25,18 +25,26 @@ from typing import ClassVar, Protocol
 from nats.aio.msg import Msg
 
 from ..core.headers import STREAM_HEARTBEAT, STREAM_PEER, is_no_responders, parse_uint
-from ..core.heartbeats import MISSED_BEATS, past_stall
+from ..core.heartbeats import MAX_ENTRIES as MAX_ENTRIES  # read here before issue 21 (old import path)
+from ..core.heartbeats import (
+    BEAT_BODY_LIMIT,
+    RELEASED,
+    REPEAT,
+    beat_bodies,
+    beat_entry,
+    beat_lines,
+    overdue,
+    past_stall,
+    released_line,
+    sent_line,
+    silence,
+    silent,
+)
 from ..net.mux import InboxMux
 from ..net.transport import Transport, publish_now
 
-# A count or a release is named in this many beats (a lost beat does not hide it).
-REPEAT = MISSED_BEATS
 # In `PeerGroup.counting`: the stream sent since the last beat (no count yet: it is still sending).
 SENDING = REPEAT + 1
-# A beat's body stays below this (and half of max_payload): more entries go in more beats.
-BEAT_BODY_LIMIT = 64 * 1024
-# Entries read from one beat at most (ours hold at most BEAT_BODY_LIMIT bytes of them).
-MAX_ENTRIES = BEAT_BODY_LIMIT
 
 
 class Member(Protocol):
@@ -91,14 +99,14 @@ class PeerGroup:
                 continue
             if not sent:
                 continue  # nothing handed over yet (the first message may still be resent)
-            lines.append(f"{member.peer_inbox} s{sent}")
+            lines.append(sent_line(member.peer_inbox, sent))
             if left > 1:
                 counting[member] = left - 1
             else:
                 del counting[member]
         kept = []
         for inbox, final, left in self.released:
-            lines.append(f"{inbox} e" if final is None else f"{inbox} e{final}")
+            lines.append(released_line(inbox, final))
             if left > 1:
                 kept.append((inbox, final, left - 1))
         self.released = kept
@@ -215,7 +223,7 @@ class PeerLiveness:
         suspects = False
         for group in list(self.groups.values()):
             group.heard = past_stall(group.heard, self._due, now, self._period)
-            if now - group.heard > MISSED_BEATS * group.interval and not self._silent(group):
+            if overdue(group.heard, now, group.interval) and not self._silent(group):
                 suspects = True  # silent by the clock: first read what may wait for us, then judge
             if group.dead:
                 continue
@@ -231,9 +239,9 @@ class PeerLiveness:
     def _silent(self, group: PeerGroup) -> bool:
         """The peer said nothing for `MISSED_BEATS` intervals of what we have read (`mux.progress`:
         a busy loop or a backlog on our socket is not the peer's silence); then its streams end."""
-        if self.mux.progress - group.heard <= MISSED_BEATS * group.interval:
+        if not silent(group.heard, self.mux.progress, group.interval):
             return False
-        self._kill(group, f"no word from the peer for {MISSED_BEATS * group.interval:g} s", tell=True)
+        self._kill(group, silence(group.interval), tell=True)
         return True
 
     def _judge(self, caught_up: bool) -> None:
@@ -244,7 +252,7 @@ class PeerLiveness:
         now = self.loop.time()
         again = False
         for group in list(self.groups.values()):
-            if now - group.heard > MISSED_BEATS * group.interval and not self._silent(group):
+            if overdue(group.heard, now, group.interval) and not self._silent(group):
                 again = True
         if again:
             self.mux.catch_up(self._judge)
@@ -253,17 +261,7 @@ class PeerLiveness:
         """One beat to the group's peer (more when its entries exceed a body), then forget what
         was said; a group left with nothing to say and no streams goes."""
         headers = {STREAM_HEARTBEAT: str(group.ms), STREAM_PEER: self.subject}
-        bodies: list[bytes] = []
-        body: list[str] = []
-        size = 0
-        for line in group.entries():
-            if size + len(line) + 1 > self._body_limit and body:
-                bodies.append("\n".join(body).encode())
-                body, size = [], 0
-            body.append(line)
-            size += len(line) + 1
-        bodies.append("\n".join(body).encode())
-        for data in bodies:
+        for data in beat_bodies(group.entries(), self._body_limit):
             if not publish_now(self.nc, group.subject, data, headers, group.reply):
                 outgoing.append((group.subject, data, headers, group.reply))
         if not group.streams and not group.released:
@@ -304,25 +302,20 @@ class PeerLiveness:
     def _read(self, group: PeerGroup, data: bytes) -> None:
         """A beat's entries: a count beyond what arrived is loss; a release ends what still waits
         for the peer. Unknown streams and malformed entries are ignored."""
-        if not data:
-            return
-        try:
-            text = data.decode("ascii")
-        except UnicodeDecodeError:
-            return
         streams = group.streams
-        for line in text.split("\n", MAX_ENTRIES)[:MAX_ENTRIES]:
-            fields = line.split(" ", 8)
+        for fields in beat_lines(data):
             member = streams.get(fields[0])
             if member is None:
                 continue
             for field in fields[1:]:
-                kind, value = field[:1], field[1:]
-                number = parse_uint(value)
-                if kind == "s" and number is not None:
-                    member.peer_sent(number)
-                elif kind == "e" and (number is not None or not value):
+                entry = beat_entry(field)
+                if entry is None:
+                    continue
+                kind, number = entry
+                if kind == RELEASED:
                     member.peer_released(number)
+                elif number is not None:
+                    member.peer_sent(number)
 
     # --- Ending -----------------------------------------------------------------------------------
 

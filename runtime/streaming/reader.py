@@ -11,6 +11,7 @@ import betterproto
 
 from ..core.credit import EMPTY_QUEUE, NO_ACKS, Acknowledger
 from ..core.errors import ErrorCode, RpcError
+from ..core.loss import short_end
 from ..core.frames import FrameKind, classify
 from ..core.headers import BLOB_SIZE, END_TRUE, STREAM_END, STREAM_SEQ, caller_headers, parse_uint
 from ..encoding.batch import unpack
@@ -148,14 +149,9 @@ class StreamReader(Generic[M]):
                 self.saw_end = True
                 if frame.error is not None:
                     raise self._fail(frame.error)
-                if frame.count is not None and frame.count != self.received:
-                    raise self._fail(
-                        RpcError(
-                            ErrorCode.DATA_LOSS,
-                            f"stream ended after {self.received} messages, peer sent {frame.count}",
-                            method=self.method,
-                        )
-                    )
+                short = short_end(self.received, frame.count)
+                if short is not None:
+                    raise self._fail(RpcError(ErrorCode.DATA_LOSS, short, method=self.method))
                 self.finished = True
                 raise StopAsyncIteration
             if kind is FrameKind.ERROR:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Protocol
 from nats.aio.msg import Msg
 
 from ..core.errors import ErrorCode
+from ..core.loss import lost_in_transit, missing_at_release
 from ..core.frames import is_control
 from ..core.headers import (
     ERROR_CODE,
@@ -160,19 +161,15 @@ class StreamSession:
 
     def peer_sent(self, sent: int) -> None:
         """The peer's count of frames it sent before its heartbeat: all of them should be here."""
-        arrived = self.arrived()
-        if arrived is not None and arrived < sent and not self.closed:
-            self.call.messages_lost(f"the peer sent {sent} messages before its heartbeat, {arrived} arrived: the rest were lost in transit")
+        why = lost_in_transit(sent, self.arrived())
+        if why is not None and not self.closed:
+            self.call.messages_lost(why)
 
     def peer_released(self, final: int | None) -> None:
         """Shared liveness: the peer let go of the stream after sending `final` frames."""
         if self.closed:
             return
-        arrived = self.arrived()
-        missing = None
-        if final is not None and arrived is not None and arrived < final:
-            missing = f"{final - arrived} of the {final} messages it sent"
-        self.call.peer_released(missing)
+        self.call.peer_released(missing_at_release(final, self.arrived()))
 
     def peer_unreachable(self, why: str, tell: bool) -> None:
         if not self.closed:
