@@ -6,8 +6,8 @@ from .calling.base import server_stream as server_stream
 from .calling.base import download as download
 from .calling.base import client_stream as client_stream
 from .calling.base import bidi as bidi
-from .calling.call import HANDSHAKE_TIMEOUT as HANDSHAKE_TIMEOUT
 from .calling.call import ClientCall as ClientCall
+from .calling.opening import HANDSHAKE_TIMEOUT as HANDSHAKE_TIMEOUT
 from .calling.views import ServerStream as ServerStream
 from .calling.views import DownloadStream as DownloadStream
 from .calling.views import ClientStream as ClientStream

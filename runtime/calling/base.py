@@ -22,6 +22,7 @@ from ..health.admission import DEFAULT_MAX_LOOP_LAG
 from ..net.transport import NatsTransport, Transport, transport_of
 from ..schema.spec import MethodSpec, ServiceSpec
 from .call import ClientCall
+from .opening import open_handshake, open_server_stream
 from .requests import nats_request, request_failed, unary_response
 from .views import (
     BidiStream,
@@ -225,7 +226,7 @@ class ClientBase:
 
         async def open_stream() -> ServerStream[Any]:
             call = ClientCall(self, method, timeout)
-            await call.open_server_stream(request, headers)
+            await open_server_stream(call, request, headers)
             return DownloadStream(call) if method.chunks is not None else ServerStream(call)
 
         kind = DownloadCall if method.chunks is not None else ServerStreamCall
@@ -253,7 +254,7 @@ class ClientBase:
         headers: Mapping[str, str] | None,
     ) -> Any:
         call = ClientCall(self, self._nats_method(py_name), timeout)
-        ack_headers = await call.open_handshake(headers)
+        ack_headers = await open_handshake(call, headers)
         kind = UploadStream if call.method.chunks is not None else ClientStream
         stream: ClientStream[Any, Any] = kind(call, ack_headers)
         if requests is None:
@@ -274,7 +275,7 @@ class ClientBase:
 
         async def open_stream() -> BidiStream[Any, Any]:
             call = ClientCall(self, method, timeout)
-            await call.open_handshake(headers)
+            await open_handshake(call, headers)
             return BidiStream(call)
 
         return BidiStreamCall(open_stream, requests, method.py_name)

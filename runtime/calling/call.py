@@ -1,125 +1,31 @@
-"""`ClientCall`, the one object that owns a call on the client: its inbox `R`, reader, writer, v2
-session, deadline and state; `on_message` sees what arrives first and `close` is the one place it ends.
-How it opens is `calling.opening`."""
+"""`ClientCall`, the one object that owns a call on the client: its traffic on top of its lifecycle
+(`CallLifecycle`): what arrives on its inbox `R` (seen first by `on_message`), sending, receiving.
+How it opens is `calling.opening`; `close` (in `CallLifecycle`) is the one place it ends.
+"""
 
 from __future__ import annotations
 
-import asyncio
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping
+from typing import Any, Mapping
 
 import betterproto
 import nats.errors
 from nats.aio.msg import Msg
 
-from ..core.credit import AckPolicy
 from ..core.errors import ErrorCode, RpcError
 from ..core.frames import FrameKind, classify, is_control
-from ..core.headers import (
-    REPLY_TO,
-    STREAM_INBOX,
-    caller_headers,
-    check_size,
-    error_from_headers,
-    is_no_responders,
-    quote,
-    user_headers,
-)
-from ..core.negotiation import Window, client_heartbeat, client_offer, confirmed, shared_peer
-from ..core.states import CLIENT_MOVES, CallState, InvalidTransition
-from ..features.interceptors import CallInfo, Direction, Side, outcome_of
-from ..health.admission import OpenGate
-from ..health.peers import PeerLiveness
-from ..net.mux import let_go
-from ..net.transport import Transport
-from ..schema.spec import Cardinality, MethodSpec
-from ..streaming.deadline import Deadline
-from ..streaming.first_hop import FirstHop
-from ..streaming.flow import FlowWindow, SendCredit, Unlimited
-from ..streaming.inbox import Inbox
-from ..streaming.reader import StreamReader
-from ..streaming.session import StreamSession
-from ..streaming.writer import StreamWriter
-from .requests import as_rpc_errors, connection_error, nats_request
-
-if TYPE_CHECKING:
-    from .base import ClientBase
-
-# How long a client-stream or bidi call waits for the server's handshake ack when the call itself
-# has no shorter deadline; no ack means nobody is serving (UNAVAILABLE).
-HANDSHAKE_TIMEOUT = 5.0
+from ..core.headers import error_from_headers, is_no_responders, user_headers
+from ..core.negotiation import confirmed
+from ..core.states import CallState
+from ..features.interceptors import CallInfo, Direction, Side
+from .lifecycle import Answered, CallLifecycle
+from .opening import server_inbox, start_v2
+from .requests import as_rpc_errors, connection_error
 
 
-class _Answered(Exception):
-    """The server ended the call while we were still sending."""
+class ClientCall(CallLifecycle):
+    """The client's side of one call (see the module): its lifecycle, and its messages in and out."""
 
-
-class ClientCall:
-    """The client's side of one call: its subjects and inbox `R`, reader, writer, v2 session,
-    deadline and state. Messages on `R` are seen first by `on_message`; `close` is the one place
-    that ends the call and releases what it holds. Slots, not a `__dict__`: thousands may be open."""
-
-    __slots__ = (
-        "nc", "method", "name", "subject", "codec", "deadline", "heartbeat", "inboxes", "receives", "sends", "window",
-        "state", "inbox", "reader", "writer", "credit", "session", "peers", "answer", "heard", "_heard_waiter",
-        "released", "lost", "failure", "chain", "info", "_watched", "_owner", "gate", "max_loop_lag",
-    )
-
-    def __init__(self, client: ClientBase, method: MethodSpec[Any, Any], timeout: float | None) -> None:
-        spec = client._nats_service
-        self.nc: Transport = client._nats_transport
-        self.method = method
-        self.name = spec.full_name(method)
-        self.subject = f"{client._nats_subject_prefix}.{method.endpoint}"
-        self.codec = spec.codec
-        if timeout is None:
-            timeout = client._nats_timeout if client._nats_timeout is not None else method.timeout
-        self.deadline = Deadline.after(timeout)
-        self.heartbeat = client._nats_heartbeat
-        self.inboxes = client._nats_inboxes
-        self.receives = method.cardinality.server_streams
-        self.sends = method.cardinality in (Cardinality.CLIENT_STREAM, Cardinality.BIDI)
-        self.window = Window.for_method(method.max_inflight)  # what we grant for what we receive
-        self.state = CallState.OPENING
-        self.inbox: Inbox | None = None
-        self.reader: StreamReader[Any] | None = None
-        self.writer: StreamWriter | None = None
-        self.credit: SendCredit = Unlimited()
-        self.session: StreamSession | None = None
-        self.peers: PeerLiveness | None = None  # our connection's shared liveness, named in the offer
-        self.answer: Msg | None = None  # the server's final message, once it arrived (sending shapes)
-        self.heard = False  # something arrived on R
-        self._heard_waiter: asyncio.Future[None] | None = None  # `close` waits for that
-        self.released = False
-        self.lost = False  # the server's heartbeats said our messages were lost in transit
-        self.failure: RpcError | None = None  # why the call failed, once it did
-        self.chain = client._nats_chain
-        self.max_loop_lag = client._nats_max_loop_lag
-        self.gate: OpenGate | None = None  # our place among the connection's open streams
-        self.info: CallInfo | None = None  # what interceptors see, when there are any
-        self._watched: list[str] = []
-        # If the task that opened the call is cancelled while the call is open, the call is
-        # abandoned: an abandoned `async for` is not closed by Python until garbage collection.
-        self._owner = asyncio.current_task()
-        if self._owner is not None:
-            self._owner.add_done_callback(self._owner_done)
-
-    def error(self, code: str, message: str) -> RpcError:
-        return RpcError(code, message, method=self.name)
-
-    def move(self, state: CallState) -> None:
-        if state not in CLIENT_MOVES[self.state]:
-            raise InvalidTransition(f"{self.name}: {self.state.value} -> {state.value}")
-        self.state = state
-
-    @property
-    def ended(self) -> bool:
-        return self.state in (CallState.CLOSED, CallState.FAILED)
-
-    def end(self, error: RpcError | None) -> None:
-        """The call is over: cleanly or with `error` (the transition, not the release)."""
-        if not self.ended:
-            self.failure = error
-            self.move(CallState.FAILED if error is not None else CallState.CLOSED)
+    __slots__ = ()
 
     async def begin(self, headers: Mapping[str, str] | None) -> dict[str, str]:
         """The caller's headers, checked; interceptors start here, before anything is sent (they may
@@ -137,148 +43,6 @@ class ClientCall:
         if self.info is not None and self.chain is not None:
             message = self.chain.message(self.info, Direction.SENT, message)
         return self.codec.encode(message)
-
-    # --- Opening ---------------------------------------------------------------------------------
-
-    async def _enter_gate(self) -> None:
-        """Wait, within the deadline, while this connection has more streams than its loop carries
-        (`admission.OpenGate`); Overloaded when the deadline passes first (nothing was sent)."""
-        if self.max_loop_lag is None:
-            return
-        gate = OpenGate.of(self.nc, self.max_loop_lag)
-        await gate.enter(None if self.deadline is None else self.deadline.remaining(), self.name)
-        self.gate = gate
-
-    async def _open_inbox(self) -> Inbox:
-        inbox = self.inbox = Inbox(self.nc, self.name)
-        inbox.watcher = self.on_message
-        self._watch_permissions(inbox.subject)  # before subscribing: the denial may come at once
-        with as_rpc_errors(self.name):
-            await inbox.open()
-        if self.receives:
-            self.reader = StreamReader(inbox, self.codec, self.method.response, self.name, self.deadline)
-        return inbox
-
-    async def _opening_headers(self, headers: Mapping[str, str] | None, reply_to: str) -> dict[str, str]:
-        """Caller headers (after the interceptors), `Reply-To`, and our v2 offer (a v1 server ignores
-        it), which names our connection's liveness subject (heartbeats shared per peer connection)."""
-        caller = await self.begin(headers)
-        deadline = None if self.deadline is None else self.deadline.epoch_ms
-        with as_rpc_errors(self.name):
-            self.peers = await PeerLiveness.acquire(self.nc)
-        offer = client_offer(self.heartbeat, deadline, self.window if self.receives else None, self.peers.subject)
-        return {**caller, REPLY_TO: reply_to, **offer}
-
-    async def open_server_stream(self, request: betterproto.Message, headers: Mapping[str, str] | None) -> None:
-        """Subscribe `R`, then publish the request with `Reply-To: R` (and R as its reply subject:
-        with nobody serving, the NATS server answers R with a 503 status at once)."""
-        try:
-            await self._enter_gate()
-            inbox = await self._open_inbox()  # subscribed before the request can cause anything
-            out_headers = await self._opening_headers(headers, inbox.subject)
-            body = self.encode(request)
-            check_size(len(body), out_headers, self.nc.max_payload, self.name)
-            with as_rpc_errors(self.name):
-                await self.nc.publish(self.subject, body, reply=inbox.subject, headers=out_headers)
-        except BaseException as error:
-            await self._failed_opening(error)
-            raise
-        self.move(CallState.OPEN)
-
-    async def _failed_opening(self, error: BaseException) -> None:
-        self.end(error if isinstance(error, RpcError) else self.error(ErrorCode.CANCELLED, "opening interrupted"))
-        await self.close()
-
-    async def open_handshake(self, headers: Mapping[str, str] | None) -> dict[str, str]:
-        """Client-stream/bidi opening: subscribe R, request with `Reply-To: R`, take `S` from the ack.
-        Returns the caller headers of the ack."""
-        try:
-            await self._enter_gate()
-            inbox = await self._open_inbox()
-            out_headers = await self._opening_headers(headers, inbox.subject)
-            check_size(0, out_headers, self.nc.max_payload, self.name)
-            wait = HANDSHAKE_TIMEOUT
-            if self.deadline is not None and self.deadline.remaining() < wait:
-                wait = self.deadline.remaining()
-            try:
-                ack = await nats_request(self.nc, self.subject, b"", out_headers, wait, self.name)
-            except RpcError as failed:
-                if failed.code == ErrorCode.DEADLINE_EXCEEDED and wait == HANDSHAKE_TIMEOUT:
-                    raise self.error(ErrorCode.UNAVAILABLE, f"no handshake ack from {self.subject}") from None
-                raise
-            refused = error_from_headers(ack.headers, self.name)
-            if refused is not None:
-                raise refused
-            server_inbox = self._server_inbox(ack.headers)
-            self._watch_permissions(server_inbox)
-            self.writer = StreamWriter(self.nc, server_inbox, self.codec, self.name, self.credit)
-            self.writer.first_hop = FirstHop(self.nc, inbox.subject, self.name)  # S is new: make sure it is known
-            if confirmed(ack.headers):
-                self._start_v2(ack.headers, peer_inbox=server_inbox)
-        except BaseException as error:
-            await self._failed_opening(error)
-            raise
-        self.move(CallState.OPEN)
-        return caller_headers(ack.headers)
-
-    def _server_inbox(self, headers: Mapping[str, str] | None) -> str:
-        """The `Nats-Stream-Inbox` the server named, checked before anything is sent there."""
-        subject = (headers or {}).get(STREAM_INBOX, "")
-        if not subject:
-            raise self.error(ErrorCode.UNAVAILABLE, f"the server's answer has no {STREAM_INBOX}")
-        why = self.inboxes.check(subject)
-        if why is not None:
-            raise self.error(
-                ErrorCode.INTERNAL,
-                f"the server named {STREAM_INBOX} {quote(subject)}, which is {why}; "
-                "pass inbox_prefixes=[...] to the client to allow a service's own prefix",
-            )
-        return subject
-
-    def _start_v2(self, confirmation: Mapping[str, str] | None, peer_inbox: str) -> None:
-        """The server confirmed v2: its window bounds what we send, ours what we receive; heartbeats
-        both ways at the interval the server said, shared with its connection when it named its
-        liveness subject."""
-        inbox = self.inbox
-        assert inbox is not None
-        peer_subject = self._checked_peer(confirmation)
-        self._watch_permissions(peer_inbox)
-        writer, reader = self.writer, self.reader
-        window = FlowWindow(Window.granted(confirmation)) if writer is not None else None
-        heartbeat = client_heartbeat(confirmation, self.heartbeat)
-        session = self.session = StreamSession(self.nc, peer_inbox, inbox.subject, heartbeat, self, window)
-        if reader is not None:
-            session.receiving = inbox
-            reader.acks = AckPolicy(self.window, session.send_ack)
-            inbox.limit(self.window.messages + 2, self.window.max_bytes)  # + the end marker and a status
-        if writer is not None and window is not None:
-            session.sending = writer
-            if self.answer is not None:  # the server ended the call during the handshake
-                window.fail(_Answered())
-            self.credit = writer.credit = window
-            writer.on_sent = session.on_sent
-        if peer_subject is not None and self.peers is not None:
-            session.share(self.peers, peer_subject)
-            inbox.peer = session.group
-        session.start()
-
-    def _checked_peer(self, confirmation: Mapping[str, str] | None) -> str | None:
-        """The server's liveness subject, checked like its inboxes (INTERNAL when it fails)."""
-        subject = shared_peer(confirmation)
-        if subject is not None:
-            why = self.inboxes.check(subject)
-            if why is not None:
-                raise self.error(ErrorCode.INTERNAL, f"the server named a liveness subject {quote(subject)}, which is {why}")
-        return subject
-
-    def _watch_permissions(self, subject: str) -> None:
-        """Publishing to or subscribing on `subject` denied: the call fails with PERMISSION_DENIED
-        at once (nats-py only tells the connection's error callback; the message is dropped)."""
-        self.nc.watch_permissions(subject, self._denied)
-        self._watched.append(subject)
-
-    def _denied(self, text: str) -> None:
-        self.fail(self.error(ErrorCode.PERMISSION_DENIED, text), at_once=True)
 
     # --- What arrives on R (in the subscription callback) -----------------------------------------
 
@@ -306,13 +70,13 @@ class ClientCall:
             return True
         if self.sends and self._ends_call(msg):  # also while the handshake is still being read
             self.answer = msg
-            self.credit.fail(_Answered())
+            self.credit.fail(Answered())
         return False
 
     def _confirm_server_stream(self, headers: Mapping[str, str] | None) -> None:
         """A server stream's open message confirmed v2 and named the server's control inbox."""
         try:
-            self._start_v2(headers, peer_inbox=self._server_inbox(headers))
+            start_v2(self, headers, peer_inbox=server_inbox(self, headers))
         except RpcError as refused:  # nothing is ever sent to a subject that fails the checks
             self.fail(refused, at_once=True)
 
@@ -322,37 +86,6 @@ class ClientCall:
         if not self.receives:
             return True
         return classify(msg.headers).kind in (FrameKind.END, FrameKind.ERROR)
-
-    # --- How the session ends the call (`CallEnds`) ------------------------------------------------
-
-    def peer_unreachable(self, why: str, tell: bool) -> None:
-        self.fail(self.error(ErrorCode.UNAVAILABLE, f"the server is unreachable: {why}"))
-
-    def peer_cancelled(self, reason: str, code: str) -> None:
-        """A server does not cancel (nothing is sent to us that would)."""
-
-    def messages_lost(self, why: str) -> None:
-        """Frames the server sent did not arrive (its count says so): the call fails with DATA_LOSS,
-        and the cancel at close tells the server why."""
-        self.lost = True
-        self.fail(self.error(ErrorCode.DATA_LOSS, why))
-
-    def peer_released(self, missing: str | None) -> None:
-        """The server let go of the call (its heartbeats say so): when its last message did not
-        arrive, the call fails with DATA_LOSS instead of waiting for it forever."""
-        if missing is None and (self.receives or self.answer is not None):
-            return  # everything arrived: the reader takes it from the queue
-        self.fail(self.error(ErrorCode.DATA_LOSS, f"the server ended the call, but {missing or 'its answer'} did not arrive"))
-
-    def fail(self, error: RpcError, at_once: bool = False) -> None:
-        """End the call with `error`: a waiting reader (after what is queued, unless `at_once`) and a
-        sender blocked on credit both see it."""
-        if self.inbox is not None:
-            if at_once:
-                self.inbox.abort(error)
-            else:
-                self.inbox.fail(error)
-        self.credit.fail(error)
 
     # --- Sending ----------------------------------------------------------------------------------
 
@@ -382,7 +115,7 @@ class ClientCall:
             return
         try:
             await writer.send_body(body)
-        except _Answered:
+        except Answered:
             self._raise_early_error()
         except nats.errors.Error as error:  # as as_rpc_errors, without a context manager per message
             raise connection_error(error, self.name) from error
@@ -440,84 +173,3 @@ class ClientCall:
             raise
         finally:
             await self.close()
-
-    # --- Ending: the one place -------------------------------------------------------------------
-
-    def _server_done(self) -> bool:
-        """Whether the server has ended the call by itself (no cancel needed)."""
-        if self.answer is not None:
-            return True
-        reader = self.reader
-        if reader is None:
-            return False
-        error = reader.error
-        # A deadline the server knows too (v2 sends it): it stops by itself.
-        return reader.saw_end or (error is not None and error.code == ErrorCode.DEADLINE_EXCEEDED)
-
-    async def close(self) -> None:
-        """Abandon or finish the call: tell a v2 server that is still going to stop, then release the
-        subscription, the session and the permission watches. Idempotent."""
-        if self.released:
-            return
-        self.released = True
-        self.drop_owner()
-        inbox = self.inbox
-        server_done = self._server_done()
-        try:
-            if not self.sends and self.session is None and inbox is not None and inbox.is_open and not server_done:
-                await self._await_confirmation(inbox)  # a server stream's: client streams confirm on the handshake
-            if self.session is not None and not server_done:
-                await self.session.send_cancel("closed by the client", data_loss=self.lost)
-        finally:  # cancelled or not, the call lets go of everything it holds
-            if self.session is not None:
-                self.session.close(released=not server_done)  # shared heartbeats repeat the cancel
-            steps: list[Callable[[], Awaitable[None]]] = [] if inbox is None else [inbox.close]
-            peers, self.peers = self.peers, None
-            if peers is not None:
-                steps.append(peers.release)
-            gate, self.gate = self.gate, None
-            if gate is not None:
-                gate.leave()
-            for subject in self._watched:
-                self.nc.forget_permissions(subject)
-            self._watched.clear()
-            try:
-                await let_go(steps)
-            finally:
-                if not self.ended:
-                    reader = self.reader
-                    clean = reader is not None and reader.saw_end and reader.error is None  # a blob read to its end
-                    self.end(None if clean else self.error(ErrorCode.CANCELLED, "closed by the client before the end"))
-                    self.credit.fail(self.error(ErrorCode.CANCELLED, "the call was closed"))
-        if self.info is not None and self.chain is not None:
-            writer, reader = self.writer, self.reader
-            sent = (writer.sent, writer.bytes_sent) if writer is not None else (1, 0)
-            if reader is not None:
-                received = (reader.received, reader.bytes_received)
-            else:
-                received = (1, len(self.answer.data)) if self.answer is not None and self.failure is None else (0, 0)
-            await self.chain.end(self.info, outcome_of(self.info, self.failure, sent, received))
-
-    async def _await_confirmation(self, inbox: Inbox) -> None:
-        """A server stream closed before anything arrived: a v2 server's open message (naming where
-        to send the cancel) may still be on its way. Wait for it briefly; a v1 server never sends
-        one, and nothing arrives on an inbox we were denied."""
-        if not self.heard and not inbox.denied:
-            waiter = self._heard_waiter = asyncio.get_running_loop().create_future()
-            try:
-                await asyncio.wait_for(waiter, min(1.0, self.heartbeat))
-            except TimeoutError:
-                pass
-            finally:
-                self._heard_waiter = None
-
-    def drop_owner(self) -> None:
-        """Stop watching the task that opened the call."""
-        owner, self._owner = self._owner, None
-        if owner is not None:
-            owner.remove_done_callback(self._owner_done)
-
-    def _owner_done(self, task: asyncio.Task[Any]) -> None:
-        self._owner = None  # done either way: nothing more to watch (and nothing to keep alive)
-        if task.cancelled() and not self.released:
-            asyncio.get_running_loop().create_task(self.close(), name="betterproto-nats close")

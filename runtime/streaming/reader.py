@@ -11,9 +11,9 @@ import betterproto
 
 from ..core.credit import EMPTY_QUEUE, NO_ACKS, Acknowledger
 from ..core.errors import ErrorCode, RpcError
-from ..core.loss import short_end
 from ..core.frames import FrameKind, classify
 from ..core.headers import BLOB_SIZE, END_TRUE, STREAM_END, STREAM_SEQ, caller_headers, parse_uint
+from ..core.loss import short_end
 from ..encoding.batch import unpack
 from ..encoding.codec import Codec
 from .deadline import Deadline

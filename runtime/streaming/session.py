@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Protocol
 from nats.aio.msg import Msg
 
 from ..core.errors import ErrorCode
-from ..core.loss import lost_in_transit, missing_at_release
 from ..core.frames import is_control
 from ..core.headers import (
     ERROR_CODE,
@@ -20,6 +19,7 @@ from ..core.headers import (
     parse_uint,
     sanitize,
 )
+from ..core.loss import lost_in_transit, missing_at_release
 from ..health.liveness import Liveness
 from ..net.mux import InboxMux
 from ..net.transport import Transport, publish
