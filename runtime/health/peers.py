@@ -112,6 +112,33 @@ class PeerGroup:
         self.released = kept
         return lines
 
+    def beat(self, outgoing: list[tuple[str, bytes, dict[str, str], str]]) -> None:
+        """One beat to the peer (more when the entries exceed a body), queued at once where the
+        transport can, else added to `outgoing`; what was said is forgotten (`entries`)."""
+        manager = self.manager
+        headers = {STREAM_HEARTBEAT: str(self.ms), STREAM_PEER: manager.subject}
+        for data in beat_bodies(self.entries(), manager.body_limit):
+            if not publish_now(manager.nc, self.subject, data, headers, self.reply):
+                outgoing.append((self.subject, data, headers, self.reply))
+
+    def read(self, data: bytes) -> None:
+        """The peer's beat: a count beyond what arrived is loss; a release ends what still waits for
+        the peer. Unknown streams and malformed entries are ignored."""
+        streams = self.streams
+        for fields in beat_lines(data):
+            member = streams.get(fields[0])
+            if member is None:
+                continue
+            for field in fields[1:]:
+                entry = beat_entry(field)
+                if entry is None:
+                    continue
+                kind, number = entry
+                if kind == RELEASED:
+                    member.peer_released(number)
+                elif number is not None:
+                    member.peer_sent(number)
+
 
 class PeerLiveness:
     """The heartbeats of one connection's v2 streams, shared per peer connection (see the module)."""
@@ -131,7 +158,7 @@ class PeerLiveness:
         self._period = 0.0  # seconds between ticks: a quarter of the shortest interval
         self._due = 0.0  # when the timer is due to run
         self._sending: asyncio.Task[None] | None = None
-        self._body_limit = max(1024, min(BEAT_BODY_LIMIT, nc.max_payload // 2))
+        self.body_limit = max(1024, min(BEAT_BODY_LIMIT, nc.max_payload // 2))
         self.closed = False
 
     # --- Membership -------------------------------------------------------------------------------
@@ -229,7 +256,9 @@ class PeerLiveness:
                 continue
             if now - group.beaten >= group.interval / 2 and (self._sending is None or self._sending.done()):
                 group.beaten = now
-                self._beat(group, outgoing)
+                group.beat(outgoing)
+                if not group.streams and not group.released:
+                    self._drop(group)  # nothing left to say, nobody left to say it for
         if outgoing:
             self._sending = self.loop.create_task(self._publish(outgoing), name="betterproto-nats heartbeat")
         if suspects:
@@ -257,16 +286,6 @@ class PeerLiveness:
         if again:
             self.mux.catch_up(self._judge)
 
-    def _beat(self, group: PeerGroup, outgoing: list[tuple[str, bytes, dict[str, str], str]]) -> None:
-        """One beat to the group's peer (more when its entries exceed a body), then forget what
-        was said; a group left with nothing to say and no streams goes."""
-        headers = {STREAM_HEARTBEAT: str(group.ms), STREAM_PEER: self.subject}
-        for data in beat_bodies(group.entries(), self._body_limit):
-            if not publish_now(self.nc, group.subject, data, headers, group.reply):
-                outgoing.append((group.subject, data, headers, group.reply))
-        if not group.streams and not group.released:
-            self._drop(group)
-
     async def _publish(self, outgoing: list[tuple[str, bytes, dict[str, str], str]]) -> None:
         for subject, data, headers, reply in outgoing:
             try:
@@ -289,7 +308,7 @@ class PeerLiveness:
         group = self.groups.get((headers.get(STREAM_PEER, ""), parse_uint(headers.get(STREAM_HEARTBEAT)) or 0))
         if group is not None:
             group.heard = self.loop.time()
-            self._read(group, msg.data)
+            group.read(msg.data)
 
     def _on_reply(self, msg: Msg) -> None:
         """On a group's reply subject: a no-responders status says the peer's connection is gone."""
@@ -298,24 +317,6 @@ class PeerLiveness:
         for group in list(self.groups.values()):
             if group.reply == msg.subject:
                 self._kill(group, "the peer's connection is gone (no responders)", tell=False)
-
-    def _read(self, group: PeerGroup, data: bytes) -> None:
-        """A beat's entries: a count beyond what arrived is loss; a release ends what still waits
-        for the peer. Unknown streams and malformed entries are ignored."""
-        streams = group.streams
-        for fields in beat_lines(data):
-            member = streams.get(fields[0])
-            if member is None:
-                continue
-            for field in fields[1:]:
-                entry = beat_entry(field)
-                if entry is None:
-                    continue
-                kind, number = entry
-                if kind == RELEASED:
-                    member.peer_released(number)
-                elif number is not None:
-                    member.peer_sent(number)
 
     # --- Ending -----------------------------------------------------------------------------------
 
