@@ -258,3 +258,25 @@ def test_old_module_paths_keep_their_names(old: str) -> None:
     module = importlib.import_module(f"betterproto_nats.{old}")
     missing = [name for name in OLD_MODULES[old].split() if not hasattr(module, name)]
     assert not missing, f"betterproto_nats.{old} lost {missing}"
+
+
+MAX_CLASS_LINES = 250
+
+
+def test_no_class_is_longer_than_250_lines() -> None:
+    """Classes with one job each: from `class` to the next top-level statement, trailing blank lines
+    and comments aside."""
+    too_long = []
+    for path in sorted(RUNTIME.rglob("*.py")):
+        lines = path.read_text().splitlines()
+        body = ast.parse("\n".join(lines)).body
+        for index, node in enumerate(body):
+            if not isinstance(node, ast.ClassDef):
+                continue
+            start = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+            end = body[index + 1].lineno - 1 if index + 1 < len(body) else len(lines)
+            while end > start and (not lines[end - 1].strip() or lines[end - 1].lstrip().startswith("#")):
+                end -= 1
+            if end - start + 1 > MAX_CLASS_LINES:
+                too_long.append(f"{path.relative_to(RUNTIME)}:{node.name} ({end - start + 1} lines)")
+    assert not too_long, too_long
