@@ -27,7 +27,7 @@ from ..streaming.session import StreamSession
 from ..streaming.writer import StreamWriter
 
 if TYPE_CHECKING:
-    from .base import ClientBase
+    from .settings import ClientSettings
 
 
 class Answered(Exception):
@@ -44,7 +44,7 @@ class CallLifecycle:
         "released", "lost", "failure", "chain", "info", "_watched", "_owner", "gate", "max_loop_lag",
     )
 
-    def __init__(self, client: ClientBase, method: MethodSpec[Any, Any], timeout: float | None) -> None:
+    def __init__(self, client: ClientSettings, method: MethodSpec[Any, Any], timeout: float | None) -> None:
         spec = client._nats_service
         self.nc: Transport = client._nats_transport
         self.method = method
