@@ -12,7 +12,7 @@ setup: $(STAMP)
 
 # Editable in "strict" mode: a link tree under build/ that mypy and other tools can follow (the
 # package names differ from the folders). New modules need a re-link, hence the file list below.
-$(STAMP): pyproject.toml $(wildcard runtime/*.py plugin/*.py)
+$(STAMP): pyproject.toml $(wildcard runtime/*.py runtime/*/*.py plugin/*.py)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev]" --config-settings editable_mode=strict

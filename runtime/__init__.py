@@ -1,6 +1,8 @@
 """betterproto-nats runtime: NATS microservices for betterproto messages, all four RPC shapes."""
 
-from .client import (
+from ._version import __version__ as __version__
+from .calling.stored import KvEntry, KvWatch, StoredBlob
+from .calling.views import (
     BidiStream,
     BidiStreamCall,
     ClientStream,
@@ -10,9 +12,8 @@ from .client import (
     ServerStreamCall,
     UploadStream,
 )
-from .context import CallContext, current_call
-from .errors import ErrorCode, Overloaded, RpcError
-from .interceptors import (
+from .core.errors import ErrorCode, Overloaded, RpcError
+from .features.interceptors import (
     BidiInterceptor,
     CallInfo,
     CallOutcome,
@@ -24,15 +25,13 @@ from .interceptors import (
     Side,
     UnaryInterceptor,
 )
-from .persistence import JetStreamUnavailable
-from .responders import RequestStream, UploadRequests
-from .retry import RetryPolicy
+from .features.persistence import JetStreamUnavailable
+from .features.retry import RetryPolicy
+from .net.transport import Transport
 from .runner import run
-from .server import Server, serve
-from .stored import KvEntry, KvWatch, StoredBlob
-from .transport import Transport
-
-__version__ = "0.1.0"
+from .serving.context import CallContext, current_call
+from .serving.request_streams import RequestStream, UploadRequests
+from .serving.server import Server, serve
 
 __all__ = [
     "BidiInterceptor",

@@ -11,23 +11,23 @@ from collections.abc import AsyncIterator as AsyncIterator
 from collections.abc import Iterable as Iterable
 from collections.abc import Mapping as Mapping
 
-from .client import BidiStream as BidiStream
-from .client import BidiStreamCall as BidiStreamCall
-from .client import ClientBase as ClientBase
-from .client import ClientStream as ClientStream
-from .client import DownloadCall as DownloadCall
-from .client import DownloadStream as DownloadStream
-from .client import ServerStream as ServerStream
-from .client import ServerStreamCall as ServerStreamCall
-from .client import UploadStream as UploadStream
-from .errors import ErrorCode as ErrorCode
-from .responders import RequestStream as RequestStream
-from .responders import UploadRequests as UploadRequests
-from .service_base import ServiceBase as ServiceBase
-from .spec import Cardinality as Cardinality
-from .spec import ChunkSpec as ChunkSpec
-from .spec import MethodSpec as MethodSpec
-from .spec import ServiceSpec as ServiceSpec
-from .wire import *  # noqa: F403 - the generated codecs' functions: exactly wire.__all__
+from .calling.base import ClientBase as ClientBase
+from .calling.views import BidiStream as BidiStream
+from .calling.views import BidiStreamCall as BidiStreamCall
+from .calling.views import ClientStream as ClientStream
+from .calling.views import DownloadCall as DownloadCall
+from .calling.views import DownloadStream as DownloadStream
+from .calling.views import ServerStream as ServerStream
+from .calling.views import ServerStreamCall as ServerStreamCall
+from .calling.views import UploadStream as UploadStream
+from .core.errors import ErrorCode as ErrorCode
+from .encoding.protobuf import *  # noqa: F403 - the generated codecs' functions: exactly protobuf.__all__
+from .schema.service_base import ServiceBase as ServiceBase
+from .schema.spec import Cardinality as Cardinality
+from .schema.spec import ChunkSpec as ChunkSpec
+from .schema.spec import MethodSpec as MethodSpec
+from .schema.spec import ServiceSpec as ServiceSpec
+from .serving.request_streams import RequestStream as RequestStream
+from .serving.request_streams import UploadRequests as UploadRequests
 
 API_VERSION = 1

@@ -14,29 +14,29 @@ from typing import ClassVar as ClassVar
 from typing import overload as overload
 
 from ._api_v1 import *  # noqa: F401,F403  (version 2 is version 1 plus the names below)
-from .client import Pending as Pending
-from .client import PendingStream as PendingStream
-from .client import bidi as bidi
-from .client import client_stream as client_stream
-from .client import download as download
-from .client import server_stream as server_stream
-from .client import unary as unary
-from .spec import KeyField as KeyField
-from .spec import KeyKind as KeyKind
-from .spec import KeyTemplate as KeyTemplate
-from .spec import KvStoreSpec as KvStoreSpec
-from .spec import ObjectStoreSpec as ObjectStoreSpec
-from .spec import PersistPolicy as PersistPolicy
-from .spec import WriteMode as WriteMode
-from .stored import KvEntry as KvEntry
-from .stored import KvWatch as KvWatch
-from .stored import StoredBlob as StoredBlob
-from .stored import kv_get as kv_get
-from .stored import kv_history as kv_history
-from .stored import kv_purge as kv_purge
-from .stored import kv_watch as kv_watch
-from .stored import object_delete as object_delete
-from .stored import object_get as object_get
-from .stored import object_open as object_open
+from .calling.base import bidi as bidi
+from .calling.base import client_stream as client_stream
+from .calling.base import download as download
+from .calling.base import server_stream as server_stream
+from .calling.base import unary as unary
+from .calling.stored import KvEntry as KvEntry
+from .calling.stored import KvWatch as KvWatch
+from .calling.stored import StoredBlob as StoredBlob
+from .calling.stored import kv_get as kv_get
+from .calling.stored import kv_history as kv_history
+from .calling.stored import kv_purge as kv_purge
+from .calling.stored import kv_watch as kv_watch
+from .calling.stored import object_delete as object_delete
+from .calling.stored import object_get as object_get
+from .calling.stored import object_open as object_open
+from .calling.views import Pending as Pending
+from .calling.views import PendingStream as PendingStream
+from .schema.spec import KeyField as KeyField
+from .schema.spec import KeyKind as KeyKind
+from .schema.spec import KeyTemplate as KeyTemplate
+from .schema.spec import KvStoreSpec as KvStoreSpec
+from .schema.spec import ObjectStoreSpec as ObjectStoreSpec
+from .schema.spec import PersistPolicy as PersistPolicy
+from .schema.spec import WriteMode as WriteMode
 
 API_VERSION = 2

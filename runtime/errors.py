@@ -1,58 +1,8 @@
-"""RPC errors and their codes, as they travel in the NATS micro error headers."""
+"""Moved to `betterproto_nats.core.errors`; kept for old imports: this module is that one."""
 
-from __future__ import annotations
+import sys
 
+from .core import errors as _moved
+from .core.errors import *  # noqa: F401,F403  (what type checkers see)
 
-class ErrorCode:
-    """Error codes; generated `<Service>ErrorCode` classes extend this with a service's own codes."""
-
-    # Built in, as in the Go plugin.
-    INVALID_ARGUMENT = "INVALID_ARGUMENT"
-    NOT_FOUND = "NOT_FOUND"
-    ALREADY_EXISTS = "ALREADY_EXISTS"
-    PERMISSION_DENIED = "PERMISSION_DENIED"
-    UNAUTHENTICATED = "UNAUTHENTICATED"
-    INTERNAL = "INTERNAL"
-    UNAVAILABLE = "UNAVAILABLE"
-    # Ours.
-    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
-    CANCELLED = "CANCELLED"
-    UNIMPLEMENTED = "UNIMPLEMENTED"
-    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
-    DATA_LOSS = "DATA_LOSS"
-
-
-class RpcError(Exception):
-    """An RPC failed with `code` and `message`; raise it in a handler to fail the call that way.
-    `retry_after`: seconds the peer asked us to wait before trying again (None: it said nothing)."""
-
-    def __init__(self, code: str, message: str = "", *, method: str | None = None, retry_after: float | None = None) -> None:
-        super().__init__(code, message)
-        self.code = code
-        self.message = message
-        self.method = method
-        self.retry_after = retry_after
-
-    def __str__(self) -> str:
-        where = f"{self.method}: " if self.method else ""
-        return f"{where}{self.code}: {self.message}" if self.message else f"{where}{self.code}"
-
-    def __repr__(self) -> str:
-        return f"RpcError({self.code!r}, {self.message!r}, method={self.method!r})"
-
-
-class Overloaded(RpcError):
-    """The service refused the call before starting it: it is past its capacity (calls in progress,
-    its event loop's lag, its outgoing backlog). Nothing ran, so the same call may be sent again after
-    `retry_after` seconds (the service's hint; a client's `RetryPolicy` does that for you)."""
-
-    retry_after: float
-
-    def __init__(self, message: str, *, retry_after: float, method: str | None = None, reason: str | None = None) -> None:
-        super().__init__(ErrorCode.RESOURCE_EXHAUSTED, message, method=method, retry_after=retry_after)
-        # What ran out, where the refusal was made ("loop_lag", "budget", "concurrency", "outbound",
-        # "client"); None for a refusal read from the wire (the reason is not sent).
-        self.reason = reason
-
-    def __repr__(self) -> str:
-        return f"Overloaded({self.message!r}, retry_after={self.retry_after!r}, method={self.method!r})"
+sys.modules[__name__] = _moved

@@ -1,32 +1,8 @@
-"""Logging that a flood of remote events cannot turn into a flood of log records."""
+"""Moved to `betterproto_nats.features.logs`; kept for old imports: this module is that one."""
 
-from __future__ import annotations
+import sys
 
-import logging
-import time
+from .features import logs as _moved
+from .features.logs import *  # noqa: F401,F403  (what type checkers see)
 
-
-class RateLimitedLog:
-    """At most `per_second` WARNING records a second; the rest are counted and summed up in the next
-    record, so junk from peers (or a store that keeps failing) cannot flood the log."""
-
-    def __init__(self, logger: logging.Logger, per_second: int = 10) -> None:
-        self.logger = logger
-        self.per_second = per_second
-        self._window = 0
-        self._count = 0
-        self._suppressed = 0
-
-    def warning(self, message: str, *args: object) -> None:
-        second = int(time.monotonic())
-        if second != self._window:
-            self._window, self._count = second, 0
-        self._count += 1
-        if self._count > self.per_second:
-            self._suppressed += 1
-            return
-        if self._suppressed:
-            message += " (%d similar messages suppressed)"
-            args = (*args, self._suppressed)
-            self._suppressed = 0
-        self.logger.warning(message, *args)
+sys.modules[__name__] = _moved

@@ -1,257 +1,49 @@
-"""The wire protocol: header names and values, and how a received message is classified.
+"""Split into the modules below; kept for old imports."""
 
-Everything here is pure (no I/O) so that it is tested directly against the captured Go bytes.
-See docs/PROTOCOL.md for the message sequences.
-"""
-
-from __future__ import annotations
-
-import enum
-import re
-from dataclasses import dataclass
-from typing import Mapping
-
-from .errors import ErrorCode, Overloaded, RpcError
-
-REPLY_TO = "Reply-To"
-STREAM_INBOX = "Nats-Stream-Inbox"
-STREAM_SEQ = "Nats-Stream-Seq"
-STREAM_END = "Nats-Stream-End"
-STREAM_COUNT = "Nats-Stream-Count"
-ERROR = "Nats-Service-Error"
-ERROR_CODE = "Nats-Service-Error-Code"
-STATUS = "Status"
-DESCRIPTION = "Description"
-NO_RESPONDERS_STATUS = "503"
-
-# Protocol v2 (ours, negotiated per call; never sent to a v1 peer).
-STREAM_VERSION = "Nats-Stream-Version"
-STREAM_WINDOW = "Nats-Stream-Window"
-STREAM_WINDOW_BYTES = "Nats-Stream-Window-Bytes"
-STREAM_ACK = "Nats-Stream-Ack"
-STREAM_HEARTBEAT = "Nats-Stream-Heartbeat"
-STREAM_CANCEL = "Nats-Stream-Cancel"
-# On heartbeats of a side that sends a stream: its frames (data messages, then the end marker) handed
-# to NATS before the heartbeat, which follows them on the same subject (so they must have arrived).
-STREAM_SENT = "Nats-Stream-Sent"
-# On the v2 offer and confirmation: the sender's connection liveness subject (shared heartbeats,
-# runtime/peers.py); on a shared heartbeat: who sends it.
-STREAM_PEER = "Nats-Stream-Peer"
-# On a data message: it holds this many stream messages (a batch); in a window offer: the most a
-# receiver accepts in one. Only sent to a peer that offered it.
-STREAM_BATCH = "Nats-Stream-Batch"
-DEADLINE = "Nats-Deadline"
-# Beside a RESOURCE_EXHAUSTED error pair: the service refused the call before starting it (admission
-# control) and asks the caller to wait this many milliseconds before trying again.
-RETRY_AFTER = "Nats-Retry-After"
-MAX_RETRY_AFTER_MS = 60_000  # a hint from the wire is capped at a minute
-# Optional, on the first message of a chunked stream: the blob's size in bytes, for progress reports.
-BLOB_SIZE = "Nats-Blob-Size"
-VERSION_2 = "2"
-_CONTROL = (STREAM_ACK, STREAM_HEARTBEAT, STREAM_CANCEL, STREAM_VERSION)
-
-# Headers of ours that must never be taken for caller headers or echoed back.
-PROTOCOL_HEADERS = frozenset(
-    {
-        REPLY_TO, STREAM_INBOX, STREAM_SEQ, STREAM_END, STREAM_COUNT, STREAM_BATCH, STREAM_SENT, STREAM_PEER, ERROR, ERROR_CODE,
-        DEADLINE, BLOB_SIZE, RETRY_AFTER, *_CONTROL,
-    }
-)
-
-END_TRUE = "true"
-# Protocol headers the runtime itself puts among a handler's response headers.
-RESPONSE_PROTOCOL_HEADERS = frozenset({BLOB_SIZE})
-MAX_BATCH = 256  # messages in one batch, at most (sent and accepted)
-
-
-class FrameKind(enum.Enum):
-    """What a message received on a stream inbox means."""
-
-    DATA = "data"  # carries Nats-Stream-Seq: one message of the stream, or a batch of them
-    END = "end"  # Nats-Stream-End: true, possibly with an error
-    ERROR = "error"  # an error answer without end marker (a unary-style reply, or a 503 status)
-    OTHER = "other"  # anything else: not data (open/ack messages, unknown control)
-
-
-@dataclass(slots=True)
-class Frame:
-    kind: FrameKind
-    seq: int = 0
-    count: int | None = None  # Nats-Stream-Count on an end marker
-    batch: int = 1  # Nats-Stream-Batch on data: how many messages the body holds
-    error: RpcError | None = None
-
-
-def is_control(headers: Mapping[str, str] | None) -> bool:
-    """A v2 control message (ack, heartbeat, cancel, open): empty body, no seq, no end marker."""
-    if not headers or STREAM_SEQ in headers or STREAM_END in headers:
-        return False
-    return any(name in headers for name in _CONTROL)
-
-
-_UINT = re.compile(r"[0-9]{1,18}")  # ASCII digits only (str.isdigit() accepts '²'); fits in 63 bits
-
-
-def parse_uint(text: str | None) -> int | None:
-    """A remote non-negative integer, parsed strictly: ASCII digits, at most 18 of them; else None."""
-    if text is None or not _UINT.fullmatch(text):
-        return None
-    return int(text)
-
-
-def header_int(headers: Mapping[str, str] | None, name: str, default: int) -> int:
-    """A positive integer header, or `default` when absent, malformed or zero."""
-    value = parse_uint((headers or {}).get(name))
-    return value if value else default
-
-
-def sanitize(value: str) -> str:
-    """Header values must not contain CR or LF: they would corrupt the header block."""
-    if "\r" in value or "\n" in value:
-        return value.replace("\r\n", " ").replace("\r", " ").replace("\n", " ")
-    return value
-
-
-MAX_ERROR_TEXT = 1024  # characters of an error message that travel or are kept from the wire
-MAX_ERROR_CODE = 64
-
-
-def clip(text: str, limit: int = MAX_ERROR_TEXT) -> str:
-    """`text` cut to `limit` characters (marked), so no error echoes remote input unbounded."""
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def quote(remote: str, limit: int = 32) -> str:
-    """A remote value for an error message: repr'd and short."""
-    return repr(clip(remote, limit))
-
-
-def error_headers(code: str, message: str, retry_after: float | None = None) -> dict[str, str]:
-    """The micro error pair, capped; what every sender of ours uses (never `Status`). With
-    `retry_after` (seconds): a refusal of admission control, the call not started."""
-    headers = {ERROR_CODE: sanitize(clip(code, MAX_ERROR_CODE)), ERROR: sanitize(clip(message))}
-    if retry_after is not None:
-        headers[RETRY_AFTER] = str(min(MAX_RETRY_AFTER_MS, max(0, round(retry_after * 1000))))
-    return headers
-
-
-def error_from_headers(headers: Mapping[str, str] | None, method: str | None = None) -> RpcError | None:
-    """The error a message carries, if any: the micro pair first, then `Status`/`Description`.
-
-    A three-digit `Status` is a NATS status, not an application error; 503 means no responders.
-    """
-    if not headers:
-        return None
-    code = headers.get(ERROR_CODE)
-    if code:
-        message = clip(headers.get(ERROR, ""))
-        if code == ErrorCode.RESOURCE_EXHAUSTED:
-            retry_ms = parse_uint(headers.get(RETRY_AFTER))
-            if retry_ms is not None:  # refused by admission control: the call never started
-                return Overloaded(message, retry_after=min(retry_ms, MAX_RETRY_AFTER_MS) / 1000, method=method)
-        return RpcError(clip(code, MAX_ERROR_CODE), message, method=method)
-    status = headers.get(STATUS)
-    if status:
-        if parse_uint(status) is not None and len(status) == 3:
-            if status == NO_RESPONDERS_STATUS:
-                return RpcError(ErrorCode.UNAVAILABLE, "no responders", method=method)
-            return None
-        return RpcError(clip(status, MAX_ERROR_CODE), clip(headers.get(DESCRIPTION, "")), method=method)
-    return None
-
-
-def is_no_responders(headers: Mapping[str, str] | None) -> bool:
-    """The NATS server's answer to a message with a reply subject that nobody was subscribed for."""
-    return bool(headers) and headers.get(STATUS) == NO_RESPONDERS_STATUS  # type: ignore[union-attr]
-
-
-def classify(headers: Mapping[str, str] | None, method: str | None = None) -> Frame:
-    """Classify a message received on a stream inbox (`R` or `S`)."""
-    if not headers:
-        return Frame(FrameKind.OTHER)
-    if headers.get(STREAM_END) == END_TRUE:
-        count = parse_uint(headers.get(STREAM_COUNT))  # malformed: ignored, as if absent
-        return Frame(FrameKind.END, count=count, error=error_from_headers(headers, method))
-    seq_text = headers.get(STREAM_SEQ)
-    if seq_text is not None:
-        seq = parse_uint(seq_text)
-        if seq is None:
-            return Frame(
-                FrameKind.ERROR,
-                error=RpcError(ErrorCode.DATA_LOSS, f"malformed {STREAM_SEQ} {quote(seq_text)}", method=method),
-            )
-        batch_text = headers.get(STREAM_BATCH)
-        if batch_text is None:
-            return Frame(FrameKind.DATA, seq=seq)
-        batch = parse_uint(batch_text)
-        if not batch or batch > MAX_BATCH:
-            return Frame(
-                FrameKind.ERROR,
-                error=RpcError(ErrorCode.DATA_LOSS, f"malformed {STREAM_BATCH} {quote(batch_text)}", method=method),
-            )
-        return Frame(FrameKind.DATA, seq=seq, batch=batch)
-    error = error_from_headers(headers, method)
-    if error is not None:
-        return Frame(FrameKind.ERROR, error=error)
-    return Frame(FrameKind.OTHER)
-
-
-_RESERVED_LOWER = frozenset(name.lower() for name in (*PROTOCOL_HEADERS, STATUS, DESCRIPTION))
-# RFC 7230 token characters: what nats-py accepts as a header name.
-_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,256}")
-
-
-def is_reserved(name: str) -> bool:
-    """A header name of the protocol's or of NATS's (`Status`, `Description`, any `Nats-*`),
-    compared case-insensitively: never a caller's or a handler's."""
-    lower = name.lower()
-    return lower in _RESERVED_LOWER or lower.startswith("nats-")
-
-
-def caller_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
-    """The headers a caller sent, without protocol headers."""
-    if not headers:
-        return {}
-    return {k: v for k, v in headers.items() if not is_reserved(k)}
-
-
-def user_headers(headers: Mapping[str, str] | None, allow: frozenset[str] = frozenset()) -> dict[str, str]:
-    """Caller- or handler-supplied headers made safe to send: valid names only, protocol names
-    refused (ValueError, before anything is sent) except those in `allow` (the runtime's own, in a
-    dict a handler shares), values without CR/LF."""
-    if not headers:
-        return {}
-    out: dict[str, str] = {}
-    for name, value in headers.items():
-        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
-            raise ValueError(f"header name {clip(repr(name), 64)} is not valid: letters, digits and !#$%&'*+-.^_`|~ only")
-        if is_reserved(name) and name not in allow:
-            raise ValueError(f"header {name!r} is reserved for the protocol or NATS")
-        out[name] = sanitize(str(value))
-    return out
-
-
-_HEADER_LINE = len(b"NATS/1.0\r\n")
-
-
-def message_size(body_len: int, headers: Mapping[str, str] | None) -> int:
-    """Bytes a message counts against `max_payload`: the header block plus the body."""
-    if not headers:
-        return body_len
-    size = _HEADER_LINE + 2
-    for name, value in headers.items():
-        size += len(name.encode()) + len(value.encode()) + 4  # "name: value\r\n"
-    return size + body_len
-
-
-def check_size(body_len: int, headers: Mapping[str, str] | None, max_payload: int, method: str | None) -> None:
-    """Fail clearly before publishing a message the server would reject (and close us for)."""
-    size = message_size(body_len, headers)
-    if size > max_payload:
-        raise RpcError(
-            ErrorCode.RESOURCE_EXHAUSTED,
-            f"message of {size} bytes (headers + body) exceeds the server's max_payload of {max_payload}: "
-            "raise max_payload in the nats-server configuration, or send large data as a stream "
-            "((natsmicro.chunked_io) splits a blob into chunks)",
-            method=method,
-        )
+from .core.frames import FrameKind as FrameKind
+from .core.frames import Frame as Frame
+from .core.frames import is_control as is_control
+from .core.frames import classify as classify
+from .core.headers import REPLY_TO as REPLY_TO
+from .core.headers import STREAM_INBOX as STREAM_INBOX
+from .core.headers import STREAM_SEQ as STREAM_SEQ
+from .core.headers import STREAM_END as STREAM_END
+from .core.headers import STREAM_COUNT as STREAM_COUNT
+from .core.headers import ERROR as ERROR
+from .core.headers import ERROR_CODE as ERROR_CODE
+from .core.headers import STATUS as STATUS
+from .core.headers import DESCRIPTION as DESCRIPTION
+from .core.headers import NO_RESPONDERS_STATUS as NO_RESPONDERS_STATUS
+from .core.headers import STREAM_VERSION as STREAM_VERSION
+from .core.headers import STREAM_WINDOW as STREAM_WINDOW
+from .core.headers import STREAM_WINDOW_BYTES as STREAM_WINDOW_BYTES
+from .core.headers import STREAM_ACK as STREAM_ACK
+from .core.headers import STREAM_HEARTBEAT as STREAM_HEARTBEAT
+from .core.headers import STREAM_CANCEL as STREAM_CANCEL
+from .core.headers import STREAM_SENT as STREAM_SENT
+from .core.headers import STREAM_PEER as STREAM_PEER
+from .core.headers import STREAM_BATCH as STREAM_BATCH
+from .core.headers import DEADLINE as DEADLINE
+from .core.headers import RETRY_AFTER as RETRY_AFTER
+from .core.headers import MAX_RETRY_AFTER_MS as MAX_RETRY_AFTER_MS
+from .core.headers import BLOB_SIZE as BLOB_SIZE
+from .core.headers import VERSION_2 as VERSION_2
+from .core.headers import PROTOCOL_HEADERS as PROTOCOL_HEADERS
+from .core.headers import END_TRUE as END_TRUE
+from .core.headers import RESPONSE_PROTOCOL_HEADERS as RESPONSE_PROTOCOL_HEADERS
+from .core.headers import MAX_BATCH as MAX_BATCH
+from .core.headers import parse_uint as parse_uint
+from .core.headers import header_int as header_int
+from .core.headers import sanitize as sanitize
+from .core.headers import MAX_ERROR_TEXT as MAX_ERROR_TEXT
+from .core.headers import MAX_ERROR_CODE as MAX_ERROR_CODE
+from .core.headers import clip as clip
+from .core.headers import quote as quote
+from .core.headers import error_headers as error_headers
+from .core.headers import error_from_headers as error_from_headers
+from .core.headers import is_no_responders as is_no_responders
+from .core.headers import is_reserved as is_reserved
+from .core.headers import caller_headers as caller_headers
+from .core.headers import user_headers as user_headers
+from .core.headers import message_size as message_size
+from .core.headers import check_size as check_size

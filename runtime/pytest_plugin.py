@@ -7,7 +7,7 @@ from typing import Iterator
 
 import pytest
 
-from .bus import InMemoryBus
+from .net.bus import InMemoryBus
 from .testing import NatsServer
 
 

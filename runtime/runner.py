@@ -20,9 +20,9 @@ import nats
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from .admission import DEFAULT_MAX_LOOP_LAG
-from .persistence import JetStreamUnavailable
-from .server import DEFAULT_GRACE_PERIOD, Server, serve
+from .features.persistence import JetStreamUnavailable
+from .health.admission import DEFAULT_MAX_LOOP_LAG
+from .serving.server import DEFAULT_GRACE_PERIOD, Server, serve
 
 log = logging.getLogger("betterproto_nats.run")
 DEFAULT_CONNECT_WAIT = 10.0  # seconds to find a NATS server at start before giving up
@@ -175,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.no_persist:
         options["persist"] = False
     if args.log_calls:
-        from .interceptors import LoggingInterceptor
+        from .features.interceptors import LoggingInterceptor
 
         options["interceptors"] = [LoggingInterceptor()]
     servers = args.url.split(",")

@@ -1,19 +1,8 @@
-"""Base of generated `<Service>NatsBase` classes."""
+"""Moved to `betterproto_nats.schema.service_base`; kept for old imports: this module is that one."""
 
-from __future__ import annotations
+import sys
 
-from typing import ClassVar
+from .schema import service_base as _moved
+from .schema.service_base import *  # noqa: F401,F403  (what type checkers see)
 
-from .errors import ErrorCode, RpcError
-from .spec import ServiceSpec
-
-
-class ServiceBase:
-    """Subclass the generated `<Service>NatsBase` and override its methods; pass it to `serve()`."""
-
-    _nats_service: ClassVar[ServiceSpec]
-
-    def _nats_unimplemented(self, py_name: str) -> RpcError:
-        spec = self._nats_service
-        name = spec.full_name(spec.method(py_name))
-        return RpcError(ErrorCode.UNIMPLEMENTED, f"{name} is not implemented", method=name)
+sys.modules[__name__] = _moved

@@ -1,55 +1,8 @@
-"""Checks for subjects a peer names in headers (`Reply-To`, `Nats-Stream-Inbox`) before we publish there.
+"""Moved to `betterproto_nats.core.subjects`; kept for old imports: this module is that one."""
 
-A peer must not be able to make us publish to a subject of its choosing (a JetStream API, a wildcard,
-another application's subject) or one that nats-server rejects by closing our connection (a subject
-longer than its control line). So a named inbox must be a literal subject of printable ASCII, at most
-`MAX_SUBJECT` bytes, not a `$` system subject, and start with an allowed prefix.
-"""
+import sys
 
-from __future__ import annotations
+from .core import subjects as _moved
+from .core.subjects import *  # noqa: F401,F403  (what type checkers see)
 
-import re
-from typing import Iterable
-
-DEFAULT_INBOX_PREFIX = "_INBOX."
-MAX_SUBJECT = 256
-
-# Literal tokens of printable ASCII other than the wildcards, separated by single dots.
-_LITERAL = re.compile(r"[!-)+-\-/-=?-~]+(?:\.[!-)+-\-/-=?-~]+)*")
-
-
-def is_literal(subject: str, max_len: int = MAX_SUBJECT) -> bool:
-    """A subject we may publish to: literal tokens (no `*`, `>`, whitespace or empty token), bounded."""
-    return len(subject) <= max_len and _LITERAL.fullmatch(subject) is not None
-
-
-def first_token_prefix(subject: str | None) -> str | None:
-    """`_INBOX_alice.` for a reply subject `_INBOX_alice.abc.1`: the prefix its owner's inboxes share."""
-    if not subject or "." not in subject or not is_literal(subject) or subject.startswith("$"):
-        return None
-    return subject.split(".", 1)[0] + "."
-
-
-class InboxPolicy:
-    """Which prefixes a peer-named inbox may have: `_INBOX.` and any configured ones."""
-
-    def __init__(self, extra_prefixes: Iterable[str] = ()) -> None:
-        prefixes = [DEFAULT_INBOX_PREFIX]
-        for prefix in extra_prefixes:
-            prefix = prefix if prefix.endswith(".") else prefix + "."
-            if not is_literal(prefix[:-1]):
-                raise ValueError(f"inbox prefix {prefix!r} is not a literal subject prefix")
-            prefixes.append(prefix)
-        self.prefixes = tuple(prefixes)
-
-    def check(self, subject: str, also: str | None = None) -> str | None:
-        """Why `subject` may not be published to (None when it may). `also` is one more allowed
-        prefix (the first token of the request's own reply subject, on the server)."""
-        if not is_literal(subject):
-            return "not a literal subject of at most 256 printable ASCII characters"
-        if subject.startswith("$"):
-            return "a system subject"
-        allowed = self.prefixes if also is None else (*self.prefixes, also)
-        if not subject.startswith(allowed):
-            return f"outside the allowed inbox prefixes ({', '.join(allowed)})"
-        return None
+sys.modules[__name__] = _moved

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-from .bus import BusConnection, InMemoryBus
-from .context import call_context
-from .server import serve
+from .net.bus import BusConnection, InMemoryBus
+from .serving.context import call_context
+from .serving.server import serve
 
 __all__ = ["BusConnection", "InMemoryBus", "NatsServer", "call_context", "serve_in_memory", "start_cluster"]
 
@@ -111,7 +111,6 @@ class NatsServer:
             self.process.kill()
             self.process.wait()
         self.process = None
-
 
 
 def start_cluster(size: int = 3, name: str = "betterproto-nats-test") -> list[NatsServer]:

@@ -12,7 +12,7 @@ import pytest
 from nats.aio.msg import Msg
 
 import betterproto_nats
-import betterproto_nats.streams
+import betterproto_nats.streaming.first_hop
 from betterproto_nats import ErrorCode, RpcError, current_call
 from betterproto_nats.bus import subject_matches
 from betterproto_nats.negotiation import DEFAULT_WINDOW_MESSAGES
@@ -379,7 +379,7 @@ async def test_the_first_message_waits_until_the_peers_inbox_is_known() -> None:
 
 
 async def test_an_inbox_that_never_appears_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(betterproto_nats.streams, "FIRST_HOP_WAIT", 0.1)
+    monkeypatch.setattr(betterproto_nats.streaming.first_hop, "FIRST_HOP_WAIT", 0.1)
     bus = InMemoryBus()
     await late_server(bus.connect(), None, [])
     stream = await StreamDemoServiceNatsClient(bus.connect()).sum(timeout=5)

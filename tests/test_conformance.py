@@ -18,6 +18,7 @@ from rawpeer import Collector, as_go_sees_it
 
 import betterproto_nats
 from betterproto_nats.nats_compat import flush_ordered
+import betterproto_nats.calling.opening
 import betterproto_nats.client
 from betterproto_nats import ErrorCode, RpcError
 from examples.streaming.demo import StreamDemo
@@ -384,7 +385,7 @@ async def test_no_handshake_ack_is_unavailable(nc: NATS, go: GoServer, monkeypat
         pass
 
     await go.serve("sum", ignore)
-    monkeypatch.setattr(betterproto_nats.client, "HANDSHAKE_TIMEOUT", 0.2)
+    monkeypatch.setattr(betterproto_nats.calling.opening, "HANDSHAKE_TIMEOUT", 0.2)
     with pytest.raises(RpcError) as caught:
         await StreamDemoServiceNatsClient(nc).sum([SumRequest(value=1)])
     assert caught.value.code == ErrorCode.UNAVAILABLE

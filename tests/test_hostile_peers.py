@@ -916,7 +916,7 @@ async def test_rpc_error_from_handler_keeps_its_message(nc: NATS, server_nc: NAT
     await assert_survived(server_nc, nc)
 
 
-# --- Shared liveness: heartbeats per peer connection (runtime/peers.py) ----------------------------------
+# --- Shared liveness: heartbeats per peer connection (runtime/health/peers.py) ---------------------------
 
 PEER = "Nats-Stream-Peer"
 

@@ -1,4 +1,4 @@
-"""Liveness per peer connection (v2, runtime/peers.py): all streams between two connections share one
+"""Liveness per peer connection (v2, runtime/health/peers.py): all streams between two connections share one
 heartbeat per half interval each way, whatever their number; a killed, paused or vanished peer still
 ends every one of its streams promptly; a stream whose peer let go of it ends even while the two
 connections keep talking; a peer that does not share keeps per-stream heartbeats. Real nats-servers."""

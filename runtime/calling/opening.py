@@ -1,0 +1,173 @@
+"""How a client call opens: wait at the connection's gate, subscribe its inbox `R`, send the request
+(server streams) or do the handshake and take the server's inbox `S` (client streams, bidi), and
+start v2 once the server confirms it. Functions of the `ClientCall` they open, which owns the result.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Mapping
+
+import betterproto
+
+from ..core.credit import AckPolicy
+from ..core.errors import ErrorCode, RpcError
+from ..core.headers import REPLY_TO, STREAM_INBOX, caller_headers, check_size, error_from_headers, quote
+from ..core.negotiation import Window, client_heartbeat, client_offer, confirmed, shared_peer
+from ..core.states import CallState
+from ..health.admission import OpenGate
+from ..health.peers import PeerLiveness
+from ..streaming.first_hop import FirstHop
+from ..streaming.flow import FlowWindow
+from ..streaming.inbox import Inbox
+from ..streaming.reader import StreamReader
+from ..streaming.session import StreamSession
+from ..streaming.writer import StreamWriter
+from .lifecycle import Answered
+from .requests import as_rpc_errors, nats_request
+
+if TYPE_CHECKING:
+    from .call import ClientCall
+
+# How long a client-stream or bidi call waits for the server's handshake ack when the call itself
+# has no shorter deadline; no ack means nobody is serving (UNAVAILABLE).
+HANDSHAKE_TIMEOUT = 5.0
+
+
+async def _enter_gate(call: ClientCall) -> None:
+    """Wait, within the deadline, while this connection has more streams than its loop carries
+    (`admission.OpenGate`); Overloaded when the deadline passes first (nothing was sent)."""
+    if call.max_loop_lag is None:
+        return
+    gate = OpenGate.of(call.nc, call.max_loop_lag)
+    await gate.enter(None if call.deadline is None else call.deadline.remaining(), call.name)
+    call.gate = gate
+
+
+async def _open_inbox(call: ClientCall) -> Inbox:
+    inbox = call.inbox = Inbox(call.nc, call.name)
+    inbox.watcher = call.on_message
+    call.watch_permissions(inbox.subject)  # before subscribing: the denial may come at once
+    with as_rpc_errors(call.name):
+        await inbox.open()
+    if call.receives:
+        call.reader = StreamReader(inbox, call.codec, call.method.response, call.name, call.deadline)
+    return inbox
+
+
+async def _opening_headers(call: ClientCall, headers: Mapping[str, str] | None, reply_to: str) -> dict[str, str]:
+    """Caller headers (after the interceptors), `Reply-To`, and our v2 offer (a v1 server ignores
+    it), which names our connection's liveness subject (heartbeats shared per peer connection)."""
+    caller = await call.begin(headers)
+    deadline = None if call.deadline is None else call.deadline.epoch_ms
+    with as_rpc_errors(call.name):
+        call.peers = await PeerLiveness.acquire(call.nc)
+    offer = client_offer(call.heartbeat, deadline, call.window if call.receives else None, call.peers.subject)
+    return {**caller, REPLY_TO: reply_to, **offer}
+
+
+async def open_server_stream(call: ClientCall, request: betterproto.Message, headers: Mapping[str, str] | None) -> None:
+    """Subscribe `R`, then publish the request with `Reply-To: R` (and R as its reply subject:
+    with nobody serving, the NATS server answers R with a 503 status at once)."""
+    try:
+        await _enter_gate(call)
+        inbox = await _open_inbox(call)  # subscribed before the request can cause anything
+        out_headers = await _opening_headers(call, headers, inbox.subject)
+        body = call.encode(request)
+        check_size(len(body), out_headers, call.nc.max_payload, call.name)
+        with as_rpc_errors(call.name):
+            await call.nc.publish(call.subject, body, reply=inbox.subject, headers=out_headers)
+    except BaseException as error:
+        await _failed_opening(call, error)
+        raise
+    call.move(CallState.OPEN)
+
+
+async def _failed_opening(call: ClientCall, error: BaseException) -> None:
+    call.end(error if isinstance(error, RpcError) else call.error(ErrorCode.CANCELLED, "opening interrupted"))
+    await call.close()
+
+
+async def open_handshake(call: ClientCall, headers: Mapping[str, str] | None) -> dict[str, str]:
+    """Client-stream/bidi opening: subscribe R, request with `Reply-To: R`, take `S` from the ack.
+    Returns the caller headers of the ack."""
+    try:
+        await _enter_gate(call)
+        inbox = await _open_inbox(call)
+        out_headers = await _opening_headers(call, headers, inbox.subject)
+        check_size(0, out_headers, call.nc.max_payload, call.name)
+        wait = HANDSHAKE_TIMEOUT
+        if call.deadline is not None and call.deadline.remaining() < wait:
+            wait = call.deadline.remaining()
+        try:
+            ack = await nats_request(call.nc, call.subject, b"", out_headers, wait, call.name)
+        except RpcError as failed:
+            if failed.code == ErrorCode.DEADLINE_EXCEEDED and wait == HANDSHAKE_TIMEOUT:
+                raise call.error(ErrorCode.UNAVAILABLE, f"no handshake ack from {call.subject}") from None
+            raise
+        refused = error_from_headers(ack.headers, call.name)
+        if refused is not None:
+            raise refused
+        inbox_s = server_inbox(call, ack.headers)
+        call.watch_permissions(inbox_s)
+        call.writer = StreamWriter(call.nc, inbox_s, call.codec, call.name, call.credit)
+        call.writer.first_hop = FirstHop(call.nc, inbox.subject, call.name)  # S is new: make sure it is known
+        if confirmed(ack.headers):
+            start_v2(call, ack.headers, peer_inbox=inbox_s)
+    except BaseException as error:
+        await _failed_opening(call, error)
+        raise
+    call.move(CallState.OPEN)
+    return caller_headers(ack.headers)
+
+
+def server_inbox(call: ClientCall, headers: Mapping[str, str] | None) -> str:
+    """The `Nats-Stream-Inbox` the server named, checked before anything is sent there."""
+    subject = (headers or {}).get(STREAM_INBOX, "")
+    if not subject:
+        raise call.error(ErrorCode.UNAVAILABLE, f"the server's answer has no {STREAM_INBOX}")
+    why = call.inboxes.check(subject)
+    if why is not None:
+        raise call.error(
+            ErrorCode.INTERNAL,
+            f"the server named {STREAM_INBOX} {quote(subject)}, which is {why}; "
+            "pass inbox_prefixes=[...] to the client to allow a service's own prefix",
+        )
+    return subject
+
+
+def start_v2(call: ClientCall, confirmation: Mapping[str, str] | None, peer_inbox: str) -> None:
+    """The server confirmed v2: its window bounds what we send, ours what we receive; heartbeats
+    both ways at the interval the server said, shared with its connection when it named its
+    liveness subject."""
+    inbox = call.inbox
+    assert inbox is not None
+    peer_subject = _checked_peer(call, confirmation)
+    call.watch_permissions(peer_inbox)
+    writer, reader = call.writer, call.reader
+    window = FlowWindow(Window.granted(confirmation)) if writer is not None else None
+    heartbeat = client_heartbeat(confirmation, call.heartbeat)
+    session = call.session = StreamSession(call.nc, peer_inbox, inbox.subject, heartbeat, call, window)
+    if reader is not None:
+        session.receiving = inbox
+        reader.acks = AckPolicy(call.window, session.send_ack)
+        inbox.limit(call.window.messages + 2, call.window.max_bytes)  # + the end marker and a status
+    if writer is not None and window is not None:
+        session.sending = writer
+        if call.answer is not None:  # the server ended the call during the handshake
+            window.fail(Answered())
+        call.credit = writer.credit = window
+        writer.on_sent = session.on_sent
+    if peer_subject is not None and call.peers is not None:
+        session.share(call.peers, peer_subject)
+        inbox.peer = session.group
+    session.start()
+
+
+def _checked_peer(call: ClientCall, confirmation: Mapping[str, str] | None) -> str | None:
+    """The server's liveness subject, checked like its inboxes (INTERNAL when it fails)."""
+    subject = shared_peer(confirmation)
+    if subject is not None:
+        why = call.inboxes.check(subject)
+        if why is not None:
+            raise call.error(ErrorCode.INTERNAL, f"the server named a liveness subject {quote(subject)}, which is {why}")
+    return subject

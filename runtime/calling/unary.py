@@ -1,0 +1,135 @@
+"""`UnaryClient`: a client's unary calls: once (the hot path: a request and its answer, nothing
+else), under the client's `RetryPolicy`, or with interceptors around it (a `ClientCall` for its
+bookkeeping).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Mapping
+
+import betterproto
+import nats.errors
+
+from ..core.errors import RpcError
+from ..core.headers import DEADLINE, check_size, user_headers
+from ..features.interceptors import Direction, outcome_of
+from ..schema.spec import MethodSpec
+from .call import ClientCall
+from .requests import nats_request, request_failed, unary_response
+from .settings import ClientSettings
+
+
+class UnaryClient(ClientSettings):
+    """A client's unary calls (see the module)."""
+
+    async def _nats_unary(
+        self,
+        py_name: str | MethodSpec[Any, Any],
+        request: betterproto.Message,
+        *,
+        timeout: float | None,
+        headers: Mapping[str, str] | None,
+        response_headers: dict[str, str] | None,
+        idempotent: bool | None = None,
+    ) -> Any:
+        """A unary call: under the client's `RetryPolicy` when it has one."""
+        if self._nats_retry is not None:
+            return await self._nats_unary_retried(py_name, request, timeout, headers, response_headers, idempotent)
+        return await self._nats_unary_once(py_name, request, timeout, headers, response_headers)
+
+    async def _nats_unary_once(
+        self,
+        py_name: str | MethodSpec[Any, Any],
+        request: betterproto.Message,
+        timeout: float | None,
+        headers: Mapping[str, str] | None,
+        response_headers: dict[str, str] | None,
+    ) -> Any:
+        method = self._nats_method(py_name)
+        if self._nats_chain is not None:
+            return await self._nats_unary_intercepted(method, request, timeout, headers, response_headers)
+        name, subject = self._nats_names(method)
+        codec = self._nats_service.codec
+        out_headers = user_headers(headers) if headers else {}
+        body = codec.encode(request)
+        nc = self._nats_transport
+        if timeout is None:
+            timeout = self._nats_timeout if self._nats_timeout is not None else method.timeout
+        if timeout is not None:  # the server stops the handler at the same moment
+            out_headers[DEADLINE] = str(int((time.time() + timeout) * 1000))
+        check_size(len(body), out_headers, nc.max_payload, name)
+        try:  # as `nats_request`, one coroutine less on the hot path
+            msg = await nc.request(subject, body, timeout=timeout, headers=out_headers or None)
+        except nats.errors.Error as error:
+            raise request_failed(error, subject, name) from error
+        return unary_response(msg, method, codec, name, response_headers)
+
+    async def _nats_unary_retried(
+        self,
+        py_name: str | MethodSpec[Any, Any],
+        request: betterproto.Message,
+        timeout: float | None,
+        headers: Mapping[str, str] | None,
+        response_headers: dict[str, str] | None,
+        idempotent: bool | None,
+    ) -> Any:
+        """A unary call under the client's `RetryPolicy`: tried again while the policy allows, each
+        try within what is left of the call's deadline."""
+        policy = self._nats_retry
+        assert policy is not None
+        method = self._nats_method(py_name)
+        if idempotent is None:
+            idempotent = method.idempotent
+        if timeout is None:
+            timeout = self._nats_timeout if self._nats_timeout is not None else method.timeout
+        loop = asyncio.get_running_loop()
+        give_up = None if timeout is None else loop.time() + timeout
+        retry = 0
+        while True:
+            remaining = None if give_up is None else max(0.0, give_up - loop.time())
+            try:
+                return await self._nats_unary_once(method, request, remaining, headers, response_headers)
+            except RpcError as error:
+                retry += 1
+                if retry >= policy.attempts or not policy.retries(error, idempotent):
+                    raise
+                delay = policy.delay(retry, error.retry_after)
+                if give_up is not None and loop.time() + delay >= give_up:
+                    raise
+            await asyncio.sleep(delay)
+
+    async def _nats_unary_intercepted(
+        self,
+        method: MethodSpec[Any, Any],
+        request: betterproto.Message,
+        timeout: float | None,
+        headers: Mapping[str, str] | None,
+        response_headers: dict[str, str] | None,
+    ) -> Any:
+        """A unary call with interceptors around it (a `ClientCall` for its bookkeeping)."""
+        call = ClientCall(self, method, timeout)
+        call.released = True  # a unary call holds no inbox or session
+        call.drop_owner()
+        sent = received = (0, 0)
+        failure: BaseException | None = None
+        try:
+            out_headers = await call.begin(headers)
+            if call.deadline is not None:
+                out_headers[DEADLINE] = call.deadline.epoch_ms
+            body = call.encode(request)
+            check_size(len(body), out_headers, call.nc.max_payload, call.name)
+            remaining = None if call.deadline is None else call.deadline.remaining()
+            sent = (1, len(body))
+            msg = await nats_request(call.nc, call.subject, body, out_headers, remaining, call.name)
+            received = (1, len(msg.data))
+            response = unary_response(msg, method, call.codec, call.name, response_headers)
+            assert call.chain is not None and call.info is not None
+            return call.chain.message(call.info, Direction.RECEIVED, response)
+        except BaseException as error:
+            failure = error
+            raise
+        finally:
+            if call.info is not None and call.chain is not None:
+                await call.chain.end(call.info, outcome_of(call.info, failure, sent, received))

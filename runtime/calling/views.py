@@ -1,0 +1,338 @@
+"""What users hold of a call: the stream views of a `ClientCall` (`ServerStream`, `ClientStream`,
+`BidiStream`, the blob helpers) and the awaitables generated methods return (`Pending`, `*Call`)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import (
+    Any,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Generator,
+    Generic,
+    Iterable,
+    TypeVar,
+)
+
+import betterproto
+
+from ..core.errors import ErrorCode, RpcError
+from ..core.headers import caller_headers
+from ..features.chunks import BlobReceiving, ChunkCodec, ChunkReceiver, ChunkSender, Progress
+from ..features.interceptors import Direction
+from .call import ClientCall
+
+Req = TypeVar("Req", bound=betterproto.Message)
+Resp = TypeVar("Resp", bound=betterproto.Message)
+T = TypeVar("T")
+
+
+class _View:
+    """A stream object: a typed view of its `ClientCall`; `close()` and `async with` end the call."""
+
+    def __init__(self, call: ClientCall) -> None:
+        self.call = call
+
+    async def close(self) -> None:
+        """Abandon the call (a v2 server is told to stop) and release it. Idempotent."""
+        await self.call.close()
+
+    async def __aenter__(self: T) -> T:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+class _Receives(_View, Generic[Resp]):
+    """The server's stream: `recv()`, `async for`, and the headers of its first message."""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Headers the server set on its first message (`current_call().set_response_headers`)."""
+        assert self.call.reader is not None
+        return self.call.reader.headers
+
+    async def recv(self) -> Resp:
+        """The next message; StopAsyncIteration at the end, RpcError on error."""
+        message: Resp = await self.call.recv()
+        return message
+
+    def __aiter__(self) -> AsyncIterator[Resp]:
+        return self
+
+    async def __anext__(self) -> Resp:
+        call = self.call
+        if call.info is None:  # no interceptors: the rest of a batch is taken without more coroutines
+            reader = call.reader
+            message: Resp | None = reader.take_nowait() if reader is not None else None
+            if message is not None:
+                return message
+        received: Resp = await call.recv()
+        return received
+
+
+class ServerStream(_Receives[Resp]):
+    """The client's end of a server-streaming call."""
+
+
+class DownloadStream(ServerStream[Resp], BlobReceiving):
+    """A chunked download (`(natsmicro.chunked_io)` server stream): the blob as bytes, a file or pieces."""
+
+    def __init__(self, call: ClientCall) -> None:
+        super().__init__(call)
+        assert call.method.chunks is not None and call.reader is not None
+        chunks = ChunkCodec(call.method.response, call.method.chunks, call.codec)
+        self._blob = ChunkReceiver(call.reader, chunks, call.close)  # released at the blob's end
+
+
+async def _send_all(call: ClientCall, messages: Iterable[Any] | AsyncIterable[Any]) -> None:
+    if isinstance(messages, AsyncIterable):
+        async for message in messages:
+            await call.send(message)
+        return
+    writer = call.writer
+    assert writer is not None
+    for message in messages:  # no coroutine per message while the batch takes them (as `call.send`)
+        body = call.encode(message)
+        if not call.send_nowait(body):
+            await call.send_body(body)
+        elif writer.turn_due:
+            await writer.take_turn()
+
+
+class ClientStream(_View, Generic[Req, Resp]):
+    """The client's end of a client-streaming call: `send` many, then `close_and_recv` one."""
+
+    def __init__(self, call: ClientCall, headers: dict[str, str]) -> None:
+        super().__init__(call)
+        self.headers = headers  # from the handshake ack, then the final response
+
+    async def send(self, message: Req) -> None:
+        """Send one message. After the server has ended the call, its error is raised here; after a
+        successful early answer, further messages are no-ops."""
+        await self.call.send(message)
+
+    async def send_all(self, messages: Iterable[Req] | AsyncIterable[Req]) -> None:
+        await _send_all(self.call, messages)
+
+    async def close_and_recv(self) -> Resp:
+        """End our direction and wait for the server's single response."""
+        call = self.call
+        msg = await call.final_answer()
+        self.headers.update(caller_headers(msg.headers))
+        response: Resp = call.codec.decode(call.method.response, msg.data, call.name)
+        if call.info is not None and call.chain is not None:
+            response = call.chain.message(call.info, Direction.RECEIVED, response)
+        return response
+
+
+class UploadStream(ClientStream[Req, Resp]):
+    """A chunked upload (`(natsmicro.chunked_io)` client stream): send bytes, a file or a reader."""
+
+    def __init__(self, call: ClientCall, headers: dict[str, str]) -> None:
+        super().__init__(call, headers)
+        assert call.method.chunks is not None and call.writer is not None
+        chunks = ChunkCodec(call.method.request, call.method.chunks, call.codec)
+        self._blob = ChunkSender(call.writer, chunks, call.send_body)
+
+    async def send_bytes(self, data: bytes | bytearray | memoryview, progress: Progress | None = None) -> None:
+        """Send `data` split into the method's chunk size."""
+        await self._blob.send_bytes(data, 0, progress)
+
+    async def send_file(self, path: str | os.PathLike[str], chunk_size: int = 0, progress: Progress | None = None) -> None:
+        """Send a file (0 = the method's default_chunk_size)."""
+        await self._blob.send_file(path, chunk_size, progress)
+
+    async def send_reader(self, reader: Any, chunk_size: int = 0, progress: Progress | None = None) -> None:
+        """Send what a file-like object (sync or async `read`) or an (async) iterable of bytes gives."""
+        await self._blob.send_reader(reader, chunk_size, progress)
+
+
+class BidiStream(_Receives[Resp], Generic[Req, Resp]):
+    """The client's end of a bidirectional call: `send`/`recv` freely, `close_send` ends our side."""
+
+    async def send(self, message: Req) -> None:
+        """Send one message; after the server ended the call, its error is raised here."""
+        await self.call.send(message)
+
+    async def send_all(self, messages: Iterable[Req] | AsyncIterable[Req]) -> None:
+        await _send_all(self.call, messages)
+
+    async def close_send(self) -> None:
+        """Tell the server we will send nothing more; keep receiving."""
+        await self.call.end_send()
+
+    async def _send_all_and_close(self, messages: Iterable[Req] | AsyncIterable[Req]) -> None:
+        try:
+            await self.send_all(messages)
+            await self.close_send()
+        except BaseException as error:
+            failure = error if isinstance(error, RpcError) else self.call.error(
+                ErrorCode.CANCELLED, f"sending requests failed: {error!r}"
+            )
+            self.call.fail(failure)
+            raise
+
+
+# --- What generated methods return ----------------------------------------------------------------
+
+
+class _Awaitable:
+    """A call's result before it is awaited. Using it as if it were the result (a forgotten `await`)
+    is a TypeError that says so, instead of Python's puzzling errors about coroutines."""
+
+    _what = "this call"
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith(("_", "cr_", "gi_")):  # Python's and asyncio's own probes
+            raise AttributeError(name)
+        raise TypeError(
+            f"{self._what} returns an awaitable, not its result: write `await client.{self._what}(...)` "
+            f"(`.{name}` is on what it gives)"
+        )
+
+
+class _Deferred(_Awaitable, Generic[T]):
+    """A call made when it is awaited (`run` makes it)."""
+
+    def __init__(self, run: Callable[[], Coroutine[Any, Any, T]], what: str) -> None:
+        self._run = run
+        self._what = what
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self._run().__await__()
+
+
+class Pending(_Deferred[T], Coroutine[Any, Any, T]):
+    """A unary or client-streaming call: `await` it, or hand it to `asyncio.create_task` (it is a
+    coroutine; the call starts when it is first awaited or run, never otherwise)."""
+
+    def __init__(self, run: Callable[[], Coroutine[Any, Any, T]], what: str) -> None:
+        super().__init__(run, what)
+        self._coroutine: Coroutine[Any, Any, T] | None = None
+
+    def _started(self) -> Coroutine[Any, Any, T]:
+        if self._coroutine is None:
+            self._coroutine = coroutine = self._run()
+            # A task drives this object from now on: its later steps go straight to the coroutine.
+            self.send = coroutine.send  # type: ignore[method-assign,assignment]
+            self.throw = coroutine.throw  # type: ignore[method-assign,assignment]
+        return self._coroutine
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self._started().__await__()
+
+    def send(self, value: Any) -> Any:
+        return self._started().send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        if val is None and tb is None:
+            return self._started().throw(typ)
+        return self._started().throw(typ, val, tb)
+
+    def close(self) -> None:
+        if self._coroutine is not None:
+            self._coroutine.close()
+
+
+S = TypeVar("S", bound=_View)
+
+
+class PendingStream(_Deferred[S]):
+    """A stream to be opened: `stream = await ...`, or `async with ... as stream:` (closed at the end).
+    Not a coroutine: a stream has `send` and `close` of its own, and a forgotten `await` must say so."""
+
+    _stream: S | None = None
+
+    async def __aenter__(self) -> S:
+        self._stream = await self._run()
+        return self._stream
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._stream is not None:
+            await self._stream.close()
+
+
+class ServerStreamCall(_Awaitable, Generic[Resp]):
+    """`await` it for a `ServerStream`, `async with` it (closed at the end), or `async for` over it."""
+
+    def __init__(self, open_stream: Callable[[], Awaitable[ServerStream[Resp]]], what: str = "this call") -> None:
+        self._open = open_stream
+        self._what = what
+        self._stream: ServerStream[Resp] | None = None
+
+    def __await__(self) -> Generator[Any, None, ServerStream[Resp]]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> ServerStream[Resp]:
+        self._stream = await self._open()
+        return self._stream
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._stream is not None:
+            await self._stream.close()
+
+    async def __aiter__(self) -> AsyncIterator[Resp]:
+        stream = await self._open()
+        try:
+            async for message in stream:
+                yield message
+        finally:
+            await stream.close()
+
+
+class DownloadCall(ServerStreamCall[Resp]):
+    """`await` it for a `DownloadStream` (blob helpers), or `async for` over the chunk messages."""
+
+    def __await__(self) -> Generator[Any, None, DownloadStream[Resp]]:
+        return self._open().__await__()  # type: ignore[return-value]
+
+    async def __aenter__(self) -> DownloadStream[Resp]:
+        return await super().__aenter__()  # type: ignore[return-value]
+
+
+class BidiStreamCall(_Awaitable, Generic[Req, Resp]):
+    """`await` it for a `BidiStream`, `async with` it (closed at the end), or `async for` over the
+    responses to the given requests."""
+
+    def __init__(
+        self,
+        open_stream: Callable[[], Awaitable[BidiStream[Req, Resp]]],
+        requests: Iterable[Req] | AsyncIterable[Req] | None,
+        what: str = "this call",
+    ) -> None:
+        self._open = open_stream
+        self._requests = requests
+        self._what = what
+        self._stream: BidiStream[Req, Resp] | None = None
+
+    def __await__(self) -> Generator[Any, None, BidiStream[Req, Resp]]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> BidiStream[Req, Resp]:
+        self._stream = await self._open()
+        return self._stream
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._stream is not None:
+            await self._stream.close()
+
+    async def __aiter__(self) -> AsyncIterator[Resp]:
+        if self._requests is None:
+            raise TypeError("pass the requests to iterate over the responses, or await the call for a stream")
+        stream = await self._open()
+        sender = asyncio.create_task(stream._send_all_and_close(self._requests))
+        try:
+            async for message in stream:
+                yield message
+            await sender
+        finally:
+            if not sender.done():
+                sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+            await stream.close()

@@ -1,0 +1,93 @@
+"""Liveness bookkeeping, pure: heartbeat defaults and bounds, when a peer counts as silent, how our
+own loop's stall is discounted, and the body of a shared heartbeat (its count and release lines)."""
+
+from __future__ import annotations
+
+from .headers import parse_uint
+
+DEFAULT_HEARTBEAT = 1.0  # seconds: a killed peer is noticed within about this long (no-responders)
+MISSED_BEATS = 3  # silence for this many intervals means the peer is gone (a paused process)
+MIN_HEARTBEAT, MAX_HEARTBEAT = 0.05, 20.0  # what a server accepts from a client's header
+
+
+def past_stall(heard: float, due: float, now: float, period: float) -> float:
+    """`heard` moved on by however long our own loop stood still: as late as our timer, due at `due`,
+    runs `now`, beyond one `period`. A peer in our process could not speak meanwhile, and one
+    elsewhere is read after the stall: that time is not the peer's silence."""
+    stall = now - due - period
+    return min(now, heard + stall) if stall > 0 else heard
+
+
+def overdue(heard: float, now: float, interval: float) -> bool:
+    """Silent by the clock: nothing heard for `MISSED_BEATS` intervals. Not yet a verdict: what
+    waits for us unread may hold the peer's word (see `silent`)."""
+    return now - heard > MISSED_BEATS * interval
+
+
+def silent(heard: float, progress: float, interval: float) -> bool:
+    """The verdict: nothing heard for `MISSED_BEATS` intervals of what we have read (`progress`, how
+    far our connection has read, not the clock: our own backlog is not the peer's silence)."""
+    return progress - heard > MISSED_BEATS * interval
+
+
+def silence(interval: float) -> str:
+    """Why a silent peer's streams end."""
+    return f"no word from the peer for {MISSED_BEATS * interval:g} s"
+
+
+# Shared heartbeats (health/peers.py, docs/PROTOCOL.md "Heartbeats"): a beat's body has a line per
+# stream that needs something, `<inbox> s<n>` (n frames handed to NATS before this beat) or
+# `<inbox> e[<n>]` (we let go of the stream after sending n frames).
+SENT, RELEASED = "s", "e"
+# A count or a release is named in this many beats (a lost beat does not hide it).
+REPEAT = MISSED_BEATS
+# A beat's body stays below this (and half of max_payload): more entries go in more beats.
+BEAT_BODY_LIMIT = 64 * 1024
+# Entries read from one beat at most (ours hold at most BEAT_BODY_LIMIT bytes of them).
+MAX_ENTRIES = BEAT_BODY_LIMIT
+
+
+def sent_line(inbox: str, sent: int) -> str:
+    return f"{inbox} {SENT}{sent}"
+
+
+def released_line(inbox: str, final: int | None) -> str:
+    return f"{inbox} {RELEASED}" if final is None else f"{inbox} {RELEASED}{final}"
+
+
+def beat_bodies(lines: list[str], limit: int) -> list[bytes]:
+    """The lines of one beat as bodies of at most `limit` bytes each (one, maybe empty, when they fit)."""
+    bodies: list[bytes] = []
+    body: list[str] = []
+    size = 0
+    for line in lines:
+        if size + len(line) + 1 > limit and body:
+            bodies.append("\n".join(body).encode())
+            body, size = [], 0
+        body.append(line)
+        size += len(line) + 1
+    bodies.append("\n".join(body).encode())
+    return bodies
+
+
+def beat_lines(data: bytes) -> list[list[str]]:
+    """A peer's beat body as its lines' fields (the stream's inbox first), at most `MAX_ENTRIES`
+    lines; nothing when it is not ASCII."""
+    if not data:
+        return []
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        return []
+    return [line.split(" ", 8) for line in text.split("\n", MAX_ENTRIES)[:MAX_ENTRIES]]
+
+
+def beat_entry(field: str) -> tuple[str, int | None] | None:
+    """One field of a beat line: (`SENT`, n), (`RELEASED`, n or None); None when malformed."""
+    kind, value = field[:1], field[1:]
+    number = parse_uint(value)
+    if kind == SENT and number is not None:
+        return SENT, number
+    if kind == RELEASED and (number is not None or not value):
+        return RELEASED, number
+    return None

@@ -1,0 +1,184 @@
+"""The server's side of one unary call (`UnaryCall`, one small object per call, no inbox or session)
+and `ServedMethod`, what every call of one endpoint shares. The hot path of a service."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Mapping
+
+from nats.aio.msg import Msg
+
+from ..core.errors import ErrorCode, RpcError
+from ..core.headers import caller_headers
+from ..core.negotiation import request_deadline
+from ..core.states import SERVER_MOVES, InvalidTransition, ServerState
+from ..core.subjects import is_literal
+from ..encoding.codec import Codec
+from ..features.interceptors import CallInfo, Direction, Side, outcome_of
+from ..features.persistence import StoreKeys
+from ..net.transport import Transport
+from ..schema.spec import MethodSpec
+from ..streaming.deadline import Deadline
+from .answer import answer
+from .context import CallContext, set_current_call
+from .discovery import EndpointRecord
+from .policy import PEER_FAULTS, ServingPolicy, log, peer_faults
+
+
+@dataclass(frozen=True, slots=True)
+class ServedMethod:
+    """What every call of one endpoint shares (built once when serving starts)."""
+
+    nc: Transport
+    method: MethodSpec[Any, Any]
+    name: str  # "package.Service/Method"
+    handler: Callable[..., Any]
+    codec: Codec
+    policy: ServingPolicy
+    task_name: str
+    record: EndpointRecord  # what `$SRV` STATS report: each call's time and error code
+    done: Callable[[asyncio.Task[None]], None]  # a call's task ends (its endpoint lets go of it)
+
+
+class UnaryCall:
+    """The server's side of one unary call, run in a task of its own: the request decoded, the
+    handler run with `current_call()` set and the call's deadline applied, the response (or the
+    error) published to the request's reply subject. One small object per call (no inbox, session
+    or stream state); states as a `Responder`'s: OPENING -> SERVING -> FINISHING -> CLOSED | FAILED."""
+
+    __slots__ = ("served", "msg", "state", "context", "info", "keys", "deadline", "exception", "answered", "task", "expired")
+
+    def __init__(self, served: ServedMethod, msg: Msg) -> None:
+        self.served = served
+        self.msg = msg
+        self.state = ServerState.OPENING
+        self.info: CallInfo | None = None  # what interceptors see, when there are any
+        self.keys: StoreKeys | None = None  # a persisted method's storage keys
+        self.deadline: Deadline | None = None
+        self.exception: BaseException | None = None  # a handler's unexpected exception
+        self.answered = (0, 0)
+        self.task: asyncio.Task[None] | None = None  # what runs it (the endpoint sets it)
+        self.expired = False  # the deadline passed while the handler ran: it was cancelled
+
+    # What `answer` needs (and interceptors), read from what the endpoint's calls share.
+    nc = property(lambda self: self.served.nc)
+    method = property(lambda self: self.served.method)
+    name = property(lambda self: self.served.name)
+    codec = property(lambda self: self.served.codec)
+
+    def move(self, state: ServerState) -> None:
+        if state not in SERVER_MOVES[self.state]:
+            raise InvalidTransition(f"{self.served.name}: {self.state.value} -> {state.value}")
+        self.state = state
+
+    def error(self, code: str, message: str) -> RpcError:
+        return RpcError(code, message, method=self.served.name)
+
+    def intercept(self, direction: Direction, message: Any) -> Any:
+        chain = self.served.policy.interceptors
+        return message if chain is None or self.info is None else chain.message(self.info, direction, message)
+
+    def internal(self, raised: BaseException) -> RpcError:
+        """A handler's unexpected exception: logged here with its traceback; the caller gets INTERNAL
+        with a generic text unless the service exposes errors."""
+        log.error("handler %s failed", self.served.name, exc_info=raised)
+        self.exception = raised
+        text = str(raised) or type(raised).__name__
+        return self.error(ErrorCode.INTERNAL, text if self.served.policy.expose_errors else "internal error")
+
+    def persist(self, body: bytes) -> Awaitable[None] | None:
+        """Store the encoded answer before it is sent, where the method's options say."""
+        persistence = self.served.policy.persistence
+        if self.keys is None or persistence is None:
+            return None
+        return persistence.store(self.served.method, self.keys, body, self.deadline, self.served.name)
+
+    async def run(self) -> None:
+        """Serve the call to its end, count it in the endpoint's STATS and let the endpoint know (at
+        the end of its task, without a done-callback per call)."""
+        started = time.perf_counter_ns()
+        served, msg = self.served, self.msg
+        reply = msg.reply
+        if not reply or not is_literal(reply):
+            served.record.record(time.perf_counter_ns() - started, None)
+            self.done()
+            return  # nobody to answer: dropped
+        policy = served.policy
+        method = served.method
+        error: RpcError | None = None
+        response: Any = None
+        try:
+            deadline = self.deadline = _unary_deadline(method, msg.headers)
+            request = served.codec.decode(method.request, msg.data, served.name)
+            context = self.context = CallContext(
+                served.name, msg.subject, caller_headers(msg.headers), None if deadline is None else deadline.epoch
+            )
+            set_current_call(context)
+            chain = policy.interceptors
+            if chain is not None:
+                self.info = info = CallInfo(
+                    Side.SERVER, served.name.rsplit("/", 1)[0], method.name, method.cardinality, msg.subject, context.headers, method
+                )
+                await chain.start(info)  # may reject the call: the handler never runs
+                request = chain.message(info, Direction.RECEIVED, request)
+            persistence = policy.persistence
+            if persistence is not None and method.persists:  # a request without a valid key fails here
+                self.keys = persistence.keys(method, request, served.name)
+            self.move(ServerState.SERVING)
+            if deadline is None:
+                response = await served.handler(request)
+            else:  # a timer that cancels the task (cheaper than asyncio.timeout's context manager per call)
+                expiry = asyncio.get_running_loop().call_at(deadline.at, self._expire)
+                try:
+                    response = await served.handler(request)
+                finally:
+                    expiry.cancel()
+        except RpcError as raised:
+            error = raised
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()  # handled here: the call ends, the task does not
+            if self.expired:
+                error = self.error(ErrorCode.DEADLINE_EXCEEDED, "deadline exceeded")
+            else:
+                error = self.error(ErrorCode.UNAVAILABLE, "the service stopped before the call finished")
+        except Exception as raised:
+            error = self.internal(raised)
+        if error is not None and error.code in PEER_FAULTS:
+            peer_faults.warning("call to %s on %s ended with %s", served.name, msg.subject, error)
+        self.move(ServerState.FINISHING)
+        try:
+            await answer(self, reply, response, error)  # (an error before `context` was set needs none)
+        except Exception:
+            log.exception("could not finish %s", served.name)
+        self.move(ServerState.FAILED if error is not None else ServerState.CLOSED)
+        try:
+            if self.info is not None and policy.interceptors is not None:
+                outcome = outcome_of(self.info, error, self.answered, (1, len(msg.data)), self.exception)
+                await policy.interceptors.end(self.info, outcome)
+        finally:
+            served.record.record(time.perf_counter_ns() - started, None if error is None else error.code)
+            self.done()
+
+    def _expire(self) -> None:
+        """The call's deadline passed while its handler runs: it is cancelled (DEADLINE_EXCEEDED)."""
+        if self.task is not None and not self.task.done():
+            self.expired = True
+            self.task.cancel()
+
+    def done(self) -> None:
+        if self.task is not None:
+            self.served.done(self.task)
+
+
+def _unary_deadline(method: MethodSpec[Any, Any], headers: Mapping[str, str] | None) -> Deadline | None:
+    """The earlier of the method's `timeout` option and the caller's `Nats-Deadline` (malformed:
+    INVALID_ARGUMENT)."""
+    if not headers and method.timeout is None:
+        return None
+    deadline = Deadline.after(method.timeout)
+    epoch = request_deadline(headers)
+    return deadline if epoch is None else Deadline.at_epoch(epoch).earliest(deadline)
