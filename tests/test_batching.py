@@ -312,4 +312,42 @@ async def test_direct_delivery_is_active_on_this_nats_py(nc: NATS) -> None:
     await flush_ordered(nc)  # the PONG follows the messages: they were handled as they were read
     assert got == [b"one", b"two"] and raw.pending_msgs == 0 and raw.pending_bytes == 0
     assert raw._wait_for_msgs_task.done()
+    assert "_process_msg" in vars(nc)  # and they skip nats-py's `_process_msg` (`nats_compat.read_directly`)
     await sub.unsubscribe()
+
+
+async def test_messages_read_directly_keep_what_nats_py_gives_the_rest(nc: NATS) -> None:
+    """With the connection's fast way for direct subscriptions installed, a direct subscription
+    still gets headers, reply subjects and nats-py's counters; a plain subscription on the same
+    connection (a user's own, with headers, an auto-unsubscribe limit) still gets everything the
+    nats-py way."""
+    from betterproto_nats.transport import transport_of
+
+    direct: list[Msg] = []
+    sub = await transport_of(nc).subscribe_direct("direct.fast", direct.append)  # type: ignore[attr-defined]
+    plain: list[Msg] = []
+
+    async def on_plain(msg: Msg) -> None:
+        plain.append(msg)
+
+    limited = await nc.subscribe("plain.limited", cb=on_plain)
+    await limited.unsubscribe(limit=2)
+    user = await nc.subscribe("plain.user", cb=on_plain)
+    await flush_ordered(nc)
+    before = nc.stats["in_msgs"]
+    await nc.publish("direct.fast", b"a", reply="_INBOX.r.1", headers={"X-One": "1"})
+    await nc.publish("direct.fast", b"bb")
+    for body in (b"1", b"2", b"3"):
+        await nc.publish("plain.limited", body)
+    await nc.publish("plain.user", b"u", headers={"X-Two": "2"})
+    await flush_ordered(nc)
+    await settle(lambda: len(plain) == 3)
+    assert [(m.data, m.reply, m.headers, m.subject) for m in direct] == [
+        (b"a", "_INBOX.r.1", {"X-One": "1"}, "direct.fast"),
+        (b"bb", "", None, "direct.fast"),
+    ]
+    assert sorted(m.data for m in plain) == [b"1", b"2", b"u"]  # the limit held: "3" was not delivered
+    assert next(m for m in plain if m.data == b"u").headers == {"X-Two": "2"}
+    assert nc.stats["in_msgs"] - before == 5  # counted either way (the server kept "3" to itself)
+    await sub.unsubscribe()
+    await user.unsubscribe()

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import re
 import secrets
-from typing import Callable
+from typing import Any, Callable
 
 import nats.errors
 from nats.aio.client import Client as NATS
@@ -203,7 +204,7 @@ class Requests:
             requests = nc._betterproto_nats_requests = cls(nc)  # type: ignore[attr-defined]
         return requests
 
-    async def request(self, subject: str, payload: bytes, timeout: float | None, headers: dict[str, str] | None) -> Msg:
+    async def request(self, subject: str, payload: bytes, timeout: float | None, headers: dict[str, str] | None = None) -> Msg:
         """The answer to one request (`NoRespondersError`, `TimeoutError` as `request()` raises them)."""
         nc = self.nc
         if not self.prefix:
@@ -254,6 +255,9 @@ class DirectDelivery:
 
     def put_nowait(self, msg: Msg) -> None:
         self.sub._pending_size -= len(msg.data)  # nats-py counted it as waiting: it does not
+        self.deliver(msg)
+
+    def deliver(self, msg: Msg) -> None:
         try:
             self.handler(msg)
         except Exception:
@@ -281,6 +285,52 @@ def deliver_directly(sub: Subscription, handler: Callable[[Msg], None]) -> bool:
         return False
     sub._pending_queue = DirectDelivery(sub, handler)  # type: ignore[assignment]
     task.cancel()  # the subscription's own delivery task has nothing more to do
+    read_directly(sub._conn)
+    return True
+
+
+_PROCESS_MSG = ["self", "sid", "subject", "reply", "data", "headers"]
+
+
+def read_directly(nc: NATS) -> bool:
+    """Messages for a subscription with `DirectDelivery` go to it straight from nats-py's parser,
+    without what nats-py's `_process_msg` does for every message (JetStream flow control, old-style
+    requests, pending limits, a coroutine for absent headers), none of which applies to them
+    (measured: about 0.8 µs of CPU per message; each unary call has two). Other messages take
+    nats-py's way. Installed once per connection; False when nats-py's internals are not as
+    expected (a test fails loudly)."""
+    if getattr(nc, "_betterproto_nats_reads", False):
+        return True
+    process = getattr(type(nc), "_process_msg", None)
+    if (
+        process is None
+        or not inspect.iscoroutinefunction(process)
+        or list(inspect.signature(process).parameters) != _PROCESS_MSG
+        or "_process_msg" in vars(nc)
+        or not isinstance(getattr(nc, "_subs", None), dict)
+        or not isinstance(getattr(nc, "stats", None), dict)
+        or not inspect.iscoroutinefunction(getattr(nc, "_process_headers", None))
+    ):
+        return False
+    nats_way = nc._process_msg
+    subs = nc._subs
+    stats = nc.stats
+
+    async def process_msg(sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
+        sub = subs.get(sid)
+        if sub is not None:
+            direct: Any = sub._pending_queue
+            if type(direct) is DirectDelivery and sub._max_msgs <= 0:
+                stats["in_msgs"] += 1
+                stats["in_bytes"] += len(data)
+                sub._received += 1
+                parsed = await nc._process_headers(headers) if headers else None
+                direct.deliver(nc.msg_class(subject=subject.decode(), reply=reply.decode(), data=data, headers=parsed, _client=nc, _sid=sid))
+                return
+        await nats_way(sid, subject, reply, data, headers)
+
+    nc._process_msg = process_msg  # type: ignore[method-assign]
+    nc._betterproto_nats_reads = True  # type: ignore[attr-defined]
     return True
 
 
