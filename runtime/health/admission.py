@@ -101,7 +101,8 @@ class Admission:
         if max_outbound_bytes is None:  # half of what the connection buffers (nats-py: pending_size)
             max_outbound_bytes = outbound_backlog(transport)[1] // 2
         self.max_outbound_bytes = max_outbound_bytes or None  # 0: no limit
-        self._outbound = getattr(transport, "outbound", None)  # checked for every new call: looked up once
+        # checked for every new call: looked up once (None: no limit, or the transport cannot tell)
+        self._outbound = getattr(transport, "outbound", None) if self.max_outbound_bytes is not None else None
         adaptive = max_loop_lag is not None
         self.streams = Budget(max_streams, adaptive)
         self.unary = Budget(max_unary, adaptive, INITIAL_UNARY, UNARY_GROW_EVERY)
@@ -123,8 +124,10 @@ class Admission:
         if in_progress >= budget.ceiling:
             kind = "unary calls" if unary else "streams"
             return Refusal("concurrency", f"{budget.ceiling} {kind} already in progress", _hint(typical_call()))
-        monitor, max_lag = self.lag, self.max_loop_lag
-        if monitor is not None and max_lag is not None:
+        monitor = self.lag
+        if monitor is not None:
+            max_lag = self.max_loop_lag
+            assert max_lag is not None  # (a monitor runs only with a limit)
             lag = monitor.seconds
             if lag > max_lag / 2 or in_progress >= budget.limit * 0.75:  # else the budget has nothing to adapt
                 budget.adapt(lag, max_lag / 2, in_progress, monitor.loop.time())
@@ -135,9 +138,10 @@ class Admission:
                 return Refusal(
                     "budget", f"the service is at capacity: {in_progress} {kind} in progress", _hint(min(typical_call(), 4 * max_lag))
                 )
-        if self.max_outbound_bytes is not None and self._outbound is not None:
-            backlog = self._outbound()[0]
-            if backlog > self.max_outbound_bytes:
+        outbound = self._outbound
+        if outbound is not None:
+            backlog = outbound()[0]
+            if backlog > (self.max_outbound_bytes or 0):  # (`_outbound` is only set with a limit)
                 return Refusal("outbound", f"the service is overloaded: {backlog} bytes wait to be sent", _hint(0.0))
         return None
 

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Awaitable, Callable, Protocol, runtime_checkable
 
 from nats.aio.client import Client as NATS
@@ -125,6 +126,11 @@ class NatsTransport:
     def __init__(self, nc: NATS) -> None:
         self.nc = nc
         self._requests: Requests | None = None  # made on the first request (nats-py's response subscription)
+        if type(self).publish_nowait is NatsTransport.publish_nowait:  # (a subclass may change what it sends)
+            # It runs for every message the runtime sends: nats_compat's function itself, not a method around it.
+            self.publish_nowait = partial(publish_nowait, nc)  # type: ignore[method-assign]
+        if type(self).outbound is NatsTransport.outbound:  # (asked for every new call a service takes)
+            self.outbound = partial(outbound_pending, nc)  # type: ignore[method-assign]
 
     @property
     def max_payload(self) -> int:
@@ -189,6 +195,8 @@ class NatsTransport:
         requests = self._requests
         if requests is None:
             requests = self._requests = Requests.of(self.nc)
+            if requests.usable and type(self).request is NatsTransport.request:
+                self.request = requests.request  # type: ignore[method-assign]  # later calls: one coroutine less
         if requests.usable:
             return await requests.request(subject, payload, timeout, headers)
         return await self.nc.request(subject, payload, timeout=timeout, headers=headers)  # type: ignore[arg-type]  # None: no timeout

@@ -9,7 +9,7 @@ from ..core.errors import ErrorCode, RpcError
 from ..core.headers import RESPONSE_PROTOCOL_HEADERS, check_size, error_headers, user_headers
 from ..encoding.codec import Codec
 from ..features.interceptors import CallInfo, Direction
-from ..net.transport import Transport, publish
+from ..net.transport import Transport, publish_now
 from ..schema.spec import MethodSpec
 from .context import CallContext
 
@@ -46,12 +46,13 @@ async def answer(call: _Answering, subject: str, response: Any, error: RpcError 
         if not isinstance(response, method.response):
             error = call.error(ErrorCode.INTERNAL, f"handler returned {type(response).__name__}, not {method.response.__name__}")
         else:
+            nc = call.nc
             try:
                 response_headers = call.context.response_headers
                 # checked again: the dict is the handler's (blob size aside, ours)
                 headers = user_headers(response_headers, allow=RESPONSE_PROTOCOL_HEADERS) if response_headers else None
                 body = call.codec.encode(response)
-                check_size(len(body), headers, call.nc.max_payload, call.name)
+                check_size(len(body), headers, nc.max_payload, call.name)
                 stored = call.persist(body)
                 if stored is not None:
                     await stored
@@ -60,7 +61,8 @@ async def answer(call: _Answering, subject: str, response: Any, error: RpcError 
             except Exception as unencodable:  # e.g. a field holding a value of the wrong type
                 error = call.internal(unencodable)
             else:
-                await publish(call.nc, subject, body, headers or None)
+                if not publish_now(nc, subject, body, headers or None):  # (`publish`, one coroutine less)
+                    await nc.publish(subject, body, headers=headers or None)
                 call.answered = (1, len(body))
                 return
     headers = error_headers(error.code, error.message)  # capped: always fits

@@ -40,6 +40,7 @@ class ServedMethod:
     task_name: str
     record: EndpointRecord  # what `$SRV` STATS report: each call's time and error code
     done: Callable[[asyncio.Task[None]], None]  # a call's task ends (its endpoint lets go of it)
+    decode: Callable[[bytes], Any]  # the request's decoder (INVALID_ARGUMENT when it does not decode)
 
 
 class UnaryCall:
@@ -48,11 +49,19 @@ class UnaryCall:
     error) published to the request's reply subject. One small object per call (no inbox, session
     or stream state); states as a `Responder`'s: OPENING -> SERVING -> FINISHING -> CLOSED | FAILED."""
 
-    __slots__ = ("served", "msg", "state", "context", "info", "keys", "deadline", "exception", "answered", "task", "expired")
+    __slots__ = (
+        "served", "msg", "state", "context", "info", "keys", "deadline", "exception", "answered", "task", "expired",
+        "nc", "method", "name", "codec",
+    )  # fmt: skip
 
     def __init__(self, served: ServedMethod, msg: Msg) -> None:
         self.served = served
         self.msg = msg
+        # What `answer` needs (and interceptors), from what the endpoint's calls share.
+        self.nc = served.nc
+        self.method = served.method
+        self.name = served.name
+        self.codec = served.codec
         self.state = ServerState.OPENING
         self.info: CallInfo | None = None  # what interceptors see, when there are any
         self.keys: StoreKeys | None = None  # a persisted method's storage keys
@@ -61,12 +70,6 @@ class UnaryCall:
         self.answered = (0, 0)
         self.task: asyncio.Task[None] | None = None  # what runs it (the endpoint sets it)
         self.expired = False  # the deadline passed while the handler ran: it was cancelled
-
-    # What `answer` needs (and interceptors), read from what the endpoint's calls share.
-    nc = property(lambda self: self.served.nc)
-    method = property(lambda self: self.served.method)
-    name = property(lambda self: self.served.name)
-    codec = property(lambda self: self.served.codec)
 
     def move(self, state: ServerState) -> None:
         if state not in SERVER_MOVES[self.state]:
@@ -106,14 +109,17 @@ class UnaryCall:
             self.done()
             return  # nobody to answer: dropped
         policy = served.policy
-        method = served.method
+        method = self.method
+        headers = msg.headers
         error: RpcError | None = None
         response: Any = None
         try:
-            deadline = self.deadline = _unary_deadline(method, msg.headers)
-            request = served.codec.decode(method.request, msg.data, served.name)
+            deadline = None
+            if headers or method.timeout is not None:
+                deadline = self.deadline = _unary_deadline(method, headers)
+            request = served.decode(msg.data)
             context = self.context = CallContext(
-                served.name, msg.subject, caller_headers(msg.headers), None if deadline is None else deadline.epoch
+                served.name, msg.subject, caller_headers(headers) if headers else {}, None if deadline is None else deadline.epoch
             )
             set_current_call(context)
             chain = policy.interceptors
@@ -170,13 +176,14 @@ class UnaryCall:
             self.task.cancel()
 
     def done(self) -> None:
-        if self.task is not None:
-            self.served.done(self.task)
+        task = self.task
+        if task is not None:
+            self.served.done(task)
 
 
 def _unary_deadline(method: MethodSpec[Any, Any], headers: Mapping[str, str] | None) -> Deadline | None:
     """The earlier of the method's `timeout` option and the caller's `Nats-Deadline` (malformed:
-    INVALID_ARGUMENT)."""
+    INVALID_ARGUMENT); None without either."""
     if not headers and method.timeout is None:
         return None
     deadline = Deadline.after(method.timeout)
