@@ -389,12 +389,19 @@ async def test_no_leaks_after_1000_mixed_calls(nc: NATS, server_nc: NATS) -> Non
         await chat.recv()
         await conn.close()
 
-    for batch in range(20):
-        await asyncio.gather(*(one(batch * 50 + i) for i in range(50)), vanishing_client())
-    # 1,000 calls plus 40 whose client vanished: the server frees those within three heartbeats.
-    await settle(lambda: subscriptions(nc) == client_subs and not server.calls and subscriptions(server_nc) == served_subs)
-    assert not own_tasks()
-    await server.stop()
+    try:
+        for batch in range(20):
+            await asyncio.gather(*(one(batch * 50 + i) for i in range(50)), vanishing_client())
+        # 1,000 calls plus 40 whose client vanished: the server frees those within three heartbeats;
+        # a liveness check still in flight (a catch-up round trip before a silent peer is judged) ends.
+        await settle(
+            lambda: subscriptions(nc) == client_subs
+            and not server.calls
+            and subscriptions(server_nc) == served_subs
+            and not own_tasks()
+        )
+    finally:
+        await server.stop()  # (a failure here must not leave a service answering the next test's calls)
     assert subscriptions(server_nc) == server_subs
 
 
