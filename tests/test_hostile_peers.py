@@ -36,6 +36,7 @@ from rawpeer import PROTOCOL_NAMES, Collector
 import betterproto_nats
 from betterproto_nats import ErrorCode, RpcError, current_call
 from betterproto_nats.nats_compat import flush_ordered
+from betterproto_nats.testing import NatsServer
 from gen.streaming.v1 import (
     ChatMessage,
     CountUpRequest,
@@ -932,7 +933,7 @@ async def shared_chat(nc: NATS, r: Collector, peer_subject: str) -> tuple[str, d
 
 @bounded(15)
 async def test_junk_heartbeats_to_the_liveness_subject_are_ignored(
-    nats_server: Any, nc: NATS, server_nc: NATS, service: betterproto_nats.Server, caplog: pytest.LogCaptureFixture
+    nats_server: NatsServer, nc: NATS, server_nc: NATS, service: betterproto_nats.Server, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A raw peer that shares liveness with the service learns its liveness subject, then sends it
     junk: no headers, another peer's name, malformed intervals and entries, non-ASCII, ~1 MB of
@@ -1039,3 +1040,38 @@ async def test_client_refuses_a_hostile_liveness_subject(nc: NATS, server_nc: NA
     assert_not_published(hostile, spy, tap, "the client")
     assert isinstance(outcome, RpcError) and outcome.code == ErrorCode.INTERNAL, outcome
     await real_service_still_serves(server_nc, nc)
+
+
+@bounded()
+async def test_subjects_that_are_not_utf8_do_not_cut_a_connection(
+    nats_server: NatsServer, nc: NATS, server_nc: NATS, service: betterproto_nats.Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The NATS server passes any bytes in subjects. nats-py decodes them in its read loop, where an
+    error stops reading and makes the connection reconnect. A request whose reply subject is not
+    UTF-8, and a message to a live stream's inbox with a token that is not, are dropped with a
+    warning; both connections keep reading and the stream keeps going."""
+    client = StreamDemoServiceNatsClient(nc)
+    stream = await client.chat()
+    await stream.send(ChatMessage(text="a"))
+    assert (await stream.recv()).text == "echo: a"
+    inbox_base = next(s.subject for s in nc._subs.values() if s.subject.endswith(".>"))[:-1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", nats_server.port)
+    try:
+        await reader.readline()  # INFO
+        writer.write(b'CONNECT {"verbose":false,"pedantic":false,"headers":true}\r\n')
+        writer.write(f"PUB {PREFIX}.ping ".encode() + b"_INBOX.\xff\xfe " + str(len(BODIES["ping"])).encode() + b"\r\n" + BODIES["ping"] + b"\r\n")
+        writer.write(b"PUB " + inbox_base.encode() + b"\xff 1\r\nx\r\nPING\r\n")
+        await writer.drain()
+        while (line := await reader.readline()) != b"PONG\r\n":
+            assert line, "the NATS server closed the hostile connection"
+        await flush_ordered(server_nc)  # what the server had for us was read by now
+        await flush_ordered(nc)
+        assert_connection_intact(server_nc)
+        assert_connection_intact(nc, "client")
+        assert "not UTF-8" in caplog.text and "encountered error" not in caplog.text  # (nats-py: its read loop stopped)
+        await stream.send(ChatMessage(text="b"))
+        assert (await stream.recv()).text == "echo: b"
+        await stream.close()
+        await assert_still_serves(nc)
+    finally:
+        writer.close()

@@ -325,7 +325,12 @@ def read_directly(nc: NATS) -> bool:
                 stats["in_bytes"] += len(data)
                 sub._received += 1
                 parsed = await nc._process_headers(headers) if headers else None
-                direct.deliver(nc.msg_class(subject=subject.decode(), reply=reply.decode(), data=data, headers=parsed, _client=nc, _sid=sid))
+                try:
+                    msg = nc.msg_class(subject=subject.decode(), reply=reply.decode(), data=data, headers=parsed, _client=nc, _sid=sid)
+                except UnicodeDecodeError:  # a peer's bytes: dropped (nats-py's way would stop reading for good)
+                    logging.getLogger("betterproto_nats").warning("dropped a message with a subject that is not UTF-8 on %s", sub.subject)
+                    return
+                direct.deliver(msg)
                 return
         await nats_way(sid, subject, reply, data, headers)
 
