@@ -9,7 +9,7 @@ from ..core.errors import ErrorCode, RpcError
 from ..core.headers import RESPONSE_PROTOCOL_HEADERS, check_size, error_headers, user_headers
 from ..encoding.codec import Codec
 from ..features.interceptors import CallInfo, Direction
-from ..net.transport import Transport, publish_now
+from ..net.transport import Transport, publish, publish_now
 from ..schema.spec import MethodSpec
 from .context import CallContext
 
@@ -35,10 +35,13 @@ class _Answering(Protocol):
         """The write of an encoded answer to await before it is sent, when the method stores them."""
 
 
-async def answer(call: _Answering, subject: str, response: Any, error: RpcError | None) -> None:
+def answer(call: _Answering, subject: str, response: Any, error: RpcError | None) -> Awaitable[None] | None:
     """A call's single final answer (unary, client streaming): the response with the handler's
     response headers, or the error pair; a wrong type, an oversized response or a required write
-    that failed becomes the error. `subject`: the request's reply, or a checked `Reply-To`."""
+    that failed becomes the error. `subject`: the request's reply, or a checked `Reply-To`.
+
+    None when it was queued at once (the usual case: no coroutine per answer); else what to await
+    to finish it (a stored answer's write first, or a transport that cannot queue it now)."""
     if error is None:
         if call.info is not None:
             response = call.intercept(Direction.SENT, response)
@@ -54,16 +57,33 @@ async def answer(call: _Answering, subject: str, response: Any, error: RpcError 
                 body = call.codec.encode(response)
                 check_size(len(body), headers, nc.max_payload, call.name)
                 stored = call.persist(body)
-                if stored is not None:
-                    await stored
-            except RpcError as too_big:  # or a required write that failed
+            except RpcError as too_big:
                 error = too_big
             except Exception as unencodable:  # e.g. a field holding a value of the wrong type
                 error = call.internal(unencodable)
             else:
-                if not publish_now(nc, subject, body, headers or None):  # (`publish`, one coroutine less)
-                    await nc.publish(subject, body, headers=headers or None)
-                call.answered = (1, len(body))
-                return
+                if stored is None and publish_now(nc, subject, body, headers):
+                    call.answered = (1, len(body))
+                    return None
+                return _send(call, subject, body, headers, stored)
+    return _send_error(call.nc, subject, error)
+
+
+async def _send(call: _Answering, subject: str, body: bytes, headers: dict[str, str] | None, stored: Awaitable[None] | None) -> None:
+    """The answer after its required write (a failed one is the error instead), or through `publish`."""
+    if stored is not None:
+        try:
+            await stored
+        except RpcError as failed:
+            await _send_error(call.nc, subject, failed)
+            return
+        except Exception as unexpected:
+            await _send_error(call.nc, subject, call.internal(unexpected))
+            return
+    await publish(call.nc, subject, body, headers)
+    call.answered = (1, len(body))
+
+
+async def _send_error(nc: Transport, subject: str, error: RpcError) -> None:
     headers = error_headers(error.code, error.message)  # capped: always fits
-    await call.nc.publish(subject, b"", headers=headers)
+    await nc.publish(subject, b"", headers=headers)

@@ -149,4 +149,6 @@ class Responder(ServedCall):
 
     async def answer(self, subject: str, response: Any, error: RpcError | None) -> None:
         """A single final answer (client streaming): see `answer`."""
-        await answer(self, subject, response, error)
+        sending = answer(self, subject, response, error)
+        if sending is not None:
+            await sending

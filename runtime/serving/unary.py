@@ -157,7 +157,9 @@ class UnaryCall:
             peer_faults.warning("call to %s on %s ended with %s", served.name, msg.subject, error)
         self.move(ServerState.FINISHING)
         try:
-            await answer(self, reply, response, error)  # (an error before `context` was set needs none)
+            sending = answer(self, reply, response, error)  # (an error before `context` was set needs none)
+            if sending is not None:
+                await sending
         except Exception:
             log.exception("could not finish %s", served.name)
         self.move(ServerState.FAILED if error is not None else ServerState.CLOSED)
