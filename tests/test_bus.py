@@ -321,7 +321,7 @@ async def test_server_call_state_machine() -> None:
 
     class Watching(Demo):
         async def ping(self, request: PingRequest) -> object:
-            states.append(next(iter(server.unary_calls.values())).state)
+            states.append(next(iter(server.unary_calls)).state)
             return await super().ping(request)
 
     bus = InMemoryBus()

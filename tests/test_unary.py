@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import time
 from typing import AsyncIterator
 
 import nats.errors
 import pytest
-from conftest import subscriptions
+from conftest import settle, subscriptions
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 import betterproto_nats
 from betterproto_nats import ErrorCode, RpcError, current_call
+from betterproto_nats.core.headers import DEADLINE, ERROR_CODE
 from gen.streaming.v1 import (
     CountUpRequest,
     CountUpResponse,
@@ -296,3 +299,102 @@ async def test_requests_use_the_lean_path_on_this_nats_py(nc: NATS) -> None:
         await transport.request("lean.silent", b"", 0.05)
     await silent.unsubscribe()
     assert not nc._resp_map
+
+
+# --- Calls read in one loop turn share a task until one has to wait (`UnaryBatch`) -----------------
+
+MARK: contextvars.ContextVar[str] = contextvars.ContextVar("test_unary_mark")
+
+
+class Waiting(StreamDemoServiceNatsBase):
+    """`wait…` waits for `release`; `timeout…` waits under `asyncio.timeout`; the rest answer at once.
+    Each call records the task it runs in and what it saw of a context variable it then sets."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.tasks: dict[str, asyncio.Task[object] | None] = {}
+        self.saw: dict[str, str | None] = {}
+
+    async def ping(self, request: PingRequest) -> PingResponse:
+        name = request.payload
+        self.saw[name] = MARK.get(None)
+        MARK.set(name)
+        self.tasks[name] = asyncio.current_task()
+        if name.startswith("wait"):
+            await self.release.wait()
+        if name.startswith("timeout"):
+            try:
+                async with asyncio.timeout(0.05):
+                    await asyncio.Event().wait()
+            except TimeoutError:
+                return PingResponse(payload=f"{name}: timed out")
+        return PingResponse(payload=f"{name}: {MARK.get()}")
+
+
+async def read_in_one_turn(server: betterproto_nats.Server, conn: NATS, calls: dict[str, dict[str, str] | None]) -> None:
+    """Requests to Ping handed to the endpoint one after another in one step, as nats-py hands over
+    what one socket read brought: one batch. Answers go to `_INBOX.batch.<payload>`."""
+    endpoint = next(e for e in server.endpoints if e.method.name == "Ping")
+    for payload, headers in calls.items():
+        body = bytes(PingRequest(payload=payload))
+        endpoint._on_request(Msg(_client=conn, subject=endpoint.subject, reply=f"_INBOX.batch.{payload}", data=body, headers=headers))
+
+
+async def test_calls_read_together_do_not_wait_for_one_that_waits(nc: NATS, server_nc: NATS) -> None:
+    """Calls that answer at once answer while others read with them wait; each call that waits has a
+    task of its own (its `asyncio.timeout` and its deadline end only it) and every call starts with
+    a context of its own."""
+    impl = Waiting()
+    server = await betterproto_nats.serve(server_nc, impl, grace_period=1)
+    answers: dict[str, Msg] = {}
+
+    async def collect(msg: Msg) -> None:
+        answers[msg.subject.rsplit(".", 1)[1]] = msg
+
+    sub = await nc.subscribe("_INBOX.batch.*", cb=collect)
+    await nc.flush()
+    soon = str(int((time.time() + 0.1) * 1000))
+    try:
+        await read_in_one_turn(
+            server, server_nc, {"a": None, "wait1": None, "b": None, "timeout1": None, "wait-deadline": {DEADLINE: soon}, "wait2": None, "c": None}
+        )
+        await settle(lambda: {"a", "b", "c", "timeout1", "wait-deadline"} <= set(answers))
+        assert not {"wait1", "wait2"} & set(answers)
+        assert {name: PingResponse().parse(answers[name].data).payload for name in ("a", "b", "c", "timeout1")} == {
+            "a": "a: a", "b": "b: b", "c": "c: c", "timeout1": "timeout1: timed out",
+        }  # fmt: skip
+        assert answers["wait-deadline"].headers is not None and answers["wait-deadline"].headers.get(ERROR_CODE) == ErrorCode.DEADLINE_EXCEEDED
+        assert set(impl.saw.values()) == {None}  # no call saw what another set
+        waiting = [impl.tasks[name] for name in ("wait1", "timeout1", "wait-deadline", "wait2")]
+        assert len(set(map(id, waiting))) == 4  # a task each
+        assert impl.tasks["a"] is impl.tasks["wait1"]  # "a" answered in the task that "wait1" then kept: no task of its own
+        impl.release.set()
+        await settle(lambda: {"wait1", "wait2"} <= set(answers))
+        assert PingResponse().parse(answers["wait2"].data).payload == "wait2: wait2"
+        await settle(lambda: not server.unary_calls and not server.unary_tasks)
+        assert all(e.active == 0 for e in server.endpoints)
+    finally:
+        await sub.unsubscribe()
+        await server.stop()
+
+
+async def test_stopping_ends_waiting_calls_of_a_batch_and_keeps_nothing(nc: NATS, server_nc: NATS) -> None:
+    impl = Waiting()
+    server = await betterproto_nats.serve(server_nc, impl, grace_period=0.1)
+    answers: dict[str, Msg] = {}
+
+    async def collect(msg: Msg) -> None:
+        answers[msg.subject.rsplit(".", 1)[1]] = msg
+
+    sub = await nc.subscribe("_INBOX.batch.*", cb=collect)
+    await nc.flush()
+    try:
+        await read_in_one_turn(server, server_nc, {"wait3": None, "d": None, "wait4": None})
+        await settle(lambda: "d" in answers and "wait4" in impl.tasks)
+        await server.stop()
+        await settle(lambda: {"wait3", "wait4"} <= set(answers))
+        for name in ("wait3", "wait4"):
+            assert (answers[name].headers or {}).get(ERROR_CODE) == ErrorCode.UNAVAILABLE
+        assert not server.unary_calls and not server.unary_tasks and all(e.active == 0 for e in server.endpoints)
+    finally:
+        await sub.unsubscribe()

@@ -31,6 +31,7 @@ from .policy import DEFAULT_STREAM_IDLE_TIMEOUT, ServingPolicy
 from .responder import Responder
 from .shapes import RESPONDERS
 from .unary import ServedMethod, UnaryCall
+from .unary_batch import UnaryBatch
 
 log = logging.getLogger("betterproto_nats.server")
 overloads = RateLimitedLog(log)  # refusals of admission control: at most 10 records a second
@@ -80,12 +81,12 @@ class Endpoint:
         self.responder = None if self.unary else RESPONDERS[method.cardinality]
         self.served = ServedMethod(
             server.transport, method, self.full_name, getattr(server.impl, method.py_name), spec.codec, server.policy, self.task_name,
-            self.record, self._call_done, spec.codec.decoder(method.request, self.full_name),
+            self.record, self._unary_done, spec.codec.decoder(method.request, self.full_name),
         )
-        # This kind's calls in progress (its budget); what `Server.stop` waits for.
-        self.calls: dict[asyncio.Task[None], Any] = server.unary_calls if self.unary else server.stream_calls
+        self.calls = server.stream_calls  # the streams in progress (their budget), by task: what `Server.stop` waits for
         self.active = 0  # this endpoint's calls in progress
         self.refused = 0  # calls refused by admission control (limits, load)
+        self._batch: UnaryBatch | None = None  # the unary calls read in this loop turn, until their task starts
         self.new_task: Callable[..., asyncio.Task[None]] = asyncio.create_task  # how a unary call starts (see `start`)
 
     async def start(self) -> None:
@@ -119,8 +120,8 @@ class Endpoint:
         if not server.accepting:
             self._refuse(msg, RpcError(ErrorCode.UNAVAILABLE, "the service is stopping", method=self.full_name))
             return
-        calls = self.calls
-        refusal = server.admission.refusal(self.unary, len(calls), self._typical_call)
+        unary = self.unary
+        refusal = server.admission.refusal(unary, len(server.unary_calls if unary else server.stream_calls), self._typical_call)
         if refusal is not None:
             self.refused += 1
             server.refused[refusal.reason] += 1
@@ -128,15 +129,19 @@ class Endpoint:
             error = Overloaded(refusal.message, retry_after=refusal.retry_after, method=self.full_name, reason=refusal.reason)
             self._refuse(msg, error)
             return
-        if self.responder is None:  # its task counts it in STATS and calls `_call_done` at its end
+        if self.responder is None:  # it counts itself in STATS and calls `_unary_done` at its end
             call = UnaryCall(self.served, msg)
-            call.task = self.new_task(call.run(), name=self.task_name)
-            calls[call.task] = call
+            server.unary_calls.add(call)
             self.active += 1
+            batch = self._batch
+            if batch is None or batch.started:
+                self._batch = UnaryBatch(self.new_task, self.task_name, server.unary_tasks, [call])
+            else:
+                batch.calls.append(call)
             return
         responder = self.responder(server.transport, server.impl, self.method, self.full_name, server.spec.codec, msg, server.policy)
         task = asyncio.create_task(self._serve(responder), name=self.task_name)
-        calls[task] = responder
+        self.calls[task] = responder
         self.active += 1
         task.add_done_callback(self._call_done)
 
@@ -148,6 +153,12 @@ class Endpoint:
 
     def _call_done(self, task: asyncio.Task[None]) -> None:
         if self.calls.pop(task, None) is not None:
+            self.active -= 1
+
+    def _unary_done(self, call: UnaryCall) -> None:
+        unary_calls = self.server.unary_calls
+        if call in unary_calls:
+            unary_calls.remove(call)
             self.active -= 1
 
     async def _serve(self, responder: Responder) -> None:
@@ -281,7 +292,8 @@ class Server:
             persistence=self.persistence,
         )
         self.accepting = False
-        self.unary_calls: dict[asyncio.Task[None], UnaryCall] = {}
+        self.unary_calls: set[UnaryCall] = set()  # in progress (their budget)
+        self.unary_tasks: set[asyncio.Task[None]] = set()  # what runs them (`UnaryBatch`): what `stop` waits for
         self.stream_calls: dict[asyncio.Task[None], Responder] = {}
         self.endpoints = [Endpoint(self, m, f"{self.subject_prefix}.{m.endpoint}") for m in spec.methods]
         self.discovery = Discovery(
@@ -297,8 +309,8 @@ class Server:
 
     @property
     def calls(self) -> set[asyncio.Task[None]]:
-        """Calls in progress (unary and streams)."""
-        return {*self.unary_calls, *self.stream_calls}
+        """The tasks of the calls in progress (unary calls' batches, streams)."""
+        return {*self.unary_tasks, *self.stream_calls}
 
     @property
     def id(self) -> str:
@@ -331,6 +343,8 @@ class Server:
             if pending:
                 await asyncio.wait(pending)
             for endpoint in self.endpoints:  # a task cancelled before it ran never told its endpoint
+                if endpoint.unary:
+                    continue  # (a unary batch's task tells it when it ends: `UnaryBatch`)
                 for task in [task for task in endpoint.calls if task.done()]:
                     endpoint._call_done(task)
         if self.persistence is not None:  # background writes of answered calls, bounded by the grace too

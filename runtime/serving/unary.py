@@ -39,12 +39,12 @@ class ServedMethod:
     policy: ServingPolicy
     task_name: str
     record: EndpointRecord  # what `$SRV` STATS report: each call's time and error code
-    done: Callable[[asyncio.Task[None]], None]  # a call's task ends (its endpoint lets go of it)
+    done: Callable[[UnaryCall], None]  # a call ends (its endpoint lets go of it)
     decode: Callable[[bytes], Any]  # the request's decoder (INVALID_ARGUMENT when it does not decode)
 
 
 class UnaryCall:
-    """The server's side of one unary call, run in a task of its own: the request decoded, the
+    """The server's side of one unary call (run by a `UnaryBatch`): the request decoded, the
     handler run with `current_call()` set and the call's deadline applied, the response (or the
     error) published to the request's reply subject. One small object per call (no inbox, session
     or stream state); states as a `Responder`'s: OPENING -> SERVING -> FINISHING -> CLOSED | FAILED."""
@@ -68,7 +68,7 @@ class UnaryCall:
         self.deadline: Deadline | None = None
         self.exception: BaseException | None = None  # a handler's unexpected exception
         self.answered = (0, 0)
-        self.task: asyncio.Task[None] | None = None  # what runs it (the endpoint sets it)
+        self.task: asyncio.Task[None] | None = None  # what runs it (its `UnaryBatch` sets it)
         self.expired = False  # the deadline passed while the handler ran: it was cancelled
 
     def move(self, state: ServerState) -> None:
@@ -99,8 +99,8 @@ class UnaryCall:
         return persistence.store(self.served.method, self.keys, body, self.deadline, self.served.name)
 
     async def run(self) -> None:
-        """Serve the call to its end, count it in the endpoint's STATS and let the endpoint know (at
-        the end of its task, without a done-callback per call)."""
+        """Serve the call to its end, count it in the endpoint's STATS and let the endpoint know
+        (without a done-callback per call)."""
         started = time.perf_counter_ns()
         served, msg = self.served, self.msg
         reply = msg.reply
@@ -178,9 +178,7 @@ class UnaryCall:
             self.task.cancel()
 
     def done(self) -> None:
-        task = self.task
-        if task is not None:
-            self.served.done(task)
+        self.served.done(self)
 
 
 def _unary_deadline(method: MethodSpec[Any, Any], headers: Mapping[str, str] | None) -> Deadline | None:
