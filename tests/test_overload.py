@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 from collections import Counter
 from contextlib import asynccontextmanager
@@ -19,6 +20,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import nats
 import pytest
 from conftest import helper_process, lose, noticed_within, settle
+from demo_service import Demo
 from nats.aio.client import Client as NATS
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -614,3 +616,54 @@ def test_retry_policy_backoff() -> None:
     assert not policy.retries(RpcError(ErrorCode.DEADLINE_EXCEEDED), idempotent=True)
     with pytest.raises(ValueError):
         RetryPolicy(attempts=0)
+
+
+# --- The outgoing buffer: a backlog only while the network takes no more ------------------------------
+
+
+async def test_a_buffer_filled_within_one_turn_is_no_backlog(server_nc: NATS) -> None:
+    """A producer that queues more than `max_outbound_bytes` within one loop turn (a fast download
+    does every turn) on a healthy connection: nats-py writes it at the next turn, and new calls are
+    taken meanwhile (counted as a backlog, it refused every other call during large downloads)."""
+    from betterproto_nats.nats_compat import publish_nowait
+
+    server = await betterproto_nats.serve(server_nc, Demo(), max_loop_lag=None)
+    try:
+        limit = server.admission.max_outbound_bytes
+        assert limit is not None
+        chunk = b"x" * 60_000
+        while server_nc._pending_data_size <= limit:
+            assert publish_nowait(server_nc, "nobody.listens", chunk, None)
+        assert server.admission.refusal(True, 0, lambda: 0.0) is None
+        await StreamDemoServiceNatsClient(server_nc).ping(PingRequest(payload="p"), timeout=5)
+    finally:
+        await server.stop()
+
+
+async def test_a_backlog_the_network_does_not_take_refuses_new_calls() -> None:
+    """The NATS server stops reading (paused): what the service publishes backs up behind its socket,
+    and new calls are refused ("outbound") until the server reads again and the backlog is written."""
+    from betterproto_nats.nats_compat import publish_nowait
+
+    paused = NatsServer().start()
+    conn = await nats.connect(paused.url, ping_interval=60)
+    server = await betterproto_nats.serve(conn, Demo(), max_loop_lag=None)
+    assert paused.process is not None
+    try:
+        limit = server.admission.max_outbound_bytes
+        assert limit is not None
+        paused.process.send_signal(signal.SIGSTOP)
+        chunk = b"x" * 60_000
+        give_up = time.monotonic() + 20
+        while (refusal := server.admission.refusal(True, 0, lambda: 0.0)) is None:
+            assert time.monotonic() < give_up, "the socket never backed up"
+            publish_nowait(conn, "nobody.listens", chunk, None)  # False once nats-py's buffer is full
+            await asyncio.sleep(0)  # the flusher writes what it can
+        assert refusal.reason == "outbound" and conn._pending_data_size > limit
+        paused.process.send_signal(signal.SIGCONT)
+        await settle(lambda: server.admission.refusal(True, 0, lambda: 0.0) is None, timeout=20)
+    finally:
+        paused.process.send_signal(signal.SIGCONT)
+        await server.stop()
+        await conn.close()
+        paused.stop()

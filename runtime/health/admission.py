@@ -10,8 +10,10 @@ accepted are never ended for load. Past what it can serve means any of:
   (it starts at `INITIAL_BUDGET`, grows while the lag stays low and the budget is used, and shrinks
   to below what runs when the lag passes half of `max_loop_lag`). A burst of new streams thus cannot
   be let in before the load they bring shows, and streams cannot starve unary calls;
-- its connection's outgoing buffer holds more than `max_outbound_bytes` (the NATS server or the
-  network does not keep up; by default half of what the connection buffers, nats-py's `pending_size`).
+- its connection's outgoing buffer holds more than `max_outbound_bytes` while the socket takes no
+  more (the NATS server or the network does not keep up; by default half of what the connection
+  buffers, nats-py's `pending_size`). A buffer that one loop turn filled and the next will write is
+  not a backlog: a fast download fills it every turn.
 The defaults come from measurements (docs/PERFORMANCE.md, "Overload").
 """
 

@@ -345,9 +345,28 @@ def _expire(future: asyncio.Future[Msg]) -> None:
 
 
 def outbound_pending(nc: NATS) -> tuple[int, int]:
-    """(bytes published and not yet handed to the socket, the most nats-py buffers: `pending_size`);
-    (0, 0) when nats-py's internals are not as expected (looked at once, as for `publish_nowait`)."""
+    """(bytes waiting to be written because the network does not take them now, the most nats-py
+    buffers: `pending_size`); (0, 0) when nats-py's internals are not as expected.
+
+    What publishers queue within one loop turn, nats-py's flusher writes at the next: a full buffer
+    then is no backlog (a fast download fills it every turn). Queued bytes count only while the
+    socket's own buffer is past its high-water mark, so that the flusher waits for it to drain."""
     usable: bool | None = getattr(nc, "_betterproto_nats_nowait", None)
     if usable is None:
         usable = _has_pending_buffer(nc)
-    return (nc._pending_data_size, nc._max_pending_size) if usable else (0, 0)
+    if not usable:
+        return (0, 0)
+    pending = nc._pending_data_size
+    if pending and _socket_backed_up(nc):
+        return (pending, nc._max_pending_size)
+    return (0, nc._max_pending_size)
+
+
+def _socket_backed_up(nc: NATS) -> bool:
+    """Whether the connection's socket holds more than its high-water mark of unsent bytes (asyncio's
+    transport under nats-py's TCP transport; False where that cannot be seen: websockets)."""
+    writer = getattr(getattr(nc, "_transport", None), "_io_writer", None)
+    transport = getattr(writer, "transport", None)
+    if not isinstance(transport, asyncio.WriteTransport):
+        return False
+    return transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1]

@@ -96,7 +96,8 @@ class OutboundBuffer(Protocol):
     calls while the NATS server or the network does not keep up)."""
 
     def outbound(self) -> tuple[int, int]:
-        """(bytes published and not yet written, the most the transport buffers; 0: unknown)."""
+        """(bytes published and waiting because the network takes no more now, the most the
+        transport buffers; 0: unknown)."""
         ...
 
 
