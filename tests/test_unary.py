@@ -398,3 +398,19 @@ async def test_stopping_ends_waiting_calls_of_a_batch_and_keeps_nothing(nc: NATS
         assert not server.unary_calls and not server.unary_tasks and all(e.active == 0 for e in server.endpoints)
     finally:
         await sub.unsubscribe()
+
+
+async def test_calls_that_all_wait_all_start_within_two_loop_turns(nc: NATS, server_nc: NATS) -> None:
+    """Twenty calls read together whose handlers all wait (as handlers doing I/O do): every handler
+    has started two loop turns later, not one turn after another."""
+    impl = Waiting()
+    server = await betterproto_nats.serve(server_nc, impl)
+    try:
+        await read_in_one_turn(server, server_nc, {f"wait{i}": None for i in range(20)})
+        for _ in range(2):
+            await asyncio.sleep(0)
+        assert len(impl.tasks) == 20
+        impl.release.set()
+        await settle(lambda: not server.unary_calls and not server.unary_tasks)
+    finally:
+        await server.stop()
