@@ -159,7 +159,9 @@ async def test_abandoned_handshakes_leave_the_service_answering(nats_server: Nat
             await flood.publish("api.v1.stream.chat", b"", reply=f"_INBOX.gone.a{i}", headers=headers)
         await flush_ordered(flood)
         ended = time.monotonic()
-        client = StreamDemoServiceNatsClient(nc)
+        # (a busy machine: the service may refuse while its loop still lags behind the flood; a
+        # careful caller tries again after the hinted pause, and the answer must still come within 1 s)
+        client = StreamDemoServiceNatsClient(nc, retry=betterproto_nats.RetryPolicy(attempts=10))
         assert (await client.ping(PingRequest(payload="up"), timeout=5)).payload == "up"
         print(f"ping answered {time.monotonic() - ended:.2f} s after the flood")
         assert time.monotonic() - ended < 1.0

@@ -12,6 +12,7 @@ import pytest
 from conftest import settle, subscriptions
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 import betterproto_nats
 from betterproto_nats import ErrorCode, RpcError, current_call
@@ -340,19 +341,25 @@ async def read_in_one_turn(server: betterproto_nats.Server, conn: NATS, calls: d
         endpoint._on_request(Msg(_client=conn, subject=endpoint.subject, reply=f"_INBOX.batch.{payload}", data=body, headers=headers))
 
 
+async def batch_answers(conn: NATS) -> tuple[dict[str, Msg], Subscription]:
+    """The answers to `read_in_one_turn`'s requests, by payload, as they come."""
+    answers: dict[str, Msg] = {}
+
+    async def collect(msg: Msg) -> None:
+        answers[msg.subject.rsplit(".", 1)[1]] = msg
+
+    sub = await conn.subscribe("_INBOX.batch.*", cb=collect)
+    await conn.flush()
+    return answers, sub
+
+
 async def test_calls_read_together_do_not_wait_for_one_that_waits(nc: NATS, server_nc: NATS) -> None:
     """Calls that answer at once answer while others read with them wait; each call that waits has a
     task of its own (its `asyncio.timeout` and its deadline end only it) and every call starts with
     a context of its own."""
     impl = Waiting()
     server = await betterproto_nats.serve(server_nc, impl, grace_period=1)
-    answers: dict[str, Msg] = {}
-
-    async def collect(msg: Msg) -> None:
-        answers[msg.subject.rsplit(".", 1)[1]] = msg
-
-    sub = await nc.subscribe("_INBOX.batch.*", cb=collect)
-    await nc.flush()
+    answers, sub = await batch_answers(nc)
     soon = str(int((time.time() + 0.1) * 1000))
     try:
         await read_in_one_turn(
@@ -381,13 +388,7 @@ async def test_calls_read_together_do_not_wait_for_one_that_waits(nc: NATS, serv
 async def test_stopping_ends_waiting_calls_of_a_batch_and_keeps_nothing(nc: NATS, server_nc: NATS) -> None:
     impl = Waiting()
     server = await betterproto_nats.serve(server_nc, impl, grace_period=0.1)
-    answers: dict[str, Msg] = {}
-
-    async def collect(msg: Msg) -> None:
-        answers[msg.subject.rsplit(".", 1)[1]] = msg
-
-    sub = await nc.subscribe("_INBOX.batch.*", cb=collect)
-    await nc.flush()
+    answers, sub = await batch_answers(nc)
     try:
         await read_in_one_turn(server, server_nc, {"wait3": None, "d": None, "wait4": None})
         await settle(lambda: "d" in answers and "wait4" in impl.tasks)
