@@ -382,11 +382,14 @@ async def test_no_leaks_after_1000_mixed_calls(nc: NATS, server_nc: NATS) -> Non
         """A peer that disappears without a word (its process killed): connection gone, no cancel."""
         conn = await nats.connect(server_nc.connected_url.geturl(), allow_reconnect=False)  # type: ignore[union-attr]
         gone = StreamDemoServiceNatsClient(conn, heartbeat=0.1)
-        stream = await gone.count_up(CountUpRequest(start=1, count=10**6))
-        await stream.recv()
-        chat = await gone.chat()
-        await chat.send(ChatMessage(text="x"))
-        await chat.recv()
+        try:
+            stream = await gone.count_up(CountUpRequest(start=1, count=10**6))
+            await stream.recv()
+            chat = await gone.chat()
+            await chat.send(ChatMessage(text="x"))
+            await chat.recv()
+        except Overloaded:  # (a busy test machine: refused before it started, as in `one`)
+            pass
         await conn.close()
 
     try:

@@ -48,10 +48,17 @@ class UnaryBatch:
                 waiting = context.run(coroutine.send, None)
             except StopIteration:
                 continue  # answered without waiting
-            for later in calls[index + 1 :]:  # the rest go on without waiting for this one: a task each,
-                UnaryBatch(self._new_task, self._name, self._tasks, [later])  # all started at the next turn
+            except BaseException:  # (a call handles its own errors: this is the process going down)
+                self._hand_on(calls[index + 1 :])
+                raise
+            self._hand_on(calls[index + 1 :])  # the rest go on without waiting for this one
             await _Resumed(context, coroutine, waiting)
             return
+
+    def _hand_on(self, later: list[UnaryCall]) -> None:
+        """Calls this batch will not run: a task each, all started at the next loop turn."""
+        for call in later:
+            UnaryBatch(self._new_task, self._name, self._tasks, [call])
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
