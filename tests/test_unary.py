@@ -415,3 +415,25 @@ async def test_calls_that_all_wait_all_start_within_two_loop_turns(nc: NATS, ser
         await settle(lambda: not server.unary_calls and not server.unary_tasks)
     finally:
         await server.stop()
+
+
+async def test_while_calls_wait_each_call_gets_a_task_at_once(nc: NATS, server_nc: NATS) -> None:
+    """After a read with a call that waited, the endpoint's next calls get a task each at once (calls
+    that always wait start as before batches); once calls answer at once again, they share one."""
+    impl = Waiting()
+    server = await betterproto_nats.serve(server_nc, impl)
+    answers, sub = await batch_answers(nc)
+    try:
+        await read_in_one_turn(server, server_nc, {"wait5": None})
+        await settle(lambda: "wait5" in impl.tasks)
+        await read_in_one_turn(server, server_nc, {"f": None, "g": None})
+        await settle(lambda: {"f", "g"} <= set(answers))
+        assert impl.tasks["f"] is not impl.tasks["g"]
+        await read_in_one_turn(server, server_nc, {"h": None, "i": None})
+        await settle(lambda: {"h", "i"} <= set(answers))
+        assert impl.tasks["h"] is impl.tasks["i"]
+        impl.release.set()
+        await settle(lambda: "wait5" in answers)
+    finally:
+        await sub.unsubscribe()
+        await server.stop()

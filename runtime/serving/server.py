@@ -87,6 +87,7 @@ class Endpoint:
         self.active = 0  # this endpoint's calls in progress
         self.refused = 0  # calls refused by admission control (limits, load)
         self._batch: UnaryBatch | None = None  # the unary calls read in this loop turn, until their task starts
+        self._calls_wait = False  # a call of its last batch had to wait: each call gets a task at once
         self.new_task: Callable[..., asyncio.Task[None]] = asyncio.create_task  # how a unary call starts (see `start`)
 
     async def start(self) -> None:
@@ -134,8 +135,8 @@ class Endpoint:
             server.unary_calls.add(call)
             self.active += 1
             batch = self._batch
-            if batch is None or batch.started:
-                self._batch = UnaryBatch(self.new_task, self.task_name, server.unary_tasks, [call])
+            if batch is None or batch.started or self._calls_wait:
+                self._batch = UnaryBatch(self.new_task, self.task_name, server.unary_tasks, [call], self._batch_waited)
             else:
                 batch.calls.append(call)
             return
@@ -154,6 +155,9 @@ class Endpoint:
     def _call_done(self, task: asyncio.Task[None]) -> None:
         if self.calls.pop(task, None) is not None:
             self.active -= 1
+
+    def _batch_waited(self, waited: bool) -> None:
+        self._calls_wait = waited
 
     def _unary_done(self, call: UnaryCall) -> None:
         unary_calls = self.server.unary_calls

@@ -7,8 +7,10 @@ CPU per call, measured with 50 calls in flight). So a call gets a task of its ow
 to wait, and then it is the task it started in: whatever it bound to the current task (a deadline's
 cancel, `asyncio.timeout`, `asyncio.current_task()`) stays its own. The calls after it go on in
 tasks of their own, all started at the next loop turn (one batch for the rest would start them one
-loop turn after another where each waits, as handlers that do I/O all do). Each call runs in a copy
-of the context, as in a task of its own.
+loop turn after another where each waits, as handlers that do I/O all do). While its calls wait, an
+endpoint gives each call a task of its own at once (the batch learns it for the endpoint: `waited`),
+so calls that always wait (I/O, stored answers) are started as before batches. Each call runs in a
+copy of the context, as in a task of its own.
 """
 
 from __future__ import annotations
@@ -25,14 +27,17 @@ NewTask = Callable[..., "asyncio.Task[None]"]  # `asyncio.Task` or the loop's `c
 class UnaryBatch:
     """The calls of one batch (appended until its task starts) and the task that runs them."""
 
-    __slots__ = ("calls", "started", "task", "_new_task", "_name", "_tasks")
+    __slots__ = ("calls", "started", "task", "_new_task", "_name", "_tasks", "_waited")
 
-    def __init__(self, new_task: NewTask, name: str, tasks: set[asyncio.Task[None]], calls: list[UnaryCall]) -> None:
+    def __init__(
+        self, new_task: NewTask, name: str, tasks: set[asyncio.Task[None]], calls: list[UnaryCall], waited: Callable[[bool], None]
+    ) -> None:
         self.calls = calls
         self.started = False  # from then on, calls read later go to a new batch
         self._new_task = new_task
         self._name = name
         self._tasks = tasks  # the server's: what `stop` waits for
+        self._waited = waited  # told whether a call of the batch had to wait (the endpoint batches less then)
         self.task = new_task(self._run(), name=name)
         tasks.add(self.task)
         self.task.add_done_callback(self._ended)
@@ -52,13 +57,15 @@ class UnaryBatch:
                 self._hand_on(calls[index + 1 :])
                 raise
             self._hand_on(calls[index + 1 :])  # the rest go on without waiting for this one
+            self._waited(True)
             await _Resumed(context, coroutine, waiting)
             return
+        self._waited(False)
 
     def _hand_on(self, later: list[UnaryCall]) -> None:
         """Calls this batch will not run: a task each, all started at the next loop turn."""
         for call in later:
-            UnaryBatch(self._new_task, self._name, self._tasks, [call])
+            UnaryBatch(self._new_task, self._name, self._tasks, [call], self._waited)
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
