@@ -17,6 +17,7 @@ from nats.aio.subscription import Subscription
 import betterproto_nats
 from betterproto_nats import ErrorCode, RpcError, current_call
 from betterproto_nats.core.headers import DEADLINE, ERROR_CODE
+from betterproto_nats.serving.unary_batch import PROBE_EVERY
 from gen.streaming.v1 import (
     CountUpRequest,
     CountUpResponse,
@@ -419,7 +420,8 @@ async def test_calls_that_all_wait_all_start_within_two_loop_turns(nc: NATS, ser
 
 async def test_while_calls_wait_each_call_gets_a_task_at_once(nc: NATS, server_nc: NATS) -> None:
     """After a read with a call that waited, the endpoint's next calls get a task each at once (calls
-    that always wait start as before batches); once calls answer at once again, they share one."""
+    that always wait start as before batches); one in `PROBE_EVERY` goes in a batch again, and once
+    such a call answers at once, calls share a task again."""
     impl = Waiting()
     server = await betterproto_nats.serve(server_nc, impl)
     answers, sub = await batch_answers(nc)
@@ -429,6 +431,9 @@ async def test_while_calls_wait_each_call_gets_a_task_at_once(nc: NATS, server_n
         await read_in_one_turn(server, server_nc, {"f": None, "g": None})
         await settle(lambda: {"f", "g"} <= set(answers))
         assert impl.tasks["f"] is not impl.tasks["g"]
+        probes = {f"p{n}": None for n in range(PROBE_EVERY)}
+        await read_in_one_turn(server, server_nc, probes)
+        await settle(lambda: set(probes) <= set(answers))
         await read_in_one_turn(server, server_nc, {"h": None, "i": None})
         await settle(lambda: {"h", "i"} <= set(answers))
         assert impl.tasks["h"] is impl.tasks["i"]

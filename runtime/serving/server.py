@@ -31,7 +31,7 @@ from .policy import DEFAULT_STREAM_IDLE_TIMEOUT, ServingPolicy
 from .responder import Responder
 from .shapes import RESPONDERS
 from .unary import ServedMethod, UnaryCall
-from .unary_batch import UnaryBatch
+from .unary_batch import PROBE_EVERY, UnaryBatch
 
 log = logging.getLogger("betterproto_nats.server")
 overloads = RateLimitedLog(log)  # refusals of admission control: at most 10 records a second
@@ -88,6 +88,7 @@ class Endpoint:
         self.refused = 0  # calls refused by admission control (limits, load)
         self._batch: UnaryBatch | None = None  # the unary calls read in this loop turn, until their task starts
         self._calls_wait = False  # a call of its last batch had to wait: each call gets a task at once
+        self._since_probe = 0  # calls given a task of their own since a batch last told whether calls wait
         self.new_task: Callable[..., asyncio.Task[None]] = asyncio.create_task  # how a unary call starts (see `start`)
 
     async def start(self) -> None:
@@ -134,8 +135,15 @@ class Endpoint:
             call = UnaryCall(self.served, msg)
             server.unary_calls.add(call)
             self.active += 1
+            if self._calls_wait:  # a task each, as its calls wait, but now and then one in a batch, to learn again
+                self._since_probe += 1
+                if self._since_probe < PROBE_EVERY:
+                    UnaryBatch(self.new_task, self.task_name, server.unary_tasks, [call], self._batch_waited, alone=True)
+                    return
+                self._since_probe = 0
+                self._batch = None
             batch = self._batch
-            if batch is None or batch.started or self._calls_wait:
+            if batch is None or batch.started:
                 self._batch = UnaryBatch(self.new_task, self.task_name, server.unary_tasks, [call], self._batch_waited)
             else:
                 batch.calls.append(call)

@@ -8,9 +8,9 @@ to wait, and then it is the task it started in: whatever it bound to the current
 cancel, `asyncio.timeout`, `asyncio.current_task()`) stays its own. The calls after it go on in
 tasks of their own, all started at the next loop turn (one batch for the rest would start them one
 loop turn after another where each waits, as handlers that do I/O all do). While its calls wait, an
-endpoint gives each call a task of its own at once (the batch learns it for the endpoint: `waited`),
-so calls that always wait (I/O, stored answers) are started as before batches. Each call runs in a
-copy of the context, as in a task of its own.
+endpoint gives each call a task of its own at once, that runs it as before batches (`alone`), and
+every `PROBE_EVERY`-th call in a batch again, to learn whether calls still wait (`waited`). Each call
+runs in a copy of the context, as in a task of its own.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any, Callable, Coroutine, Generator
 
 from .unary import UnaryCall
 
+PROBE_EVERY = 16  # while an endpoint's calls wait, one call in this many goes in a batch again
 NewTask = Callable[..., "asyncio.Task[None]"]  # `asyncio.Task` or the loop's `create_task`, with `name=`
 
 
@@ -30,7 +31,13 @@ class UnaryBatch:
     __slots__ = ("calls", "started", "task", "_new_task", "_name", "_tasks", "_waited")
 
     def __init__(
-        self, new_task: NewTask, name: str, tasks: set[asyncio.Task[None]], calls: list[UnaryCall], waited: Callable[[bool], None]
+        self,
+        new_task: NewTask,
+        name: str,
+        tasks: set[asyncio.Task[None]],
+        calls: list[UnaryCall],
+        waited: Callable[[bool], None],
+        alone: bool = False,
     ) -> None:
         self.calls = calls
         self.started = False  # from then on, calls read later go to a new batch
@@ -38,7 +45,9 @@ class UnaryBatch:
         self._name = name
         self._tasks = tasks  # the server's: what `stop` waits for
         self._waited = waited  # told whether a call of the batch had to wait (the endpoint batches less then)
-        self.task = new_task(self._run(), name=name)
+        # `alone`: one call, awaited in the task as a task of its own would (no step of it passes
+        # through `_Resumed`): while an endpoint's calls wait, each of its steps would.
+        self.task = new_task(self._run_alone() if alone else self._run(), name=name)
         tasks.add(self.task)
         self.task.add_done_callback(self._ended)
 
@@ -61,6 +70,12 @@ class UnaryBatch:
             await _Resumed(context, coroutine, waiting)
             return
         self._waited(False)
+
+    async def _run_alone(self) -> None:
+        self.started = True
+        call = self.calls[0]
+        call.task = self.task
+        await call.run()
 
     def _hand_on(self, later: list[UnaryCall]) -> None:
         """Calls this batch will not run: a task each, all started at the next loop turn."""
