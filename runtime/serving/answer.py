@@ -66,7 +66,7 @@ def answer(call: _Answering, subject: str, response: Any, error: RpcError | None
                     call.answered = (1, len(body))
                     return None
                 return _send(call, subject, body, headers, stored)
-    return _send_error(call.nc, subject, error)
+    return send_error(call.nc, subject, error)
 
 
 async def _send(call: _Answering, subject: str, body: bytes, headers: dict[str, str] | None, stored: Awaitable[None] | None) -> None:
@@ -75,15 +75,16 @@ async def _send(call: _Answering, subject: str, body: bytes, headers: dict[str, 
         try:
             await stored
         except RpcError as failed:
-            await _send_error(call.nc, subject, failed)
+            await send_error(call.nc, subject, failed)
             return
         except Exception as unexpected:
-            await _send_error(call.nc, subject, call.internal(unexpected))
+            await send_error(call.nc, subject, call.internal(unexpected))
             return
     await publish(call.nc, subject, body, headers)
     call.answered = (1, len(body))
 
 
-async def _send_error(nc: Transport, subject: str, error: RpcError) -> None:
+async def send_error(nc: Transport, subject: str, error: RpcError) -> None:
+    """A call's error pair (no body), as an answer or a stream's end where nothing else goes with it."""
     headers = error_headers(error.code, error.message)  # capped: always fits
     await nc.publish(subject, b"", headers=headers)

@@ -10,7 +10,6 @@ import asyncio
 from typing import Any, Awaitable
 
 from ..core.errors import ErrorCode, RpcError
-from ..core.headers import error_headers
 from ..core.negotiation import server_terms
 from ..core.states import ServerState
 from ..core.subjects import first_token_prefix
@@ -18,7 +17,7 @@ from ..features.interceptors import CallInfo, Direction, Side, outcome_of
 from ..schema.spec import Cardinality
 from ..streaming.deadline import Deadline
 from ..streaming.reader import StreamReader
-from .answer import answer
+from .answer import answer, send_error
 from .context import set_current_call
 from .lifecycle import ServedCall
 from .policy import PEER_FAULTS, log, peer_faults
@@ -140,8 +139,7 @@ class Responder(ServedCall):
         """Put the outcome on the wire."""
 
     async def respond_error(self, subject: str, error: RpcError) -> None:
-        headers = error_headers(error.code, error.message)  # capped: always fits
-        await self.nc.publish(subject, b"", headers=headers)
+        await send_error(self.nc, subject, error)
 
     def persist(self, body: bytes) -> Awaitable[None] | None:
         """No stored answers (persisted methods are unary: `UnaryCall.persist`)."""

@@ -183,9 +183,7 @@ class UnaryCall:
 
 def _unary_deadline(method: MethodSpec[Any, Any], headers: Mapping[str, str] | None) -> Deadline | None:
     """The earlier of the method's `timeout` option and the caller's `Nats-Deadline` (malformed:
-    INVALID_ARGUMENT); None without either."""
-    if not headers and method.timeout is None:
-        return None
+    INVALID_ARGUMENT). Asked only when there is either (`UnaryCall.run`)."""
     deadline = Deadline.after(method.timeout)
     epoch = request_deadline(headers)
     return deadline if epoch is None else Deadline.at_epoch(epoch).earliest(deadline)
