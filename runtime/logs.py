@@ -1,8 +1,8 @@
-"""Moved to `betterproto_nats.features.logs`; kept for old imports: this module is that one."""
+"""Moved to `betterproto_nats.core.logs`; kept for old imports: this module is that one."""
 
 import sys
 
-from .features import logs as _moved
-from .features.logs import *  # noqa: F401,F403  (what type checkers see)
+from .core import logs as _moved
+from .core.logs import *  # noqa: F401,F403  (what type checkers see)
 
 sys.modules[__name__] = _moved

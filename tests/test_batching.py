@@ -312,7 +312,8 @@ async def test_direct_delivery_is_active_on_this_nats_py(nc: NATS) -> None:
     await flush_ordered(nc)  # the PONG follows the messages: they were handled as they were read
     assert got == [b"one", b"two"] and raw.pending_msgs == 0 and raw.pending_bytes == 0
     assert raw._wait_for_msgs_task.done()
-    assert "_process_msg" in vars(nc)  # and they skip nats-py's `_process_msg` (`nats_compat.read_directly`)
+    guard = nc._betterproto_nats_guard  # type: ignore[attr-defined]
+    assert guard.direct and vars(nc)["_process_msg"] == guard.process_msg  # they skip nats-py's `_process_msg` (`nats_compat.ReadGuard`)
     await sub.unsubscribe()
 
 

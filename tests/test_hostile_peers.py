@@ -1075,3 +1075,95 @@ async def test_subjects_that_are_not_utf8_do_not_cut_a_connection(
         await assert_still_serves(nc)
     finally:
         writer.close()
+
+
+# --- One message never deafens a connection (issue 25) --------------------------------------------------
+
+# What a raw TCP peer sends that nats-py cannot read in its read loop (an IndexError, UnicodeDecodeErrors).
+UNREADABLE = {
+    "bare-header-line": (b"NATS/1.0", b""),
+    "status-not-utf8": (b"NATS/1.0 503 \xff\xfe\r\n\r\n", b""),
+    "status-not-utf8-unterminated": (b"NATS/1.0 503 \xff\xfe", b""),  # (nats-py reads this one: no description)
+    "status-description-not-utf8": (b"NATS/1.0 100 \xff\r\nX: y", b""),
+    "reply-not-utf8": (None, b"_INBOX.\xff\xfe"),
+}
+
+
+def raw_publish(subject: bytes, header: bytes | None, reply: bytes, body: bytes = b"x") -> bytes:
+    """The exact HPUB (or PUB) command for one message, as a peer with no client library writes it."""
+    head = subject + (b" " + reply if reply else b"")
+    if header is None:
+        return b"PUB " + head + b" %d\r\n" % len(body) + body + b"\r\n"
+    return b"HPUB " + head + b" %d %d\r\n" % (len(header), len(header) + len(body)) + header + body + b"\r\n"
+
+
+@pytest.mark.parametrize("kind", list(UNREADABLE))
+@bounded(15.0)
+async def test_one_unreadable_message_deafens_no_connection(
+    nats_server: NatsServer, nc: NATS, server_nc: NATS, service: betterproto_nats.Server, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    """A message nats-py cannot parse, sent by a raw TCP peer to a service's endpoint, its inbox
+    wildcard, a client's inbox, the client's request/reply subscription and an application
+    subscription on each connection: both connections keep reading (a ping answers within 1 s, a
+    live chat goes on, the application subscriptions get their next message) with 0 reconnects."""
+    header, reply = UNREADABLE[kind]
+    client = StreamDemoServiceNatsClient(nc)
+    assert (await client.ping(PingRequest(payload="warm"), timeout=2)).payload == "warm"  # the request/reply subscription exists
+    chat = await client.chat()
+    await chat.send(ChatMessage(text="a"))
+    assert (await chat.recv()).text == "echo: a"
+    apps: dict[str, asyncio.Queue[bytes]] = {}
+    subs = []
+    for who, conn in (("service", server_nc), ("client", nc)):
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        apps[who] = queue
+
+        async def on_app(msg: Msg, queue: asyncio.Queue[bytes] = queue) -> None:
+            queue.put_nowait(msg.data)
+
+        subs.append(await conn.subscribe(f"app.{who}", cb=on_app))
+        await flush_ordered(conn)
+
+    def wildcard_base(conn: NATS) -> str:
+        return next(s.subject for s in conn._subs.values() if s.subject.endswith(".>"))[:-1]
+
+    targets = [
+        f"{PREFIX}.ping",  # an endpoint (direct delivery)
+        wildcard_base(server_nc) + "hostile",  # the service's inbox wildcard
+        wildcard_base(nc) + "hostile",  # the client's inbox wildcard
+        bytes(nc._resp_sub_prefix or b"").decode() + "hostile",  # the client's request/reply subscription
+        "app.service",  # applications' own subscriptions (nats-py's way)
+        "app.client",
+    ]
+    reader, writer = await asyncio.open_connection("127.0.0.1", nats_server.port)
+    try:
+        await reader.readline()  # INFO
+        writer.write(b'CONNECT {"verbose":false,"pedantic":false,"headers":true}\r\n')
+        for subject in targets:
+            writer.write(raw_publish(subject.encode(), header, reply))
+        writer.write(b"PING\r\n")
+        await writer.drain()
+        while (line := await reader.readline()) != b"PONG\r\n":
+            assert line, "the NATS server closed the hostile connection"
+            assert not line.startswith(b"-ERR"), line
+        await flush_ordered(server_nc)  # both connections read past the hostile messages by now
+        await flush_ordered(nc)
+        assert_connection_intact(server_nc)
+        assert_connection_intact(nc, "client")
+        assert "encountered error" not in caplog.text  # (nats-py: its read loop stopped)
+        dropped = [conn._betterproto_nats_guard.dropped for conn in (server_nc, nc)]  # type: ignore[attr-defined]
+        if kind != "status-not-utf8-unterminated":
+            assert dropped[0] >= 2 and dropped[1] >= 3, dropped
+        assert (await asyncio.wait_for(client.ping(PingRequest(payload="after")), 1.0)).payload == "after"
+        await chat.send(ChatMessage(text="b"))
+        assert (await asyncio.wait_for(chat.recv(), 1.0)).text == "echo: b"
+        await chat.close()
+        for who, conn in (("service", server_nc), ("client", nc)):
+            await nc.publish(f"app.{who}", b"next")
+            while (data := await asyncio.wait_for(apps[who].get(), 1.0)) != b"next":
+                assert data == b"x" and kind == "status-not-utf8-unterminated"  # (a message nats-py can read)
+        await assert_still_serves(nc)
+    finally:
+        writer.close()
+        for sub in subs:
+            await sub.unsubscribe()

@@ -181,7 +181,7 @@ OLD_MODULES: dict[str, str] = {
     "logs": "RateLimitedLog",
     "mux": "Handler InboxMux MUX_PENDING_BYTES MUX_PENDING_MESSAGES let_go",
     "nats_compat": (
-        "DirectDelivery PermissionErrors Requests deliver_directly flush_ordered header_block new_inbox "
+        "DirectDelivery PermissionErrors ReadGuard Requests deliver_directly flush_ordered guard_reads header_block new_inbox "
         "outbound_pending publish_nowait unsubscribe_quietly"
     ),
     "negotiation": (

@@ -1,4 +1,4 @@
 """What calls may carry besides messages: chunked blobs, JetStream persistence, interceptors and
-OpenTelemetry, retries, rate-limited logs. Used by both sides; it may import every package below
+OpenTelemetry, retries. Used by both sides; it may import every package below
 `calling` and `serving`, never those.
 """

@@ -46,7 +46,7 @@ from ..schema.spec import (
     WriteMode,
 )
 from ..streaming.deadline import Deadline
-from .logs import RateLimitedLog
+from ..core.logs import RateLimitedLog
 
 log = logging.getLogger("betterproto_nats.persistence")
 _failures = RateLimitedLog(log)

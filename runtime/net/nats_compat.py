@@ -7,12 +7,14 @@ import inspect
 import logging
 import re
 import secrets
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+
+from ..core.logs import RateLimitedLog
 
 
 async def flush_ordered(nc: NATS, timeout: int = 5) -> bool:
@@ -285,58 +287,91 @@ def deliver_directly(sub: Subscription, handler: Callable[[Msg], None]) -> bool:
         return False
     sub._pending_queue = DirectDelivery(sub, handler)  # type: ignore[assignment]
     task.cancel()  # the subscription's own delivery task has nothing more to do
-    read_directly(sub._conn)
+    guard_reads(sub._conn)
     return True
 
 
 _PROCESS_MSG = ["self", "sid", "subject", "reply", "data", "headers"]
+_log = logging.getLogger("betterproto_nats")
 
 
-def read_directly(nc: NATS) -> bool:
-    """Messages for a subscription with `DirectDelivery` go to it straight from nats-py's parser,
-    without what nats-py's `_process_msg` does for every message (JetStream flow control, old-style
-    requests, pending limits, a coroutine for absent headers), none of which applies to them
-    (measured: about 0.8 µs of CPU per message; each unary call has two). Other messages take
-    nats-py's way. Installed once per connection; False when nats-py's internals are not as
-    expected (a test fails loudly)."""
-    if getattr(nc, "_betterproto_nats_reads", False):
-        return True
+class ReadGuard:
+    """Keeps one message from deafening a connection: nats-py parses a message's header block and
+    decodes its subjects inside its read loop, where an exception stops reading for good while the
+    connection still reports itself connected (a header block of just `NATS/1.0`, a status line or a
+    subject that is not UTF-8). Installed once per connection the runtime uses (`guard_reads`), around
+    `_process_msg`: such a message is dropped, counted in `dropped`, and warned about (rate-limited). Also the fast path of `DirectDelivery` subscriptions: their messages go to
+    them straight from the parser, without what nats-py's `_process_msg` does for every message
+    (JetStream flow control, old-style requests, pending limits; measured about 0.8 µs of CPU per
+    message, each unary call has two), when nats-py's internals are as expected (`direct`)."""
+
+    def __init__(self, nc: NATS, nats_way: Callable[[int, bytes, bytes, bytes, bytes], Awaitable[None]], direct: bool) -> None:
+        self.nc = nc
+        self.nats_way = nats_way
+        self.direct = direct
+        self.dropped = 0  # messages dropped since the guard was installed
+        self._log = RateLimitedLog(_log, per_second=1)
+
+    async def process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
+        """One message from nats-py's parser (in its read loop: nothing may escape from here)."""
+        try:
+            if self.direct:
+                nc = self.nc
+                sub = nc._subs.get(sid)
+                if sub is not None:
+                    direct: Any = sub._pending_queue
+                    if type(direct) is DirectDelivery and sub._max_msgs <= 0:
+                        stats = nc.stats
+                        stats["in_msgs"] += 1
+                        stats["in_bytes"] += len(data)
+                        sub._received += 1
+                        parsed = await nc._process_headers(headers) if headers else None
+                        msg = nc.msg_class(subject=subject.decode(), reply=reply.decode(), data=data, headers=parsed, _client=nc, _sid=sid)
+                        direct.deliver(msg)
+                        return
+            await self.nats_way(sid, subject, reply, data, headers)
+        except Exception as error:  # a peer's bytes that nats-py cannot read: this message only
+            self.drop(sid, error)
+
+    def drop(self, sid: int, error: Exception) -> None:
+        """Count a dropped message and warn (at most once a second: a flood is summed up)."""
+        self.dropped += 1
+        sub = self.nc._subs.get(sid)
+        self._log.warning(
+            "dropped a message that nats-py cannot read (a header block, status line, subject or reply that is "
+            "malformed or not UTF-8) on subscription %s: %s",
+            sub.subject if sub is not None else f"sid {sid}",
+            type(error).__name__,
+        )
+
+
+def _direct_reads_possible(nc: NATS) -> bool:
+    """Whether nats-py's `_process_msg` and what it uses look as `ReadGuard`'s fast path expects."""
     process = getattr(type(nc), "_process_msg", None)
-    if (
-        process is None
-        or not inspect.iscoroutinefunction(process)
-        or list(inspect.signature(process).parameters) != _PROCESS_MSG
-        or "_process_msg" in vars(nc)
-        or not isinstance(getattr(nc, "_subs", None), dict)
-        or not isinstance(getattr(nc, "stats", None), dict)
-        or not inspect.iscoroutinefunction(getattr(nc, "_process_headers", None))
-    ):
-        return False
-    nats_way = nc._process_msg
-    subs = nc._subs
-    stats = nc.stats
+    return (
+        process is not None
+        and inspect.iscoroutinefunction(process)
+        and list(inspect.signature(process).parameters) == _PROCESS_MSG
+        and isinstance(getattr(nc, "_subs", None), dict)
+        and isinstance(getattr(nc, "stats", None), dict)
+        and inspect.iscoroutinefunction(getattr(nc, "_process_headers", None))
+    )
 
-    async def process_msg(sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
-        sub = subs.get(sid)
-        if sub is not None:
-            direct: Any = sub._pending_queue
-            if type(direct) is DirectDelivery and sub._max_msgs <= 0:
-                stats["in_msgs"] += 1
-                stats["in_bytes"] += len(data)
-                sub._received += 1
-                parsed = await nc._process_headers(headers) if headers else None
-                try:
-                    msg = nc.msg_class(subject=subject.decode(), reply=reply.decode(), data=data, headers=parsed, _client=nc, _sid=sid)
-                except UnicodeDecodeError:  # a peer's bytes: dropped (nats-py's way would stop reading for good)
-                    logging.getLogger("betterproto_nats").warning("dropped a message with a subject that is not UTF-8 on %s", sub.subject)
-                    return
-                direct.deliver(msg)
-                return
-        await nats_way(sid, subject, reply, data, headers)
 
-    nc._process_msg = process_msg  # type: ignore[method-assign]
-    nc._betterproto_nats_reads = True  # type: ignore[attr-defined]
-    return True
+def guard_reads(nc: NATS) -> ReadGuard | None:
+    """Install the connection's `ReadGuard` (once); None, with a warning, when nats-py has no
+    `_process_msg` to guard (a test fails loudly then)."""
+    guard: ReadGuard | None = getattr(nc, "_betterproto_nats_guard", None)
+    if guard is not None:
+        return guard
+    process = getattr(nc, "_process_msg", None)
+    if process is None or not inspect.iscoroutinefunction(process):
+        _log.warning("this nats-py has no _process_msg to guard: a malformed message can stop its read loop")
+        return None
+    guard = ReadGuard(nc, process, direct=_direct_reads_possible(nc) and "_process_msg" not in vars(nc))
+    nc._process_msg = guard.process_msg  # type: ignore[method-assign]
+    nc._betterproto_nats_guard = guard  # type: ignore[attr-defined]
+    return guard
 
 
 def _expire(future: asyncio.Future[Msg]) -> None:

@@ -19,6 +19,7 @@ from .nats_compat import (
     Requests,
     deliver_directly,
     flush_ordered,
+    guard_reads,
     new_inbox,
     outbound_pending,
     publish_nowait,
@@ -126,6 +127,7 @@ class NatsTransport:
 
     def __init__(self, nc: NATS) -> None:
         self.nc = nc
+        guard_reads(nc)  # no message a peer sends can stop this connection's reading
         self._requests: Requests | None = None  # made on the first request (nats-py's response subscription)
         if type(self).publish_nowait is NatsTransport.publish_nowait:  # (a subclass may change what it sends)
             # It runs for every message the runtime sends: nats_compat's function itself, not a method around it.
@@ -140,6 +142,12 @@ class NatsTransport:
     @property
     def reconnects(self) -> int:
         return int(self.nc.stats["reconnects"])
+
+    @property
+    def dropped_messages(self) -> int:
+        """Messages dropped because nats-py could not read them (`nats_compat.ReadGuard`)."""
+        guard = getattr(self.nc, "_betterproto_nats_guard", None)
+        return guard.dropped if guard is not None else 0
 
     def new_inbox(self) -> str:
         return new_inbox(self.nc)

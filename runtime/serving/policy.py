@@ -13,7 +13,7 @@ from ..core.errors import ErrorCode
 from ..core.headers import REPLY_TO
 from ..core.subjects import InboxPolicy, first_token_prefix
 from ..features.interceptors import Chain
-from ..features.logs import RateLimitedLog
+from ..core.logs import RateLimitedLog
 from ..features.persistence import Persistence
 from ..streaming.inbox import V1_BUFFER_BYTES, V1_BUFFER_MESSAGES
 

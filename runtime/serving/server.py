@@ -20,7 +20,7 @@ from ..core.errors import ErrorCode, Overloaded, RpcError
 from ..core.headers import END_TRUE, REPLY_TO, STREAM_COUNT, STREAM_END, caller_headers, error_headers
 from ..core.subjects import InboxPolicy, is_literal
 from ..features.interceptors import CallInfo, Chain, Interceptor, Side
-from ..features.logs import RateLimitedLog
+from ..core.logs import RateLimitedLog
 from ..features.persistence import MAX_PENDING_WRITES, Persistence
 from ..health.admission import DEFAULT_MAX_LOOP_LAG, Admission
 from ..net.transport import NatsTransport, Subscription, Transport, publish_now, subscribe_direct, transport_of
