@@ -37,6 +37,7 @@ from betterproto_nats.core.headers import (
     user_headers,
 )
 from betterproto_nats.core.heartbeats import (
+    BEAT_BODY_LIMIT,
     MAX_ENTRIES,
     RELEASED,
     SENT,
@@ -428,20 +429,27 @@ def test_beat_bodies_split_at_the_limit() -> None:
     assert beat_bodies(lines, 1000) == [b"_INBOX.a s5\n_INBOX.b e\n_INBOX.c e7"]
     assert beat_bodies(lines, 20) == [b"_INBOX.a s5", b"_INBOX.b e", b"_INBOX.c e7"]
     assert beat_bodies([], 20) == [b""]  # an idle beat: empty
-    assert beat_lines(b"\n".join(beat_bodies(lines, 1000))) == [["_INBOX.a", "s5"], ["_INBOX.b", "e"], ["_INBOX.c", "e7"]]
+    assert beat_lines(b"\n".join(beat_bodies(lines, 1000))) == [("_INBOX.a", "s5"), ("_INBOX.b", "e"), ("_INBOX.c", "e7")]
 
 
 @pytest.mark.parametrize(
     "data, lines",
-    [(b"", []), (b"\xff\xfe", []), (b"a s1 s2", [["a", "s1", "s2"]]), (b"a " + b"s1 " * 20, None)],
+    [
+        (b"", []),
+        (b"\xff\xfe", []),
+        (b"a s1 s2", [("a", "s1")]),  # one entry per line: the rest is not read
+        (b"a " + b"s1 " * 20, [("a", "s1")]),
+        (b"a\n\nb e\n c", [("b", "e"), ("", "c")]),
+        (b"x s1\n" * (BEAT_BODY_LIMIT // 5 + 1), []),  # larger than a sender of ours writes: dropped whole
+    ],
 )
-def test_beat_lines(data: bytes, lines: list[list[str]] | None) -> None:
-    got = beat_lines(data)
-    if lines is None:
-        assert len(got[0]) == 9  # fields per line are bounded
-    else:
-        assert got == lines
-    assert len(beat_lines(b"\n".join([b"x s1"] * (MAX_ENTRIES + 5)))) == MAX_ENTRIES
+def test_beat_lines(data: bytes, lines: list[tuple[str, str]]) -> None:
+    assert beat_lines(data) == lines
+
+
+def test_beat_lines_read_a_full_body() -> None:
+    body = b"\n".join([b"x s1"] * (BEAT_BODY_LIMIT // 5))  # as many lines as a body of ours can hold
+    assert len(body) <= BEAT_BODY_LIMIT and len(beat_lines(body)) == BEAT_BODY_LIMIT // 5 <= MAX_ENTRIES
 
 
 @pytest.mark.parametrize(

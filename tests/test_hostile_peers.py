@@ -22,6 +22,7 @@ import functools
 import gc
 import json
 import logging
+import time
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 import nats.errors
@@ -1167,3 +1168,101 @@ async def test_one_unreadable_message_deafens_no_connection(
         writer.close()
         for sub in subs:
             await sub.unsubscribe()
+
+
+# --- Peers are never ourselves; beats are read only as far as their format allows (issue 25) ------------
+
+
+@bounded(20)
+async def test_streams_that_name_the_services_own_liveness_subject_are_freed(
+    nats_server: NatsServer, nc: NATS, server_nc: NATS, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Twenty v2 streams whose `Nats-Stream-Peer` is the service's own liveness subject (learned from
+    the handshake of a stream the attacker keeps open: with it, `max_concurrent_streams=21` is full).
+    The service does not share liveness with itself (its own beats would keep them alive after their
+    client has gone): they get per-stream heartbeats, and when the attacker's connection goes all
+    are freed within 3 intervals; a later `count_up` is accepted."""
+    from conftest import connect
+
+    async with serving(server_nc, max_concurrent_streams=21) as service:
+        attacker = await connect(nats_server.url)
+        collectors = [Collector(attacker) for _ in range(20)]
+        try:
+            async with Collector(attacker) as r, Collector(attacker) as beats:
+                _, ack = await shared_chat(attacker, r, beats.subject)
+                own = ack[PEER]  # the service's liveness subject
+                for collector in collectors:
+                    await collector.__aenter__()
+                for collector in collectors:
+                    headers = {REPLY_TO: collector.subject, VERSION: "2", HEARTBEAT: "200", PEER: own}
+                    opened = await attacker.request(f"{PREFIX}.chat", b"", timeout=2, headers=headers)
+                    assert ERROR_CODE not in (opened.headers or {}), opened.headers
+                    assert PEER not in (opened.headers or {})  # no shared liveness with itself
+                await settle(lambda: len(service.calls) == 21)
+                with pytest.raises(RpcError) as full:
+                    await StreamDemoServiceNatsClient(nc).chat([ChatMessage(text="x")], timeout=2)
+                assert full.value.code == ErrorCode.RESOURCE_EXHAUSTED
+        finally:
+            await attacker.close()
+        gone = asyncio.get_running_loop().time()
+        await settle(lambda: not service.calls, timeout=3 * 0.2 + 0.5)
+        freed_after = asyncio.get_running_loop().time() - gone
+        assert freed_after <= 3 * 0.2 + 0.5, freed_after
+        client = StreamDemoServiceNatsClient(nc)
+        assert [r.number async for r in client.count_up(CountUpRequest(start=1, count=2), timeout=2)] == [1, 2]
+    assert_no_tracebacks(caplog)
+
+
+@pytest.mark.parametrize("how", ["equal", "under"])
+@bounded()
+async def test_client_refuses_a_server_that_names_the_clients_own_liveness_subject(nc: NATS, server_nc: NATS, how: str) -> None:
+    """A fake server confirms v2 naming, as its liveness subject, the client's own (from the offer) or
+    another inbox of the client's connection: the call fails (INTERNAL) at open."""
+
+    async def handshake(msg: Msg) -> None:
+        offered = (msg.headers or {})[PEER]
+        named = offered if how == "equal" else offered.rsplit(".", 1)[0] + ".other"
+        await server_nc.publish(msg.reply, b"", headers={INBOX: server_nc.new_inbox(), VERSION: "2", HEARTBEAT: "100", PEER: named})
+
+    sub = await fake_endpoint(server_nc, "sum", handshake)
+    client = StreamDemoServiceNatsClient(nc, heartbeat=0.1)
+    with pytest.raises(RpcError) as failed:
+        await client.sum([SumRequest(value=1)], timeout=2.0)
+    assert failed.value.code == ErrorCode.INTERNAL and "own inboxes" in failed.value.message, failed.value
+    await sub.unsubscribe()
+
+
+@bounded(30)
+async def test_huge_shared_beats_cost_nothing_and_refuse_no_ping(
+    nc: NATS, server_nc: NATS, service: betterproto_nats.Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Thirty 1 MB beats of 10,000 lines × 8 fields for the attacker's own stream, each followed by
+    a ping: every ping answers (none refused), and reading a beat costs the service under 5 ms of
+    CPU (it is larger than any beat of ours: dropped whole, unread)."""
+    from betterproto_nats.health.peers import PeerLiveness
+
+    costs: list[float] = []
+    original = PeerLiveness._on_beat
+
+    def timed(self: PeerLiveness, msg: Msg) -> None:
+        started = time.process_time()
+        original(self, msg)
+        costs.append(time.process_time() - started)
+
+    client = StreamDemoServiceNatsClient(nc)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(PeerLiveness, "_on_beat", timed)
+        async with Collector(nc) as r, Collector(nc) as beats:
+            s_subject, ack = await shared_chat(nc, r, beats.subject)
+            line = " ".join([s_subject] + [f"s{i}" for i in range(7)])
+            body = "\n".join([line] * 10_000).encode()[: 1_000_000]
+            assert len(body) >= 900_000
+            mine = {HEARTBEAT: "200", PEER: beats.subject}
+            for _ in range(30):
+                await nc.publish(ack[PEER], body, headers=mine)
+                assert (await client.ping(PingRequest(payload="p"), timeout=2)).payload == "p"
+            await flush_ordered(nc)
+            await settle(lambda: len(costs) >= 30)
+            await nc.publish(s_subject, b"", headers={END: "true", COUNT: "0"})
+    assert max(costs) < 0.005, max(costs)
+    assert_no_tracebacks(caplog)

@@ -16,6 +16,7 @@ from ..core.negotiation import Window, client_heartbeat, client_offer, confirmed
 from ..core.states import CallState
 from ..health.admission import OpenGate
 from ..health.peers import PeerLiveness
+from ..net.mux import InboxMux
 from ..streaming.first_hop import FirstHop
 from ..streaming.flow import FlowWindow
 from ..streaming.inbox import Inbox
@@ -168,6 +169,8 @@ def _checked_peer(call: ClientCall, confirmation: Mapping[str, str] | None) -> s
     subject = shared_peer(confirmation)
     if subject is not None:
         why = call.inboxes.check(subject)
+        if why is None and InboxMux.owns(call.nc, subject):
+            why = "one of this connection's own inboxes"
         if why is not None:
             raise call.error(ErrorCode.INTERNAL, f"the server named a liveness subject {quote(subject)}, which is {why}")
     return subject

@@ -43,8 +43,8 @@ SENT, RELEASED = "s", "e"
 REPEAT = MISSED_BEATS
 # A beat's body stays below this (and half of max_payload): more entries go in more beats.
 BEAT_BODY_LIMIT = 64 * 1024
-# Entries read from one beat at most (ours hold at most BEAT_BODY_LIMIT bytes of them).
-MAX_ENTRIES = BEAT_BODY_LIMIT
+# Lines one beat can hold (a body of at most BEAT_BODY_LIMIT bytes, two bytes a line at the least).
+MAX_ENTRIES = BEAT_BODY_LIMIT // 2
 
 
 def sent_line(inbox: str, sent: int) -> str:
@@ -70,16 +70,23 @@ def beat_bodies(lines: list[str], limit: int) -> list[bytes]:
     return bodies
 
 
-def beat_lines(data: bytes) -> list[list[str]]:
-    """A peer's beat body as its lines' fields (the stream's inbox first), at most `MAX_ENTRIES`
-    lines; nothing when it is not ASCII."""
-    if not data:
+def beat_lines(data: bytes) -> list[tuple[str, str]]:
+    """A peer's beat body as (the stream's inbox, its one entry) per line, read only as far as the
+    format allows: one entry per line (anything after it is ignored unread) and a body no larger
+    than a sender of ours writes (`BEAT_BODY_LIMIT`). A larger body, or one that is not ASCII, is
+    dropped whole: nothing (a 1 MB beat of junk costs a length check, not a parse)."""
+    if not data or len(data) > BEAT_BODY_LIMIT:
         return []
     try:
         text = data.decode("ascii")
     except UnicodeDecodeError:
         return []
-    return [line.split(" ", 8) for line in text.split("\n", MAX_ENTRIES)[:MAX_ENTRIES]]
+    lines = []
+    for line in text.split("\n", MAX_ENTRIES)[:MAX_ENTRIES]:
+        inbox, _, rest = line.partition(" ")
+        if rest:
+            lines.append((inbox, rest.split(" ", 1)[0]))
+    return lines
 
 
 def beat_entry(field: str) -> tuple[str, int | None] | None:

@@ -125,19 +125,18 @@ class PeerGroup:
         """The peer's beat: a count beyond what arrived is loss; a release ends what still waits for
         the peer. Unknown streams and malformed entries are ignored."""
         streams = self.streams
-        for fields in beat_lines(data):
-            member = streams.get(fields[0])
+        for inbox, field in beat_lines(data):
+            member = streams.get(inbox)
             if member is None:
                 continue
-            for field in fields[1:]:
-                entry = beat_entry(field)
-                if entry is None:
-                    continue
-                kind, number = entry
-                if kind == RELEASED:
-                    member.peer_released(number)
-                elif number is not None:
-                    member.peer_sent(number)
+            entry = beat_entry(field)
+            if entry is None:
+                continue
+            kind, number = entry
+            if kind == RELEASED:
+                member.peer_released(number)
+            elif number is not None:
+                member.peer_sent(number)
 
 
 class PeerLiveness:
@@ -197,7 +196,8 @@ class PeerLiveness:
             await self.close()
 
     def join(self, member: Member, peer_subject: str, ms: int) -> PeerGroup | None:
-        """`member`'s liveness is now its peer's group (None: the manager was interrupted meanwhile)."""
+        """`member`'s liveness is now its peer's group (None: the manager was interrupted meanwhile).
+        The peer's subject is never one of our own inboxes (`InboxMux.owns`: refused at open)."""
         if self.closed:
             return None
         key = (peer_subject, ms)
@@ -305,7 +305,10 @@ class PeerLiveness:
         headers = msg.headers
         if not headers:
             return
-        group = self.groups.get((headers.get(STREAM_PEER, ""), parse_uint(headers.get(STREAM_HEARTBEAT)) or 0))
+        peer = headers.get(STREAM_PEER, "")
+        if peer == self.subject:  # our own beat (a peer that named our subject as its own): no word from anyone
+            return
+        group = self.groups.get((peer, parse_uint(headers.get(STREAM_HEARTBEAT)) or 0))
         if group is not None:
             group.heard = self.loop.time()
             group.read(msg.data)

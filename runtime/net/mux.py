@@ -76,6 +76,14 @@ class InboxMux:
             mux = cls._muxes[id(nc)] = cls(nc)
         return mux
 
+    @classmethod
+    def owns(cls, nc: Transport, subject: str) -> bool:
+        """Whether `subject` is one of `nc`'s own inboxes (under the base of its mux in use): a peer
+        that names one as its own (a liveness subject a client learned from a handshake) names us,
+        and our own messages there must never count as word from a peer."""
+        mux = cls._muxes.get(id(nc))
+        return mux is not None and not mux.closed and mux.nc is nc and subject.startswith(mux.base + ".")
+
     def reserve(self) -> str:
         """A new inbox subject; the mux stays until it is released."""
         self.users += 1

@@ -13,6 +13,7 @@ from ..core.errors import ErrorCode, RpcError
 from ..core.negotiation import server_terms
 from ..core.states import ServerState
 from ..core.subjects import first_token_prefix
+from ..net.mux import InboxMux
 from ..features.interceptors import CallInfo, Direction, Side, outcome_of
 from ..schema.spec import Cardinality
 from ..streaming.deadline import Deadline
@@ -41,8 +42,9 @@ class Responder(ServedCall):
         except RpcError as malformed:
             raise self.error(malformed.code, malformed.message) from None
         self.v2, self.heartbeat = terms.v2, terms.heartbeat
-        if terms.peer is not None and self.policy.inboxes.check(terms.peer, also=first_token_prefix(self.msg.reply)) is None:
-            self.peer_subject = terms.peer  # else: per-stream heartbeats, as with a client that names none
+        peer = terms.peer
+        if peer is not None and self.policy.inboxes.check(peer, also=first_token_prefix(self.msg.reply)) is None and not InboxMux.owns(self.nc, peer):
+            self.peer_subject = peer  # else: per-stream heartbeats, as with a client that names none (or names us)
         if terms.deadline_epoch is not None:
             self.deadline = Deadline.at_epoch(terms.deadline_epoch).earliest(self.deadline)
         if self.deadline is not None:
