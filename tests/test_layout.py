@@ -152,9 +152,8 @@ OLD_MODULES: dict[str, str] = {
     "_api_v1": "API_VERSION",
     "_api_v2": "API_VERSION",
     "admission": (
-        "ADAPT_EVERY Admission Budget DEFAULT_MAX_LOOP_LAG GROWTH INITIAL_STREAMS INITIAL_UNARY "
-        "MAX_CLIENT_STREAMS MAX_RETRY_AFTER MIN_BUDGET MIN_RETRY_AFTER OpenGate Refusal SHRINK "
-        "STREAMS_GROW_EVERY UNARY_GROW_EVERY"
+        "Admission Callers DEFAULT_MAX_LOOP_LAG MAX_CALLERS MAX_RETRY_AFTER MIN_RETRY_AFTER OPEN_BURST OpenGate "
+        "Refusal caller_of retry_hint"
     ),
     "batch": "BATCHED_BODY_LIMIT MAX_BATCH_BYTES pack unpack",
     "bus": "BusConnection DEFAULT_MAX_PAYLOAD InMemoryBus subject_matches",

@@ -27,7 +27,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import betterproto_nats
 from betterproto_nats import ErrorCode, Interceptor, Overloaded, RetryPolicy, RpcError
-from betterproto_nats.admission import INITIAL_STREAMS, MIN_BUDGET, Budget
+from betterproto_nats.admission import MAX_CALLERS, Admission, Callers, caller_of
 from betterproto_nats.otel import MetricsInterceptor
 from betterproto_nats.protocol import RETRY_AFTER, error_from_headers, error_headers
 from betterproto_nats.testing import NatsServer
@@ -394,6 +394,41 @@ async def test_a_lagging_service_refuses_new_calls_and_recovers_at_once(nc: NATS
     assert {(p.attributes["rpc.nats.overloaded"], p.attributes["rpc.nats.refusal"]) for p in points} == {(True, "loop_lag")}
 
 
+class Burning(StreamDemoServiceNatsBase):
+    """A unary handler that computes for 20 ms without giving the loop back; counts its calls."""
+
+    def __init__(self) -> None:
+        self.ran = 0
+
+    async def ping(self, request: PingRequest) -> PingResponse:
+        self.ran += 1
+        burn(0.02)
+        return PingResponse(payload=request.payload)
+
+
+async def test_a_burst_of_costly_calls_is_cut_once_it_has_kept_the_loop(nc: NATS, server_nc: NATS) -> None:
+    """Twelve calls that each compute for 20 ms, read in one loop turn (the loop's lag cannot show
+    them yet): the first run; once they have kept the loop for `max_loop_lag` (50 ms) the rest are
+    refused before they start (`Overloaded`, never run); every call either answers or is refused."""
+    impl = Burning()
+    server = await betterproto_nats.serve(server_nc, impl)
+    try:
+        client = StreamDemoServiceNatsClient(nc)
+        assert (await client.ping(PingRequest(payload="warm"), timeout=5)).payload == "warm"
+        impl.ran = 0
+        outcomes = await asyncio.gather(
+            *(client.ping(PingRequest(payload=str(k)), timeout=10) for k in range(12)), return_exceptions=True
+        )
+        answered = [o for o in outcomes if isinstance(o, PingResponse)]
+        refused = [o for o in outcomes if isinstance(o, Overloaded)]
+        assert len(answered) + len(refused) == 12, outcomes
+        assert refused and all("kept its event loop" in o.message for o in refused), outcomes
+        assert 3 <= len(answered) and impl.ran == len(answered)  # a refused call never ran
+        assert server.refused["loop_lag"] == len(refused)
+    finally:
+        await server.stop()
+
+
 async def test_a_unary_flood_at_5x_capacity(nats_server: NatsServer, nc: NATS) -> None:
     """Calls that cost the service 2 ms of CPU each (at most ~500/s) arrive at 2,500/s for 1.5 s,
     each with a 1 s deadline: the service answers the calls it takes within their deadline, refuses
@@ -567,26 +602,50 @@ def test_the_idempotency_option_reaches_the_method_descriptors() -> None:
 # --- The pieces, on plain values ----------------------------------------------------------------------
 
 
-def test_budget_grows_while_the_loop_keeps_up_and_shrinks_when_it_lags() -> None:
-    budget = Budget(10_000, adaptive=True)
-    assert budget.limit == INITIAL_STREAMS
-    budget.adapt(lag=0.001, target=0.025, in_progress=INITIAL_STREAMS, now=1.0)
-    assert budget.limit == int(INITIAL_STREAMS * 1.125)
-    budget.adapt(lag=0.001, target=0.025, in_progress=budget.limit, now=1.05)  # too soon after a step
-    assert budget.limit == int(INITIAL_STREAMS * 1.125)
-    budget.adapt(lag=0.001, target=0.025, in_progress=10, now=2.0)  # not used: no need to grow
-    assert budget.limit == int(INITIAL_STREAMS * 1.125)
-    budget.adapt(lag=0.1, target=0.025, in_progress=800, now=2.1)  # four times the target: a quarter
-    assert budget.limit == int(800 * 0.9 / 4)
-    budget.adapt(lag=10.0, target=0.025, in_progress=800, now=2.101)  # within ADAPT_EVERY: unchanged
-    assert budget.limit == int(800 * 0.9 / 4)
-    budget.adapt(lag=10.0, target=0.025, in_progress=800, now=2.2)
-    assert budget.limit == MIN_BUDGET
-    assert Budget(50, adaptive=True).limit == 50 and Budget(5000, adaptive=False).limit == 5000
-    unary = Budget(1000, adaptive=True, initial=64, grow_every=0.025)  # follows the loop closely
-    for step in range(30):
-        unary.adapt(lag=0.001, target=0.025, in_progress=unary.limit, now=3.0 + step * 0.03)
-    assert unary.limit == 1000
+def test_the_heaviest_callers_are_refused_first() -> None:
+    """While the service sheds load, a caller that sent at least its share of the requests is heavy;
+    a lighter one still gets in; one caller alone is heavy; past MAX_CALLERS a new one is heavy."""
+    callers = Callers()
+    assert callers.heavy("_INBOX.a")  # alone: its share is everything
+    for _ in range(50):
+        assert callers.heavy("_INBOX.a")
+    assert not callers.heavy("_INBOX.b")  # 1 of 52 requests, 2 callers: under its share
+    assert callers.heavy("_INBOX.a")
+    callers.clear()
+    for k in range(MAX_CALLERS):
+        callers.heavy(f"_INBOX.c{k}")
+    assert callers.heavy("_INBOX.new") and "_INBOX.new" not in callers.counts
+    assert caller_of("_INBOX.abc.17") == "_INBOX.abc" and caller_of("") == ""
+
+
+class FakeLag:
+    """A `LoopLag` that says what the test sets."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+
+def test_admission_refuses_only_what_would_hurt() -> None:
+    """Calls in progress are no measure of load: thousands are taken while the loop keeps up (only a
+    configured ceiling refuses); while it lags past `max_loop_lag` the heaviest caller is refused and
+    a light one taken; past twice that, everybody is refused; once it keeps up, everyone is taken."""
+    admission = Admission(object(), max_streams=25_000, max_unary=1000, max_loop_lag=0.05, max_outbound_bytes=0)  # type: ignore[arg-type]
+    lag = FakeLag(0.001)
+    admission.lag = lag  # type: ignore[assignment]
+    typical = lambda: 0.001  # noqa: E731
+    assert admission.refusal(False, 10_000, typical, "_INBOX.a.1") is None
+    assert admission.refusal(True, 999, typical, "_INBOX.a.1") is None
+    refused = admission.refusal(True, 1000, typical, "_INBOX.a.1")
+    assert refused is not None and refused.reason == "concurrency"
+    lag.seconds = 0.08
+    for k in range(20):
+        refused = admission.refusal(True, 10, typical, f"_INBOX.heavy.{k}")
+        assert refused is not None and refused.reason == "loop_lag"
+    assert admission.refusal(True, 10, typical, "_INBOX.light.1") is None
+    lag.seconds = 0.11
+    assert admission.refusal(True, 10, typical, "_INBOX.other.1") is not None
+    lag.seconds = 0.01
+    assert admission.refusal(True, 10, typical, "_INBOX.heavy.99") is None and not admission.callers.counts
 
 
 def test_retry_hints_from_the_wire_are_parsed_strictly() -> None:

@@ -1,20 +1,23 @@
 """Admission control: whether a service takes a new call now, and when a refused caller may retry.
 
-A service past what it can serve refuses new calls at once (RESOURCE_EXHAUSTED with a retry hint,
-`Nats-Retry-After`) instead of taking them on and slowing every call it already accepted; calls it
-accepted are never ended for load. Past what it can serve means any of:
+A service refuses a new call only when taking it would hurt the calls it already serves, at once
+(RESOURCE_EXHAUSTED with a retry hint, `Nats-Retry-After`); calls it accepted are never ended for
+load. That is when any of:
+- its calls of that kind in progress reach a ceiling the user configured (`max_concurrent_streams` /
+  `max_concurrent_unary`);
 - its event loop runs more than `max_loop_lag` behind (`load.LoopLag`): every message already waits
-  that long, and a new call would add to it;
-- its calls in progress reach their budget. Each kind (streams, unary calls) has a `Budget`: at most
-  `max_concurrent_streams` / `max_concurrent_unary`, and within that a limit that adapts to the loop
-  (it starts at `INITIAL_BUDGET`, grows while the lag stays low and the budget is used, and shrinks
-  to below what runs when the lag passes half of `max_loop_lag`). A burst of new streams thus cannot
-  be let in before the load they bring shows, and streams cannot starve unary calls;
+  that long, and a new call would add to it. Then the heaviest callers are refused first (`Callers`:
+  callers told apart by their reply subject's prefix, one per connection), so one client's flood
+  does not make the service refuse everybody else; past twice `max_loop_lag` everybody is refused;
 - its connection's outgoing buffer holds more than `max_outbound_bytes` while the socket takes no
   more (the NATS server or the network does not keep up; by default half of what the connection
   buffers, nats-py's `pending_size`). A buffer that one loop turn filled and the next will write is
   not a backlog: a fast download fills it every turn.
-The defaults come from measurements (docs/PERFORMANCE.md, "Overload").
+Counts of calls in progress are no measure of load (10,000 idle streams cost the loop nothing, 200
+calls that answer at once cost it a few milliseconds), so nothing adapts to them: what calls cost
+shows in the loop's lag, and a burst of unary calls read in one loop turn is cut while it runs, once
+it has kept the loop for `max_loop_lag` (`serving/unary_batch.py`). The defaults come from
+measurements (docs/PERFORMANCE.md, "Overload").
 """
 
 from __future__ import annotations
@@ -26,66 +29,67 @@ from typing import Callable, ClassVar
 
 from ..core.errors import Overloaded
 from ..net.transport import Transport, outbound_backlog
-from .load import LoopLag
+from .load import PERIOD, LoopLag
 
 DEFAULT_MAX_LOOP_LAG = 0.05  # seconds
-# Streams in progress before the loop has shown it lags, and how often their budget may step up: a
-# stream brings its load over its first messages, so a burst is let in a step at a time.
-INITIAL_STREAMS, STREAMS_GROW_EVERY = 1000, 0.1
-# Unary calls in progress at first, and their steps up: a unary call's load shows at once (it runs
-# now), so its budget starts small and follows the loop closely; a burst of calls that each compute
-# for a while cannot all be let in within one loop turn.
-INITIAL_UNARY, UNARY_GROW_EVERY = 64, 0.025
-MIN_BUDGET = 8
-GROWTH = 1.125  # per step up while the lag is low and the budget is used
-SHRINK = 0.9  # of the calls in progress, while the lag is high
-ADAPT_EVERY = 0.025  # seconds between adaptations (shrinking)
-MAX_CLIENT_STREAMS = 1_000_000  # a client's budget grows up to this
 MIN_RETRY_AFTER, MAX_RETRY_AFTER = 0.05, 5.0  # seconds: the hint a refusal carries
+OPEN_BURST = 1000  # a client's streams opened per lag sample at most (then it waits for the next)
+MAX_CALLERS = 4096  # callers told apart while the service sheds load (more: each new one counts as heavy)
 
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
     """Why a call is not taken now, and how long the caller should wait before trying again."""
 
-    reason: str  # "loop_lag", "concurrency", "budget" or "outbound": what ran out (STATS, metrics)
+    reason: str  # "loop_lag", "concurrency" or "outbound": what ran out (STATS, metrics)
     message: str
     retry_after: float
 
 
-def _hint(seconds: float) -> float:
+def retry_hint(seconds: float) -> float:
+    """A refusal's hint: `seconds`, within [MIN_RETRY_AFTER, MAX_RETRY_AFTER]."""
     return min(MAX_RETRY_AFTER, max(MIN_RETRY_AFTER, seconds))
 
 
-class Budget:
-    """How many calls of one kind may be in progress now: `limit`, at most `ceiling`."""
+def caller_of(reply: str) -> str:
+    """Who sent a request, as far as a service can tell: its reply subject without the last token
+    (`_INBOX.<connection>.` for nats-py's requests and ours)."""
+    return reply.rpartition(".")[0]
 
-    __slots__ = ("ceiling", "limit", "grow_every", "adapted", "grown")
 
-    def __init__(self, ceiling: int, adaptive: bool, initial: int = INITIAL_STREAMS, grow_every: float = STREAMS_GROW_EVERY) -> None:
-        self.ceiling = ceiling
-        self.limit = min(ceiling, initial) if adaptive else ceiling
-        self.grow_every = grow_every
-        self.adapted = self.grown = 0.0  # loop times of the last adaptation and the last step up
+class Callers:
+    """Requests per caller while the service sheds load (empty otherwise: nothing is counted while
+    the loop keeps up). A caller that sent at least its share (the mean over the callers seen) is
+    heavy and refused; a lighter one still gets in. Bounded: past `MAX_CALLERS` callers (a peer that
+    makes up reply subjects) every new one counts as heavy."""
 
-    def adapt(self, lag: float, target: float, in_progress: int, now: float) -> None:
-        """At most every `ADAPT_EVERY`: shrink below what runs, in proportion to how far the loop lags
-        beyond `target`; grow by an eighth (at most every `grow_every`) while it lags less and the
-        budget is nearly used."""
-        if now - self.adapted < ADAPT_EVERY:
-            return
-        self.adapted = now
-        if lag > target:
-            self.limit = max(MIN_BUDGET, min(self.limit, int(in_progress * SHRINK * target / lag)))
-        elif lag < target and in_progress >= self.limit * 0.75 and now - self.grown >= self.grow_every:
-            self.grown = now
-            self.limit = min(self.ceiling, max(self.limit + 1, int(self.limit * GROWTH)))
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.total = 0
+
+    def heavy(self, caller: str) -> bool:
+        """Count one request of `caller`'s; whether it has sent at least its share."""
+        counts = self.counts
+        count = counts.get(caller)
+        if count is None:
+            if len(counts) >= MAX_CALLERS:
+                return True
+            count = 0
+        counts[caller] = count = count + 1
+        self.total += 1
+        return count * len(counts) >= self.total
+
+    def clear(self) -> None:
+        self.counts.clear()
+        self.total = 0
 
 
 class Admission:
     """A service's limits, checked for every new call (`refusal`); `start`/`stop` with the service."""
 
-    __slots__ = ("transport", "max_loop_lag", "max_outbound_bytes", "lag", "streams", "unary", "_outbound")
+    __slots__ = ("transport", "max_loop_lag", "max_outbound_bytes", "lag", "max_streams", "max_unary", "callers", "_outbound")
 
     def __init__(
         self,
@@ -105,9 +109,9 @@ class Admission:
         self.max_outbound_bytes = max_outbound_bytes or None  # 0: no limit
         # checked for every new call: looked up once (None: no limit, or the transport cannot tell)
         self._outbound = getattr(transport, "outbound", None) if self.max_outbound_bytes is not None else None
-        adaptive = max_loop_lag is not None
-        self.streams = Budget(max_streams, adaptive)
-        self.unary = Budget(max_unary, adaptive, INITIAL_UNARY, UNARY_GROW_EVERY)
+        self.max_streams = max_streams
+        self.max_unary = max_unary
+        self.callers = Callers()
         self.lag: LoopLag | None = None
 
     def start(self) -> None:
@@ -119,32 +123,29 @@ class Admission:
         if lag is not None:
             lag.release()
 
-    def refusal(self, unary: bool, in_progress: int, typical_call: Callable[[], float]) -> Refusal | None:
+    def refusal(self, unary: bool, in_progress: int, typical_call: Callable[[], float], reply: str = "") -> Refusal | None:
         """None: take the call. `in_progress`: calls of its kind now; `typical_call()`: seconds an
-        endpoint's calls usually take (when a slot may free up; asked only when refusing)."""
-        budget = self.unary if unary else self.streams
-        if in_progress >= budget.ceiling:
+        endpoint's calls usually take (when a slot may free up; asked only when refusing); `reply`:
+        the request's reply subject (who calls; looked at only while the loop lags)."""
+        ceiling = self.max_unary if unary else self.max_streams
+        if in_progress >= ceiling:
             kind = "unary calls" if unary else "streams"
-            return Refusal("concurrency", f"{budget.ceiling} {kind} already in progress", _hint(typical_call()))
+            return Refusal("concurrency", f"{ceiling} {kind} already in progress", retry_hint(typical_call()))
         monitor = self.lag
         if monitor is not None:
             max_lag = self.max_loop_lag
             assert max_lag is not None  # (a monitor runs only with a limit)
             lag = monitor.seconds
-            if lag > max_lag / 2 or in_progress >= budget.limit * 0.75:  # else the budget has nothing to adapt
-                budget.adapt(lag, max_lag / 2, in_progress, monitor.loop.time())
             if lag > max_lag:
-                return Refusal("loop_lag", f"the service is overloaded: its event loop runs {lag * 1000:.0f} ms behind", _hint(2 * lag))
-            if in_progress >= budget.limit:
-                kind = "unary calls" if unary else "streams"
-                return Refusal(
-                    "budget", f"the service is at capacity: {in_progress} {kind} in progress", _hint(min(typical_call(), 4 * max_lag))
-                )
+                if self.callers.heavy(caller_of(reply)) or lag > 2 * max_lag:
+                    return Refusal("loop_lag", f"the service is overloaded: its event loop runs {lag * 1000:.0f} ms behind", retry_hint(2 * lag))
+            elif self.callers.total:
+                self.callers.clear()  # the loop keeps up again: everybody starts afresh
         outbound = self._outbound
         if outbound is not None:
             backlog = outbound()[0]
             if backlog > (self.max_outbound_bytes or 0):  # (`_outbound` is only set with a limit)
-                return Refusal("outbound", f"the service is overloaded: {backlog} bytes wait to be sent", _hint(0.0))
+                return Refusal("outbound", f"the service is overloaded: {backlog} bytes wait to be sent", retry_hint(0.0))
         return None
 
     def loop_lag(self) -> float:
@@ -153,26 +154,29 @@ class Admission:
 
 
 class OpenGate:
-    """The client side: a connection's open streams, within a `Budget` that adapts to the loop's lag.
+    """The client side: a connection's stream openings wait while its own loop lags.
 
     A client that opens more streams than it can read would slow every stream it has (its acks and
     heartbeats go out late, what arrives waits) and flood its services with requests it cannot
-    follow up. So opening a stream waits, in order, while the budget is spent or the loop runs more
-    than `max_loop_lag` behind; at most until the call's deadline (then `Overloaded`, raised here:
-    nothing was sent). Idle streams cost the loop nothing, so they never hold the budget down.
+    follow up. So opening a stream waits, in order, while the loop runs more than `max_loop_lag`
+    behind, or once `OPEN_BURST` streams opened since the loop's lag was last sampled (a burst goes
+    out a step at a time, each as the loop shows it carries the last); at most until the call's
+    deadline (then `Overloaded`, raised here: nothing was sent). Open streams are not counted
+    against anything: idle ones cost the loop nothing.
     """
 
     _gates: ClassVar[dict[int, OpenGate]] = {}  # by id() of the transport, while in use
 
-    __slots__ = ("key", "max_loop_lag", "budget", "active", "waiters", "lag")
+    __slots__ = ("key", "max_loop_lag", "active", "waiters", "lag", "opened", "window")
 
     def __init__(self, key: int, max_loop_lag: float) -> None:
         self.key = key
         self.max_loop_lag = max_loop_lag
-        self.budget = Budget(MAX_CLIENT_STREAMS, adaptive=True)
         self.active = 0  # streams that passed and have not left
         self.waiters: deque[asyncio.Future[None]] = deque()
         self.lag = LoopLag.acquire()
+        self.opened = 0  # streams that passed in the current sampling window
+        self.window = 0  # which: loop time // the sampling period
 
     @classmethod
     def of(cls, nc: Transport, max_loop_lag: float = DEFAULT_MAX_LOOP_LAG) -> OpenGate:
@@ -182,9 +186,17 @@ class OpenGate:
         return gate
 
     def _may_open(self) -> bool:
-        lag = self.lag.seconds
-        self.budget.adapt(lag, self.max_loop_lag / 2, self.active, self.lag.loop.time())
-        return lag <= self.max_loop_lag and self.active < self.budget.limit
+        """Whether one more stream may open now (and then it is counted as opened)."""
+        lag = self.lag
+        if lag.seconds > self.max_loop_lag:
+            return False
+        window = int(lag.loop.time() / PERIOD)
+        if window != self.window:
+            self.window, self.opened = window, 0
+        if self.opened >= OPEN_BURST:
+            return False
+        self.opened += 1
+        return True
 
     async def enter(self, wait: float | None, method: str) -> None:
         """Take a place for a new stream (`leave()` when it ends), waiting at most `wait` seconds."""
@@ -209,7 +221,7 @@ class OpenGate:
                 raise Overloaded(
                     f"the client is overloaded ({self.active} streams open, its event loop {behind * 1000:.0f} ms behind): "
                     "the stream was not opened",
-                    retry_after=_hint(2 * behind),
+                    retry_after=retry_hint(2 * behind),
                     method=method,
                     reason="client",
                 ) from None

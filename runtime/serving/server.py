@@ -22,7 +22,7 @@ from ..core.subjects import InboxPolicy, is_literal
 from ..features.interceptors import CallInfo, Chain, Interceptor, Side
 from ..core.logs import RateLimitedLog
 from ..features.persistence import MAX_PENDING_WRITES, Persistence
-from ..health.admission import DEFAULT_MAX_LOOP_LAG, Admission
+from ..health.admission import DEFAULT_MAX_LOOP_LAG, Admission, retry_hint
 from ..net.transport import NatsTransport, Subscription, Transport, publish_now, subscribe_direct, transport_of
 from ..schema.spec import Cardinality, MethodSpec, ServiceSpec
 from ..streaming.inbox import V1_BUFFER_BYTES, V1_BUFFER_MESSAGES
@@ -81,7 +81,8 @@ class Endpoint:
         self.responder = None if self.unary else RESPONDERS[method.cardinality]
         self.served = ServedMethod(
             server.transport, method, self.full_name, getattr(server.impl, method.py_name), spec.codec, server.policy, self.task_name,
-            self.record, self._unary_done, spec.codec.decoder(method.request, self.full_name),
+            self.record, self._unary_done, spec.codec.decoder(method.request, self.full_name), self._shed,
+            server.admission.max_loop_lag,
         )
         self.calls = server.stream_calls  # the streams in progress (their budget), by task: what `Server.stop` waits for
         self.active = 0  # this endpoint's calls in progress
@@ -123,7 +124,7 @@ class Endpoint:
             self._refuse(msg, RpcError(ErrorCode.UNAVAILABLE, "the service is stopping", method=self.full_name))
             return
         unary = self.unary
-        refusal = server.admission.refusal(unary, len(server.unary_calls if unary else server.stream_calls), self._typical_call)
+        refusal = server.admission.refusal(unary, len(server.unary_calls if unary else server.stream_calls), self._typical_call, msg.reply)
         if refusal is not None:
             self.refused += 1
             server.refused[refusal.reason] += 1
@@ -153,6 +154,16 @@ class Endpoint:
         self.calls[task] = responder
         self.active += 1
         task.add_done_callback(self._call_done)
+
+    def _shed(self, call: UnaryCall, kept: float) -> None:
+        """A call read in a burst that has kept the loop for `max_loop_lag`: refused before it
+        starts, as at admission (running it would make every call wait longer)."""
+        call.done()
+        self.refused += 1
+        self.server.refused["loop_lag"] += 1
+        message = f"the service is overloaded: the calls read with this one kept its event loop for {kept * 1000:.0f} ms"
+        overloads.warning("refusing calls to %s: %s", self.full_name, message)
+        self._refuse(call.msg, Overloaded(message, retry_after=retry_hint(2 * kept), method=self.full_name, reason="loop_lag"))
 
     def _typical_call(self) -> float:
         """Seconds this endpoint's calls took on average (when a refused caller may find a slot)."""
@@ -184,8 +195,7 @@ class Endpoint:
         return {
             "in_progress": self.active,
             "refused": self.refused,
-            "max_concurrent": (admission.unary if self.unary else admission.streams).ceiling,
-            "budget": (admission.unary if self.unary else admission.streams).limit,
+            "max_concurrent": admission.max_unary if self.unary else admission.max_streams,
             "loop_lag_ms": round(admission.loop_lag() * 1000, 1),
             "max_loop_lag_ms": None if admission.max_loop_lag is None else round(admission.max_loop_lag * 1000, 1),
         }

@@ -41,6 +41,8 @@ class ServedMethod:
     record: EndpointRecord  # what `$SRV` STATS report: each call's time and error code
     done: Callable[[UnaryCall], None]  # a call ends (its endpoint lets go of it)
     decode: Callable[[bytes], Any]  # the request's decoder (INVALID_ARGUMENT when it does not decode)
+    shed: Callable[[UnaryCall, float], None]  # refuse a call that never started: its batch kept the loop this long
+    max_turn: float | None  # seconds a batch of calls may keep the loop before the rest are shed (None: never)
 
 
 class UnaryCall:

@@ -10,13 +10,16 @@ tasks of their own, all started at the next loop turn (one batch for the rest wo
 loop turn after another where each waits, as handlers that do I/O all do). While its calls wait, an
 endpoint gives each call a task of its own at once, that runs it as before batches (`alone`), and
 every `PROBE_EVERY`-th call in a batch again, to learn whether calls still wait (`waited`). Each call
-runs in a copy of the context, as in a task of its own.
+runs in a copy of the context, as in a task of its own. A batch that has kept the loop for
+`max_loop_lag` refuses the calls it has not started (`shed`): running them would make everything
+else on the loop wait longer, and a burst of costly calls shows here before the loop's lag can.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import time
 from typing import Any, Callable, Coroutine, Generator
 
 from .unary import UnaryCall
@@ -54,7 +57,13 @@ class UnaryBatch:
     async def _run(self) -> None:
         self.started = True
         calls = self.calls
+        limit = calls[0].served.max_turn
+        began = time.perf_counter() if limit is not None else 0.0
         for index, call in enumerate(calls):
+            if limit is not None and index and (kept := time.perf_counter() - began) > limit:
+                for late in calls[index:]:  # a burst of costly calls: the rest would wait behind them
+                    late.served.shed(late, kept)
+                break
             call.task = self.task
             context = contextvars.copy_context()
             coroutine = call.run()
