@@ -25,6 +25,7 @@ from nats.aio.msg import Msg
 
 import betterproto_nats
 from betterproto_nats import ErrorCode, Overloaded, RetryPolicy, RpcError, current_call
+from betterproto_nats.nats_compat import flush_ordered
 from betterproto_nats.protocol import MAX_RETRY_AFTER_MS, RETRY_AFTER, error_from_headers, error_headers
 from betterproto_nats.testing import NatsServer
 from gen.fixtures.options.v1 import Delay, EchoMessage, InventoryNatsClient
@@ -74,7 +75,7 @@ async def forging(nats_server: NatsServer, subject: str, retry_after: str = "0")
     forger = Forger(conn, retry_after)
     try:
         await conn.subscribe(subject, cb=forger.answer)
-        await conn.flush()
+        assert await flush_ordered(conn)  # (nats-py's flush() may overtake the SUB)
         yield forger
     finally:
         await conn.close()
