@@ -557,17 +557,20 @@ class Attempts(Interceptor):
         self.started += 1
 
 
-async def test_a_refused_call_is_retried_after_the_hint(nc: NATS, server_nc: NATS) -> None:
+@pytest.mark.parametrize("trusted", [False, True])
+async def test_a_refused_call_is_retried_after_the_hint(nc: NATS, server_nc: NATS, trusted: bool) -> None:
     """A client with a RetryPolicy sends a refused call again after the service's hint (plus jitter):
-    it succeeds once the call in progress is done."""
+    it succeeds once the call in progress is done. Only a call safe to repeat: an idempotent one, or
+    any call of a queue group's when the policy trusts refusals (tests/test_forged_refusals.py)."""
     impl = Holding()
     server = await betterproto_nats.serve(server_nc, impl, max_concurrent_unary=1)
     try:
         attempts = Attempts()
-        client = StreamDemoServiceNatsClient(nc, retry=RetryPolicy(attempts=10, initial_backoff=0.01), interceptors=[attempts])
+        policy = RetryPolicy(attempts=10, initial_backoff=0.01, trust_refusals=trusted)
+        client = StreamDemoServiceNatsClient(nc, retry=policy, interceptors=[attempts])
         held = asyncio.create_task(client.ping(PingRequest(payload="held"), timeout=10))
         await settle(lambda: impl.entered["ping"] == 1)
-        retried = asyncio.create_task(client.ping(PingRequest(payload="again"), timeout=10))
+        retried = asyncio.create_task(client.ping(PingRequest(payload="again"), timeout=10, idempotent=not trusted))
         await settle(lambda: attempts.started >= 3)  # the held call and two tries of the other
         impl.release.set()
         assert (await retried).payload == "again"
@@ -655,7 +658,7 @@ def test_retry_hints_from_the_wire_are_parsed_strictly() -> None:
     hinted = error("250")
     assert isinstance(hinted, Overloaded) and hinted.retry_after == 0.25
     capped = error("9" * 18)
-    assert isinstance(capped, Overloaded) and capped.retry_after == 60.0
+    assert isinstance(capped, Overloaded) and capped.retry_after == 5.0
     for junk in ("", "-1", "1.5", "²", "1" * 19, "0x10"):
         plain = error(junk)
         assert type(plain) is RpcError and plain.retry_after is None, junk
@@ -669,7 +672,8 @@ def test_retry_policy_backoff() -> None:
     policy = RetryPolicy(initial_backoff=0.1, max_backoff=0.3)
     assert all(0.0 <= policy.delay(1, None) <= 0.1 for _ in range(100))
     assert all(0.5 <= policy.delay(5, 0.5) <= 0.8 for _ in range(100))  # the hint, plus at most the cap
-    assert policy.retries(Overloaded("busy", retry_after=0.1), idempotent=False)
+    assert policy.retries(Overloaded("busy", retry_after=0.1), idempotent=True)
+    assert not policy.retries(Overloaded("busy", retry_after=0.1), idempotent=False)  # a peer's claim only
     assert not policy.retries(RpcError(ErrorCode.UNAVAILABLE), idempotent=False)
     assert policy.retries(RpcError(ErrorCode.UNAVAILABLE), idempotent=True)
     assert not policy.retries(RpcError(ErrorCode.DEADLINE_EXCEEDED), idempotent=True)

@@ -75,13 +75,16 @@ class UnaryClient(ClientSettings):
         response_headers: dict[str, str] | None,
         idempotent: bool | None,
     ) -> Any:
-        """A unary call under the client's `RetryPolicy`: tried again while the policy allows, each
-        try within what is left of the call's deadline."""
+        """A unary call under the client's `RetryPolicy`: tried again while the policy allows (a
+        refused call that is not idempotent only where it trusts refusals), each try within what is
+        left of the call's deadline, each wait capped by the policy."""
         policy = self._nats_retry
         assert policy is not None
         method = self._nats_method(py_name)
         if idempotent is None:
             idempotent = method.idempotent
+        # what the proto says: a service may take each call in one receiver of a queue group
+        queue_group = not (method.queue_group_disabled or self._nats_service.queue_group_disabled)
         if timeout is None:
             timeout = self._nats_timeout if self._nats_timeout is not None else method.timeout
         loop = asyncio.get_running_loop()
@@ -93,7 +96,7 @@ class UnaryClient(ClientSettings):
                 return await self._nats_unary_once(method, request, remaining, headers, response_headers)
             except RpcError as error:
                 retry += 1
-                if retry >= policy.attempts or not policy.retries(error, idempotent):
+                if retry >= policy.attempts or not policy.retries(error, idempotent, queue_group):
                     raise
                 delay = policy.delay(retry, error.retry_after)
                 if give_up is not None and loop.time() + delay >= give_up:

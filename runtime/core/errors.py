@@ -43,8 +43,9 @@ class RpcError(Exception):
 
 class Overloaded(RpcError):
     """The service refused the call before starting it: it is past its capacity (calls in progress,
-    its event loop's lag, its outgoing backlog). Nothing ran, so the same call may be sent again after
-    `retry_after` seconds (the service's hint; a client's `RetryPolicy` does that for you)."""
+    its event loop's lag, its outgoing backlog). Read from the wire this is a peer's claim: the service
+    that refused ran nothing, but another subscriber of the subject may have run the call (see
+    `RetryPolicy`, which sends again after `retry_after` seconds only calls that are safe to repeat)."""
 
     retry_after: float
 

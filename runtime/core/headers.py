@@ -42,7 +42,9 @@ DEADLINE = "Nats-Deadline"
 # Beside a RESOURCE_EXHAUSTED error pair: the service refused the call before starting it (admission
 # control) and asks the caller to wait this many milliseconds before trying again.
 RETRY_AFTER = "Nats-Retry-After"
-MAX_RETRY_AFTER_MS = 60_000  # a hint from the wire is capped at a minute
+# A hint is clamped to this both ways: what we send, and where one from the wire is parsed (a peer's
+# number must not park a caller; admission control never asks for more, health/admission.py).
+MAX_RETRY_AFTER_MS = 5_000
 # Optional, on the first message of a chunked stream: the blob's size in bytes, for progress reports.
 BLOB_SIZE = "Nats-Blob-Size"
 VERSION_2 = "2"
@@ -104,8 +106,15 @@ def error_headers(code: str, message: str, retry_after: float | None = None) -> 
     `retry_after` (seconds): a refusal of admission control, the call not started."""
     headers = {ERROR_CODE: sanitize(clip(code, MAX_ERROR_CODE)), ERROR: sanitize(clip(message))}
     if retry_after is not None:
-        headers[RETRY_AFTER] = str(min(MAX_RETRY_AFTER_MS, max(0, round(retry_after * 1000))))
+        headers[RETRY_AFTER] = str(retry_after_ms(retry_after))
     return headers
+
+
+def retry_after_ms(seconds: float) -> int:
+    """A retry hint in whole milliseconds, within 0..`MAX_RETRY_AFTER_MS` (NaN: 0; never raises)."""
+    if not seconds > 0:  # also NaN
+        return 0
+    return round(min(seconds * 1000, MAX_RETRY_AFTER_MS))
 
 
 def error_from_headers(headers: Mapping[str, str] | None, method: str | None = None) -> RpcError | None:
@@ -120,7 +129,7 @@ def error_from_headers(headers: Mapping[str, str] | None, method: str | None = N
         message = clip(headers.get(ERROR, ""))
         if code == ErrorCode.RESOURCE_EXHAUSTED:
             retry_ms = parse_uint(headers.get(RETRY_AFTER))
-            if retry_ms is not None:  # refused by admission control: the call never started
+            if retry_ms is not None:  # a refusal of admission control, says the peer (a claim only)
                 return Overloaded(message, retry_after=min(retry_ms, MAX_RETRY_AFTER_MS) / 1000, method=method)
         return RpcError(clip(code, MAX_ERROR_CODE), message, method=method)
     status = headers.get(STATUS)

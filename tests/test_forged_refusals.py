@@ -1,0 +1,204 @@
+"""Refusals re-run nothing (issue 25, item 5): a `RESOURCE_EXHAUSTED` + `Nats-Retry-After` answer is
+a peer's claim that the call did not run. NATS gives a request to one member of each queue group and
+to every other subscriber, so a third party (or a busy instance without a queue group) may refuse a
+call that another receiver runs. A `RetryPolicy` therefore sends a refused call again only when it is
+idempotent, or when the deployment vouches for one receiver (`trust_refusals`) and the proto keeps the
+queue group; every wait between tries is capped, with or without a deadline; a hint from the wire is
+clamped where it is parsed, and one in a request means nothing to a service.
+
+Everything runs against a real nats-server; the forger is a raw nats-py subscriber.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+import pytest
+from conftest import connect, settle
+from demo_service import Demo
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+import betterproto_nats
+from betterproto_nats import ErrorCode, Overloaded, RetryPolicy, RpcError, current_call
+from betterproto_nats.nats_compat import flush_ordered
+from betterproto_nats.protocol import MAX_RETRY_AFTER_MS, RETRY_AFTER, error_from_headers, error_headers
+from betterproto_nats.testing import NatsServer
+from gen.fixtures.options.v1 import Delay, EchoMessage, InventoryNatsClient
+from gen.streaming.v1 import PingRequest, PingResponse, StreamDemoServiceNatsClient
+
+PING = "api.v1.stream.ping"
+
+
+class Counted(Demo):
+    """Ping takes 30 ms of work and counts how often it ran; records the headers it saw."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runs = 0
+        self.running = 0
+
+    async def ping(self, request: PingRequest) -> PingResponse:
+        self.runs += 1
+        self.running += 1
+        self.headers.append(dict(current_call().headers))
+        try:
+            await asyncio.sleep(0.03)  # the handler's work
+            return PingResponse(payload=request.payload)
+        finally:
+            self.running -= 1
+
+
+class Forger:
+    """A raw subscriber (no queue group) that answers every request at once with a refusal."""
+
+    def __init__(self, conn: NATS, retry_after: str = "0") -> None:
+        self.conn = conn
+        self.seen = 0
+        self.headers = error_headers(ErrorCode.RESOURCE_EXHAUSTED, "forged: busy")
+        self.headers[RETRY_AFTER] = retry_after
+
+    async def answer(self, msg: Msg) -> None:
+        self.seen += 1
+        if msg.reply:
+            await self.conn.publish(msg.reply, b"", headers=self.headers)
+
+
+@asynccontextmanager
+async def forging(nats_server: NatsServer, subject: str, retry_after: str = "0") -> AsyncIterator[Forger]:
+    """A `Forger` on its own connection, subscribed to `subject` before the block runs."""
+    conn = await connect(nats_server.url)
+    forger = Forger(conn, retry_after)
+    try:
+        await conn.subscribe(subject, cb=forger.answer)
+        assert await flush_ordered(conn)  # (nats-py's flush() may overtake the SUB)
+        yield forger
+    finally:
+        await conn.close()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("idempotent", [False, True])
+async def test_a_forged_refusal_beside_a_real_service_reruns_no_call(
+    nats_server: NatsServer, nc: NATS, server_nc: NATS, idempotent: bool
+) -> None:
+    """The forger refuses instantly while the real service (queue group on) runs each call for 30 ms:
+    10 non-idempotent calls run at most 10 times (none is sent again). An idempotent call is still
+    retried after a refusal, as before (so the forger does win the race here)."""
+    impl = Counted()
+    server = await betterproto_nats.serve(server_nc, impl, max_loop_lag=None)  # (never refuses by itself)
+    try:
+        async with forging(nats_server, PING) as forger:
+            client = StreamDemoServiceNatsClient(nc, retry=RetryPolicy(attempts=3, initial_backoff=0.0))
+            calls = [client.ping(PingRequest(payload=str(i)), timeout=5, idempotent=idempotent) for i in range(10)]
+            outcomes = await asyncio.gather(*calls, return_exceptions=True)
+            refused = [o for o in outcomes if isinstance(o, Overloaded)]
+            assert all(isinstance(o, (PingResponse, Overloaded)) for o in outcomes), outcomes
+            # every request the client sent reached the service too: wait until all have run
+            await settle(lambda: impl.runs == forger.seen and impl.running == 0, timeout=10)
+            if idempotent:
+                assert forger.seen > 10  # refusals were retried
+            else:
+                assert forger.seen == 10 and len(refused) >= 1  # the forger won, and nothing was re-sent
+                assert impl.runs <= 10
+    finally:
+        await server.stop()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("method, resent", [("slower", True), ("solo", False)])
+async def test_trusted_refusals_are_retried_only_where_the_proto_keeps_the_queue_group(
+    nats_server: NatsServer, nc: NATS, method: str, resent: bool
+) -> None:
+    """With `trust_refusals` the deployment vouches for one receiver per call: a refused call that is
+    not idempotent is sent again when its service serves it in a queue group (`Slower`), never when the
+    proto turns the queue group off (`Solo`: every instance gets every call)."""
+    async with forging(nats_server, f"shop.inventory.{method}") as forger:
+        client = InventoryNatsClient(nc, retry=RetryPolicy(attempts=3, initial_backoff=0.0, trust_refusals=True))
+        with pytest.raises(Overloaded):
+            if method == "slower":
+                await client.slower(Delay(seconds=0.0), timeout=5)
+            else:
+                await client.solo(EchoMessage(text="x"), timeout=5)
+        assert forger.seen == (3 if resent else 1)
+
+
+@pytest.mark.timeout(30)
+async def test_a_huge_hint_without_a_deadline_waits_at_most_max_delay(nats_server: NatsServer, nc: NATS) -> None:
+    """A peer asks for an 11-day pause (18 digits of ms) on a call without a deadline: the hint is
+    clamped where it is parsed (5 s), and the policy's `max_delay` caps the wait between tries."""
+    async with forging(nats_server, PING, retry_after="9" * 18) as forger:
+        client = StreamDemoServiceNatsClient(nc, retry=RetryPolicy(attempts=2, max_delay=0.2), timeout=None)
+        started = time.monotonic()
+        with pytest.raises(Overloaded) as refused:
+            await client.ping(PingRequest(payload="p"), idempotent=True)
+        elapsed = time.monotonic() - started
+        assert refused.value.retry_after == MAX_RETRY_AFTER_MS / 1000 == 5.0
+        assert forger.seen == 2
+        assert 0.2 <= elapsed < 2.0, elapsed
+
+
+@pytest.mark.timeout(30)
+async def test_a_retry_hint_in_a_request_means_nothing_to_a_service(nc: NATS, server_nc: NATS) -> None:
+    """A caller's `Nats-Retry-After` (with a refusal's error pair beside it) is neither obeyed nor shown
+    to the handler: the call runs and is answered as any other."""
+    impl = Counted()
+    server = await betterproto_nats.serve(server_nc, impl, max_loop_lag=None)
+    try:
+        forged = {**error_headers(ErrorCode.RESOURCE_EXHAUSTED, "x"), RETRY_AFTER: "99999", "X-Ok": "1"}
+        answer = await nc.request(PING, bytes(PingRequest(payload="hi")), timeout=5, headers=forged)
+        assert error_from_headers(answer.headers) is None
+        assert PingResponse().parse(answer.data).payload == "hi"
+        assert impl.runs == 1 and impl.headers == [{"X-Ok": "1"}]
+    finally:
+        await server.stop()
+
+
+# --- The pieces, on plain values ----------------------------------------------------------------------
+
+
+def test_retry_hints_from_the_wire_are_clamped() -> None:
+    """Huge: clamped to 5 s; negative, NaN, infinite or otherwise not plain digits: no hint at all (a
+    plain `RpcError`, which no policy retries unless the call is idempotent and lists the code)."""
+
+    def error(value: str) -> RpcError | None:
+        return error_from_headers({"Nats-Service-Error-Code": "RESOURCE_EXHAUSTED", "Nats-Service-Error": "busy", RETRY_AFTER: value})
+
+    for huge in ("9" * 18, "5001", "60000"):
+        capped = error(huge)
+        assert isinstance(capped, Overloaded) and capped.retry_after == 5.0, huge
+    assert (hinted := error("4999")) is not None and hinted.retry_after == 4.999
+    for junk in ("-1", "-0", "NaN", "nan", "inf", "-inf", "1e9", "1.5", " 5"):
+        plain = error(junk)
+        assert type(plain) is RpcError and plain.retry_after is None, junk
+    for seconds, sent in ((math.nan, "0"), (-1.0, "0"), (math.inf, "5000"), (1e308, "5000"), (-math.inf, "0"), (0.25, "250")):
+        assert error_headers("RESOURCE_EXHAUSTED", "x", seconds)[RETRY_AFTER] == sent, seconds
+
+
+def test_every_wait_is_capped_whatever_the_hint() -> None:
+    policy = RetryPolicy(initial_backoff=1.0, max_backoff=100.0, multiplier=1e6, max_delay=0.5)
+    for hint in (None, 0.0, 0.3, 1e9, math.inf, math.nan, -5.0):
+        for retry in (1, 2, 10, 10_000):
+            assert 0.0 <= policy.delay(retry, hint) <= 0.5, (hint, retry)
+    assert RetryPolicy().max_delay == 5.0
+    for bad in (math.nan, math.inf, -1.0):
+        with pytest.raises(ValueError):
+            RetryPolicy(max_delay=bad)
+        with pytest.raises(ValueError):
+            RetryPolicy(initial_backoff=bad)
+
+
+def test_which_failures_are_retried() -> None:
+    refused = Overloaded("busy", retry_after=0.1)
+    unavailable = RpcError(ErrorCode.UNAVAILABLE)
+    policy, trusting = RetryPolicy(), RetryPolicy(trust_refusals=True)
+    assert policy.retries(refused, idempotent=True) and policy.retries(unavailable, idempotent=True)
+    assert not policy.retries(refused, idempotent=False, queue_group=True)  # a claim the client cannot check
+    assert trusting.retries(refused, idempotent=False, queue_group=True)
+    assert not trusting.retries(refused, idempotent=False, queue_group=False)
+    assert not trusting.retries(unavailable, idempotent=False, queue_group=True)
+    assert not policy.retries(RpcError(ErrorCode.RESOURCE_EXHAUSTED), idempotent=False, queue_group=True)
