@@ -31,11 +31,11 @@ from . import persist
 DEFAULT_VERSION = "1.0.0"
 DEFAULT_CHUNK_SIZE = 65536
 _SEMVER = re.compile(
-    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$"
+    r"(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?"
 )
-_SUBJECT_PREFIX = re.compile(r"^[A-Za-z0-9_\-$]+(\.[A-Za-z0-9_\-$]+)*$")
-_SERVICE_NAME = re.compile(r"^[A-Za-z0-9\-_]+$")
-_ERROR_CODE = re.compile(r"^[A-Z][A-Z0-9_]*$")
+_SUBJECT_PREFIX = re.compile(r"[A-Za-z0-9_\-$]+(\.[A-Za-z0-9_\-$]+)*")
+_SERVICE_NAME = re.compile(r"[A-Za-z0-9\-_]+")
+_ERROR_CODE = re.compile(r"[A-Z][A-Z0-9_]*")
 _BUILTIN_CODES = {name for name in vars(ErrorCode) if not name.startswith("_")}
 
 
@@ -151,21 +151,21 @@ def _read_service(
     if options.skip:
         return None
     prefix = options.subject_prefix or snake_case(service.name)
-    if not _SUBJECT_PREFIX.match(prefix):
+    if not _SUBJECT_PREFIX.fullmatch(prefix):
         raise GenerationError(
             file.name, where, f"subject_prefix {prefix!r} must be dot-separated tokens without spaces or wildcards"
         )
     name = options.name or service.name
-    if not _SERVICE_NAME.match(name):
+    if not _SERVICE_NAME.fullmatch(name):
         raise GenerationError(file.name, where, f"name {name!r} may contain only letters, digits, '-' and '_'")
     version = options.version or DEFAULT_VERSION
-    if not _SEMVER.match(version):
+    if not _SEMVER.fullmatch(version):
         raise GenerationError(file.name, where, f"version {version!r} is not a semantic version (like 1.0.0)")
     if options.timeout is not None and options.timeout.total_seconds() < 0:
         raise GenerationError(file.name, where, "timeout must not be negative")
     codes: list[str] = []
     for code in options.error_codes:
-        if not _ERROR_CODE.match(code):
+        if not _ERROR_CODE.fullmatch(code):
             raise GenerationError(file.name, where, f"error code {code!r} must be UPPER_SNAKE_CASE")
         if code in _BUILTIN_CODES:
             raise GenerationError(file.name, where, f"error code {code!r} is built in; do not declare it")

@@ -25,8 +25,8 @@ from . import options as opts
 
 # The Go plugin's placeholder: `{name}` with name made of word characters; anything else is literal.
 PLACEHOLDER = re.compile(r"\{(\w+)\}", re.ASCII)
-_KEY_TEXT = re.compile(r"^[-/_=.a-zA-Z0-9]*$")  # what the literal parts may hold (KV key characters)
-_BUCKET = re.compile(r"^[a-zA-Z0-9_-]+$")  # JetStream's bucket names
+_KEY_TEXT = re.compile(r"[-/_=.a-zA-Z0-9]*")  # what the literal parts may hold (KV key characters)
+_BUCKET = re.compile(r"[a-zA-Z0-9_-]+")  # JetStream's bucket names
 MAX_HISTORY = 64  # JetStream's limit on revisions per key
 MIN_MESSAGE_TTL = 1.0  # nats-server's smallest per-message TTL (seconds; it keeps whole seconds)
 _INTEGERS = {
@@ -118,8 +118,8 @@ def key_template(text: str, request_type: str, index: RequestIndex, rule: str) -
     if message is None:
         raise PersistError(f"{rule}: request message {shown} not found")
     literal = PLACEHOLDER.sub("x", text)
-    if not _KEY_TEXT.match(literal):
-        bad = sorted({c for c in literal if not _KEY_TEXT.match(c)})
+    if not _KEY_TEXT.fullmatch(literal):
+        bad = sorted({c for c in literal if not _KEY_TEXT.fullmatch(c)})
         raise PersistError(
             f"{rule}.key_template {text!r}: {''.join(bad)!r} cannot be part of a key (keys use letters, digits and "
             "- / _ = .; placeholders are {field})"
@@ -165,7 +165,7 @@ def _key_field(found: FieldDescriptorProto, shown: str, index: RequestIndex, rul
 def _bucket(bucket: str, rule: str) -> str:
     if not bucket:
         raise PersistError(f"{rule}.bucket must be set")
-    if not _BUCKET.match(bucket):
+    if not _BUCKET.fullmatch(bucket):
         raise PersistError(f"{rule}.bucket {bucket!r} may contain only letters, digits, '-' and '_'")
     return bucket
 

@@ -324,12 +324,30 @@ async def test_unsafe_key_values_are_invalid_argument_and_write_nothing(jnc: NAT
     assert (await jnc.jetstream().account_info()).streams == 0
 
 
+async def test_a_trailing_newline_is_not_a_key_and_nothing_is_stored(jnc: NATS, jsnc: NATS) -> None:
+    """A `$` anchor matches before a final newline: `id="abc\\n"` once passed the key check, an object
+    `snap.abc\\n` was stored and the KV write failed after an OK answer. Keys are matched whole now."""
+    server = await betterproto_nats.serve(jsnc, impl := Profiles())
+    client = ProfilesNatsClient(jnc)
+    try:
+        for call in (client.save, client.save_checked, client.snapshot):
+            with pytest.raises(RpcError) as bad:
+                await call(Profile(id="abc\n"))
+            assert bad.value.code == ErrorCode.INVALID_ARGUMENT and "storage key" in bad.value.message
+    finally:
+        await server.stop()  # waits for background writes, had any been started
+    assert impl.calls == 0
+    assert (await jnc.jetstream().account_info()).streams == 0  # no bucket, no object
+    assert server.persistence is not None and server.persistence.persister.failed == 0
+
+
 def test_key_rules() -> None:
     template = ProfilesNatsMethods.layout.kv_store.key  # type: ignore[union-attr]
     assert render_key(template, Profile(id="i", tier=Tier.SILVER, version=0, active=False, class_="c")) == (
         "TIER_SILVER.i.v0.false.c"
     )
     assert key_problem("a/b=c_d-e.f") is None
+    assert key_problem("abc\n") is not None and key_problem("abc\r\n") is not None
     assert key_problem("a" * 1025) is not None and key_problem("a" * 1024) is None
 
 

@@ -60,7 +60,7 @@ OBJECT_CHUNK = 128 * 1024  # chunk size of objects written from one body (nats-p
 MAX_OBJECT_RESPONSE = 64 * 1024 * 1024  # a stored unary response read back whole is at most this big
 
 _PLACEHOLDER = re.compile(r"\{(\w+)\}", re.ASCII)  # the Go plugin's placeholder (Go's \w is ASCII)
-_KEY = re.compile(r"^[-/_=.a-zA-Z0-9]+$")
+_KEY = re.compile(r"[-/_=.a-zA-Z0-9]+")  # used with fullmatch: `$` would let "k\n" through
 _KV_OPERATION = "KV-Operation"
 _MARKER_REASON = "Nats-Marker-Reason"  # nats-server 2.11+: a marker the server placed (expiry, purge)
 _WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream's "wrong last sequence" error codes
@@ -84,7 +84,7 @@ def key_problem(key: str) -> str | None:
         return "is empty"
     if len(key) > MAX_KEY_LENGTH:
         return f"is longer than {MAX_KEY_LENGTH} characters"
-    if not _KEY.match(key):
+    if not _KEY.fullmatch(key):
         return "may contain only letters, digits and - / _ = ."
     if key.startswith(".") or key.endswith(".") or ".." in key:
         return "has an empty token (a leading, trailing or double '.')"

@@ -39,7 +39,7 @@ overloads = RateLimitedLog(log)  # refusals of admission control: at most 10 rec
 DEFAULT_GRACE_PERIOD = 10.0
 # At stop(), a stream waiting for a client that sent nothing for this long ends at once.
 STOP_QUIET = 0.5
-_NAME = re.compile(r"^[A-Za-z0-9\-_]+$")
+_NAME = re.compile(r"[A-Za-z0-9\-_]+")  # used with fullmatch (a `$` anchor passes "name\n")
 
 
 def check_handlers(impl: Any, spec: ServiceSpec) -> None:
@@ -268,7 +268,7 @@ class Server:
         self.subject_prefix = subject_prefix or spec.subject_prefix
         self.name = name or spec.name
         self.version = version or spec.version
-        if not _NAME.match(self.name):
+        if not _NAME.fullmatch(self.name):
             raise ValueError(f"service name {self.name!r} may contain only letters, digits, '-' and '_'")
         if stream_idle_timeout <= 0:
             raise ValueError("stream_idle_timeout must be positive")
