@@ -259,6 +259,9 @@ def _read_method(
             obj_model = persist.object_store(obj, method.input_type, index)
     except persist.PersistError as error:
         raise GenerationError(file.name, where, str(error)) from None
+    for store in (kv_model, obj_model):
+        for warning in store.warnings if store is not None else ():
+            _warn(file, where, warning)
     py_name = method_py_name(method.name)
     return MethodModel(
         proto_name=method.name,
@@ -291,11 +294,13 @@ def _applies(file: FileDescriptorProto, where: str, option: str, applies: bool, 
     """Persistence options apply to some shapes only; elsewhere they are ignored with a warning, as the
     Go plugin ignores them (a proto written for it must still compile)."""
     if not applies:
-        print(
-            f"protoc-gen-python_nats: warning: {file.name}: {where}: (natsmicro.{option}) applies to {to} only; ignored",
-            file=sys.stderr,
-        )
+        _warn(file, where, f"(natsmicro.{option}) applies to {to} only; ignored")
     return applies
+
+
+def _warn(file: FileDescriptorProto, where: str, text: str) -> None:
+    """A generation warning on stderr (protoc shows it), naming the file and element as errors do."""
+    print(f"protoc-gen-python_nats: warning: {file.name}: {where}: {text}", file=sys.stderr)
 
 
 def _check_chunked(

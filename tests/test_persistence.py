@@ -20,7 +20,7 @@ from nats.js import api
 
 import betterproto_nats
 from betterproto_nats import ErrorCode, JetStreamUnavailable, RpcError
-from betterproto_nats.persistence import key_problem, render_key
+from betterproto_nats.persistence import free_text_stops, key_problem, render_key
 from betterproto_nats.testing import NatsServer, serve_in_memory
 from gen.fixtures.persist.v1 import (
     ExportChunk,
@@ -341,11 +341,36 @@ async def test_a_trailing_newline_is_not_a_key_and_nothing_is_stored(jnc: NATS, 
     assert server.persistence is not None and server.persistence.persister.failed == 0
 
 
+async def test_free_text_before_another_field_cannot_reach_another_requests_key(jnc: NATS, served: Profiles) -> None:
+    """`{tier}.{id}.v{version}.{active}.{class}`: an id holding '.' once rendered the key of another
+    request (the second overwrote the first, with no warning). Such an id is refused now, by the
+    service and by the client helpers; the last field (class) may still hold '.'."""
+    client = ProfilesNatsClient(jnc)
+    first = Profile(id="u1", tier=Tier.GOLD, version=42, active=True, class_="x.v1.false.y")
+    second = Profile(id="u1.v42.true.x", tier=Tier.GOLD, version=1, active=False, class_="y")
+    await client.layout(first)
+    with pytest.raises(RpcError) as refused:
+        await client.layout(second)
+    assert refused.value.code == ErrorCode.INVALID_ARGUMENT
+    assert "id 'u1.v42.true.x' holds '.'" in refused.value.message and "same key" in refused.value.message
+    assert served.calls == 1  # refused before the handler ran
+    with pytest.raises(RpcError) as reading:
+        await client.get_layout_cached(second)
+    assert reading.value.code == ErrorCode.INVALID_ARGUMENT
+    stored = await raw(jnc, "layout", "TIER_GOLD.u1.v42.true.x.v1.false.y")
+    assert stored.seq == 1 and stored.data == bytes(ProfileView(id="u1", version=42, served_by="svc"))  # the first's, kept
+
+
 def test_key_rules() -> None:
     template = ProfilesNatsMethods.layout.kv_store.key  # type: ignore[union-attr]
     assert render_key(template, Profile(id="i", tier=Tier.SILVER, version=0, active=False, class_="c")) == (
         "TIER_SILVER.i.v0.false.c"
     )
+    with pytest.raises(RpcError) as dotted:
+        render_key(template, Profile(id="a.b", class_="c"))
+    assert dotted.value.code == ErrorCode.INVALID_ARGUMENT
+    assert render_key(template, Profile(id="a", class_="b.c")) == "TIER_UNSPECIFIED.a.v0.false.b.c"
+    assert free_text_stops("{a}-{b}/{c}.json") == {"a": "-", "b": "/"} and free_text_stops("k.{id}") == {}
     assert key_problem("a/b=c_d-e.f") is None
     assert key_problem("abc\n") is not None and key_problem("abc\r\n") is not None
     assert key_problem("a" * 1025) is not None and key_problem("a" * 1024) is None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import json
 import logging
@@ -103,10 +104,33 @@ def _field_text(kind: KeyKind, value: Any, names: Mapping[int, str]) -> str:
     return str(number)
 
 
+@functools.lru_cache(maxsize=256)
+def free_text_stops(text: str) -> Mapping[str, str]:
+    """Per `{field}` of a template that another field follows: the first character of the text between
+    them, which a string value of it must not hold (`{tenant}.{id}`: a tenant "a.b" with id "c" and a
+    tenant "a" with id "b.c" would share a key). Empty when no text separates them (the plugin refuses that)."""
+    parts = _PLACEHOLDER.split(text)  # literal, name, literal, name, ..., literal
+    stops: dict[str, str] = {}
+    for name, after in zip(parts[1:-2:2], parts[2:-1:2]):  # every field but the last, and the text after it
+        stops[name] = stops.get(name, "") + after[:1]
+    return stops
+
+
 def render_key(template: KeyTemplate, request: betterproto.Message, method: str | None = None) -> str:
-    """The storage key of `request`; INVALID_ARGUMENT when its fields do not make a valid key (nothing
-    is written then: a request must not be able to address keys outside the template's shape)."""
+    """The storage key of `request`; INVALID_ARGUMENT when its fields do not make a valid key, or one
+    another request could make too (nothing is written then: a request must not be able to address keys
+    outside the template's shape, nor another request's key)."""
     values = {f.name: _field_text(f.kind, getattr(request, f.attr or f.name, None), f.names) for f in template.fields}
+    stops = free_text_stops(template.text)
+    for f in template.fields:
+        held = [c for c in stops.get(f.name, "") if c in values[f.name]] if f.kind is KeyKind.STRING else []
+        if held:
+            raise RpcError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"the request's {f.name} {quote(values[f.name], 64)} holds {held[0]!r}, which ends {{{f.name}}} in the "
+                f"key template {template.text!r}: two requests could give the same key",
+                method=method,
+            )
     key = _PLACEHOLDER.sub(lambda match: values.get(match[1], match[0]), template.text)
     problem = key_problem(key)
     if problem is not None:
