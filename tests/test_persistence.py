@@ -20,7 +20,7 @@ from nats.js import api
 
 import betterproto_nats
 from betterproto_nats import ErrorCode, JetStreamUnavailable, RpcError
-from betterproto_nats.persistence import free_text_stops, key_problem, render_key
+from betterproto_nats.persistence import BlobCopy, ObjectBucket, Persister, free_text_stops, key_problem, render_key
 from betterproto_nats.testing import NatsServer, serve_in_memory
 from gen.fixtures.persist.v1 import (
     ExportChunk,
@@ -193,14 +193,28 @@ async def test_required_write_failure_fails_the_call_in_error_headers(jnc: NATS,
     assert served.calls == 1  # the handler ran; its answer could not be kept, so the call failed
 
 
-async def test_best_effort_failure_answers_and_logs(jnc: NATS, served: Profiles, caplog: pytest.LogCaptureFixture) -> None:
+async def test_best_effort_failure_answers_logs_and_counts(jnc: NATS, jsnc: NATS, caplog: pytest.LogCaptureFixture) -> None:
+    """The caller got OK, so a failed background write must show elsewhere: a (rate-limited) warning of
+    the `betterproto_nats` logger and the method's `persist_failed` in `$SRV` STATS."""
+    server = await betterproto_nats.serve(jsnc, Profiles())
     await jnc.jetstream().add_stream(name="KV_profiles", subjects=["$KV.profiles.>"], max_msgs_per_subject=-1)
     client = ProfilesNatsClient(jnc)
-    with caplog.at_level(logging.WARNING, logger="betterproto_nats.persistence"):
-        assert (await client.save(Profile(id="b", name="still answered"))).name == "still answered"
-        # The write runs after the answer: wait (bounded) for its log record.
-        await settle(lambda: any("not a KV bucket" in r.getMessage() for r in caplog.records))
-    assert any("failed" in r.getMessage() and "not a KV bucket" in r.getMessage() for r in caplog.records)
+    try:
+        with caplog.at_level(logging.WARNING, logger="betterproto_nats"):
+            for name in ("still answered", "again"):
+                assert (await client.save(Profile(id="b", name=name))).name == name
+            # The writes run after the answers: wait (bounded) for their log records.
+            await settle(lambda: sum("not a KV bucket" in r.getMessage() for r in caplog.records) == 2)
+        failures = [r for r in caplog.records if "not a KV bucket" in r.getMessage()]
+        assert all(r.name.startswith("betterproto_nats") and r.levelno == logging.WARNING for r in failures)
+        assert "best-effort write failed after the call was answered" in failures[0].getMessage()
+        assert "Profiles/Save" in failures[0].getMessage() and "'profile.b'" in failures[0].getMessage()
+        stats = json.loads((await jnc.request(f"$SRV.STATS.{server.name}.{server.id}", b"", timeout=5)).data)
+        data = {e["name"]: e["data"] for e in stats["endpoints"]}
+        assert (data["save"]["persist_failed"], data["save"]["persist_dropped"]) == (2, 0)
+        assert data["snapshot"]["persist_failed"] == 0 and data["save_checked"]["persist_failed"] == 0
+    finally:
+        await server.stop()
 
 
 async def test_best_effort_writes_are_bounded_and_drop_beyond(jnc: NATS, jsnc: NATS, caplog: pytest.LogCaptureFixture) -> None:
@@ -211,9 +225,25 @@ async def test_best_effort_writes_are_bounded_and_drop_beyond(jnc: NATS, jsnc: N
     assert len(answers) == 60  # every call answered
     persister = server.persistence.persister  # type: ignore[union-attr]
     assert len(persister.tasks) <= 2 and persister.dropped > 0
+    assert persister.drops == {"fixtures.persist.v1.Profiles/Save": persister.dropped}  # STATS' persist_dropped
     assert any("dropped" in r.getMessage() for r in caplog.records)
     await server.stop()
     assert persister.tasks == set()  # stop() waited for the writes in flight
+
+
+def test_a_blob_copy_left_behind_is_counted_as_dropped() -> None:
+    """A download that outruns its copy to the object store goes on; the copy is abandoned and counted."""
+    persister = Persister()
+
+    async def never_opened() -> ObjectBucket:
+        raise AssertionError("not reached")
+
+    copy = BlobCopy(never_opened, "export.x", "blob", limit=10, left_behind=lambda why: persister.drop("m", "blob", why))
+    copy.feed(b"x" * 8)
+    copy.feed(b"x" * 8)
+    assert copy.outcome is False and persister.drops == {"m": 1} and persister.dropped == 1
+    copy.feed(b"x")  # after the end: ignored, not counted again
+    assert persister.dropped == 1
 
 
 # --- TTLs -----------------------------------------------------------------------------------------

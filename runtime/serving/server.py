@@ -179,8 +179,10 @@ class Endpoint:
         self.record.record(time.perf_counter_ns() - started, code)
 
     def load(self) -> dict[str, Any]:
-        """What `$SRV` STATS reports of this endpoint's admission control (its `data`)."""
+        """What `$SRV` STATS reports of this endpoint's admission control and, when it stores its answers,
+        of its best-effort writes that failed or were dropped (its `data`)."""
         admission = self.server.admission
+        persistence = self.server.persistence
         return {
             "in_progress": self.active,
             "refused": self.refused,
@@ -188,6 +190,7 @@ class Endpoint:
             "budget": (admission.unary if self.unary else admission.streams).limit,
             "loop_lag_ms": round(admission.loop_lag() * 1000, 1),
             "max_loop_lag_ms": None if admission.max_loop_lag is None else round(admission.max_loop_lag * 1000, 1),
+            **(persistence.figures(self.full_name) if persistence is not None and self.method.persists else {}),
         }
 
     def _refuse(self, msg: Msg, error: RpcError) -> None:
