@@ -31,11 +31,11 @@ from . import persist
 DEFAULT_VERSION = "1.0.0"
 DEFAULT_CHUNK_SIZE = 65536
 _SEMVER = re.compile(
-    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$"
+    r"(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?"
 )
-_SUBJECT_PREFIX = re.compile(r"^[A-Za-z0-9_\-$]+(\.[A-Za-z0-9_\-$]+)*$")
-_SERVICE_NAME = re.compile(r"^[A-Za-z0-9\-_]+$")
-_ERROR_CODE = re.compile(r"^[A-Z][A-Z0-9_]*$")
+_SUBJECT_PREFIX = re.compile(r"[A-Za-z0-9_\-$]+(\.[A-Za-z0-9_\-$]+)*")
+_SERVICE_NAME = re.compile(r"[A-Za-z0-9\-_]+")
+_ERROR_CODE = re.compile(r"[A-Z][A-Z0-9_]*")
 _BUILTIN_CODES = {name for name in vars(ErrorCode) if not name.startswith("_")}
 
 
@@ -151,21 +151,21 @@ def _read_service(
     if options.skip:
         return None
     prefix = options.subject_prefix or snake_case(service.name)
-    if not _SUBJECT_PREFIX.match(prefix):
+    if not _SUBJECT_PREFIX.fullmatch(prefix):
         raise GenerationError(
             file.name, where, f"subject_prefix {prefix!r} must be dot-separated tokens without spaces or wildcards"
         )
     name = options.name or service.name
-    if not _SERVICE_NAME.match(name):
+    if not _SERVICE_NAME.fullmatch(name):
         raise GenerationError(file.name, where, f"name {name!r} may contain only letters, digits, '-' and '_'")
     version = options.version or DEFAULT_VERSION
-    if not _SEMVER.match(version):
+    if not _SEMVER.fullmatch(version):
         raise GenerationError(file.name, where, f"version {version!r} is not a semantic version (like 1.0.0)")
     if options.timeout is not None and options.timeout.total_seconds() < 0:
         raise GenerationError(file.name, where, "timeout must not be negative")
     codes: list[str] = []
     for code in options.error_codes:
-        if not _ERROR_CODE.match(code):
+        if not _ERROR_CODE.fullmatch(code):
             raise GenerationError(file.name, where, f"error code {code!r} must be UPPER_SNAKE_CASE")
         if code in _BUILTIN_CODES:
             raise GenerationError(file.name, where, f"error code {code!r} is built in; do not declare it")
@@ -259,6 +259,9 @@ def _read_method(
             obj_model = persist.object_store(obj, method.input_type, index)
     except persist.PersistError as error:
         raise GenerationError(file.name, where, str(error)) from None
+    for store in (kv_model, obj_model):
+        for warning in store.warnings if store is not None else ():
+            _warn(file, where, warning)
     py_name = method_py_name(method.name)
     return MethodModel(
         proto_name=method.name,
@@ -291,11 +294,13 @@ def _applies(file: FileDescriptorProto, where: str, option: str, applies: bool, 
     """Persistence options apply to some shapes only; elsewhere they are ignored with a warning, as the
     Go plugin ignores them (a proto written for it must still compile)."""
     if not applies:
-        print(
-            f"protoc-gen-python_nats: warning: {file.name}: {where}: (natsmicro.{option}) applies to {to} only; ignored",
-            file=sys.stderr,
-        )
+        _warn(file, where, f"(natsmicro.{option}) applies to {to} only; ignored")
     return applies
+
+
+def _warn(file: FileDescriptorProto, where: str, text: str) -> None:
+    """A generation warning on stderr (protoc shows it), naming the file and element as errors do."""
+    print(f"protoc-gen-python_nats: warning: {file.name}: {where}: {text}", file=sys.stderr)
 
 
 def _check_chunked(

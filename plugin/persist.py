@@ -3,7 +3,8 @@
 The result is the persistence part of a method's descriptor (`KvStoreSpec` / `ObjectStoreSpec` in
 `betterproto_nats.spec`), rendered as Python source; the runtime does the writing and reading.
 Key templates follow the Go plugin's rules (`{field}` names a top-level field of the request), checked
-here so that a template that can only give broken keys never reaches a running service.
+here so that a template that can only give broken keys, or one key for two requests, never reaches a
+running service.
 """
 
 from __future__ import annotations
@@ -25,14 +26,21 @@ from . import options as opts
 
 # The Go plugin's placeholder: `{name}` with name made of word characters; anything else is literal.
 PLACEHOLDER = re.compile(r"\{(\w+)\}", re.ASCII)
-_KEY_TEXT = re.compile(r"^[-/_=.a-zA-Z0-9]*$")  # what the literal parts may hold (KV key characters)
-_BUCKET = re.compile(r"^[a-zA-Z0-9_-]+$")  # JetStream's bucket names
+_KEY_TEXT = re.compile(r"[-/_=.a-zA-Z0-9]*")  # what the literal parts may hold (KV key characters)
+_BUCKET = re.compile(r"[a-zA-Z0-9_-]+")  # JetStream's bucket names
 MAX_HISTORY = 64  # JetStream's limit on revisions per key
 MIN_MESSAGE_TTL = 1.0  # nats-server's smallest per-message TTL (seconds; it keeps whole seconds)
 _INTEGERS = {
     T.TYPE_INT32, T.TYPE_INT64, T.TYPE_UINT32, T.TYPE_UINT64, T.TYPE_SINT32, T.TYPE_SINT64,
     T.TYPE_FIXED32, T.TYPE_FIXED64, T.TYPE_SFIXED32, T.TYPE_SFIXED64,
 }  # fmt: skip
+# The characters a rendered value of each kind can hold: a field followed by another must be followed by
+# text that starts with none of them, or where the value ends is unknown (two requests, one key).
+_VALUE_CHARS = {
+    "INT": frozenset("0123456789"),  # decimal, a '-' only first
+    "BOOL": frozenset("truefals"),
+    "ENUM": frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_"),  # names; numbers when unknown
+}
 _WRITE_MODES = {
     opts.KVWriteMode.KV_WRITE_MODE_LAST_WRITE_WINS: "LAST_WRITE_WINS",
     opts.KVWriteMode.KV_WRITE_MODE_COMPARE_AND_SET: "COMPARE_AND_SET",
@@ -66,6 +74,7 @@ class KeyFieldModel:
 class KeyModel:
     text: str
     fields: list[KeyFieldModel]
+    warnings: list[str] = field(default_factory=list)  # rules that hold at run time (the plugin prints them)
 
     def source(self) -> str:
         if not self.fields:
@@ -81,6 +90,7 @@ class StoreModel:
     bucket: str
     client_only: bool
     args: dict[str, str]  # keyword -> Python source, defaults left out
+    warnings: list[str] = field(default_factory=list)  # printed by the plugin with file and method
 
     def source(self) -> str:
         spec = "KvStoreSpec" if self.kind == "kv_store" else "ObjectStoreSpec"
@@ -118,8 +128,8 @@ def key_template(text: str, request_type: str, index: RequestIndex, rule: str) -
     if message is None:
         raise PersistError(f"{rule}: request message {shown} not found")
     literal = PLACEHOLDER.sub("x", text)
-    if not _KEY_TEXT.match(literal):
-        bad = sorted({c for c in literal if not _KEY_TEXT.match(c)})
+    if not _KEY_TEXT.fullmatch(literal):
+        bad = sorted({c for c in literal if not _KEY_TEXT.fullmatch(c)})
         raise PersistError(
             f"{rule}.key_template {text!r}: {''.join(bad)!r} cannot be part of a key (keys use letters, digits and "
             "- / _ = .; placeholders are {field})"
@@ -136,7 +146,39 @@ def key_template(text: str, request_type: str, index: RequestIndex, rule: str) -
                 f"(fields: {', '.join(by_name) or 'none'})"
             )
         fields.append(_key_field(found, shown, index, rule))
-    return KeyModel(text=text, fields=fields)
+    return KeyModel(text=text, fields=fields, warnings=_one_key_per_request(text, {f.name: f.kind for f in fields}, rule))
+
+
+def _one_key_per_request(text: str, kinds: dict[str, str], rule: str) -> list[str]:
+    """Two different requests must not render to one key. A field followed by another field must end
+    where the text between them begins: an error when it cannot (no text between them, or text that
+    starts with a character the value can hold); for free text (a string, which can hold any key
+    character) a warning, since the runtime then refuses values holding the text's first character."""
+    parts = PLACEHOLDER.split(text)  # literal, name, literal, name, ..., literal
+    names, between = parts[1::2], parts[2::2]
+    warnings: list[str] = []
+    for name, after, following in zip(names, between, names[1:]):
+        where = f"{rule}.key_template {text!r}"
+        if not after:
+            raise PersistError(
+                f"{where} breaks the rule 'fields are separated': {{{name}}}{{{following}}} has no text between "
+                "the fields, so where one ends is unknown and two requests could give the same key; separate them "
+                "(e.g. with '.')"
+            )
+        stop = after[0]
+        if kinds[name] == "STRING":
+            warnings.append(
+                f"{where}: rule 'free text is last': {{{name}}} is a string followed by {{{following}}}, so two requests "
+                f"could give the same key if its value held {stop!r}; requests whose {name} holds {stop!r} are refused "
+                f"at run time (INVALID_ARGUMENT). Put the free-text field last to allow {stop!r} in it"
+            )
+        elif stop in _VALUE_CHARS[kinds[name]]:
+            raise PersistError(
+                f"{where} breaks the rule 'fields are separated': the text after {{{name}}} starts with {stop!r}, "
+                f"which a value of {name} can hold, so two requests could give the same key; separate the fields "
+                "with '.' (or '/', '=')"
+            )
+    return warnings
 
 
 def _key_field(found: FieldDescriptorProto, shown: str, index: RequestIndex, rule: str) -> KeyFieldModel:
@@ -165,7 +207,7 @@ def _key_field(found: FieldDescriptorProto, shown: str, index: RequestIndex, rul
 def _bucket(bucket: str, rule: str) -> str:
     if not bucket:
         raise PersistError(f"{rule}.bucket must be set")
-    if not _BUCKET.match(bucket):
+    if not _BUCKET.fullmatch(bucket):
         raise PersistError(f"{rule}.bucket {bucket!r} may contain only letters, digits, '-' and '_'")
     return bucket
 
@@ -177,7 +219,8 @@ def _store(
     around what only `kind` has (`extra(rule)`)."""
     rule = f"(natsmicro.{kind})"
     args = {"bucket": repr(_bucket(options.bucket, rule))}
-    args["key"] = key_template(options.key_template, request_type, index, rule).source()
+    key = key_template(options.key_template, request_type, index, rule)
+    args["key"] = key.source()
     ttl = _seconds(options.ttl, f"{rule}.ttl")
     if ttl:
         args["ttl"] = repr(ttl)
@@ -188,7 +231,7 @@ def _store(
         args["client_only"] = "True"
     if options.compression:
         args["compression"] = "True"
-    return StoreModel(kind, options.bucket, options.client_only, args)
+    return StoreModel(kind, options.bucket, options.client_only, args, key.warnings)
 
 
 def kv_store(kv: opts.KVStoreOptions, request_type: str, index: RequestIndex) -> StoreModel:

@@ -130,7 +130,7 @@ message TwoFields { bytes data = 1; string name = 2; }
 message NotBytes { string data = 1; }
 message Repeated { repeated bytes data = 1; }
 message Payload { bytes payload = 1; }
-message Keyed { string id = 1; double score = 2; repeated string tags = 3; Resp nested = 4; bytes blob = 5; }
+message Keyed { string id = 1; double score = 2; repeated string tags = 3; Resp nested = 4; bytes blob = 5; int32 count = 6; }
 """
 KV = 'rpc Get(Keyed) returns (Resp) { option (natsmicro.kv_store) = {bucket: "b" key_template: "k.{id}" %s}; }'
 
@@ -153,7 +153,13 @@ BAD = {
     "error_code_case": ('option (natsmicro.service) = {error_codes: "outOfStock"};', "Svc", "UPPER_SNAKE_CASE"),
     "error_code_builtin": ('option (natsmicro.service) = {error_codes: "NOT_FOUND"};', "Svc", "built in"),
     "same_endpoint": ("rpc GetItem(Req) returns (Resp) {}\n rpc get_item(Req) returns (Resp) {}", "Svc.get_item", "also GetItem's"),
+    "prefix_newline": ('option (natsmicro.service) = {subject_prefix: "a.b\\n"};', "Svc", "subject_prefix"),
+    "name_newline": ('option (natsmicro.service) = {name: "svc\\n"};', "Svc", "name 'svc\\n'"),
+    "version_newline": ('option (natsmicro.service) = {version: "1.0.0\\n"};', "Svc", "semantic version"),
+    "version_unicode_digit": ('option (natsmicro.service) = {version: "1\u0661.0.0"};', "Svc", "semantic version"),
+    "error_code_newline": ('option (natsmicro.service) = {error_codes: "SOLD_OUT\\n"};', "Svc", "UPPER_SNAKE_CASE"),
     "kv_unknown_field": (KV.replace("k.{id}", "k.{nope}") % "", "Svc.Get", "names {nope}, which is not a field of bad.v1.Keyed"),
+    "kv_fields_not_separated": (KV.replace("k.{id}", "k.{count}{id}") % "", "Svc.Get", "rule 'fields are separated'"),
     "helper_collision": (KV % "" + "\n rpc GetGetCached(Req) returns (Resp) {}", "Svc.Get", "'get_get_cached' collides"),
 }
 
@@ -205,6 +211,9 @@ def _keyed_index() -> "persist.RequestIndex":
             field("tags", T.TYPE_STRING, L.LABEL_REPEATED),
             field("nested", T.TYPE_MESSAGE),
             field("blob", T.TYPE_BYTES),
+            field("count", T.TYPE_INT32),
+            field("on", T.TYPE_BOOL),
+            field("name", T.TYPE_STRING),
         ],
     )
     return persist.RequestIndex({".bad.v1.Keyed": keyed}, {}, lambda name: name)
@@ -220,6 +229,12 @@ PERSIST_RULES = {
     "bytes": ({"key_template": "{blob}"}, "Keyed.blob is a bytes"),
     "literal": ({"key_template": "k {id}*"}, "cannot be part of a key"),
     "empty token": ({"key_template": "{id}."}, "empty token"),
+    "template newline": ({"key_template": "k.{id}\n"}, "cannot be part of a key"),
+    "bucket newline": ({"bucket": "b\n"}, "may contain only"),
+    "adjacent fields": ({"key_template": "{count}{id}"}, "{count}{id} has no text between the fields"),
+    "adjacent strings": ({"key_template": "k.{id}{name}"}, "rule 'fields are separated'"),
+    "digit after int": ({"key_template": "{count}1.{id}"}, "the text after {count} starts with '1'"),
+    "letter after bool": ({"key_template": "{on}s.{id}"}, "the text after {on} starts with 's'"),
     "short key_ttl": ({"key_ttl": timedelta(milliseconds=500)}, "key_ttl must be at least 1 s"),
     "negative ttl": ({"ttl": timedelta(seconds=-1)}, "ttl must not be negative"),
     "history": ({"max_history": 65}, "max_history must be between 1 and 64"),
@@ -238,6 +253,31 @@ def test_persistence_option_rules(case: str) -> None:
     if "key_template" in changes:  # the object store's keys follow the same rules
         with pytest.raises(persist.PersistError):
             persist.object_store(objects, ".bad.v1.Keyed", _keyed_index())
+
+
+def test_key_templates_give_one_key_per_request() -> None:
+    """Separated non-string fields are unambiguous; free text before another field is allowed with a
+    warning that names the rule (the runtime refuses its values holding the separator)."""
+    index = _keyed_index()
+    for fine in ("{id}", "k.{count}.{on}.{id}", "{count}-{count}/{id}.json", "{on}x{count}.{id}"):
+        assert persist.kv_store(opts.KVStoreOptions(bucket="b", key_template=fine), ".bad.v1.Keyed", index).warnings == []
+    warned = persist.kv_store(opts.KVStoreOptions(bucket="b", key_template="{id}.{name}"), ".bad.v1.Keyed", index).warnings
+    assert len(warned) == 1 and "rule 'free text is last'" in warned[0] and "whose id holds '.' are refused" in warned[0]
+    objects = persist.object_store(opts.ObjectStoreOptions(bucket="o", key_template="{name}/{count}"), ".bad.v1.Keyed", index)
+    assert len(objects.warnings) == 1 and "holds '/'" in objects.warnings[0]
+
+
+def test_free_text_before_another_field_warns_with_file_method_and_rule(tmp_path: Path) -> None:
+    """The Layout fixture's kind of template ({tier}.{id}.v{version}...): two string fields could make two
+    requests share a key; generation goes on with a warning saying what the runtime refuses."""
+    (tmp_path / "kv.proto").write_text(
+        HEADER + MESSAGES + "service Svc { " + KV.replace("k.{id}", "{id}.{count}.{id}") % "" + " }\n"
+    )
+    result = protoc(tmp_path / "out", "kv.proto", include=tmp_path)
+    assert result.returncode == 0, result.stderr
+    warning = next(line for line in result.stderr.splitlines() if "warning" in line)
+    assert "kv.proto" in warning and "Svc.Get" in warning and "rule 'free text is last'" in warning, warning
+    assert "kv_store=_nats.KvStoreSpec" in (tmp_path / "out" / "bad" / "v1" / "__init__.py").read_text()
 
 
 def test_persistence_options_resolve_as_the_go_plugin_does() -> None:

@@ -204,3 +204,9 @@ async def test_serve_refuses_a_plain_object(nc: NATS, server_nc: NATS) -> None:
     with pytest.raises(TypeError):
         await betterproto_nats.serve(server_nc, object())
     assert StreamDemoServiceNatsBase._nats_service.name == "StreamDemoService"
+
+
+async def test_serve_refuses_a_name_with_a_trailing_newline(server_nc: NATS) -> None:
+    """Names are matched whole (a `$` anchor would pass "inv\\n", which then breaks `$SRV` subjects)."""
+    with pytest.raises(ValueError, match="may contain only"):
+        await betterproto_nats.serve(server_nc, Inventory(), name="inv\n")

@@ -20,7 +20,7 @@ from nats.js import api
 
 import betterproto_nats
 from betterproto_nats import ErrorCode, JetStreamUnavailable, RpcError
-from betterproto_nats.persistence import key_problem, render_key
+from betterproto_nats.persistence import BlobCopy, ObjectBucket, Persister, free_text_stops, key_problem, render_key
 from betterproto_nats.testing import NatsServer, serve_in_memory
 from gen.fixtures.persist.v1 import (
     ExportChunk,
@@ -193,14 +193,28 @@ async def test_required_write_failure_fails_the_call_in_error_headers(jnc: NATS,
     assert served.calls == 1  # the handler ran; its answer could not be kept, so the call failed
 
 
-async def test_best_effort_failure_answers_and_logs(jnc: NATS, served: Profiles, caplog: pytest.LogCaptureFixture) -> None:
+async def test_best_effort_failure_answers_logs_and_counts(jnc: NATS, jsnc: NATS, caplog: pytest.LogCaptureFixture) -> None:
+    """The caller got OK, so a failed background write must show elsewhere: a (rate-limited) warning of
+    the `betterproto_nats` logger and the method's `persist_failed` in `$SRV` STATS."""
+    server = await betterproto_nats.serve(jsnc, Profiles())
     await jnc.jetstream().add_stream(name="KV_profiles", subjects=["$KV.profiles.>"], max_msgs_per_subject=-1)
     client = ProfilesNatsClient(jnc)
-    with caplog.at_level(logging.WARNING, logger="betterproto_nats.persistence"):
-        assert (await client.save(Profile(id="b", name="still answered"))).name == "still answered"
-        # The write runs after the answer: wait (bounded) for its log record.
-        await settle(lambda: any("not a KV bucket" in r.getMessage() for r in caplog.records))
-    assert any("failed" in r.getMessage() and "not a KV bucket" in r.getMessage() for r in caplog.records)
+    try:
+        with caplog.at_level(logging.WARNING, logger="betterproto_nats"):
+            for name in ("still answered", "again"):
+                assert (await client.save(Profile(id="b", name=name))).name == name
+            # The writes run after the answers: wait (bounded) for their log records.
+            await settle(lambda: sum("not a KV bucket" in r.getMessage() for r in caplog.records) == 2)
+        failures = [r for r in caplog.records if "not a KV bucket" in r.getMessage()]
+        assert all(r.name.startswith("betterproto_nats") and r.levelno == logging.WARNING for r in failures)
+        assert "best-effort write failed after the call was answered" in failures[0].getMessage()
+        assert "Profiles/Save" in failures[0].getMessage() and "'profile.b'" in failures[0].getMessage()
+        stats = json.loads((await jnc.request(f"$SRV.STATS.{server.name}.{server.id}", b"", timeout=5)).data)
+        data = {e["name"]: e["data"] for e in stats["endpoints"]}
+        assert (data["save"]["persist_failed"], data["save"]["persist_dropped"]) == (2, 0)
+        assert data["snapshot"]["persist_failed"] == 0 and data["save_checked"]["persist_failed"] == 0
+    finally:
+        await server.stop()
 
 
 async def test_best_effort_writes_are_bounded_and_drop_beyond(jnc: NATS, jsnc: NATS, caplog: pytest.LogCaptureFixture) -> None:
@@ -211,9 +225,25 @@ async def test_best_effort_writes_are_bounded_and_drop_beyond(jnc: NATS, jsnc: N
     assert len(answers) == 60  # every call answered
     persister = server.persistence.persister  # type: ignore[union-attr]
     assert len(persister.tasks) <= 2 and persister.dropped > 0
+    assert persister.drops == {"fixtures.persist.v1.Profiles/Save": persister.dropped}  # STATS' persist_dropped
     assert any("dropped" in r.getMessage() for r in caplog.records)
     await server.stop()
     assert persister.tasks == set()  # stop() waited for the writes in flight
+
+
+def test_a_blob_copy_left_behind_is_counted_as_dropped() -> None:
+    """A download that outruns its copy to the object store goes on; the copy is abandoned and counted."""
+    persister = Persister()
+
+    async def never_opened() -> ObjectBucket:
+        raise AssertionError("not reached")
+
+    copy = BlobCopy(never_opened, "export.x", "blob", limit=10, left_behind=lambda why: persister.drop("m", "blob", why))
+    copy.feed(b"x" * 8)
+    copy.feed(b"x" * 8)
+    assert copy.outcome is False and persister.drops == {"m": 1} and persister.dropped == 1
+    copy.feed(b"x")  # after the end: ignored, not counted again
+    assert persister.dropped == 1
 
 
 # --- TTLs -----------------------------------------------------------------------------------------
@@ -324,12 +354,55 @@ async def test_unsafe_key_values_are_invalid_argument_and_write_nothing(jnc: NAT
     assert (await jnc.jetstream().account_info()).streams == 0
 
 
+async def test_a_trailing_newline_is_not_a_key_and_nothing_is_stored(jnc: NATS, jsnc: NATS) -> None:
+    """A `$` anchor matches before a final newline: `id="abc\\n"` once passed the key check, an object
+    `snap.abc\\n` was stored and the KV write failed after an OK answer. Keys are matched whole now."""
+    server = await betterproto_nats.serve(jsnc, impl := Profiles())
+    client = ProfilesNatsClient(jnc)
+    try:
+        for call in (client.save, client.save_checked, client.snapshot):
+            with pytest.raises(RpcError) as bad:
+                await call(Profile(id="abc\n"))
+            assert bad.value.code == ErrorCode.INVALID_ARGUMENT and "storage key" in bad.value.message
+    finally:
+        await server.stop()  # waits for background writes, had any been started
+    assert impl.calls == 0
+    assert (await jnc.jetstream().account_info()).streams == 0  # no bucket, no object
+    assert server.persistence is not None and server.persistence.persister.failed == 0
+
+
+async def test_free_text_before_another_field_cannot_reach_another_requests_key(jnc: NATS, served: Profiles) -> None:
+    """`{tier}.{id}.v{version}.{active}.{class}`: an id holding '.' once rendered the key of another
+    request (the second overwrote the first, with no warning). Such an id is refused now, by the
+    service and by the client helpers; the last field (class) may still hold '.'."""
+    client = ProfilesNatsClient(jnc)
+    first = Profile(id="u1", tier=Tier.GOLD, version=42, active=True, class_="x.v1.false.y")
+    second = Profile(id="u1.v42.true.x", tier=Tier.GOLD, version=1, active=False, class_="y")
+    await client.layout(first)
+    with pytest.raises(RpcError) as refused:
+        await client.layout(second)
+    assert refused.value.code == ErrorCode.INVALID_ARGUMENT
+    assert "id 'u1.v42.true.x' holds '.'" in refused.value.message and "same key" in refused.value.message
+    assert served.calls == 1  # refused before the handler ran
+    with pytest.raises(RpcError) as reading:
+        await client.get_layout_cached(second)
+    assert reading.value.code == ErrorCode.INVALID_ARGUMENT
+    stored = await raw(jnc, "layout", "TIER_GOLD.u1.v42.true.x.v1.false.y")
+    assert stored.seq == 1 and stored.data == bytes(ProfileView(id="u1", version=42, served_by="svc"))  # the first's, kept
+
+
 def test_key_rules() -> None:
     template = ProfilesNatsMethods.layout.kv_store.key  # type: ignore[union-attr]
     assert render_key(template, Profile(id="i", tier=Tier.SILVER, version=0, active=False, class_="c")) == (
         "TIER_SILVER.i.v0.false.c"
     )
+    with pytest.raises(RpcError) as dotted:
+        render_key(template, Profile(id="a.b", class_="c"))
+    assert dotted.value.code == ErrorCode.INVALID_ARGUMENT
+    assert render_key(template, Profile(id="a", class_="b.c")) == "TIER_UNSPECIFIED.a.v0.false.b.c"
+    assert free_text_stops("{a}-{b}/{c}.json") == {"a": "-", "b": "/"} and free_text_stops("k.{id}") == {}
     assert key_problem("a/b=c_d-e.f") is None
+    assert key_problem("abc\n") is not None and key_problem("abc\r\n") is not None
     assert key_problem("a" * 1025) is not None and key_problem("a" * 1024) is None
 
 

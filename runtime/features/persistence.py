@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import json
 import logging
 import re
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, TypeVar, Union
@@ -60,7 +61,7 @@ OBJECT_CHUNK = 128 * 1024  # chunk size of objects written from one body (nats-p
 MAX_OBJECT_RESPONSE = 64 * 1024 * 1024  # a stored unary response read back whole is at most this big
 
 _PLACEHOLDER = re.compile(r"\{(\w+)\}", re.ASCII)  # the Go plugin's placeholder (Go's \w is ASCII)
-_KEY = re.compile(r"^[-/_=.a-zA-Z0-9]+$")
+_KEY = re.compile(r"[-/_=.a-zA-Z0-9]+")  # used with fullmatch: `$` would let "k\n" through
 _KV_OPERATION = "KV-Operation"
 _MARKER_REASON = "Nats-Marker-Reason"  # nats-server 2.11+: a marker the server placed (expiry, purge)
 _WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream's "wrong last sequence" error codes
@@ -84,7 +85,7 @@ def key_problem(key: str) -> str | None:
         return "is empty"
     if len(key) > MAX_KEY_LENGTH:
         return f"is longer than {MAX_KEY_LENGTH} characters"
-    if not _KEY.match(key):
+    if not _KEY.fullmatch(key):
         return "may contain only letters, digits and - / _ = ."
     if key.startswith(".") or key.endswith(".") or ".." in key:
         return "has an empty token (a leading, trailing or double '.')"
@@ -103,10 +104,33 @@ def _field_text(kind: KeyKind, value: Any, names: Mapping[int, str]) -> str:
     return str(number)
 
 
+@functools.lru_cache(maxsize=256)
+def free_text_stops(text: str) -> Mapping[str, str]:
+    """Per `{field}` of a template that another field follows: the first character of the text between
+    them, which a string value of it must not hold (`{tenant}.{id}`: a tenant "a.b" with id "c" and a
+    tenant "a" with id "b.c" would share a key). Empty when no text separates them (the plugin refuses that)."""
+    parts = _PLACEHOLDER.split(text)  # literal, name, literal, name, ..., literal
+    stops: dict[str, str] = {}
+    for name, after in zip(parts[1:-2:2], parts[2:-1:2]):  # every field but the last, and the text after it
+        stops[name] = stops.get(name, "") + after[:1]
+    return stops
+
+
 def render_key(template: KeyTemplate, request: betterproto.Message, method: str | None = None) -> str:
-    """The storage key of `request`; INVALID_ARGUMENT when its fields do not make a valid key (nothing
-    is written then: a request must not be able to address keys outside the template's shape)."""
+    """The storage key of `request`; INVALID_ARGUMENT when its fields do not make a valid key, or one
+    another request could make too (nothing is written then: a request must not be able to address keys
+    outside the template's shape, nor another request's key)."""
     values = {f.name: _field_text(f.kind, getattr(request, f.attr or f.name, None), f.names) for f in template.fields}
+    stops = free_text_stops(template.text)
+    for f in template.fields:
+        held = [c for c in stops.get(f.name, "") if c in values[f.name]] if f.kind is KeyKind.STRING else []
+        if held:
+            raise RpcError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"the request's {f.name} {quote(values[f.name], 64)} holds {held[0]!r}, which ends {{{f.name}}} in the "
+                f"key template {template.text!r}: two requests could give the same key",
+                method=method,
+            )
     key = _PLACEHOLDER.sub(lambda match: values.get(match[1], match[0]), template.text)
     problem = key_problem(key)
     if problem is not None:
@@ -525,7 +549,9 @@ class ObjectWriter:
 class Persister:
     """A service's background writes (best effort): at most `max_pending` at a time holding at most
     `max_bytes`, one after another per key (so a key ends with the last answer's value); beyond the
-    bounds a write is dropped and logged, never queued without bound."""
+    bounds a write is dropped, never queued without bound. Every failed or dropped write is logged
+    (rate-limited) and counted per method, for `$SRV` STATS: the caller was answered OK, so nothing
+    else would tell."""
 
     def __init__(self, max_pending: int = MAX_PENDING_WRITES, max_bytes: int = MAX_PENDING_BYTES) -> None:
         self.max_pending = max_pending
@@ -534,33 +560,44 @@ class Persister:
         self.held = 0  # bytes the pending writes hold
         self.dropped = 0
         self.failed = 0
+        self.failures: Counter[str] = Counter()  # failed writes by method ("package.Service/Method")
+        self.drops: Counter[str] = Counter()  # dropped writes by method
         self.closed = False
         self._last: dict[str, asyncio.Task[None]] = {}
 
-    def submit(self, order: str, size: int, write: Callable[[], Awaitable[None]], what: str) -> bool:
+    def submit(self, order: str, size: int, write: Callable[[], Awaitable[None]], what: str, method: str = "") -> bool:
         """Run `write` in the background after earlier writes of `order`; False when it was dropped."""
         if self.closed or len(self.tasks) >= self.max_pending or self.held + size > self.max_bytes:
-            self.dropped += 1
             why = "the service is stopping" if self.closed else f"{len(self.tasks)} writes holding {self.held} bytes are pending"
-            _failures.warning("dropped: %s (%s)", what, why)
+            self.drop(method, what, why)
             return False
         self.held += size
-        task = asyncio.create_task(self._run(self._last.get(order), write, size, what, order), name=f"betterproto-nats store {what}")
+        run = self._run(self._last.get(order), write, size, what, order, method)
+        task = asyncio.create_task(run, name=f"betterproto-nats store {what}")
         self.tasks.add(task)
         self._last[order] = task
         task.add_done_callback(self.tasks.discard)
         return True
 
+    def drop(self, method: str, what: str, why: str) -> None:
+        """A best-effort write that will not happen (no room, stopping, a blob copy left behind)."""
+        self.dropped += 1
+        self.drops[method] += 1
+        _failures.warning("best-effort write dropped after the call was answered: %s (%s)", what, why)
+
     async def _run(
-        self, previous: asyncio.Task[None] | None, write: Callable[[], Awaitable[None]], size: int, what: str, order: str
+        self, previous: asyncio.Task[None] | None, write: Callable[[], Awaitable[None]], size: int, what: str, order: str, method: str
     ) -> None:
         try:
             if previous is not None:
                 await asyncio.wait({previous})
             await write()
-        except Exception as error:  # noqa: BLE001 - best effort: logged, the call was answered
+        except Exception as error:  # noqa: BLE001 - best effort: logged and counted, the call was answered
             self.failed += 1
-            _failures.warning("failed: %s: %s", what, store_error(error, "write").message)
+            self.failures[method] += 1
+            _failures.warning(
+                "best-effort write failed after the call was answered: %s: %s", what, store_error(error, "write").message
+            )
         finally:
             self.held -= size
             if self._last.get(order) is asyncio.current_task():
@@ -584,8 +621,16 @@ class BlobCopy:
     in a buffer of at most `limit` bytes while one background write stores them; a copy that falls
     further behind, or whose download fails, is abandoned (its chunks removed) — never the download."""
 
-    def __init__(self, open_bucket: Callable[[], Awaitable[ObjectBucket]], name: str, what: str, limit: int = BLOB_BUFFER) -> None:
+    def __init__(
+        self,
+        open_bucket: Callable[[], Awaitable[ObjectBucket]],
+        name: str,
+        what: str,
+        limit: int = BLOB_BUFFER,
+        left_behind: Callable[[str], None] | None = None,
+    ) -> None:
         self.open_bucket = open_bucket
+        self.left_behind = left_behind  # told why, when the copy is abandoned although the download went on
         self.name = name
         self.what = what
         self.limit = limit
@@ -601,6 +646,8 @@ class BlobCopy:
             return
         if self.buffered + len(piece) > self.limit:
             self.finish(False, f"the store fell more than {self.limit} bytes behind the download")
+            if self.left_behind is not None:
+                self.left_behind(self.why)
             return
         self.pieces.append(bytes(piece))
         self.buffered += len(piece)
@@ -692,11 +739,12 @@ class Persistence:
                     raise RpcError(ErrorCode.INTERNAL, failed.message, method=name) from None
             else:
                 key = keys.kv
-                self.persister.submit(f"kv {kv.bucket} {key}", len(body), lambda: self.write_kv(kv, key, body), f"{name} response to {what}")
+                write = functools.partial(self.write_kv, kv, key, body)
+                self.persister.submit(f"kv {kv.bucket} {key}", len(body), write, f"{name} response to {what}", name)
         if obj is not None and keys.obj is not None:
             key = keys.obj
             what = f"{name} response to object store {obj.bucket!r}, object {key!r}"
-            self.persister.submit(f"obj {obj.bucket} {key}", len(body), lambda: self.put_object(obj, key, body), what)
+            self.persister.submit(f"obj {obj.bucket} {key}", len(body), functools.partial(self.put_object, obj, key, body), what, name)
 
     async def write_kv(self, spec: KvStoreSpec, key: str, body: bytes) -> None:
         bucket = await self.stores.kv(spec, create=True)
@@ -720,8 +768,13 @@ class Persistence:
             return bucket
 
         what = f"{name} blob to object store {spec.bucket!r}, object {keys.obj!r}"
-        copy = BlobCopy(open_bucket, keys.obj, what)
-        return copy if self.persister.submit(f"obj {spec.bucket} {keys.obj}", copy.limit, copy.run, what) else None
+        copy = BlobCopy(open_bucket, keys.obj, what, left_behind=functools.partial(self.persister.drop, name, what))
+        return copy if self.persister.submit(f"obj {spec.bucket} {keys.obj}", copy.limit, copy.run, what, name) else None
+
+    def figures(self, method: str) -> dict[str, int]:
+        """What `$SRV` STATS reports of a method's best-effort writes (in its endpoint's `data`)."""
+        persister = self.persister
+        return {"persist_failed": persister.failures[method], "persist_dropped": persister.drops[method]}
 
     async def close(self, timeout: float) -> None:
         await self.persister.close(timeout)

@@ -39,7 +39,7 @@ overloads = RateLimitedLog(log)  # refusals of admission control: at most 10 rec
 DEFAULT_GRACE_PERIOD = 10.0
 # At stop(), a stream waiting for a client that sent nothing for this long ends at once.
 STOP_QUIET = 0.5
-_NAME = re.compile(r"^[A-Za-z0-9\-_]+$")
+_NAME = re.compile(r"[A-Za-z0-9\-_]+")  # used with fullmatch (a `$` anchor passes "name\n")
 
 
 def check_handlers(impl: Any, spec: ServiceSpec) -> None:
@@ -190,14 +190,17 @@ class Endpoint:
         self.record.record(time.perf_counter_ns() - started, code)
 
     def load(self) -> dict[str, Any]:
-        """What `$SRV` STATS reports of this endpoint's admission control (its `data`)."""
+        """What `$SRV` STATS reports of this endpoint's admission control and, when it stores its answers,
+        of its best-effort writes that failed or were dropped (its `data`)."""
         admission = self.server.admission
+        persistence = self.server.persistence
         return {
             "in_progress": self.active,
             "refused": self.refused,
             "max_concurrent": admission.max_unary if self.unary else admission.max_streams,
             "loop_lag_ms": round(admission.loop_lag() * 1000, 1),
             "max_loop_lag_ms": None if admission.max_loop_lag is None else round(admission.max_loop_lag * 1000, 1),
+            **(persistence.figures(self.full_name) if persistence is not None and self.method.persists else {}),
         }
 
     def _refuse(self, msg: Msg, error: RpcError) -> None:
@@ -278,7 +281,7 @@ class Server:
         self.subject_prefix = subject_prefix or spec.subject_prefix
         self.name = name or spec.name
         self.version = version or spec.version
-        if not _NAME.match(self.name):
+        if not _NAME.fullmatch(self.name):
             raise ValueError(f"service name {self.name!r} may contain only letters, digits, '-' and '_'")
         if stream_idle_timeout <= 0:
             raise ValueError("stream_idle_timeout must be positive")
