@@ -6,7 +6,7 @@ PY := $(BIN)/python
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup gen golden demo snapshots test typecheck bench bench-streams bench-overload clean
+.PHONY: setup gen golden demo snapshots test typecheck dist bench bench-streams bench-overload clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,12 @@ test: gen
 typecheck: gen
 	$(BIN)/mypy --strict runtime plugin
 
+# The sdist and wheel in dist/, for `pip install 'dist/betterproto_nats-<version>-py3-none-any.whl[compiler]'`
+# (the README's quick start); --no-isolation builds with the setuptools of .venv, without a network.
+dist: $(STAMP)
+	rm -rf dist
+	$(PY) -m build --no-isolation -o dist .
+
 
 # Every RPC shape with service and client in separate processes against raw nats-py and a model of
 # the Go project's Python, then the earlier same-process rows (about 5 minutes; docs/PERFORMANCE.md).
@@ -58,4 +64,4 @@ bench-overload: gen
 	$(PY) bench/overload.py
 
 clean:
-	rm -rf gen build *.egg-info .pytest_cache .mypy_cache
+	rm -rf gen build dist *.egg-info .pytest_cache .mypy_cache

@@ -33,7 +33,8 @@ def main() -> None:
     except ImportError as missing:
         print(
             f"protoc-gen-python_nats: the generator needs betterproto's compiler ({missing.name} is missing): "
-            "pip install 'betterproto-nats[compiler]'",
+            "pip install 'betterproto-nats[compiler]' (until it is on PyPI, from a checkout: "
+            "pip install '/path/to/betterproto-nats[compiler]')",
             file=sys.stderr,
         )
         sys.exit(1)

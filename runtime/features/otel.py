@@ -1,5 +1,6 @@
-"""OpenTelemetry tracing and metrics as interceptors (`pip install betterproto-nats[otel]`, which
-brings opentelemetry-api only; configure an SDK and exporters as usual).
+"""OpenTelemetry tracing and metrics as interceptors (the `otel` extra, `pip install
+'/path/to/betterproto-nats[otel]'` from a checkout until it is on PyPI, which brings opentelemetry-api
+only; configure an SDK and exporters as usual).
 
     serve(nc, impl, interceptors=[TracingInterceptor(), MetricsInterceptor()])
     MyServiceNatsClient(nc, interceptors=[TracingInterceptor(), MetricsInterceptor()])
