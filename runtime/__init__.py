@@ -26,6 +26,7 @@ from .features.interceptors import (
     UnaryInterceptor,
 )
 from .features.persistence import JetStreamUnavailable
+from .calling.refusals import raise_refusals
 from .features.retry import RetryPolicy
 from .net.transport import Transport
 from .runner import run
@@ -66,6 +67,7 @@ __all__ = [
     "UploadRequests",
     "UploadStream",
     "current_call",
+    "raise_refusals",
     "run",
     "serve",
 ]

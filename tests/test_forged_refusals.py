@@ -12,6 +12,7 @@ Everything runs against a real nats-server; the forger is a raw nats-py subscrib
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import time
 from contextlib import asynccontextmanager
@@ -29,7 +30,15 @@ from betterproto_nats.nats_compat import flush_ordered
 from betterproto_nats.protocol import MAX_RETRY_AFTER_MS, RETRY_AFTER, error_from_headers, error_headers
 from betterproto_nats.testing import NatsServer
 from gen.fixtures.options.v1 import Delay, EchoMessage, InventoryNatsClient
-from gen.streaming.v1 import PingRequest, PingResponse, StreamDemoServiceNatsClient
+from gen.streaming.v1 import (
+    CountUpRequest,
+    CountUpResponse,
+    PingRequest,
+    PingResponse,
+    StreamDemoServiceNatsClient,
+    SumRequest,
+    SumResponse,
+)
 
 PING = "api.v1.stream.ping"
 
@@ -41,13 +50,14 @@ class Counted(Demo):
         super().__init__()
         self.runs = 0
         self.running = 0
+        self.work = 0.03
 
     async def ping(self, request: PingRequest) -> PingResponse:
         self.runs += 1
         self.running += 1
         self.headers.append(dict(current_call().headers))
         try:
-            await asyncio.sleep(0.03)  # the handler's work
+            await asyncio.sleep(self.work)  # the handler's work
             return PingResponse(payload=request.payload)
         finally:
             self.running -= 1
@@ -86,14 +96,15 @@ async def forging(nats_server: NatsServer, subject: str, retry_after: str = "0")
 async def test_a_forged_refusal_beside_a_real_service_reruns_no_call(
     nats_server: NatsServer, nc: NATS, server_nc: NATS, idempotent: bool
 ) -> None:
-    """The forger refuses instantly while the real service (queue group on) runs each call for 30 ms:
-    10 non-idempotent calls run at most 10 times (none is sent again). An idempotent call is still
-    retried after a refusal, as before (so the forger does win the race here)."""
+    """The forger refuses instantly while the real service (queue group on) runs each call for 30 ms.
+    With the client's `RetryPolicy` alone (absorbing refusals turned off), 10 non-idempotent calls
+    run at most 10 times (none is sent again); an idempotent call is still retried after a refusal,
+    as before (so the forger does win the race here)."""
     impl = Counted()
     server = await betterproto_nats.serve(server_nc, impl, max_loop_lag=None)  # (never refuses by itself)
     try:
         async with forging(nats_server, PING) as forger:
-            client = StreamDemoServiceNatsClient(nc, retry=RetryPolicy(attempts=3, initial_backoff=0.0))
+            client = StreamDemoServiceNatsClient(nc, retry=RetryPolicy(attempts=3, initial_backoff=0.0), absorb_refusals=False)
             calls = [client.ping(PingRequest(payload=str(i)), timeout=5, idempotent=idempotent) for i in range(10)]
             outcomes = await asyncio.gather(*calls, return_exceptions=True)
             refused = [o for o in outcomes if isinstance(o, Overloaded)]
@@ -110,6 +121,65 @@ async def test_a_forged_refusal_beside_a_real_service_reruns_no_call(
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize("work", [0.03, 0.3])
+async def test_a_default_client_absorbs_a_forged_refusal_and_runs_each_call_once(
+    nats_server: NatsServer, nc: NATS, server_nc: NATS, work: float
+) -> None:
+    """A default client (refusals absorbed) beside the forger: each of 10 non-idempotent calls gets
+    the real service's answer, and the handler runs exactly once per call. With 30 ms of work the real
+    answer comes while the client waits out the forger's hint (nothing is sent again); with 300 ms the
+    client sends again to the same reply subject, marked `Nats-Retry`, and the service, which took
+    the call, drops the retry."""
+    impl = Counted()
+    impl.work = work  # type: ignore[attr-defined]
+    server = await betterproto_nats.serve(server_nc, impl, max_loop_lag=None)
+    try:
+        async with forging(nats_server, PING) as forger:
+            client = StreamDemoServiceNatsClient(nc)
+            outcomes = await asyncio.gather(*(client.ping(PingRequest(payload=str(i)), timeout=10) for i in range(10)), return_exceptions=True)
+            assert [o.payload for o in outcomes if isinstance(o, PingResponse)] == [str(i) for i in range(10)], outcomes
+            await settle(lambda: impl.running == 0)
+            assert impl.runs == 10
+            stats = json.loads((await nc.request(f"$SRV.STATS.{server.name}.{server.id}", b"", timeout=5)).data)
+            retried = next(e["data"]["retried"] for e in stats["endpoints"] if e["name"] == "ping")
+            if work > 0.1:
+                assert forger.seen > 10 and retried == forger.seen - 10  # sent again, and dropped by the service
+            else:
+                assert retried == forger.seen - 10
+    finally:
+        await server.stop()
+
+
+@pytest.mark.timeout(30)
+async def test_a_refused_call_is_not_absorbed_where_the_proto_turns_the_queue_group_off(nats_server: NatsServer, nc: NATS) -> None:
+    """`Solo` serves without a queue group (every instance runs every call): a refusal of its
+    non-idempotent call is raised at once, never sent again; a client or a call may opt out too."""
+    async with forging(nats_server, "shop.inventory.solo") as forger:
+        client = InventoryNatsClient(nc)
+        with pytest.raises(Overloaded):
+            await client.solo(EchoMessage(text="x"), timeout=5)
+        assert forger.seen == 1
+    async with forging(nats_server, PING) as forger:
+        with betterproto_nats.raise_refusals(), pytest.raises(Overloaded):
+            await StreamDemoServiceNatsClient(nc).ping(PingRequest(payload="p"), timeout=5)
+        with pytest.raises(Overloaded):
+            await StreamDemoServiceNatsClient(nc, absorb_refusals=False).ping(PingRequest(payload="p"), timeout=5)
+        assert forger.seen == 2
+
+
+@pytest.mark.timeout(30)
+async def test_an_absorbed_refusal_gives_up_before_the_deadline(nats_server: NatsServer, nc: NATS) -> None:
+    """Only the forger answers: a default client sends the call again (same reply subject, marked
+    `Nats-Retry`) until a wait would pass the call's deadline, then raises the last refusal."""
+    async with forging(nats_server, PING) as forger:
+        started = time.monotonic()
+        with pytest.raises(Overloaded):
+            await StreamDemoServiceNatsClient(nc).ping(PingRequest(payload="p"), timeout=0.5)
+        assert time.monotonic() - started < 0.6
+        assert 2 <= forger.seen <= 10
+
+
+@pytest.mark.timeout(30)
 @pytest.mark.parametrize("method, resent", [("slower", True), ("solo", False)])
 async def test_trusted_refusals_are_retried_only_where_the_proto_keeps_the_queue_group(
     nats_server: NatsServer, nc: NATS, method: str, resent: bool
@@ -118,7 +188,7 @@ async def test_trusted_refusals_are_retried_only_where_the_proto_keeps_the_queue
     not idempotent is sent again when its service serves it in a queue group (`Slower`), never when the
     proto turns the queue group off (`Solo`: every instance gets every call)."""
     async with forging(nats_server, f"shop.inventory.{method}") as forger:
-        client = InventoryNatsClient(nc, retry=RetryPolicy(attempts=3, initial_backoff=0.0, trust_refusals=True))
+        client = InventoryNatsClient(nc, retry=RetryPolicy(attempts=3, initial_backoff=0.0, trust_refusals=True), absorb_refusals=False)
         with pytest.raises(Overloaded):
             if method == "slower":
                 await client.slower(Delay(seconds=0.0), timeout=5)
@@ -132,7 +202,7 @@ async def test_a_huge_hint_without_a_deadline_waits_at_most_max_delay(nats_serve
     """A peer asks for an 11-day pause (18 digits of ms) on a call without a deadline: the hint is
     clamped where it is parsed (5 s), and the policy's `max_delay` caps the wait between tries."""
     async with forging(nats_server, PING, retry_after="9" * 18) as forger:
-        client = StreamDemoServiceNatsClient(nc, retry=RetryPolicy(attempts=2, max_delay=0.2), timeout=None)
+        client = StreamDemoServiceNatsClient(nc, retry=RetryPolicy(attempts=2, max_delay=0.2), timeout=None, absorb_refusals=False)
         started = time.monotonic()
         with pytest.raises(Overloaded) as refused:
             await client.ping(PingRequest(payload="p"), idempotent=True)
@@ -202,3 +272,76 @@ def test_which_failures_are_retried() -> None:
     assert not trusting.retries(refused, idempotent=False, queue_group=False)
     assert not trusting.retries(unavailable, idempotent=False, queue_group=True)
     assert not policy.retries(RpcError(ErrorCode.RESOURCE_EXHAUSTED), idempotent=False, queue_group=True)
+
+
+class CountedStreams(Counted):
+    """Counts how often the stream handlers ran."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.streams: dict[str, int] = {"count_up": 0, "sum": 0}
+
+    async def count_up(self, request: CountUpRequest) -> AsyncIterator[CountUpResponse]:
+        self.streams["count_up"] += 1
+        async for response in super().count_up(request):
+            yield response
+
+    async def sum(self, requests: AsyncIterator[SumRequest]) -> SumResponse:
+        self.streams["sum"] += 1
+        return await super().sum(requests)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("endpoint", ["count_up", "sum"])
+async def test_a_default_client_absorbs_a_forged_refusal_of_a_stream(
+    nats_server: NatsServer, nc: NATS, server_nc: NATS, endpoint: str
+) -> None:
+    """The forger refuses every stream at once beside the real service: a default client's server
+    stream (the refusal arrives on its inbox) and client stream (on the handshake's reply) are taken
+    by the real service, each handler run once per call, with all their messages."""
+    impl = CountedStreams()
+    server = await betterproto_nats.serve(server_nc, impl, max_loop_lag=None)
+    try:
+        async with forging(nats_server, f"api.v1.stream.{endpoint}") as forger:
+            client = StreamDemoServiceNatsClient(nc)
+            for i in range(5):
+                if endpoint == "count_up":
+                    got = [r.number async for r in client.count_up(CountUpRequest(start=i, count=3), timeout=10)]
+                    assert got == [i, i + 1, i + 2]
+                else:
+                    assert (await client.sum([SumRequest(value=i), SumRequest(value=1)], timeout=10)).total == i + 1
+            assert impl.streams[endpoint] == 5 and forger.seen >= 5
+    finally:
+        await server.stop()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("endpoint", ["ping", "count_up", "sum"])
+async def test_a_call_past_a_ceiling_waits_for_room_instead_of_failing(nc: NATS, server_nc: NATS, endpoint: str) -> None:
+    """`max_concurrent_unary=1` / `max_concurrent_streams=1` and one call held: a default client's
+    next call is refused, absorbs it and is taken once the first ends: both succeed, no error seen."""
+    from test_overload import Holding
+
+    impl = Holding()
+    server = await betterproto_nats.serve(server_nc, impl, max_concurrent_streams=1, max_concurrent_unary=1)
+    try:
+        client = StreamDemoServiceNatsClient(nc)
+
+        async def call() -> object:
+            if endpoint == "ping":
+                return (await client.ping(PingRequest(payload="p"), timeout=10)).payload
+            if endpoint == "count_up":
+                return [r.number async for r in client.count_up(CountUpRequest(start=1, count=1), timeout=10)]
+            return (await client.sum([SumRequest(value=2)], timeout=10)).total
+
+        first = asyncio.create_task(call())
+        await settle(lambda: impl.entered[endpoint] == 1)
+        second = asyncio.create_task(call())
+        await settle(lambda: server.refused["concurrency"] >= 1)  # refused, and waiting to try again
+        assert not second.done()
+        impl.release.set()
+        assert await asyncio.wait_for(first, 10) == await asyncio.wait_for(second, 10)
+        assert impl.entered[endpoint] == 2
+    finally:
+        impl.release.set()
+        await server.stop()

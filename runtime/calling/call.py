@@ -11,7 +11,7 @@ import betterproto
 import nats.errors
 from nats.aio.msg import Msg
 
-from ..core.errors import ErrorCode, RpcError
+from ..core.errors import ErrorCode, Overloaded, RpcError
 from ..core.frames import FrameKind, classify, is_control
 from ..core.headers import error_from_headers, is_no_responders, user_headers
 from ..core.negotiation import confirmed
@@ -60,6 +60,15 @@ class ClientCall(CallLifecycle):
         if session is not None and session.watch(msg):
             return True
         headers = msg.headers
+        reopening = self.reopening
+        if reopening is not None:  # a server stream that nothing but refusals has answered yet
+            refusal = error_from_headers(headers, self.name) if headers else None
+            if isinstance(refusal, Overloaded):
+                if reopening.refused(refusal):
+                    return True  # refused before it started: the request goes again (`refusals.Reopening`)
+            else:
+                reopening.cancel()  # the service took the call: nothing more is sent again
+            self.reopening = None
         if session is None and self.reader is not None and self.reader.received == 0 and is_no_responders(headers):
             # The request itself found nobody (our reply subject is R): say where nobody listens.
             self.fail(self.error(ErrorCode.UNAVAILABLE, f"no service is listening on {self.subject}"), at_once=True)
@@ -72,6 +81,10 @@ class ClientCall(CallLifecycle):
             self.answer = msg
             self.credit.fail(Answered())
         return False
+
+    def gave_up(self, error: RpcError) -> None:
+        """A refused server stream may not be sent again (`refusals.Reopening`): it ends with `error`."""
+        self.fail(error, at_once=True)
 
     def _confirm_server_stream(self, headers: Mapping[str, str] | None) -> None:
         """A server stream's open message confirmed v2 and named the server's control inbox."""

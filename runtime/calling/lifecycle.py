@@ -25,6 +25,7 @@ from ..streaming.inbox import Inbox
 from ..streaming.reader import StreamReader
 from ..streaming.session import StreamSession
 from ..streaming.writer import StreamWriter
+from .refusals import Reopening, absorbs
 
 if TYPE_CHECKING:
     from .settings import ClientSettings
@@ -41,7 +42,8 @@ class CallLifecycle:
     __slots__ = (
         "nc", "method", "name", "subject", "codec", "deadline", "heartbeat", "inboxes", "receives", "sends", "window",
         "state", "inbox", "reader", "writer", "credit", "session", "peers", "answer", "heard", "_heard_waiter",
-        "released", "lost", "failure", "chain", "info", "_watched", "_owner", "gate", "max_loop_lag",
+        "released", "lost", "failure", "chain", "info", "_watched", "_owner", "gate", "max_loop_lag", "absorbs",
+        "queue_group", "reopening",
     )
 
     def __init__(self, client: ClientSettings, method: MethodSpec[Any, Any], timeout: float | None) -> None:
@@ -74,6 +76,9 @@ class CallLifecycle:
         self.failure: RpcError | None = None  # why the call failed, once it did
         self.chain = client._nats_chain
         self.max_loop_lag = client._nats_max_loop_lag
+        self.absorbs = absorbs(client._nats_absorb)  # a refusal of the open is sent again (calling/refusals.py)
+        self.queue_group = not (method.queue_group_disabled or spec.queue_group_disabled)
+        self.reopening: Reopening | None = None  # a server stream refused at open, sent again
         self.gate: OpenGate | None = None  # our place among the connection's open streams
         self.info: CallInfo | None = None  # what interceptors see, when there are any
         self._watched: list[str] = []
@@ -178,6 +183,8 @@ class CallLifecycle:
             gate, self.gate = self.gate, None
             if gate is not None:
                 gate.leave()
+            if self.reopening is not None:
+                self.reopening.cancel()
             for subject in self._watched:
                 self.nc.forget_permissions(subject)
             self._watched.clear()

@@ -5,12 +5,13 @@ start v2 once the server confirms it. Functions of the `ClientCall` they open, w
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Mapping
 
 import betterproto
 
 from ..core.credit import AckPolicy
-from ..core.errors import ErrorCode, RpcError
+from ..core.errors import ErrorCode, Overloaded, RpcError
 from ..core.headers import REPLY_TO, STREAM_INBOX, caller_headers, check_size, error_from_headers, quote
 from ..core.negotiation import Window, client_heartbeat, client_offer, confirmed, shared_peer
 from ..core.states import CallState
@@ -24,6 +25,7 @@ from ..streaming.reader import StreamReader
 from ..streaming.session import StreamSession
 from ..streaming.writer import StreamWriter
 from .lifecycle import Answered
+from .refusals import Reopening, absorbed
 from .requests import as_rpc_errors, nats_request
 
 if TYPE_CHECKING:
@@ -32,6 +34,12 @@ if TYPE_CHECKING:
 # How long a client-stream or bidi call waits for the server's handshake ack when the call itself
 # has no shorter deadline; no ack means nobody is serving (UNAVAILABLE).
 HANDSHAKE_TIMEOUT = 5.0
+
+
+def _give_up(call: ClientCall) -> float | None:
+    """The call's deadline on the loop's clock (None: it has none)."""
+    deadline = call.deadline
+    return None if deadline is None else asyncio.get_running_loop().time() + deadline.remaining()
 
 
 async def _enter_gate(call: ClientCall) -> None:
@@ -75,6 +83,10 @@ async def open_server_stream(call: ClientCall, request: betterproto.Message, hea
         out_headers = await _opening_headers(call, headers, inbox.subject)
         body = call.encode(request)
         check_size(len(body), out_headers, call.nc.max_payload, call.name)
+        if call.absorbs and (call.queue_group or call.method.idempotent):  # a refusal is sent again (`on_message`)
+            call.reopening = Reopening(
+                call.nc, call.subject, body, out_headers, inbox.subject, _give_up(call), call.name, call.gave_up
+            )
         with as_rpc_errors(call.name):
             await call.nc.publish(call.subject, body, reply=inbox.subject, headers=out_headers)
     except BaseException as error:
@@ -106,6 +118,11 @@ async def open_handshake(call: ClientCall, headers: Mapping[str, str] | None) ->
                 raise call.error(ErrorCode.UNAVAILABLE, f"no handshake ack from {call.subject}") from None
             raise
         refused = error_from_headers(ack.headers, call.name)
+        if isinstance(refused, Overloaded) and call.absorbs:  # refused before it started: sent again where safe
+            ack = await absorbed(
+                call.nc, call.subject, b"", out_headers, ack, refused, _give_up(call), call.method.idempotent, call.queue_group, call.name
+            )
+            refused = error_from_headers(ack.headers, call.name)
         if refused is not None:
             raise refused
         inbox_s = server_inbox(call, ack.headers)

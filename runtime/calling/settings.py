@@ -38,9 +38,12 @@ class ClientSettings:
         jetstream_prefix: str | None = None,
         max_loop_lag: float | None = DEFAULT_MAX_LOOP_LAG,
         retry: RetryPolicy | None = None,
+        absorb_refusals: bool = True,
     ) -> None:
         self._nats_nc = nc
         self._nats_retry = retry  # unary calls refused (and idempotent ones failed) are retried by it
+        # A call refused before it ran is sent again where that is safe (calling/refusals.py).
+        self._nats_absorb = absorb_refusals
         self._nats_named: dict[str, tuple[str, str]] = {}  # by endpoint: full name and subject
         self._nats_chain = Chain.of(interceptors)  # run around every call, in the order given
         self._nats_transport = transport_of(nc)

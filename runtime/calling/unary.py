@@ -12,11 +12,14 @@ from typing import Any, Mapping
 import betterproto
 import nats.errors
 
-from ..core.errors import RpcError
-from ..core.headers import DEADLINE, check_size, user_headers
+from nats.aio.msg import Msg
+
+from ..core.errors import Overloaded, RpcError
+from ..core.headers import DEADLINE, check_size, parse_uint, user_headers
 from ..features.interceptors import Direction, outcome_of
 from ..schema.spec import MethodSpec
 from .call import ClientCall
+from .refusals import absorbed, absorbs
 from .requests import nats_request, request_failed, unary_response
 from .settings import ClientSettings
 
@@ -37,7 +40,7 @@ class UnaryClient(ClientSettings):
         """A unary call: under the client's `RetryPolicy` when it has one."""
         if self._nats_retry is not None:
             return await self._nats_unary_retried(py_name, request, timeout, headers, response_headers, idempotent)
-        return await self._nats_unary_once(py_name, request, timeout, headers, response_headers)
+        return await self._nats_unary_once(py_name, request, timeout, headers, response_headers, idempotent)
 
     async def _nats_unary_once(
         self,
@@ -46,10 +49,11 @@ class UnaryClient(ClientSettings):
         timeout: float | None,
         headers: Mapping[str, str] | None,
         response_headers: dict[str, str] | None,
+        idempotent: bool | None = None,
     ) -> Any:
         method = self._nats_method(py_name)
         if self._nats_chain is not None:
-            return await self._nats_unary_intercepted(method, request, timeout, headers, response_headers)
+            return await self._nats_unary_intercepted(method, request, timeout, headers, response_headers, idempotent)
         name, subject = self._nats_names(method)
         codec = self._nats_service.codec
         out_headers = user_headers(headers) if headers else {}
@@ -64,7 +68,34 @@ class UnaryClient(ClientSettings):
             msg = await nc.request(subject, body, timeout=timeout, headers=out_headers or None)
         except nats.errors.Error as error:
             raise request_failed(error, subject, name) from error
-        return unary_response(msg, method, codec, name, response_headers)
+        try:
+            return unary_response(msg, method, codec, name, response_headers)
+        except Overloaded as refused:  # refused before it ran: sent again where that is safe
+            msg = await self._nats_absorbed(method, subject, body, out_headers, msg, refused, idempotent, name)
+            return unary_response(msg, method, codec, name, response_headers)
+
+    async def _nats_absorbed(
+        self,
+        method: MethodSpec[Any, Any],
+        subject: str,
+        body: bytes,
+        headers: dict[str, str],
+        refusal: Msg,
+        refused: Overloaded,
+        idempotent: bool | None,
+        name: str,
+    ) -> Msg:
+        """The answer to a refused unary call (`refusals.absorbed`), or `refused` raised."""
+        if not absorbs(self._nats_absorb):
+            raise refused
+        deadline = parse_uint(headers.get(DEADLINE))
+        loop = asyncio.get_running_loop()
+        give_up = None if deadline is None else loop.time() + deadline / 1000 - time.time()
+        return await absorbed(
+            self._nats_transport, subject, body, headers, refusal, refused, give_up,
+            method.idempotent if idempotent is None else idempotent,
+            not (method.queue_group_disabled or self._nats_service.queue_group_disabled), name,
+        )  # fmt: skip
 
     async def _nats_unary_retried(
         self,
@@ -110,6 +141,7 @@ class UnaryClient(ClientSettings):
         timeout: float | None,
         headers: Mapping[str, str] | None,
         response_headers: dict[str, str] | None,
+        idempotent: bool | None = None,
     ) -> Any:
         """A unary call with interceptors around it (a `ClientCall` for its bookkeeping)."""
         call = ClientCall(self, method, timeout)
@@ -126,8 +158,12 @@ class UnaryClient(ClientSettings):
             remaining = None if call.deadline is None else call.deadline.remaining()
             sent = (1, len(body))
             msg = await nats_request(call.nc, call.subject, body, out_headers, remaining, call.name)
+            try:
+                response = unary_response(msg, method, call.codec, call.name, response_headers)
+            except Overloaded as refused:  # refused before it ran: sent again where that is safe
+                msg = await self._nats_absorbed(method, call.subject, body, out_headers, msg, refused, idempotent, call.name)
+                response = unary_response(msg, method, call.codec, call.name, response_headers)
             received = (1, len(msg.data))
-            response = unary_response(msg, method, call.codec, call.name, response_headers)
             assert call.chain is not None and call.info is not None
             return call.chain.message(call.info, Direction.RECEIVED, response)
         except BaseException as error:

@@ -42,6 +42,9 @@ DEADLINE = "Nats-Deadline"
 # Beside a RESOURCE_EXHAUSTED error pair: the service refused the call before starting it (admission
 # control) and asks the caller to wait this many milliseconds before trying again.
 RETRY_AFTER = "Nats-Retry-After"
+# On a request our client sends again after a refusal, to the same reply subject: which try this is
+# (2 for the first retry). A service that already took the call with that reply subject drops it.
+RETRY = "Nats-Retry"
 # A hint is clamped to this both ways: what we send, and where one from the wire is parsed (a peer's
 # number must not park a caller; admission control never asks for more, health/admission.py).
 MAX_RETRY_AFTER_MS = 5_000
@@ -54,7 +57,7 @@ CONTROL = (STREAM_ACK, STREAM_HEARTBEAT, STREAM_CANCEL, STREAM_VERSION)
 PROTOCOL_HEADERS = frozenset(
     {
         REPLY_TO, STREAM_INBOX, STREAM_SEQ, STREAM_END, STREAM_COUNT, STREAM_BATCH, STREAM_SENT, STREAM_PEER, ERROR, ERROR_CODE,
-        DEADLINE, BLOB_SIZE, RETRY_AFTER, *CONTROL,
+        DEADLINE, BLOB_SIZE, RETRY_AFTER, RETRY, *CONTROL,
     }
 )
 

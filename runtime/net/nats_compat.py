@@ -236,6 +236,26 @@ class Requests:
             raise nats.errors.NoRespondersError
         return msg
 
+    def listen(self, reply: str) -> asyncio.Future[Msg] | None:
+        """A future for the next answer to `reply`, a reply subject of ours that answered already (a
+        refusal: what the call's retry, or another receiver of the first try, answers comes there
+        too); None when `reply` is not one of ours. `forget` it when the call is over."""
+        prefix = self.prefix
+        if not prefix or not reply.startswith(prefix):
+            return None
+        future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        self.nc._resp_map[reply[len(prefix) :]] = future
+        return future
+
+    def forget(self, reply: str) -> None:
+        if self.prefix and reply.startswith(self.prefix):
+            self.nc._resp_map.pop(reply[len(self.prefix) :], None)
+
+    async def send(self, subject: str, payload: bytes, headers: dict[str, str] | None, reply: str) -> None:
+        """Publish a request with a reply subject of ours (`listen`), e.g. a call sent again."""
+        if not publish_nowait(self.nc, subject, payload, headers, reply):
+            await self.nc.publish(subject, payload, reply=reply, headers=headers)
+
     def _answered(self, msg: Msg) -> None:
         """An answer on the response subscription (as nats-py's own callback takes it): its request's
         future gets it, ours or `request()`'s."""

@@ -210,6 +210,12 @@ class NatsTransport:
             return await requests.request(subject, payload, timeout, headers)
         return await self.nc.request(subject, payload, timeout=timeout, headers=headers)  # type: ignore[arg-type]  # None: no timeout
 
+    def requests(self) -> Requests | None:
+        """The connection's requests on nats-py's response subscription, where they can be sent
+        again to the same reply subject (`Requests.listen`); None when nats-py does not allow it."""
+        requests = self._requests or Requests.of(self.nc)
+        return requests if requests.usable and requests.prefix else None
+
     async def flush(self) -> bool:
         return await flush_ordered(self.nc)
 

@@ -17,10 +17,11 @@ from nats.aio.msg import Msg
 from nats.micro.service import DEFAULT_QUEUE_GROUP, EndpointStats
 
 from ..core.errors import ErrorCode, Overloaded, RpcError
-from ..core.headers import END_TRUE, REPLY_TO, STREAM_COUNT, STREAM_END, caller_headers, error_headers
+from ..core.headers import END_TRUE, REPLY_TO, RETRY, STREAM_COUNT, STREAM_END, caller_headers, error_headers
 from ..core.subjects import InboxPolicy, is_literal
 from ..features.interceptors import CallInfo, Chain, Interceptor, Side
 from ..core.logs import RateLimitedLog
+from ..core.recent import RecentReplies
 from ..features.persistence import MAX_PENDING_WRITES, Persistence
 from ..health.admission import DEFAULT_MAX_LOOP_LAG, Admission, retry_hint
 from ..net.transport import NatsTransport, Subscription, Transport, publish_now, subscribe_direct, transport_of
@@ -87,6 +88,7 @@ class Endpoint:
         self.calls = server.stream_calls  # the streams in progress (their budget), by task: what `Server.stop` waits for
         self.active = 0  # this endpoint's calls in progress
         self.refused = 0  # calls refused by admission control (limits, load)
+        self.retried = 0  # requests a client sent again after a refusal (`Nats-Retry`)
         self._batch: UnaryBatch | None = None  # the unary calls read in this loop turn, until their task starts
         self._calls_wait = False  # a call of its last batch had to wait: each call gets a task at once
         self._since_probe = 0  # calls given a task of their own since a batch last told whether calls wait
@@ -123,6 +125,11 @@ class Endpoint:
         if not server.accepting:
             self._refuse(msg, RpcError(ErrorCode.UNAVAILABLE, "the service is stopping", method=self.full_name))
             return
+        headers = msg.headers
+        if headers is not None and RETRY in headers:  # a client's try after a refusal (from anyone)
+            self.retried += 1
+            if msg.reply in server.taken:  # ...of a call taken here: it ran or runs, its answer goes to that reply
+                return
         unary = self.unary
         refusal = server.admission.refusal(unary, len(server.unary_calls if unary else server.stream_calls), self._typical_call, msg.reply)
         if refusal is not None:
@@ -132,6 +139,7 @@ class Endpoint:
             error = Overloaded(refusal.message, retry_after=refusal.retry_after, method=self.full_name, reason=refusal.reason)
             self._refuse(msg, error)
             return
+        server.taken.add(msg.reply)
         if self.responder is None:  # it counts itself in STATS and calls `_unary_done` at its end
             call = UnaryCall(self.served, msg)
             server.unary_calls.add(call)
@@ -159,6 +167,7 @@ class Endpoint:
         """A call read in a burst that has kept the loop for `max_loop_lag`: refused before it
         starts, as at admission (running it would make every call wait longer)."""
         call.done()
+        self.server.taken.discard(call.msg.reply)
         self.refused += 1
         self.server.refused["loop_lag"] += 1
         message = f"the service is overloaded: the calls read with this one kept its event loop for {kept * 1000:.0f} ms"
@@ -197,6 +206,7 @@ class Endpoint:
         return {
             "in_progress": self.active,
             "refused": self.refused,
+            "retried": self.retried,
             "max_concurrent": admission.max_unary if self.unary else admission.max_streams,
             "loop_lag_ms": round(admission.loop_lag() * 1000, 1),
             "max_loop_lag_ms": None if admission.max_loop_lag is None else round(admission.max_loop_lag * 1000, 1),
@@ -296,6 +306,7 @@ class Server:
             max_outbound_bytes=max_outbound_bytes,
         )
         self.refused: Counter[str] = Counter()  # calls refused, by what ran out (Refusal.reason)
+        self.taken = RecentReplies()  # the reply subjects of calls taken lately: a retry of one is dropped
         self.grace_period = grace_period
         self.persistence: Persistence | None = None
         if persist and any(m.persists for m in spec.methods):
