@@ -345,3 +345,42 @@ async def test_a_call_past_a_ceiling_waits_for_room_instead_of_failing(nc: NATS,
     finally:
         impl.release.set()
         await server.stop()
+
+
+@pytest.mark.timeout(30)
+async def test_absorbed_refusals_show_in_the_metrics_and_stats(nc: NATS, server_nc: NATS) -> None:
+    """The client's `MetricsInterceptor` counts the retries (`rpc.nats.client.retries`), the
+    service's `$SRV` STATS the refusals and the retries it saw."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from test_overload import Holding
+
+    from betterproto_nats.otel import MetricsInterceptor
+
+    reader = InMemoryMetricReader()
+    metrics = MetricsInterceptor(meter_provider=MeterProvider(metric_readers=[reader]))
+    impl = Holding()
+    server = await betterproto_nats.serve(server_nc, impl, max_concurrent_unary=1)
+    try:
+        client = StreamDemoServiceNatsClient(nc, interceptors=[metrics])
+        first = asyncio.create_task(client.ping(PingRequest(payload="a"), timeout=10))
+        await settle(lambda: impl.entered["ping"] == 1)
+        second = asyncio.create_task(client.ping(PingRequest(payload="a"), timeout=10))
+        await settle(lambda: server.refused["concurrency"] >= 1)
+        impl.release.set()
+        assert [(await first).payload, (await second).payload] == ["a", "a"]
+        stats = json.loads((await nc.request(f"$SRV.STATS.{server.name}.{server.id}", b"", timeout=5)).data)
+        data = next(e["data"] for e in stats["endpoints"] if e["name"] == "ping")
+        assert data["refused"] >= 1 and data["retried"] == data["refused"]
+    finally:
+        impl.release.set()
+        await server.stop()
+    retries = [
+        point.value
+        for resource in reader.get_metrics_data().resource_metrics  # type: ignore[union-attr]
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == "rpc.nats.client.retries"
+        for point in metric.data.data_points
+    ]
+    assert sum(retries) == data["retried"]

@@ -85,7 +85,7 @@ async def open_server_stream(call: ClientCall, request: betterproto.Message, hea
         check_size(len(body), out_headers, call.nc.max_payload, call.name)
         if call.absorbs and (call.queue_group or call.method.idempotent):  # a refusal is sent again (`on_message`)
             call.reopening = Reopening(
-                call.nc, call.subject, body, out_headers, inbox.subject, _give_up(call), call.name, call.gave_up
+                call.nc, call.subject, body, out_headers, inbox.subject, _give_up(call), call.name, call.gave_up, call.info
             )
         with as_rpc_errors(call.name):
             await call.nc.publish(call.subject, body, reply=inbox.subject, headers=out_headers)
@@ -120,8 +120,9 @@ async def open_handshake(call: ClientCall, headers: Mapping[str, str] | None) ->
         refused = error_from_headers(ack.headers, call.name)
         if isinstance(refused, Overloaded) and call.absorbs:  # refused before it started: sent again where safe
             ack = await absorbed(
-                call.nc, call.subject, b"", out_headers, ack, refused, _give_up(call), call.method.idempotent, call.queue_group, call.name
-            )
+                call.nc, call.subject, b"", out_headers, ack, refused, _give_up(call), call.method.idempotent, call.queue_group,
+                call.name, call.info,
+            )  # fmt: skip
             refused = error_from_headers(ack.headers, call.name)
         if refused is not None:
             raise refused

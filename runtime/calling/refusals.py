@@ -29,6 +29,7 @@ from nats.aio.msg import Msg
 
 from ..core.errors import ErrorCode, Overloaded, RpcError
 from ..core.headers import RETRY, error_from_headers
+from ..features.interceptors import CallInfo
 from ..health.admission import MIN_RETRY_AFTER
 from ..net.transport import Transport
 from .requests import request_failed
@@ -133,6 +134,7 @@ async def absorbed(
     idempotent: bool,
     queue_group: bool,
     name: str,
+    info: CallInfo | None = None,
 ) -> Msg:
     """The answer to a refused request, sent again as the module says; raises `refused` (the last
     refusal) when it may not be sent again, its deadline (`give_up`, loop time) would pass first or
@@ -144,7 +146,7 @@ async def absorbed(
     if future is None:  # no same reply subject: a fresh request, safe for idempotent calls only
         if not idempotent:
             raise refused
-        return await _fresh_tries(nc, subject, body, headers, refused, give_up, name)
+        return await _fresh_tries(nc, subject, body, headers, refused, give_up, name, info)
     if not (idempotent or queue_group):
         requests.forget(reply)  # type: ignore[union-attr]
         raise refused
@@ -164,6 +166,8 @@ async def absorbed(
                 answer = future.result() if future.done() else None
             if answer is None:
                 tries += 1
+                if info is not None:
+                    info.retries += 1
                 await requests.send(subject, body, {**(headers or {}), RETRY: str(tries)}, reply)
                 answer = await _answer_within(future, None if give_up is None else max(0.0, give_up - loop.time()))
                 if answer is None:
@@ -179,7 +183,14 @@ async def absorbed(
 
 
 async def _fresh_tries(
-    nc: Transport, subject: str, body: bytes, headers: dict[str, str] | None, refused: Overloaded, give_up: float | None, name: str
+    nc: Transport,
+    subject: str,
+    body: bytes,
+    headers: dict[str, str] | None,
+    refused: Overloaded,
+    give_up: float | None,
+    name: str,
+    info: CallInfo | None,
 ) -> Msg:
     """An idempotent call sent again as new requests while it is refused (within the same bounds)."""
     loop = asyncio.get_running_loop()
@@ -193,6 +204,8 @@ async def _fresh_tries(
         if not await budget.spend(give_up):
             raise refused
         tries += 1
+        if info is not None:
+            info.retries += 1
         remaining = None if give_up is None else max(0.0, give_up - loop.time())
         try:
             answer = await nc.request(subject, body, timeout=remaining, headers=headers or None)
@@ -211,7 +224,7 @@ class Reopening:
     what the service sends next arrives on `R` as for the first try. `give_up` is called with the
     refusal when the call may not wait for another try (its deadline, the budget, the tries)."""
 
-    __slots__ = ("nc", "subject", "body", "headers", "reply", "deadline", "name", "give_up", "tries", "task")
+    __slots__ = ("nc", "subject", "body", "headers", "reply", "deadline", "name", "give_up", "tries", "task", "info")
 
     def __init__(
         self,
@@ -223,8 +236,10 @@ class Reopening:
         deadline: float | None,
         name: str,
         give_up: Callable[[RpcError], None],
+        info: CallInfo | None = None,
     ) -> None:
         self.nc = nc
+        self.info = info  # what interceptors see: counts the retries
         self.subject = subject
         self.body = body
         self.headers = headers
@@ -253,6 +268,8 @@ class Reopening:
             self.give_up(refusal)
             return
         self.tries += 1
+        if self.info is not None:
+            self.info.retries += 1
         try:
             await self.nc.publish(self.subject, self.body, reply=self.reply, headers={**self.headers, RETRY: str(self.tries)})
         except nats.errors.Error as failed:

@@ -16,7 +16,7 @@ from nats.aio.msg import Msg
 
 from ..core.errors import Overloaded, RpcError
 from ..core.headers import DEADLINE, check_size, parse_uint, user_headers
-from ..features.interceptors import Direction, outcome_of
+from ..features.interceptors import CallInfo, Direction, outcome_of
 from ..schema.spec import MethodSpec
 from .call import ClientCall
 from .refusals import absorbed, absorbs
@@ -84,6 +84,7 @@ class UnaryClient(ClientSettings):
         refused: Overloaded,
         idempotent: bool | None,
         name: str,
+        info: CallInfo | None = None,
     ) -> Msg:
         """The answer to a refused unary call (`refusals.absorbed`), or `refused` raised."""
         if not absorbs(self._nats_absorb):
@@ -94,7 +95,7 @@ class UnaryClient(ClientSettings):
         return await absorbed(
             self._nats_transport, subject, body, headers, refusal, refused, give_up,
             method.idempotent if idempotent is None else idempotent,
-            not (method.queue_group_disabled or self._nats_service.queue_group_disabled), name,
+            not (method.queue_group_disabled or self._nats_service.queue_group_disabled), name, info,
         )  # fmt: skip
 
     async def _nats_unary_retried(
@@ -161,7 +162,7 @@ class UnaryClient(ClientSettings):
             try:
                 response = unary_response(msg, method, call.codec, call.name, response_headers)
             except Overloaded as refused:  # refused before it ran: sent again where that is safe
-                msg = await self._nats_absorbed(method, call.subject, body, out_headers, msg, refused, idempotent, call.name)
+                msg = await self._nats_absorbed(method, call.subject, body, out_headers, msg, refused, idempotent, call.name, call.info)
                 response = unary_response(msg, method, call.codec, call.name, response_headers)
             received = (1, len(msg.data))
             assert call.chain is not None and call.info is not None

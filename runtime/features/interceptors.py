@@ -44,6 +44,7 @@ class CallInfo:
     started: float = field(default_factory=time.perf_counter)
     # Scratch space for interceptors that keep state per call (e.g. a span), keyed as they like.
     state: dict[Any, Any] = field(default_factory=dict)
+    retries: int = 0  # client: how often the call was sent again after a refusal (calling/refusals.py)
 
     @property
     def full_name(self) -> str:
@@ -63,6 +64,7 @@ class CallOutcome:
     bytes_sent: int
     bytes_received: int
     exception: BaseException | None = None  # server: a handler's unexpected exception, for its traceback
+    retries: int = 0  # client: sent again after refusals
 
     @property
     def ok(self) -> bool:
@@ -204,7 +206,7 @@ def outcome_of(
     else:
         code, message = ErrorCode.CANCELLED, type(error).__name__
     return CallOutcome(
-        code, message, time.perf_counter() - call.started, sent[0], received[0], sent[1], received[1], exception
+        code, message, time.perf_counter() - call.started, sent[0], received[0], sent[1], received[1], exception, call.retries
     )
 
 

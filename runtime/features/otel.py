@@ -96,6 +96,9 @@ class MetricsInterceptor(Interceptor):
         self.messages = meter.create_counter("rpc.nats.messages", unit="{message}", description="Messages, by direction")
         self.bytes = meter.create_counter("rpc.nats.bytes", unit="By", description="Message bytes, by direction")
         self.open_streams = meter.create_up_down_counter("rpc.nats.streams.open", unit="{stream}", description="Streams open now")
+        self.retries = meter.create_counter(
+            "rpc.nats.client.retries", unit="{call}", description="Refused calls the client sent again (calling/refusals.py)"
+        )
         self.refusals = meter.create_counter(
             "rpc.nats.calls.refused", unit="{call}", description="Calls refused before they started (admission control, stopping)"
         )
@@ -123,6 +126,8 @@ class MetricsInterceptor(Interceptor):
             self.open_streams.add(-1, labels)
         self.finished.add(1, {**labels, STATUS_CODE: outcome.code or "OK"})
         self.duration.record(outcome.duration, labels)
+        if outcome.retries:
+            self.retries.add(outcome.retries, labels)
         for direction, count, size in (
             ("sent", outcome.messages_sent, outcome.bytes_sent),
             ("received", outcome.messages_received, outcome.bytes_received),

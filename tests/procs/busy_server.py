@@ -3,7 +3,9 @@
 Usage: busy_server.py URL [options as JSON]: `ballast` (seconds of CPU the loop works in every turn,
 as a process whose handlers compute), `pace` (seconds between a stream's messages), `cpu_per_call`
 (seconds of CPU a unary call costs), and serve()'s own options under `serve`. A `ping` whose payload
-is "block" works `block` seconds without giving the loop back (a CPU-bound handler).
+is "block" works `block` seconds without giving the loop back (a CPU-bound handler). A `count_up`
+from `IDLE_START` on waits `idle` seconds between its messages (a watch stream: idle, its handler
+waiting).
 """
 
 import asyncio
@@ -31,6 +33,9 @@ from gen.streaming.v1 import (  # noqa: E402
 )
 
 
+IDLE_START = 1_000_000
+
+
 def burn(seconds: float) -> None:
     until = time.perf_counter() + seconds
     while time.perf_counter() < until:
@@ -42,15 +47,17 @@ class Busy(StreamDemoServiceNatsBase):
         self.pace = float(options.get("pace", 0.05))
         self.cpu_per_call = float(options.get("cpu_per_call", 0.0))
         self.block = float(options.get("block", 2.0))
+        self.idle = float(options.get("idle", 2.0))
 
     async def ping(self, request: PingRequest) -> PingResponse:
         burn(self.block if request.payload == "block" else self.cpu_per_call)
         return PingResponse(payload=request.payload)
 
     async def count_up(self, request: CountUpRequest) -> AsyncIterator[CountUpResponse]:
+        pace = self.idle if request.start >= IDLE_START else self.pace
         for i in range(request.count):
             yield CountUpResponse(number=request.start + i)
-            await asyncio.sleep(self.pace)
+            await asyncio.sleep(pace)
 
     async def sum(self, requests: AsyncIterator[SumRequest]) -> SumResponse:
         total = count = 0
