@@ -21,7 +21,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 
 from .features.persistence import JetStreamUnavailable
-from .health.admission import DEFAULT_MAX_LOOP_LAG
+from .health.admission import DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_LOOP_LAG
 from .serving.server import DEFAULT_GRACE_PERIOD, Server, serve
 
 log = logging.getLogger("betterproto_nats.run")
@@ -136,8 +136,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     serve_cmd.add_argument("--no-queue-group", action="store_true", help="every instance gets every call")
     serve_cmd.add_argument("--connect-wait", type=float, default=DEFAULT_CONNECT_WAIT, help="seconds to find a NATS server at start")
     serve_cmd.add_argument("--grace-period", type=float, default=DEFAULT_GRACE_PERIOD, help="seconds for calls in flight at stop")
-    serve_cmd.add_argument("--max-concurrent-streams", type=int, default=1000)
-    serve_cmd.add_argument("--max-concurrent-unary", type=int, default=1000)
+    serve_cmd.add_argument("--max-concurrent-streams", type=int, default=DEFAULT_MAX_CONCURRENT)
+    serve_cmd.add_argument("--max-concurrent-unary", type=int, default=DEFAULT_MAX_CONCURRENT)
     serve_cmd.add_argument(
         "--max-loop-lag", type=float, default=DEFAULT_MAX_LOOP_LAG,
         help="seconds the event loop may run behind before new calls are refused (0: no such limit)",

@@ -23,7 +23,7 @@ from ..features.interceptors import CallInfo, Chain, Interceptor, Side
 from ..core.logs import RateLimitedLog
 from ..core.recent import RecentReplies
 from ..features.persistence import MAX_PENDING_WRITES, Persistence
-from ..health.admission import DEFAULT_MAX_LOOP_LAG, Admission, retry_hint
+from ..health.admission import DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_LOOP_LAG, Admission, retry_hint
 from ..net.transport import NatsTransport, Subscription, Transport, publish_now, subscribe_direct, transport_of
 from ..schema.spec import Cardinality, MethodSpec, ServiceSpec
 from ..streaming.inbox import V1_BUFFER_BYTES, V1_BUFFER_MESSAGES
@@ -262,8 +262,8 @@ class Server:
         subject_prefix: str | None = None,
         name: str | None = None,
         version: str | None = None,
-        max_concurrent_streams: int = 1000,
-        max_concurrent_unary: int = 1000,
+        max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT,
+        max_concurrent_unary: int = DEFAULT_MAX_CONCURRENT,
         max_loop_lag: float | None = DEFAULT_MAX_LOOP_LAG,
         max_outbound_bytes: int | None = None,
         grace_period: float = DEFAULT_GRACE_PERIOD,
@@ -402,8 +402,8 @@ async def serve(
     subject_prefix: str | None = None,
     name: str | None = None,
     version: str | None = None,
-    max_concurrent_streams: int = 1000,
-    max_concurrent_unary: int = 1000,
+    max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT,
+    max_concurrent_unary: int = DEFAULT_MAX_CONCURRENT,
     max_loop_lag: float | None = DEFAULT_MAX_LOOP_LAG,
     max_outbound_bytes: int | None = None,
     grace_period: float = DEFAULT_GRACE_PERIOD,
