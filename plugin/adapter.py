@@ -228,7 +228,8 @@ def render(package: OutputTemplate, services: list[ServiceModel], params: Parame
     if services:
         by_name = {s.proto_name: s for s in package.services}
         nats = env.get_template("nats.py.j2").render(
-            output_file=package, services=[(s, by_name[s.proto_name]) for s in services]
+            output_file=package,
+            services=[(s, by_name[s.proto_name], {m.proto_name: m for m in s.methods}) for s in services],
         )
         package.imports.update(RUNTIME_IMPORTS)
         body = body + "\n\n" + nats
