@@ -195,6 +195,36 @@ def test_editions_are_refused(tmp_path: Path) -> None:
     assert result.returncode != 0 and "editions" in result.stderr
 
 
+def _generate_big(tmp_path: Path, body: str, opt: str = "") -> str:
+    """Generate `package big.v1` with `body` through protoc; the module's code."""
+    (tmp_path / "big.proto").write_text(f'syntax = "proto3";\npackage big.v1;\n{body}')
+    result = protoc(tmp_path / "out", "big.proto", include=tmp_path, opt=opt)
+    assert result.returncode == 0, result.stderr
+    return (tmp_path / "out" / "big" / "v1" / "__init__.py").read_text()
+
+
+# Generation is linear in elements: betterproto's comment lookup scanned every source location of the
+# file for each enum value and field, our template searched the service's methods for each method, and
+# the garbage collector's full passes over black's syntax tree grew with the file. Measured on 2 shared
+# cores, in-process: 10,000 enum values 190 s before, 14 s now (the request's parsing is most of it);
+# 1,000 methods 37 s before, 19 s now (black's formatting is most of it). These tests: about 10 s each.
+@pytest.mark.timeout(60)
+def test_ten_thousand_enum_values_generate_in_linear_time(tmp_path: Path) -> None:
+    values = "\n".join(f"  {'// Value %d.' % i if i % 100 == 0 else ''}\n  BIG_V{i} = {i};" for i in range(10_000))
+    code = _generate_big(tmp_path, f"// The big enum.\nenum Big {{\n{values}\n}}\n")
+    assert code.count('"""Value ') == 100 and '"""The big enum."""' in code
+    assert 'V9999 = 9999' in code and '    V9900 = 9900\n    """Value 9900."""' in code
+
+
+@pytest.mark.timeout(60)
+def test_thousand_methods_generate_in_linear_time(tmp_path: Path) -> None:
+    rpcs = "\n".join(f"  rpc Call{i}(Req) returns (Resp) {{}}" for i in range(1_000))
+    messages = "message Req { string id = 1; }\nmessage Resp { string id = 1; }\n"
+    code = _generate_big(tmp_path, f"{messages}service Svc {{\n{rpcs}\n}}\n", opt="grpclib=false")
+    assert code.count("SvcNatsMethods.call999,") == 2  # in the service's method list and the client's call
+    assert "    async def call999(self, request: Req) -> Resp:" in code and "    def call999(" in code
+
+
 def _keyed_index() -> "persist.RequestIndex":
     from betterproto.lib.google.protobuf import DescriptorProto, FieldDescriptorProto
     from betterproto.lib.google.protobuf import FieldDescriptorProtoLabel as L
