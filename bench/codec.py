@@ -22,7 +22,7 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from betterproto_nats.codec import PROTO  # noqa: E402
+from betterproto_nats.encoding.codec import PROTO  # noqa: E402
 from gen.fixtures.common.v1 import Color, Money  # noqa: E402
 from gen.fixtures.hard import v1 as hard  # noqa: E402
 from gen.streaming.v1 import CountUpResponse, SnapshotChunk  # noqa: E402

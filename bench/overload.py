@@ -37,7 +37,7 @@ import nats  # noqa: E402
 
 import betterproto_nats  # noqa: E402
 from betterproto_nats import Overloaded, RpcError  # noqa: E402
-from betterproto_nats.admission import OpenGate  # noqa: E402
+from betterproto_nats.health.admission import OpenGate  # noqa: E402
 from betterproto_nats.testing import NatsServer  # noqa: E402
 from gen.streaming.v1 import (  # noqa: E402
     ChatMessage,

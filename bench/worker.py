@@ -36,7 +36,7 @@ from nats.aio.client import Client as NATS  # noqa: E402
 from nats.aio.msg import Msg  # noqa: E402
 
 import betterproto_nats  # noqa: E402
-from betterproto_nats.nats_compat import flush_ordered  # noqa: E402
+from betterproto_nats.net.nats_compat import flush_ordered  # noqa: E402
 from gen.fixtures.persist.v1 import Profile, ProfilesNatsBase, ProfilesNatsClient, ProfileView  # noqa: E402
 from gen.streaming.v1 import (  # noqa: E402
     ChatMessage,
@@ -711,8 +711,8 @@ if __name__ == "__main__":
     options = arguments()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     if options.window:  # an experiment (bench/modes.py): the runtime's default window, read per call
-        import betterproto_nats.negotiation
+        import betterproto_nats.core.negotiation
 
-        betterproto_nats.negotiation.DEFAULT_WINDOW_MESSAGES = options.window
+        betterproto_nats.core.negotiation.DEFAULT_WINDOW_MESSAGES = options.window
     main = {"service": service_main, "client": client_main, "both": both_main}[options.role]
     asyncio.run(main(options))

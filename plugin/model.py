@@ -22,7 +22,7 @@ from betterproto.lib.google.protobuf import (
     MethodOptionsIdempotencyLevel,
     ServiceDescriptorProto,
 )
-from betterproto_nats.errors import ErrorCode
+from betterproto_nats.core.errors import ErrorCode
 from .naming import snake_case
 
 from . import options as opts

@@ -1,7 +1,7 @@
 """`(natsmicro.kv_store)` and `(natsmicro.object_store)` at generation time: read, check, resolve.
 
 The result is the persistence part of a method's descriptor (`KvStoreSpec` / `ObjectStoreSpec` in
-`betterproto_nats.spec`), rendered as Python source; the runtime does the writing and reading.
+`betterproto_nats.schema.spec`), rendered as Python source; the runtime does the writing and reading.
 Key templates follow the Go plugin's rules (`{field}` names a top-level field of the request), checked
 here so that a template that can only give broken keys, or one key for two requests, never reaches a
 running service.

@@ -17,10 +17,10 @@ from test_hostile_peers import assert_connection_intact, assert_still_serves, fa
 
 import betterproto_nats
 from betterproto_nats import ErrorCode, RpcError
-from betterproto_nats.batch import pack, unpack
-from betterproto_nats.nats_compat import flush_ordered, publish_nowait
-from betterproto_nats.negotiation import DEFAULT_WINDOW_MESSAGES
-from betterproto_nats.protocol import MAX_BATCH
+from betterproto_nats.encoding.batch import pack, unpack
+from betterproto_nats.net.nats_compat import flush_ordered, publish_nowait
+from betterproto_nats.core.negotiation import DEFAULT_WINDOW_MESSAGES
+from betterproto_nats.core.headers import MAX_BATCH
 from demo_service import Demo
 from gen.streaming.v1 import ChatMessage, CountUpRequest, CountUpResponse, StreamDemoServiceNatsClient, SumRequest, SumResponse
 
@@ -230,10 +230,10 @@ class SlowPublisher:
 async def test_batches_stay_within_bounds_while_a_flush_waits() -> None:
     """A producer that never waits, a transport that does: batches never outgrow the receiver's
     count or the byte bound, and every message arrives once, in order."""
-    from betterproto_nats.codec import PROTO
-    from betterproto_nats.flow import FlowWindow
-    from betterproto_nats.negotiation import Window
-    from betterproto_nats.streams import StreamWriter
+    from betterproto_nats.encoding.codec import PROTO
+    from betterproto_nats.streaming.flow import FlowWindow
+    from betterproto_nats.core.negotiation import Window
+    from betterproto_nats.streaming.writer import StreamWriter
 
     transport = SlowPublisher()
     writer = StreamWriter(transport, "_INBOX.peer", PROTO, "m", FlowWindow(Window(100_000, 64 * 2**20, 16)))  # type: ignore[arg-type]
@@ -292,8 +292,8 @@ async def test_direct_delivery_is_active_on_this_nats_py(nc: NATS) -> None:
     nats-py reads them (`nats_compat.DirectDelivery`); if a nats-py upgrade changes its internals,
     this fails (messages then go through the subscription's callback, only slower). A handler that
     raises is logged and leaves the connection reading."""
-    from betterproto_nats.nats_compat import DirectDelivery
-    from betterproto_nats.transport import transport_of
+    from betterproto_nats.net.nats_compat import DirectDelivery
+    from betterproto_nats.net.transport import transport_of
 
     got: list[bytes] = []
 
@@ -322,7 +322,7 @@ async def test_messages_read_directly_keep_what_nats_py_gives_the_rest(nc: NATS)
     still gets headers, reply subjects and nats-py's counters; a plain subscription on the same
     connection (a user's own, with headers, an auto-unsubscribe limit) still gets everything the
     nats-py way."""
-    from betterproto_nats.transport import transport_of
+    from betterproto_nats.net.transport import transport_of
 
     direct: list[Msg] = []
     sub = await transport_of(nc).subscribe_direct("direct.fast", direct.append)  # type: ignore[attr-defined]

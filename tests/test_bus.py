@@ -14,8 +14,8 @@ from nats.aio.msg import Msg
 import betterproto_nats
 import betterproto_nats.streaming.first_hop
 from betterproto_nats import ErrorCode, RpcError, current_call
-from betterproto_nats.bus import subject_matches
-from betterproto_nats.negotiation import DEFAULT_WINDOW_MESSAGES
+from betterproto_nats.net.bus import subject_matches
+from betterproto_nats.core.negotiation import DEFAULT_WINDOW_MESSAGES
 from betterproto_nats.testing import InMemoryBus, call_context, serve_in_memory
 from demo_service import Demo
 from gen.streaming.v1 import (
@@ -292,7 +292,7 @@ async def test_serve_checks_handlers_before_any_call(impl: object, says: str) ->
 
 
 async def test_client_call_state_machine() -> None:
-    from betterproto_nats.client import CallState, InvalidTransition
+    from betterproto_nats.core.states import CallState, InvalidTransition
 
     async with serve_in_memory(Demo()) as conn:
         stream = await StreamDemoServiceNatsClient(conn).chat()
@@ -315,7 +315,8 @@ async def test_client_call_state_machine() -> None:
 
 
 async def test_server_call_state_machine() -> None:
-    from betterproto_nats.responders import InvalidTransition, ServerState, UnaryCall
+    from betterproto_nats.core.states import InvalidTransition, ServerState
+    from betterproto_nats.serving.unary import UnaryCall
 
     states: list[object] = []
 

@@ -22,9 +22,9 @@ from google.protobuf import duration_pb2
 from nats.aio.client import Client as NATS
 
 import betterproto_nats
-from betterproto_nats import wire
-from betterproto_nats.codec import JSON, PROTO
-from betterproto_nats.errors import ErrorCode, RpcError
+from betterproto_nats.encoding import protobuf as wire
+from betterproto_nats.encoding.codec import JSON, PROTO
+from betterproto_nats.core.errors import ErrorCode, RpcError
 from gen.fixtures.codec import v1 as codec_v1
 from gen.fixtures.common.v1 import Money
 from gen.fixtures.hard import v1 as hard

@@ -33,9 +33,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from betterproto_nats import wire
-from betterproto_nats.codec import PROTO
-from betterproto_nats.errors import RpcError
+from betterproto_nats.encoding import protobuf as wire
+from betterproto_nats.encoding.codec import PROTO
+from betterproto_nats.core.errors import RpcError
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = [

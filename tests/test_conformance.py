@@ -17,9 +17,9 @@ import rawpeer
 from rawpeer import Collector, as_go_sees_it
 
 import betterproto_nats
-from betterproto_nats.nats_compat import flush_ordered
+from betterproto_nats.net.nats_compat import flush_ordered
 import betterproto_nats.calling.opening
-import betterproto_nats.client
+import betterproto_nats.calling.base
 from betterproto_nats import ErrorCode, RpcError
 from examples.streaming.demo import StreamDemo
 from gen.streaming.v1 import (
@@ -78,7 +78,7 @@ def tracing_on_our_side(request: pytest.FixtureRequest, monkeypatch: pytest.Monk
     from opentelemetry.sdk.trace import TracerProvider
 
     tracer = TracingInterceptor(tracer_provider=TracerProvider())
-    client_init, server_init = betterproto_nats.client.ClientBase.__init__, betterproto_nats.Server.__init__
+    client_init, server_init = betterproto_nats.calling.base.ClientBase.__init__, betterproto_nats.Server.__init__
 
     def traced_client(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         client_init(self, *args, **{"interceptors": [tracer], **kwargs})
@@ -86,7 +86,7 @@ def tracing_on_our_side(request: pytest.FixtureRequest, monkeypatch: pytest.Monk
     def traced_server(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         server_init(self, *args, **{"interceptors": [tracer], **kwargs})
 
-    monkeypatch.setattr(betterproto_nats.client.ClientBase, "__init__", traced_client)
+    monkeypatch.setattr(betterproto_nats.calling.base.ClientBase, "__init__", traced_client)
     monkeypatch.setattr(betterproto_nats.Server, "__init__", traced_server)
     monkeypatch.setattr(rawpeer, "IGNORED_HEADERS", {"traceparent", "tracestate"})
 

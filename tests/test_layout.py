@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 RUNTIME = Path(__file__).resolve().parent.parent / "runtime"
 
@@ -27,7 +26,7 @@ LAYERS = {
     "calling": 5,  # the client side
     "serving": 5,  # the service side
 }
-SURFACE = 6  # the package's own modules: its public surface and the old module paths
+SURFACE = 6  # the package's own top-level modules: its public surface
 NOT_IN_CORE = ("asyncio", "nats", "betterproto", "socket", "selectors", "threading")
 
 
@@ -139,143 +138,41 @@ def test_the_import_graph_is_layered_and_acyclic() -> None:
         visit(name, [])
 
 
-def test_nothing_below_the_surface_imports_an_old_path() -> None:
-    """The shims at the old module paths are for users and old tests only."""
+def test_nothing_below_the_surface_imports_the_surface() -> None:
+    """The packages never import the package's top-level modules (the version aside)."""
     for name, path in modules().items():
         if unit(name):
             for target in imports(name, path)[0]:
-                assert unit(target) or target == "_version", f"{name} imports the old path {target}"
+                assert unit(target) or target == "_version", f"{name} imports the top-level module {target}"
 
 
-# Every module of the runtime before its packages, with the public names it defined: all still there.
-OLD_MODULES: dict[str, str] = {
-    "_api_v1": "API_VERSION",
-    "_api_v2": "API_VERSION",
-    "admission": (
-        "Admission Callers DEFAULT_MAX_LOOP_LAG MAX_CALLERS MAX_RETRY_AFTER MIN_RETRY_AFTER OPEN_BURST OpenGate "
-        "Refusal caller_of retry_hint"
-    ),
-    "batch": "BATCHED_BODY_LIMIT MAX_BATCH_BYTES pack unpack",
-    "bus": "BusConnection DEFAULT_MAX_PAYLOAD InMemoryBus subject_matches",
-    "chunks": (
-        "BlobReader BlobReceiving Bytes ChunkCodec ChunkReceiver ChunkSender HEADER_ALLOWANCE Progress split "
-        "write_atomically"
-    ),
-    "client": (
-        "BidiStream BidiStreamCall CallState ClientBase ClientCall ClientStream DownloadCall DownloadStream "
-        "HANDSHAKE_TIMEOUT InvalidTransition Pending PendingStream ServerStream ServerStreamCall UploadStream "
-        "bidi client_stream download server_stream unary"
-    ),
-    "codec": "Codec JSON PROTO",
-    "context": "CallContext call_context current_call set_current_call",
-    "discovery": "Discovery EndpointRecord",
-    "errors": "ErrorCode Overloaded RpcError",
-    "flow": "AckPolicy Acknowledger EMPTY_QUEUE FlowWindow NO_ACKS NoAcks SendCredit Unlimited",
-    "interceptors": (
-        "BidiInterceptor CallInfo CallOutcome Chain ClientStreamInterceptor Direction Interceptor "
-        "LoggingInterceptor ServerStreamInterceptor Side UnaryInterceptor outcome_of"
-    ),
-    "liveness": "DEFAULT_HEARTBEAT Liveness MAX_HEARTBEAT MIN_HEARTBEAT MISSED_BEATS past_stall",
-    "load": "LoopLag PERIOD SAMPLES",
-    "logs": "RateLimitedLog",
-    "mux": "Handler InboxMux MUX_PENDING_BYTES MUX_PENDING_MESSAGES let_go",
-    "nats_compat": (
-        "DirectDelivery PermissionErrors ReadGuard Requests deliver_directly flush_ordered guard_reads header_block new_inbox "
-        "outbound_pending publish_nowait unsubscribe_quietly"
-    ),
-    "negotiation": (
-        "DEFAULT_WINDOW_BYTES DEFAULT_WINDOW_MESSAGES ServerTerms Window clamp_heartbeat client_heartbeat "
-        "client_offer confirmation confirmed longest_heartbeat request_deadline server_terms shared_peer"
-    ),
-    "otel": "MetricsInterceptor RPC_SYSTEM STATUS_CODE TracingInterceptor",
-    "peers": "BEAT_BODY_LIMIT MAX_ENTRIES Member PeerGroup PeerLiveness REPEAT SENDING",
-    "persistence": (
-        "BLOB_BUFFER BlobCopy Bytes DEFAULT_TIMEOUT JetStreamUnavailable KvBucket MAX_KEY_LENGTH "
-        "MAX_OBJECT_RESPONSE MAX_PENDING_BYTES MAX_PENDING_WRITES OBJECT_CHUNK ObjectBucket ObjectWriter "
-        "Persistence Persister StoreKeys Stores is_removed key_problem render_key store_error"
-    ),
-    "protocol": (
-        "BLOB_SIZE DEADLINE DESCRIPTION END_TRUE ERROR ERROR_CODE Frame FrameKind MAX_BATCH MAX_ERROR_CODE "
-        "MAX_ERROR_TEXT MAX_RETRY_AFTER_MS NO_RESPONDERS_STATUS PROTOCOL_HEADERS REPLY_TO "
-        "RESPONSE_PROTOCOL_HEADERS RETRY_AFTER STATUS STREAM_ACK STREAM_BATCH STREAM_CANCEL STREAM_COUNT "
-        "STREAM_END STREAM_HEARTBEAT STREAM_INBOX STREAM_PEER STREAM_SENT STREAM_SEQ STREAM_VERSION "
-        "STREAM_WINDOW STREAM_WINDOW_BYTES VERSION_2 caller_headers check_size classify clip "
-        "error_from_headers error_headers header_int is_control is_no_responders is_reserved message_size "
-        "parse_uint quote sanitize user_headers"
-    ),
-    "pytest_plugin": "nats_bus nats_server_url",
-    "responders": (
-        "BidiResponder ClientStreamResponder DEFAULT_STREAM_IDLE_TIMEOUT InvalidTransition "
-        "OLD_STYLE_SUBSCRIBE_WAIT RESPONDERS RequestStream Responder ServedMethod ServerState "
-        "ServerStreamResponder ServingPolicy UnaryCall UploadRequests V1_HOLD_LIMIT answer peer_faults"
-    ),
-    "retry": "RetryPolicy",
-    "runner": "DEFAULT_CONNECT_WAIT connect load main run",
-    "server": "DEFAULT_GRACE_PERIOD Endpoint STOP_QUIET Server check_handlers overloads serve",
-    "service_base": "ServiceBase",
-    "session": "CallEnds StreamSession",
-    "spec": (
-        "Cardinality ChunkSpec KeyField KeyKind KeyTemplate KvStoreSpec MethodSpec ObjectStoreSpec "
-        "PersistPolicy ServiceSpec WriteMode"
-    ),
-    "stored": "KvEntry KvWatch StoredBlob kv_get kv_history kv_purge kv_watch object_delete object_get object_open",
-    "streams": (
-        "Deadline FIRST_HEADERS_ROOM FIRST_HOP_WAIT FRAME_OVERHEAD FirstHop Inbox RECONNECT_CHECK "
-        "StreamReader StreamWriter V1_BUFFER_BYTES V1_BUFFER_MESSAGES"
-    ),
-    "subjects": "DEFAULT_INBOX_PREFIX InboxPolicy MAX_SUBJECT first_token_prefix is_literal",
-    "testing": "NatsServer serve_in_memory server_binary start_cluster",
-    "transport": (
-        "MessageHandler NatsTransport NowaitPublisher OutboundBuffer Subscription Transport outbound_backlog "
-        "publish publish_now subscribe_direct transport_of"
-    ),
-    "wire": (
-        "DECODERS DecodeError Decoder ENCODERS EPOCH Encoder Fields MAX_DEPTH UNSET append build "
-        "check_framing encode_message extend fields_of nonzero put put_varint read_bool read_bool_value "
-        "read_bytes read_bytes_value read_double read_double_value read_duration read_enum read_fixed32 "
-        "read_fixed64 read_float read_float_value read_int32 read_int32_value read_int64 read_int64_value "
-        "read_key read_length read_message read_message_type read_packed_bool read_packed_double "
-        "read_packed_enum read_packed_fixed32 read_packed_fixed64 read_packed_float read_packed_int32 "
-        "read_packed_int64 read_packed_sfixed32 read_packed_sfixed64 read_packed_sint32 read_packed_sint64 "
-        "read_packed_uint32 read_packed_uint64 read_sfixed32 read_sfixed64 read_sint32 read_sint64 "
-        "read_string read_string_value read_timestamp read_uint32 read_uint32_value read_uint64 "
-        "read_uint64_value read_varint register skip_field varint write_bool write_bool_value write_bytes "
-        "write_bytes_value write_double write_double_value write_duration write_enum write_fixed32 "
-        "write_fixed64 write_float write_float_value write_int32 write_int32_value write_int64 "
-        "write_int64_value write_message write_packed_bool write_packed_double write_packed_enum "
-        "write_packed_fixed32 write_packed_fixed64 write_packed_float write_packed_int32 write_packed_int64 "
-        "write_packed_sfixed32 write_packed_sfixed64 write_packed_sint32 write_packed_sint64 "
-        "write_packed_uint32 write_packed_uint64 write_sfixed32 write_sfixed64 write_sint32 write_sint64 "
-        "write_string write_string_value write_timestamp write_uint32 write_uint32_value write_uint64 "
-        "write_uint64_value"
-    ),
+# The top level of the runtime: its public surface, each a real module (docs/DESIGN.md).
+SURFACE_MODULES = {
+    "__init__": "the package: what users import (`betterproto_nats.serve`, `RpcError`, ...)",
+    "__main__": "`python -m betterproto_nats`",
+    "_version": "the version",
+    "_api_v1": "the private API that generated code of version 1 imports",
+    "_api_v2": "version 2 of it",
+    "otel": "OpenTelemetry interceptors (the `otel` extra)",
+    "testing": "a nats-server for tests, in-memory serving",
+    "pytest_plugin": "pytest fixtures",
+    "runner": "`betterproto_nats.run` and the command line",
 }
 
 
-@pytest.mark.parametrize("old", sorted(OLD_MODULES))
-def test_old_module_paths_keep_their_names(old: str) -> None:
-    module = importlib.import_module(f"betterproto_nats.{old}")
-    missing = [name for name in OLD_MODULES[old].split() if not hasattr(module, name)]
-    assert not missing, f"betterproto_nats.{old} lost {missing}"
-
-
-MAX_CLASS_LINES = 250
-
-
-def test_no_class_is_longer_than_250_lines() -> None:
-    """Classes with one job each: from `class` to the next top-level statement, trailing blank lines
-    and comments aside."""
-    too_long = []
-    for path in sorted(RUNTIME.rglob("*.py")):
-        lines = path.read_text().splitlines()
-        body = ast.parse("\n".join(lines)).body
-        for index, node in enumerate(body):
-            if not isinstance(node, ast.ClassDef):
-                continue
-            start = min([node.lineno, *(d.lineno for d in node.decorator_list)])
-            end = body[index + 1].lineno - 1 if index + 1 < len(body) else len(lines)
-            while end > start and (not lines[end - 1].strip() or lines[end - 1].lstrip().startswith("#")):
-                end -= 1
-            if end - start + 1 > MAX_CLASS_LINES:
-                too_long.append(f"{path.relative_to(RUNTIME)}:{node.name} ({end - start + 1} lines)")
-    assert not too_long, too_long
+def test_the_top_level_is_the_public_surface() -> None:
+    """Every top-level module is part of the public surface, and none only stands in for another
+    (no `sys.modules` alias, no module of nothing but re-exports)."""
+    top = {path.stem for path in RUNTIME.glob("*.py")}
+    assert top == set(SURFACE_MODULES), f"unexpected: {top - set(SURFACE_MODULES)}, missing: {set(SURFACE_MODULES) - top}"
+    for name in top:
+        tree = ast.parse((RUNTIME / f"{name}.py").read_text())
+        assert "sys.modules[" not in (RUNTIME / f"{name}.py").read_text(), f"{name} is an alias of another module"
+        own = [
+            node
+            for node in tree.body
+            if not isinstance(node, (ast.Import, ast.ImportFrom, ast.Expr))  # (docstrings)
+            and not (isinstance(node, ast.Assign) and [t.id for t in node.targets if isinstance(t, ast.Name)] == ["__all__"])
+        ]
+        if name not in ("_api_v1", "_api_v2", "__init__", "__main__"):  # (the API modules and the package choose names; `-m` runs one)
+            assert own, f"{name} only re-exports other modules"

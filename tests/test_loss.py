@@ -17,7 +17,7 @@ from test_hostile_peers import next_frame
 
 import betterproto_nats
 from betterproto_nats import CallInfo, CallOutcome, ErrorCode, Interceptor, RpcError
-from betterproto_nats.transport import NatsTransport
+from betterproto_nats.net.transport import NatsTransport
 from demo_service import Demo
 from gen.streaming.v1 import ChatMessage, CountUpRequest, CountUpResponse, StreamDemoServiceNatsClient, SumRequest
 

@@ -27,11 +27,11 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import betterproto_nats
 from betterproto_nats import ErrorCode, Interceptor, Overloaded, RetryPolicy, RpcError
-from betterproto_nats.admission import MAX_CALLERS, Admission, Callers, caller_of
+from betterproto_nats.health.admission import MAX_CALLERS, Admission, Callers, caller_of
 from betterproto_nats.calling.refusals import RetryBudget
 from betterproto_nats.net.transport import transport_of
 from betterproto_nats.otel import MetricsInterceptor
-from betterproto_nats.protocol import RETRY_AFTER, error_from_headers, error_headers
+from betterproto_nats.core.headers import RETRY_AFTER, error_from_headers, error_headers
 from betterproto_nats.testing import NatsServer
 from gen.fixtures.options.v1 import InventoryNatsMethods
 from gen.streaming.v1 import (
@@ -449,7 +449,7 @@ async def test_a_unary_flood_at_5x_capacity(nats_server: NatsServer, nc: NATS) -
             await client.ping(PingRequest(payload="w"), timeout=5)
         rss_before = rss_kib(pid)
         budget = RetryBudget.of(transport_of(nc))
-        retries_before, requests_before = budget.retries, budget.requests()
+        retries_before, taken_before = budget.retries, budget.taken
         outcomes: Counter[str] = Counter()
         answered: list[float] = []
 
@@ -474,12 +474,12 @@ async def test_a_unary_flood_at_5x_capacity(nats_server: NatsServer, nc: NATS) -
         await asyncio.gather(*calls)
         took = time.monotonic() - begun
         rss_after = rss_kib(pid)
-        retries, requests = budget.retries - retries_before, budget.requests() - requests_before
-        print(f"flood: {dict(outcomes)}, {retries} retries of {requests} requests in {took:.1f} s, "
+        retries, taken = budget.retries - retries_before, budget.taken - taken_before
+        print(f"flood: {dict(outcomes)}, {retries} retries, {taken} calls taken, in {took:.1f} s, "
               f"answered p99 {sorted(answered)[len(answered) * 99 // 100] * 1000:.0f} ms, service RSS +{(rss_after - rss_before) / 1024:.1f} MiB")
         assert set(outcomes) <= {"ok", "refused", ErrorCode.DEADLINE_EXCEEDED}, outcomes  # only the deadline ends a call
         assert outcomes["ok"] >= 200
-        assert retries <= RetryBudget.MAX_TOKENS + RetryBudget.PER_REQUEST * requests + RetryBudget.PER_SECOND * took
+        assert retries <= RetryBudget.MAX_TOKENS + RetryBudget.PER_TAKEN * taken + RetryBudget.PER_SECOND * took
         assert rss_after - rss_before < 50 * 1024
         await asyncio.sleep(0.2)
         for k in range(20):  # recovered
@@ -742,7 +742,7 @@ async def test_a_buffer_filled_within_one_turn_is_no_backlog(server_nc: NATS) ->
     """A producer that queues more than `max_outbound_bytes` within one loop turn (a fast download
     does every turn) on a healthy connection: nats-py writes it at the next turn, and new calls are
     taken meanwhile (counted as a backlog, it refused every other call during large downloads)."""
-    from betterproto_nats.nats_compat import publish_nowait
+    from betterproto_nats.net.nats_compat import publish_nowait
 
     server = await betterproto_nats.serve(server_nc, Demo(), max_loop_lag=None)
     try:
@@ -760,7 +760,7 @@ async def test_a_buffer_filled_within_one_turn_is_no_backlog(server_nc: NATS) ->
 async def test_a_backlog_the_network_does_not_take_refuses_new_calls() -> None:
     """The NATS server stops reading (paused): what the service publishes backs up behind its socket,
     and new calls are refused ("outbound") until the server reads again and the backlog is written."""
-    from betterproto_nats.nats_compat import publish_nowait
+    from betterproto_nats.net.nats_compat import publish_nowait
 
     paused = NatsServer().start()
     conn = await nats.connect(paused.url, ping_interval=60)

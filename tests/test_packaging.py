@@ -46,7 +46,7 @@ def test_sdist_contents(dist: Path) -> None:
         info = archive.extractfile(next(m for m in archive.getmembers() if m.name.endswith("/PKG-INFO")))
         assert info is not None
         metadata = info.read().decode()
-    for required in ("pyproject.toml", "README.md", "CHANGELOG.md", "docs/PROTOCOL.md", "runtime/client.py", "plugin/include/natsmicro/options.proto"):
+    for required in ("pyproject.toml", "README.md", "CHANGELOG.md", "docs/PROTOCOL.md", "runtime/calling/base.py", "plugin/include/natsmicro/options.proto"):
         assert required in names, required
     assert not any(name.startswith((".venv/", "gen/", "build/", ".git/")) for name in names)
     for field in ("Requires-Python: >=3.11", "License-Expression: Apache-2.0", "Classifier: Typing :: Typed"):

@@ -18,7 +18,7 @@ from test_loss import Lossy, Outcomes
 import betterproto_nats
 from betterproto_nats import ErrorCode, RpcError, ServerStream
 from betterproto_nats.testing import InMemoryBus, NatsServer
-from betterproto_nats.transport import NatsTransport
+from betterproto_nats.net.transport import NatsTransport
 from gen.streaming.v1 import (
     ChatMessage,
     CountUpRequest,

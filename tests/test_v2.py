@@ -14,7 +14,7 @@ from nats.aio.client import Client as NATS
 
 import betterproto_nats
 from betterproto_nats import ErrorCode, Overloaded, RpcError
-from betterproto_nats.negotiation import DEFAULT_WINDOW_MESSAGES as DEFAULT_WINDOW
+from betterproto_nats.core.negotiation import DEFAULT_WINDOW_MESSAGES as DEFAULT_WINDOW
 from betterproto_nats.testing import NatsServer
 from gen.streaming.v1 import (
     ChatMessage,
@@ -411,7 +411,7 @@ async def test_no_leaks_after_1000_mixed_calls(nc: NATS, server_nc: NATS) -> Non
 async def test_release_steps_survive_a_cancellation() -> None:
     """A call cancelled while it lets go (a service stopping without grace) still takes every
     release step: those after the interrupted one run in a task of their own."""
-    from betterproto_nats.mux import let_go
+    from betterproto_nats.net.mux import let_go
 
     taken: list[str] = []
     blocked = asyncio.Event()
@@ -517,7 +517,7 @@ async def test_v1_stream_ends_after_a_reconnect_instead_of_hanging() -> None:
             await go_nc.publish(msg.headers["Reply-To"], bytes(CountUpResponse(number=1)), headers={"Nats-Stream-Seq": "1"})
 
         await go_nc.subscribe("api.v1.stream.count_up", queue="q", cb=go_server)
-        from betterproto_nats.nats_compat import flush_ordered
+        from betterproto_nats.net.nats_compat import flush_ordered
 
         await flush_ordered(go_nc)
         stream = await StreamDemoServiceNatsClient(client_nc).count_up(CountUpRequest(count=5))  # no timeout

@@ -19,6 +19,7 @@ from ..core.states import CallState
 from ..features.interceptors import CallInfo, Direction, Side
 from .lifecycle import Answered, CallLifecycle
 from .opening import server_inbox, start_v2
+from .refusals import RetryBudget
 from .requests import as_rpc_errors, connection_error
 
 
@@ -68,6 +69,7 @@ class ClientCall(CallLifecycle):
                     return True  # refused before it started: the request goes again (`refusals.Reopening`)
             else:
                 reopening.cancel()  # the service took the call: nothing more is sent again
+                RetryBudget.of(self.nc).taken += 1
             self.reopening = None
         if session is None and self.reader is not None and self.reader.received == 0 and is_no_responders(headers):
             # The request itself found nobody (our reply subject is R): say where nobody listens.

@@ -25,7 +25,7 @@ from ..streaming.reader import StreamReader
 from ..streaming.session import StreamSession
 from ..streaming.writer import StreamWriter
 from .lifecycle import Answered
-from .refusals import Reopening, absorbed
+from .refusals import Reopening, RetryBudget, absorbed
 from .requests import as_rpc_errors, nats_request
 
 if TYPE_CHECKING:
@@ -118,7 +118,9 @@ async def open_handshake(call: ClientCall, headers: Mapping[str, str] | None) ->
                 raise call.error(ErrorCode.UNAVAILABLE, f"no handshake ack from {call.subject}") from None
             raise
         refused = error_from_headers(ack.headers, call.name)
-        if isinstance(refused, Overloaded) and call.absorbs:  # refused before it started: sent again where safe
+        if refused is None:
+            RetryBudget.of(call.nc).taken += 1  # the service took the call: one more retry earned
+        elif isinstance(refused, Overloaded) and call.absorbs:  # refused before it started: sent again where safe
             ack = await absorbed(
                 call.nc, call.subject, b"", out_headers, ack, refused, _give_up(call), call.method.idempotent, call.queue_group,
                 call.name, call.info,

@@ -55,23 +55,25 @@ def absorbs(client_absorbs: bool) -> bool:
 
 
 class RetryBudget:
-    """How many refused calls one connection may send again (gRPC's retry throttling, as a token
-    bucket): `MAX_TOKENS` at most, one spent per retry, refilled by `PER_REQUEST` for every request
-    the connection sends and `PER_SECOND` as time passes. So retries stay a small share of the calls
-    and a fleet of refused clients cannot stampede a service; a retry waits for a token (within its
-    call's deadline) rather than fail."""
+    """How many refused calls one connection may send again (in the style of gRPC's retry
+    throttling, as a token bucket): at most `MAX_TOKENS`, one spent per retry, one earned for every
+    call the service took (an answer that is no refusal: `taken`, counted by the callers) and
+    `PER_SECOND` as time passes. So a client retries about as fast as the service takes its calls,
+    a service that takes nothing earns its clients no retries, and a fleet of refused clients cannot
+    stampede it; a retry waits for a token (within its call's deadline) rather than fail."""
 
-    MAX_TOKENS, PER_REQUEST, PER_SECOND = 100.0, 0.1, 10.0
+    MAX_TOKENS, PER_TAKEN, PER_SECOND = 1000.0, 1.0, 10.0
 
     _budgets: ClassVar[dict[int, RetryBudget]] = {}  # by id() of the transport
 
-    __slots__ = ("tokens", "requests", "counted", "refilled", "retries", "waiting")
+    __slots__ = ("tokens", "taken", "refusals", "counted", "refilled", "retries", "waiting")
 
-    def __init__(self, requests: Callable[[], int]) -> None:
+    def __init__(self) -> None:
         self.tokens = self.MAX_TOKENS
-        self.requests = requests  # the connection's requests so far
-        self.counted = requests()
-        self.refilled = asyncio.get_running_loop().time()
+        self.taken = 0  # calls the service took (the callers count them)
+        self.refusals = 0  # refusals received
+        self.counted = 0  # `taken` when tokens were last earned
+        self.refilled: float | None = None  # loop time of the last refill
         self.retries = 0  # sent again, in all
         self.waiting = 0  # retries waiting for a token now
 
@@ -79,15 +81,18 @@ class RetryBudget:
     def of(cls, nc: Transport) -> RetryBudget:
         budget = cls._budgets.get(id(nc))
         if budget is None:
-            requests = getattr(nc, "requests", None)
-            counter = requests() if requests is not None else None
-            budget = cls._budgets[id(nc)] = cls((lambda: counter.count) if counter is not None else (lambda: 0))
+            budget = cls._budgets[id(nc)] = cls()
         return budget
 
+    def refused(self) -> None:
+        """A refusal arrived (it earns nothing)."""
+        self.refusals += 1
+
     def _refill(self, now: float) -> None:
-        count = self.requests()
-        self.tokens = min(self.MAX_TOKENS, self.tokens + (count - self.counted) * self.PER_REQUEST + (now - self.refilled) * self.PER_SECOND)
-        self.counted, self.refilled = count, now
+        since = 0.0 if self.refilled is None else now - self.refilled
+        earned = (self.taken - self.counted) * self.PER_TAKEN + since * self.PER_SECOND
+        self.tokens = min(self.MAX_TOKENS, self.tokens + earned)
+        self.counted, self.refilled = self.taken, now
 
     async def spend(self, give_up: float | None) -> bool:
         """Take a token, waiting for one at most until `give_up` (loop time); False: none in time."""
@@ -104,16 +109,17 @@ class RetryBudget:
                 wait = (1 - self.tokens) / self.PER_SECOND
                 if give_up is not None and now + wait >= give_up:
                     return False
-                await asyncio.sleep(wait)
+                await asyncio.sleep(min(wait, 0.05))  # (calls taken meanwhile earn tokens sooner)
         finally:
             self.waiting -= 1
 
 
 def retry_wait(hint: float) -> float:
     """Seconds before sending a refused call again: the service's hint (at least `MIN_RETRY_AFTER`,
-    also when a peer hinted 0) and up to half as much again at random, so refused clients spread out."""
+    also when a peer hinted 0) and up to a quarter as much again at random, so refused clients
+    spread out."""
     wait = max(MIN_RETRY_AFTER, hint)
-    return wait + random.uniform(0.0, wait / 2)
+    return wait + random.uniform(0.0, wait / 4)
 
 
 async def _answer_within(future: asyncio.Future[Msg], seconds: float | None) -> Msg | None:
@@ -153,6 +159,7 @@ async def absorbed(
     assert requests is not None
     loop = asyncio.get_running_loop()
     budget = RetryBudget.of(nc)
+    budget.refused()
     tries = 1
     try:
         while True:
@@ -174,8 +181,10 @@ async def absorbed(
                     raise RpcError(ErrorCode.DEADLINE_EXCEEDED, "deadline exceeded", method=name)
             error = error_from_headers(answer.headers, name)
             if not isinstance(error, Overloaded):
+                budget.taken += 1
                 return answer  # an answer, or an error that is the caller's to see
             refused = error
+            budget.refused()
             future = requests.listen(reply)
             assert future is not None
     finally:
@@ -195,6 +204,7 @@ async def _fresh_tries(
     """An idempotent call sent again as new requests while it is refused (within the same bounds)."""
     loop = asyncio.get_running_loop()
     budget = RetryBudget.of(nc)
+    budget.refused()
     tries = 1
     while True:
         wait = retry_wait(refused.retry_after)
@@ -213,8 +223,10 @@ async def _fresh_tries(
             raise request_failed(failed, subject, name) from failed
         again = error_from_headers(answer.headers, name)
         if not isinstance(again, Overloaded):
+            budget.taken += 1
             return answer
         refused = again
+        budget.refused()
 
 
 class Reopening:
@@ -252,6 +264,7 @@ class Reopening:
 
     def refused(self, refusal: Overloaded) -> bool:
         """The service refused the last try: send again later (True), or not at all (False)."""
+        RetryBudget.of(self.nc).refused()
         loop = asyncio.get_running_loop()
         wait = retry_wait(refusal.retry_after)
         deadline = self.deadline

@@ -14,6 +14,7 @@ from ..core.subjects import InboxPolicy
 from ..features.interceptors import Chain, Interceptor
 from ..features.persistence import Stores
 from ..features.retry import RetryPolicy
+from .refusals import RetryBudget
 from ..health.admission import DEFAULT_MAX_LOOP_LAG
 from ..net.transport import NatsTransport, Transport, transport_of
 from ..schema.spec import MethodSpec, ServiceSpec
@@ -47,6 +48,7 @@ class ClientSettings:
         self._nats_named: dict[str, tuple[str, str]] = {}  # by endpoint: full name and subject
         self._nats_chain = Chain.of(interceptors)  # run around every call, in the order given
         self._nats_transport = transport_of(nc)
+        self._nats_budget = RetryBudget.of(self._nats_transport)  # its calls taken earn retries
         self._nats_subject_prefix = subject_prefix or self._nats_service.subject_prefix
         self._nats_timeout = timeout
         self._nats_heartbeat = heartbeat  # seconds between v2 heartbeats; silence for 3 = peer gone

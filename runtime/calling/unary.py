@@ -69,10 +69,15 @@ class UnaryClient(ClientSettings):
         except nats.errors.Error as error:
             raise request_failed(error, subject, name) from error
         try:
-            return unary_response(msg, method, codec, name, response_headers)
+            response = unary_response(msg, method, codec, name, response_headers)
         except Overloaded as refused:  # refused before it ran: sent again where that is safe
             msg = await self._nats_absorbed(method, subject, body, out_headers, msg, refused, idempotent, name)
             return unary_response(msg, method, codec, name, response_headers)
+        except RpcError:
+            self._nats_budget.taken += 1  # (an answer all the same: the service took the call)
+            raise
+        self._nats_budget.taken += 1  # the service took it: one more retry earned (refusals.RetryBudget)
+        return response
 
     async def _nats_absorbed(
         self,
@@ -161,6 +166,7 @@ class UnaryClient(ClientSettings):
             msg = await nats_request(call.nc, call.subject, body, out_headers, remaining, call.name)
             try:
                 response = unary_response(msg, method, call.codec, call.name, response_headers)
+                self._nats_budget.taken += 1
             except Overloaded as refused:  # refused before it ran: sent again where that is safe
                 msg = await self._nats_absorbed(method, call.subject, body, out_headers, msg, refused, idempotent, call.name, call.info)
                 response = unary_response(msg, method, call.codec, call.name, response_headers)

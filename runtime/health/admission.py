@@ -141,7 +141,7 @@ class Admission:
             lag = monitor.seconds
             if lag > max_lag:
                 if self.callers.heavy(caller_of(reply)) or lag > 2 * max_lag:
-                    return Refusal("loop_lag", f"the service is overloaded: its event loop runs {lag * 1000:.0f} ms behind", retry_hint(2 * lag))
+                    return Refusal("loop_lag", f"the service is overloaded: its event loop runs {lag * 1000:.0f} ms behind", retry_hint(lag))
             elif self.callers.total:
                 self.callers.clear()  # the loop keeps up again: everybody starts afresh
         outbound = self._outbound

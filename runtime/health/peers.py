@@ -25,9 +25,8 @@ from typing import ClassVar, Protocol
 from nats.aio.msg import Msg
 
 from ..core.headers import STREAM_HEARTBEAT, STREAM_PEER, is_no_responders, parse_uint
-from ..core.heartbeats import BEAT_BODY_LIMIT
-from ..core.heartbeats import MAX_ENTRIES as MAX_ENTRIES  # read here before issue 21 (old import path)
 from ..core.heartbeats import (
+    BEAT_BODY_LIMIT,
     RELEASED,
     REPEAT,
     beat_bodies,

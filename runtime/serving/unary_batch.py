@@ -25,7 +25,6 @@ from typing import Any, Callable, Coroutine, Generator
 from .unary import UnaryCall
 
 PROBE_EVERY = 16  # while an endpoint's calls wait, one call in this many goes in a batch again
-CPU_CHECKED = 16  # batches of this many calls or more are cut by their CPU time, not the clock alone
 NewTask = Callable[..., "asyncio.Task[None]"]  # `asyncio.Task` or the loop's `create_task`, with `name=`
 
 
@@ -60,12 +59,12 @@ class UnaryBatch:
         calls = self.calls
         limit = calls[0].served.max_turn
         began = time.perf_counter() if limit is not None else 0.0
-        # A long batch of cheap calls may outlast the limit on the clock only because the machine's
-        # cores are busy elsewhere: its own CPU time says (a syscall, so only for long batches).
-        began_cpu = time.thread_time() if limit is not None and len(calls) >= CPU_CHECKED else None
+        # A batch may outlast the limit on the clock only because the machine's cores are busy
+        # elsewhere (or a garbage collection ran): its own CPU time says (a syscall, once a batch).
+        began_cpu = time.thread_time() if limit is not None and len(calls) > 1 else 0.0
         for index, call in enumerate(calls):
             if limit is not None and index and (kept := time.perf_counter() - began) > limit:
-                if began_cpu is None or time.thread_time() - began_cpu > limit:
+                if time.thread_time() - began_cpu > limit:
                     for late in calls[index:]:  # a burst of costly calls: the rest would wait behind them
                         late.served.shed(late, kept)
                     break
