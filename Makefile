@@ -58,8 +58,9 @@ bench: gen
 bench-streams: gen
 	$(PY) bench/streams10k.py
 
-# A service past its capacity, its clients in another process: 10,000 server, client and bidi streams,
-# a unary flood at 5x capacity, a handler that blocks the loop (a few minutes; docs/PERFORMANCE.md).
+# A service past its capacity, default settings, its clients in other processes (issue 26): bursts of
+# unary calls, 2,000 paced streams with lost peers meanwhile, 2,000 idle streams right after, a unary
+# flood at 5x capacity from 4 processes, a handler that blocks the loop (~5 minutes; docs/PERFORMANCE.md).
 bench-overload: gen
 	$(PY) bench/overload.py
 

@@ -1,19 +1,27 @@
-"""`make bench-overload`: a service past its capacity, with its clients in another process.
+"""`make bench-overload`: a service past its capacity, with its clients in other processes (issue 26).
 
-Scenarios (each: one local nats-server, the service in one process, the client in another):
-- `server`: N concurrent server streams `CountUp(count=10)`, the handler yields one item every 100 ms;
-- `client`: N concurrent client streams, 10 messages each, 100 ms apart;
-- `bidi`: N concurrent bidi streams, 10 messages each way, 100 ms apart;
-- `unary`: the service's unary capacity measured (a handler that works 1 ms of CPU), then a flood at
-  5x that rate for a few seconds, each call with a 1 s deadline, then calls at a normal rate;
-- `starved`: streams open while a handler blocks the service's loop for 2 s (a CPU-bound handler).
+Default settings everywhere: `serve(nc, impl)` and `StreamDemoServiceNatsClient(nc)` as a user
+writes them, so clients absorb refusals (calling/refusals.py) and the bench has no retry code.
+Scenarios (each with one local nats-server and fresh processes):
+- `burst`: 200, then 2,000 unary calls gathered at once by one client, the handler answering at once:
+  outcomes, wall time, the service's `$SRV.STATS` `refused` / `retried`;
+- `streams`: 10,000 paced server streams `CountUp(count=10)` (one item per 100 ms) gathered at once:
+  outcomes, wall time, peak streams open in the service, RSS growth per stream on each side; during
+  it, peers that die (killed) or hang (SIGSTOP) on both sides, and how soon they are noticed; right
+  after it, 2,000 idle streams (an item, `IDLE_SECONDS` of quiet, an item) opened at once; last, the
+  service's stream capacity (streams/s completed by closed loops of paced streams, the best of a few
+  concurrencies), to compare the burst's wall time with N / capacity;
+- `flood`: the service's unary capacity (1 ms of CPU per call), then 4 client processes send 5x that
+  rate for a few seconds, each call with a 1 s deadline, while an idle probe process times one call
+  every 20 ms: how calls end (and whether any failed before its deadline would pass), retries
+  against the `RetryBudget`, p99 of accepted calls, how soon the service answers at its normal
+  latency after the flood;
+- `starved`: streams open while a handler blocks the service's loop for 2 s;
+- `client`, `bidi` (not in the default run): 10,000 client / bidi streams, 10 messages 100 ms apart.
 
-Every call ends as `ok` (all its items), `refused` (RESOURCE_EXHAUSTED before it started: the
-service's admission control) or `failed: <code>`. Printed per scenario: those counts, p50/p99 latency
-of the accepted calls and of the refusals, and the peak RSS of each process (and its growth per
-stream). Writes bench/overload.md and .json.
+Writes bench/overload.md and .json (git-ignored).
 
-    .venv/bin/python bench/overload.py [--streams N] [--only server,unary] [--max-streams N]
+    .venv/bin/python bench/overload.py [--only burst,streams,flood,starved] [--streams N] [--idle N]
 """
 
 from __future__ import annotations
@@ -21,23 +29,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import contextvars
 import json
+import logging
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import nats  # noqa: E402
+from nats.aio.client import Client as NATS  # noqa: E402
 
 import betterproto_nats  # noqa: E402
 from betterproto_nats import Overloaded, RpcError  # noqa: E402
-from betterproto_nats.health.admission import OpenGate  # noqa: E402
+from betterproto_nats.health.admission import MIN_RETRY_AFTER  # noqa: E402
+from betterproto_nats.calling.refusals import RetryBudget  # noqa: E402
+from betterproto_nats.core.heartbeats import DEFAULT_HEARTBEAT  # noqa: E402
+from betterproto_nats.net.transport import transport_of  # noqa: E402
 from betterproto_nats.testing import NatsServer  # noqa: E402
 from gen.streaming.v1 import (  # noqa: E402
     ChatMessage,
@@ -51,38 +64,39 @@ from gen.streaming.v1 import (  # noqa: E402
     SumResponse,
 )
 
-ITEMS = 10  # messages per stream (each way)
+ITEMS = 10  # messages per paced stream (each way)
 PACE = 0.1  # seconds between them
-CPU_PER_CALL = 0.001  # seconds of CPU a unary call costs the service
+IDLE_SECONDS = 3.0  # how long an idle stream keeps quiet between its two items
+IDLE_BASE = 1_000_000  # `CountUp.start` from here: an idle stream
+VICTIM_BASE = 2_000_000  # from here: a stream of a client that will die (group = (start - base) // 1000)
+VICTIM_STREAMS = 20  # streams per lost peer
+PAUSE_HEARTBEAT = 0.3  # heartbeat of the streams whose peer is paused (3 intervals: 0.9 s)
+CPU_PER_CALL = 0.001  # seconds of CPU a unary call costs the service in `flood`
 FLOOD_FACTOR = 5
+FLOOD_CLIENTS = 4
 FLOOD_SECONDS = 4.0
 UNARY_DEADLINE = 1.0
+PROBE_EVERY = 0.02  # seconds between the flood probe's calls
 BLOCK_SECONDS = 2.0  # `starved`: how long one handler blocks the service's loop
-
-# Seconds this task's last stream waited at the client's open gate (admission.OpenGate): calls are
-# timed from when they passed it (what the service sees), and the waits are reported on their own.
-GATE_WAIT: contextvars.ContextVar[list[float]] = contextvars.ContextVar("gate_wait")
-
-
-def time_the_gate() -> None:
-    enter = OpenGate.enter
-
-    async def timed_enter(self: OpenGate, wait: float | None, method: str) -> None:
-        started = time.perf_counter()
-        try:
-            await enter(self, wait, method)
-        finally:
-            GATE_WAIT.get().append(time.perf_counter() - started)
-
-    OpenGate.enter = timed_enter  # type: ignore[method-assign]
+CAPACITY_CONCURRENCY = (1000, 2000)  # closed loops of paced streams: the service's streams/s
+CAPACITY_SECONDS = 4.0
+METER = "bench.meter"  # the service process's figures, asked over NATS by the client process
 
 
 def rss_kib(pid: int | str = "self", field: str = "VmRSS") -> int:
+    """A process's resident memory (or `VmHWM`, its peak), KiB."""
     with open(f"/proc/{pid}/status") as status:
         for line in status:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     raise RuntimeError(field)
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def burn(seconds: float) -> None:
@@ -92,24 +106,83 @@ def burn(seconds: float) -> None:
         pass
 
 
-class Paced(StreamDemoServiceNatsBase):
-    """The service under load: streams paced at `PACE`, unary calls that cost `CPU_PER_CALL`."""
+def pct(values: list[float], q: float) -> float | None:
+    """The q-quantile of seconds, in ms (None: no values)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1)
+
+
+class Meter:
+    """Peak RSS (sampled every 50 ms: VmHWM cannot be reset) and peak open streams of one process,
+    since the last `reset`, so each phase of a scenario gets its own peaks."""
 
     def __init__(self) -> None:
+        self.base = rss_kib()
+        self.peak = self.base
+        self.open = 0
+        self.peak_open = 0
+        self.task = asyncio.get_running_loop().create_task(self._sample())
+
+    async def _sample(self) -> None:
+        while True:
+            self.peak = max(self.peak, rss_kib())
+            await asyncio.sleep(0.05)
+
+    def opened(self) -> None:
+        self.open += 1
+        self.peak_open = max(self.peak_open, self.open)
+
+    def figures(self) -> dict[str, Any]:
+        self.peak = max(self.peak, rss_kib())
+        return {"rss_kib": rss_kib(), "peak_kib": self.peak, "open": self.open, "peak_open": self.peak_open}
+
+    def reset(self) -> None:
+        self.peak, self.peak_open = rss_kib(), self.open
+
+
+class Paced(StreamDemoServiceNatsBase):
+    """The service under load: paced, idle and victim streams (by `CountUp.start`), unary calls
+    that cost `cpu` seconds of CPU (or block the loop once, `starved`)."""
+
+    def __init__(self, meter: Meter, cpu: float) -> None:
+        self.meter = meter
+        self.cpu = cpu
         self.blocked = False
+        self.victims: collections.Counter[int] = collections.Counter()  # open, by group
+        self.victims_gone: dict[int, float] = {}  # group -> when its last stream ended (monotonic)
 
     async def ping(self, request: PingRequest) -> PingResponse:
         if request.payload == "block" and not self.blocked:
             self.blocked = True
             burn(BLOCK_SECONDS)
             return PingResponse(payload="blocked")
-        burn(CPU_PER_CALL)
+        if self.cpu:
+            burn(self.cpu)
         return PingResponse(payload=request.payload)
 
     async def count_up(self, request: CountUpRequest) -> AsyncIterator[CountUpResponse]:
-        for i in range(request.count):
-            yield CountUpResponse(number=request.start + i)
-            await asyncio.sleep(PACE)
+        meter = self.meter
+        meter.opened()
+        group = (request.start - VICTIM_BASE) // 1000 if request.start >= VICTIM_BASE else None
+        if group is not None:
+            self.victims[group] += 1
+        try:
+            if group is not None:  # a stream of a client that will be lost: open until it is noticed
+                yield CountUpResponse(number=request.start)
+                await asyncio.Event().wait()
+            pace = IDLE_SECONDS if request.start >= IDLE_BASE else PACE
+            for i in range(request.count):
+                yield CountUpResponse(number=request.start + i)
+                if i + 1 < request.count:
+                    await asyncio.sleep(pace)
+        finally:
+            meter.open -= 1
+            if group is not None:
+                self.victims[group] -= 1
+                if self.victims[group] == 0:
+                    self.victims_gone[group] = time.monotonic()
 
     async def sum(self, requests: AsyncIterator[SumRequest]) -> SumResponse:
         total = count = 0
@@ -124,140 +197,247 @@ class Paced(StreamDemoServiceNatsBase):
 
 
 async def serve(url: str, options: dict[str, Any]) -> None:
+    """`--serve`: the service, default settings but for `options["serve"]`; answers `METER` requests
+    (its figures, then its peaks reset) and prints its figures when the parent writes a line."""
+    logging.getLogger("betterproto_nats").setLevel(logging.ERROR)  # refusals are counted, not logged one by one
     nc = await nats.connect(url, max_reconnect_attempts=0)
-    service = await betterproto_nats.serve(nc, Paced(), **options)
-    print(json.dumps({"ready": True, "rss_kib": rss_kib()}), flush=True)
-    while line := await asyncio.to_thread(sys.stdin.readline):  # the parent asks for figures, then closes stdin
-        if line.strip() == "stats":
-            refused = dict(service.refused)
-            print(json.dumps({"rss_kib": rss_kib(), "peak_kib": rss_kib(field="VmHWM"), "refused": refused}), flush=True)
+    meter = Meter()
+    impl = Paced(meter, options.get("cpu", 0.0))
+    service = await betterproto_nats.serve(nc, impl, **options.get("serve", {}))
+
+    def figures() -> dict[str, Any]:
+        return {
+            **meter.figures(),
+            "name": service.name,
+            "id": service.id,
+            "refused": dict(service.refused),
+            "victims_gone": impl.victims_gone,
+        }
+
+    async def on_meter(msg: Any) -> None:
+        await msg.respond(json.dumps(figures()).encode())
+        meter.reset()
+
+    if not options.get("victim"):
+        await nc.subscribe(METER, cb=on_meter)
+    meter.reset()
+    print(json.dumps({"ready": True, **figures()}), flush=True)
+    while await asyncio.to_thread(sys.stdin.readline):
+        print(json.dumps(figures()), flush=True)
     await service.stop(grace_period=1)
 
 
-class Tally:
-    """Outcomes and latencies of one scenario's calls."""
-
-    def __init__(self) -> None:
-        self.outcomes: collections.Counter[str] = collections.Counter()
-        self.latencies: list[float] = []  # accepted calls, start to end
-        self.refusals: list[float] = []  # refused calls, start to refusal
-        self.retry_after: list[float] = []
-        self.gate_waits: list[float] = []
-
-    def _since(self, started: float) -> float:
-        """Seconds since `started`, not counting the wait at the client's gate."""
-        waits = GATE_WAIT.get([])
-        waited = sum(waits)
-        if waits:
-            self.gate_waits.append(waited)
-            waits.clear()
-        return time.perf_counter() - started - waited
-
-    def ok(self, started: float) -> None:
-        self.outcomes["ok"] += 1
-        self.latencies.append(self._since(started))
-
-    def error(self, error: RpcError, started: float, opened: bool) -> None:
-        if isinstance(error, Overloaded) and not opened:
-            self.outcomes["refused"] += 1
-            self.refusals.append(self._since(started))
-            self.retry_after.append(error.retry_after)
-        else:
-            self._since(started)
-            self.outcomes[f"failed: {error.code}{'' if opened else ' at open'}: {error.message[:70]}"] += 1
-
-    def summary(self) -> dict[str, Any]:
-        def pct(values: list[float], q: float) -> float | None:
-            if not values:
-                return None
-            ordered = sorted(values)
-            return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1)
-
-        return {
-            "outcomes": dict(self.outcomes),
-            "accepted_p50_ms": pct(self.latencies, 0.5),
-            "accepted_p99_ms": pct(self.latencies, 0.99),
-            "refused_p50_ms": pct(self.refusals, 0.5),
-            "refused_p99_ms": pct(self.refusals, 0.99),
-            "retry_after_p50_ms": pct(self.retry_after, 0.5),
-            "gate_wait_p50_ms": pct(self.gate_waits, 0.5),
-            "gate_wait_p99_ms": pct(self.gate_waits, 0.99),
-        }
+async def service_meter(nc: NATS) -> dict[str, Any]:
+    """The service process's figures since the last ask (its peaks reset after answering)."""
+    return json.loads((await nc.request(METER, b"", timeout=30)).data)  # type: ignore[no-any-return]
 
 
-async def server_stream(client: StreamDemoServiceNatsClient, tally: Tally, i: int) -> None:
-    GATE_WAIT.set([])
-    started, got = time.perf_counter(), 0
-    try:
-        async for _ in client.count_up(CountUpRequest(start=i, count=ITEMS)):
-            got += 1
-        if got == ITEMS:
-            tally.ok(started)
-        else:
-            tally.outcomes[f"short: {got}"] += 1
-    except RpcError as error:
-        tally.error(error, started, got > 0)
+async def srv_stats(nc: NATS, service: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The `data` of each endpoint in the service's `$SRV` STATS (`refused`, `retried`, ...)."""
+    stats = json.loads((await nc.request(f"$SRV.STATS.{service['name']}.{service['id']}", b"", timeout=30)).data)
+    return {e["name"]: e["data"] for e in stats["endpoints"]}
 
 
-async def client_stream(client: StreamDemoServiceNatsClient, tally: Tally, i: int) -> None:
-    GATE_WAIT.set([])
-    started, opened = time.perf_counter(), False
-    try:
-        async with await client.sum() as stream:
-            opened = True
-            for k in range(ITEMS):
-                await stream.send(SumRequest(value=i * ITEMS + k))
-                await asyncio.sleep(PACE)
-            result = await stream.close_and_recv()
-        if result.count == ITEMS:
-            tally.ok(started)
-        else:
-            tally.outcomes[f"short: {result.count}"] += 1
-    except RpcError as error:
-        tally.error(error, started, opened)
+def delta(after: dict[str, Any], before: dict[str, Any], keys: tuple[str, ...] = ("refused", "retried")) -> dict[str, int]:
+    return {k: after[k] - before[k] for k in keys}
 
 
-async def bidi_stream(client: StreamDemoServiceNatsClient, tally: Tally, i: int) -> None:
-    GATE_WAIT.set([])
-    started, opened, got = time.perf_counter(), False, 0
-    try:
-        async with await client.chat() as stream:
-            opened = True
-
-            async def send() -> None:
-                for k in range(ITEMS):
-                    await stream.send(ChatMessage(user="c", text=f"{i}:{k}"))
-                    await asyncio.sleep(PACE)
-                await stream.close_send()
-
-            sender = asyncio.create_task(send())
-            try:
-                async for _ in stream:
-                    got += 1
-            finally:
-                sender.cancel()
-                await asyncio.gather(sender, return_exceptions=True)
-        if got == ITEMS:
-            tally.ok(started)
-        else:
-            tally.outcomes[f"short: {got}"] += 1
-    except RpcError as error:
-        tally.error(error, started, opened)
+# --- burst: many cheap unary calls at once ---------------------------------------------------------
 
 
-STREAMS = {"server": server_stream, "client": client_stream, "bidi": bidi_stream}
-
-
-async def run_streams(url: str, kind: str, n: int) -> dict[str, Any]:
+async def run_burst(url: str, sizes: list[int]) -> dict[str, Any]:
     nc = await nats.connect(url, max_reconnect_attempts=0)
     client = StreamDemoServiceNatsClient(nc)
-    tally = Tally()
-    base = rss_kib()
-    started = time.perf_counter()
-    await asyncio.gather(*(STREAMS[kind](client, tally, i) for i in range(n)))
-    wall = time.perf_counter() - started
+    service = await service_meter(nc)
+    for k in range(20):  # warm
+        await client.ping(PingRequest(payload=f"w{k}"), timeout=5)
+    results: dict[int, Any] = {}
+    for n in sizes:
+        before = (await srv_stats(nc, service))["ping"]
+        outcomes: collections.Counter[str] = collections.Counter()
+
+        async def one(i: int) -> None:
+            try:
+                reply = await client.ping(PingRequest(payload=str(i)), timeout=30)
+                outcomes["ok" if reply.payload == str(i) else "wrong"] += 1
+            except RpcError as error:
+                outcomes[f"{error.code}: {error.message[:60]}"] += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(n)))
+        wall = time.perf_counter() - started
+        after = (await srv_stats(nc, service))["ping"]
+        results[n] = {"outcomes": dict(outcomes), "wall_ms": round(wall * 1000, 1), "stats": delta(after, before)}
     await nc.close()
-    return {"wall_s": round(wall, 2), "client_base_kib": base, "client_peak_kib": rss_kib(field="VmHWM"), **tally.summary()}
+    return {"sizes": results}
+
+
+# --- streams: 10,000 paced, lost peers meanwhile, 2,000 idle right after, capacity -----------------
+
+
+async def paced(client: StreamDemoServiceNatsClient, i: int, outcomes: collections.Counter[str]) -> None:
+    """One paced server stream; its outcome counted (ok: all items, in order)."""
+    got: list[int] = []
+    try:
+        async for item in client.count_up(CountUpRequest(start=i, count=ITEMS)):
+            got.append(item.number)
+        outcomes["ok" if got == list(range(i, i + ITEMS)) else f"wrong: {len(got)} items"] += 1
+    except RpcError as error:
+        outcomes[f"{error.code}{' after items' if got else ''}: {error.message[:60]}"] += 1
+
+
+async def idle(client: StreamDemoServiceNatsClient, i: int, outcomes: collections.Counter[str]) -> None:
+    """One idle server stream: an item, `IDLE_SECONDS` of quiet, an item."""
+    start = IDLE_BASE + i
+    try:
+        got = [item.number async for item in client.count_up(CountUpRequest(start=start, count=2))]
+        outcomes["ok" if got == [start, start + 1] else f"wrong: {got}"] += 1
+    except RpcError as error:
+        outcomes[f"{error.code}: {error.message[:60]}"] += 1
+
+
+async def watch_lost(streams: list[Any]) -> list[tuple[str, float]]:
+    """Read victim streams until each ends: (error code, when) per stream."""
+
+    async def ends(stream: Any) -> tuple[str, float]:
+        try:
+            while True:
+                await stream.recv()
+        except RpcError as error:
+            return str(error.code), time.monotonic()
+        except StopAsyncIteration:
+            return "ended", time.monotonic()
+
+    return list(await asyncio.gather(*(ends(stream) for stream in streams)))
+
+
+async def victim_streams(client: StreamDemoServiceNatsClient, group: int) -> list[Any]:
+    """`VICTIM_STREAMS` streams of `group` opened and past their first item."""
+    streams = []
+    for k in range(VICTIM_STREAMS):
+        stream = await client.count_up(CountUpRequest(start=VICTIM_BASE + group * 1000 + k, count=1))
+        await stream.recv()
+        streams.append(stream)
+    return streams
+
+
+async def capacity(client: StreamDemoServiceNatsClient) -> dict[str, float]:
+    """The service's stream capacity: paced streams completed per second by `c` closed loops (a
+    stream opened as the last one ends), for each `c` of `CAPACITY_CONCURRENCY`, counted after the
+    first stream's duration (the ramp). Refusals are not absorbed here (`raise_refusals`): a refused
+    loop waits the hint and opens again, so the client's retry budget does not bound the figure."""
+    rates: dict[str, float] = {}
+    for c in CAPACITY_CONCURRENCY:
+        done: list[float] = []
+        begun = time.monotonic()
+        until = begun + ITEMS * PACE + CAPACITY_SECONDS
+
+        async def loop(w: int) -> None:
+            k = 0
+            while time.monotonic() < until:
+                try:
+                    with betterproto_nats.raise_refusals():
+                        async for _ in client.count_up(CountUpRequest(start=w * 100 + k % 100, count=ITEMS)):
+                            pass
+                    done.append(time.monotonic())
+                except Overloaded as refused:
+                    await asyncio.sleep(refused.retry_after)
+                except RpcError:
+                    pass
+                k += 1
+
+        await asyncio.gather(*(loop(w) for w in range(c)))
+        window = [t for t in done if begun + ITEMS * PACE <= t < until]
+        rates[str(c)] = round(len(window) / CAPACITY_SECONDS, 1)
+    return rates
+
+
+async def run_streams(url: str, n: int, n_idle: int, victims: dict[str, str]) -> None:
+    """The `streams` client: prints "paced" when the burst starts (the parent then loses peers),
+    then a JSON line with everything measured."""
+    nc = await nats.connect(url, max_reconnect_attempts=0)
+    client = StreamDemoServiceNatsClient(nc)
+    meter = Meter()
+    outcomes: collections.Counter[str] = collections.Counter()
+    await asyncio.gather(*(paced(client, i, outcomes) for i in range(20)))  # warm: imports, shared subscriptions
+    lost: dict[str, list[Any]] = {}
+    for how, prefix in victims.items():  # streams to services that will be lost (their own subjects)
+        heartbeat = PAUSE_HEARTBEAT if how == "pause" else DEFAULT_HEARTBEAT
+        lost[how] = await victim_streams(StreamDemoServiceNatsClient(nc, subject_prefix=prefix, heartbeat=heartbeat), 0)
+    service = await service_meter(nc)  # (resets its peaks)
+    stats_before = (await srv_stats(nc, service))["count_up"]
+    meter.reset()
+    base = meter.figures()
+    watching = asyncio.create_task(asyncio.wait_for(asyncio.gather(*(watch_lost(s) for s in lost.values())), 120))
+
+    outcomes = collections.Counter()
+    budget = RetryBudget.of(transport_of(nc))
+    retries_before, taken_before = budget.retries, budget.taken
+    timeline: list[list[float]] = []  # every 2 s: seconds, streams done, retries so far, retries waiting for a token
+
+    async def watch() -> None:
+        while True:
+            await asyncio.sleep(2.0)
+            timeline.append([round(time.perf_counter() - started, 1), sum(outcomes.values()), budget.retries - retries_before, budget.waiting])
+
+    print("paced", flush=True)
+    started = time.perf_counter()
+    watcher = asyncio.create_task(watch())
+    burst = [asyncio.create_task(paced(client, i, outcomes)) for i in range(n)]
+    meter.peak_open = n  # all are calls in progress on the client at once
+    await asyncio.gather(*burst)
+    wall = time.perf_counter() - started
+    watcher.cancel()
+    client_side = meter.figures()
+    service_side = await service_meter(nc)
+    stats_paced = (await srv_stats(nc, service))["count_up"]
+    result: dict[str, Any] = {
+        "paced": {
+            "n": n,
+            "outcomes": dict(outcomes),
+            "wall_s": round(wall, 2),
+            "stats": delta(stats_paced, stats_before),
+            "budget": {"retries": budget.retries - retries_before, "taken": budget.taken - taken_before},
+            "timeline": timeline,
+            "client": {"base_kib": base["rss_kib"], "peak_kib": client_side["peak_kib"], "peak_open": n},
+            "service": {"base_kib": service["rss_kib"], "peak_kib": service_side["peak_kib"], "peak_open": service_side["peak_open"]},
+            "service_refused": {k: v - service["refused"].get(k, 0) for k, v in service_side["refused"].items()},
+        }
+    }
+
+    idle_outcomes: collections.Counter[str] = collections.Counter()
+    started = time.perf_counter()
+    await asyncio.gather(*(idle(client, i, idle_outcomes) for i in range(n_idle)))
+    after_idle = await service_meter(nc)
+    stats_idle = (await srv_stats(nc, service))["count_up"]
+    result["idle"] = {
+        "n": n_idle,
+        "outcomes": dict(idle_outcomes),
+        "wall_s": round(time.perf_counter() - started, 2),
+        "stats": delta(stats_idle, stats_paced),
+        "service_peak_open": after_idle["peak_open"],
+        "service_refused": {k: v - service_side["refused"].get(k, 0) for k, v in after_idle["refused"].items()},
+    }
+
+    ended = await watching
+    result["lost_service"] = {how: ends for how, ends in zip(lost, ended)}
+    result["lost_client"] = after_idle["victims_gone"]
+    result["capacity_streams_per_s"] = await capacity(client)
+    print(json.dumps(result), flush=True)
+    await nc.close()
+
+
+async def run_victim_client(url: str, group: int, heartbeat: float) -> None:
+    """`--victim-client`: `VICTIM_STREAMS` streams to the loaded service, then nothing (until it is
+    killed or paused by the parent)."""
+    nc = await nats.connect(url, max_reconnect_attempts=0)
+    streams = await victim_streams(StreamDemoServiceNatsClient(nc, heartbeat=heartbeat), group)
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+    del streams
+
+
+# --- flood: unary calls at 5x capacity from several processes ---------------------------------------
 
 
 async def unary_rate(client: StreamDemoServiceNatsClient, seconds: float, in_flight: int) -> float:
@@ -278,225 +458,458 @@ async def unary_rate(client: StreamDemoServiceNatsClient, seconds: float, in_fli
     return done / (time.perf_counter() - started)
 
 
-async def open_loop(client: StreamDemoServiceNatsClient, rate: float, seconds: float, tally: Tally, tag: str) -> None:
-    """Calls started at `rate` per second whatever happens to them (as independent users send them)."""
-    calls: list[asyncio.Task[None]] = []
+async def run_capacity(url: str) -> None:
+    """`--unary-capacity`: the service's unary calls per second (16 in flight)."""
+    nc = await nats.connect(url, max_reconnect_attempts=0)
+    client = StreamDemoServiceNatsClient(nc)
+    await unary_rate(client, 0.5, 8)  # warm up
+    print(json.dumps({"capacity_per_s": await unary_rate(client, 2.0, 16)}), flush=True)
+    await nc.close()
+
+
+async def run_flood(url: str, rate: float, seconds: float, tag: str) -> None:
+    """`--flood`: prints "ready", waits for the start time (monotonic) on stdin, then starts calls
+    at `rate` per second whatever happens to them (as independent users send them)."""
+    nc = await nats.connect(url, max_reconnect_attempts=0, pending_size=64 << 20)
+    client = StreamDemoServiceNatsClient(nc)
+    for k in range(10):
+        await client.ping(PingRequest(payload=f"w{k}"), timeout=5)
+    budget = RetryBudget.of(transport_of(nc))
+    print("ready", flush=True)
+    start_at = float(await asyncio.to_thread(sys.stdin.readline))
+    retries_before, taken_before = budget.retries, budget.taken
+    outcomes: collections.Counter[str] = collections.Counter()
+    accepted: list[float] = []
+    early: list[dict[str, float]] = []  # failures before the deadline's rule allowed them
+    failed_at: dict[str, list[float]] = collections.defaultdict(list)
 
     async def one(k: int) -> None:
-        started = time.perf_counter()
+        started = time.monotonic()
         try:
             await client.ping(PingRequest(payload=f"{tag}{k}"), timeout=UNARY_DEADLINE)
-            tally.ok(started)
+            outcomes["ok"] += 1
+            accepted.append(time.monotonic() - started)
+        except Overloaded as error:
+            took = time.monotonic() - started
+            outcomes["Overloaded"] += 1
+            failed_at["Overloaded"].append(took)
+            # Raised only when the next wait (the hint and up to a quarter again, or a budget token's
+            # wait of at most 0.1 s) would pass the deadline: so not before deadline - that wait.
+            if took < UNARY_DEADLINE - max(1.25 * max(MIN_RETRY_AFTER, error.retry_after), 1 / RetryBudget.PER_SECOND) - 0.005:
+                early.append({"took": took, "hint": error.retry_after})
         except RpcError as error:
-            tally.error(error, started, opened=False)
+            took = time.monotonic() - started
+            outcomes[str(error.code)] += 1
+            failed_at[str(error.code)].append(took)
+            if str(error.code) != "DEADLINE_EXCEEDED" or took < UNARY_DEADLINE - 0.005:
+                early.append({"took": took, "code": str(error.code)})  # type: ignore[dict-item]
 
-    begun = time.perf_counter()
+    await asyncio.sleep(max(0.0, start_at - time.monotonic()))
+    cpu_before = sum(os.times()[:2])
+    calls: list[asyncio.Task[None]] = []
+    begun = time.monotonic()
+    last_sent = begun
     for k in range(int(rate * seconds)):
-        delay = begun + k / rate - time.perf_counter()
+        delay = begun + k / rate - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
         calls.append(asyncio.create_task(one(k)))
+        last_sent = time.monotonic()
     await asyncio.gather(*calls)
-
-
-async def run_unary(url: str) -> dict[str, Any]:
-    nc = await nats.connect(url, max_reconnect_attempts=0, pending_size=64 << 20)
-    client = StreamDemoServiceNatsClient(nc)
-    await unary_rate(client, 0.5, 8)  # warm up
-    capacity = await unary_rate(client, 2.0, 16)
-    before, flood, after = Tally(), Tally(), Tally()
-    await open_loop(client, capacity / 2, 2.0, before, "b")
-    base = rss_kib()
-    await open_loop(client, capacity * FLOOD_FACTOR, FLOOD_SECONDS, flood, "f")
-    recovered_at = time.perf_counter()
-    await open_loop(client, capacity / 2, 2.0, after, "a")
+    took = time.monotonic() - begun
+    retries, taken = budget.retries - retries_before, budget.taken - taken_before
+    print(
+        json.dumps(
+            {
+                "outcomes": dict(outcomes),
+                "accepted": accepted,
+                "early": early,
+                "failed_min_ms": {k: pct(v, 0.0) for k, v in failed_at.items()},
+                "retries": retries,
+                "taken": taken,
+                "budget_bound": round(RetryBudget.MAX_TOKENS + RetryBudget.PER_TAKEN * taken + RetryBudget.PER_SECOND * took),
+                "cpu_s": round(sum(os.times()[:2]) - cpu_before, 2),
+                "wall_s": round(took, 2),
+                "first_sent": begun,
+                "last_sent": last_sent,
+            }
+        ),
+        flush=True,
+    )
     await nc.close()
-    return {
-        "capacity_per_s": round(capacity),
-        "flood_per_s": round(capacity * FLOOD_FACTOR),
-        "before": before.summary(),
-        "flood": flood.summary(),
-        "after": after.summary(),
-        "client_base_kib": base,
-        "client_peak_kib": rss_kib(field="VmHWM"),
-        "after_started_s": round(recovered_at, 3),
-    }
 
 
-async def run_starved(url: str, n: int) -> dict[str, Any]:
-    """`n` server streams open, then one call blocks the service's loop for `BLOCK_SECONDS`."""
+async def run_probe(url: str) -> None:
+    """`--probe`: a call every `PROBE_EVERY` s from an otherwise idle process (default client, 1 s
+    deadline) until stdin closes; prints (sent at, seconds, outcome) of each."""
     nc = await nats.connect(url, max_reconnect_attempts=0)
     client = StreamDemoServiceNatsClient(nc)
-    tally = Tally()
-    streams = [asyncio.create_task(server_stream(client, tally, i)) for i in range(n)]
-    await asyncio.sleep(0.3)
-    await client.ping(PingRequest(payload="block"), timeout=30)
-    await asyncio.gather(*streams)
-    await nc.close()
-    return tally.summary()
-
-
-PROBE_EVERY = 0.02  # seconds between the probe's calls
-
-
-async def probe_once(client: StreamDemoServiceNatsClient, scenario: str, k: int) -> tuple[str, float]:
-    """One call of the scenario's kind from an idle process: ("refused" | "opened" | "failed", seconds
-    from sending it to the service's first answer: the refusal, the first item, the handshake)."""
-    started = time.perf_counter()
-    try:
-        if scenario == "server":
-            stream = await client.count_up(CountUpRequest(start=k, count=1))
-            async with stream:
-                await stream.recv()
-        elif scenario == "unary":
-            await client.ping(PingRequest(payload=f"probe{k}"), timeout=UNARY_DEADLINE)
-        else:
-            opened = await (client.sum() if scenario == "client" else client.chat())
-            await opened.close()
-        return "opened", time.perf_counter() - started
-    except Overloaded:
-        return "refused", time.perf_counter() - started
-    except RpcError:
-        return "failed", time.perf_counter() - started
-
-
-async def probe_main(url: str, scenario: str) -> None:
-    """`--probe`: while the load runs, a call every `PROBE_EVERY` s from this otherwise idle process:
-    how fast the service answers, without the loaded client's own queues in the figure. Stops when
-    stdin closes; prints p50/p99 of refusals and of accepted calls' first answers."""
-    nc = await nats.connect(url, max_reconnect_attempts=0)
-    client = StreamDemoServiceNatsClient(nc)
+    for k in range(10):
+        await client.ping(PingRequest(payload=f"w{k}"), timeout=5)
     print("ready", flush=True)
-    seen: dict[str, list[float]] = collections.defaultdict(list)
-    calls: set[asyncio.Task[tuple[str, float]]] = set()
+    seen: list[tuple[float, float, str]] = []
+    calls: set[asyncio.Task[None]] = set()
+
+    async def one(k: int) -> None:
+        started = time.monotonic()
+        try:
+            await client.ping(PingRequest(payload=f"probe{k}"), timeout=UNARY_DEADLINE)
+            outcome = "ok"
+        except RpcError as error:
+            outcome = str(error.code)
+        seen.append((started, time.monotonic() - started, outcome))
+
     stdin_closed = asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     k = 0
     while not stdin_closed.done():
-        task = asyncio.create_task(probe_once(client, scenario, k))
+        task = asyncio.create_task(one(k))
         calls.add(task)
         task.add_done_callback(calls.discard)
-        task.add_done_callback(lambda t: seen[t.result()[0]].append(t.result()[1]))
         k += 1
         await asyncio.sleep(PROBE_EVERY)
-    await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 30)
+    await asyncio.gather(*calls)
+    await nc.close()
+    print(json.dumps(seen), flush=True)
+
+
+# --- starved, client, bidi ---------------------------------------------------------------------------
+
+
+async def client_stream(client: StreamDemoServiceNatsClient, i: int, outcomes: collections.Counter[str]) -> None:
+    try:
+        async with await client.sum() as stream:
+            for k in range(ITEMS):
+                await stream.send(SumRequest(value=i * ITEMS + k))
+                await asyncio.sleep(PACE)
+            result = await stream.close_and_recv()
+        outcomes["ok" if result.count == ITEMS else f"short: {result.count}"] += 1
+    except RpcError as error:
+        outcomes[f"{error.code}: {error.message[:60]}"] += 1
+
+
+async def bidi_stream(client: StreamDemoServiceNatsClient, i: int, outcomes: collections.Counter[str]) -> None:
+    got = 0
+    try:
+        async with await client.chat() as stream:
+
+            async def send() -> None:
+                for k in range(ITEMS):
+                    await stream.send(ChatMessage(user="c", text=f"{i}:{k}"))
+                    await asyncio.sleep(PACE)
+                await stream.close_send()
+
+            sender = asyncio.create_task(send())
+            try:
+                async for _ in stream:
+                    got += 1
+            finally:
+                sender.cancel()
+                await asyncio.gather(sender, return_exceptions=True)
+        outcomes["ok" if got == ITEMS else f"short: {got}"] += 1
+    except RpcError as error:
+        outcomes[f"{error.code}: {error.message[:60]}"] += 1
+
+
+SHAPES: dict[str, Callable[[StreamDemoServiceNatsClient, int, collections.Counter[str]], Awaitable[None]]] = {
+    "client": client_stream,
+    "bidi": bidi_stream,
+    "starved": paced,
+}
+
+
+async def run_shape(url: str, kind: str, n: int) -> None:
+    """`n` streams of one shape at once (`starved`: then one call blocks the service's loop)."""
+    nc = await nats.connect(url, max_reconnect_attempts=0)
+    client = StreamDemoServiceNatsClient(nc)
+    meter = Meter()
+    service = await service_meter(nc)
+    meter.reset()
+    base = meter.figures()
+    outcomes: collections.Counter[str] = collections.Counter()
+    started = time.perf_counter()
+    calls = [asyncio.create_task(SHAPES[kind](client, i, outcomes)) for i in range(n)]
+    if kind == "starved":
+        await asyncio.sleep(0.3)
+        await client.ping(PingRequest(payload="block"), timeout=30)
+    await asyncio.gather(*calls)
+    wall = time.perf_counter() - started
+    service_side = await service_meter(nc)
+    print(
+        json.dumps(
+            {
+                "n": n,
+                "outcomes": dict(outcomes),
+                "wall_s": round(wall, 2),
+                "client": {"base_kib": base["rss_kib"], "peak_kib": meter.figures()["peak_kib"], "peak_open": n},
+                "service": {"base_kib": service["rss_kib"], "peak_kib": service_side["peak_kib"], "peak_open": service_side["peak_open"]},
+                "service_refused": service_side["refused"],
+            }
+        ),
+        flush=True,
+    )
     await nc.close()
 
-    def pct(values: list[float], q: float) -> float | None:
-        return round(sorted(values)[min(len(values) - 1, int(q * len(values)))] * 1000, 1) if values else None
 
-    print(json.dumps({kind: {"n": len(v), "p50_ms": pct(v, 0.5), "p99_ms": pct(v, 0.99)} for kind, v in seen.items()}), flush=True)
+# --- the parent ---------------------------------------------------------------------------------------
 
-
-async def client_main(url: str, scenario: str, n: int) -> None:
-    time_the_gate()
-    if scenario in STREAMS:
-        result = await run_streams(url, scenario, n)
-    elif scenario == "unary":
-        result = await run_unary(url)
-    else:
-        result = await run_starved(url, n)
-    print(json.dumps(result), flush=True)
+ME = str(Path(__file__).resolve())
 
 
-def run_scenario(url: str, scenario: str, n: int, service_options: dict[str, Any]) -> dict[str, Any]:
-    me = str(Path(__file__).resolve())
-    service = subprocess.Popen(
-        [sys.executable, me, "--serve", url, json.dumps(service_options)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    probe: subprocess.Popen[str] | None = None
-    try:
+class Procs:
+    """The child processes of one scenario, ended (killed if need be) when it is over."""
+
+    def __init__(self) -> None:
+        self.all: list[subprocess.Popen[str]] = []
+
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen([sys.executable, ME, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.all.append(proc)
+        return proc
+
+    def service(self, url: str, options: dict[str, Any]) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+        proc = self.start("--serve", url, json.dumps(options))
+        assert proc.stdout is not None
+        return proc, json.loads(proc.stdout.readline())
+
+    def __enter__(self) -> Procs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.all:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.kill()
+                proc.wait()
+
+
+def last_json(proc: subprocess.Popen[str], timeout: float) -> Any:
+    """The last line a child prints before it ends, as JSON."""
+    out, _ = proc.communicate(timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{proc.args} failed ({proc.returncode})")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def scenario_burst(url: str) -> dict[str, Any]:
+    with Procs() as procs:
+        procs.service(url, {})
+        return last_json(procs.start("--client", url, "burst", json.dumps({"sizes": [200, 2000]})), 300)  # type: ignore[no-any-return]
+
+
+def scenario_streams(url: str, n: int, n_idle: int) -> dict[str, Any]:
+    """The loaded service and client, two victim services (killed, paused) with streams from the
+    loaded client, two victim clients (killed, paused) with streams to the loaded service."""
+    with Procs() as procs:
+        procs.service(url, {})
+        victims = {how: procs.service(url, {"victim": True, "serve": {"subject_prefix": f"victim_{how}"}})[0] for how in ("kill", "pause")}
+        victim_clients = {}
+        for group, how in enumerate(("kill", "pause"), start=1):
+            heartbeat = PAUSE_HEARTBEAT if how == "pause" else DEFAULT_HEARTBEAT
+            proc = procs.start("--victim-client", url, str(group), str(heartbeat))
+            assert proc.stdout is not None
+            proc.stdout.readline()
+            victim_clients[how] = proc
+        client = procs.start("--client", url, "streams", json.dumps({"n": n, "idle": n_idle, "victims": {how: f"victim_{how}" for how in victims}}))
+        assert client.stdout is not None
+        assert client.stdout.readline().strip() == "paced"
+        time.sleep(2.0)  # into the burst: both loaded processes busy
+        lost_at: dict[str, float] = {}
+        for how, sig in (("kill", signal.SIGKILL), ("pause", signal.SIGSTOP)):
+            lost_at[how] = time.monotonic()
+            victims[how].send_signal(sig)
+            victim_clients[how].send_signal(sig)
+            time.sleep(3.0)
+        result: dict[str, Any] = last_json(client, 600)
+    noticed: dict[str, Any] = {}
+    for how in ("kill", "pause"):
+        ends = result["lost_service"][how]
+        gone = result["lost_client"].get(str(("kill", "pause").index(how) + 1))
+        noticed[how] = {
+            "service_lost": {"codes": sorted({code for code, _ in ends}), "noticed_s": round(max(at for _, at in ends) - lost_at[how], 2)},
+            "client_lost": None if gone is None else round(gone - lost_at[how], 2),
+        }
+    result["lost"] = noticed
+    del result["lost_service"], result["lost_client"]
+    return result
+
+
+def scenario_flood(url: str) -> dict[str, Any]:
+    with Procs() as procs:
+        service, ready = procs.service(url, {"cpu": CPU_PER_CALL})
+        cap = last_json(procs.start("--unary-capacity", url), 60)["capacity_per_s"]
+        probe = procs.start("--probe", url)
+        assert probe.stdout is not None and probe.stdin is not None
+        probe.stdout.readline()
+        rate = cap * FLOOD_FACTOR / FLOOD_CLIENTS
+        floods = [procs.start("--flood", url, str(rate), str(FLOOD_SECONDS), f"f{k}-") for k in range(FLOOD_CLIENTS)]
+        for proc in floods:
+            assert proc.stdout is not None
+            proc.stdout.readline()
+        rss_before = rss_kib(service.pid)
+        cpu_before = cpu_s(service.pid)
+        start_at = time.monotonic() + 1.0  # the probe sees a second of normal service first
+        for proc in floods:
+            assert proc.stdin is not None
+            proc.stdin.write(f"{start_at}\n")
+            proc.stdin.flush()
+        results = [last_json(proc, 120) for proc in floods]
+        service_cpu = cpu_s(service.pid) - cpu_before
         assert service.stdin is not None and service.stdout is not None
-        ready = json.loads(service.stdout.readline())
-        if scenario != "starved":  # an idle third process times the service's answers during the load
-            probe = subprocess.Popen([sys.executable, me, "--probe", url, scenario], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-            assert probe.stdout is not None
-            probe.stdout.readline()
-        client = subprocess.run(
-            [sys.executable, me, "--client", url, scenario, str(n)], capture_output=True, text=True, timeout=600
-        )
-        if probe is not None:
-            probe_out, _ = probe.communicate("", timeout=60)
-            result_probe = json.loads(probe_out.strip().splitlines()[-1])
-        if client.returncode != 0:
-            raise RuntimeError(f"client of {scenario} failed:\n{client.stderr[-3000:]}")
-        result: dict[str, Any] = json.loads(client.stdout.strip().splitlines()[-1])
-        service.stdin.write("stats\n")
+        service.stdin.write("figures\n")
         service.stdin.flush()
-        figures = json.loads(service.stdout.readline())
-        if probe is not None:
-            result["probe"] = result_probe
-        result["service_base_kib"] = ready["rss_kib"]
-        result["service_peak_kib"] = figures["peak_kib"]
-        result["service_refused"] = figures["refused"]
-        service.stdin.close()
-        service.wait(timeout=30)
-        return result
-    finally:
-        for process in (service, probe):
-            if process is not None and process.poll() is None:
-                process.kill()
-                process.wait()
+        refused = json.loads(service.stdout.readline())["refused"]
+        time.sleep(2.0)
+        samples = last_json(probe, 60)
+        service_peak = rss_kib(service.pid, "VmHWM")
+    outcomes: collections.Counter[str] = collections.Counter()
+    for r in results:
+        outcomes.update(r["outcomes"])
+    accepted = [t for r in results for t in r["accepted"]]
+    flood_end = max(r["last_sent"] for r in results)
+    normal = [s for at, s, outcome in samples if at < start_at - 0.05]
+    normal_p99 = sorted(normal)[int(0.99 * len(normal))] if normal else 0.0
+    slow = max(2 * normal_p99, normal_p99 + 0.002)
+    # Back to normal: the first moment after which every probe call answers within `slow`.
+    late = [at for at, s, outcome in samples if at >= start_at and (s > slow or outcome != "ok")]
+    recovered = max(0.0, (max(late) + PROBE_EVERY if late else start_at) - flood_end)
+    after = [s for at, s, outcome in samples if at > flood_end + 1.0]
+    during = [s for at, s, outcome in samples if start_at <= at <= flood_end]
+    return {
+        "capacity_per_s": round(cap),
+        "flood_per_s": round(cap * FLOOD_FACTOR),
+        "clients": FLOOD_CLIENTS,
+        "outcomes": dict(outcomes),
+        "accepted_p50_ms": pct(accepted, 0.5),
+        "accepted_p99_ms": pct(accepted, 0.99),
+        "accepted_max_ms": pct(accepted, 1.0),
+        "early_failures": [e for r in results for e in r["early"]][:20],
+        "early_count": sum(len(r["early"]) for r in results),
+        "failed_min_ms": [r["failed_min_ms"] for r in results],
+        "retries": [[r["retries"], r["budget_bound"], r["taken"]] for r in results],
+        "probe_normal_p50_ms": pct(normal, 0.5),
+        "probe_normal_p99_ms": pct(normal, 0.99),
+        "probe_during_p50_ms": pct(during, 0.5),
+        "probe_during_p99_ms": pct(during, 0.99),
+        "probe_after_1s_p50_ms": pct(after, 0.5),
+        "probe_after_1s_p99_ms": pct(after, 0.99),
+        "recovered_after_s": round(recovered, 3),
+        "service_rss_kib": [rss_before, service_peak],
+        "service_refused": refused,
+        "cpu_s": {"service": round(service_cpu, 2), "flood clients": [r["cpu_s"] for r in results], "flood wall": max(r["wall_s"] for r in results)},
+    }
 
 
-def report(scenario: str, n: int, result: dict[str, Any]) -> list[str]:
-    lines = [f"### {scenario}" + (f" ({n} calls)" if scenario != "unary" else "")]
-    phases = [("", result)] if scenario != "unary" else [(f"{p}: ", result[p]) for p in ("before", "flood", "after")]
-    if scenario == "unary":
-        lines.append(f"capacity {result['capacity_per_s']} calls/s (1 ms of CPU each), flood {result['flood_per_s']} calls/s for {FLOOD_SECONDS:g} s, deadline {UNARY_DEADLINE:g} s")
-    for label, phase in phases:
+def scenario_shape(url: str, kind: str, n: int) -> dict[str, Any]:
+    with Procs() as procs:
+        procs.service(url, {})
+        return last_json(procs.start("--client", url, kind, json.dumps({"n": n})), 600)  # type: ignore[no-any-return]
+
+
+def per_stream(side: dict[str, Any]) -> str:
+    growth = side["peak_kib"] - side["base_kib"]
+    return f"peak RSS +{growth / 1024:.1f} MiB over {side['peak_open']} open: {growth / max(1, side['peak_open']):.1f} KiB per stream"
+
+
+def report(scenario: str, r: dict[str, Any]) -> list[str]:
+    """A few lines of text per scenario (bench/overload.md)."""
+    lines = [f"### {scenario}"]
+    if scenario == "burst":
+        for n, x in r["sizes"].items():
+            lines.append(f"{n} unary calls at once: {x['outcomes']} in {x['wall_ms']} ms; service STATS {x['stats']}")
+    elif scenario == "streams":
+        p, i = r["paced"], r["idle"]
+        cap = max(r["capacity_streams_per_s"].values())
         lines.append(
-            f"{label}{phase['outcomes']}; accepted p50/p99 {phase['accepted_p50_ms']}/{phase['accepted_p99_ms']} ms; "
-            f"refused p50/p99 {phase['refused_p50_ms']}/{phase['refused_p99_ms']} ms (retry hint p50 {phase['retry_after_p50_ms']} ms); "
-            f"waited at the client's gate p50/p99 {phase['gate_wait_p50_ms']}/{phase['gate_wait_p99_ms']} ms"
+            f"{p['n']} paced streams: {p['outcomes']} in {p['wall_s']} s; N / capacity = {p['n'] / cap:.1f} s "
+            f"(capacity {cap} streams/s, by concurrency {r['capacity_streams_per_s']}): {p['wall_s'] / (p['n'] / cap):.2f}x"
         )
-    if "wall_s" in result:
-        lines.append(f"wall {result['wall_s']} s")
-    for side in ("client", "service"):
-        if f"{side}_peak_kib" in result:
-            growth = result[f"{side}_peak_kib"] - result[f"{side}_base_kib"]
-            per = f", {growth / n:.1f} KiB per stream" if scenario in STREAMS else ""
-            lines.append(f"{side}: peak RSS {result[f'{side}_peak_kib'] / 1024:.0f} MiB (+{growth / 1024:.0f} MiB{per})")
-    if "probe" in result:
-        seen = result["probe"]
+        lines.append(f"  service STATS {p['stats']}, refusals by reason {p['service_refused']}; client retry budget {p['budget']}")
+        lines.append(f"  [s, done, retries, waiting for a token] every 2 s: {p['timeline']}")
+        lines.append(f"  client: {per_stream(p['client'])}; service: {per_stream(p['service'])}")
         lines.append(
-            f"probe (a call every {PROBE_EVERY * 1000:.0f} ms from an idle process), first answer: "
-            + "; ".join(f"{kind} {v['n']}: p50/p99 {v['p50_ms']}/{v['p99_ms']} ms" for kind, v in sorted(seen.items()))
+            f"{i['n']} idle streams right after: {i['outcomes']} in {i['wall_s']} s; service STATS {i['stats']}, "
+            f"peak open {i['service_peak_open']}, refusals by reason {i['service_refused']}"
         )
-    if result.get("service_refused"):
-        lines.append(f"service refusals by reason: {result['service_refused']}")
+        for how, x in r["lost"].items():
+            lines.append(f"lost peer ({how}) during the burst: the client noticed its service after {x['service_lost']}, the service freed its client's streams after {x['client_lost']} s")
+    elif scenario == "flood":
+        lines.append(
+            f"capacity {r['capacity_per_s']} calls/s (1 ms CPU each), flood {r['flood_per_s']} calls/s from {r['clients']} processes for {FLOOD_SECONDS:g} s, deadline {UNARY_DEADLINE:g} s"
+        )
+        lines.append(
+            f"{r['outcomes']}; accepted p50/p99/max {r['accepted_p50_ms']}/{r['accepted_p99_ms']}/{r['accepted_max_ms']} ms; "
+            f"failed before the deadline's rule allowed: {r['early_count']} {r['early_failures'][:3]}; earliest failures (ms) {r['failed_min_ms']}"
+        )
+        lines.append(f"retries / budget bound / calls taken per client: {r['retries']}; service refusals by reason {r['service_refused']}")
+        lines.append(
+            f"probe p50/p99: before {r['probe_normal_p50_ms']}/{r['probe_normal_p99_ms']} ms, during {r['probe_during_p50_ms']}/{r['probe_during_p99_ms']} ms, "
+            f"from 1 s after {r['probe_after_1s_p50_ms']}/{r['probe_after_1s_p99_ms']} ms; back to normal {r['recovered_after_s']} s after the last call was sent"
+        )
+        lines.append(f"service RSS {r['service_rss_kib'][0] / 1024:.0f} -> peak {r['service_rss_kib'][1] / 1024:.0f} MiB; CPU seconds during the flood {r['cpu_s']}")
+    else:
+        lines.append(f"{r['n']} streams: {r['outcomes']} in {r['wall_s']} s; refusals by reason {r['service_refused']}")
+        lines.append(f"  client: {per_stream(r['client'])}; service: {per_stream(r['service'])}")
     return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--streams", type=int, default=10_000)
-    parser.add_argument("--only", default="server,client,bidi,unary,starved")
-    parser.add_argument("--max-streams", type=int, default=25_000, help="the service's max_concurrent_streams")
-    parser.add_argument("--max-loop-lag", type=float, default=None, help="the service's max_loop_lag (default: the runtime's)")
+    parser.add_argument("--only", default="burst,streams,flood,starved")
+    # 2,000, not the issue's 10,000: the client's retry budget lets ~10 retries a second through, so
+    # 10,000 take ~15 minutes (docs/PERFORMANCE.md, "Overload").
+    parser.add_argument("--streams", type=int, default=2_000, help="paced streams (and client/bidi streams)")
+    parser.add_argument("--idle", type=int, default=2_000, help="idle streams right after the paced ones")
     args = parser.parse_args()
-    options: dict[str, Any] = {"max_concurrent_streams": args.max_streams}
-    if args.max_loop_lag is not None:
-        options["max_loop_lag"] = args.max_loop_lag
-    results: dict[str, Any] = {"options": options, "streams": args.streams}
-    lines = ["# Overload (bench/overload.py)", "", f"service options: {options}", ""]
+    results: dict[str, Any] = {}
+    lines = ["# Overload (bench/overload.py)", "", "default settings on both sides", ""]
     with NatsServer() as server:
         for scenario in args.only.split(","):
-            n = args.streams if scenario in STREAMS else 200
-            result = run_scenario(server.url, scenario, n, options)
+            started = time.monotonic()
+            if scenario == "burst":
+                result = scenario_burst(server.url)
+            elif scenario == "streams":
+                result = scenario_streams(server.url, args.streams, args.idle)
+            elif scenario == "flood":
+                result = scenario_flood(server.url)
+            else:
+                result = scenario_shape(server.url, scenario, 200 if scenario == "starved" else args.streams)
+            result["scenario_s"] = round(time.monotonic() - started, 1)
             results[scenario] = result
-            section = report(scenario, n, result)
+            section = [*report(scenario, result), f"(scenario took {result['scenario_s']} s)"]
             print("\n".join(section), flush=True)
             lines += [*section, ""]
     (Path(__file__).parent / "overload.md").write_text("\n".join(lines) + "\n")
     (Path(__file__).parent / "overload.json").write_text(json.dumps(results, indent=2) + "\n")
 
 
+CHILD_ROLES = ("--serve", "--victim-client", "--unary-capacity", "--flood", "--probe", "--client")
+
+
+def child() -> None:
+    """The child processes' entry points (the first argument says which)."""
+    role, url, *rest = sys.argv[1:]
+    if role == "--serve":
+        asyncio.run(serve(url, json.loads(rest[0])))
+    elif role == "--victim-client":
+        asyncio.run(run_victim_client(url, int(rest[0]), float(rest[1])))
+    elif role == "--unary-capacity":
+        asyncio.run(run_capacity(url))
+    elif role == "--flood":
+        asyncio.run(run_flood(url, float(rest[0]), float(rest[1]), rest[2]))
+    elif role == "--probe":
+        asyncio.run(run_probe(url))
+    elif role == "--client":
+        scenario, options = rest[0], json.loads(rest[1])
+        if scenario == "burst":
+            print(json.dumps(asyncio.run(run_burst(url, options["sizes"]))), flush=True)
+        elif scenario == "streams":
+            asyncio.run(run_streams(url, options["n"], options["idle"], options["victims"]))
+        else:
+            asyncio.run(run_shape(url, scenario, options["n"]))
+
+
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--serve"]:
-        asyncio.run(serve(sys.argv[2], json.loads(sys.argv[3])))
-    elif sys.argv[1:2] == ["--probe"]:
-        asyncio.run(probe_main(sys.argv[2], sys.argv[3]))
-    elif sys.argv[1:2] == ["--client"]:
-        asyncio.run(client_main(sys.argv[2], sys.argv[3], int(sys.argv[4])))
+    if sys.argv[1:2] and sys.argv[1] in CHILD_ROLES:
+        child()
     else:
         main()
