@@ -232,6 +232,8 @@ def _encode_field(f: Field) -> list[str]:
 
 def _encoder(plan: Message) -> list[str]:
     lines = [f"def _encode_{plan.py_name}(message: {plan.py_name}) -> bytes:", "    out = bytearray()"]
+    if plan.fields:
+        lines.append("    value: _nats.Any  # fields of several types pass through it")
     for f in sorted(plan.fields, key=lambda f: f.number):
         lines += ["    " + line for line in _encode_field(f)]
     lines += ["    out += message._unknown_fields", "    return bytes(out)"]
