@@ -61,6 +61,7 @@ class Parameters:
         self.typing = "310"  # the only typing mode that survives messages named Optional or fields named typing
         self.pydantic = False
         self.include_google = False
+        self.messages = "betterproto"  # `messages=betterproto2`: the prototype backend (docs/BETTERPROTO2.md)
         for item in filter(None, (part.strip() for part in text.split(","))):
             if item in ("grpclib=false", "grpclib=true"):
                 self.grpclib = item.endswith("true")
@@ -70,6 +71,8 @@ class Parameters:
                 self.typing = item[len("typing.") :]
             elif item == "pydantic_dataclasses":
                 self.pydantic = True
+            elif item in ("messages=betterproto", "messages=betterproto2"):
+                self.messages = item.split("=", 1)[1]
             elif item == "INCLUDE_GOOGLE":
                 self.include_google = True
             else:
@@ -161,6 +164,10 @@ def _generate(data: bytes) -> bytes:
         emitted.discard("google.protobuf")
     # Read names and options before betterproto builds its model: it renames descriptors in place.
     nats_services = read_services(list(request.proto_file), emitted, pythonize_method_name, pythonize_field_name)
+    if params.messages == "betterproto2":
+        from . import adapter_bp2  # the compiler extra of betterproto2 is needed only here
+
+        return adapter_bp2.generate(data, params, emitted, nats_services, RUNTIME_IMPORTS, CODEC_IMPORTS)
 
     compiler = PluginRequestCompiler(plugin_request_obj=request)
     # betterproto annotates OutputTemplate.input_files as List[str]; it holds the file descriptors.

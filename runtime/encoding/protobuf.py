@@ -47,6 +47,7 @@ __all__ = [
     "read_float_value", "read_double_value", "read_string_value", "read_bytes_value", "write_bool_value",
     "write_int32_value", "write_int64_value", "write_uint32_value", "write_uint64_value",
     "write_float_value", "write_double_value", "write_string_value", "write_bytes_value",
+    "build_plain", "read_enum_open", "read_packed_enum_open", "read_message_class",
 ]
 
 M = TypeVar("M", bound=betterproto.Message)
@@ -88,6 +89,14 @@ def build(message_type: type[M], fields: Fields) -> M:
     """A message with exactly `fields` as its `__dict__` (no `__init__`, no `__post_init__`)."""
     message = _new(message_type)
     _set_fields(message, fields)
+    return message
+
+
+def build_plain(message_type: type[V], fields: Fields) -> V:
+    """A plain dataclass message (betterproto2) with exactly `fields` as its `__dict__`: no `__init__`,
+    no `__post_init__` (the decoder sets `_unknown_fields` itself)."""
+    message = _new(message_type)
+    message.__dict__ = fields
     return message
 
 
@@ -446,6 +455,12 @@ def read_enum(data: bytes, pos: int, enum: type[E]) -> tuple[E, int]:
     return enum.try_value(value), pos
 
 
+def read_enum_open(data: bytes, pos: int, enum: Callable[[int], V]) -> tuple[V, int]:
+    """An open enum of betterproto2, whose class keeps unknown numbers itself (`_missing_`); read as int32."""
+    value, pos = read_int32(data, pos)
+    return enum(value), pos
+
+
 def _fixed_reader(fmt: str) -> Callable[[bytes, int], tuple[Any, int]]:
     unpack = struct.Struct(fmt).unpack_from
     size = struct.calcsize(fmt)
@@ -507,6 +522,20 @@ def read_message_type(data: bytes, pos: int, end: int, depth: int, message_type:
     message = message_type().parse(body)
     message._serialized_on_wire = True
     return message, stop
+
+
+def read_message_class(data: bytes, pos: int, end: int, depth: int, message_type: Any) -> tuple[Any, int]:
+    """A nested betterproto2 message of another module or one without a generated codec: its registered
+    decoder if any, else betterproto2's classmethod `parse` after a framing check."""
+    decode = DECODERS.get(message_type)
+    if decode is not None:
+        return read_message(data, pos, end, depth, decode)
+    if depth >= MAX_DEPTH:
+        raise DecodeError(f"messages nested more than {MAX_DEPTH} deep")
+    pos, stop = _read_length(data, pos, end)
+    body = data[pos:stop]
+    check_framing(body)
+    return message_type.parse(body), stop
 
 
 def _read_seconds_nanos(data: bytes, pos: int, end: int, depth: int) -> tuple[int, int, int]:
@@ -631,6 +660,11 @@ def read_packed_bool(data: bytes, pos: int, end: int) -> tuple[list[bool], int]:
 def read_packed_enum(data: bytes, pos: int, end: int, enum: type[E]) -> tuple[list[E], int]:
     values, pos = read_packed_int32(data, pos, end)
     return [enum.try_value(v) for v in values], pos
+
+
+def read_packed_enum_open(data: bytes, pos: int, end: int, enum: Callable[[int], V]) -> tuple[list[V], int]:
+    values, pos = read_packed_int32(data, pos, end)
+    return [enum(v) for v in values], pos
 
 
 def _packed_fixed_reader(code: str) -> Callable[[bytes, int, int], tuple[list[Any], int]]:

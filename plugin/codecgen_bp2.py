@@ -1,0 +1,265 @@
+"""Per-message protobuf codecs on betterproto2 dataclasses (the `messages=betterproto2` backend; see
+docs/BETTERPROTO2.md). The plan and the decoder loop are codecgen's; what differs is the object:
+
+- the decoder's dict is the dataclass's own `__dict__`: every field at its default (scalars their zero,
+  enums `E(0)`, lists and dicts fresh, message, Timestamp, Duration, wrapper, `optional` and oneof
+  fields None) and `_unknown_fields`; a oneof member read sets the others of its group to None;
+- the encoder reads attributes directly (plain dataclass attributes cost ~10 ns); a singular message,
+  Timestamp or Duration field is written when it is not None, empty or not (protobuf's presence rule);
+- enums are read with the class itself (betterproto2 keeps unknown numbers through `_missing_`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .codecgen import (
+    HEADER,
+    LEN,
+    PY_TYPES,
+    SCALARS,
+    Field,
+    Kind,
+    Message,
+    Unsupported,
+    _comment,
+    _locals,
+    _loop,
+    _q,
+    key_bytes,
+)
+
+# betterproto2's descriptor enums drop the TYPE_ prefix: SCALARS keyed by the bare name.
+_SCALARS = {str(getattr(t, "name", t)).removeprefix("TYPE_"): v for t, v in SCALARS.items()}
+_WRAPPERS = {
+    f".google.protobuf.{name}": f"{name.removesuffix('Value').lower()}_value"
+    for name in ("BoolValue", "Int32Value", "Int64Value", "UInt32Value", "UInt64Value", "FloatValue",
+                 "DoubleValue", "StringValue", "BytesValue")
+}
+
+
+class OpenKind(Kind):
+    """A Kind whose enum and foreign-message reads use the betterproto2 helpers."""
+
+    def read(self) -> str:
+        if self.name == "enum":
+            return f"_nats.read_enum_open(data, pos, {self.ref})"
+        if self.name == "message" and not self.codec:
+            return f"_nats.read_message_class(data, pos, end, depth, {self.ref})"
+        return super().read()
+
+    def default(self) -> str:
+        if self.name == "enum":
+            return f"{self.ref}(0)"
+        return super().default()
+
+
+def _type_name(proto: Any) -> str:
+    return str(getattr(proto.type, "name", proto.type)).removeprefix("TYPE_")
+
+
+def _kind(proto: Any, reference: str, local_codecs: set[str]) -> Kind:
+    """The kind of a field (or a map key or value) from its descriptor and its Python reference."""
+    type_name = _type_name(proto)
+    if type_name in _SCALARS:
+        return OpenKind(*_SCALARS[type_name])
+    if type_name == "ENUM":
+        return OpenKind("enum", 0, reference)
+    if type_name != "MESSAGE":
+        raise Unsupported(f"field {proto.name} is a group")
+    if proto.type_name == ".google.protobuf.Timestamp":
+        return OpenKind("timestamp", LEN)
+    if proto.type_name == ".google.protobuf.Duration":
+        return OpenKind("duration", LEN)
+    if proto.type_name in _WRAPPERS:
+        return OpenKind(_WRAPPERS[proto.type_name], LEN)
+    return OpenKind("message", LEN, reference, reference in local_codecs)
+
+
+def _field(compiler: Any, local_codecs: set[str]) -> Field:
+    proto = compiler.proto_obj
+    name, number = compiler.py_name, proto.number
+    if type(compiler).__name__ == "MapEntryCompiler":
+        entry_name = proto.type_name.rsplit(".", 1)[1]
+        entry = next(n for n in compiler.message.proto_obj.nested_type if n.name == entry_name)
+        key = _kind(entry.field[0], compiler.py_k_type, local_codecs)
+        value = _kind(entry.field[1], compiler.py_v_type, local_codecs)
+        if value.name.endswith("_value"):
+            raise Unsupported(f"map field {proto.name} has wrapper values (left to betterproto2's codec)")
+        return Field(name, number, value, "map", key=key)
+    reference = compiler.py_type if _type_name(proto) in ("ENUM", "MESSAGE") else ""
+    kind = _kind(proto, reference, local_codecs)
+    if str(getattr(proto.label, "name", proto.label)).endswith("REPEATED"):
+        options = proto.options
+        unpacked = options is not None and options.packed is False
+        return Field(name, number, kind, "repeated", packed=kind.packable and not unpacked)
+    if proto.proto3_optional:
+        return Field(name, number, kind, "optional")
+    if type(compiler).__name__ == "OneOfFieldCompiler":
+        group = compiler.message.proto_obj.oneof_decl[proto.oneof_index].name
+        return Field(name, number, kind, "oneof", group=group)
+    return Field(name, number, kind, "implicit")
+
+
+def read_messages(package: Any) -> list[Message]:
+    """The codec plan of every message of a betterproto2 output module."""
+    messages = list(package.messages.values())
+    plans = [Message(m.py_name) for m in messages]
+    for plan, message in zip(plans, messages):
+        if package.settings.pydantic_dataclasses:
+            plan.unsupported = "pydantic dataclasses validate in __init__, which a generated decoder skips"
+        elif message.source_file.syntax != "proto3":
+            plan.unsupported = "proto2 semantics (explicit presence, closed enums, unpacked repeated fields)"
+        elif message.deprecated or message.has_deprecated_fields:
+            plan.unsupported = "deprecation warnings come from __post_init__, which a generated decoder skips"
+    changed = True
+    while changed:
+        changed = False
+        local = {p.py_name for p in plans if not p.unsupported}
+        for plan, message in zip(plans, messages):
+            if plan.unsupported:
+                continue
+            try:
+                plan.fields = [_field(f, local) for f in message.fields]
+            except Unsupported as reason:
+                plan.unsupported, changed = str(reason), True
+    for plan in plans:
+        plan.groups = {}
+        for f in plan.fields:
+            if f.label == "oneof":
+                plan.groups.setdefault(f.group, []).append(f.name)
+    return plans
+
+
+# --- Rendering --------------------------------------------------------------------------------------
+
+
+def _initial(f: Field) -> str:
+    if f.label == "repeated":
+        return "[]"
+    if f.label == "map":
+        return "{}"
+    if f.label in ("optional", "oneof") or f.kind.wire == LEN and f.kind.name not in ("string", "bytes"):
+        return "None"
+    return f.kind.default()
+
+
+def _decode_branches(plan: Message, target: str) -> list[str]:
+    lines: list[str] = []
+    for f in sorted(plan.fields, key=lambda f: f.number):
+        name = _q(f.name)
+        if f.label == "map":
+            lines += [
+                f"elif tag == {f.tag()}:",
+                f"    entry, pos = _nats.read_message(data, pos, end, depth, _decode_{plan.py_name}_{f.name})",
+                f"    {target}[{name}][entry[0]] = entry[1]",
+            ]
+        elif f.label == "repeated":
+            lines += [f"elif tag == {f.tag()}:", f"    value, pos = {f.kind.read()}", f"    {target}[{name}].append(value)"]
+            if f.kind.packable:
+                extra = f", {f.kind.ref}" if f.kind.name == "enum" else ""
+                packed = "read_packed_enum_open" if f.kind.name == "enum" else f"read_packed_{f.kind.name}"
+                lines += [
+                    f"elif tag == {f.tag(LEN)}:",
+                    f"    values, pos = _nats.{packed}(data, pos, end{extra})",
+                    f"    {target}[{name}] += values",
+                ]
+        else:
+            lines += [f"elif tag == {f.tag()}:", f"    {target}[{name}], pos = {f.kind.read()}"]
+            if f.label == "oneof":
+                others = [o for o in plan.groups[f.group] if o != f.name]
+                if others:
+                    lines.append("    " + " = ".join(f"{target}[{_q(o)}]" for o in others) + " = None")
+    if lines:
+        lines[0] = lines[0][2:]
+    return lines
+
+
+def _decoder(plan: Message) -> list[str]:
+    lines = [f"def _decode_{plan.py_name}(data: bytes, pos: int, end: int, depth: int) -> {plan.py_name}:"]
+    entries = [f"{_q(f.name)}: {_initial(f)}" for f in plan.fields] + ['"_unknown_fields": b""']
+    lines.append("    fields: _nats.Fields = {" + ", ".join(entries) + ",}")
+    lines += ["    " + line for line in _loop(_decode_branches(plan, "fields"), 'fields["_unknown_fields"]')]
+    lines.append(f"    return _nats.build_plain({plan.py_name}, fields)")
+    return lines
+
+
+def _entry_decoder(plan: Message, f: Field) -> list[str]:
+    assert f.key is not None
+    key, value = f.key, f.kind
+    entry = Message(plan.py_name, [Field("key", 1, key, "implicit"), Field("value", 2, value, "implicit")])
+    value_type = value.ref or {"timestamp": "_nats.datetime", "duration": "_nats.timedelta"}.get(value.name, "")
+    value_type = value_type or PY_TYPES[value.name]
+    initial = value.default() if value.name not in ("message", "enum") else "None"
+    lines = [
+        f"def _decode_{plan.py_name}_{f.name}(data: bytes, pos: int, end: int, depth: int)"
+        f" -> tuple[{PY_TYPES[key.name]}, {value_type}]:",
+        f'    """An entry of {plan.py_name}.{f.name}."""',
+        f'    entry: _nats.Fields = {{"key": {key.default()}, "value": {initial}}}',
+    ]
+    lines += ["    " + line for line in _loop(_decode_branches(entry, "entry"), "")]
+    if initial == "None":
+        lines.append('    if entry["value"] is None:')
+        lines.append(f'        entry["value"] = {value.default()}')
+    lines.append('    return entry["key"], entry["value"]')
+    return lines
+
+
+def _encode_field(f: Field) -> list[str]:
+    kind = f.kind
+    tag = key_bytes(f.number, f.wire)
+    lines = [f"value = message.{f.name}"]
+    if f.label == "map":
+        assert f.key is not None
+        return lines + [
+            "if value:",
+            "    for key, item in value.items():",
+            "        entry = bytearray()",
+            f"        {f.key.write('entry', key_bytes(1, f.key.wire), 'key')}",
+            f"        {kind.write('entry', key_bytes(2, kind.wire), 'item')}",
+            f"        _nats.write_bytes(out, {tag}, entry)",
+        ]
+    if f.label == "repeated":
+        if f.packed:
+            return lines + ["if value:", f"    _nats.write_packed_{kind.name}(out, {key_bytes(f.number, LEN)}, value)"]
+        return lines + ["if value:", "    for item in value:", f"        {kind.write('out', tag, 'item')}"]
+    if f.label in ("optional", "oneof") or kind.wire == LEN and kind.name not in ("string", "bytes"):
+        return lines + ["if value is not None:", f"    {kind.write('out', tag, 'value')}"]
+    if kind.name in ("float", "double"):
+        return lines + ["if _nats.nonzero(value):", f"    {kind.write('out', tag, 'value')}"]
+    return lines + ["if value:", f"    {kind.write('out', tag, 'value')}"]
+
+
+def _encoder(plan: Message) -> list[str]:
+    lines = [f"def _encode_{plan.py_name}(message: {plan.py_name}) -> bytes:", "    out = bytearray()"]
+    if plan.fields:
+        lines.append("    value: _nats.Any  # fields of several types pass through it")
+    for f in sorted(plan.fields, key=lambda f: f.number):
+        lines += ["    " + line for line in _encode_field(f)]
+    lines += ["    out += message._unknown_fields", "    return bytes(out)"]
+    return lines
+
+
+def render(package: Any) -> str:
+    """The codec section of a betterproto2 output module ("" when it has no messages)."""
+    plans = read_messages(package)
+    if not plans:
+        return ""
+    blocks: list[list[str]] = []
+    for plan in plans:
+        if plan.unsupported:
+            blocks.append(_comment(f"{plan.py_name} has no generated codec (betterproto2's is used): {plan.unsupported}."))
+            continue
+        blocks.append(_encoder(plan))
+        blocks.append(_decoder(plan))
+        for f in plan.fields:
+            if f.label == "map":
+                blocks.append(_entry_decoder(plan, f))
+    registrations = [
+        f"_nats.register({p.py_name}, _encode_{p.py_name}, _decode_{p.py_name})" for p in plans if not p.unsupported
+    ]
+    if registrations:
+        blocks.append(registrations)
+    header = HEADER.replace("betterproto's parse", "betterproto2's parse")
+    return header + "\n\n\n" + "\n\n\n".join("\n".join(block) for block in blocks) + "\n"
+
