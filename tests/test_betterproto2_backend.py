@@ -17,7 +17,7 @@ import pytest
 
 pytest.importorskip("betterproto2_compiler")
 
-from betterproto_nats.codec import JSON, PROTO  # noqa: E402
+from betterproto_nats.encoding.codec import JSON, PROTO  # noqa: E402
 from betterproto_nats.testing import serve_in_memory  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,7 +87,7 @@ def _samples(gen: dict[str, ModuleType]) -> list[Any]:
 
 
 def test_every_module_imports_and_has_codecs(gen: dict[str, ModuleType]) -> None:
-    from betterproto_nats import wire
+    from betterproto_nats.encoding import protobuf as wire
 
     assert gen["streaming.v1"].PingRequest in wire.ENCODERS
     assert gen["fixtures.codec.v1"].Tree in wire.DECODERS
@@ -95,7 +95,7 @@ def test_every_module_imports_and_has_codecs(gen: dict[str, ModuleType]) -> None
 
 
 def test_generated_codec_agrees_with_betterproto2(gen: dict[str, ModuleType]) -> None:
-    from betterproto_nats import wire
+    from betterproto_nats.encoding import protobuf as wire
 
     for message in _samples(gen):
         cls = type(message)
