@@ -385,3 +385,26 @@ async def test_absorbed_refusals_show_in_the_metrics_and_stats(nc: NATS, server_
         for point in metric.data.data_points
     ]
     assert sum(retries) == data["retried"]
+
+
+@pytest.mark.timeout(30)
+async def test_an_answer_right_behind_a_refusal_is_not_lost(nc: NATS, server_nc: NATS) -> None:
+    """Two receivers answer one request back to back, a refusal first and the real answer right
+    behind it (read in the same loop turn, before the caller can listen again): the caller gets the
+    real answer, with nothing sent again (the raw peer answers only the first request)."""
+    seen: list[Msg] = []
+
+    async def both(msg: Msg) -> None:
+        seen.append(msg)
+        if len(seen) == 1:
+            refusal = {**error_headers(ErrorCode.RESOURCE_EXHAUSTED, "busy"), RETRY_AFTER: "50"}
+            await server_nc.publish(msg.reply, b"", headers=refusal)
+            await server_nc.publish(msg.reply, bytes(PingResponse(payload="real")))
+
+    sub = await server_nc.subscribe(PING, cb=both)
+    try:
+        assert await flush_ordered(server_nc)
+        reply = await StreamDemoServiceNatsClient(nc).ping(PingRequest(payload="p"), timeout=5)
+        assert reply.payload == "real" and len(seen) == 1
+    finally:
+        await sub.unsubscribe()

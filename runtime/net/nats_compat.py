@@ -14,6 +14,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from ..core.errors import ErrorCode
+from ..core.headers import ERROR_CODE
 from ..core.logs import RateLimitedLog
 
 
@@ -191,6 +193,9 @@ class Requests:
         self.nc = nc
         self.count = 0
         self.prefix = ""  # the response subscription's prefix, once it exists
+        # Answers that came after a refusal on the same token, before its caller could `listen` again
+        # (another receiver's real answer must not be lost); bounded, oldest dropped.
+        self.late: dict[str, Msg] = {}
         self.usable = (
             hasattr(nc, "_init_request_sub")
             and hasattr(nc, "_request_sub_callback")
@@ -243,13 +248,19 @@ class Requests:
         prefix = self.prefix
         if not prefix or not reply.startswith(prefix):
             return None
+        token = reply[len(prefix) :]
         future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
-        self.nc._resp_map[reply[len(prefix) :]] = future
+        came = self.late.pop(token, None)
+        if came is not None:
+            future.set_result(came)  # it came while the refusal was being read
+        self.nc._resp_map[token] = future
         return future
 
     def forget(self, reply: str) -> None:
         if self.prefix and reply.startswith(self.prefix):
-            self.nc._resp_map.pop(reply[len(self.prefix) :], None)
+            token = reply[len(self.prefix) :]
+            self.nc._resp_map.pop(token, None)
+            self.late.pop(token, None)
 
     async def send(self, subject: str, payload: bytes, headers: dict[str, str] | None, reply: str) -> None:
         """Publish a request with a reply subject of ours (`listen`), e.g. a call sent again."""
@@ -259,9 +270,17 @@ class Requests:
     def _answered(self, msg: Msg) -> None:
         """An answer on the response subscription (as nats-py's own callback takes it): its request's
         future gets it, ours or `request()`'s."""
-        future = self.nc._resp_map.get(msg.subject[len(self.prefix) :])
-        if future is not None and not future.done():
+        token = msg.subject[len(self.prefix) :]
+        future = self.nc._resp_map.get(token)
+        if future is None:
+            return
+        if not future.done():
             future.set_result(msg)
+        elif not future.cancelled() and future.exception() is None and _is_refusal(future.result()):
+            late = self.late
+            if len(late) >= MAX_LATE_ANSWERS:
+                del late[next(iter(late))]
+            late.setdefault(token, msg)  # (the first that came: a later one is another receiver's too)
 
 
 class DirectDelivery:
@@ -392,6 +411,15 @@ def guard_reads(nc: NATS) -> ReadGuard | None:
     nc._process_msg = guard.process_msg  # type: ignore[method-assign]
     nc._betterproto_nats_guard = guard  # type: ignore[attr-defined]
     return guard
+
+
+MAX_LATE_ANSWERS = 1024
+
+
+def _is_refusal(msg: Msg) -> bool:
+    """An admission control refusal (`RESOURCE_EXHAUSTED`; core/headers.py reads it in full)."""
+    headers = msg.headers
+    return bool(headers) and headers.get(ERROR_CODE) == ErrorCode.RESOURCE_EXHAUSTED  # type: ignore[union-attr]
 
 
 def _expire(future: asyncio.Future[Msg]) -> None:
