@@ -25,7 +25,7 @@ from .features.interceptors import (
     Side,
     UnaryInterceptor,
 )
-from .features.persistence import JetStreamUnavailable
+from .features.stores import JetStreamUnavailable
 from .calling.refusals import raise_refusals
 from .features.retry import RetryPolicy
 from .net.transport import Transport

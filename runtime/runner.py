@@ -20,7 +20,7 @@ import nats
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from .features.persistence import JetStreamUnavailable
+from .features.stores import JetStreamUnavailable
 from .health.admission import DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_LOOP_LAG
 from .serving.server import DEFAULT_GRACE_PERIOD, Server, serve
 
