@@ -31,6 +31,7 @@ from .features.retry import RetryPolicy
 from .net.transport import Transport
 from .runner import run
 from .serving.context import CallContext, current_call
+from .serving.options import ServeOptions
 from .serving.request_streams import RequestStream, UploadRequests
 from .serving.server import Server, serve
 
@@ -58,6 +59,7 @@ __all__ = [
     "RequestStream",
     "RetryPolicy",
     "RpcError",
+    "ServeOptions",
     "Server",
     "ServerStream",
     "ServerStreamCall",
