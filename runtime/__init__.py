@@ -25,12 +25,13 @@ from .features.interceptors import (
     Side,
     UnaryInterceptor,
 )
-from .features.persistence import JetStreamUnavailable
+from .features.stores import JetStreamUnavailable
 from .calling.refusals import raise_refusals
 from .features.retry import RetryPolicy
 from .net.transport import Transport
 from .runner import run
 from .serving.context import CallContext, current_call
+from .serving.options import ServeOptions
 from .serving.request_streams import RequestStream, UploadRequests
 from .serving.server import Server, serve
 
@@ -58,6 +59,7 @@ __all__ = [
     "RequestStream",
     "RetryPolicy",
     "RpcError",
+    "ServeOptions",
     "Server",
     "ServerStream",
     "ServerStreamCall",

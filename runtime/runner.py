@@ -14,15 +14,16 @@ import logging
 import signal
 import ssl
 import sys
-from typing import Any, Sequence
+from typing import Any, Sequence, Unpack
 
 import nats
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from .features.persistence import JetStreamUnavailable
-from .health.admission import DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_LOOP_LAG
-from .serving.server import DEFAULT_GRACE_PERIOD, Server, serve
+from .features.stores import JetStreamUnavailable
+from .features.interceptors import LoggingInterceptor
+from .serving.options import ServeKeywords, ServeOptions
+from .serving.server import Server, serve
 
 log = logging.getLogger("betterproto_nats.run")
 DEFAULT_CONNECT_WAIT = 10.0  # seconds to find a NATS server at start before giving up
@@ -54,16 +55,17 @@ async def run(
     *,
     nc: NATS | None = None,
     url: str = "nats://127.0.0.1:4222",
-    grace_period: float = DEFAULT_GRACE_PERIOD,
     stop: asyncio.Event | None = None,
     connect_options: dict[str, Any] | None = None,
     connect_wait: float = DEFAULT_CONNECT_WAIT,
-    **serve_options: Any,
+    options: ServeOptions | None = None,
+    **serve_options: Unpack[ServeKeywords],
 ) -> None:
     """Serve `services` (an implementation or a list of them) on `nc`, or on a connection to `url`
     made here (ConnectionError when no server answers within `connect_wait` seconds), until
-    SIGINT/SIGTERM (or `stop` is set); then stop gracefully. `serve_options` are `serve()`'s
-    (subject_prefix, max_concurrent_streams, interceptors, ...)."""
+    SIGINT/SIGTERM (or `stop` is set); then stop gracefully. `options` and `serve_options` are
+    `serve()`'s (a `ServeOptions`; subject_prefix, grace_period, interceptors, ...)."""
+    settings = (options or ServeOptions()).updated(serve_options, "run()")
     impls = list(services) if isinstance(services, (list, tuple)) else [services]
     own = nc is None
     if nc is None:
@@ -80,10 +82,10 @@ async def run(
     servers: list[Server] = []
     try:
         for impl in impls:
-            servers.append(await serve(nc, impl, grace_period=grace_period, **serve_options))
+            servers.append(await serve(nc, impl, options=settings))
             log.info("serving %s as %s (id %s)", type(impl).__name__, servers[-1].name, servers[-1].id)
         await stop.wait()
-        log.info("stopping: no new calls; calls in flight get %g s", grace_period)
+        log.info("stopping: no new calls; calls in flight get %g s", settings.grace_period)
     finally:
         await asyncio.gather(*(server.stop() for server in servers))
         for sig in handled:
@@ -125,7 +127,24 @@ def _connect_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+def _serve_options(args: argparse.Namespace) -> ServeOptions:
+    """The services' options from the `serve` command's flags (an empty flag keeps the default)."""
+    return ServeOptions(
+        subject_prefix=args.subject_prefix or None,
+        queue_group="" if args.no_queue_group else args.queue_group or None,
+        grace_period=args.grace_period,
+        max_concurrent_streams=args.max_concurrent_streams,
+        max_concurrent_unary=args.max_concurrent_unary,
+        max_loop_lag=args.max_loop_lag or None,
+        interceptors=[LoggingInterceptor()] if args.log_calls else (),
+        persist=not args.no_persist,
+        jetstream_domain=args.jetstream_domain or None,
+        jetstream_prefix=args.jetstream_prefix or None,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    defaults = ServeOptions()
     parser = argparse.ArgumentParser(prog="python -m betterproto_nats", description="Run betterproto-nats services.")
     commands = parser.add_subparsers(dest="command", required=True)
     serve_cmd = commands.add_parser("serve", help="serve implementations until SIGINT/SIGTERM")
@@ -135,11 +154,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     serve_cmd.add_argument("--queue-group", help="the queue group of every endpoint (default: q)")
     serve_cmd.add_argument("--no-queue-group", action="store_true", help="every instance gets every call")
     serve_cmd.add_argument("--connect-wait", type=float, default=DEFAULT_CONNECT_WAIT, help="seconds to find a NATS server at start")
-    serve_cmd.add_argument("--grace-period", type=float, default=DEFAULT_GRACE_PERIOD, help="seconds for calls in flight at stop")
-    serve_cmd.add_argument("--max-concurrent-streams", type=int, default=DEFAULT_MAX_CONCURRENT)
-    serve_cmd.add_argument("--max-concurrent-unary", type=int, default=DEFAULT_MAX_CONCURRENT)
+    serve_cmd.add_argument("--grace-period", type=float, default=defaults.grace_period, help="seconds for calls in flight at stop")
+    serve_cmd.add_argument("--max-concurrent-streams", type=int, default=defaults.max_concurrent_streams)
+    serve_cmd.add_argument("--max-concurrent-unary", type=int, default=defaults.max_concurrent_unary)
     serve_cmd.add_argument(
-        "--max-loop-lag", type=float, default=DEFAULT_MAX_LOOP_LAG,
+        "--max-loop-lag", type=float, default=defaults.max_loop_lag,
         help="seconds the event loop may run behind before new calls are refused (0: no such limit)",
     )
     serve_cmd.add_argument("--creds", help="NATS credentials file")
@@ -159,31 +178,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.path.insert(0, "")  # modules of the current folder, as `python -m` users expect
     impls = [load(target) for target in args.targets]
-    options: dict[str, Any] = {
-        "max_concurrent_streams": args.max_concurrent_streams,
-        "max_concurrent_unary": args.max_concurrent_unary,
-        "max_loop_lag": args.max_loop_lag or None,
-    }
-    if args.subject_prefix:
-        options["subject_prefix"] = args.subject_prefix
-    if args.queue_group or args.no_queue_group:
-        options["queue_group"] = "" if args.no_queue_group else args.queue_group
-    if args.jetstream_domain:
-        options["jetstream_domain"] = args.jetstream_domain
-    if args.jetstream_prefix:
-        options["jetstream_prefix"] = args.jetstream_prefix
-    if args.no_persist:
-        options["persist"] = False
-    if args.log_calls:
-        from .features.interceptors import LoggingInterceptor
-
-        options["interceptors"] = [LoggingInterceptor()]
     servers = args.url.split(",")
     connect_options = {"servers": servers, **_connect_options(args)}
     try:
         asyncio.run(run(
-                impls, url=servers[0], grace_period=args.grace_period, connect_options=connect_options,
-                connect_wait=args.connect_wait, **options,
+                impls, url=servers[0], connect_options=connect_options, connect_wait=args.connect_wait,
+                options=_serve_options(args),
             ))
     except (ConnectionError, JetStreamUnavailable) as error:
         raise SystemExit(f"serve: {error}") from None

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import typing
 
 import pytest
 from conftest import settle
 from nats.aio.client import Client as NATS
 
 import betterproto_nats
-from betterproto_nats import ErrorCode, RpcError
+from betterproto_nats import ErrorCode, RpcError, ServeOptions
+from betterproto_nats.serving.options import ServeKeywords
 from gen.fixtures.options import v1 as fx
 from gen.streaming.v1 import StreamDemoServiceNatsBase
 
@@ -101,6 +104,36 @@ async def test_serve_overrides_prefix_name_and_version(nc: NATS, server_nc: NATS
         assert reply.text == "x"
     finally:
         await server.stop()
+
+
+async def test_serve_takes_one_options_object_and_keywords_override_it(nc: NATS, server_nc: NATS) -> None:
+    shared = ServeOptions(subject_prefix="eu.inv", name="inv-eu", version="1.0.0", grace_period=0)
+    server = await betterproto_nats.serve(server_nc, Inventory(), options=shared, version="9.0.0")
+    try:
+        assert (server.name, server.version, server.options.grace_period) == ("inv-eu", "9.0.0", 0)
+        assert (await srv(nc, "PING", ".inv-eu"))["version"] == "9.0.0"
+        reply = await fx.InventoryNatsClient(nc, subject_prefix="eu.inv").echo(fx.EchoMessage(text="x"))
+        assert reply.text == "x"
+    finally:
+        await server.stop()
+    assert shared.version == "1.0.0"  # frozen: what overrides it makes a new value
+
+
+async def test_serve_options_refuse_unknown_keywords_and_bad_values(server_nc: NATS) -> None:
+    with pytest.raises(TypeError, match="serve\\(\\) got an unexpected keyword argument 'max_streams'"):
+        await betterproto_nats.serve(server_nc, Inventory(), max_streams=5)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="stream_idle_timeout must be positive"):
+        ServeOptions(stream_idle_timeout=0)
+    options = ServeOptions(inbox_prefixes=["_MY."], interceptors=[])
+    assert options.inbox_prefixes == ("_MY.",) and options.interceptors == ()
+
+
+def test_serve_keywords_are_the_options_fields() -> None:
+    """`serve()`'s keyword arguments (`ServeKeywords`, for type checkers) and `ServeOptions` name the
+    same options with the same types: neither can gain one the other lacks."""
+    fields = typing.get_type_hints(ServeOptions)
+    assert typing.get_type_hints(ServeKeywords) == fields
+    assert list(ServeKeywords.__annotations__) == [f.name for f in dataclasses.fields(ServeOptions)]
 
 
 async def test_queue_group_spreads_calls_and_disabled_group_reaches_all(nats_server, nc: NATS) -> None:  # type: ignore[no-untyped-def]

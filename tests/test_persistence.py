@@ -20,7 +20,9 @@ from nats.js import api
 
 import betterproto_nats
 from betterproto_nats import ErrorCode, JetStreamUnavailable, RpcError
-from betterproto_nats.features.persistence import BlobCopy, ObjectBucket, Persister, free_text_stops, key_problem, render_key
+from betterproto_nats.features.keys import free_text_stops, key_problem, render_key
+from betterproto_nats.features.persistence import BlobCopy, Persister
+from betterproto_nats.features.stores import ObjectBucket
 from betterproto_nats.testing import NatsServer, serve_in_memory
 from gen.fixtures.persist.v1 import (
     ExportChunk,

@@ -12,7 +12,7 @@ from ..core.errors import ErrorCode, RpcError
 from ..core.heartbeats import DEFAULT_HEARTBEAT
 from ..core.subjects import InboxPolicy
 from ..features.interceptors import Chain, Interceptor
-from ..features.persistence import Stores
+from ..features.stores import Stores
 from ..features.retry import RetryPolicy
 from .refusals import RetryBudget
 from ..health.admission import DEFAULT_MAX_LOOP_LAG

@@ -19,7 +19,8 @@ from nats.js.kv import KeyValue
 
 from ..core.errors import ErrorCode, RpcError
 from ..features.chunks import BlobReader, BlobReceiving
-from ..features.persistence import MAX_OBJECT_RESPONSE, KvBucket, ObjectBucket, render_key, store_error
+from ..features.keys import render_key
+from ..features.stores import MAX_OBJECT_RESPONSE, KvBucket, ObjectBucket, store_error
 from ..schema.spec import MethodSpec
 from .base import ClientBase
 from .views import Pending
