@@ -8,6 +8,7 @@ go-wire-transcript.txt (the Go example talking to itself).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import AsyncIterator
 
 import pytest
@@ -83,8 +84,9 @@ def tracing_on_our_side(request: pytest.FixtureRequest, monkeypatch: pytest.Monk
     def traced_client(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         client_init(self, *args, **{"interceptors": [tracer], **kwargs})
 
-    def traced_server(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        server_init(self, *args, **{"interceptors": [tracer], **kwargs})
+    def traced_server(self, nc, impl, options=None):  # type: ignore[no-untyped-def]
+        options = options or betterproto_nats.ServeOptions()
+        server_init(self, nc, impl, dataclasses.replace(options, interceptors=(tracer, *options.interceptors)))
 
     monkeypatch.setattr(betterproto_nats.calling.base.ClientBase, "__init__", traced_client)
     monkeypatch.setattr(betterproto_nats.Server, "__init__", traced_server)
