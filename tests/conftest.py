@@ -104,7 +104,7 @@ class Wiretap:
             self.seen.append((msg.subject, dict(msg.headers or {}), len(msg.data)))
 
         await self.conn.subscribe(">", cb=record)
-        from betterproto_nats.net.nats_compat import flush_ordered
+        from betterproto_nats.net.nats_fixes import flush_ordered
 
         await flush_ordered(self.conn)
         return self
