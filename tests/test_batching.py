@@ -7,7 +7,7 @@ import asyncio
 from typing import AsyncIterator
 
 import pytest
-from conftest import Wiretap, settle
+from conftest import Wiretap, needs_fast_paths, settle
 from hypothesis import given
 from hypothesis import strategies as st
 from nats.aio.client import Client as NATS
@@ -201,6 +201,7 @@ async def test_our_peers_batch_both_ways(nc: NATS, service: betterproto_nats.Ser
     assert len(batched_to) == 2  # R (server to client) and S (client to server)
 
 
+@needs_fast_paths
 async def test_publish_nowait_is_active_on_this_nats_py(nc: NATS) -> None:
     """The synchronous publish path relies on nats-py internals; if an upgrade changes them, this
     fails (everything still works through `publish`, only slower)."""
@@ -288,6 +289,7 @@ async def _texts(responses: AsyncIterator[ChatMessage]) -> list[str]:
     return [r.text async for r in responses]
 
 
+@needs_fast_paths
 async def test_direct_delivery_is_active_on_this_nats_py(nc: NATS) -> None:
     """The runtime's own subscriptions (endpoints, the inbox mux, request answers) take messages as
     nats-py reads them (`nats_fast.DirectDelivery`); if a nats-py upgrade changes its internals,
@@ -319,6 +321,7 @@ async def test_direct_delivery_is_active_on_this_nats_py(nc: NATS) -> None:
     await sub.unsubscribe()
 
 
+@needs_fast_paths
 async def test_messages_read_directly_keep_what_nats_py_gives_the_rest(nc: NATS) -> None:
     """With the connection's fast way for direct subscriptions installed, a direct subscription
     still gets headers, reply subjects and nats-py's counters; a plain subscription on the same

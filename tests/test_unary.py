@@ -9,7 +9,7 @@ from typing import AsyncIterator
 
 import nats.errors
 import pytest
-from conftest import settle, subscriptions
+from conftest import needs_fast_paths, settle, subscriptions
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -269,6 +269,7 @@ async def test_response_headers_changed_directly_cannot_inject_headers(nc: NATS,
         await server.stop()
 
 
+@needs_fast_paths
 async def test_requests_use_the_lean_path_on_this_nats_py(nc: NATS) -> None:
     """Unary calls go through `nats_fast.Requests` (nats-py's response subscription without the
     per-call cost of `request()`); if a nats-py upgrade changes its internals, this fails (calls still
