@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 import nats  # noqa: E402
 
 import betterproto_nats  # noqa: E402
-from betterproto_nats.net.nats_compat import flush_ordered  # noqa: E402
+from betterproto_nats.net.nats_fixes import flush_ordered  # noqa: E402
 from betterproto_nats.testing import NatsServer  # noqa: E402
 from gen.streaming.v1 import CountUpRequest, CountUpResponse, StreamDemoServiceNatsBase, StreamDemoServiceNatsClient  # noqa: E402
 

@@ -36,7 +36,7 @@ from nats.aio.client import Client as NATS  # noqa: E402
 from nats.aio.msg import Msg  # noqa: E402
 
 import betterproto_nats  # noqa: E402
-from betterproto_nats.net.nats_compat import flush_ordered  # noqa: E402
+from betterproto_nats.net.nats_fixes import flush_ordered  # noqa: E402
 from gen.fixtures.persist.v1 import Profile, ProfilesNatsBase, ProfilesNatsClient, ProfileView  # noqa: E402
 from gen.streaming.v1 import (  # noqa: E402
     ChatMessage,

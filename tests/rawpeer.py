@@ -8,7 +8,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from betterproto_nats.net.nats_compat import flush_ordered
+from betterproto_nats.net.nats_fixes import flush_ordered
 
 
 # Every header name the protocol (ours, the Go project's, NATS's status) reads: what attackers forge.

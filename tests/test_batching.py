@@ -7,7 +7,7 @@ import asyncio
 from typing import AsyncIterator
 
 import pytest
-from conftest import Wiretap, settle
+from conftest import Wiretap, needs_fast_paths, settle
 from hypothesis import given
 from hypothesis import strategies as st
 from nats.aio.client import Client as NATS
@@ -18,7 +18,8 @@ from test_hostile_peers import assert_connection_intact, assert_still_serves, fa
 import betterproto_nats
 from betterproto_nats import ErrorCode, RpcError
 from betterproto_nats.encoding.batch import pack, unpack
-from betterproto_nats.net.nats_compat import flush_ordered, publish_nowait
+from betterproto_nats.net.nats_fast import publish_nowait
+from betterproto_nats.net.nats_fixes import flush_ordered
 from betterproto_nats.core.negotiation import DEFAULT_WINDOW_MESSAGES
 from betterproto_nats.core.headers import MAX_BATCH
 from demo_service import Demo
@@ -200,6 +201,7 @@ async def test_our_peers_batch_both_ways(nc: NATS, service: betterproto_nats.Ser
     assert len(batched_to) == 2  # R (server to client) and S (client to server)
 
 
+@needs_fast_paths
 async def test_publish_nowait_is_active_on_this_nats_py(nc: NATS) -> None:
     """The synchronous publish path relies on nats-py internals; if an upgrade changes them, this
     fails (everything still works through `publish`, only slower)."""
@@ -287,12 +289,13 @@ async def _texts(responses: AsyncIterator[ChatMessage]) -> list[str]:
     return [r.text async for r in responses]
 
 
+@needs_fast_paths
 async def test_direct_delivery_is_active_on_this_nats_py(nc: NATS) -> None:
     """The runtime's own subscriptions (endpoints, the inbox mux, request answers) take messages as
-    nats-py reads them (`nats_compat.DirectDelivery`); if a nats-py upgrade changes its internals,
+    nats-py reads them (`nats_fast.DirectDelivery`); if a nats-py upgrade changes its internals,
     this fails (messages then go through the subscription's callback, only slower). A handler that
     raises is logged and leaves the connection reading."""
-    from betterproto_nats.net.nats_compat import DirectDelivery
+    from betterproto_nats.net.nats_fast import DirectDelivery
     from betterproto_nats.net.transport import transport_of
 
     got: list[bytes] = []
@@ -313,10 +316,12 @@ async def test_direct_delivery_is_active_on_this_nats_py(nc: NATS) -> None:
     assert got == [b"one", b"two"] and raw.pending_msgs == 0 and raw.pending_bytes == 0
     assert raw._wait_for_msgs_task.done()
     guard = nc._betterproto_nats_guard  # type: ignore[attr-defined]
-    assert guard.direct and vars(nc)["_process_msg"] == guard.process_msg  # they skip nats-py's `_process_msg` (`nats_compat.ReadGuard`)
+    reads = nc._betterproto_nats_direct_reads  # type: ignore[attr-defined]
+    assert reads.guard is guard and vars(nc)["_process_msg"] == reads.process_msg  # they skip nats-py's `_process_msg` (`nats_fast.DirectReads`)
     await sub.unsubscribe()
 
 
+@needs_fast_paths
 async def test_messages_read_directly_keep_what_nats_py_gives_the_rest(nc: NATS) -> None:
     """With the connection's fast way for direct subscriptions installed, a direct subscription
     still gets headers, reply subjects and nats-py's counters; a plain subscription on the same

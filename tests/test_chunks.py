@@ -15,7 +15,7 @@ from nats.aio.msg import Msg
 
 import betterproto_nats
 from betterproto_nats import ErrorCode, RpcError, current_call
-from betterproto_nats.net.nats_compat import flush_ordered
+from betterproto_nats.net.nats_fixes import flush_ordered
 from gen.streaming.v1 import (
     ExportSnapshotRequest,
     ImportSnapshotResponse,

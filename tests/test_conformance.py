@@ -18,7 +18,7 @@ import rawpeer
 from rawpeer import Collector, as_go_sees_it
 
 import betterproto_nats
-from betterproto_nats.net.nats_compat import flush_ordered
+from betterproto_nats.net.nats_fixes import flush_ordered
 import betterproto_nats.calling.opening
 import betterproto_nats.calling.base
 from betterproto_nats import ErrorCode, RpcError

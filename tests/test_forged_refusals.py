@@ -26,7 +26,7 @@ from nats.aio.msg import Msg
 
 import betterproto_nats
 from betterproto_nats import ErrorCode, Overloaded, RetryPolicy, RpcError, current_call
-from betterproto_nats.net.nats_compat import flush_ordered
+from betterproto_nats.net.nats_fixes import flush_ordered
 from betterproto_nats.core.headers import MAX_RETRY_AFTER_MS, RETRY_AFTER, error_from_headers, error_headers
 from betterproto_nats.testing import NatsServer
 from gen.fixtures.options.v1 import Delay, EchoMessage, InventoryNatsClient

@@ -36,7 +36,7 @@ from rawpeer import PROTOCOL_NAMES, Collector
 
 import betterproto_nats
 from betterproto_nats import ErrorCode, RpcError, current_call
-from betterproto_nats.net.nats_compat import flush_ordered
+from betterproto_nats.net.nats_fixes import flush_ordered
 from betterproto_nats.testing import NatsServer
 from gen.streaming.v1 import (
     ChatMessage,

@@ -20,7 +20,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 import betterproto_nats
 from betterproto_nats import CallInfo, CallOutcome, Direction, ErrorCode, Interceptor, LoggingInterceptor, RpcError
-from betterproto_nats.net.nats_compat import flush_ordered
+from betterproto_nats.net.nats_fixes import flush_ordered
 from betterproto_nats.otel import MetricsInterceptor, TracingInterceptor
 from conftest import Wiretap, settle, subscriptions
 from demo_service import Demo

@@ -19,7 +19,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 import nats
 import pytest
-from conftest import helper_process, lose, noticed_within, settle
+from conftest import helper_process, lose, needs_fast_paths, noticed_within, settle
 from demo_service import Demo
 from nats.aio.client import Client as NATS
 from opentelemetry.sdk.metrics import MeterProvider
@@ -738,11 +738,12 @@ def test_retry_policy_backoff() -> None:
 # --- The outgoing buffer: a backlog only while the network takes no more ------------------------------
 
 
+@needs_fast_paths
 async def test_a_buffer_filled_within_one_turn_is_no_backlog(server_nc: NATS) -> None:
     """A producer that queues more than `max_outbound_bytes` within one loop turn (a fast download
     does every turn) on a healthy connection: nats-py writes it at the next turn, and new calls are
     taken meanwhile (counted as a backlog, it refused every other call during large downloads)."""
-    from betterproto_nats.net.nats_compat import publish_nowait
+    from betterproto_nats.net.nats_fast import publish_nowait
 
     server = await betterproto_nats.serve(server_nc, Demo(), max_loop_lag=None)
     try:
@@ -757,10 +758,11 @@ async def test_a_buffer_filled_within_one_turn_is_no_backlog(server_nc: NATS) ->
         await server.stop()
 
 
+@needs_fast_paths
 async def test_a_backlog_the_network_does_not_take_refuses_new_calls() -> None:
     """The NATS server stops reading (paused): what the service publishes backs up behind its socket,
     and new calls are refused ("outbound") until the server reads again and the backlog is written."""
-    from betterproto_nats.net.nats_compat import publish_nowait
+    from betterproto_nats.net.nats_fast import publish_nowait
 
     paused = NatsServer().start()
     conn = await nats.connect(paused.url, ping_interval=60)

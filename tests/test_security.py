@@ -22,7 +22,7 @@ from nats.aio.client import Client as NATS
 
 import betterproto_nats
 from betterproto_nats import ErrorCode, RpcError
-from betterproto_nats.net.nats_compat import flush_ordered
+from betterproto_nats.net.nats_fixes import flush_ordered
 from betterproto_nats.testing import NatsServer
 from gen.streaming.v1 import (
     ChatMessage,

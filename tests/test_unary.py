@@ -9,7 +9,7 @@ from typing import AsyncIterator
 
 import nats.errors
 import pytest
-from conftest import settle, subscriptions
+from conftest import needs_fast_paths, settle, subscriptions
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -230,7 +230,7 @@ async def test_a_body_that_decodes_into_the_wrong_field_type_still_gets_an_answe
 async def test_a_cancelled_flush_leaves_the_connection_reading(nc: NATS, pinger: Pinger) -> None:
     """nats-py 2.16 stops reading a connection for good when a PONG answers a flush whose waiter was
     cancelled; ours (used wherever a peer can cancel us mid-flush) is shielded from that."""
-    from betterproto_nats.net.nats_compat import flush_ordered
+    from betterproto_nats.net.nats_fixes import flush_ordered
 
     for _ in range(5):
         waiting = asyncio.create_task(flush_ordered(nc))
@@ -269,12 +269,13 @@ async def test_response_headers_changed_directly_cannot_inject_headers(nc: NATS,
         await server.stop()
 
 
+@needs_fast_paths
 async def test_requests_use_the_lean_path_on_this_nats_py(nc: NATS) -> None:
-    """Unary calls go through `nats_compat.Requests` (nats-py's response subscription without the
+    """Unary calls go through `nats_fast.Requests` (nats-py's response subscription without the
     per-call cost of `request()`); if a nats-py upgrade changes its internals, this fails (calls still
     work through `request()`, only slower). Replies, timeouts, no responders and `request()` itself
     all still work side by side."""
-    from betterproto_nats.net.nats_compat import Requests
+    from betterproto_nats.net.nats_fast import Requests
     from betterproto_nats.net.transport import transport_of
 
     requests = Requests.of(nc)

@@ -517,7 +517,7 @@ async def test_v1_stream_ends_after_a_reconnect_instead_of_hanging() -> None:
             await go_nc.publish(msg.headers["Reply-To"], bytes(CountUpResponse(number=1)), headers={"Nats-Stream-Seq": "1"})
 
         await go_nc.subscribe("api.v1.stream.count_up", queue="q", cb=go_server)
-        from betterproto_nats.net.nats_compat import flush_ordered
+        from betterproto_nats.net.nats_fixes import flush_ordered
 
         await flush_ordered(go_nc)
         stream = await StreamDemoServiceNatsClient(client_nc).count_up(CountUpRequest(count=5))  # no timeout

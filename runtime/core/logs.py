@@ -30,3 +30,17 @@ class RateLimitedLog:
             args = (*args, self._suppressed)
             self._suppressed = 0
         self.logger.warning(message, *args)
+
+
+_told: set[str] = set()  # the keys `warn_once` has logged in this process
+
+
+def warn_once(logger: logging.Logger, key: str, message: str, *args: object) -> bool:
+    """Log `message` at WARNING the first time `key` is told in this process, and never again: a
+    condition that holds for the whole run (a nats-py internal that is not as expected) is said once,
+    not per connection or per message. Whether it was logged now."""
+    if key in _told:
+        return False
+    _told.add(key)
+    logger.warning(message, *args)
+    return True

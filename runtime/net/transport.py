@@ -1,6 +1,7 @@
 """What the runtime uses of NATS, as one small interface: `Transport`.
 
-`NatsTransport` implements it on a nats-py connection (with the workarounds of `nats_compat`);
+`NatsTransport` implements it on a nats-py connection (with the correctness fixes of `nats_fixes`
+and, where nats-py's internals allow, the fast paths of `nats_fast`);
 `betterproto_nats.testing.InMemoryBus` implements it in memory, for tests without a nats-server.
 `serve()` and generated clients accept a nats-py connection or any `Transport`.
 """
@@ -14,17 +15,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 
-from .nats_compat import (
-    PermissionErrors,
-    Requests,
-    deliver_directly,
-    flush_ordered,
-    guard_reads,
-    new_inbox,
-    outbound_pending,
-    publish_nowait,
-    unsubscribe_quietly,
-)
+from .nats_fast import Requests, deliver_directly, outbound_pending, publish_nowait
+from .nats_fixes import PermissionErrors, flush_ordered, guard_reads, new_inbox, unsubscribe_quietly
 
 MessageHandler = Callable[[Msg], Awaitable[None]]
 
@@ -130,7 +122,7 @@ class NatsTransport:
         guard_reads(nc)  # no message a peer sends can stop this connection's reading
         self._requests: Requests | None = None  # made on the first request (nats-py's response subscription)
         if type(self).publish_nowait is NatsTransport.publish_nowait:  # (a subclass may change what it sends)
-            # It runs for every message the runtime sends: nats_compat's function itself, not a method around it.
+            # It runs for every message the runtime sends: nats_fast's function itself, not a method around it.
             self.publish_nowait = partial(publish_nowait, nc)  # type: ignore[method-assign]
         if type(self).outbound is NatsTransport.outbound:  # (asked for every new call a service takes)
             self.outbound = partial(outbound_pending, nc)  # type: ignore[method-assign]
@@ -145,7 +137,7 @@ class NatsTransport:
 
     @property
     def dropped_messages(self) -> int:
-        """Messages dropped because nats-py could not read them (`nats_compat.ReadGuard`)."""
+        """Messages dropped because nats-py could not read them (`nats_fixes.ReadGuard`)."""
         guard = getattr(self.nc, "_betterproto_nats_guard", None)
         return guard.dropped if guard is not None else 0
 
@@ -188,7 +180,7 @@ class NatsTransport:
         pending_bytes_limit: int | None = None,
     ) -> Subscription:
         """A subscription whose messages go to a synchronous `handler` as nats-py reads them
-        (`nats_compat.DirectDelivery`), or through its callback where that cannot be done."""
+        (`nats_fast.DirectDelivery`), or through its callback where that cannot be done."""
 
         async def cb(msg: Msg) -> None:
             handler(msg)
