@@ -28,7 +28,7 @@ from ..streaming.writer import StreamWriter
 from .refusals import Reopening, absorbs
 
 if TYPE_CHECKING:
-    from .settings import ClientSettings
+    from .base import ClientBase
 
 
 class Answered(Exception):
@@ -46,7 +46,7 @@ class CallLifecycle:
         "queue_group", "reopening",
     )
 
-    def __init__(self, client: ClientSettings, method: MethodSpec[Any, Any], timeout: float | None) -> None:
+    def __init__(self, client: ClientBase, method: MethodSpec[Any, Any], timeout: float | None) -> None:
         spec = client._nats_service
         self.nc: Transport = client._nats_transport
         self.method = method
