@@ -24,12 +24,15 @@ from ..streaming.inbox import Inbox
 from ..streaming.reader import StreamReader
 from ..streaming.session import StreamSession
 from ..streaming.writer import StreamWriter
-from .lifecycle import Answered
 from .refusals import Reopening, RetryBudget, absorbed
 from .requests import as_rpc_errors, nats_request
 
 if TYPE_CHECKING:
     from .call import ClientCall
+
+class Answered(Exception):
+    """The server ended the call while we were still sending."""
+
 
 # How long a client-stream or bidi call waits for the server's handshake ack when the call itself
 # has no shorter deadline; no ack means nobody is serving (UNAVAILABLE).
