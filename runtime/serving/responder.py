@@ -1,37 +1,189 @@
-"""`Responder`: runs a served stream call through its lifecycle: the client's terms negotiated, the
-call opened, the handler served under the call's deadline with `current_call()` set and the
-interceptors around it, the outcome put on the wire, everything released. The shapes
-(`serving.shapes`) say how they open, serve and finish.
+"""`Responder`: the one object that owns a served stream call: its state, what it holds and what
+ends it (its moves; what ends it early, `interrupt`: the client's cancel or silence, an overrun
+window, a denied permission, what its session reports; and `release`, the one place it lets go); how
+it runs (the client's terms negotiated, the call opened, the handler served under the call's deadline
+with `current_call()` set and the interceptors around it, the outcome put on the wire); and what the
+stream shapes share (the client's `Reply-To` checked, our inboxes, bounded and idle-checked, the v2
+session and its confirmation, the watchers that see what arrives on our inboxes first, our writer to
+the client's `R`). The shapes (`serving.shapes`) say how they open, serve and finish.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+from nats.aio.msg import Msg
 
 from ..core.errors import ErrorCode, RpcError
-from ..core.negotiation import server_terms
-from ..core.states import ServerState
-from ..core.subjects import first_token_prefix
-from ..net.mux import InboxMux
+from ..core.headers import REPLY_TO, caller_headers, is_no_responders, quote
+from ..core.negotiation import Window, confirmation, server_terms
+from ..core.states import SERVER_MOVES, InvalidTransition, ServerState
+from ..core.subjects import first_token_prefix, is_literal
+from ..encoding.codec import Codec
 from ..features.interceptors import CallInfo, Direction, Side, outcome_of
-from ..schema.spec import Cardinality
+from ..features.persistence import BlobCopy
+from ..health.peers import PeerLiveness
+from ..net.mux import InboxMux, let_go
+from ..net.transport import Transport
+from ..schema.spec import Cardinality, MethodSpec
 from ..streaming.deadline import Deadline
+from ..streaming.first_hop import FirstHop
+from ..streaming.flow import FlowWindow
+from ..streaming.inbox import Inbox
 from ..streaming.reader import StreamReader
+from ..streaming.session import StreamSession
+from ..streaming.writer import StreamWriter
 from .answer import answer, send_error
-from .context import set_current_call
-from .lifecycle import ServedCall
-from .policy import PEER_FAULTS, log, peer_faults
+from .context import CallContext, set_current_call
+from .policy import PEER_FAULTS, ServingPolicy, log, peer_faults
+
+
+@dataclass(frozen=True)
+class Interruption:
+    """Why a call must end before its handler is done, and whether the client is to be told."""
+
+    error: RpcError
+    tell_client: bool
 
 
 class NoAnswer(Exception):
     """The request cannot be answered at all (no reply subject): drop it."""
 
 
-class Responder(ServedCall):
-    """Common lifecycle of a served call; subclasses say how to open, serve and finish their shape."""
+class Responder:
+    """A served stream call (see the module). Slots, not a `__dict__`: thousands of streams each
+    hold one for as long as they last."""
 
-    __slots__ = ()
+    __slots__ = (
+        "nc", "impl", "method", "name", "codec", "msg", "policy", "state", "v2", "heartbeat", "deadline", "session",
+        "peer_subject", "peers", "task", "interruption", "stopping", "inboxes", "info", "exception", "watched",
+        "context", "writer", "answered", "reply", "request", "response", "blob",
+    )
+
+    def __init__(
+        self, nc: Transport, impl: Any, method: MethodSpec[Any, Any], name: str, codec: Codec, msg: Msg, policy: ServingPolicy
+    ) -> None:
+        self.nc = nc
+        self.impl = impl
+        self.method = method
+        self.name = name
+        self.codec = codec
+        self.msg = msg
+        self.policy = policy
+        self.state = ServerState.OPENING
+        self.v2 = False  # negotiated in `run`, inside the call's error handling
+        self.heartbeat = 0.0
+        self.deadline = Deadline.after(method.timeout)
+        self.session: StreamSession | None = None
+        self.peer_subject: str | None = None  # the client's liveness subject, checked (shared heartbeats)
+        self.peers: PeerLiveness | None = None  # our connection's, when heartbeats are shared
+        self.task: asyncio.Task[Any] | None = None
+        self.interruption: Interruption | None = None
+        self.stopping = False  # the service is stopping: answer now, hold nothing back
+        self.inboxes: list[Inbox] = []  # what this call subscribed to (released at its end)
+        self.info: CallInfo | None = None  # what interceptors see, when there are any
+        self.exception: BaseException | None = None  # a handler's unexpected exception
+        self.watched: list[str] = []  # subjects whose permission errors end this call
+        self.writer: StreamWriter | None = None  # the stream to the client's `R`, for shapes that send one
+        self.answered = (0, 0)  # a single final answer sent: (1, its size)
+        # The request's NATS reply subject, or "" when it has none we may publish to.
+        self.reply = msg.reply if msg.reply and is_literal(msg.reply) else ""
+        self.request: Any = None  # the decoded request (unary and server streams)
+        self.response: Any = None  # the handler's single response (unary and client streams)
+        self.blob: BlobCopy | None = None  # a chunked download's blob on its way to the object store
+        self.context = CallContext(
+            method=name,
+            subject=msg.subject,
+            headers=caller_headers(msg.headers),
+            deadline=None,
+        )
+
+    def move(self, state: ServerState) -> None:
+        if state not in SERVER_MOVES[self.state]:
+            raise InvalidTransition(f"{self.name}: {self.state.value} -> {state.value}")
+        self.state = state
+
+    def error(self, code: str, message: str) -> RpcError:
+        return RpcError(code, message, method=self.name)
+
+    @property
+    def handler(self) -> Any:
+        return getattr(self.impl, self.method.py_name)
+
+    def watch_permissions(self, subject: str) -> None:
+        """A permission violation on `subject` (our publish or subscription) ends the call at once."""
+        self.nc.watch_permissions(subject, self.denied)
+        self.watched.append(subject)
+
+    def denied(self, text: str) -> None:
+        self.interrupt(self.error(ErrorCode.PERMISSION_DENIED, text), tell_client=True)
+
+    def overflowed(self, error: RpcError) -> None:
+        """The client sent more than its window or our buffers allow."""
+        self.interrupt(error, tell_client=True)
+
+    def interrupt(self, error: RpcError, tell_client: bool) -> None:
+        """End the call now with `error`: the handler is cancelled. The client is told when
+        `tell_client` (it overran its window, a permission was denied), not when it cancelled or is
+        gone. The first reason counts."""
+        if self.interruption is not None:
+            return
+        self.interruption = Interruption(error, tell_client)
+        if not tell_client and self.session is not None:
+            self.session.close()  # send nothing more
+        if self.state is ServerState.SERVING and self.task is not None:
+            self.task.cancel()
+
+    def end_idle(self, quiet: float) -> None:
+        """The service is stopping: streams that wait for a client which sent nothing for `quiet`
+        seconds end now instead of holding `stop()` for its grace period."""
+        for inbox in self.inboxes:
+            inbox.end_when_quiet(quiet, ErrorCode.UNAVAILABLE, "the service is stopping")
+
+    def peer_unreachable(self, why: str, tell: bool) -> None:
+        """The client is gone, or our connection was interrupted; with `tell` it is told at once (no
+        first-hop probing): it may only have gone silent (shared heartbeats), or still be there."""
+        if tell and self.writer is not None:
+            self.writer.first_hop = None
+        self.interrupt(self.error(ErrorCode.UNAVAILABLE, f"the client is unreachable: {why}"), tell_client=tell)
+
+    def peer_cancelled(self, reason: str, code: str) -> None:
+        self.interrupt(self.error(code, reason or "cancelled"), tell_client=False)
+
+    def messages_lost(self, why: str) -> None:
+        self.interrupt(self.error(ErrorCode.DATA_LOSS, why), tell_client=True)
+
+    def peer_released(self, missing: str | None) -> None:
+        """The client let go of the call but its cancel did not arrive (or what it sent did not)."""
+        if missing is not None:
+            error = self.error(ErrorCode.DATA_LOSS, f"the client ended the call, but {missing} did not arrive")
+        else:
+            error = self.error(ErrorCode.CANCELLED, "the client ended the call (its cancel did not arrive)")
+        self.interrupt(error, tell_client=False)
+
+    async def release(self) -> None:
+        """The one place a call lets go of what it holds: session, permission watches, inboxes."""
+        if self.session is not None:  # released: the client was sent how the call ended
+            self.session.close(released=self.interruption is None or self.interruption.tell_client)
+        for subject in self.watched:
+            self.nc.forget_permissions(subject)
+        steps: list[Callable[[], Awaitable[None]]] = [inbox.close for inbox in self.inboxes]
+        peers, self.peers = self.peers, None
+        if peers is not None:
+            steps.append(peers.release)
+        await let_go(steps)
+
+    def internal(self, raised: BaseException) -> RpcError:
+        """A handler's unexpected exception: logged with its traceback here; the caller gets
+        INTERNAL with a generic text unless the service exposes errors (for development)."""
+        log.error("handler %s failed", self.name, exc_info=raised)
+        self.exception = raised
+        text = str(raised) or type(raised).__name__
+        return self.error(ErrorCode.INTERNAL, text if self.policy.expose_errors else "internal error")
+
+    # --- Running the call -----------------------------------------------------------------------
 
     def negotiate(self) -> None:
         """The terms of the client's opening headers (v2, heartbeat, deadline); a malformed
@@ -152,3 +304,81 @@ class Responder(ServedCall):
         sending = answer(self, subject, response, error)
         if sending is not None:
             await sending
+
+    # --- What the stream shapes share -----------------------------------------------------------
+
+    def peer_inbox(self) -> str:
+        """The client's `Reply-To`, checked before anything is published there (INVALID_ARGUMENT)."""
+        reply_to = (self.msg.headers or {}).get(REPLY_TO, "")
+        why = self.policy.reply_to_problem(self.msg)
+        if why is not None:
+            raise self.error(ErrorCode.INVALID_ARGUMENT, f"{REPLY_TO} {quote(reply_to)} is {why}")
+        self.watch_permissions(reply_to)
+        return reply_to
+
+    async def open_inbox(self) -> Inbox:
+        """An inbox of this call's, bounded and idle-checked per the policy, released at its end."""
+        inbox = Inbox(self.nc, self.name, on_overflow=self.overflowed)
+        inbox.limit(self.policy.buffer_messages, self.policy.buffer_bytes)
+        inbox.end_when_idle(self.policy.stream_idle_timeout, ErrorCode.DEADLINE_EXCEEDED, self.policy.idle_message)
+        self.inboxes.append(inbox)
+        self.watch_permissions(inbox.subject)
+        return await inbox.open()
+
+    async def start_session(self, peer_inbox: str, inbox: Inbox, sends: bool) -> StreamSession:
+        """v2 control for this call: the client's acks, heartbeats and cancel arrive on `inbox`;
+        when we `sends` a stream, the client's acks open the window it granted. Heartbeats are shared
+        with the client's connection when it named its liveness subject."""
+        window = FlowWindow(Window.granted(self.msg.headers)) if sends else None
+        session = self.session = StreamSession(self.nc, peer_inbox, inbox.subject, self.heartbeat, self, window)
+        inbox.watcher = self.watch
+        if self.peer_subject is not None:
+            self.peers = await PeerLiveness.acquire(self.nc)
+            session.share(self.peers, self.peer_subject)
+            inbox.peer = session.group  # the client's heartbeats keep an idle stream alive
+        return session
+
+    def confirmation(self, inbox: Inbox, window: Window | None) -> dict[str, str]:
+        """Our v2 confirmation (the open message or the handshake ack)."""
+        return confirmation(inbox.subject, self.heartbeat, window, None if self.peers is None else self.peers.subject)
+
+    # --- How the session ends the call (`CallEnds`) ------------------------------------------------
+
+    def watch(self, msg: Msg) -> bool:
+        """Our inbox's watcher: the first hop's probe statuses, then v2 control (or v1's gone client)."""
+        writer = self.writer
+        if writer is not None and writer.first_hop is not None and writer.first_hop.saw(msg):
+            return True
+        if self.session is not None:
+            return self.session.watch(msg)
+        return self.watch_v1(msg)
+
+    def watch_control(self, msg: Msg) -> bool:
+        """A control-only inbox's watcher: whatever arrives is not data."""
+        self.watch(msg)
+        return True
+
+    def watch_v1(self, msg: Msg) -> bool:
+        """A v1 client's `S`: a no-responders answer to our ack means the client is gone."""
+        if is_no_responders(msg.headers):
+            gone = self.error(ErrorCode.UNAVAILABLE, "the client is gone (nobody received the handshake ack)")
+            self.interrupt(gone, tell_client=False)
+            return True
+        return False
+
+    def new_writer(self, subject: str, own_inbox: str | None) -> StreamWriter:
+        """Our stream to the client's `R`: within the client's window in v2; the handler's response
+        headers go with its first message; when `R` is not the request's own reply subject (which
+        NATS routes back in any topology) and we have an inbox for the answer, its first message
+        makes sure `R` is known (`FirstHop`)."""
+        session = self.session
+        if session is not None and session.window is not None:
+            writer = StreamWriter(self.nc, subject, self.codec, self.name, session.window, session.on_sent)
+        else:
+            writer = StreamWriter(self.nc, subject, self.codec, self.name)
+        writer.first_headers = self.context.response_headers
+        if session is not None:
+            session.sending = writer
+        if own_inbox is not None and subject != self.msg.reply:
+            writer.first_hop = FirstHop(self.nc, own_inbox, self.name)
+        return writer

@@ -18,7 +18,6 @@ from ..streaming.inbox import Inbox
 from ..streaming.reader import StreamReader
 from .request_streams import RequestStream, UploadRequests
 from .responder import NoAnswer, Responder
-from .stream_responder import StreamResponder
 
 # A v1 client-streaming client (the Go one) subscribes to its reply inbox only after sending its end
 # marker, so the final answer is held until that marker arrives: at most this long without a deadline.
@@ -28,7 +27,7 @@ V1_HOLD_LIMIT = 30.0
 OLD_STYLE_SUBSCRIBE_WAIT = 2.0
 
 
-class _SendsStream(StreamResponder):
+class _SendsStream(Responder):
     """A shape whose server direction is a stream to the client's inbox `R`."""
 
     __slots__ = ()
@@ -145,7 +144,7 @@ class ServerStreamResponder(_SendsStream):
         await self.send_all(self.handler(request))
 
 
-class _Handshaking(StreamResponder):
+class _Handshaking(Responder):
     """Client-streaming and bidi opening: subscribe `S`, ack with `Nats-Stream-Inbox: S`."""
 
     __slots__ = ("inbox", "reader", "reply_to")
