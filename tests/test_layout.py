@@ -176,3 +176,26 @@ def test_the_top_level_is_the_public_surface() -> None:
         ]
         if name not in ("_api_v1", "_api_v2", "__init__", "__main__"):  # (the API modules and the package choose names; `-m` runs one)
             assert own, f"{name} only re-exports other modules"
+
+
+def test_no_class_derives_from_a_base_that_exists_only_for_it() -> None:
+    """Composition, not chains made to split files: a runtime class used as a base has more than
+    one subclass (a base with a single heir is the same concern in two places)."""
+    bases: dict[str, list[str]] = {}
+    defined: set[str] = set()
+    for path in sorted(RUNTIME.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                defined.add(node.name)
+                for base in node.bases:
+                    if isinstance(base, ast.Name):
+                        bases.setdefault(base.id, []).append(node.name)
+    single = {base: heirs for base, heirs in bases.items() if base in defined and len(heirs) == 1}
+    assert set(single) <= set(ONE_HEIR), f"bases with one subclass: {single}"
+
+
+# Bases with one subclass that stand on their own: a reason each.
+ONE_HEIR = {
+    "RpcError": "raised on its own everywhere; `Overloaded` is the refusal with a retry hint",
+    "Credit": "core's sans-I/O window accounting, tested on plain values; `FlowWindow` adds the waiting",
+}
