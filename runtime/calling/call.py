@@ -7,7 +7,7 @@ on its inbox `R` (seen first by `on_message`), sending, receiving. How it opens 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping, Protocol
 
 import betterproto
 import nats.errors
@@ -15,27 +15,44 @@ from nats.aio.msg import Msg
 
 from ..core.errors import ErrorCode, Overloaded, RpcError
 from ..core.frames import FrameKind, classify, is_control
-from ..core.headers import error_from_headers, is_no_responders, user_headers
-from ..core.negotiation import Window, confirmed
+from ..core.credit import AckPolicy
+from ..core.headers import STREAM_INBOX, error_from_headers, is_no_responders, quote, user_headers
+from ..core.negotiation import Window, client_heartbeat, confirmed, shared_peer
 from ..core.states import CLIENT_MOVES, CallState, InvalidTransition
-from ..features.interceptors import CallInfo, Direction, Side, outcome_of
+from ..core.subjects import InboxPolicy
+from ..features.interceptors import CallInfo, Chain, Direction, Side, outcome_of
 from ..health.admission import OpenGate
 from ..health.peers import PeerLiveness
-from ..net.mux import let_go
+from ..net.mux import InboxMux, let_go
 from ..net.transport import Transport
-from ..schema.spec import Cardinality, MethodSpec
+from ..schema.spec import Cardinality, MethodSpec, ServiceSpec
 from ..streaming.deadline import Deadline
-from ..streaming.flow import SendCredit, Unlimited
+from ..streaming.flow import FlowWindow, SendCredit, Unlimited
 from ..streaming.inbox import Inbox
 from ..streaming.reader import StreamReader
 from ..streaming.session import StreamSession
 from ..streaming.writer import StreamWriter
-from .opening import Answered, server_inbox, start_v2
 from .refusals import Reopening, RetryBudget, absorbs
 from .requests import as_rpc_errors, connection_error
 
-if TYPE_CHECKING:
-    from .base import ClientBase
+class CallSettings(Protocol):
+    """What a call reads of the client that makes it (`ClientBase`)."""
+
+    @property
+    def _nats_service(self) -> ServiceSpec: ...
+
+    _nats_transport: Transport
+    _nats_subject_prefix: str
+    _nats_timeout: float | None
+    _nats_heartbeat: float
+    _nats_inboxes: InboxPolicy
+    _nats_chain: Chain | None
+    _nats_max_loop_lag: float | None
+    _nats_absorb: bool
+
+
+class Answered(Exception):
+    """The server ended the call while we were still sending."""
 
 
 class ClientCall:
@@ -48,7 +65,7 @@ class ClientCall:
         "queue_group", "reopening",
     )
 
-    def __init__(self, client: ClientBase, method: MethodSpec[Any, Any], timeout: float | None) -> None:
+    def __init__(self, client: CallSettings, method: MethodSpec[Any, Any], timeout: float | None) -> None:
         spec = client._nats_service
         self.nc: Transport = client._nats_transport
         self.method = method
@@ -296,7 +313,7 @@ class ClientCall:
     def _confirm_server_stream(self, headers: Mapping[str, str] | None) -> None:
         """A server stream's open message confirmed v2 and named the server's control inbox."""
         try:
-            start_v2(self, headers, peer_inbox=server_inbox(self, headers))
+            self.start_v2(headers, peer_inbox=self.server_inbox(headers))
         except RpcError as refused:  # nothing is ever sent to a subject that fails the checks
             self.fail(refused, at_once=True)
 
@@ -393,3 +410,59 @@ class ClientCall:
             raise
         finally:
             await self.close()
+
+    # --- v2, once the server confirms it ------------------------------------------------------
+
+    def server_inbox(self, headers: Mapping[str, str] | None) -> str:
+        """The `Nats-Stream-Inbox` the server named, checked before anything is sent there."""
+        subject = (headers or {}).get(STREAM_INBOX, "")
+        if not subject:
+            raise self.error(ErrorCode.UNAVAILABLE, f"the server's answer has no {STREAM_INBOX}")
+        why = self.inboxes.check(subject)
+        if why is not None:
+            raise self.error(
+                ErrorCode.INTERNAL,
+                f"the server named {STREAM_INBOX} {quote(subject)}, which is {why}; "
+                "pass inbox_prefixes=[...] to the client to allow a service's own prefix",
+            )
+        return subject
+
+
+    def start_v2(self, confirmation: Mapping[str, str] | None, peer_inbox: str) -> None:
+        """The server confirmed v2: its window bounds what we send, ours what we receive; heartbeats
+        both ways at the interval the server said, shared with its connection when it named its
+        liveness subject."""
+        inbox = self.inbox
+        assert inbox is not None
+        peer_subject = self._checked_peer(confirmation)
+        self.watch_permissions(peer_inbox)
+        writer, reader = self.writer, self.reader
+        window = FlowWindow(Window.granted(confirmation)) if writer is not None else None
+        heartbeat = client_heartbeat(confirmation, self.heartbeat)
+        session = self.session = StreamSession(self.nc, peer_inbox, inbox.subject, heartbeat, self, window)
+        if reader is not None:
+            session.receiving = inbox
+            reader.acks = AckPolicy(self.window, session.send_ack)
+            inbox.limit(self.window.messages + 2, self.window.max_bytes)  # + the end marker and a status
+        if writer is not None and window is not None:
+            session.sending = writer
+            if self.answer is not None:  # the server ended the self during the handshake
+                window.fail(Answered())
+            self.credit = writer.credit = window
+            writer.on_sent = session.on_sent
+        if peer_subject is not None and self.peers is not None:
+            session.share(self.peers, peer_subject)
+            inbox.peer = session.group
+        session.start()
+
+
+    def _checked_peer(self, confirmation: Mapping[str, str] | None) -> str | None:
+        """The server's liveness subject, checked like its inboxes (INTERNAL when it fails)."""
+        subject = shared_peer(confirmation)
+        if subject is not None:
+            why = self.inboxes.check(subject)
+            if why is None and InboxMux.owns(self.nc, subject):
+                why = "one of this connection's own inboxes"
+            if why is not None:
+                raise self.error(ErrorCode.INTERNAL, f"the server named a liveness subject {quote(subject)}, which is {why}")
+        return subject

@@ -1,38 +1,29 @@
 """How a client call opens: wait at the connection's gate, subscribe its inbox `R`, send the request
 (server streams) or do the handshake and take the server's inbox `S` (client streams, bidi), and
-start v2 once the server confirms it. Functions of the `ClientCall` they open, which owns the result.
+have the call start v2 once the server confirms it (`ClientCall.start_v2`). Functions of the
+`ClientCall` they open, which owns the result.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping
 
 import betterproto
 
-from ..core.credit import AckPolicy
 from ..core.errors import ErrorCode, Overloaded, RpcError
-from ..core.headers import REPLY_TO, STREAM_INBOX, caller_headers, check_size, error_from_headers, quote
-from ..core.negotiation import Window, client_heartbeat, client_offer, confirmed, shared_peer
+from ..core.headers import REPLY_TO, caller_headers, check_size, error_from_headers
+from ..core.negotiation import client_offer, confirmed
 from ..core.states import CallState
 from ..health.admission import OpenGate
 from ..health.peers import PeerLiveness
-from ..net.mux import InboxMux
 from ..streaming.first_hop import FirstHop
-from ..streaming.flow import FlowWindow
 from ..streaming.inbox import Inbox
 from ..streaming.reader import StreamReader
-from ..streaming.session import StreamSession
 from ..streaming.writer import StreamWriter
+from .call import ClientCall
 from .refusals import Reopening, RetryBudget, absorbed
 from .requests import as_rpc_errors, nats_request
-
-if TYPE_CHECKING:
-    from .call import ClientCall
-
-class Answered(Exception):
-    """The server ended the call while we were still sending."""
-
 
 # How long a client-stream or bidi call waits for the server's handshake ack when the call itself
 # has no shorter deadline; no ack means nobody is serving (UNAVAILABLE).
@@ -131,69 +122,14 @@ async def open_handshake(call: ClientCall, headers: Mapping[str, str] | None) ->
             refused = error_from_headers(ack.headers, call.name)
         if refused is not None:
             raise refused
-        inbox_s = server_inbox(call, ack.headers)
+        inbox_s = call.server_inbox(ack.headers)
         call.watch_permissions(inbox_s)
         call.writer = StreamWriter(call.nc, inbox_s, call.codec, call.name, call.credit)
         call.writer.first_hop = FirstHop(call.nc, inbox.subject, call.name)  # S is new: make sure it is known
         if confirmed(ack.headers):
-            start_v2(call, ack.headers, peer_inbox=inbox_s)
+            call.start_v2(ack.headers, peer_inbox=inbox_s)
     except BaseException as error:
         await _failed_opening(call, error)
         raise
     call.move(CallState.OPEN)
     return caller_headers(ack.headers)
-
-
-def server_inbox(call: ClientCall, headers: Mapping[str, str] | None) -> str:
-    """The `Nats-Stream-Inbox` the server named, checked before anything is sent there."""
-    subject = (headers or {}).get(STREAM_INBOX, "")
-    if not subject:
-        raise call.error(ErrorCode.UNAVAILABLE, f"the server's answer has no {STREAM_INBOX}")
-    why = call.inboxes.check(subject)
-    if why is not None:
-        raise call.error(
-            ErrorCode.INTERNAL,
-            f"the server named {STREAM_INBOX} {quote(subject)}, which is {why}; "
-            "pass inbox_prefixes=[...] to the client to allow a service's own prefix",
-        )
-    return subject
-
-
-def start_v2(call: ClientCall, confirmation: Mapping[str, str] | None, peer_inbox: str) -> None:
-    """The server confirmed v2: its window bounds what we send, ours what we receive; heartbeats
-    both ways at the interval the server said, shared with its connection when it named its
-    liveness subject."""
-    inbox = call.inbox
-    assert inbox is not None
-    peer_subject = _checked_peer(call, confirmation)
-    call.watch_permissions(peer_inbox)
-    writer, reader = call.writer, call.reader
-    window = FlowWindow(Window.granted(confirmation)) if writer is not None else None
-    heartbeat = client_heartbeat(confirmation, call.heartbeat)
-    session = call.session = StreamSession(call.nc, peer_inbox, inbox.subject, heartbeat, call, window)
-    if reader is not None:
-        session.receiving = inbox
-        reader.acks = AckPolicy(call.window, session.send_ack)
-        inbox.limit(call.window.messages + 2, call.window.max_bytes)  # + the end marker and a status
-    if writer is not None and window is not None:
-        session.sending = writer
-        if call.answer is not None:  # the server ended the call during the handshake
-            window.fail(Answered())
-        call.credit = writer.credit = window
-        writer.on_sent = session.on_sent
-    if peer_subject is not None and call.peers is not None:
-        session.share(call.peers, peer_subject)
-        inbox.peer = session.group
-    session.start()
-
-
-def _checked_peer(call: ClientCall, confirmation: Mapping[str, str] | None) -> str | None:
-    """The server's liveness subject, checked like its inboxes (INTERNAL when it fails)."""
-    subject = shared_peer(confirmation)
-    if subject is not None:
-        why = call.inboxes.check(subject)
-        if why is None and InboxMux.owns(call.nc, subject):
-            why = "one of this connection's own inboxes"
-        if why is not None:
-            raise call.error(ErrorCode.INTERNAL, f"the server named a liveness subject {quote(subject)}, which is {why}")
-    return subject
