@@ -45,9 +45,10 @@ def _type_checking(node: ast.AST) -> bool:
     return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
 
 
-def imports(name: str, path: Path) -> tuple[set[str], set[str]]:
+def imports(name: str, path: Path, type_checking: bool = True) -> tuple[set[str], set[str]]:
     """(modules of the runtime, top-level names of other packages) that `name` imports, wherever in
-    the file, except under `if TYPE_CHECKING:`."""
+    the file; under `if TYPE_CHECKING:` too unless `type_checking` is False (a cycle that only the
+    type checker sees is still a cycle for a reader)."""
     known = modules()
     parts = [part for part in name.split(".") if part]
     package = parts if path.name == "__init__.py" else parts[:-1]
@@ -55,7 +56,7 @@ def imports(name: str, path: Path) -> tuple[set[str], set[str]]:
     outside: set[str] = set()
 
     def visit(node: ast.AST) -> None:
-        if _type_checking(node):
+        if not type_checking and _type_checking(node):
             return
         if isinstance(node, ast.Import):
             outside.update(alias.name.split(".")[0] for alias in node.names)

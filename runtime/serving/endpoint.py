@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
 from nats.aio.msg import Msg
 from nats.micro.service import DEFAULT_QUEUE_GROUP
@@ -15,19 +16,38 @@ from nats.micro.service import DEFAULT_QUEUE_GROUP
 from ..core.errors import ErrorCode, Overloaded, RpcError
 from ..core.headers import END_TRUE, REPLY_TO, RETRY, STREAM_COUNT, STREAM_END, caller_headers, error_headers
 from ..core.logs import RateLimitedLog
+from ..core.recent import RecentReplies
 from ..core.subjects import is_literal
 from ..features.interceptors import CallInfo, Side
-from ..health.admission import retry_hint
-from ..net.transport import Subscription, publish_now, subscribe_direct
-from ..schema.spec import Cardinality, MethodSpec
+from ..features.persistence import Persistence
+from ..health.admission import Admission, retry_hint
+from ..net.transport import Subscription, Transport, publish_now, subscribe_direct
+from ..schema.spec import Cardinality, MethodSpec, ServiceSpec
 from .discovery import EndpointRecord
+from .options import ServeOptions
+from .policy import ServingPolicy
 from .responder import Responder
 from .shapes import RESPONDERS
 from .unary import ServedMethod, UnaryCall
 from .unary_batch import PROBE_EVERY, UnaryBatch
 
-if TYPE_CHECKING:
-    from .server import Server
+class EndpointHost(Protocol):
+    """What an endpoint reads and counts of its server (`Server`): the service, its limits and the
+    calls in progress that every endpoint shares."""
+
+    transport: Transport
+    impl: Any
+    spec: ServiceSpec
+    options: ServeOptions
+    policy: ServingPolicy
+    admission: Admission
+    persistence: Persistence | None
+    accepting: bool
+    refused: Counter[str]
+    taken: RecentReplies
+    unary_calls: set[UnaryCall]
+    unary_tasks: set[asyncio.Task[None]]
+    stream_calls: dict[asyncio.Task[None], Responder]
 
 log = logging.getLogger("betterproto_nats.server")
 overloads = RateLimitedLog(log)  # refusals of admission control: at most 10 records a second
@@ -36,7 +56,7 @@ overloads = RateLimitedLog(log)  # refusals of admission control: at most 10 rec
 class Endpoint:
     """One RPC's subscription: admits calls and hands each to a responder task."""
 
-    def __init__(self, server: Server, method: MethodSpec[Any, Any], subject: str) -> None:
+    def __init__(self, server: EndpointHost, method: MethodSpec[Any, Any], subject: str) -> None:
         self.server = server
         self.method = method
         self.subject = subject
