@@ -2,16 +2,8 @@
 
 from ._version import __version__ as __version__
 from .calling.stored import KvEntry, KvWatch, StoredBlob
-from .calling.views import (
-    BidiStream,
-    BidiStreamCall,
-    ClientStream,
-    DownloadCall,
-    DownloadStream,
-    ServerStream,
-    ServerStreamCall,
-    UploadStream,
-)
+from .calling.pending import BidiStreamCall, DownloadCall, ServerStreamCall
+from .calling.views import BidiStream, ClientStream, DownloadStream, ServerStream, UploadStream
 from .core.errors import ErrorCode, Overloaded, RpcError
 from .features.interceptors import (
     BidiInterceptor,

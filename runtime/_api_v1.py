@@ -13,12 +13,12 @@ from collections.abc import Mapping as Mapping
 
 from .calling.base import ClientBase as ClientBase
 from .calling.views import BidiStream as BidiStream
-from .calling.views import BidiStreamCall as BidiStreamCall
+from .calling.pending import BidiStreamCall as BidiStreamCall
 from .calling.views import ClientStream as ClientStream
-from .calling.views import DownloadCall as DownloadCall
+from .calling.pending import DownloadCall as DownloadCall
 from .calling.views import DownloadStream as DownloadStream
 from .calling.views import ServerStream as ServerStream
-from .calling.views import ServerStreamCall as ServerStreamCall
+from .calling.pending import ServerStreamCall as ServerStreamCall
 from .calling.views import UploadStream as UploadStream
 from .core.errors import ErrorCode as ErrorCode
 from .encoding.protobuf import *  # noqa: F403 - the generated codecs' functions: exactly protobuf.__all__

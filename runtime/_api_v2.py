@@ -29,8 +29,8 @@ from .calling.stored import kv_watch as kv_watch
 from .calling.stored import object_delete as object_delete
 from .calling.stored import object_get as object_get
 from .calling.stored import object_open as object_open
-from .calling.views import Pending as Pending
-from .calling.views import PendingStream as PendingStream
+from .calling.pending import Pending as Pending
+from .calling.pending import PendingStream as PendingStream
 from .schema.spec import KeyField as KeyField
 from .schema.spec import KeyKind as KeyKind
 from .schema.spec import KeyTemplate as KeyTemplate

@@ -29,18 +29,8 @@ from .call import ClientCall
 from .opening import open_handshake, open_server_stream
 from .refusals import RetryBudget, absorbed, absorbs
 from .requests import nats_request, request_failed, unary_response
-from .views import (
-    BidiStream,
-    BidiStreamCall,
-    ClientStream,
-    DownloadCall,
-    DownloadStream,
-    Pending,
-    PendingStream,
-    ServerStream,
-    ServerStreamCall,
-    UploadStream,
-)
+from .pending import BidiStreamCall, DownloadCall, Pending, PendingStream, ServerStreamCall
+from .views import BidiStream, ClientStream, DownloadStream, ServerStream, UploadStream
 
 Req = TypeVar("Req", bound=betterproto.Message)
 Resp = TypeVar("Resp", bound=betterproto.Message)

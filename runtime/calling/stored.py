@@ -23,7 +23,7 @@ from ..features.keys import render_key
 from ..features.stores import MAX_OBJECT_RESPONSE, KvBucket, ObjectBucket, store_error
 from ..schema.spec import MethodSpec
 from .base import ClientBase
-from .views import Pending
+from .pending import Pending
 
 Req = TypeVar("Req", bound=betterproto.Message)
 Resp = TypeVar("Resp", bound=betterproto.Message)
