@@ -12,11 +12,12 @@ flight, one 100k-message server stream), with each side's CPU per call.
 Then the same-process rows of the earlier bench as an extra section (bench/same_process.py).
 Writes bench/results.md and bench/results.json. The machine is noisy: compare the ratios.
 
-    .venv/bin/python bench/run.py                  # everything (about 6 minutes on 2 cores)
+    .venv/bin/python bench/run.py                  # everything (about 6-7 minutes on 2 cores)
     .venv/bin/python bench/run.py --quick          # 1 run per side, 1/10 sizes: a smoke run
     .venv/bin/python bench/run.py --separate-only  # without the same-process extra
     .venv/bin/python bench/run.py --same-process   # only the same-process extra
     .venv/bin/python bench/run.py --rows unary     # only rows whose name contains this (no files written)
+    .venv/bin/python bench/run.py --rows 'unary, 1 in flight|server stream, 100k small'  # any of these
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ def rows(quick: bool) -> list[Row]:
     earlier ones for ping-pong, concurrency and chunks."""
     scale = 10 if quick else 1
     runs = 1 if quick else 3
+    two = min(runs, 2)  # rows further from the targets run twice per side, to keep `make bench` near 6 minutes
     ours = lambda row, **kw: Side("ours", row, **kw)  # noqa: E731
     raw = lambda row: Side("raw", row)  # noqa: E731
     u1, u50 = 3000 // scale, 20000 // scale
@@ -111,9 +113,9 @@ def rows(quick: bool) -> list[Row]:
     table = [
         Row("unary, 1 in flight", "req/s", ours("unary"), raw("unary"), u1, 1, target=0.9),
         Row("unary, 50 in flight", "req/s", ours("unary"), raw("unary"), u50, 50, target=0.9),
-        Row("unary with a deadline, 1 in flight (vs without)", "req/s", ours("unary", variant="deadline"), ours("unary"), u1, 1),
-        Row("unary with a deadline, 50 in flight (vs without)", "req/s", ours("unary", variant="deadline"), ours("unary"), u50, 50),
-        Row("unary, handler builds its response, 50 in flight (vs prebuilt)", "req/s", ours("unary", variant="build"), ours("unary"), u50, 50),
+        Row("unary with a deadline, 1 in flight (vs without)", "req/s", ours("unary", variant="deadline"), ours("unary"), u1, 1, runs=two),
+        Row("unary with a deadline, 50 in flight (vs without)", "req/s", ours("unary", variant="deadline"), ours("unary"), u50, 50, runs=two),
+        Row("unary, handler builds its response, 50 in flight (vs prebuilt)", "req/s", ours("unary", variant="build"), ours("unary"), u50, 50, runs=two),
         Row("server stream, 100k small messages", "msg/s", ours("server-stream"), raw("server-stream"), n, target=2.0),
         Row("client stream, 100k small messages", "msg/s", ours("client-stream"), raw("client-stream"), n, target=2.0),
         Row("bidi pipelined, 100k echoed", "msg/s", ours("bidi"), raw("bidi"), n, target=2.0),
@@ -133,7 +135,7 @@ def rows(quick: bool) -> list[Row]:
     for in_flight, calls in ((1, 1000 // scale), (50, 5000 // scale)):
         for label, variant in (("best effort", "best"), ("required", "required")):
             name = f"unary + KV {label}, {in_flight} in flight (vs not stored)"
-            table.append(Row(name, "req/s", ours("persist", variant=variant, persist=1), ours("persist", variant=variant, persist=0), calls, in_flight, jetstream=True))
+            table.append(Row(name, "req/s", ours("persist", variant=variant, persist=1), ours("persist", variant=variant, persist=0), calls, in_flight, runs=two, jetstream=True))
     return table
 
 
@@ -402,7 +404,7 @@ def write(
     if results:
         lines += [
             f"**Service and client ran in separate processes** (plus the one local nats-server); median of {runs} "
-            f"run{'s' if runs > 1 else ''} per side{' (chunked rows: 2)' if runs > 2 else ''}, ours and the baseline alternating; each producer built its distinct "
+            f"run{'s' if runs > 1 else ''} per side{' (deadline, handler-builds, chunked and KV rows: 2)' if runs > 2 else ''}, ours and the baseline alternating; each producer built its distinct "
             "messages before timing. The baseline is raw nats-py unless the row names another.",
             "",
             "| benchmark | ours | raw nats-py / baseline | unit | ratio | target |",
@@ -473,8 +475,9 @@ async def separate(quick: bool, only: str | None, runs: int | None) -> tuple[lis
     results: list[Result] = []
     refs: list[RefResult] = []
     rss = None
-    table = [r for r in rows(quick) if only is None or only in r.name]
-    shapes = [s for s in reference_shapes(quick) if only is None or only in s.name]
+    wanted = lambda name: only is None or any(part in name for part in only.split("|"))  # noqa: E731
+    table = [r for r in rows(quick) if wanted(r.name)]
+    shapes = [s for s in reference_shapes(quick) if wanted(s.name)]
     with tempfile.TemporaryDirectory(prefix="bench-pb2-") as pb2, tempfile.TemporaryDirectory(prefix="bench-js-") as store:
         reference.generate_pb2(Path(pb2))
         with NatsServer() as server, NatsServer(extra_args=["-js", "-sd", store]) as js_server:
@@ -503,7 +506,7 @@ async def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 run per side, 1/10 sizes")
     parser.add_argument("--separate-only", action="store_true", help="skip the same-process extra")
     parser.add_argument("--same-process", action="store_true", help="only the same-process extra")
-    parser.add_argument("--rows", help="only rows whose name contains this; writes no files")
+    parser.add_argument("--rows", help="only rows whose name contains this (or one of these, split by |); writes no files")
     parser.add_argument("--runs", type=int, help="runs per side (default 3, 1 with --quick)")
     args = parser.parse_args()
     started = time.monotonic()
