@@ -2,9 +2,8 @@
 written for this bench from reading the Go project's templates; none of its code.
 
 `make bench` no longer runs it: its reference rows run the real generated code
-(../shared/reference-python/gen, `--impl ref` in bench/worker.py). The model put ours at 1.12x the
-reference's unary rate where the real code, measured the same way, put us below it: a model of a
-peer's per-call steps missed what set its cost (docs/PERFORMANCE.md). Kept only as `--impl model` for
+(../shared/reference-python/gen, `--impl ref` in bench/worker.py). Measured beside the real code it
+costs about the same per call (docs/PERFORMANCE.md, 2026-12-07); kept only as `--impl model` of
 bench/breakdown.py, and for `generate_pb2`, which bench/breakdown.py and bench/modes.py use.
 
 The Go plugin cannot be built here (no Go module proxy), so this module repeats, step by step, what
