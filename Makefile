@@ -48,8 +48,9 @@ dist: $(STAMP)
 	$(PY) -m build --no-isolation -o dist .
 
 
-# Every RPC shape with service and client in separate processes against raw nats-py and a model of
-# the Go project's Python, then the earlier same-process rows (about 5 minutes; docs/PERFORMANCE.md).
+# Every RPC shape with service and client in separate processes against raw nats-py, then against the
+# Go project's generated Python (../shared/reference-python, four client/service pairings), then the
+# earlier same-process rows (about 6-7 minutes; docs/PERFORMANCE.md).
 bench: gen
 	$(PY) bench/run.py
 

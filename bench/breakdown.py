@@ -1,8 +1,8 @@
 """Where the time goes, per RPC shape: cProfile's own time grouped into ours (the runtime), the
 generated codec, betterproto (message objects built and read by handlers and callers), google
-protobuf (the reference model's codec), the reference model's own code (bench/reference.py: what the
-Go project generates), nats-py, asyncio, and the rest (builtins, epoll and socket calls, the bench's
-own loops).
+protobuf (the reference's codec), the reference's own code (the Go project's generated Python in
+../shared/reference-python/gen; or bench/reference.py's MODEL of it, `--impl model`), nats-py,
+asyncio, and the rest (builtins, epoll and socket calls, the bench's own loops).
 
 By default as `make bench` runs a row: the service and the client in separate processes
 (bench/worker.py), each profiled (CPU time, not wall time) over the client's timed part. Each shape
@@ -13,7 +13,7 @@ the split as an estimate.
 
     .venv/bin/python bench/breakdown.py                      # every shape, both sides
     .venv/bin/python bench/breakdown.py unary50              # one shape, with our top functions per side
-    .venv/bin/python bench/breakdown.py unary50 --impl ref   # the baseline's sides instead (raw, ref)
+    .venv/bin/python bench/breakdown.py unary50 --impl ref   # the baseline's sides instead (raw, ref, model)
     .venv/bin/python bench/breakdown.py --same-process [shape]   # the earlier mode: both in this process
 """
 
@@ -43,7 +43,8 @@ from run import Pair, Row, Side  # noqa: E402
 from same_process import Bench, _drain, _unary  # noqa: E402
 
 N = 50_000  # same-process mode
-CATEGORIES = {
+CATEGORIES = {  # first match wins: the reference's generated code before ours
+    "reference (generated)": "reference-python/gen/",
     "betterproto": "site-packages/betterproto/",
     "codec (generated)": "/gen/",
     "ours": "betterproto_nats/",
@@ -52,7 +53,7 @@ CATEGORIES = {
     "google protobuf": "google",
     "reference model": "bench/reference.py",
 }
-COLUMNS = ["ours", "codec (generated)", "betterproto", "reference model", "google protobuf", "nats-py", "asyncio", "rest"]
+COLUMNS = ["ours", "codec (generated)", "betterproto", "reference (generated)", "reference model", "google protobuf", "nats-py", "asyncio", "rest"]
 
 # The shapes of the separate-process mode: (worker row, calls or messages, calls in flight).
 SHAPES: dict[str, tuple[str, int, int]] = {
@@ -166,7 +167,7 @@ async def same_process(selected: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("shapes", nargs="*", help=", ".join(SHAPES))
-    parser.add_argument("--impl", choices=("ours", "raw", "ref"), default="ours", help="whose sides to profile (ref: unary only)")
+    parser.add_argument("--impl", choices=("ours", "raw", "ref", "model"), default="ours", help="whose sides to profile (ref: unary and server stream; model: unary)")
     parser.add_argument("--same-process", action="store_true", help="the earlier mode: client and service in this process")
     parser.add_argument("--keep", type=Path, help="keep each side's profile in this folder (<shape>-<impl>-<side>.prof)")
     args = parser.parse_args()

@@ -1,5 +1,10 @@
-"""A model of what protoc-gen-nats-micro's generated Python does per unary call (the "reference Python"
-rows of `make bench`), written for this bench from reading the Go project's templates; none of its code.
+"""A MODEL (not the reference) of what protoc-gen-nats-micro's generated Python does per unary call,
+written for this bench from reading the Go project's templates; none of its code.
+
+`make bench` no longer runs it: its reference rows run the real generated code
+(../shared/reference-python/gen, `--impl ref` in bench/worker.py). Measured beside the real code it
+costs about the same per call (docs/PERFORMANCE.md, 2026-12-07); kept only as `--impl model` of
+bench/breakdown.py, and for `generate_pb2`, which bench/breakdown.py and bench/modes.py use.
 
 The Go plugin cannot be built here (no Go module proxy), so this module repeats, step by step, what
 its Python templates generate for a unary method (docs/PERFORMANCE.md, "The reference Python"):

@@ -1,17 +1,23 @@
 """`make bench`: every RPC shape, measured as users deploy: the service and its client in two separate
 processes (bench/worker.py), one local nats-server started here, distinct messages built by the
 producer before timing. Ours against raw nats-py doing the same traffic (or against the baseline the
-row names: the reference model of the Go project's Python in bench/reference.py, our own call
-without a deadline, ...). Median of 3 runs per side, ours and the baseline alternating.
+row names: our own call without a deadline, ...). Median of 3 runs per side, ours and the baseline
+alternating.
+
+Then the reference section: the Go project's real generated Python (../shared/reference-python/gen,
+imported from there) in four pairings per shape, client → service: ours → ours, ref → ref,
+ours → ref, ref → ours; 3 rounds, the pairings' order rotating each round (unary 1 and 50 in
+flight, one 100k-message server stream), with each side's CPU per call.
 
 Then the same-process rows of the earlier bench as an extra section (bench/same_process.py).
 Writes bench/results.md and bench/results.json. The machine is noisy: compare the ratios.
 
-    .venv/bin/python bench/run.py                  # everything (about 6 minutes on 2 cores)
+    .venv/bin/python bench/run.py                  # everything (about 6-7 minutes on 2 cores)
     .venv/bin/python bench/run.py --quick          # 1 run per side, 1/10 sizes: a smoke run
     .venv/bin/python bench/run.py --separate-only  # without the same-process extra
     .venv/bin/python bench/run.py --same-process   # only the same-process extra
     .venv/bin/python bench/run.py --rows unary     # only rows whose name contains this (no files written)
+    .venv/bin/python bench/run.py --rows 'unary, 1 in flight|server stream, 100k small'  # any of these
 """
 
 from __future__ import annotations
@@ -50,13 +56,15 @@ RUN_TIMEOUT = 420.0  # seconds for a client's timed part (the worker gives up af
 class Side:
     """One side of a comparison: which implementation runs which worker row, with what."""
 
-    impl: str  # ours | raw | ref
+    impl: str  # ours | raw | ref | model: the service's (and the client's, unless `client` says)
     row: str
     variant: str = ""
     persist: int = 1
+    client: str = ""  # the client's implementation when it differs (the reference's cross pairings)
 
     def args(self) -> list[str]:
-        return ["--impl", self.impl, "--row", self.row, "--variant", self.variant, "--persist", str(self.persist)]
+        client = ["--client-impl", self.client] if self.client else []
+        return ["--impl", self.impl, "--row", self.row, "--variant", self.variant, "--persist", str(self.persist), *client]
 
 
 @dataclass(frozen=True)
@@ -92,11 +100,12 @@ class Result:
 
 
 def rows(quick: bool) -> list[Row]:
-    """The main table, in order. Targets: unary 0.9 of raw nats-py and 1.0 of the reference Python
-    (issue 20), streams 2x raw publishing one NATS message per stream message (the scale issue), the
+    """The main table, in order. Targets: unary 0.9 of raw nats-py (issue 20; the reference Python's
+    rows are `reference_shapes`), streams 2x raw publishing one NATS message per stream message (the scale issue), the
     earlier ones for ping-pong, concurrency and chunks."""
     scale = 10 if quick else 1
     runs = 1 if quick else 3
+    two = min(runs, 2)  # rows further from the targets run twice per side, to keep `make bench` near 6 minutes
     ours = lambda row, **kw: Side("ours", row, **kw)  # noqa: E731
     raw = lambda row: Side("raw", row)  # noqa: E731
     u1, u50 = 3000 // scale, 20000 // scale
@@ -104,11 +113,9 @@ def rows(quick: bool) -> list[Row]:
     table = [
         Row("unary, 1 in flight", "req/s", ours("unary"), raw("unary"), u1, 1, target=0.9),
         Row("unary, 50 in flight", "req/s", ours("unary"), raw("unary"), u50, 50, target=0.9),
-        Row("unary, 1 in flight (vs reference Python)", "req/s", ours("unary"), Side("ref", "unary"), u1, 1, target=1.0),
-        Row("unary, 50 in flight (vs reference Python)", "req/s", ours("unary"), Side("ref", "unary"), u50, 50, target=1.0),
-        Row("unary with a deadline, 1 in flight (vs without)", "req/s", ours("unary", variant="deadline"), ours("unary"), u1, 1),
-        Row("unary with a deadline, 50 in flight (vs without)", "req/s", ours("unary", variant="deadline"), ours("unary"), u50, 50),
-        Row("unary, handler builds its response, 50 in flight (vs prebuilt)", "req/s", ours("unary", variant="build"), ours("unary"), u50, 50),
+        Row("unary with a deadline, 1 in flight (vs without)", "req/s", ours("unary", variant="deadline"), ours("unary"), u1, 1, runs=two),
+        Row("unary with a deadline, 50 in flight (vs without)", "req/s", ours("unary", variant="deadline"), ours("unary"), u50, 50, runs=two),
+        Row("unary, handler builds its response, 50 in flight (vs prebuilt)", "req/s", ours("unary", variant="build"), ours("unary"), u50, 50, runs=two),
         Row("server stream, 100k small messages", "msg/s", ours("server-stream"), raw("server-stream"), n, target=2.0),
         Row("client stream, 100k small messages", "msg/s", ours("client-stream"), raw("client-stream"), n, target=2.0),
         Row("bidi pipelined, 100k echoed", "msg/s", ours("bidi"), raw("bidi"), n, target=2.0),
@@ -128,8 +135,92 @@ def rows(quick: bool) -> list[Row]:
     for in_flight, calls in ((1, 1000 // scale), (50, 5000 // scale)):
         for label, variant in (("best effort", "best"), ("required", "required")):
             name = f"unary + KV {label}, {in_flight} in flight (vs not stored)"
-            table.append(Row(name, "req/s", ours("persist", variant=variant, persist=1), ours("persist", variant=variant, persist=0), calls, in_flight, jetstream=True))
+            table.append(Row(name, "req/s", ours("persist", variant=variant, persist=1), ours("persist", variant=variant, persist=0), calls, in_flight, runs=two, jetstream=True))
     return table
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One shape of the reference section, and the main-table row whose raw side gives raw's CPU."""
+
+    name: str
+    unit: str
+    row: str
+    n: int
+    in_flight: int
+    raw_row: str
+
+
+# Client → service. The service's implementation is the Side's impl, the client's its `client`.
+PAIRINGS = (("ours → ours", "ours", "ours"), ("ref → ref", "ref", "ref"), ("ours → ref", "ours", "ref"), ("ref → ours", "ref", "ours"))
+
+
+@dataclass
+class RefResult:
+    """A shape's four pairings: rates of each round, median CPU µs per item of each process, and
+    raw nats-py's CPU per item from the main table's row of the same shape."""
+
+    name: str
+    unit: str
+    rates: dict[str, list[float]] = field(default_factory=dict)
+    cpu_us: dict[str, dict[str, float]] = field(default_factory=dict)
+    raw_cpu_us: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def rate(self, pairing: str) -> float:
+        return statistics.median(self.rates[pairing]) if self.rates.get(pairing) else 0.0
+
+    def ratio(self, pairing: str) -> float:
+        """A pairing's rate over ref → ref's."""
+        base = self.rate("ref → ref")
+        return self.rate(pairing) / base if base else 0.0
+
+
+def reference_shapes(quick: bool) -> list[Shape]:
+    """The reference section's shapes: the main table's sizes, so raw's CPU compares."""
+    scale = 10 if quick else 1
+    return [
+        Shape("unary, 1 in flight (vs reference Python)", "req/s", "unary", 3000 // scale, 1, "unary, 1 in flight"),
+        Shape("unary, 50 in flight (vs reference Python)", "req/s", "unary", 20000 // scale, 50, "unary, 50 in flight"),
+        Shape("server stream, 100k small messages (vs reference Python)", "msg/s", "server-stream", 100_000 // scale, 1, "server stream, 100k small messages"),
+    ]
+
+
+async def measure_reference(shape: Shape, url: str, pb2: Path, rounds: int, server_pid: int) -> RefResult:
+    """`rounds` rounds of the four pairings on one nats-server, the order rotated each round so no
+    pairing always runs first (or right after the same one)."""
+    row = Row(shape.name, shape.unit, Side("ours", shape.row), Side("ours", shape.row), shape.n, shape.in_flight)
+    got: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in PAIRINGS}
+    for run in range(rounds):
+        for name, client, service in PAIRINGS[run % 4 :] + PAIRINGS[: run % 4]:
+            side = Side(service, shape.row, client=client)
+            got[name].append(await Pair(url, row, side, pb2, tag=f"{name}{run}", server_pid=server_pid).run())
+    result = RefResult(shape.name, shape.unit)
+    for name, results in got.items():
+        result.rates[name] = [rate(row, r) for r in results]
+        result.cpu_us[name] = {
+            process: statistics.median(r[f"{process}_cpu"] / max(r["items"], 1) * 1e6 for r in results)
+            for process in ("client", "service", "server")
+        }
+        for r in results:
+            if r["items"] < shape.n or r.get("end_lost"):
+                lost = " and the end marker" if r.get("end_lost") else ""
+                result.notes.append(f"{name}: lost {shape.n - r['items']} of {shape.n} messages{lost}")
+    return result
+
+
+def show_reference(result: RefResult) -> None:
+    print(result.name, flush=True)
+    for name, _, _ in PAIRINGS:
+        c = result.cpu_us[name]
+        runs = "/".join(f"{x:,.0f}" for x in result.rates[name])
+        print(
+            f"    {name:12} {result.rate(name):10,.0f} {result.unit:5} x{result.ratio(name):4.2f} of ref → ref  "
+            f"cpu µs client {c['client']:.1f} service {c['service']:.1f} nats-server {c['server']:.1f}  [{runs}]",
+            flush=True,
+        )
+    for note in result.notes:
+        print(f"    {note}", flush=True)
 
 
 class Pair:
@@ -267,13 +358,53 @@ def machine() -> str:
     )
 
 
-def write(results: list[Result], rss: dict[str, float] | None, extra: list[same_process.Result], quick: bool, runs: int) -> None:
+def reference_lines(refs: list[RefResult], rounds: int) -> list[str]:
+    """results.md's reference section: rates and ratios, then CPU per item of each side."""
+    lines = [
+        "",
+        "## Against the reference Python (the Go project's generated code)",
+        "",
+        "protoc-gen-nats-micro's real generated Python (../shared/reference-python/gen, run from there), its "
+        "handlers doing what ours do (a prebuilt answer; CountUp's distinct messages built before timing), "
+        f"client → service in four pairings on the same nats-server, {rounds} round{'s' if rounds > 1 else ''} with "
+        "the order rotating, median. Ratios are over ref → ref; ours → ours / ref → ref is ours against the reference.",
+        "",
+        "| benchmark | ours → ours | ref → ref | ours → ref | ref → ours | unit | ours/ref |",
+        "|---|---:|---:|---:|---:|---|---:|",
+    ]
+    for r in refs:
+        cells = " | ".join(f"{r.rate(name):,.0f}" for name, _, _ in PAIRINGS)
+        lines.append(f"| {r.name} | {cells} | {r.unit} | {r.ratio('ours → ours'):.2f} |")
+    lines += [
+        "",
+        "CPU µs per call or message, median (client / service; the nats-server's at 10 ms resolution); raw is "
+        "raw nats-py's pair in the main table's row of the same shape:",
+        "",
+        "| benchmark | ours → ours | ref → ref | ours → ref | ref → ours | raw → raw | nats-server (ours, ref, raw) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in refs:
+        pairs = " | ".join(f"{r.cpu_us[name]['client']:.1f} / {r.cpu_us[name]['service']:.1f}" for name, _, _ in PAIRINGS)
+        raw = f"{r.raw_cpu_us['client']:.1f} / {r.raw_cpu_us['service']:.1f}" if r.raw_cpu_us else "–"
+        servers = ", ".join(f"{x:.1f}" for x in (r.cpu_us["ours → ours"]["server"], r.cpu_us["ref → ref"]["server"], r.raw_cpu_us.get("server", 0.0)))
+        lines.append(f"| {r.name} | {pairs} | {raw} | {servers} |")
+    notes = [f"- {r.name}: {note}" for r in refs for note in dict.fromkeys(r.notes)]
+    return lines + (["", *notes] if notes else [])
+
+
+def write(
+    results: list[Result], rss: dict[str, float] | None, extra: list[same_process.Result], quick: bool, runs: int,
+    refs: list[RefResult], load: tuple[float, float],
+) -> None:
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [f"# Benchmark results ({stamp}{', quick' if quick else ''})", "", f"Machine: {machine()}.", ""]
+    lines = [
+        f"# Benchmark results ({stamp}{', quick' if quick else ''})", "",
+        f"Machine: {machine()}. 1-minute load average {load[0]:.2f} at the start, {load[1]:.2f} at the end.", "",
+    ]
     if results:
         lines += [
             f"**Service and client ran in separate processes** (plus the one local nats-server); median of {runs} "
-            f"run{'s' if runs > 1 else ''} per side{' (chunked rows: 2)' if runs > 2 else ''}, ours and the baseline alternating; each producer built its distinct "
+            f"run{'s' if runs > 1 else ''} per side{' (deadline, handler-builds, chunked and KV rows: 2)' if runs > 2 else ''}, ours and the baseline alternating; each producer built its distinct "
             "messages before timing. The baseline is raw nats-py unless the row names another.",
             "",
             "| benchmark | ours | raw nats-py / baseline | unit | ratio | target |",
@@ -298,6 +429,8 @@ def write(results: list[Result], rss: dict[str, float] | None, extra: list[same_
                 f"| {r.name} | {c['ours client']:.1f} | {c['ours service']:.1f} | {c['ours server']:.1f} "
                 f"| {c['base client']:.1f} | {c['base service']:.1f} | {c['base server']:.1f} |"
             )
+    if refs:
+        lines += reference_lines(refs, runs)
     if rss:
         growth = rss["peak_mb"] - rss["idle_mb"]
         lines += [
@@ -328,6 +461,8 @@ def write(results: list[Result], rss: dict[str, float] | None, extra: list[same_
         "processes": "service and client in separate processes",
         "runs_per_side": runs,
         "results": [asdict(r) | {"ratio": r.ratio} for r in results],
+        "load_average_1min": {"start": load[0], "end": load[1]},
+        "reference": [asdict(r) | {"rate": {name: r.rate(name) for name, _, _ in PAIRINGS}} for r in refs],
         "rss_1gib_download": rss,
         "same_process": [asdict(e) | {"ratio": e.ratio} for e in extra],
         "same_process_raw_losses": same_process.LOSSES,
@@ -336,10 +471,13 @@ def write(results: list[Result], rss: dict[str, float] | None, extra: list[same_
     print("\n".join(lines))
 
 
-async def separate(quick: bool, only: str | None, runs: int | None) -> tuple[list[Result], dict[str, float] | None]:
+async def separate(quick: bool, only: str | None, runs: int | None) -> tuple[list[Result], dict[str, float] | None, list[RefResult]]:
     results: list[Result] = []
+    refs: list[RefResult] = []
     rss = None
-    table = [r for r in rows(quick) if only is None or only in r.name]
+    wanted = lambda name: only is None or any(part in name for part in only.split("|"))  # noqa: E731
+    table = [r for r in rows(quick) if wanted(r.name)]
+    shapes = [s for s in reference_shapes(quick) if wanted(s.name)]
     with tempfile.TemporaryDirectory(prefix="bench-pb2-") as pb2, tempfile.TemporaryDirectory(prefix="bench-js-") as store:
         reference.generate_pb2(Path(pb2))
         with NatsServer() as server, NatsServer(extra_args=["-js", "-sd", store]) as js_server:
@@ -349,10 +487,18 @@ async def separate(quick: bool, only: str | None, runs: int | None) -> tuple[lis
                 result = await measure(row, nats_server.url, Path(pb2), runs or row.runs, nats_server.process.pid)
                 results.append(result)
                 show(result)
+            assert server.process is not None
+            for shape in shapes:
+                ref = await measure_reference(shape, server.url, Path(pb2), runs or (1 if quick else 3), server.process.pid)
+                raw = next((r for r in results if r.name == shape.raw_row), None)
+                if raw is not None:
+                    ref.raw_cpu_us = {p: raw.cpu_us[f"base {p}"] for p in ("client", "service", "server")}
+                refs.append(ref)
+                show_reference(ref)
             if only is None:
                 rss = await rss_of_1gib_download(server.url, Path(pb2), quick)
                 print(f"1 GiB download: RSS growth {rss['peak_mb'] - rss['idle_mb']:.0f} MB, {rss['mb_per_s']:.0f} MB/s", flush=True)
-    return results, rss
+    return results, rss, refs
 
 
 async def main() -> None:
@@ -360,20 +506,22 @@ async def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 run per side, 1/10 sizes")
     parser.add_argument("--separate-only", action="store_true", help="skip the same-process extra")
     parser.add_argument("--same-process", action="store_true", help="only the same-process extra")
-    parser.add_argument("--rows", help="only rows whose name contains this; writes no files")
+    parser.add_argument("--rows", help="only rows whose name contains this (or one of these, split by |); writes no files")
     parser.add_argument("--runs", type=int, help="runs per side (default 3, 1 with --quick)")
     args = parser.parse_args()
     started = time.monotonic()
     results: list[Result] = []
+    refs: list[RefResult] = []
     rss = None
+    load_start = os.getloadavg()[0]
     if not args.same_process:
-        results, rss = await separate(args.quick, args.rows, args.runs)
+        results, rss, refs = await separate(args.quick, args.rows, args.runs)
     extra: list[same_process.Result] = []
     if not args.separate_only and not args.rows:
         print("\nsame process (extra):", flush=True)
         extra = await same_process.main_rows()
     if not args.rows:
-        write(results, rss, extra, args.quick, args.runs or (1 if args.quick else 3))
+        write(results, rss, extra, args.quick, args.runs or (1 if args.quick else 3), refs, (load_start, os.getloadavg()[0]))
     print(f"\n(bench took {time.monotonic() - started:.0f} s)")
 
 

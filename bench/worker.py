@@ -4,8 +4,11 @@
     python bench/worker.py --role client  --impl ours --row unary --url nats://127.0.0.1:4222 [...]
 
 `--impl` is `ours` (betterproto_nats and the generated code), `raw` (plain nats-py, pre-encoded bytes,
-no codec and no flow control) or `ref` (bench/reference.py: a model of the Go project's generated
-Python). The producer builds its distinct messages before anything is timed.
+no codec and no flow control), `ref` (the Go project's real generated Python, imported from
+`--ref-dir`/gen, default ../shared/reference-python, unary and server stream rows) or `model`
+(bench/reference.py: a MODEL of that code, unary only, which proved wrong; kept for bench/breakdown.py).
+`--client-impl` runs another implementation on the client side (the cross pairings). The producer
+builds its distinct messages before anything is timed.
 
 The service connects, builds what it will send, prints `ready` and serves until its stdin closes (the
 parent ends it so; a dead parent ends it too). The client connects, builds what it will send, prints
@@ -59,12 +62,16 @@ IDLE = 2.0  # seconds without a message after which a raw receiver stops waiting
 GIVE_UP = 300.0  # no wait of this bench lasts longer
 BATCH = 256  # the ceiling row packs up to this many bodies per NATS message, as our batched frames do
 WARM = 20  # warm-up calls or stream messages before the timed part
+IMPLS = ("ours", "raw", "ref", "model")
+REF_DIR = ROOT.parent / "shared" / "reference-python"  # the Go project's generated Python (read-only)
 
 
 def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--role", choices=("service", "client", "both"), required=True, help="both: service and client in this one process")
-    p.add_argument("--impl", choices=("ours", "raw", "ref"), required=True)
+    p.add_argument("--impl", choices=IMPLS, required=True)
+    p.add_argument("--client-impl", choices=IMPLS, default="", help="the client's implementation when it is not --impl's")
+    p.add_argument("--ref-dir", default=str(REF_DIR), help="ref: the reference's folder (its generated code in gen/)")
     p.add_argument("--row", required=True, help="unary, server-stream, ceiling, client-stream, bidi, ping-pong, streams100, download, upload, persist, rss")
     p.add_argument("--url", required=True)
     p.add_argument("--n", type=int, default=0, help="calls or messages (bytes for download/upload)")
@@ -73,7 +80,7 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--variant", default="", help="unary: deadline | build; persist: best | required")
     p.add_argument("--persist", type=int, default=1)
     p.add_argument("--tag", default="", help="persist: makes this run's keys new")
-    p.add_argument("--pb2", default="", help="ref: the folder with the generated _pb2 modules")
+    p.add_argument("--pb2", default="", help="model: the folder with the generated _pb2 modules")
     p.add_argument("--profile", default="", help="write cProfile stats of the timed window here")
     p.add_argument("--same-object", action="store_true", help="the producer sends one prebuilt message n times (the earlier bench)")
     p.add_argument("--server-pid", type=int, default=0, help="also measure this nats-server's CPU over the timed part")
@@ -295,7 +302,8 @@ class RawService:
         await self.nc.publish("raw.chat.back", msg.data, headers={"Nats-Stream-Seq": msg.headers["Nats-Stream-Seq"]})
 
 
-async def serve_ref(nc: NATS, args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
+async def serve_model(nc: NATS, args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
+    """The MODEL of the reference's unary service (bench/reference.py), not the reference itself."""
     import reference
 
     pb = reference.load_pb2(Path(args.pb2))
@@ -306,6 +314,42 @@ async def serve_ref(nc: NATS, args: argparse.Namespace) -> Callable[[], Awaitabl
 
     service = await reference.register(nc, pb, ping)
     return service.stop
+
+
+def load_ref(ref_dir: str) -> tuple[Any, Any]:
+    """The reference's generated modules (`stream_demo_pb2`, `stream_demo_nats_pb2`), imported from
+    its own folder as its README says: nothing of it is copied here."""
+    sys.path.insert(0, str(Path(ref_dir) / "gen"))
+    from streaming.v1 import stream_demo_nats_pb2, stream_demo_pb2  # type: ignore[import-not-found]
+
+    return stream_demo_pb2, stream_demo_nats_pb2
+
+
+class RefDemo:
+    """The handler object the reference's `register_stream_demo_service` calls, doing what `Ours`
+    does (a prebuilt answer; the distinct CountUp messages built before `ready`), so the two
+    runtimes' costs compare, not the handlers' (its server.py builds each answer)."""
+
+    def __init__(self, pb: Any, n: int) -> None:
+        self.pong = pb.PingResponse(payload="x")
+        self.numbers = [pb.CountUpResponse(number=i) for i in range(n)]
+
+    async def ping(self, request: Any, info: Any) -> Any:
+        return self.pong
+
+    async def count_up(self, request: Any, stream: Any, info: Any) -> None:
+        for message in islice(self.numbers, request.start, request.start + request.count):
+            await stream.send_msg(message)
+
+
+async def serve_ref(nc: NATS, args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
+    """The reference's generated service (all of the demo's endpoints, as its server.py registers them)."""
+    if args.row not in ("unary", "server-stream"):
+        raise SystemExit("the reference runs the unary and server-stream rows")
+    pb, generated = load_ref(args.ref_dir)
+    service = await generated.register_stream_demo_service(nc, RefDemo(pb, args.n if args.row == "server-stream" else 0))
+    stop: Callable[[], Awaitable[None]] = service.stop
+    return stop
 
 
 class ServiceSide:
@@ -324,8 +368,10 @@ class ServiceSide:
             stop, report = await serve_ours(nc, args)
         elif args.impl == "raw":
             await RawService(nc, args).start()
-        else:
+        elif args.impl == "ref":
             stop = await serve_ref(nc, args)
+        else:
+            stop = await serve_model(nc, args)
 
         async def control(msg: Msg) -> None:
             if msg.data == b"start":
@@ -427,6 +473,8 @@ async def ours_client(nc: NATS, args: argparse.Namespace) -> tuple[Work, Callabl
         # The first stream on a connection sets up what all its streams share (the inbox
         # subscription, liveness per peer), as raw's connection is warm too.
         await _count(client.count_up(CountUpRequest(count=min(WARM, n))))
+        if args.impl == "ref":  # the reference's service here serves Ping and CountUp only (RefDemo)
+            return
         await client.sum(SumRequest(value=1) for _ in range(WARM))
         await _count(client.chat(ChatMessage(text="x") for _ in range(WARM)))
 
@@ -662,7 +710,54 @@ async def raw_client(nc: NATS, args: argparse.Namespace) -> tuple[Work, Callable
 
 
 async def ref_client(nc: NATS, args: argparse.Namespace) -> tuple[Work, Callable[[], Awaitable[None]]]:
-    """The reference model's client: google protobuf requests built beforehand, `(response, headers)` back."""
+    """The reference's generated client (google protobuf requests built beforehand): unary calls as
+    its client.py makes them (`ping(request, timeout=...)`, `(response, headers)` back), and one
+    CountUp read with its receiver's `recv`. Its streams have no flow control and its receiver ends
+    quietly when nothing came for the timeout; a stream that ended so is reported as a loss."""
+    pb, generated = load_ref(args.ref_dir)
+    client = generated.StreamDemoServiceClient(nc)
+    if args.row == "server-stream":
+
+        async def read(count: int) -> dict[str, Any]:
+            started = time.monotonic()
+            stream = await client.count_up(pb.CountUpRequest(start=0, count=count))
+            got = 0
+            try:
+                while True:
+                    await stream.recv(timeout=IDLE)
+                    got += 1
+            except StopAsyncIteration:
+                pass
+            elapsed = time.monotonic() - started
+            ended = stream._done  # True only when its end marker came (the receiver's own flag)
+            await stream.close()
+            return {"items": got, "elapsed": elapsed if ended else elapsed - IDLE, "end_lost": not ended}
+
+        async def warm_stream() -> None:
+            await read(WARM)
+
+        async def work_stream() -> dict[str, Any]:
+            return await read(args.n)
+
+        return work_stream, warm_stream
+    if args.row != "unary":
+        raise SystemExit("the reference runs the unary and server-stream rows")
+    requests = build(lambda i: pb.PingRequest(payload=f"p{i}"), args.n, args.same_object)
+    call = lambda request: client.ping(request, timeout=10)  # noqa: E731
+
+    async def warm() -> None:
+        await _waves(call, requests[:WARM], args.in_flight)
+
+    async def work() -> dict[str, Any]:
+        await _waves(call, requests, args.in_flight)
+        return {"items": args.n}
+
+    return work, warm
+
+
+async def model_client(nc: NATS, args: argparse.Namespace) -> tuple[Work, Callable[[], Awaitable[None]]]:
+    """The MODEL of the reference's client (bench/reference.py): google protobuf requests built
+    beforehand, `(response, headers)` back."""
     import reference
 
     if args.row != "unary":
@@ -683,7 +778,7 @@ async def ref_client(nc: NATS, args: argparse.Namespace) -> tuple[Work, Callable
 
 async def client_main(args: argparse.Namespace) -> None:
     nc = await connect(args.url)
-    make = {"ours": ours_client, "raw": raw_client, "ref": ref_client}[args.impl]
+    make = {"ours": ours_client, "raw": raw_client, "ref": ref_client, "model": model_client}[args.client_impl or args.impl]
     work, warm = await make(nc, args)
     print("prepared", flush=True)
     if not (await stdin_line()).strip():
