@@ -458,3 +458,22 @@ def test_beat_lines_read_a_full_body() -> None:
 )
 def test_beat_entry(field: str, entry: tuple[str, int | None] | None) -> None:
     assert beat_entry(field) == entry
+
+
+def test_recent_replies_are_bounded_and_forget_the_oldest_first() -> None:
+    from betterproto_nats.core.recent import RecentReplies
+
+    recent = RecentReplies(size=8)
+    for i in range(4):
+        recent.add(f"r{i}")
+    assert "r0" in recent and len(recent) == 4  # (a full half became the older generation)
+    for i in range(4, 8):
+        recent.add(f"r{i}")
+    assert "r0" not in recent and "r4" in recent and len(recent) == 4  # the oldest half forgotten
+    recent.add("r8")
+    recent.discard("r8")
+    recent.discard("r5")
+    assert "r8" not in recent and "r5" not in recent and "r6" in recent
+    for i in range(10_000):
+        recent.add(f"x{i}")
+    assert len(recent) <= 8
