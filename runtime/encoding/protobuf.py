@@ -514,14 +514,20 @@ def read_message_type(data: bytes, pos: int, end: int, depth: int, message_type:
     decode = DECODERS.get(message_type)
     if decode is not None:
         return read_message(data, pos, end, depth, decode)
+    body, stop = _framed_body(data, pos, end, depth)
+    message = message_type().parse(body)
+    message._serialized_on_wire = True
+    return message, stop
+
+
+def _framed_body(data: bytes, pos: int, end: int, depth: int) -> tuple[bytes, int]:
+    """A nested message's bytes, checked as upb checks them, for a parser other than ours."""
     if depth >= MAX_DEPTH:
         raise DecodeError(f"messages nested more than {MAX_DEPTH} deep")
     pos, stop = _read_length(data, pos, end)
     body = data[pos:stop]
     check_framing(body)
-    message = message_type().parse(body)
-    message._serialized_on_wire = True
-    return message, stop
+    return body, stop
 
 
 def read_message_class(data: bytes, pos: int, end: int, depth: int, message_type: Any) -> tuple[Any, int]:
@@ -530,11 +536,7 @@ def read_message_class(data: bytes, pos: int, end: int, depth: int, message_type
     decode = DECODERS.get(message_type)
     if decode is not None:
         return read_message(data, pos, end, depth, decode)
-    if depth >= MAX_DEPTH:
-        raise DecodeError(f"messages nested more than {MAX_DEPTH} deep")
-    pos, stop = _read_length(data, pos, end)
-    body = data[pos:stop]
-    check_framing(body)
+    body, stop = _framed_body(data, pos, end, depth)
     return message_type.parse(body), stop
 
 
