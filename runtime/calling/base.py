@@ -179,7 +179,7 @@ class ClientBase:
         return await absorbed(
             self._nats_transport, subject, body, headers, refusal, refused, give_up,
             method.idempotent if idempotent is None else idempotent,
-            not (method.queue_group_disabled or self._nats_service.queue_group_disabled), name, info,
+            self._nats_service.in_queue_group(method), name, info,
         )  # fmt: skip
 
     async def _nats_unary_retried(
@@ -200,7 +200,7 @@ class ClientBase:
         if idempotent is None:
             idempotent = method.idempotent
         # what the proto says: a service may take each call in one receiver of a queue group
-        queue_group = not (method.queue_group_disabled or self._nats_service.queue_group_disabled)
+        queue_group = self._nats_service.in_queue_group(method)
         if timeout is None:
             timeout = self._nats_timeout if self._nats_timeout is not None else method.timeout
         loop = asyncio.get_running_loop()

@@ -96,7 +96,7 @@ class ClientCall:
         self.chain = client._nats_chain
         self.max_loop_lag = client._nats_max_loop_lag
         self.absorbs = absorbs(client._nats_absorb)  # a refusal of the open is sent again (calling/refusals.py)
-        self.queue_group = not (method.queue_group_disabled or spec.queue_group_disabled)
+        self.queue_group = spec.in_queue_group(method)
         self.reopening: Reopening | None = None  # a server stream refused at open, sent again
         self.gate: OpenGate | None = None  # our place among the connection's open streams
         self.info: CallInfo | None = None  # what interceptors see, when there are any

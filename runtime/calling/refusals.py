@@ -66,12 +66,11 @@ class RetryBudget:
 
     _budgets: ClassVar[dict[int, RetryBudget]] = {}  # by id() of the transport
 
-    __slots__ = ("tokens", "taken", "refusals", "counted", "refilled", "retries", "waiting")
+    __slots__ = ("tokens", "taken", "counted", "refilled", "retries", "waiting")
 
     def __init__(self) -> None:
         self.tokens = self.MAX_TOKENS
         self.taken = 0  # calls the service took (the callers count them)
-        self.refusals = 0  # refusals received
         self.counted = 0  # `taken` when tokens were last earned
         self.refilled: float | None = None  # loop time of the last refill
         self.retries = 0  # sent again, in all
@@ -83,10 +82,6 @@ class RetryBudget:
         if budget is None:
             budget = cls._budgets[id(nc)] = cls()
         return budget
-
-    def refused(self) -> None:
-        """A refusal arrived (it earns nothing)."""
-        self.refusals += 1
 
     def _refill(self, now: float) -> None:
         since = 0.0 if self.refilled is None else now - self.refilled
@@ -120,6 +115,15 @@ def retry_wait(hint: float) -> float:
     spread out."""
     wait = max(MIN_RETRY_AFTER, hint)
     return wait + random.uniform(0.0, wait / 4)
+
+
+def next_wait(refused: Overloaded, give_up: float | None, tries: int) -> float | None:
+    """How long to wait before try `tries + 1` of a refused call; None: no more tries (its deadline,
+    `give_up` on the loop's clock, would pass first, or it has none and made its tries)."""
+    wait = retry_wait(refused.retry_after)
+    if give_up is None:
+        return wait if tries < MAX_TRIES_WITHOUT_DEADLINE else None
+    return wait if asyncio.get_running_loop().time() + wait < give_up else None
 
 
 async def _answer_within(future: asyncio.Future[Msg], seconds: float | None) -> Msg | None:
@@ -159,12 +163,11 @@ async def absorbed(
     assert requests is not None
     loop = asyncio.get_running_loop()
     budget = RetryBudget.of(nc)
-    budget.refused()
     tries = 1
     try:
         while True:
-            wait = retry_wait(refused.retry_after)
-            if give_up is not None and loop.time() + wait >= give_up or give_up is None and tries >= MAX_TRIES_WITHOUT_DEADLINE:
+            wait = next_wait(refused, give_up, tries)
+            if wait is None:
                 raise refused
             answer = await _answer_within(future, wait)  # another receiver of an earlier try may answer
             if answer is None:
@@ -184,7 +187,6 @@ async def absorbed(
                 budget.taken += 1
                 return answer  # an answer, or an error that is the caller's to see
             refused = error
-            budget.refused()
             future = requests.listen(reply)
             assert future is not None
     finally:
@@ -204,11 +206,10 @@ async def _fresh_tries(
     """An idempotent call sent again as new requests while it is refused (within the same bounds)."""
     loop = asyncio.get_running_loop()
     budget = RetryBudget.of(nc)
-    budget.refused()
     tries = 1
     while True:
-        wait = retry_wait(refused.retry_after)
-        if give_up is not None and loop.time() + wait >= give_up or give_up is None and tries >= MAX_TRIES_WITHOUT_DEADLINE:
+        wait = next_wait(refused, give_up, tries)
+        if wait is None:
             raise refused
         await asyncio.sleep(wait)
         if not await budget.spend(give_up):
@@ -226,8 +227,6 @@ async def _fresh_tries(
             budget.taken += 1
             return answer
         refused = again
-        budget.refused()
-
 
 class Reopening:
     """A server stream's request sent again after a refusal (its first message, an end marker with
@@ -264,15 +263,12 @@ class Reopening:
 
     def refused(self, refusal: Overloaded) -> bool:
         """The service refused the last try: send again later (True), or not at all (False)."""
-        RetryBudget.of(self.nc).refused()
-        loop = asyncio.get_running_loop()
-        wait = retry_wait(refusal.retry_after)
-        deadline = self.deadline
-        if deadline is not None and loop.time() + wait >= deadline or deadline is None and self.tries >= MAX_TRIES_WITHOUT_DEADLINE:
+        wait = next_wait(refusal, self.deadline, self.tries)
+        if wait is None:
             return False
         if self.task is not None and not self.task.done():
             return True  # (another receiver refused the same try: one retry is enough)
-        self.task = loop.create_task(self._again(wait, refusal), name=f"betterproto-nats retry {self.name}")
+        self.task = asyncio.get_running_loop().create_task(self._again(wait, refusal), name=f"betterproto-nats retry {self.name}")
         return True
 
     async def _again(self, wait: float, refusal: Overloaded) -> None:

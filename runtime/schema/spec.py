@@ -167,6 +167,11 @@ class ServiceSpec:
                 return method
         raise KeyError(f"{self.proto_name} has no method {py_name!r}")
 
+    def in_queue_group(self, method: MethodSpec[Any, Any]) -> bool:
+        """Whether the proto lets the service take each call of `method` in one member of a queue
+        group (neither the service nor the method turns it off)."""
+        return not (self.queue_group_disabled or method.queue_group_disabled)
+
     def full_name(self, method: MethodSpec[Any, Any]) -> str:
         """`package.Service/Method`, as in error messages and the call context."""
         return f"{self.proto_name}/{method.name}"

@@ -61,8 +61,7 @@ class Endpoint:
         self.method = method
         self.subject = subject
         spec = server.spec
-        disabled = spec.queue_group_disabled or method.queue_group_disabled
-        self.queue_group = "" if disabled else DEFAULT_QUEUE_GROUP
+        self.queue_group = DEFAULT_QUEUE_GROUP if spec.in_queue_group(method) else ""
         if server.options.queue_group is not None:  # the service's override: "" for none
             self.queue_group = server.options.queue_group
         self.record = EndpointRecord(
