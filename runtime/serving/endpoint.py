@@ -20,7 +20,7 @@ from ..core.recent import RecentReplies
 from ..core.subjects import is_literal
 from ..features.interceptors import CallInfo, Side
 from ..features.persistence import Persistence
-from ..health.admission import Admission, retry_hint
+from ..health.admission import Admission, Refusal, retry_hint
 from ..net.transport import Subscription, Transport, publish_now, subscribe_direct
 from ..schema.spec import Cardinality, MethodSpec, ServiceSpec
 from .discovery import EndpointRecord
@@ -125,11 +125,7 @@ class Endpoint:
         unary = self.unary
         refusal = server.admission.refusal(unary, len(server.unary_calls if unary else server.stream_calls), self._typical_call, msg.reply)
         if refusal is not None:
-            self.refused += 1
-            server.refused[refusal.reason] += 1
-            overloads.warning("refusing calls to %s: %s", self.full_name, refusal.message)
-            error = Overloaded(refusal.message, retry_after=refusal.retry_after, method=self.full_name, reason=refusal.reason)
-            self._refuse(msg, error)
+            self._overloaded(msg, refusal)
             return
         server.taken.add(msg.reply)
         if self.responder is None:  # it counts itself in STATS and calls `_unary_done` at its end
@@ -160,11 +156,16 @@ class Endpoint:
         starts, as at admission (running it would make every call wait longer)."""
         call.done()
         self.server.taken.discard(call.msg.reply)
-        self.refused += 1
-        self.server.refused["loop_lag"] += 1
         message = f"the service is overloaded: the calls read with this one kept its event loop for {kept * 1000:.0f} ms"
-        overloads.warning("refusing calls to %s: %s", self.full_name, message)
-        self._refuse(call.msg, Overloaded(message, retry_after=retry_hint(2 * kept), method=self.full_name, reason="loop_lag"))
+        self._overloaded(call.msg, Refusal("loop_lag", message, retry_hint(2 * kept)))
+
+    def _overloaded(self, msg: Msg, refusal: Refusal) -> None:
+        """Refuse a call for load (admission control): counted by reason, warned about (rate-limited),
+        answered `RESOURCE_EXHAUSTED` with the retry hint."""
+        self.refused += 1
+        self.server.refused[refusal.reason] += 1
+        overloads.warning("refusing calls to %s: %s", self.full_name, refusal.message)
+        self._refuse(msg, Overloaded(refusal.message, retry_after=refusal.retry_after, method=self.full_name, reason=refusal.reason))
 
     def _typical_call(self) -> float:
         """Seconds this endpoint's calls took on average (when a refused caller may find a slot)."""
