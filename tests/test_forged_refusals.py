@@ -175,8 +175,8 @@ async def test_an_absorbed_refusal_gives_up_before_the_deadline(nats_server: Nat
     async with forging(nats_server, PING) as forger:
         started = time.monotonic()
         with pytest.raises(Overloaded):
-            await StreamDemoServiceNatsClient(nc).ping(PingRequest(payload="p"), timeout=0.5)
-        assert time.monotonic() - started < 0.6
+            await StreamDemoServiceNatsClient(nc).ping(PingRequest(payload="p"), timeout=1.0)
+        assert time.monotonic() - started < 1.1
         assert 2 <= forger.seen <= 10
 
 
