@@ -177,7 +177,7 @@ async def test_an_absorbed_refusal_gives_up_before_the_deadline(nats_server: Nat
         with pytest.raises(Overloaded):
             await StreamDemoServiceNatsClient(nc).ping(PingRequest(payload="p"), timeout=1.0)
         assert time.monotonic() - started < 1.1
-        assert 2 <= forger.seen <= 10
+        assert 2 <= forger.seen <= 21  # a try at most every MIN_RETRY_AFTER (50 ms)
 
 
 @pytest.mark.timeout(30)
