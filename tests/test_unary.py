@@ -17,6 +17,7 @@ from nats.aio.subscription import Subscription
 import betterproto_nats
 from betterproto_nats import ErrorCode, RpcError, current_call
 from betterproto_nats.core.headers import DEADLINE, ERROR_CODE
+from betterproto_nats.net.nats_fixes import flush_ordered
 from betterproto_nats.serving.unary_batch import PROBE_EVERY
 from gen.streaming.v1 import (
     CountUpRequest,
@@ -230,7 +231,6 @@ async def test_a_body_that_decodes_into_the_wrong_field_type_still_gets_an_answe
 async def test_a_cancelled_flush_leaves_the_connection_reading(nc: NATS, pinger: Pinger) -> None:
     """nats-py 2.16 stops reading a connection for good when a PONG answers a flush whose waiter was
     cancelled; ours (used wherever a peer can cancel us mid-flush) is shielded from that."""
-    from betterproto_nats.net.nats_fixes import flush_ordered
 
     for _ in range(5):
         waiting = asyncio.create_task(flush_ordered(nc))
@@ -351,7 +351,7 @@ async def batch_answers(conn: NATS) -> tuple[dict[str, Msg], Subscription]:
         answers[msg.subject.rsplit(".", 1)[1]] = msg
 
     sub = await conn.subscribe("_INBOX.batch.*", cb=collect)
-    await conn.flush()
+    await flush_ordered(conn)  # (nats-py's own `flush` can come back before the server has the SUB)
     return answers, sub
 
 
