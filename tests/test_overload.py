@@ -558,9 +558,11 @@ async def test_a_burst_of_cheap_unary_calls_is_taken_whole(nats_server: NatsServ
 
 async def test_idle_streams_after_a_burst_are_all_taken(nats_server: NatsServer, nc: NATS) -> None:
     """Right after a burst of 500 paced streams, 300 idle ones (a message, then a second of silence,
-    as watch streams are) open at once from a default client: all end correctly, with their messages.
-    An idle stream costs the loop nothing, so nothing counts it against the service's capacity; what
-    a busy machine makes the service refuse (its loop's lag), the client absorbs. Full size and the
+    as watch streams are) open at once from a default client: all end correctly, with their messages,
+    and the service refuses none, or next to none when the machine is busy elsewhere. An idle stream
+    costs the loop nothing, so nothing counts it against the service's capacity, and the client's
+    opens wait for the service's answers (`OpenWindow`) instead of lagging its loop all at once;
+    what a busy machine still makes the service refuse, the client absorbs. Full size and the
     refusal counts: `make bench-overload`."""
     async with busy_service(nats_server.url, pace=0.05, idle=1.0, serve={"max_concurrent_streams": 25_000}):
         client = StreamDemoServiceNatsClient(nc)
@@ -574,7 +576,8 @@ async def test_idle_streams_after_a_burst_are_all_taken(nats_server: NatsServer,
         assert idled == [[1_000_000 + i, 1_000_001 + i] for i in range(300)]
         count_up = (await service_stats(nc))["count_up"]
         print(count_up)
-        assert count_up["retried"] == count_up["refused"], count_up  # every refusal was absorbed
+        # 0 measured (was 100-500 of 2,000 before the window); a few, all absorbed, on a busy machine
+        assert count_up["refused"] <= 15 and count_up["retried"] == count_up["refused"], count_up
 
 
 async def test_the_client_waits_at_open_while_its_own_loop_lags(nc: NATS, server_nc: NATS) -> None:

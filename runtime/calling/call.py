@@ -21,7 +21,7 @@ from ..core.negotiation import Window, client_heartbeat, confirmed, shared_peer
 from ..core.states import CLIENT_MOVES, CallState, InvalidTransition
 from ..core.subjects import InboxPolicy
 from ..features.interceptors import CallInfo, Chain, Direction, Side, outcome_of
-from ..health.admission import OpenGate
+from ..health.admission import OpenGate, OpenWindow
 from ..health.peers import PeerLiveness
 from ..net.mux import InboxMux, let_go
 from ..net.transport import Transport
@@ -61,7 +61,7 @@ class ClientCall:
     __slots__ = (
         "nc", "method", "name", "subject", "codec", "deadline", "heartbeat", "inboxes", "receives", "sends", "window",
         "state", "inbox", "reader", "writer", "credit", "session", "peers", "answer", "heard", "_heard_waiter",
-        "released", "lost", "failure", "chain", "info", "_watched", "_owner", "gate", "max_loop_lag", "absorbs",
+        "released", "lost", "failure", "chain", "info", "_watched", "_owner", "gate", "open_window", "max_loop_lag", "absorbs",
         "queue_group", "reopening",
     )
 
@@ -99,6 +99,7 @@ class ClientCall:
         self.queue_group = spec.in_queue_group(method)
         self.reopening: Reopening | None = None  # a server stream refused at open, sent again
         self.gate: OpenGate | None = None  # our place among the connection's open streams
+        self.open_window: OpenWindow | None = None  # our place among the unanswered opens to our subject
         self.info: CallInfo | None = None  # what interceptors see, when there are any
         self._watched: list[str] = []
         # If the task that opened the call is cancelled while the call is open, the call is
@@ -202,6 +203,7 @@ class ClientCall:
             gate, self.gate = self.gate, None
             if gate is not None:
                 gate.leave()
+            self.answered()
             if self.reopening is not None:
                 self.reopening.cancel()
             for subject in self._watched:
@@ -293,6 +295,8 @@ class ClientCall:
                 reopening.cancel()  # the service took the call: nothing more is sent again
                 RetryBudget.of(self.nc).taken += 1
             self.reopening = None
+        if self.open_window is not None:
+            self.answered()
         if session is None and self.reader is not None and self.reader.received == 0 and is_no_responders(headers):
             # The request itself found nobody (our reply subject is R): say where nobody listens.
             self.fail(self.error(ErrorCode.UNAVAILABLE, f"no service is listening on {self.subject}"), at_once=True)
@@ -305,6 +309,12 @@ class ClientCall:
             self.answer = msg
             self.credit.fail(Answered())
         return False
+
+    def answered(self) -> None:
+        """The service answered our open (or the call ended): it leaves the subject's `OpenWindow`."""
+        window, self.open_window = self.open_window, None
+        if window is not None:
+            window.answered(self)
 
     def gave_up(self, error: RpcError) -> None:
         """A refused server stream may not be sent again (`refusals.Reopening`): it ends with `error`."""

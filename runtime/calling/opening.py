@@ -15,7 +15,7 @@ from ..core.errors import ErrorCode, Overloaded, RpcError
 from ..core.headers import REPLY_TO, caller_headers, check_size, error_from_headers
 from ..core.negotiation import client_offer, confirmed
 from ..core.states import CallState
-from ..health.admission import OpenGate
+from ..health.admission import OpenGate, OpenWindow
 from ..health.peers import PeerLiveness
 from ..streaming.first_hop import FirstHop
 from ..streaming.inbox import Inbox
@@ -38,12 +38,16 @@ def _give_up(call: ClientCall) -> float | None:
 
 async def _enter_gate(call: ClientCall) -> None:
     """Wait, within the deadline, while this connection has more streams than its loop carries
-    (`admission.OpenGate`); Overloaded when the deadline passes first (nothing was sent)."""
+    (`admission.OpenGate`), then while its service has not answered enough of our opens to it
+    (`admission.OpenWindow`); Overloaded when the deadline passes first (nothing was sent)."""
     if call.max_loop_lag is None:
         return
     gate = OpenGate.of(call.nc, call.max_loop_lag)
     await gate.enter(None if call.deadline is None else call.deadline.remaining(), call.name)
     call.gate = gate
+    window = OpenWindow.of(call.nc, call.subject)
+    await window.enter(call, None if call.deadline is None else call.deadline.remaining(), call.name)
+    call.open_window = window
 
 
 async def _open_inbox(call: ClientCall) -> Inbox:
@@ -122,6 +126,7 @@ async def open_handshake(call: ClientCall, headers: Mapping[str, str] | None) ->
             refused = error_from_headers(ack.headers, call.name)
         if refused is not None:
             raise refused
+        call.answered()
         inbox_s = call.server_inbox(ack.headers)
         call.watch_permissions(inbox_s)
         call.writer = StreamWriter(call.nc, inbox_s, call.codec, call.name, call.credit)

@@ -37,6 +37,13 @@ DEFAULT_MAX_LOOP_LAG = 0.05  # seconds
 DEFAULT_MAX_CONCURRENT = 10_000
 MIN_RETRY_AFTER, MAX_RETRY_AFTER = 0.05, 5.0  # seconds: the hint a refusal carries
 OPEN_BURST = 1000  # a client's streams opened per lag sample at most (then it waits for the next)
+# A client's stream opens to one subject that its service has not answered yet, at most: what the
+# service has queued from us stays under `DEFAULT_MAX_LOOP_LAG` of its work (an open costs it about
+# 0.3 ms), so a burst of opens is paced by the service's answers instead of refused for lag.
+MAX_OPENING = 32
+# An open unanswered this long stops counting (a v1 server stream confirms nothing; its handler may
+# send its first item much later): the window then moves on at this pace at least.
+OPENING_PATIENCE = 0.25  # seconds
 MAX_CALLERS = 4096  # callers told apart while the service sheds load (more: each new one counts as heavy)
 
 
@@ -257,3 +264,106 @@ class OpenGate:
         if not self.waiters and self.active <= 0 and self._gates.get(self.key) is self:
             del self._gates[self.key]
             self.lag.release()
+
+
+class OpenWindow:
+    """The client side: a connection's stream opens to one subject wait while `MAX_OPENING` of them
+    are unanswered (no message from the service yet), the way a TCP sender waits for acks.
+
+    A service reads a burst of opens faster than it can start them; what it cannot start at once
+    lags its loop, and then it refuses the rest (absorbed, but sent twice). With the window, the
+    service has at most `MAX_OPENING` of our opens queued, and the opens go out as fast as it
+    answers them: as fast as it can take them. Each subject has its own window, so a slow service
+    does not hold up opens to another. An open counts until its first answer (`answered`), its
+    end, or `OPENING_PATIENCE`.
+    """
+
+    _windows: ClassVar[dict[tuple[int, str], OpenWindow]] = {}  # by (id() of the transport, subject), while in use
+
+    __slots__ = ("key", "loop", "opening", "waiters", "_timer")
+
+    def __init__(self, key: tuple[int, str], loop: asyncio.AbstractEventLoop) -> None:
+        self.key = key
+        self.loop = loop
+        self.opening: dict[object, float] = {}  # unanswered opens (oldest first): when each went out
+        self.waiters: deque[tuple[asyncio.Future[None], object]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def of(cls, nc: Transport, subject: str) -> OpenWindow:
+        key = (id(nc), subject)
+        window = cls._windows.get(key)
+        loop = asyncio.get_running_loop()
+        if window is None or window.loop is not loop:
+            window = cls._windows[key] = cls(key, loop)
+        return window
+
+    async def enter(self, call: object, wait: float | None, method: str) -> None:
+        """Count `call`'s open (until `answered(call)`), waiting at most `wait` seconds for room."""
+        if not self.waiters and len(self.opening) < MAX_OPENING:
+            self._take(call)
+            return
+        future = self.loop.create_future()
+        place = (future, call)
+        self.waiters.append(place)
+        try:
+            async with asyncio.timeout(wait):
+                await future
+        except BaseException as error:
+            if future.done() and not future.cancelled():
+                self.answered(call)  # room was given as we gave up
+            else:
+                future.cancel()
+                try:
+                    self.waiters.remove(place)
+                except ValueError:
+                    pass
+                self._idle_check()
+            if isinstance(error, TimeoutError):
+                raise Overloaded(
+                    f"the client is overloaded ({len(self.opening)} opens to this service unanswered): the stream was not opened",
+                    retry_after=retry_hint(OPENING_PATIENCE),
+                    method=method,
+                    reason="client",
+                ) from None
+            raise
+
+    def answered(self, call: object) -> None:
+        """`call`'s open was answered (or it ended): it no longer counts."""
+        if self.opening.pop(call, None) is not None:
+            self._let_in()
+
+    def _take(self, call: object) -> None:
+        self.opening[call] = now = self.loop.time()
+        if self._timer is None:
+            self._timer = self.loop.call_at(now + OPENING_PATIENCE, self._expire)
+
+    def _let_in(self) -> None:
+        """Waiters in, oldest first, while there is room."""
+        waiters, opening = self.waiters, self.opening
+        while waiters and len(opening) < MAX_OPENING:
+            future, call = waiters.popleft()
+            if not future.done():
+                self._take(call)
+                future.set_result(None)
+        self._idle_check()
+
+    def _expire(self) -> None:
+        """Opens unanswered for `OPENING_PATIENCE` stop counting; the timer follows the oldest left."""
+        self._timer = None
+        opening = self.opening
+        given_up = self.loop.time() - OPENING_PATIENCE
+        for call, sent in list(opening.items()):
+            if sent > given_up:
+                self._timer = self.loop.call_at(sent + OPENING_PATIENCE, self._expire)
+                break
+            del opening[call]
+        self._let_in()
+
+    def _idle_check(self) -> None:
+        if not self.waiters and not self.opening:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if self._windows.get(self.key) is self:
+                del self._windows[self.key]
