@@ -493,9 +493,11 @@ async def run_flood(url: str, rate: float, seconds: float, tag: str) -> None:
             took = time.monotonic() - started
             outcomes["Overloaded"] += 1
             failed_at["Overloaded"].append(took)
-            # Raised only when the next wait (the hint and up to a quarter again, or a budget token's
-            # wait of at most 0.1 s) would pass the deadline: so not before deadline - that wait.
-            if took < UNARY_DEADLINE - max(1.25 * max(MIN_RETRY_AFTER, error.retry_after), 1 / RetryBudget.PER_SECOND) - 0.005:
+            # Raised only when the next try could not be answered in time (the wait: the hint and up
+            # to a quarter again; then the hint again, what a call waits there now) or a budget
+            # token's wait of at most 0.1 s would pass the deadline: not before deadline - that.
+            hint = max(MIN_RETRY_AFTER, error.retry_after)
+            if took < UNARY_DEADLINE - max(2.25 * hint, 1 / RetryBudget.PER_SECOND) - 0.005:
                 early.append({"took": took, "hint": error.retry_after})
         except RpcError as error:
             took = time.monotonic() - started

@@ -118,12 +118,16 @@ def retry_wait(hint: float) -> float:
 
 
 def next_wait(refused: Overloaded, give_up: float | None, tries: int) -> float | None:
-    """How long to wait before try `tries + 1` of a refused call; None: no more tries (its deadline,
-    `give_up` on the loop's clock, would pass first, or it has none and made its tries)."""
+    """How long to wait before try `tries + 1` of a refused call; None: no more tries (it has no
+    deadline and made its tries, or its deadline, `give_up` on the loop's clock, would pass before
+    an answer could come: the wait, then as long again as the hint says a call waits there now (the
+    loop's lag, a typical call). A try that cannot be answered in time only adds to the load that
+    refused it: at the end of a flood, such tries kept the service busy for up to a deadline)."""
     wait = retry_wait(refused.retry_after)
     if give_up is None:
         return wait if tries < MAX_TRIES_WITHOUT_DEADLINE else None
-    return wait if asyncio.get_running_loop().time() + wait < give_up else None
+    answered_by = asyncio.get_running_loop().time() + wait + max(MIN_RETRY_AFTER, refused.retry_after)
+    return wait if answered_by < give_up else None
 
 
 async def _answer_within(future: asyncio.Future[Msg], seconds: float | None) -> Msg | None:
