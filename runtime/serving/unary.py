@@ -134,7 +134,7 @@ class UnaryCall:
             persistence = policy.persistence
             if persistence is not None and method.persists:  # a request without a valid key fails here
                 self.keys = persistence.keys(method, request, served.name)
-            self.move(ServerState.SERVING)
+            self.state = ServerState.SERVING  # (the moves of `run` are the legal ones, in order: no check per call)
             if deadline is None:
                 response = await served.handler(request)
             else:  # a timer that cancels the task (cheaper than asyncio.timeout's context manager per call)
@@ -157,14 +157,14 @@ class UnaryCall:
             error = self.internal(raised)
         if error is not None and error.code in PEER_FAULTS:
             peer_faults.warning("call to %s on %s ended with %s", served.name, msg.subject, error)
-        self.move(ServerState.FINISHING)
+        self.state = ServerState.FINISHING
         try:
             sending = answer(self, reply, response, error)  # (an error before `context` was set needs none)
             if sending is not None:
                 await sending
         except Exception:
             log.exception("could not finish %s", served.name)
-        self.move(ServerState.FAILED if error is not None else ServerState.CLOSED)
+        self.state = ServerState.FAILED if error is not None else ServerState.CLOSED
         try:
             if self.info is not None and policy.interceptors is not None:
                 outcome = outcome_of(self.info, error, self.answered, (1, len(msg.data)), self.exception)
