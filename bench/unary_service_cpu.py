@@ -2,7 +2,9 @@
 connection's read path as nats-py's parser hands them (`nc._process_msg`, 50 per loop turn, as one
 socket read brings them), answers published for real (to a subject nobody reads). What it measures
 is what `bench/breakdown.py unary50` calls the service's CPU per call, less the socket reads: our
-runtime, the codec, nats-py's writes and asyncio. Deterministic under valgrind:
+runtime, the codec, nats-py's writes and asyncio. Under valgrind it counts instructions, which other
+load on the machine does not change; two runs of different sizes give a per-call difference that
+still moves about ±5% (batches and writes follow the clock), so compare medians of a few:
 
     .venv/bin/python bench/unary_service_cpu.py                 # µs of CPU per call (best of 5)
     valgrind --tool=callgrind --callgrind-out-file=/tmp/cg .venv/bin/python bench/unary_service_cpu.py --calls 5000 --rounds 1
