@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Union
 
-import betterproto
+import betterproto2
 
 from ..core.errors import ErrorCode, RpcError
 from ..core.headers import BLOB_SIZE, message_size
@@ -43,7 +43,7 @@ def _varint(value: int) -> bytes:
 class ChunkCodec:
     """Encodes/decodes the chunk message of one method (binary fast path; JSON via the message)."""
 
-    def __init__(self, message_type: type[betterproto.Message], spec: ChunkSpec, codec: Codec) -> None:
+    def __init__(self, message_type: type[betterproto2.Message], spec: ChunkSpec, codec: Codec) -> None:
         self.message_type = message_type
         self.field = spec.field
         self.chunk_size = spec.size
