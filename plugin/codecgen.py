@@ -203,7 +203,7 @@ def _field(compiler: Any, local_codecs: set[str]) -> Field:
 
 def read_messages(package: Any) -> list[Message]:
     """The codec plan of every message of an output module (betterproto2_compiler's OutputTemplate)."""
-    messages = list(package.messages.values())
+    messages = sorted(package.messages.values(), key=lambda m: str(m.py_name))  # one order whatever the input order
     plans = [Message(m.py_name) for m in messages]
     for plan, message in zip(plans, messages):
         if package.settings.pydantic_dataclasses:
