@@ -39,7 +39,7 @@ def gen(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ModuleType]:
     out = base / PACKAGE
     out.mkdir()
     args = [sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT / 'proto'}", f"--plugin={PLUGIN}"]
-    args.append(f"--python_nats_out=messages=betterproto2,grpclib=false:{out}")
+    args.append(f"--python_nats_out=grpclib=false:{out}")
     result = subprocess.run([*args, *PROTOS], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     sys.path.insert(0, str(base))
