@@ -112,7 +112,7 @@ def main() -> None:
         assert google_cls.FromString(PROTO.encode(message)) == google_message  # the same message three ways
         rows = {
             "encode": (lambda: bytes(message), lambda: PROTO.encode(message), google_message.SerializeToString),
-            "decode": (lambda: cls().parse(body), lambda: PROTO.decode(cls, body), lambda: google_cls.FromString(body)),
+            "decode": (lambda: cls.parse(body), lambda: PROTO.decode(cls, body), lambda: google_cls.FromString(body)),
         }
         for op, (theirs, ours, upb) in rows.items():
             b, o, g = rates(theirs, ours, upb)
