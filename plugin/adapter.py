@@ -73,8 +73,8 @@ class Parameters:
 
 
 class _Docstring:
-    """A service or method as our template reads it: `comment` as an indented docstring (betterproto
-    2.0.0b7's form), from betterproto2's plain comment text (already escaped by it)."""
+    """A service or method as our template reads it: `comment` as an indented docstring, from
+    betterproto2's plain comment text (already escaped by it)."""
 
     def __init__(self, inner: Any, indent: int) -> None:
         self._inner = inner

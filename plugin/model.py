@@ -122,8 +122,7 @@ def read_services(
     method_py_name: Callable[[str], str],
     field_py_name: Callable[[str], str],
 ) -> dict[str, list[ServiceModel]]:
-    """NATS models of the services of `packages`, by package. Call before betterproto builds its
-    model: it renames nested message descriptors in place."""
+    """NATS models of the services of `packages`, by package."""
     index = _index(files, field_py_name)
     result: dict[str, list[ServiceModel]] = {}
     for file in files:

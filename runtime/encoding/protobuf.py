@@ -62,7 +62,7 @@ Encoder = Callable[[Any], bytes]
 Decoder = Callable[[bytes, int, int, int], Any]
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-"""betterproto's default for a Timestamp field."""
+"""A Timestamp's zero, for a map's Timestamp value missing from its entry."""
 MAX_DEPTH = 100
 """Nested messages (and groups) deeper than this are refused, as google protobuf refuses them."""
 
@@ -119,7 +119,7 @@ def build_plain(message_type: type[V], fields: Fields) -> V:
 
 
 def encode_message(message: betterproto2.Message) -> bytes:
-    """A message's body: its generated encoder if it has one, else betterproto's."""
+    """A message's body: its generated encoder if it has one, else its own `bytes()`."""
     encode = ENCODERS.get(type(message))
     return encode(message) if encode is not None else bytes(message)
 
@@ -131,7 +131,7 @@ def encode_message(message: betterproto2.Message) -> bytes:
 
 def put_varint(out: bytearray, value: int) -> None:
     """Append a varint; a negative number as its 64-bit two's complement (ten bytes), as protobuf
-    writes it. Numbers outside 64 bits raise (betterproto would write an invalid varint)."""
+    writes it. Numbers outside 64 bits raise (betterproto 2.0.0b7 wrote an invalid varint)."""
     if value < 0:
         if value < -(1 << 63):
             raise ValueError(f"{value} does not fit in 64 bits")
@@ -224,7 +224,7 @@ def write_string(out: bytearray, tag: bytes, value: str) -> None:
 
 
 def write_message(out: bytearray, tag: bytes, message: betterproto2.Message, body: bytes) -> None:
-    """A singular message field: written when it has content or betterproto counts it as set
+    """A singular message field of code generated for 2.0.0b7: written when it has content or 2.0.0b7 counts it as set
     (`_serialized_on_wire`: received, or given a value)."""
     if body or fields_of(message)["_serialized_on_wire"]:
         write_bytes(out, tag, body)
@@ -280,7 +280,7 @@ def _seconds_nanos(seconds: int, nanos: int) -> bytearray:
 
 
 def write_timestamp(out: bytearray, tag: bytes, value: datetime) -> None:
-    """A Timestamp from a datetime, converted as betterproto converts it (a naive datetime raises)."""
+    """A Timestamp from a datetime (UTC; a naive datetime raises)."""
     offset = value - EPOCH
     seconds, micros = divmod((offset.days * 86400 + offset.seconds) * 1_000_000 + offset.microseconds, 1_000_000)
     write_bytes(out, tag, _seconds_nanos(seconds, micros * 1000))
@@ -295,7 +295,7 @@ def write_duration(out: bytearray, tag: bytes, value: timedelta) -> None:
     write_bytes(out, tag, _seconds_nanos(sign * seconds, sign * micros * 1000))
 
 
-# Wrapper messages (google.protobuf.*Value), which betterproto maps to Optional scalars: the field
+# Wrapper messages (google.protobuf.*Value), which betterproto2 maps to Optional scalars: the field
 # is written whenever it is not None; the wrapped value inside only when it is not the default.
 
 
@@ -467,8 +467,8 @@ def read_bool(data: bytes, pos: int) -> tuple[bool, int]:
 
 
 def read_enum(data: bytes, pos: int, enum: Any) -> tuple[Any, int]:
-    """An open enum: unknown numbers are kept (betterproto's `try_value`). Read as int32, as protobuf
-    does (betterproto 2.0.0b7 keeps negative numbers as 64-bit unsigned ones)."""
+    """An open enum of code generated for betterproto 2.0.0b7 (its `try_value` keeps unknown numbers).
+    Read as int32, as protobuf does (2.0.0b7 keeps negative numbers as 64-bit unsigned ones)."""
     value, pos = read_int32(data, pos)
     return enum.try_value(value), pos
 
@@ -527,8 +527,8 @@ def read_message(data: bytes, pos: int, end: int, depth: int, decode: Callable[[
 
 
 def read_message_type(data: bytes, pos: int, end: int, depth: int, message_type: type[M]) -> tuple[M, int]:
-    """A nested message of a type from another module, or one left to betterproto: its registered
-    decoder if any, else betterproto's parse after a framing check."""
+    """A nested message in code generated for betterproto 2.0.0b7: its registered decoder if any,
+    else the class's parse after a framing check."""
     decode = DECODERS.get(message_type)
     if decode is not None:
         return read_message(data, pos, end, depth, decode)
@@ -581,13 +581,13 @@ def _read_seconds_nanos(data: bytes, pos: int, end: int, depth: int) -> tuple[in
 
 
 def read_timestamp(data: bytes, pos: int, end: int, depth: int) -> tuple[datetime, int]:
-    """A Timestamp as betterproto's datetime (UTC, microseconds; beyond datetime's range it raises)."""
+    """A Timestamp as a datetime (UTC, microseconds; beyond datetime's range it raises)."""
     seconds, nanos, pos = _read_seconds_nanos(data, pos, end, depth)
     return EPOCH + timedelta(seconds=seconds, microseconds=nanos // 1000), pos
 
 
 def read_duration(data: bytes, pos: int, end: int, depth: int) -> tuple[timedelta, int]:
-    """A Duration as betterproto's timedelta."""
+    """A Duration as a timedelta."""
     seconds, nanos, pos = _read_seconds_nanos(data, pos, end, depth)
     return timedelta(seconds=seconds, microseconds=nanos / 1e3), pos
 
@@ -710,7 +710,7 @@ read_packed_double: Callable[[bytes, int, int], tuple[list[float], int]] = _pack
 
 def skip_field(data: bytes, pos: int, end: int, tag: int, depth: int) -> int:
     """The position after the value of a field the message does not know (or knows with another wire
-    type): generated decoders keep its bytes as betterproto's `_unknown_fields`."""
+    type): generated decoders keep its bytes as the message's `_unknown_fields`."""
     if tag < 8:
         raise DecodeError("field number 0")
     wire_type = tag & 7
@@ -778,11 +778,11 @@ def put(fields: Fields, name: str, entry: tuple[Any, Any]) -> None:
 
 
 def check_framing(data: bytes) -> None:
-    """Walk the top-level fields and reject truncated or malformed framing, before betterproto parses.
+    """Walk the top-level fields and reject truncated or malformed framing, before betterproto2 parses.
 
-    betterproto's parser silently accepts a length that runs past the end of the data, so a garbled
+    betterproto2's parser silently accepts a length that runs past the end of the data, so a garbled
     body would decode into a plausible message; this walk makes it an error instead. Groups are
-    refused too: betterproto would read a group's fields as the message's own.
+    refused too: betterproto2 would read a group's fields as the message's own.
     """
     pos, end = 0, len(data)
     while pos < end:

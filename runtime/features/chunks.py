@@ -1,7 +1,7 @@
 """Chunked I/O: whole blobs and files over a stream of one-bytes-field messages.
 
 A chunk message is encoded and decoded on a fast path: its only field is a tag, a length and the
-bytes, so no betterproto round trip and no copy beyond building the body; received chunks are
+bytes, so no betterproto2 round trip and no copy beyond building the body; received chunks are
 memoryviews into the NATS message until they are written or joined.
 """
 
@@ -66,7 +66,7 @@ class ChunkCodec:
         return self.encode(getattr(message, self.field))
 
     def decode(self, body: bytes, method: str) -> memoryview:
-        """The chunk's bytes; any other layout (unknown fields, JSON) goes through betterproto."""
+        """The chunk's bytes; any other layout (unknown fields, JSON) goes through the message codec."""
         tag = self._tag
         if not self.codec.json and body[: len(tag)] == tag:
             pos, length, shift = len(tag), 0, 0
