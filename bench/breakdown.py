@@ -1,5 +1,5 @@
 """Where the time goes, per RPC shape: cProfile's own time grouped into ours (the runtime), the
-generated codec, betterproto (message objects built and read by handlers and callers), google
+generated codec, betterproto2 (message objects built and read by handlers and callers), google
 protobuf (the reference's codec), the reference's own code (the Go project's generated Python in
 ../shared/reference-python/gen; or bench/reference.py's MODEL of it, `--impl model`), nats-py,
 asyncio, and the rest (builtins, epoll and socket calls, the bench's own loops).
@@ -45,7 +45,7 @@ from same_process import Bench, _drain, _unary  # noqa: E402
 N = 50_000  # same-process mode
 CATEGORIES = {  # first match wins: the reference's generated code before ours
     "reference (generated)": "reference-python/gen/",
-    "betterproto": "site-packages/betterproto/",
+    "betterproto2": "site-packages/betterproto2/",
     "codec (generated)": "/gen/",
     "ours": "betterproto_nats/",
     "nats-py": "site-packages/nats/",
@@ -53,7 +53,7 @@ CATEGORIES = {  # first match wins: the reference's generated code before ours
     "google protobuf": "google",
     "reference model": "bench/reference.py",
 }
-COLUMNS = ["ours", "codec (generated)", "betterproto", "reference (generated)", "reference model", "google protobuf", "nats-py", "asyncio", "rest"]
+COLUMNS = ["ours", "codec (generated)", "betterproto2", "reference (generated)", "reference model", "google protobuf", "nats-py", "asyncio", "rest"]
 
 # The shapes of the separate-process mode: (worker row, calls or messages, calls in flight).
 SHAPES: dict[str, tuple[str, int, int]] = {

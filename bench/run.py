@@ -115,9 +115,14 @@ def rows(quick: bool) -> list[Row]:
         Row("unary, 50 in flight", "req/s", ours("unary"), raw("unary"), u50, 50, target=0.9),
         Row("unary with a deadline, 1 in flight (vs without)", "req/s", ours("unary", variant="deadline"), ours("unary"), u1, 1, runs=two),
         Row("unary with a deadline, 50 in flight (vs without)", "req/s", ours("unary", variant="deadline"), ours("unary"), u50, 50, runs=two),
-        Row("unary, handler builds its response, 50 in flight (vs prebuilt)", "req/s", ours("unary", variant="build"), ours("unary"), u50, 50, runs=two),
         Row("server stream, 100k small messages", "msg/s", ours("server-stream"), raw("server-stream"), n, target=2.0),
         Row("client stream, 100k small messages", "msg/s", ours("client-stream"), raw("client-stream"), n, target=2.0),
+        # As users run them: handlers build their responses, callers their requests, inside the timed part
+        # (raw nats-py still sends prebuilt bytes).
+        Row("built: unary, 1 in flight", "req/s", ours("unary", variant="build"), raw("unary"), u1, 1, runs=two),
+        Row("built: unary, 50 in flight", "req/s", ours("unary", variant="build"), raw("unary"), u50, 50, runs=two),
+        Row("built: server stream, handler builds 100k CountUpResponse", "msg/s", ours("server-stream", variant="build"), raw("server-stream"), n, target=1.5, runs=two),
+        Row("built: client stream, caller builds 100k SumRequest", "msg/s", ours("client-stream", variant="build"), raw("client-stream"), n, target=1.5, runs=two),
         Row("bidi pipelined, 100k echoed", "msg/s", ours("bidi"), raw("bidi"), n, target=2.0),
         Row("server stream, 100k (vs raw pre-packed batches: ceiling)", "msg/s", ours("server-stream"), raw("ceiling"), n),
         Row("bidi ping-pong, sequential round trips", "rt/s", ours("ping-pong"), raw("ping-pong"), 3000 // scale, target=0.5),
@@ -149,6 +154,7 @@ class Shape:
     n: int
     in_flight: int
     raw_row: str
+    variant: str = ""  # "build": every handler and caller builds its messages in the timed part
 
 
 # Client → service. The service's implementation is the Side's impl, the client's its `client`.
@@ -183,17 +189,20 @@ def reference_shapes(quick: bool) -> list[Shape]:
         Shape("unary, 1 in flight (vs reference Python)", "req/s", "unary", 3000 // scale, 1, "unary, 1 in flight"),
         Shape("unary, 50 in flight (vs reference Python)", "req/s", "unary", 20000 // scale, 50, "unary, 50 in flight"),
         Shape("server stream, 100k small messages (vs reference Python)", "msg/s", "server-stream", 100_000 // scale, 1, "server stream, 100k small messages"),
+        Shape("built: unary, 1 in flight (vs reference Python)", "req/s", "unary", 3000 // scale, 1, "built: unary, 1 in flight", "build"),
+        Shape("built: unary, 50 in flight (vs reference Python)", "req/s", "unary", 20000 // scale, 50, "built: unary, 50 in flight", "build"),
+        Shape("built: server stream, 100k (vs reference Python)", "msg/s", "server-stream", 100_000 // scale, 1, "built: server stream, handler builds 100k CountUpResponse", "build"),
     ]
 
 
 async def measure_reference(shape: Shape, url: str, pb2: Path, rounds: int, server_pid: int) -> RefResult:
     """`rounds` rounds of the four pairings on one nats-server, the order rotated each round so no
     pairing always runs first (or right after the same one)."""
-    row = Row(shape.name, shape.unit, Side("ours", shape.row), Side("ours", shape.row), shape.n, shape.in_flight)
+    row = Row(shape.name, shape.unit, Side("ours", shape.row, shape.variant), Side("ours", shape.row, shape.variant), shape.n, shape.in_flight)
     got: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in PAIRINGS}
     for run in range(rounds):
         for name, client, service in PAIRINGS[run % 4 :] + PAIRINGS[: run % 4]:
-            side = Side(service, shape.row, client=client)
+            side = Side(service, shape.row, shape.variant, client=client)
             got[name].append(await Pair(url, row, side, pb2, tag=f"{name}{run}", server_pid=server_pid).run())
     result = RefResult(shape.name, shape.unit)
     for name, results in got.items():

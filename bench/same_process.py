@@ -60,8 +60,8 @@ class Result:
 
 class Bench(StreamDemoServiceNatsBase):
     """The service under test: minimal work per call, so the runtime's cost shows. Like the stream
-    handlers, `ping` answers with one prebuilt message unless `build_responses` (a betterproto
-    message built per call costs ~15 µs of betterproto's own, shown in a row of its own)."""
+    handlers, `ping` answers with one prebuilt message unless `build_responses` (a betterproto2
+    message built per call, shown in a row of its own)."""
 
     build_responses = False
     pong = PingResponse(payload="x")
@@ -221,7 +221,7 @@ async def run_all(url: str) -> list[Result]:
         raw = await raw_unary(raw_s, raw_c, n, in_flight)
         report(Result(f"unary, {in_flight} in flight", "req/s", n / ours, n / raw, 0.8))
     # What a timeout costs (the Nats-Deadline header both ways through nats-py, the server's timer),
-    # and what a handler pays for building its response as a betterproto message.
+    # and what a handler pays for building its response as a betterproto2 message.
     for in_flight, n in ((1, 3000 // SCALE), (50, 20000 // SCALE)):
         without = await timed(lambda: _unary(plain, n, in_flight))
         with_deadline = await timed(lambda: _unary(client, n, in_flight))

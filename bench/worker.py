@@ -77,7 +77,11 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n", type=int, default=0, help="calls or messages (bytes for download/upload)")
     p.add_argument("--in-flight", type=int, default=1)
     p.add_argument("--chunk", type=int, default=64 * 1024)
-    p.add_argument("--variant", default="", help="unary: deadline | build; persist: best | required")
+    p.add_argument(
+        "--variant", default="",
+        help="unary: deadline | build; server-stream, client-stream: build; persist: best | required. `build`: "
+        "handlers build their responses and callers their requests inside the timed part, as users' code does",
+    )
     p.add_argument("--persist", type=int, default=1)
     p.add_argument("--tag", default="", help="persist: makes this run's keys new")
     p.add_argument("--pb2", default="", help="model: the folder with the generated _pb2 modules")
@@ -167,7 +171,8 @@ def chunk_pool(size: int, chunk: int) -> list[bytes]:
 class Ours(StreamDemoServiceNatsBase):
     """Our service under test: minimal work per call, so the runtime's cost shows. Streams send the
     distinct messages built before `ready`; `ping` answers with one prebuilt message (as the raw
-    service answers with prebuilt bytes) unless `build` (then a new betterproto message per call)."""
+    service answers with prebuilt bytes) unless `build`: then, as users' handlers do, `ping` builds
+    its answer from the request and `count_up` each message it sends."""
 
     def __init__(self, numbers: list[CountUpResponse], chunks: list[SnapshotChunk], build: bool) -> None:
         self.numbers = numbers
@@ -179,6 +184,10 @@ class Ours(StreamDemoServiceNatsBase):
         return PingResponse(payload=request.payload) if self.build else self.pong
 
     async def count_up(self, request: CountUpRequest) -> AsyncIterator[CountUpResponse]:
+        if self.build:
+            for number in range(request.start, request.start + request.count):
+                yield CountUpResponse(number=number)
+            return
         for message in islice(self.numbers, request.start, request.start + request.count):
             yield message
 
@@ -219,7 +228,8 @@ async def serve_ours(nc: NATS, args: argparse.Namespace) -> tuple[Callable[[], A
         server = await betterproto_nats.serve(nc, Persisted(), persist=bool(args.persist))
         report = lambda: {"dropped": server.persistence.persister.dropped if server.persistence else 0}  # noqa: E731
         return server.stop, report
-    numbers = count_ups(args.n, args.same_object) if args.row in ("server-stream", "streams100") else []
+    built = args.variant == "build"
+    numbers = count_ups(args.n, args.same_object) if args.row in ("server-stream", "streams100") and not built else []
     chunks = [SnapshotChunk(data=c) for c in chunk_pool(args.n, args.chunk)] if args.row in ("download", "rss") else []
     server = await betterproto_nats.serve(nc, Ours(numbers, chunks, build=args.variant == "build"))
     return server.stop, dict
@@ -330,14 +340,20 @@ class RefDemo:
     does (a prebuilt answer; the distinct CountUp messages built before `ready`), so the two
     runtimes' costs compare, not the handlers' (its server.py builds each answer)."""
 
-    def __init__(self, pb: Any, n: int) -> None:
+    def __init__(self, pb: Any, n: int, build: bool = False) -> None:
+        self.pb = pb
+        self.build = build  # as `Ours`: answers built from the request, stream messages one by one
         self.pong = pb.PingResponse(payload="x")
-        self.numbers = [pb.CountUpResponse(number=i) for i in range(n)]
+        self.numbers = [] if build else [pb.CountUpResponse(number=i) for i in range(n)]
 
     async def ping(self, request: Any, info: Any) -> Any:
-        return self.pong
+        return self.pb.PingResponse(payload=request.payload) if self.build else self.pong
 
     async def count_up(self, request: Any, stream: Any, info: Any) -> None:
+        if self.build:
+            for number in range(request.start, request.start + request.count):
+                await stream.send_msg(self.pb.CountUpResponse(number=number))
+            return
         for message in islice(self.numbers, request.start, request.start + request.count):
             await stream.send_msg(message)
 
@@ -347,7 +363,7 @@ async def serve_ref(nc: NATS, args: argparse.Namespace) -> Callable[[], Awaitabl
     if args.row not in ("unary", "server-stream"):
         raise SystemExit("the reference runs the unary and server-stream rows")
     pb, generated = load_ref(args.ref_dir)
-    service = await generated.register_stream_demo_service(nc, RefDemo(pb, args.n if args.row == "server-stream" else 0))
+    service = await generated.register_stream_demo_service(nc, RefDemo(pb, args.n if args.row == "server-stream" else 0, build=args.variant == "build"))
     stop: Callable[[], Awaitable[None]] = service.stop
     return stop
 
@@ -419,6 +435,12 @@ async def _waves(call: Callable[[Any], Awaitable[Any]], requests: list[Any], in_
         await asyncio.gather(*(call(r) for r in requests[start : start + in_flight]))
 
 
+async def _waves_built(call: Callable[[Any], Awaitable[Any]], make: Callable[[int], Any], n: int, in_flight: int) -> None:
+    """`_waves` with each request built just before its call (inside the timed part), as callers do."""
+    for start in range(0, n, in_flight):
+        await asyncio.gather(*(call(make(i)) for i in range(start, min(n, start + in_flight))))
+
+
 async def _count(stream: Any) -> int:
     count = 0
     async for _ in stream:
@@ -451,7 +473,10 @@ async def ours_client(nc: NATS, args: argparse.Namespace) -> tuple[Work, Callabl
             await _waves(caller.ping, requests[:WARM], args.in_flight)
 
         async def work() -> dict[str, Any]:
-            await _waves(caller.ping, requests, args.in_flight)
+            if args.variant == "build":
+                await _waves_built(caller.ping, lambda i: PingRequest(payload=f"p{i}"), n, args.in_flight)
+            else:
+                await _waves(caller.ping, requests, args.in_flight)
             return {"items": n}
 
         return work, warm
@@ -491,9 +516,11 @@ async def ours_client(nc: NATS, args: argparse.Namespace) -> tuple[Work, Callabl
 
         return work, warm_streams
     if row == "client-stream":
-        sums = build(lambda i: SumRequest(value=i), n, args.same_object)
+        sums = [] if args.variant == "build" else build(lambda i: SumRequest(value=i), n, args.same_object)
 
         async def work() -> dict[str, Any]:
+            if args.variant == "build":  # each request built as the stream takes it
+                return {"items": (await client.sum(SumRequest(value=i) for i in range(n))).count}
             return {"items": (await client.sum(sums)).count}
 
         return work, warm_streams
@@ -749,7 +776,10 @@ async def ref_client(nc: NATS, args: argparse.Namespace) -> tuple[Work, Callable
         await _waves(call, requests[:WARM], args.in_flight)
 
     async def work() -> dict[str, Any]:
-        await _waves(call, requests, args.in_flight)
+        if args.variant == "build":
+            await _waves_built(call, lambda i: pb.PingRequest(payload=f"p{i}"), args.n, args.in_flight)
+        else:
+            await _waves(call, requests, args.in_flight)
         return {"items": args.n}
 
     return work, warm

@@ -1,6 +1,6 @@
 """Catch `buf generate` without `strategy: all` before it drops messages.
 
-betterproto writes one module per proto package. buf's default strategy runs the plugin once per
+betterproto2 writes one module per proto package. buf's default strategy runs the plugin once per
 folder, so a package that spans folders is written twice and buf keeps one copy (with a warning that
 blames the plugin). A request cannot show this, so when buf is our parent we read its template.
 Best effort: anything we cannot read (no /proc, an inline template) passes."""

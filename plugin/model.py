@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
-from betterproto.lib.google.protobuf import (
+from betterproto2_compiler.lib.google.protobuf import (
     DescriptorProto,
     EnumDescriptorProto,
     FieldDescriptorProto,
@@ -93,8 +93,8 @@ class ServiceModel:
     methods: list[MethodModel] = field(default_factory=list)
 
 
-def _seconds(value: object) -> float | None:
-    seconds = value.total_seconds() if value is not None else 0.0  # type: ignore[attr-defined]
+def _seconds(value: opts.Duration | None) -> float | None:
+    seconds = opts.seconds(value) or 0.0
     return seconds if seconds > 0 else None
 
 
@@ -122,8 +122,7 @@ def read_services(
     method_py_name: Callable[[str], str],
     field_py_name: Callable[[str], str],
 ) -> dict[str, list[ServiceModel]]:
-    """NATS models of the services of `packages`, by package. Call before betterproto builds its
-    model: it renames nested message descriptors in place."""
+    """NATS models of the services of `packages`, by package."""
     index = _index(files, field_py_name)
     result: dict[str, list[ServiceModel]] = {}
     for file in files:
@@ -161,7 +160,7 @@ def _read_service(
     version = options.version or DEFAULT_VERSION
     if not _SEMVER.fullmatch(version):
         raise GenerationError(file.name, where, f"version {version!r} is not a semantic version (like 1.0.0)")
-    if options.timeout is not None and options.timeout.total_seconds() < 0:
+    if (opts.seconds(options.timeout) or 0.0) < 0:
         raise GenerationError(file.name, where, "timeout must not be negative")
     codes: list[str] = []
     for code in options.error_codes:
@@ -232,7 +231,7 @@ def _read_method(
     if endpoint.skip:
         return None
     messages = index.messages
-    if endpoint.timeout is not None and endpoint.timeout.total_seconds() < 0:
+    if (opts.seconds(endpoint.timeout) or 0.0) < 0:
         raise GenerationError(file.name, where, "timeout must not be negative")
     for limit_name in ("pending_msg_limit", "pending_bytes_limit"):
         if getattr(endpoint, limit_name) < -1:
@@ -332,9 +331,9 @@ def _check_chunked(
             file.name, where, f"{rule}: chunk message {shown} must have exactly one field (a singular bytes field), it has {len(fields)}"
         )
     only = fields[0]
-    if only.type != FieldDescriptorProtoType.TYPE_BYTES:
+    if only.type != FieldDescriptorProtoType.BYTES:
         raise GenerationError(file.name, where, f"{rule}: field {shown}.{only.name} must be of type bytes")
-    if only.label == FieldDescriptorProtoLabel.LABEL_REPEATED:
+    if only.label == FieldDescriptorProtoLabel.REPEATED:
         raise GenerationError(file.name, where, f"{rule}: field {shown}.{only.name} must be singular, not repeated")
     if only.proto3_optional:
         raise GenerationError(file.name, where, f"{rule}: field {shown}.{only.name} must not be optional")

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Callable
 
-from betterproto.lib.google.protobuf import (
+from betterproto2_compiler.lib.google.protobuf import (
     DescriptorProto,
     EnumDescriptorProto,
     FieldDescriptorProto,
@@ -31,8 +30,8 @@ _BUCKET = re.compile(r"[a-zA-Z0-9_-]+")  # JetStream's bucket names
 MAX_HISTORY = 64  # JetStream's limit on revisions per key
 MIN_MESSAGE_TTL = 1.0  # nats-server's smallest per-message TTL (seconds; it keeps whole seconds)
 _INTEGERS = {
-    T.TYPE_INT32, T.TYPE_INT64, T.TYPE_UINT32, T.TYPE_UINT64, T.TYPE_SINT32, T.TYPE_SINT64,
-    T.TYPE_FIXED32, T.TYPE_FIXED64, T.TYPE_SFIXED32, T.TYPE_SFIXED64,
+    T.INT32, T.INT64, T.UINT32, T.UINT64, T.SINT32, T.SINT64,
+    T.FIXED32, T.FIXED64, T.SFIXED32, T.SFIXED64,
 }  # fmt: skip
 # The characters a rendered value of each kind can hold: a field followed by another must be followed by
 # text that starts with none of them, or where the value ends is unknown (two requests, one key).
@@ -106,8 +105,8 @@ class RequestIndex:
     field_py_name: Callable[[str], str]
 
 
-def _seconds(value: timedelta | None, name: str, minimum: float = 0.0) -> float | None:
-    seconds = value.total_seconds() if value is not None else 0.0
+def _seconds(value: opts.Duration | None, name: str, minimum: float = 0.0) -> float | None:
+    seconds = opts.seconds(value) or 0.0
     if seconds < 0:
         raise PersistError(f"{name} must not be negative")
     if 0 < seconds < minimum:
@@ -183,16 +182,16 @@ def _one_key_per_request(text: str, kinds: dict[str, str], rule: str) -> list[st
 
 def _key_field(found: FieldDescriptorProto, shown: str, index: RequestIndex, rule: str) -> KeyFieldModel:
     where = f"{rule}.key_template: field {shown}.{found.name}"
-    if found.label == FieldDescriptorProtoLabel.LABEL_REPEATED:
+    if found.label == FieldDescriptorProtoLabel.REPEATED:
         raise PersistError(f"{where} is repeated or a map; only single string, integer, bool or enum fields make keys")
     attr = index.field_py_name(found.name)
-    if found.type == T.TYPE_STRING:
+    if found.type == T.STRING:
         return KeyFieldModel(found.name, "STRING", attr)
     if found.type in _INTEGERS:
         return KeyFieldModel(found.name, "INT", attr)
-    if found.type == T.TYPE_BOOL:
+    if found.type == T.BOOL:
         return KeyFieldModel(found.name, "BOOL", attr)
-    if found.type == T.TYPE_ENUM:
+    if found.type == T.ENUM:
         enum = index.enums.get(found.type_name)
         if enum is None:
             raise PersistError(f"{where}: enum {found.type_name.lstrip('.')} not found")

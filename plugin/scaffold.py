@@ -15,7 +15,7 @@ modules:
 """
 
 BUF_GEN_YAML = """# `buf generate` writes Python into gen/ with the plugin from the betterproto-nats[compiler] install.
-# strategy: all is required: betterproto emits whole packages, and buf's default (one run per folder)
+# strategy: all is required: betterproto2 emits whole packages, and buf's default (one run per folder)
 # can leave a package module empty.
 version: v2
 plugins:

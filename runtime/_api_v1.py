@@ -6,6 +6,8 @@ that code generated earlier still runs; a generator needing other names gets a n
 
 from __future__ import annotations
 
+from typing import Any
+
 from collections.abc import AsyncIterable as AsyncIterable
 from collections.abc import AsyncIterator as AsyncIterator
 from collections.abc import Iterable as Iterable
@@ -22,6 +24,7 @@ from .calling.pending import ServerStreamCall as ServerStreamCall
 from .calling.views import UploadStream as UploadStream
 from .core.errors import ErrorCode as ErrorCode
 from .encoding.protobuf import *  # noqa: F403 - the generated codecs' functions: exactly protobuf.__all__
+from .encoding.protobuf import unset
 from .schema.service_base import ServiceBase as ServiceBase
 from .schema.spec import Cardinality as Cardinality
 from .schema.spec import ChunkSpec as ChunkSpec
@@ -31,3 +34,11 @@ from .serving.request_streams import RequestStream as RequestStream
 from .serving.request_streams import UploadRequests as UploadRequests
 
 API_VERSION = 1
+
+
+def __getattr__(name: str) -> Any:
+    """`UNSET`, betterproto 2.0.0b7's PLACEHOLDER, for code generated for those messages: looked up
+    when asked for, as the runtime does not import betterproto 2.0.0b7."""
+    if name == "UNSET":
+        return unset()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

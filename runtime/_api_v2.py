@@ -14,6 +14,7 @@ from typing import ClassVar as ClassVar
 from typing import overload as overload
 
 from ._api_v1 import *  # noqa: F401,F403  (version 2 is version 1 plus the names below)
+from ._api_v1 import __getattr__ as __getattr__  # UNSET, for code generated for betterproto 2.0.0b7
 from .calling.base import bidi as bidi
 from .calling.base import client_stream as client_stream
 from .calling.base import download as download

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-import betterproto
-from betterproto.lib.google.protobuf import Duration, Empty, Timestamp
+import betterproto2
+from gen.google.protobuf import Duration, Empty, Timestamp
 from nats.aio.client import Client as NATS
 
 import betterproto_nats
@@ -21,7 +21,7 @@ class HardImpl(hard.HardNatsBase):
         return request
 
     async def close(self, request: hard.OuterInner) -> hard.OuterInner:
-        return hard.OuterInner(kind=hard.OuterInnerKind.KIND_A, value=request.value + "!")
+        return hard.OuterInner(kind=hard.OuterInnerKind.A, value=request.value + "!")
 
     async def request(self, request: hard.Optional) -> hard.Optional:
         return hard.Optional(value=request.value * 2)
@@ -49,7 +49,7 @@ async def test_hard_service_round_trips(nc: NATS, server_nc: NATS) -> None:
     try:
         client = hard.HardNatsClient(nc)
         outer = hard.Outer(
-            inner=hard.OuterInner(kind=hard.OuterInnerKind.KIND_A, value="v"),
+            inner=hard.OuterInner(kind=hard.OuterInnerKind.A, value="v"),
             inners=[hard.OuterInner(value="x")],
             by_name={"k": hard.OuterInner(value="y")},
             prices={3: Money(currency="EUR", units=5)},
@@ -64,7 +64,7 @@ async def test_hard_service_round_trips(nc: NATS, server_nc: NATS) -> None:
         )
         echoed = await client.import_(outer)
         assert echoed == outer
-        assert betterproto.which_one_of(echoed, "choice")[0] == "money"
+        assert betterproto2.which_one_of(echoed, "choice")[0] == "money"
         assert echoed.is_set("maybe")  # proto3 optional keeps presence of an explicit 0
         assert (await client.close(hard.OuterInner(value="a"))).value == "a!"
         assert (await client.request(hard.Optional(value="ab"))).value == "abab"

@@ -71,7 +71,8 @@ def test_wheel_contents(wheel: Path) -> None:
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
     requires = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
     runtime = [line for line in requires if "extra ==" not in line]
-    assert any("betterproto==2.0.0b7" in line for line in runtime)
+    assert any("betterproto2[grpclib]~=0.10.0" in line for line in runtime)
+    assert not any("betterproto==" in line or "betterproto[" in line for line in requires)  # 2.0.0b7 is gone
     assert not any("compiler" in line for line in runtime)  # the generator's toolchain is an extra
     assert any("compiler" in line and "extra == \"compiler\"" in line for line in requires)
 
@@ -148,7 +149,7 @@ def test_the_plugin_helps_people() -> None:
     version = subprocess.run([plugin, "--version"], capture_output=True, text=True)
     assert version.returncode == 0 and version.stdout.startswith("protoc-gen-python_nats ")
     without_compiler = subprocess.run(
-        [sys.executable, "-c", "import sys; sys.modules['black'] = None; from betterproto_nats_plugin.main import main; main()"],
+        [sys.executable, "-c", "import sys; sys.modules['betterproto2_compiler'] = None; from betterproto_nats_plugin.main import main; main()"],
         input="", capture_output=True, text=True,
     )
     assert without_compiler.returncode == 1 and "pip install 'betterproto-nats[compiler]'" in without_compiler.stderr
@@ -156,7 +157,7 @@ def test_the_plugin_helps_people() -> None:
 
 def test_the_runtime_imports_without_the_compiler() -> None:
     """The runtime never imports the generator's toolchain."""
-    probe = "import sys; [sys.modules.__setitem__(m, None) for m in ('black', 'isort', 'jinja2')]; import betterproto_nats, betterproto_nats.testing; print('ok')"
+    probe = "import sys; [sys.modules.__setitem__(m, None) for m in ('betterproto2_compiler', 'ruff', 'jinja2')]; import betterproto_nats, betterproto_nats.testing; print('ok')"
     ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert ran.stdout.strip() == "ok", ran.stderr
 

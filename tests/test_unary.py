@@ -222,7 +222,7 @@ async def test_a_body_that_decodes_into_the_wrong_field_type_still_gets_an_answe
     server = await betterproto_nats.serve(server_nc, Demo())
     try:
         answer = await nc.request("api.v1.stream.ping", b"\x08\x05", timeout=5)  # field 1 (a string) as a varint
-        assert (answer.headers or {}).get("Nats-Service-Error-Code") or PingResponse().parse(answer.data) == PingResponse()
+        assert (answer.headers or {}).get("Nats-Service-Error-Code") or PingResponse.parse(answer.data) == PingResponse()
         assert (await StreamDemoServiceNatsClient(nc).ping(PingRequest(payload="ok"), timeout=5)).payload == "ok"
     finally:
         await server.stop()
@@ -369,7 +369,7 @@ async def test_calls_read_together_do_not_wait_for_one_that_waits(nc: NATS, serv
         )
         await settle(lambda: {"a", "b", "c", "timeout1", "wait-deadline"} <= set(answers))
         assert not {"wait1", "wait2"} & set(answers)
-        assert {name: PingResponse().parse(answers[name].data).payload for name in ("a", "b", "c", "timeout1")} == {
+        assert {name: PingResponse.parse(answers[name].data).payload for name in ("a", "b", "c", "timeout1")} == {
             "a": "a: a", "b": "b: b", "c": "c: c", "timeout1": "timeout1: timed out",
         }  # fmt: skip
         assert answers["wait-deadline"].headers is not None and answers["wait-deadline"].headers.get(ERROR_CODE) == ErrorCode.DEADLINE_EXCEEDED
@@ -379,7 +379,7 @@ async def test_calls_read_together_do_not_wait_for_one_that_waits(nc: NATS, serv
         assert impl.tasks["a"] is impl.tasks["wait1"]  # "a" answered in the task that "wait1" then kept: no task of its own
         impl.release.set()
         await settle(lambda: {"wait1", "wait2"} <= set(answers))
-        assert PingResponse().parse(answers["wait2"].data).payload == "wait2: wait2"
+        assert PingResponse.parse(answers["wait2"].data).payload == "wait2: wait2"
         await settle(lambda: not server.unary_calls and not server.unary_tasks)
         assert all(e.active == 0 for e in server.endpoints)
     finally:

@@ -10,7 +10,7 @@ import asyncio
 import time
 from typing import Any, AsyncIterable, ClassVar, Iterable, Mapping, Sequence, TypeVar
 
-import betterproto
+import betterproto2
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -32,8 +32,8 @@ from .requests import nats_request, request_failed, unary_response
 from .pending import BidiStreamCall, DownloadCall, Pending, PendingStream, ServerStreamCall
 from .views import BidiStream, ClientStream, DownloadStream, ServerStream, UploadStream
 
-Req = TypeVar("Req", bound=betterproto.Message)
-Resp = TypeVar("Resp", bound=betterproto.Message)
+Req = TypeVar("Req", bound=betterproto2.Message)
+Resp = TypeVar("Resp", bound=betterproto2.Message)
 
 
 class ClientBase:
@@ -109,7 +109,7 @@ class ClientBase:
     async def _nats_unary(
         self,
         py_name: str | MethodSpec[Any, Any],
-        request: betterproto.Message,
+        request: betterproto2.Message,
         *,
         timeout: float | None,
         headers: Mapping[str, str] | None,
@@ -124,7 +124,7 @@ class ClientBase:
     async def _nats_unary_once(
         self,
         py_name: str | MethodSpec[Any, Any],
-        request: betterproto.Message,
+        request: betterproto2.Message,
         timeout: float | None,
         headers: Mapping[str, str] | None,
         response_headers: dict[str, str] | None,
@@ -185,7 +185,7 @@ class ClientBase:
     async def _nats_unary_retried(
         self,
         py_name: str | MethodSpec[Any, Any],
-        request: betterproto.Message,
+        request: betterproto2.Message,
         timeout: float | None,
         headers: Mapping[str, str] | None,
         response_headers: dict[str, str] | None,
@@ -222,7 +222,7 @@ class ClientBase:
     async def _nats_unary_intercepted(
         self,
         method: MethodSpec[Any, Any],
-        request: betterproto.Message,
+        request: betterproto2.Message,
         timeout: float | None,
         headers: Mapping[str, str] | None,
         response_headers: dict[str, str] | None,
@@ -264,7 +264,7 @@ class ClientBase:
     def _nats_server_stream(
         self,
         py_name: str | MethodSpec[Any, Any],
-        request: betterproto.Message,
+        request: betterproto2.Message,
         *,
         timeout: float | None,
         headers: Mapping[str, str] | None,
@@ -282,7 +282,7 @@ class ClientBase:
     def _nats_download(
         self,
         py_name: str | MethodSpec[Any, Any],
-        request: betterproto.Message,
+        request: betterproto2.Message,
         *,
         timeout: float | None,
         headers: Mapping[str, str] | None,

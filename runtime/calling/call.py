@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Awaitable, Callable, Mapping, Protocol
 
-import betterproto
+import betterproto2
 import nats.errors
 from nats.aio.msg import Msg
 
@@ -263,7 +263,7 @@ class ClientCall:
             out = user_headers(self.info.headers)
         return out
 
-    def encode(self, message: betterproto.Message) -> bytes:
+    def encode(self, message: betterproto2.Message) -> bytes:
         """A message to send, through the interceptors when there are any."""
         if self.info is not None and self.chain is not None:
             message = self.chain.message(self.info, Direction.SENT, message)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Mapping
 
-import betterproto
+import betterproto2
 
 from ..core.errors import ErrorCode, Overloaded, RpcError
 from ..core.headers import REPLY_TO, caller_headers, check_size, error_from_headers
@@ -72,7 +72,7 @@ async def _opening_headers(call: ClientCall, headers: Mapping[str, str] | None, 
     return {**caller, REPLY_TO: reply_to, **offer}
 
 
-async def open_server_stream(call: ClientCall, request: betterproto.Message, headers: Mapping[str, str] | None) -> None:
+async def open_server_stream(call: ClientCall, request: betterproto2.Message, headers: Mapping[str, str] | None) -> None:
     """Subscribe `R`, then publish the request with `Reply-To: R` (and R as its reply subject:
     with nobody serving, the NATS server answers R with a 503 status at once)."""
     try:

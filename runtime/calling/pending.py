@@ -18,12 +18,12 @@ from typing import (
     TypeVar,
 )
 
-import betterproto
+import betterproto2
 
 from .views import BidiStream, DownloadStream, ServerStream, _View
 
-Req = TypeVar("Req", bound=betterproto.Message)
-Resp = TypeVar("Resp", bound=betterproto.Message)
+Req = TypeVar("Req", bound=betterproto2.Message)
+Resp = TypeVar("Resp", bound=betterproto2.Message)
 T = TypeVar("T")
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, AsyncGenerator, Awaitable, Callable, Generator, Generic, TypeVar
 
-import betterproto
+import betterproto2
 import nats.js.errors as js_errors
 from nats.js import api
 from nats.js.kv import KeyValue
@@ -25,8 +25,8 @@ from ..schema.spec import MethodSpec
 from .base import ClientBase
 from .pending import Pending
 
-Req = TypeVar("Req", bound=betterproto.Message)
-Resp = TypeVar("Resp", bound=betterproto.Message)
+Req = TypeVar("Req", bound=betterproto2.Message)
+Resp = TypeVar("Resp", bound=betterproto2.Message)
 T = TypeVar("T")
 
 

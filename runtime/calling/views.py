@@ -14,7 +14,7 @@ from typing import (
     TypeVar,
 )
 
-import betterproto
+import betterproto2
 
 from ..core.errors import ErrorCode, RpcError
 from ..core.headers import caller_headers
@@ -22,8 +22,8 @@ from ..features.chunks import BlobReceiving, ChunkCodec, ChunkReceiver, ChunkSen
 from ..features.interceptors import Direction
 from .call import ClientCall
 
-Req = TypeVar("Req", bound=betterproto.Message)
-Resp = TypeVar("Resp", bound=betterproto.Message)
+Req = TypeVar("Req", bound=betterproto2.Message)
+Resp = TypeVar("Resp", bound=betterproto2.Message)
 T = TypeVar("T")
 
 

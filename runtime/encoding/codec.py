@@ -1,9 +1,9 @@
 """Message bodies: protobuf binary (the default) or proto3 JSON (`(natsmicro.service).json`).
 
 Binary bodies go through the codec the plugin generated for the message's class (registered in
-`wire` when its module is imported) and through betterproto for any other class: code generated
-before the codec existed, messages the generator leaves to betterproto, betterproto's own types.
-JSON bodies always use betterproto's to_dict/from_dict.
+`protobuf` when its module is imported) and through the message's own `parse` / `bytes()` for any
+other class (messages the generator leaves to betterproto2, code generated before the codec existed).
+JSON bodies always use betterproto2's to_dict/from_dict.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import json
 import struct
 from typing import Any, Callable, TypeVar
 
-import betterproto
+import betterproto2
 
 from ..core.errors import ErrorCode, RpcError
 from .protobuf import DECODERS, ENCODERS, DecodeError, check_framing
 
-M = TypeVar("M", bound=betterproto.Message)
+M = TypeVar("M", bound=betterproto2.Message)
 
 
 def _reason(error: Exception) -> str:
@@ -32,7 +32,7 @@ def _reason(error: Exception) -> str:
         return f"invalid JSON ({error.msg} at character {error.pos})"
     if isinstance(error, OverflowError):
         return "a value out of range (a Timestamp or Duration beyond datetime's)"
-    return f"{type(error).__name__} from betterproto"  # its messages may quote the body
+    return f"{type(error).__name__} from betterproto2"  # its messages may quote the body
 
 
 class Codec:
@@ -41,7 +41,7 @@ class Codec:
     def __init__(self, json_bodies: bool = False) -> None:
         self.json = json_bodies
 
-    def encode(self, message: betterproto.Message) -> bytes:
+    def encode(self, message: betterproto2.Message) -> bytes:
         if self.json:
             return json.dumps(message.to_dict(), separators=(",", ":")).encode()
         encode = ENCODERS.get(type(message))
@@ -71,6 +71,7 @@ class Codec:
                 value: Any = json.loads(data) if data else {}
                 if not isinstance(value, dict):
                     raise DecodeError("JSON body is not an object")
+                # called on an instance: a classmethod in betterproto2, a method of code generated for 2.0.0b7
                 decoded: M = message_type().from_dict(value)
                 return decoded
             if type(data) is not bytes:
@@ -79,14 +80,14 @@ class Codec:
             if decode is not None:
                 message: M = decode(data, 0, len(data), 0)
                 return message
-            check_framing(data)  # betterproto's parser accepts lengths past the end
-            parsed: M = message_type().parse(data)
+            check_framing(data)  # betterproto2's parser accepts lengths past the end
+            parsed: M = message_type().parse(data)  # (an instance: as from_dict above)
             return parsed
-        except Exception as error:  # betterproto raises many kinds; all mean a bad body
+        except Exception as error:  # betterproto2 raises many kinds; all mean a bad body
             raise _undecodable(message_type, error, method) from None
 
 
-def _undecodable(message_type: type[betterproto.Message], error: Exception, method: str | None) -> RpcError:
+def _undecodable(message_type: type[betterproto2.Message], error: Exception, method: str | None) -> RpcError:
     return RpcError(ErrorCode.INVALID_ARGUMENT, f"cannot decode {message_type.__name__}: {_reason(error)}", method=method)
 
 

@@ -1,10 +1,14 @@
 """Protobuf's wire format for the codecs the plugin generates, and the registry `Codec` finds them in.
 
-The plugin generates, per message, an encoder and a decoder that work on betterproto 2.0.0b7 objects
+The plugin generates, per message, an encoder and a decoder that work on betterproto2 dataclasses
 directly: the decoder builds the object with `object.__new__` and sets its `__dict__` in one step
-(the same dictionary betterproto's own `parse` leaves, private entries included); the encoder reads
-`__dict__`, where betterproto's PLACEHOLDER (`UNSET` here) means a field never set. They call the
+(`build_plain`: every field, `_unknown_fields`); the encoder reads the attributes. They call the
 functions below, through `_api_v1`, so the names are part of that API.
+
+Code generated for betterproto 2.0.0b7 messages (plugin 0.1) calls some names of its own (`UNSET`,
+`fields_of`, `build`, `write_message`, `append`, `extend`, `put`, `read_enum`, `read_message_type`):
+they stay, and work where that code runs, i.e. where it imported `betterproto` 2.0.0b7 itself. This
+module never imports it: `UNSET` (its PLACEHOLDER) is looked up in `sys.modules` when asked for.
 
 Bytes are written as google protobuf writes them: fields in field-number order, packed repeated
 scalars (unless `[packed = false]`), map entries with both key and value, a float's negative zero,
@@ -19,16 +23,17 @@ from __future__ import annotations
 
 import math
 import struct
+import sys
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, TypeVar
 
-import betterproto
+import betterproto2
 
 # What generated code calls (through `_api_v1`, which re-exports exactly these): for every protobuf
 # scalar type T, read_T / write_T and, for packable ones, read_packed_T / write_packed_T; for every
 # wrapper type, read_T_value / write_T_value. Part of API v1: never removed, never changed in meaning.
 __all__ = [
-    "Any", "DecodeError", "EPOCH", "Fields", "UNSET", "append", "build", "datetime", "encode_message", "extend",
+    "Any", "DecodeError", "EPOCH", "Fields", "append", "build", "datetime", "encode_message", "extend",
     "fields_of", "nonzero", "put", "register", "skip_field", "timedelta", "read_key", "read_message",
     "read_message_type", "write_message", "read_timestamp", "read_duration", "write_timestamp",
     "write_duration", "read_string", "read_bytes", "write_string", "write_bytes", "read_int32", "read_int64",
@@ -50,17 +55,14 @@ __all__ = [
     "build_plain", "read_enum_open", "read_packed_enum_open", "read_message_class",
 ]
 
-M = TypeVar("M", bound=betterproto.Message)
-E = TypeVar("E", bound=betterproto.Enum)
+M = TypeVar("M", bound=betterproto2.Message)
 V = TypeVar("V")
 Fields = dict[str, Any]
 Encoder = Callable[[Any], bytes]
 Decoder = Callable[[bytes, int, int, int], Any]
 
-UNSET: Any = betterproto.PLACEHOLDER
-"""What betterproto keeps in `__dict__` for a field that was never set (read as its default)."""
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-"""betterproto's default for a Timestamp field."""
+"""A Timestamp's zero, for a map's Timestamp value missing from its entry."""
 MAX_DEPTH = 100
 """Nested messages (and groups) deeper than this are refused, as google protobuf refuses them."""
 
@@ -78,18 +80,34 @@ def register(message_type: type[M], encode: Callable[[M], bytes], decode: Callab
     DECODERS[message_type] = decode
 
 
-_INSTANCE_DICT = betterproto.Message.__dict__["__dict__"]
-fields_of: Callable[[betterproto.Message], Fields] = _INSTANCE_DICT.__get__
-"""A message's `__dict__`, without betterproto's `__getattribute__` (which costs a microsecond)."""
-_set_fields = _INSTANCE_DICT.__set__
+def fields_of(message: Any) -> Fields:
+    """A message's `__dict__`, without betterproto 2.0.0b7's `__getattribute__` (code generated for it)."""
+    fields: Fields = object.__getattribute__(message, "__dict__")
+    return fields
+
+
 _new = object.__new__
+_set_attribute = object.__setattr__
 
 
-def build(message_type: type[M], fields: Fields) -> M:
-    """A message with exactly `fields` as its `__dict__` (no `__init__`, no `__post_init__`)."""
+def build(message_type: type[V], fields: Fields) -> V:
+    """A message with exactly `fields` as its `__dict__` (no `__init__`, no `__post_init__`; code
+    generated for betterproto 2.0.0b7, whose `__setattr__` is bypassed)."""
     message = _new(message_type)
-    _set_fields(message, fields)
+    _set_attribute(message, "__dict__", fields)
     return message
+
+
+def unset() -> Any:
+    """betterproto 2.0.0b7's PLACEHOLDER (`UNSET` of API v1): a field never set, in code generated
+    for it, which imported `betterproto` itself; this module does not import it."""
+    module = sys.modules.get("betterproto")
+    if module is None:
+        raise AttributeError(
+            "UNSET is for code generated for betterproto 2.0.0b7 messages: install betterproto==2.0.0b7 "
+            "for it, or regenerate it with this version's plugin (betterproto2 messages)"
+        )
+    return module.PLACEHOLDER
 
 
 def build_plain(message_type: type[V], fields: Fields) -> V:
@@ -100,8 +118,8 @@ def build_plain(message_type: type[V], fields: Fields) -> V:
     return message
 
 
-def encode_message(message: betterproto.Message) -> bytes:
-    """A message's body: its generated encoder if it has one, else betterproto's."""
+def encode_message(message: betterproto2.Message) -> bytes:
+    """A message's body: its generated encoder if it has one, else its own `bytes()`."""
     encode = ENCODERS.get(type(message))
     return encode(message) if encode is not None else bytes(message)
 
@@ -113,7 +131,7 @@ def encode_message(message: betterproto.Message) -> bytes:
 
 def put_varint(out: bytearray, value: int) -> None:
     """Append a varint; a negative number as its 64-bit two's complement (ten bytes), as protobuf
-    writes it. Numbers outside 64 bits raise (betterproto would write an invalid varint)."""
+    writes it. Numbers outside 64 bits raise (betterproto 2.0.0b7 wrote an invalid varint)."""
     if value < 0:
         if value < -(1 << 63):
             raise ValueError(f"{value} does not fit in 64 bits")
@@ -179,7 +197,7 @@ write_double = _fixed_writer("<d")
 def nonzero(value: Any) -> bool:
     """Whether an implicit-presence float field is written: not unset, not None, not +0.0 (protobuf
     compares a float's bits, so -0.0 is written)."""
-    if value is UNSET or value is None:
+    if value is None or not isinstance(value, (int, float)):  # None, or 2.0.0b7's PLACEHOLDER
         return False
     return bool(value) or math.copysign(1.0, value) < 0
 
@@ -205,8 +223,8 @@ def write_string(out: bytearray, tag: bytes, value: str) -> None:
     out += data
 
 
-def write_message(out: bytearray, tag: bytes, message: betterproto.Message, body: bytes) -> None:
-    """A singular message field: written when it has content or betterproto counts it as set
+def write_message(out: bytearray, tag: bytes, message: betterproto2.Message, body: bytes) -> None:
+    """A singular message field of code generated for 2.0.0b7: written when it has content or 2.0.0b7 counts it as set
     (`_serialized_on_wire`: received, or given a value)."""
     if body or fields_of(message)["_serialized_on_wire"]:
         write_bytes(out, tag, body)
@@ -262,7 +280,7 @@ def _seconds_nanos(seconds: int, nanos: int) -> bytearray:
 
 
 def write_timestamp(out: bytearray, tag: bytes, value: datetime) -> None:
-    """A Timestamp from a datetime, converted as betterproto converts it (a naive datetime raises)."""
+    """A Timestamp from a datetime (UTC; a naive datetime raises)."""
     offset = value - EPOCH
     seconds, micros = divmod((offset.days * 86400 + offset.seconds) * 1_000_000 + offset.microseconds, 1_000_000)
     write_bytes(out, tag, _seconds_nanos(seconds, micros * 1000))
@@ -277,7 +295,7 @@ def write_duration(out: bytearray, tag: bytes, value: timedelta) -> None:
     write_bytes(out, tag, _seconds_nanos(sign * seconds, sign * micros * 1000))
 
 
-# Wrapper messages (google.protobuf.*Value), which betterproto maps to Optional scalars: the field
+# Wrapper messages (google.protobuf.*Value), which betterproto2 maps to Optional scalars: the field
 # is written whenever it is not None; the wrapped value inside only when it is not the default.
 
 
@@ -448,9 +466,9 @@ def read_bool(data: bytes, pos: int) -> tuple[bool, int]:
     return value != 0, pos
 
 
-def read_enum(data: bytes, pos: int, enum: type[E]) -> tuple[E, int]:
-    """An open enum: unknown numbers are kept (betterproto's `try_value`). Read as int32, as protobuf
-    does (betterproto 2.0.0b7 keeps negative numbers as 64-bit unsigned ones)."""
+def read_enum(data: bytes, pos: int, enum: Any) -> tuple[Any, int]:
+    """An open enum of code generated for betterproto 2.0.0b7 (its `try_value` keeps unknown numbers).
+    Read as int32, as protobuf does (2.0.0b7 keeps negative numbers as 64-bit unsigned ones)."""
     value, pos = read_int32(data, pos)
     return enum.try_value(value), pos
 
@@ -509,14 +527,14 @@ def read_message(data: bytes, pos: int, end: int, depth: int, decode: Callable[[
 
 
 def read_message_type(data: bytes, pos: int, end: int, depth: int, message_type: type[M]) -> tuple[M, int]:
-    """A nested message of a type from another module, or one left to betterproto: its registered
-    decoder if any, else betterproto's parse after a framing check."""
+    """A nested message in code generated for betterproto 2.0.0b7: its registered decoder if any,
+    else the class's parse after a framing check."""
     decode = DECODERS.get(message_type)
     if decode is not None:
         return read_message(data, pos, end, depth, decode)
     body, stop = _framed_body(data, pos, end, depth)
-    message = message_type().parse(body)
-    message._serialized_on_wire = True
+    message = message_type().parse(body)  # an instance's parse: code generated for 2.0.0b7 calls this
+    setattr(message, "_serialized_on_wire", True)  # 2.0.0b7's flag: a received message counts as set
     return message, stop
 
 
@@ -563,13 +581,13 @@ def _read_seconds_nanos(data: bytes, pos: int, end: int, depth: int) -> tuple[in
 
 
 def read_timestamp(data: bytes, pos: int, end: int, depth: int) -> tuple[datetime, int]:
-    """A Timestamp as betterproto's datetime (UTC, microseconds; beyond datetime's range it raises)."""
+    """A Timestamp as a datetime (UTC, microseconds; beyond datetime's range it raises)."""
     seconds, nanos, pos = _read_seconds_nanos(data, pos, end, depth)
     return EPOCH + timedelta(seconds=seconds, microseconds=nanos // 1000), pos
 
 
 def read_duration(data: bytes, pos: int, end: int, depth: int) -> tuple[timedelta, int]:
-    """A Duration as betterproto's timedelta."""
+    """A Duration as a timedelta."""
     seconds, nanos, pos = _read_seconds_nanos(data, pos, end, depth)
     return timedelta(seconds=seconds, microseconds=nanos / 1e3), pos
 
@@ -659,7 +677,7 @@ def read_packed_bool(data: bytes, pos: int, end: int) -> tuple[list[bool], int]:
     return [v != 0 for v in values], pos
 
 
-def read_packed_enum(data: bytes, pos: int, end: int, enum: type[E]) -> tuple[list[E], int]:
+def read_packed_enum(data: bytes, pos: int, end: int, enum: Any) -> tuple[list[Any], int]:
     values, pos = read_packed_int32(data, pos, end)
     return [enum.try_value(v) for v in values], pos
 
@@ -692,7 +710,7 @@ read_packed_double: Callable[[bytes, int, int], tuple[list[float], int]] = _pack
 
 def skip_field(data: bytes, pos: int, end: int, tag: int, depth: int) -> int:
     """The position after the value of a field the message does not know (or knows with another wire
-    type): generated decoders keep its bytes as betterproto's `_unknown_fields`."""
+    type): generated decoders keep its bytes as the message's `_unknown_fields`."""
     if tag < 8:
         raise DecodeError("field number 0")
     wire_type = tag & 7
@@ -732,7 +750,7 @@ def skip_field(data: bytes, pos: int, end: int, tag: int, depth: int) -> int:
 def append(fields: Fields, name: str, value: Any) -> None:
     """One element of a repeated field."""
     values = fields[name]
-    if values is UNSET:
+    if values is unset():
         fields[name] = [value]
     else:
         values.append(value)
@@ -741,7 +759,7 @@ def append(fields: Fields, name: str, value: Any) -> None:
 def extend(fields: Fields, name: str, values: list[Any]) -> None:
     """A packed run of a repeated field; runs and single elements concatenate, as in protobuf."""
     current = fields[name]
-    if current is UNSET:
+    if current is unset():
         fields[name] = values
     else:
         current.extend(values)
@@ -750,7 +768,7 @@ def extend(fields: Fields, name: str, values: list[Any]) -> None:
 def put(fields: Fields, name: str, entry: tuple[Any, Any]) -> None:
     """One entry of a map field; a later entry with the same key wins."""
     entries = fields[name]
-    if entries is UNSET:
+    if entries is unset():
         fields[name] = {entry[0]: entry[1]}
     else:
         entries[entry[0]] = entry[1]
@@ -760,11 +778,11 @@ def put(fields: Fields, name: str, entry: tuple[Any, Any]) -> None:
 
 
 def check_framing(data: bytes) -> None:
-    """Walk the top-level fields and reject truncated or malformed framing, before betterproto parses.
+    """Walk the top-level fields and reject truncated or malformed framing, before betterproto2 parses.
 
-    betterproto's parser silently accepts a length that runs past the end of the data, so a garbled
+    betterproto2's parser silently accepts a length that runs past the end of the data, so a garbled
     body would decode into a plausible message; this walk makes it an error instead. Groups are
-    refused too: betterproto would read a group's fields as the message's own.
+    refused too: betterproto2 would read a group's fields as the message's own.
     """
     pos, end = 0, len(data)
     while pos < end:

@@ -1,7 +1,7 @@
 """Chunked I/O: whole blobs and files over a stream of one-bytes-field messages.
 
 A chunk message is encoded and decoded on a fast path: its only field is a tag, a length and the
-bytes, so no betterproto round trip and no copy beyond building the body; received chunks are
+bytes, so no betterproto2 round trip and no copy beyond building the body; received chunks are
 memoryviews into the NATS message until they are written or joined.
 """
 
@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Union
 
-import betterproto
+import betterproto2
 
 from ..core.errors import ErrorCode, RpcError
 from ..core.headers import BLOB_SIZE, message_size
@@ -43,7 +43,7 @@ def _varint(value: int) -> bytes:
 class ChunkCodec:
     """Encodes/decodes the chunk message of one method (binary fast path; JSON via the message)."""
 
-    def __init__(self, message_type: type[betterproto.Message], spec: ChunkSpec, codec: Codec) -> None:
+    def __init__(self, message_type: type[betterproto2.Message], spec: ChunkSpec, codec: Codec) -> None:
         self.message_type = message_type
         self.field = spec.field
         self.chunk_size = spec.size
@@ -66,7 +66,7 @@ class ChunkCodec:
         return self.encode(getattr(message, self.field))
 
     def decode(self, body: bytes, method: str) -> memoryview:
-        """The chunk's bytes; any other layout (unknown fields, JSON) goes through betterproto."""
+        """The chunk's bytes; any other layout (unknown fields, JSON) goes through the message codec."""
         tag = self._tag
         if not self.codec.json and body[: len(tag)] == tag:
             pos, length, shift = len(tag), 0, 0

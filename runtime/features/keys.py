@@ -8,7 +8,7 @@ import functools
 import re
 from typing import Any, Mapping
 
-import betterproto
+import betterproto2
 
 from ..core.errors import ErrorCode, RpcError
 from ..core.headers import quote
@@ -57,7 +57,7 @@ def free_text_stops(text: str) -> Mapping[str, str]:
     return stops
 
 
-def render_key(template: KeyTemplate, request: betterproto.Message, method: str | None = None) -> str:
+def render_key(template: KeyTemplate, request: betterproto2.Message, method: str | None = None) -> str:
     """The storage key of `request`; INVALID_ARGUMENT when its fields do not make a valid key, or one
     another request could make too (nothing is written then: a request must not be able to address keys
     outside the template's shape, nor another request's key)."""

@@ -13,7 +13,7 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
-import betterproto
+import betterproto2
 from nats.aio.client import Client as NATS
 
 from ..core.errors import ErrorCode, RpcError
@@ -200,7 +200,7 @@ class Persistence:
         needs_ttl = any(m.kv_store is not None and not m.kv_store.client_only and m.kv_store.message_ttls for m in spec.methods)
         await self.stores.check(needs_ttl)
 
-    def keys(self, method: MethodSpec[Any, Any], request: betterproto.Message, name: str) -> StoreKeys:
+    def keys(self, method: MethodSpec[Any, Any], request: betterproto2.Message, name: str) -> StoreKeys:
         """The call's keys, before its handler runs (INVALID_ARGUMENT for a request that gives no valid key)."""
         kv, obj = method.kv_store, method.object_store
         return StoreKeys(

@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Generic, Mapping, Sequence, TypeVar
 
-import betterproto
+import betterproto2
 
 from ..encoding.codec import JSON, PROTO, Codec
 
@@ -110,8 +110,8 @@ class ObjectStoreSpec:
     compression: bool = False
 
 
-Req = TypeVar("Req", bound=betterproto.Message)
-Resp = TypeVar("Resp", bound=betterproto.Message)
+Req = TypeVar("Req", bound=betterproto2.Message)
+Resp = TypeVar("Resp", bound=betterproto2.Message)
 
 
 @dataclass(frozen=True)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import AsyncIterator, Callable, Generic, TypeVar
 
-import betterproto
+import betterproto2
 
 from ..features.chunks import BlobReceiving, ChunkCodec, ChunkReceiver
 from ..streaming.reader import StreamReader
 
-M = TypeVar("M", bound=betterproto.Message)
+M = TypeVar("M", bound=betterproto2.Message)
 
 
 class RequestStream(Generic[M]):

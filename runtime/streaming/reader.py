@@ -7,7 +7,7 @@ import asyncio
 from collections import deque
 from typing import Awaitable, Generic, TypeVar
 
-import betterproto
+import betterproto2
 
 from ..core.credit import EMPTY_QUEUE, NO_ACKS, Acknowledger
 from ..core.errors import ErrorCode, RpcError
@@ -19,7 +19,7 @@ from ..encoding.codec import Codec
 from .deadline import Deadline
 from .inbox import Inbox
 
-M = TypeVar("M", bound=betterproto.Message)
+M = TypeVar("M", bound=betterproto2.Message)
 
 
 class StreamReader(Generic[M]):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Callable, Mapping
 
-import betterproto
+import betterproto2
 
 from ..core.errors import ErrorCode, RpcError
 from ..core.headers import (
@@ -191,7 +191,7 @@ class StreamWriter:
 
     # --- The stream: numbering, sizes, the end marker ---------------------------------------------
 
-    async def send(self, message: betterproto.Message) -> None:
+    async def send(self, message: betterproto2.Message) -> None:
         body = self.codec.encode(message)
         if not self.queue_nowait(body):
             await self.send_body(body)
