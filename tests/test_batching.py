@@ -17,7 +17,7 @@ from test_hostile_peers import assert_connection_intact, assert_still_serves, fa
 
 import betterproto_nats
 from betterproto_nats import ErrorCode, RpcError
-from betterproto_nats.encoding.batch import pack, unpack
+from betterproto_nats.core.batch import pack, unpack
 from betterproto_nats.net.nats_fast import publish_nowait
 from betterproto_nats.net.nats_fixes import flush_ordered
 from betterproto_nats.core.negotiation import DEFAULT_WINDOW_MESSAGES

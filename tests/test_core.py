@@ -1,4 +1,4 @@
-"""The protocol core on plain inputs, no event loop: v1 and v2 negotiation, frame classification,
+"""The protocol core on plain inputs, no event loop: v1 and v2 negotiation, a stream's receiving rules,
 call states, credit, batches, loss counting and liveness bookkeeping. Tables, each in milliseconds."""
 
 from __future__ import annotations
@@ -7,10 +7,11 @@ from typing import Any, Awaitable
 
 import pytest
 
-from betterproto_nats.core.credit import NO_ACKS, AckPolicy, Credit
+from betterproto_nats.core.credit import Credit
 from betterproto_nats.core.errors import ErrorCode, Overloaded, RpcError
-from betterproto_nats.core.frames import FrameKind, classify, is_control
+from betterproto_nats.core.frames import ends_stream, is_control, read_control
 from betterproto_nats.core.headers import (
+    BLOB_SIZE,
     DEADLINE,
     ERROR,
     ERROR_CODE,
@@ -26,6 +27,7 @@ from betterproto_nats.core.headers import (
     STREAM_HEARTBEAT,
     STREAM_INBOX,
     STREAM_PEER,
+    STREAM_SENT,
     STREAM_SEQ,
     STREAM_VERSION,
     STREAM_WINDOW,
@@ -64,7 +66,8 @@ from betterproto_nats.core.negotiation import (
 )
 from betterproto_nats.core.states import CLIENT_MOVES, SERVER_MOVES, CallState, ServerState
 from betterproto_nats.core.subjects import InboxPolicy
-from betterproto_nats.encoding.batch import pack, unpack
+from betterproto_nats.core.batch import pack, unpack
+from betterproto_nats.core.receiver import END, Data, End, Failed, Receiver, ReceiverState, batch_size, stream_positions
 
 V2 = {STREAM_VERSION: "2", REPLY_TO: "_INBOX.r"}
 
@@ -157,37 +160,149 @@ def test_longest_heartbeat(idle: float, longest: float) -> None:
     assert longest_heartbeat(idle) == longest
 
 
-# --- Frames: what a message on a stream inbox is --------------------------------------------------
+# --- Receiving: a stream's rules (core/receiver.py) --------------------------------------------------
 
-# headers -> (kind, seq, count, batch, error code)
-FRAMES: list[tuple[dict[str, str] | None, tuple[FrameKind, int, int | None, int, str | None]]] = [
-    (None, (FrameKind.OTHER, 0, None, 1, None)),
-    ({}, (FrameKind.OTHER, 0, None, 1, None)),
-    ({STREAM_SEQ: "1"}, (FrameKind.DATA, 1, None, 1, None)),
-    ({STREAM_SEQ: "7", STREAM_BATCH: "3"}, (FrameKind.DATA, 7, None, 3, None)),
-    ({STREAM_SEQ: "x"}, (FrameKind.ERROR, 0, None, 1, ErrorCode.DATA_LOSS)),
-    ({STREAM_SEQ: "-1"}, (FrameKind.ERROR, 0, None, 1, ErrorCode.DATA_LOSS)),
-    ({STREAM_SEQ: "1" * 19}, (FrameKind.ERROR, 0, None, 1, ErrorCode.DATA_LOSS)),  # beyond 63 bits
-    ({STREAM_SEQ: "1", STREAM_BATCH: "0"}, (FrameKind.ERROR, 0, None, 1, ErrorCode.DATA_LOSS)),
-    ({STREAM_SEQ: "1", STREAM_BATCH: str(MAX_BATCH + 1)}, (FrameKind.ERROR, 0, None, 1, ErrorCode.DATA_LOSS)),
-    ({STREAM_END: "true", STREAM_COUNT: "5"}, (FrameKind.END, 0, 5, 1, None)),
-    ({STREAM_END: "true", STREAM_COUNT: "five"}, (FrameKind.END, 0, None, 1, None)),  # malformed: as if absent
-    ({STREAM_END: "true", ERROR_CODE: "NOT_FOUND", ERROR: "gone"}, (FrameKind.END, 0, None, 1, "NOT_FOUND")),
-    ({STREAM_END: "false", STREAM_SEQ: "2"}, (FrameKind.DATA, 2, None, 1, None)),  # only "true" ends
-    ({ERROR_CODE: "INTERNAL", ERROR: "boom"}, (FrameKind.ERROR, 0, None, 1, "INTERNAL")),
-    ({STATUS: "503"}, (FrameKind.ERROR, 0, None, 1, ErrorCode.UNAVAILABLE)),  # no responders
-    ({STATUS: "408"}, (FrameKind.OTHER, 0, None, 1, None)),  # another NATS status: not an answer
-    ({STATUS: "NOT_FOUND"}, (FrameKind.ERROR, 0, None, 1, "NOT_FOUND")),  # the Go project's status pair
-    ({STREAM_ACK: "10"}, (FrameKind.OTHER, 0, None, 1, None)),
+SEQ, BATCH, END_, COUNT = STREAM_SEQ, STREAM_BATCH, STREAM_END, STREAM_COUNT
+Frame = tuple[dict[str, str] | None, bytes]
+
+
+def _outcome(event: Data | End | Failed | None) -> tuple[Any, ...]:
+    if isinstance(event, Data):
+        return ("data", [event.body, *(event.more or [])])
+    if event is END:
+        return ("end",)
+    if isinstance(event, Failed):
+        return ("failed", event.error.code)
+    return ("skip",)
+
+
+D, E, S = "data", ("end",), ("skip",)
+RECEIVING, ENDED, FAILED = ReceiverState.RECEIVING, ReceiverState.ENDED, ReceiverState.FAILED
+
+# (name, frames fed in order, what each gives, the state after the last, peer_done after the last)
+RECEIVER: list[tuple[str, list[Frame], list[tuple[Any, ...]], ReceiverState, bool]] = [
+    ("in order", [({SEQ: "1"}, b"a"), ({SEQ: "2"}, b"b"), ({END_: "true", COUNT: "2"}, b"")], [(D, [b"a"]), (D, [b"b"]), E], ENDED, True),
+    ("a batch", [({SEQ: "1", BATCH: "3"}, pack([b"a", b"b", b"c"])), ({SEQ: "4"}, b"d"), ({END_: "true", COUNT: "4"}, b"")], [(D, [b"a", b"b", b"c"]), (D, [b"d"]), E], ENDED, True),
+    ("a batch of one", [({SEQ: "1", BATCH: "1"}, pack([b"a"]))], [(D, [b"a"])], RECEIVING, False),
+    ("a gap", [({SEQ: "1"}, b"a"), ({SEQ: "3"}, b"c")], [(D, [b"a"]), ("failed", ErrorCode.DATA_LOSS)], FAILED, False),
+    ("a repeat", [({SEQ: "1"}, b"a"), ({SEQ: "1"}, b"a")], [(D, [b"a"]), ("failed", ErrorCode.DATA_LOSS)], FAILED, False),
+    ("a gap after a batch", [({SEQ: "1", BATCH: "2"}, pack([b"a", b"b"])), ({SEQ: "2"}, b"b")], [(D, [b"a", b"b"]), ("failed", ErrorCode.DATA_LOSS)], FAILED, False),
+    ("a short end", [({SEQ: "1"}, b"a"), ({END_: "true", COUNT: "2"}, b"")], [(D, [b"a"]), ("failed", ErrorCode.DATA_LOSS)], FAILED, True),
+    ("an end that counts more", [({END_: "true", COUNT: "1"}, b"")], [("failed", ErrorCode.DATA_LOSS)], FAILED, True),
+    ("an end without count", [({SEQ: "1"}, b"a"), ({END_: "true"}, b"")], [(D, [b"a"]), E], ENDED, True),
+    ("a malformed count: as if absent", [({END_: "true", COUNT: "five"}, b"")], [E], ENDED, True),
+    ("an end with the error pair", [({END_: "true", ERROR_CODE: "NOT_FOUND", ERROR: "gone"}, b"")], [("failed", "NOT_FOUND")], FAILED, True),
+    ("a malformed seq", [({SEQ: "x"}, b"a")], [("failed", ErrorCode.DATA_LOSS)], FAILED, False),
+    ("a negative seq", [({SEQ: "-1"}, b"a")], [("failed", ErrorCode.DATA_LOSS)], FAILED, False),
+    ("a seq beyond 63 bits", [({SEQ: "1" * 19}, b"a")], [("failed", ErrorCode.DATA_LOSS)], FAILED, False),
+    ("a batch of none", [({SEQ: "1", BATCH: "0"}, b"")], [("failed", ErrorCode.DATA_LOSS)], FAILED, False),
+    ("a batch beyond MAX_BATCH", [({SEQ: "1", BATCH: str(MAX_BATCH + 1)}, b"")], [("failed", ErrorCode.DATA_LOSS)], FAILED, False),
+    ("a batch that holds fewer", [({SEQ: "1", BATCH: "2"}, pack([b"a"]))], [("failed", ErrorCode.DATA_LOSS)], FAILED, False),
+    ("only true ends", [({END_: "false", SEQ: "1"}, b"a")], [(D, [b"a"])], RECEIVING, False),
+    ("an error answer", [({ERROR_CODE: "INTERNAL", ERROR: "boom"}, b"")], [("failed", "INTERNAL")], FAILED, True),
+    ("no responders", [({STATUS: "503"}, b"")], [("failed", ErrorCode.UNAVAILABLE)], FAILED, True),
+    ("another NATS status: skipped", [({STATUS: "408"}, b"")], [S], RECEIVING, False),
+    ("the Go project's status pair", [({STATUS: "NOT_FOUND"}, b"")], [("failed", "NOT_FOUND")], FAILED, True),
+    ("control and bare messages: skipped", [({STREAM_ACK: "10"}, b""), (None, b"x"), ({}, b"")], [S, S, S], RECEIVING, False),
+    ("nothing after the end", [({END_: "true"}, b""), ({SEQ: "1"}, b"a")], [E, S], ENDED, True),
+    ("drained after a failure: the peer's end still counts", [({SEQ: "2"}, b"b"), ({SEQ: "3"}, b"c"), ({END_: "true"}, b"")], [("failed", ErrorCode.DATA_LOSS), S, S], FAILED, True),
 ]
 
 
-@pytest.mark.parametrize("headers, expected", FRAMES)
-def test_classify(headers: dict[str, str] | None, expected: tuple[FrameKind, int, int | None, int, str | None]) -> None:
-    frame = classify(headers, "pkg.S/M")
-    assert (frame.kind, frame.seq, frame.count, frame.batch, frame.error and frame.error.code) == expected
-    if frame.error is not None:
-        assert frame.error.method == "pkg.S/M"
+@pytest.mark.parametrize("name, frames, outcomes, state, peer_done", RECEIVER, ids=[r[0] for r in RECEIVER])
+def test_receiver(name: str, frames: list[Frame], outcomes: list[tuple[Any, ...]], state: ReceiverState, peer_done: bool) -> None:
+    receiver = Receiver("pkg.S/M")
+    assert [_outcome(receiver.feed(headers, body)) for headers, body in frames] == outcomes
+    assert (receiver.state, receiver.peer_done) == (state, peer_done)
+    assert receiver.finished is (state is not RECEIVING)
+    if receiver.error is not None:
+        assert receiver.error.method == "pkg.S/M"
+
+
+def test_receiver_keeps_the_peer_s_first_headers() -> None:
+    receiver = Receiver()
+    receiver.feed({SEQ: "1", "X-Trace": "t", BLOB_SIZE: "300", ERROR: "not a caller's"}, b"a")
+    receiver.feed({SEQ: "2", "X-Later": "no"}, b"b")
+    assert (receiver.headers, receiver.blob_size) == ({"X-Trace": "t"}, 300)
+
+
+@pytest.mark.parametrize(
+    "window, sizes, acked_at",
+    [
+        ((4, 10_000), [1] * 8, [2, 4, 6, 8]),  # every half window of messages
+        ((100, 1000), [300, 300, 10, 10], [2]),  # or of bytes
+        ((1, 1), [1, 1], [1, 2]),  # at least every message
+        (None, [1] * 4, []),  # v1: no acks
+    ],
+)
+def test_acks_due(window: tuple[int, int] | None, sizes: list[int], acked_at: list[int]) -> None:
+    receiver = Receiver()
+    if window is not None:
+        receiver.acknowledge(Window(window[0], window[1], 1))
+    due = [receiver.consumed(size) for size in sizes]
+    assert [seq for seq in due if seq is not None] == acked_at
+    assert (receiver.received, receiver.bytes_received) == (len(sizes), sum(sizes))
+
+
+@pytest.mark.parametrize(
+    "headers, positions",
+    [
+        (None, 0),
+        ({STREAM_ACK: "1"}, 0),
+        ({STATUS: "503"}, 0),
+        ({SEQ: "1"}, 1),
+        ({SEQ: "1", BATCH: "7"}, 7),
+        ({SEQ: "1", BATCH: "0"}, 1),  # malformed: one (the rules fail it)
+        ({SEQ: "1", BATCH: str(MAX_BATCH + 1)}, 1),  # one strictness with the rules
+        ({END_: "true", COUNT: "9"}, 1),
+    ],
+)
+def test_stream_positions(headers: dict[str, str] | None, positions: int) -> None:
+    assert stream_positions(headers) == positions
+
+
+@pytest.mark.parametrize("text, size", [("1", 1), (str(MAX_BATCH), MAX_BATCH), (str(MAX_BATCH + 1), None), ("0", None), ("x", None), (None, None)])
+def test_batch_size(text: str | None, size: int | None) -> None:
+    assert batch_size(text) == size
+
+
+# headers -> (ack, sent, cancel, code) or None
+CONTROL_MESSAGES: list[tuple[dict[str, str] | None, tuple[int | None, int | None, str | None, str] | None]] = [
+    ({STREAM_ACK: "10"}, (10, None, None, ErrorCode.CANCELLED)),
+    ({STREAM_ACK: "ten"}, (None, None, None, ErrorCode.CANCELLED)),  # malformed: as if absent
+    ({STREAM_HEARTBEAT: "1000", STREAM_SENT: "5"}, (None, 5, None, ErrorCode.CANCELLED)),
+    ({STREAM_CANCEL: "bye"}, (None, None, "bye", ErrorCode.CANCELLED)),
+    ({STREAM_CANCEL: "lost", ERROR_CODE: ErrorCode.DATA_LOSS}, (None, None, "lost", ErrorCode.DATA_LOSS)),
+    ({STREAM_CANCEL: "x", ERROR_CODE: "INTERNAL"}, (None, None, "x", ErrorCode.CANCELLED)),  # only DATA_LOSS is taken
+    ({STREAM_CANCEL: "y" * 1000}, (None, None, "y" * 253 + "...", ErrorCode.CANCELLED)),  # clipped
+    ({STREAM_ACK: "3", SEQ: "1"}, None),  # data is never control
+    (None, None),
+]
+
+
+@pytest.mark.parametrize("headers, expected", CONTROL_MESSAGES)
+def test_read_control(headers: dict[str, str] | None, expected: tuple[int | None, int | None, str | None, str] | None) -> None:
+    control = read_control(headers)
+    assert (None if control is None else (control.ack, control.sent, control.cancel, control.code)) == expected
+
+
+@pytest.mark.parametrize(
+    "headers, ends",
+    [
+        (None, False),
+        ({SEQ: "1"}, False),
+        ({SEQ: "1", BATCH: "3"}, False),
+        ({SEQ: "x"}, True),  # the rules fail on it
+        ({SEQ: "1", BATCH: "0"}, True),
+        ({END_: "true"}, True),
+        ({END_: "false", SEQ: "1"}, False),
+        ({ERROR_CODE: "INTERNAL"}, True),
+        ({STATUS: "408"}, False),
+        ({STREAM_ACK: "1"}, False),
+    ],
+)
+def test_ends_stream(headers: dict[str, str] | None, ends: bool) -> None:
+    assert ends_stream(headers) is ends
 
 
 @pytest.mark.parametrize(
@@ -319,28 +434,6 @@ def test_credit_reports_acks_and_peaks() -> None:
     assert credit.on_ack(2) and not credit.on_ack(2) and not credit.on_ack(1)
     assert (credit.acked, credit.bytes_in_flight, credit.peak_messages, credit.peak_bytes) == (2, 100, 3, 300)
     assert credit.on_ack(3) and credit.bytes_in_flight == 0
-
-
-@pytest.mark.parametrize(
-    "window, sizes, acked_at",
-    [
-        ((4, 10_000), [1] * 8, [2, 4, 6, 8]),  # every half window of messages
-        ((100, 1000), [300, 300, 10, 10], [2]),  # or of bytes
-        ((1, 1), [1, 1], [1, 2]),  # at least every message
-    ],
-)
-def test_ack_policy(window: tuple[int, int], sizes: list[int], acked_at: list[int]) -> None:
-    sent: list[int] = []
-
-    def send_ack(seq: int) -> Awaitable[None]:
-        sent.append(seq)
-        return None  # type: ignore[return-value]  # what a session would await
-
-    policy = AckPolicy(Window(window[0], window[1], 1), send_ack)
-    for seq, size in enumerate(sizes, 1):
-        policy.consumed(seq, size)
-    assert sent == acked_at
-    assert NO_ACKS.consumed(1, 1) is None
 
 
 # --- Batches -------------------------------------------------------------------------------------

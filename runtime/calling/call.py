@@ -14,8 +14,7 @@ import nats.errors
 from nats.aio.msg import Msg
 
 from ..core.errors import ErrorCode, Overloaded, RpcError
-from ..core.frames import FrameKind, classify, is_control
-from ..core.credit import AckPolicy
+from ..core.frames import ends_stream, is_control
 from ..core.headers import STREAM_INBOX, error_from_headers, is_no_responders, quote, user_headers
 from ..core.negotiation import Window, client_heartbeat, confirmed, shared_peer
 from ..core.states import CLIENT_MOVES, CallState, InvalidTransition
@@ -332,7 +331,7 @@ class ClientCall:
         bidi: data keeps coming until the end marker or an error."""
         if not self.receives:
             return True
-        return classify(msg.headers).kind in (FrameKind.END, FrameKind.ERROR)
+        return ends_stream(msg.headers)
 
     # --- Sending ----------------------------------------------------------------------------------
 
@@ -452,7 +451,7 @@ class ClientCall:
         session = self.session = StreamSession(self.nc, peer_inbox, inbox.subject, heartbeat, self, window)
         if reader is not None:
             session.receiving = inbox
-            reader.acks = AckPolicy(self.window, session.send_ack)
+            reader.acknowledge(self.window, session.send_ack)
             inbox.limit(self.window.messages + 2, self.window.max_bytes)  # + the end marker and a status
         if writer is not None and window is not None:
             session.sending = writer

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ..core.credit import AckPolicy
 from ..core.errors import ErrorCode, RpcError
 from ..core.headers import REPLY_TO, STREAM_INBOX
 from ..core.negotiation import Window
@@ -167,7 +166,7 @@ class _Handshaking(Responder):
             session = await self.start_session(reply_to, inbox, sends=self.method.cardinality is Cardinality.BIDI)
             session.receiving = inbox
             window = Window.for_method(self.method.max_inflight)
-            self.reader.acks = AckPolicy(window, session.send_ack)
+            self.reader.acknowledge(window, session.send_ack)
             inbox.limit(window.messages + 2, window.max_bytes)  # + the end marker and a stray status
             ack = self.confirmation(inbox, window)
         else:

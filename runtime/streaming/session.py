@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Protocol
 from nats.aio.msg import Msg
 
 from ..core.errors import ErrorCode
-from ..core.frames import is_control
+from ..core.frames import read_control
 from ..core.headers import (
     ERROR_CODE,
     STREAM_ACK,
@@ -16,7 +16,6 @@ from ..core.headers import (
     STREAM_SENT,
     clip,
     is_no_responders,
-    parse_uint,
     sanitize,
 )
 from ..core.loss import lost_in_transit, missing_at_release
@@ -144,19 +143,15 @@ class StreamSession:
             group.heard = group.manager.loop.time()
         elif self.liveness is not None:
             self.liveness.heard()
-        if not is_control(headers):
+        control = read_control(headers)
+        if control is None:
             return False
-        assert headers is not None
-        ack = parse_uint(headers.get(STREAM_ACK))
-        if ack is not None and self.window is not None:
-            self.window.on_ack(ack)
-        sent = parse_uint(headers.get(STREAM_SENT))
-        if sent is not None:
-            self.peer_sent(sent)
-        reason = headers.get(STREAM_CANCEL)
-        if reason is not None and not self.closed:
-            code = ErrorCode.DATA_LOSS if headers.get(ERROR_CODE) == ErrorCode.DATA_LOSS else ErrorCode.CANCELLED
-            self.call.peer_cancelled(clip(reason, 256), code)
+        if control.ack is not None and self.window is not None:
+            self.window.on_ack(control.ack)
+        if control.sent is not None:
+            self.peer_sent(control.sent)
+        if control.cancel is not None and not self.closed:
+            self.call.peer_cancelled(control.cancel, control.code)
         return True
 
     def peer_sent(self, sent: int) -> None:

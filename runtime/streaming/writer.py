@@ -26,7 +26,7 @@ from ..core.headers import (
     message_size,
     user_headers,
 )
-from ..encoding.batch import BATCHED_BODY_LIMIT, MAX_BATCH_BYTES, pack
+from ..core.batch import BATCHED_BODY_LIMIT, MAX_BATCH_BYTES, pack
 from ..encoding.codec import Codec
 from ..net.transport import Transport, publish, publish_now
 from .first_hop import FirstHop
