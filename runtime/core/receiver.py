@@ -101,13 +101,14 @@ class Receiver:
     marker's count, the peer's first headers, and v2 ack accounting (`acknowledge`)."""
 
     __slots__ = (
-        "method", "state", "error", "peer_done", "received", "bytes_received", "fed", "headers", "blob_size",
+        "method", "state", "finished", "error", "peer_done", "received", "bytes_received", "fed", "headers", "blob_size",
         "_ack_messages", "_ack_bytes", "_unacked_messages", "_unacked_bytes",
     )
 
     def __init__(self, method: str | None = None) -> None:
         self.method = method
         self.state = ReceiverState.RECEIVING
+        self.finished = False  # ENDED or FAILED: no more messages (an attribute: read per message)
         self.error: RpcError | None = None
         self.peer_done = False  # the peer sent its last frame (end marker or error answer)
         self.received = 0  # messages the application took (`consumed`)
@@ -120,10 +121,6 @@ class Receiver:
         self._unacked_messages = 0
         self._unacked_bytes = 0
 
-    @property
-    def finished(self) -> bool:
-        return self.state is not ReceiverState.RECEIVING
-
     def acknowledge(self, window: Window) -> None:
         """v2: acknowledge consumed messages at the latest when half the window we granted (in
         messages or in bytes) was consumed since the last ack."""
@@ -133,6 +130,7 @@ class Receiver:
     def fail(self, error: RpcError) -> Failed:
         """Fail the stream with `error` (also the driver's, e.g. a body that does not decode)."""
         self.state = ReceiverState.FAILED
+        self.finished = True
         self.error = error
         return Failed(error)
 
@@ -143,7 +141,7 @@ class Receiver:
         """What a frame that arrived on the stream's inbox means (the table in the module)."""
         if not headers:
             return None
-        if self.state is not ReceiverState.RECEIVING:
+        if self.finished:
             if not self.peer_done and (headers.get(STREAM_END) == END_TRUE or error_from_headers(headers) is not None):
                 self.peer_done = True  # what is drained after a failure: the peer's last frame
             return None
@@ -158,6 +156,7 @@ class Receiver:
             if short is not None:
                 return self._loss(short)
             self.state = ReceiverState.ENDED
+            self.finished = True
             return END
         seq_text = headers.get(STREAM_SEQ)
         if seq_text is not None:
