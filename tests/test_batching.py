@@ -238,7 +238,9 @@ async def test_batches_stay_within_bounds_while_a_flush_waits() -> None:
     from betterproto_nats.streaming.writer import StreamWriter
 
     transport = SlowPublisher()
-    writer = StreamWriter(transport, "_INBOX.peer", PROTO, "m", FlowWindow(Window(100_000, 64 * 2**20, 16)))  # type: ignore[arg-type]
+    writer = StreamWriter(transport, "_INBOX.peer", PROTO, "m")  # type: ignore[arg-type]
+    writer.rules.limit(Window(100_000, 64 * 2**20, 16))
+    writer.limit(FlowWindow(writer.rules))
     bodies = [bytes([i % 251]) * (i % 700) for i in range(3000)]
     for body in bodies:  # as handlers' and callers' messages are sent
         if not writer.queue_nowait(body):

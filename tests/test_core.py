@@ -7,7 +7,7 @@ from typing import Any, Awaitable
 
 import pytest
 
-from betterproto_nats.core.credit import Credit
+from betterproto_nats.core.sender import Sender, data_headers
 from betterproto_nats.core.errors import ErrorCode, Overloaded, RpcError
 from betterproto_nats.core.frames import ends_stream, is_control, read_control
 from betterproto_nats.core.headers import (
@@ -391,7 +391,7 @@ def test_the_server_s_moves() -> None:
     assert not SERVER_MOVES[ServerState.CLOSED] and not SERVER_MOVES[ServerState.FAILED]
 
 
-# --- Credit: what a sender may have unacknowledged ------------------------------------------------
+# --- Sending: a stream's rules (core/sender.py): numbering, the window, the end marker ----------
 
 # steps: ("sent", seq, size) | ("ack", seq) | ("fits", size, expected); window (messages, bytes)
 CREDIT: list[tuple[str, tuple[int, int], list[tuple[Any, ...]]]] = [
@@ -415,25 +415,59 @@ CREDIT: list[tuple[str, tuple[int, int], list[tuple[Any, ...]]]] = [
 
 
 @pytest.mark.parametrize("name, window, steps", CREDIT, ids=[c[0] for c in CREDIT])
-def test_credit(name: str, window: tuple[int, int], steps: list[tuple[Any, ...]]) -> None:
-    credit = Credit(Window(window[0], window[1], 1))
+def test_sender_window(name: str, window: tuple[int, int], steps: list[tuple[Any, ...]]) -> None:
+    sender = Sender(Window(window[0], window[1], 1))
     for step in steps:
         if step[0] == "sent":
-            credit.sent(step[1], step[2])
+            assert sender.add(step[2]) == step[1]
         elif step[0] == "ack":
-            credit.on_ack(step[1])
+            sender.on_ack(step[1])
         else:
-            assert credit.fits(step[1]) is step[2], step
+            assert sender.fits(step[1]) is step[2], step
 
 
-def test_credit_reports_acks_and_peaks() -> None:
-    credit = Credit(Window(4, 1000, 8))
-    assert credit.batch == 4  # never more per frame than the window holds
+def test_sender_reports_acks_and_peaks() -> None:
+    sender = Sender(Window(4, 1000, 8))
+    assert sender.batch == 4  # never more per frame than the window holds
     for seq in range(1, 4):
-        credit.sent(seq, 100)
-    assert credit.on_ack(2) and not credit.on_ack(2) and not credit.on_ack(1)
-    assert (credit.acked, credit.bytes_in_flight, credit.peak_messages, credit.peak_bytes) == (2, 100, 3, 300)
-    assert credit.on_ack(3) and credit.bytes_in_flight == 0
+        sender.add(100)
+    assert sender.on_ack(2) and not sender.on_ack(2) and not sender.on_ack(1)
+    assert (sender.acked, sender.bytes_in_flight, sender.peak_messages, sender.peak_bytes) == (2, 100, 3, 300)
+    assert sender.on_ack(3) and sender.bytes_in_flight == 0
+
+
+def test_a_sender_without_window_counts_only() -> None:
+    sender = Sender()
+    assert [sender.add(10) for _ in range(3)] == [1, 2, 3] and sender.batch == 1
+    assert sender.fits(10**9) and (sender.sent, sender.bytes_sent, sender.peak_messages) == (3, 30, 0)
+    sender.limit(Window(1, 10, 4))  # v2 confirmed later: counted from now on
+    assert sender.add(5) == 4 and not sender.fits(1) and sender.batch == 1
+
+
+@pytest.mark.parametrize(
+    "first, count, headers",
+    [(1, 1, {SEQ: "1"}), (7, 3, {SEQ: "7", BATCH: "3"})],
+)
+def test_data_headers(first: int, count: int, headers: dict[str, str]) -> None:
+    assert data_headers(first, count) == headers
+
+
+# (sent, error, the handler's first headers, max_payload) -> the end marker's headers
+END_MARKERS: list[tuple[int, RpcError | None, dict[str, str], int, dict[str, str]]] = [
+    (3, None, {}, 1 << 20, {END_: "true", COUNT: "3"}),
+    (0, None, {"X-Id": "7"}, 1 << 20, {END_: "true", COUNT: "0", "X-Id": "7"}),
+    (2, RpcError("NOT_FOUND", "gone"), {}, 1 << 20, {END_: "true", COUNT: "2", ERROR_CODE: "NOT_FOUND", ERROR: "gone"}),
+    (1, None, {"X-Big": "x" * 200}, 150, {END_: "true", COUNT: "1", ERROR_CODE: ErrorCode.RESOURCE_EXHAUSTED,
+     ERROR: "the end marker's headers exceed the server's max_payload of 150"}),
+]
+
+
+@pytest.mark.parametrize("sent, error, first, max_payload, headers", END_MARKERS)
+def test_end_marker(sent: int, error: RpcError | None, first: dict[str, str], max_payload: int, headers: dict[str, str]) -> None:
+    sender = Sender()
+    for _ in range(sent):
+        sender.add(1)
+    assert sender.end(error, first, max_payload) == headers and sender.ended
 
 
 # --- Batches -------------------------------------------------------------------------------------

@@ -240,5 +240,4 @@ def test_no_class_derives_from_a_base_that_exists_only_for_it() -> None:
 # Bases with one subclass that stand on their own: a reason each.
 ONE_HEIR = {
     "RpcError": "raised on its own everywhere; `Overloaded` is the refusal with a retry hint",
-    "Credit": "core's sans-I/O window accounting, tested on plain values; `FlowWindow` adds the waiting",
 }

@@ -446,7 +446,10 @@ class ClientCall:
         peer_subject = self._checked_peer(confirmation)
         self.watch_permissions(peer_inbox)
         writer, reader = self.writer, self.reader
-        window = FlowWindow(Window.granted(confirmation)) if writer is not None else None
+        window = None
+        if writer is not None:
+            writer.rules.limit(Window.granted(confirmation))
+            window = FlowWindow(writer.rules)
         heartbeat = client_heartbeat(confirmation, self.heartbeat)
         session = self.session = StreamSession(self.nc, peer_inbox, inbox.subject, heartbeat, self, window)
         if reader is not None:
@@ -457,7 +460,8 @@ class ClientCall:
             session.sending = writer
             if self.answer is not None:  # the server ended the self during the handshake
                 window.fail(Answered())
-            self.credit = writer.credit = window
+            self.credit = window
+            writer.limit(window)
             writer.on_sent = session.on_sent
         if peer_subject is not None and self.peers is not None:
             session.share(self.peers, peer_subject)

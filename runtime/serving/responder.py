@@ -325,12 +325,11 @@ class Responder:
         self.watch_permissions(inbox.subject)
         return await inbox.open()
 
-    async def start_session(self, peer_inbox: str, inbox: Inbox, sends: bool) -> StreamSession:
-        """v2 control for this call: the client's acks, heartbeats and cancel arrive on `inbox`;
-        when we `sends` a stream, the client's acks open the window it granted. Heartbeats are shared
+    async def start_session(self, peer_inbox: str, inbox: Inbox) -> StreamSession:
+        """v2 control for this call: the client's acks, heartbeats and cancel arrive on `inbox` (when
+        we send a stream, its acks open the window it granted: `new_writer`). Heartbeats are shared
         with the client's connection when it named its liveness subject."""
-        window = FlowWindow(Window.granted(self.msg.headers)) if sends else None
-        session = self.session = StreamSession(self.nc, peer_inbox, inbox.subject, self.heartbeat, self, window)
+        session = self.session = StreamSession(self.nc, peer_inbox, inbox.subject, self.heartbeat, self)
         inbox.watcher = self.watch
         if self.peer_subject is not None:
             self.peers = await PeerLiveness.acquire(self.nc)
@@ -372,12 +371,13 @@ class Responder:
         NATS routes back in any topology) and we have an inbox for the answer, its first message
         makes sure `R` is known (`FirstHop`)."""
         session = self.session
-        if session is not None and session.window is not None:
-            writer = StreamWriter(self.nc, subject, self.codec, self.name, session.window, session.on_sent)
-        else:
-            writer = StreamWriter(self.nc, subject, self.codec, self.name)
+        writer = StreamWriter(self.nc, subject, self.codec, self.name)
         writer.first_headers = self.context.response_headers
-        if session is not None:
+        if session is not None:  # v2: within the window the client granted, and heartbeats count what we send
+            writer.rules.limit(Window.granted(self.msg.headers))
+            session.window = FlowWindow(writer.rules)
+            writer.limit(session.window)
+            writer.on_sent = session.on_sent
             session.sending = writer
         if own_inbox is not None and subject != self.msg.reply:
             writer.first_hop = FirstHop(self.nc, own_inbox, self.name)

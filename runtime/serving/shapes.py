@@ -118,7 +118,7 @@ class ServerStreamResponder(_SendsStream):
         own_inbox: Inbox | None = None
         if self.v2:
             own_inbox = await self.open_inbox()
-            await self.start_session(reply_to, own_inbox, sends=True)
+            await self.start_session(reply_to, own_inbox)
         elif self.old_style:
             own_inbox = await self.open_inbox()
         if own_inbox is not None:
@@ -163,7 +163,7 @@ class _Handshaking(Responder):
         inbox = self.inbox = await self.open_inbox()  # subscribed before the ack names it
         self.reader = StreamReader(inbox, self.codec, self.method.request, self.name, self.deadline)
         if self.v2:
-            session = await self.start_session(reply_to, inbox, sends=self.method.cardinality is Cardinality.BIDI)
+            session = await self.start_session(reply_to, inbox)
             session.receiving = inbox
             window = Window.for_method(self.method.max_inflight)
             self.reader.acknowledge(window, session.send_ack)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Callable
 
 from nats.aio.msg import Msg
 
-from ..core.credit import EMPTY_QUEUE
+from ..core.sender import EMPTY_QUEUE
 from ..core.errors import ErrorCode, RpcError
 from ..core.receiver import stream_positions
 from ..net.mux import InboxMux

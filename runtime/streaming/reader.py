@@ -10,7 +10,7 @@ from typing import Awaitable, Callable, Generic, TypeVar
 
 import betterproto
 
-from ..core.credit import EMPTY_QUEUE
+from ..core.sender import EMPTY_QUEUE
 from ..core.errors import RpcError
 from ..core.negotiation import Window
 from ..core.receiver import END, Data, Receiver
