@@ -7,9 +7,9 @@ from typing import Any, Awaitable
 
 import pytest
 
-from betterproto_nats.core.sender import Sender, data_headers
+from betterproto_nats.core.sender import Sender, data_headers, refused_end
 from betterproto_nats.core.errors import ErrorCode, Overloaded, RpcError
-from betterproto_nats.core.frames import ends_stream, is_control, read_control
+from betterproto_nats.core.frames import ack_headers, cancel_headers, ends_stream, heartbeat_headers, is_control, read_control
 from betterproto_nats.core.headers import (
     BLOB_SIZE,
     DEADLINE,
@@ -39,6 +39,8 @@ from betterproto_nats.core.headers import (
     user_headers,
 )
 from betterproto_nats.core.heartbeats import (
+    beat_headers,
+    beat_sender,
     BEAT_BODY_LIMIT,
     MAX_ENTRIES,
     RELEASED,
@@ -62,6 +64,7 @@ from betterproto_nats.core.negotiation import (
     client_offer,
     confirmation,
     longest_heartbeat,
+    named_inbox,
     server_terms,
 )
 from betterproto_nats.core.states import CLIENT_MOVES, SERVER_MOVES, CallState, ServerState
@@ -468,6 +471,35 @@ def test_end_marker(sent: int, error: RpcError | None, first: dict[str, str], ma
     for _ in range(sent):
         sender.add(1)
     assert sender.end(error, first, max_payload) == headers and sender.ended
+
+
+def test_refused_end() -> None:
+    refusal = error_headers(ErrorCode.RESOURCE_EXHAUSTED, "busy", 0.25)
+    assert refused_end(refusal) == {END_: "true", COUNT: "0", **refusal}
+
+
+# --- Control messages written (read: test_read_control) ---------------------------------------------
+
+
+def test_control_headers_round_trip() -> None:
+    ack, beat, cancel = read_control(ack_headers(12)), read_control(heartbeat_headers(500, 7)), read_control(cancel_headers("x\r\ny", True))
+    assert ack is not None and ack.ack == 12
+    assert beat is not None and beat.sent == 7 and heartbeat_headers(500, None) == {STREAM_HEARTBEAT: "500"}
+    assert cancel is not None and (cancel.cancel, cancel.code) == ("x y", ErrorCode.DATA_LOSS)  # no CR/LF travels
+    assert cancel_headers("bye") == {STREAM_CANCEL: "bye"}
+
+
+@pytest.mark.parametrize(
+    "headers, sender",
+    [(None, None), ({}, None), (beat_headers(250, "_INBOX.p"), ("_INBOX.p", 250)), ({STREAM_PEER: "p", STREAM_HEARTBEAT: "x"}, ("p", 0)), ({STREAM_HEARTBEAT: "9"}, ("", 9))],
+)
+def test_beat_sender(headers: dict[str, str] | None, sender: tuple[str, int] | None) -> None:
+    assert beat_sender(headers) == sender
+
+
+@pytest.mark.parametrize("headers, inbox", [(None, ""), ({STREAM_INBOX: "_INBOX.s"}, "_INBOX.s"), ({"X": "1"}, "")])
+def test_named_inbox(headers: dict[str, str] | None, inbox: str) -> None:
+    assert named_inbox(headers) == inbox
 
 
 # --- Batches -------------------------------------------------------------------------------------

@@ -241,3 +241,23 @@ def test_no_class_derives_from_a_base_that_exists_only_for_it() -> None:
 ONE_HEIR = {
     "RpcError": "raised on its own everywhere; `Overloaded` is the refusal with a retry hint",
 }
+
+
+def _stream_header(node: ast.expr) -> bool:
+    return isinstance(node, ast.Name) and node.id.startswith("STREAM_")
+
+
+def test_stream_headers_are_read_in_the_core_only() -> None:
+    """`Nats-Stream-*` values are read by the protocol core alone (its receiving rules, control
+    messages, negotiation, beats): outside `core`, no module looks one up in a message's headers
+    (`headers.get(STREAM_X)`, `headers[STREAM_X]`, `STREAM_X in headers`); writing them is fine."""
+    for name, path in modules().items():
+        if unit(name) == "core":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            read = (
+                (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get" and node.args and _stream_header(node.args[0]))
+                or (isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load) and _stream_header(node.slice))
+                or (isinstance(node, ast.Compare) and _stream_header(node.left) and any(isinstance(op, (ast.In, ast.NotIn)) for op in node.ops))
+            )
+            assert not read, f"{name}:{getattr(node, 'lineno', '?')} reads a Nats-Stream-* header outside core: {ast.unparse(node)}"

@@ -16,7 +16,7 @@ from nats.aio.msg import Msg
 from ..core.errors import ErrorCode, Overloaded, RpcError
 from ..core.frames import ends_stream, is_control
 from ..core.headers import STREAM_INBOX, error_from_headers, is_no_responders, quote, user_headers
-from ..core.negotiation import Window, client_heartbeat, confirmed, shared_peer
+from ..core.negotiation import Window, client_heartbeat, confirmed, named_inbox, shared_peer
 from ..core.states import CLIENT_MOVES, CallState, InvalidTransition
 from ..core.subjects import InboxPolicy
 from ..features.interceptors import CallInfo, Chain, Direction, Side, outcome_of
@@ -424,7 +424,7 @@ class ClientCall:
 
     def server_inbox(self, headers: Mapping[str, str] | None) -> str:
         """The `Nats-Stream-Inbox` the server named, checked before anything is sent there."""
-        subject = (headers or {}).get(STREAM_INBOX, "")
+        subject = named_inbox(headers)
         if not subject:
             raise self.error(ErrorCode.UNAVAILABLE, f"the server's answer has no {STREAM_INBOX}")
         why = self.inboxes.check(subject)

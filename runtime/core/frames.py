@@ -1,5 +1,6 @@
-"""What arrives on a stream inbox besides the stream itself: v2 control messages (`read_control`:
-an ack, a heartbeat with the peer's sent count, a cancel) and whether a message ends a call
+"""What travels on a stream inbox besides the stream itself: v2 control messages, read
+(`read_control`: an ack, a heartbeat with the peer's sent count, a cancel) and written
+(`ack_headers`, `heartbeat_headers`, `cancel_headers`), and whether a message ends a call
 (`ends_stream`). A stream's data and end marker are its `Receiver`'s (`core/receiver.py`). Pure."""
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from .headers import (
     STREAM_BATCH,
     STREAM_CANCEL,
     STREAM_END,
+    STREAM_HEARTBEAT,
     STREAM_SENT,
     STREAM_SEQ,
     clip,
     error_from_headers,
     parse_uint,
+    sanitize,
 )
 from .receiver import batch_size
 
@@ -73,3 +76,24 @@ def ends_stream(headers: Mapping[str, str] | None) -> bool:
         batch = headers.get(STREAM_BATCH)
         return parse_uint(seq) is None or (batch is not None and batch_size(batch) is None)
     return error_from_headers(headers) is not None
+
+
+def ack_headers(seq: int) -> dict[str, str]:
+    """An ack: everything up to `seq` was consumed (cumulative)."""
+    return {STREAM_ACK: str(seq)}
+
+
+def heartbeat_headers(interval_ms: int, sent: int | None) -> dict[str, str]:
+    """A per-stream heartbeat; `sent`: the frames of ours handed to NATS before it (we send a stream)."""
+    headers = {STREAM_HEARTBEAT: str(interval_ms)}
+    if sent is not None:
+        headers[STREAM_SENT] = str(sent)
+    return headers
+
+
+def cancel_headers(reason: str, data_loss: bool = False) -> dict[str, str]:
+    """A client's cancel; `data_loss`: because messages of the call were lost."""
+    headers = {STREAM_CANCEL: sanitize(clip(reason, MAX_CANCEL_REASON))}
+    if data_loss:
+        headers[ERROR_CODE] = ErrorCode.DATA_LOSS
+    return headers

@@ -3,7 +3,9 @@ own loop's stall is discounted, and the body of a shared heartbeat (its count an
 
 from __future__ import annotations
 
-from .headers import parse_uint
+from typing import Mapping
+
+from .headers import STREAM_HEARTBEAT, STREAM_PEER, parse_uint
 
 DEFAULT_HEARTBEAT = 1.0  # seconds: a killed peer is noticed within about this long (no-responders)
 MISSED_BEATS = 3  # silence for this many intervals means the peer is gone (a paused process)
@@ -98,3 +100,16 @@ def beat_entry(field: str) -> tuple[str, int | None] | None:
     if kind == RELEASED and (number is not None or not value):
         return RELEASED, number
     return None
+
+
+def beat_headers(interval_ms: int, peer: str) -> dict[str, str]:
+    """A shared beat's headers: its interval and who sends it (the sender's liveness subject)."""
+    return {STREAM_HEARTBEAT: str(interval_ms), STREAM_PEER: peer}
+
+
+def beat_sender(headers: Mapping[str, str] | None) -> tuple[str, int] | None:
+    """Who sent a shared beat, and at which interval (0 when malformed): its group's key; None
+    without headers."""
+    if not headers:
+        return None
+    return headers.get(STREAM_PEER, ""), parse_uint(headers.get(STREAM_HEARTBEAT)) or 0

@@ -36,6 +36,12 @@ def data_headers(first: int, count: int) -> dict[str, str]:
     return {STREAM_SEQ: str(first), STREAM_BATCH: str(count)}
 
 
+def refused_end(refusal: Mapping[str, str]) -> dict[str, str]:
+    """The end marker of a server stream refused before it started (admission control): nothing
+    was sent, and the refusal's error pair with its retry hint."""
+    return {STREAM_END: END_TRUE, STREAM_COUNT: "0", **refusal}
+
+
 class Sender:
     """One direction's sending rules (see the module). Without a window (a v1 peer, or before v2 is
     confirmed) everything fits and frames hold one message each."""

@@ -24,9 +24,11 @@ from typing import ClassVar, Protocol
 
 from nats.aio.msg import Msg
 
-from ..core.headers import STREAM_HEARTBEAT, STREAM_PEER, is_no_responders, parse_uint
+from ..core.headers import is_no_responders
 from ..core.heartbeats import (
     BEAT_BODY_LIMIT,
+    beat_headers,
+    beat_sender,
     RELEASED,
     REPEAT,
     beat_bodies,
@@ -115,7 +117,7 @@ class PeerGroup:
         """One beat to the peer (more when the entries exceed a body), queued at once where the
         transport can, else added to `outgoing`; what was said is forgotten (`entries`)."""
         manager = self.manager
-        headers = {STREAM_HEARTBEAT: str(self.ms), STREAM_PEER: manager.subject}
+        headers = beat_headers(self.ms, manager.subject)
         for data in beat_bodies(self.entries(), manager.body_limit):
             if not publish_now(manager.nc, self.subject, data, headers, self.reply):
                 outgoing.append((self.subject, data, headers, self.reply))
@@ -301,13 +303,12 @@ class PeerLiveness:
         if self.nc.reconnects != self.reconnects:
             self.interrupted()
             return
-        headers = msg.headers
-        if not headers:
+        sender = beat_sender(msg.headers)
+        if sender is None:
             return
-        peer = headers.get(STREAM_PEER, "")
-        if peer == self.subject:  # our own beat (a peer that named our subject as its own): no word from anyone
+        if sender[0] == self.subject:  # our own beat (a peer that named our subject as its own): no word from anyone
             return
-        group = self.groups.get((peer, parse_uint(headers.get(STREAM_HEARTBEAT)) or 0))
+        group = self.groups.get(sender)
         if group is not None:
             group.heard = self.loop.time()
             group.read(msg.data)

@@ -14,9 +14,10 @@ from nats.aio.msg import Msg
 from nats.micro.service import DEFAULT_QUEUE_GROUP
 
 from ..core.errors import ErrorCode, Overloaded, RpcError
-from ..core.headers import END_TRUE, REPLY_TO, RETRY, STREAM_COUNT, STREAM_END, caller_headers, error_headers
+from ..core.headers import REPLY_TO, RETRY, caller_headers, error_headers
 from ..core.logs import RateLimitedLog
 from ..core.recent import RecentReplies
+from ..core.sender import refused_end
 from ..core.subjects import is_literal
 from ..features.interceptors import CallInfo, Side
 from ..features.persistence import Persistence
@@ -221,7 +222,7 @@ class Endpoint:
         headers = error_headers(error.code, error.message, error.retry_after)
         reply_to = (msg.headers or {}).get(REPLY_TO, "")
         if self.method.cardinality is Cardinality.SERVER_STREAM and reply_to and self.server.policy.reply_to_problem(msg) is None:
-            return reply_to, b"", {STREAM_END: END_TRUE, STREAM_COUNT: "0", **headers}
+            return reply_to, b"", refused_end(headers)
         if msg.reply and is_literal(msg.reply):
             return msg.reply, b"", headers
         return None

@@ -6,17 +6,9 @@ from typing import TYPE_CHECKING, Protocol
 
 from nats.aio.msg import Msg
 
-from ..core.errors import ErrorCode
-from ..core.frames import read_control
+from ..core.frames import ack_headers, cancel_headers, heartbeat_headers, read_control
 from ..core.headers import (
-    ERROR_CODE,
-    STREAM_ACK,
-    STREAM_CANCEL,
-    STREAM_HEARTBEAT,
-    STREAM_SENT,
-    clip,
     is_no_responders,
-    sanitize,
 )
 from ..core.loss import lost_in_transit, missing_at_release
 from ..health.liveness import Liveness
@@ -181,24 +173,17 @@ class StreamSession:
 
     async def send_ack(self, seq: int) -> None:
         try:
-            await self._send({STREAM_ACK: str(seq)})
+            await self._send(ack_headers(seq))
         except Exception:
             pass  # the connection is gone: liveness ends the stream (silence or a reconnect)
 
     async def send_heartbeat(self) -> None:
-        headers = {STREAM_HEARTBEAT: str(int(self.heartbeat * 1000))}
-        sent = self.sent_count()
-        if sent is not None:
-            headers[STREAM_SENT] = str(sent)
-        await self._send(headers)
+        await self._send(heartbeat_headers(int(self.heartbeat * 1000), self.sent_count()))
 
     async def send_cancel(self, reason: str, data_loss: bool = False) -> None:
         """Tell the server to stop; `data_loss`: because messages of the call were lost."""
-        headers = {STREAM_CANCEL: sanitize(clip(reason, 256))}
-        if data_loss:
-            headers[ERROR_CODE] = ErrorCode.DATA_LOSS
         try:
-            await self._send(headers)
+            await self._send(cancel_headers(reason, data_loss))
         except Exception:
             pass  # the connection is gone: the peer will notice the silence instead
 
