@@ -316,6 +316,7 @@ async def test_client_call_state_machine() -> None:
 
 async def test_server_call_state_machine() -> None:
     from betterproto_nats.core.states import InvalidTransition, ServerState
+    from betterproto_nats.serving.responder import Responder
     from betterproto_nats.serving.unary import UnaryCall
 
     states: list[object] = []
@@ -333,9 +334,9 @@ async def test_server_call_state_machine() -> None:
     call = UnaryCall(server.endpoints[0].served, request)
     with pytest.raises(InvalidTransition):
         call.move(ServerState.CLOSED)  # a call that has not been served cannot have ended
-    stream = server.endpoints[1].responder
-    assert stream is not None
-    count_up = stream(server.transport, server.impl, server.spec.methods[1], "x/y", server.spec.codec, request, server.policy)
+    shape = server.endpoints[1].shape
+    assert shape is not None
+    count_up = Responder(server.transport, server.impl, server.spec.methods[1], "x/y", server.spec.codec, request, server.policy, shape)
     with pytest.raises(InvalidTransition):
         count_up.move(ServerState.CLOSED)
     await server.stop()

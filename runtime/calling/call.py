@@ -26,10 +26,11 @@ from ..net.mux import InboxMux, let_go
 from ..net.transport import Transport
 from ..schema.spec import Cardinality, MethodSpec, ServiceSpec
 from ..streaming.deadline import Deadline
-from ..streaming.flow import FlowWindow, SendCredit, Unlimited
+from ..streaming.flow import SendCredit, Unlimited
 from ..streaming.inbox import Inbox
 from ..streaming.reader import StreamReader
 from ..streaming.session import StreamSession
+from ..streaming.v2 import start_v2
 from ..streaming.writer import StreamWriter
 from .refusals import Reopening, RetryBudget, absorbs
 from .requests import as_rpc_errors, connection_error
@@ -446,28 +447,17 @@ class ClientCall:
         peer_subject = self._checked_peer(confirmation)
         self.watch_permissions(peer_inbox)
         writer, reader = self.writer, self.reader
-        window = None
-        if writer is not None:
-            writer.rules.limit(Window.granted(confirmation))
-            window = FlowWindow(writer.rules)
-        heartbeat = client_heartbeat(confirmation, self.heartbeat)
-        session = self.session = StreamSession(self.nc, peer_inbox, inbox.subject, heartbeat, self, window)
-        if reader is not None:
-            session.receiving = inbox
-            reader.acknowledge(self.window, session.send_ack)
-            inbox.limit(self.window.messages + 2, self.window.max_bytes)  # + the end marker and a status
-        if writer is not None and window is not None:
-            session.sending = writer
-            if self.answer is not None:  # the server ended the self during the handshake
-                window.fail(Answered())
-            self.credit = window
-            writer.limit(window)
-            writer.on_sent = session.on_sent
-        if peer_subject is not None and self.peers is not None:
-            session.share(self.peers, peer_subject)
-            inbox.peer = session.group
+        session = self.session = start_v2(
+            self.nc, self, inbox, peer_inbox, client_heartbeat(confirmation, self.heartbeat),
+            receive=None if reader is None else (reader, self.window),
+            send=None if writer is None else (writer, Window.granted(confirmation)),
+            share=None if peer_subject is None or self.peers is None else (self.peers, peer_subject),
+        )  # fmt: skip
+        if session.window is not None:
+            if self.answer is not None:  # the server ended the call during the handshake
+                session.window.fail(Answered())
+            self.credit = session.window
         session.start()
-
 
     def _checked_peer(self, confirmation: Mapping[str, str] | None) -> str | None:
         """The server's liveness subject, checked like its inboxes (INTERNAL when it fails)."""
