@@ -39,6 +39,10 @@ from betterproto_nats.core.headers import (
     user_headers,
 )
 from betterproto_nats.core.heartbeats import (
+    REPEAT,
+    SENDING,
+    BeatLedger,
+    read_beat,
     beat_headers,
     beat_sender,
     BEAT_BODY_LIMIT,
@@ -549,6 +553,45 @@ def test_what_is_missing_when_the_peer_lets_go(final: int | None, arrived: int |
 @pytest.mark.parametrize("received, count, short", [(3, 3, False), (3, None, False), (2, 3, True), (4, 3, True)])
 def test_an_end_marker_s_count(received: int, count: int | None, short: bool) -> None:
     assert (short_end(received, count) is not None) is short
+
+
+# --- The beat ledger: what shared beats say (core/heartbeats.py) ----------------------------------
+
+# steps: ("sent", key) | ("release", key, final) | ("beat", expected lines); counts: key -> (name, sent)
+LEDGER: list[tuple[str, dict[str, tuple[str, int | None]], list[tuple[Any, ...]]]] = [
+    ("a stream still sending is not counted", {"a": ("A", 5)}, [("sent", "a"), ("beat", []), ("sent", "a"), ("beat", [])]),
+    (
+        "a quiet stream is counted in REPEAT beats, then no more",
+        {"a": ("A", 5)},
+        [("sent", "a"), ("beat", [])] + [("beat", ["A s5"])] * REPEAT + [("beat", [])],
+    ),
+    ("nothing handed over yet: no line", {"a": ("A", 0)}, [("sent", "a"), ("beat", []), ("beat", [])]),
+    ("a stream that sends nothing: dropped", {"a": ("A", None)}, [("sent", "a"), ("beat", []), ("beat", []), ("beat", [])]),
+    (
+        "a release is said in REPEAT beats, and ends the counting",
+        {"a": ("A", 5)},
+        [("sent", "a"), ("release", "a", 5)] + [("beat", ["A e5"])] * REPEAT + [("beat", [])],
+    ),
+    ("a release without count", {}, [("release", "b", None)] + [("beat", ["b e"])] * REPEAT),
+]
+
+
+@pytest.mark.parametrize("name, counts, steps", LEDGER, ids=[c[0] for c in LEDGER])
+def test_beat_ledger(name: str, counts: dict[str, tuple[str, int | None]], steps: list[tuple[Any, ...]]) -> None:
+    ledger: BeatLedger[str] = BeatLedger()
+    for step in steps:
+        if step[0] == "sent":
+            ledger.counting[step[1]] = SENDING
+        elif step[0] == "release":
+            ledger.release(step[1], counts.get(step[1], (step[1], None))[0], step[2])
+        else:
+            assert ledger.lines(counts.__getitem__) == step[1], step
+    assert ledger.empty
+
+
+def test_read_beat() -> None:
+    assert read_beat(b"A s5\nB e\nC e7\nD x1\nE s\nF\nG s-1") == [("A", SENT, 5), ("B", RELEASED, None), ("C", RELEASED, 7)]
+    assert read_beat(b"A s5\xff") == []  # not ASCII: dropped whole
 
 
 # --- Liveness bookkeeping ------------------------------------------------------------------------

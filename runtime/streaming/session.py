@@ -10,6 +10,7 @@ from ..core.frames import ack_headers, cancel_headers, heartbeat_headers, read_c
 from ..core.headers import (
     is_no_responders,
 )
+from ..core.heartbeats import SENDING
 from ..core.loss import lost_in_transit, missing_at_release
 from ..health.liveness import Liveness
 from ..net.mux import InboxMux
@@ -118,7 +119,7 @@ class StreamSession:
         """Our writer sent a frame: per-stream, a heartbeat can wait; shared, count it in the next ones."""
         group = self.group
         if group is not None:
-            group.counting[self] = group.count_beats
+            group.ledger.counting[self] = SENDING
         elif self.liveness is not None:
             self.liveness.sent()
 
