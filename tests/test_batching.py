@@ -17,7 +17,7 @@ from test_hostile_peers import assert_connection_intact, assert_still_serves, fa
 
 import betterproto_nats
 from betterproto_nats import ErrorCode, RpcError
-from betterproto_nats.encoding.batch import pack, unpack
+from betterproto_nats.core.batch import pack, unpack
 from betterproto_nats.net.nats_fast import publish_nowait
 from betterproto_nats.net.nats_fixes import flush_ordered
 from betterproto_nats.core.negotiation import DEFAULT_WINDOW_MESSAGES
@@ -238,7 +238,9 @@ async def test_batches_stay_within_bounds_while_a_flush_waits() -> None:
     from betterproto_nats.streaming.writer import StreamWriter
 
     transport = SlowPublisher()
-    writer = StreamWriter(transport, "_INBOX.peer", PROTO, "m", FlowWindow(Window(100_000, 64 * 2**20, 16)))  # type: ignore[arg-type]
+    writer = StreamWriter(transport, "_INBOX.peer", PROTO, "m")  # type: ignore[arg-type]
+    writer.rules.limit(Window(100_000, 64 * 2**20, 16))
+    writer.limit(FlowWindow(writer.rules))
     bodies = [bytes([i % 251]) * (i % 700) for i in range(3000)]
     for body in bodies:  # as handlers' and callers' messages are sent
         if not writer.queue_nowait(body):

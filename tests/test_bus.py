@@ -171,7 +171,7 @@ async def test_flow_control_holds_the_sender_to_the_window() -> None:
     impl = Gate()
     async with serve_in_memory(impl) as conn:
         stream = await StreamDemoServiceNatsClient(conn).sum()
-        window = stream.call.writer.credit
+        window = stream.call.writer.rules
         assert window is not None and window.messages == DEFAULT_WINDOW_MESSAGES
         total = 3 * DEFAULT_WINDOW_MESSAGES
         sender = asyncio.create_task(stream.send_all(SumRequest(value=1) for _ in range(total)))
@@ -191,7 +191,7 @@ async def test_a_gap_in_sequence_numbers_is_data_loss() -> None:
         stream = await StreamDemoServiceNatsClient(conn).chat()
         await stream.send(ChatMessage(text="one"))
         assert (await stream.recv()).text == "echo: one"
-        stream.call.writer.sent += 1  # skip a sequence number, as a lost message would
+        stream.call.writer.rules.sent += 1  # skip a sequence number, as a lost message would
         await stream.send(ChatMessage(text="three"))
         with pytest.raises(RpcError) as lost:
             await stream.recv()
@@ -316,6 +316,7 @@ async def test_client_call_state_machine() -> None:
 
 async def test_server_call_state_machine() -> None:
     from betterproto_nats.core.states import InvalidTransition, ServerState
+    from betterproto_nats.serving.responder import Responder
     from betterproto_nats.serving.unary import UnaryCall
 
     states: list[object] = []
@@ -333,9 +334,9 @@ async def test_server_call_state_machine() -> None:
     call = UnaryCall(server.endpoints[0].served, request)
     with pytest.raises(InvalidTransition):
         call.move(ServerState.CLOSED)  # a call that has not been served cannot have ended
-    stream = server.endpoints[1].responder
-    assert stream is not None
-    count_up = stream(server.transport, server.impl, server.spec.methods[1], "x/y", server.spec.codec, request, server.policy)
+    shape = server.endpoints[1].shape
+    assert shape is not None
+    count_up = Responder(server.transport, server.impl, server.spec.methods[1], "x/y", server.spec.codec, request, server.policy, shape)
     with pytest.raises(InvalidTransition):
         count_up.move(ServerState.CLOSED)
     await server.stop()

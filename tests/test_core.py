@@ -1,4 +1,4 @@
-"""The protocol core on plain inputs, no event loop: v1 and v2 negotiation, frame classification,
+"""The protocol core on plain inputs, no event loop: v1 and v2 negotiation, a stream's receiving rules,
 call states, credit, batches, loss counting and liveness bookkeeping. Tables, each in milliseconds."""
 
 from __future__ import annotations
@@ -7,10 +7,11 @@ from typing import Any, Awaitable
 
 import pytest
 
-from betterproto_nats.core.credit import NO_ACKS, AckPolicy, Credit
+from betterproto_nats.core.sender import Sender, data_headers, refused_end
 from betterproto_nats.core.errors import ErrorCode, Overloaded, RpcError
-from betterproto_nats.core.frames import FrameKind, classify, is_control
+from betterproto_nats.core.frames import ack_headers, cancel_headers, ends_stream, heartbeat_headers, is_control, read_control
 from betterproto_nats.core.headers import (
+    BLOB_SIZE,
     DEADLINE,
     ERROR,
     ERROR_CODE,
@@ -26,6 +27,7 @@ from betterproto_nats.core.headers import (
     STREAM_HEARTBEAT,
     STREAM_INBOX,
     STREAM_PEER,
+    STREAM_SENT,
     STREAM_SEQ,
     STREAM_VERSION,
     STREAM_WINDOW,
@@ -37,6 +39,12 @@ from betterproto_nats.core.headers import (
     user_headers,
 )
 from betterproto_nats.core.heartbeats import (
+    REPEAT,
+    SENDING,
+    BeatLedger,
+    read_beat,
+    beat_headers,
+    beat_sender,
     BEAT_BODY_LIMIT,
     MAX_ENTRIES,
     RELEASED,
@@ -60,11 +68,13 @@ from betterproto_nats.core.negotiation import (
     client_offer,
     confirmation,
     longest_heartbeat,
+    named_inbox,
     server_terms,
 )
 from betterproto_nats.core.states import CLIENT_MOVES, SERVER_MOVES, CallState, ServerState
 from betterproto_nats.core.subjects import InboxPolicy
-from betterproto_nats.encoding.batch import pack, unpack
+from betterproto_nats.core.batch import pack, unpack
+from betterproto_nats.core.receiver import END, Data, End, Failed, Receiver, ReceiverState, batch_size, stream_positions
 
 V2 = {STREAM_VERSION: "2", REPLY_TO: "_INBOX.r"}
 
@@ -157,37 +167,149 @@ def test_longest_heartbeat(idle: float, longest: float) -> None:
     assert longest_heartbeat(idle) == longest
 
 
-# --- Frames: what a message on a stream inbox is --------------------------------------------------
+# --- Receiving: a stream's rules (core/receiver.py) --------------------------------------------------
 
-# headers -> (kind, seq, count, batch, error code)
-FRAMES: list[tuple[dict[str, str] | None, tuple[FrameKind, int, int | None, int, str | None]]] = [
-    (None, (FrameKind.OTHER, 0, None, 1, None)),
-    ({}, (FrameKind.OTHER, 0, None, 1, None)),
-    ({STREAM_SEQ: "1"}, (FrameKind.DATA, 1, None, 1, None)),
-    ({STREAM_SEQ: "7", STREAM_BATCH: "3"}, (FrameKind.DATA, 7, None, 3, None)),
-    ({STREAM_SEQ: "x"}, (FrameKind.ERROR, 0, None, 1, ErrorCode.DATA_LOSS)),
-    ({STREAM_SEQ: "-1"}, (FrameKind.ERROR, 0, None, 1, ErrorCode.DATA_LOSS)),
-    ({STREAM_SEQ: "1" * 19}, (FrameKind.ERROR, 0, None, 1, ErrorCode.DATA_LOSS)),  # beyond 63 bits
-    ({STREAM_SEQ: "1", STREAM_BATCH: "0"}, (FrameKind.ERROR, 0, None, 1, ErrorCode.DATA_LOSS)),
-    ({STREAM_SEQ: "1", STREAM_BATCH: str(MAX_BATCH + 1)}, (FrameKind.ERROR, 0, None, 1, ErrorCode.DATA_LOSS)),
-    ({STREAM_END: "true", STREAM_COUNT: "5"}, (FrameKind.END, 0, 5, 1, None)),
-    ({STREAM_END: "true", STREAM_COUNT: "five"}, (FrameKind.END, 0, None, 1, None)),  # malformed: as if absent
-    ({STREAM_END: "true", ERROR_CODE: "NOT_FOUND", ERROR: "gone"}, (FrameKind.END, 0, None, 1, "NOT_FOUND")),
-    ({STREAM_END: "false", STREAM_SEQ: "2"}, (FrameKind.DATA, 2, None, 1, None)),  # only "true" ends
-    ({ERROR_CODE: "INTERNAL", ERROR: "boom"}, (FrameKind.ERROR, 0, None, 1, "INTERNAL")),
-    ({STATUS: "503"}, (FrameKind.ERROR, 0, None, 1, ErrorCode.UNAVAILABLE)),  # no responders
-    ({STATUS: "408"}, (FrameKind.OTHER, 0, None, 1, None)),  # another NATS status: not an answer
-    ({STATUS: "NOT_FOUND"}, (FrameKind.ERROR, 0, None, 1, "NOT_FOUND")),  # the Go project's status pair
-    ({STREAM_ACK: "10"}, (FrameKind.OTHER, 0, None, 1, None)),
+SEQ, BATCH, END_, COUNT = STREAM_SEQ, STREAM_BATCH, STREAM_END, STREAM_COUNT
+Frame = tuple[dict[str, str] | None, bytes]
+
+
+def _outcome(event: Data | End | Failed | None) -> tuple[Any, ...]:
+    if isinstance(event, Data):
+        return ("data", [event.body, *(event.more or [])])
+    if event is END:
+        return ("end",)
+    if isinstance(event, Failed):
+        return ("failed", event.error.code)
+    return ("skip",)
+
+
+D, E, S = "data", ("end",), ("skip",)
+RECEIVING, ENDED, FAILED = ReceiverState.RECEIVING, ReceiverState.ENDED, ReceiverState.FAILED
+
+# (name, frames fed in order, what each gives, the state after the last, peer_done after the last)
+RECEIVER: list[tuple[str, list[Frame], list[tuple[Any, ...]], ReceiverState, bool]] = [
+    ("in order", [({SEQ: "1"}, b"a"), ({SEQ: "2"}, b"b"), ({END_: "true", COUNT: "2"}, b"")], [(D, [b"a"]), (D, [b"b"]), E], ENDED, True),
+    ("a batch", [({SEQ: "1", BATCH: "3"}, pack([b"a", b"b", b"c"])), ({SEQ: "4"}, b"d"), ({END_: "true", COUNT: "4"}, b"")], [(D, [b"a", b"b", b"c"]), (D, [b"d"]), E], ENDED, True),
+    ("a batch of one", [({SEQ: "1", BATCH: "1"}, pack([b"a"]))], [(D, [b"a"])], RECEIVING, False),
+    ("a gap", [({SEQ: "1"}, b"a"), ({SEQ: "3"}, b"c")], [(D, [b"a"]), ("failed", ErrorCode.DATA_LOSS)], FAILED, False),
+    ("a repeat", [({SEQ: "1"}, b"a"), ({SEQ: "1"}, b"a")], [(D, [b"a"]), ("failed", ErrorCode.DATA_LOSS)], FAILED, False),
+    ("a gap after a batch", [({SEQ: "1", BATCH: "2"}, pack([b"a", b"b"])), ({SEQ: "2"}, b"b")], [(D, [b"a", b"b"]), ("failed", ErrorCode.DATA_LOSS)], FAILED, False),
+    ("a short end", [({SEQ: "1"}, b"a"), ({END_: "true", COUNT: "2"}, b"")], [(D, [b"a"]), ("failed", ErrorCode.DATA_LOSS)], FAILED, True),
+    ("an end that counts more", [({END_: "true", COUNT: "1"}, b"")], [("failed", ErrorCode.DATA_LOSS)], FAILED, True),
+    ("an end without count", [({SEQ: "1"}, b"a"), ({END_: "true"}, b"")], [(D, [b"a"]), E], ENDED, True),
+    ("a malformed count: as if absent", [({END_: "true", COUNT: "five"}, b"")], [E], ENDED, True),
+    ("an end with the error pair", [({END_: "true", ERROR_CODE: "NOT_FOUND", ERROR: "gone"}, b"")], [("failed", "NOT_FOUND")], FAILED, True),
+    ("a malformed seq", [({SEQ: "x"}, b"a")], [("failed", ErrorCode.DATA_LOSS)], FAILED, False),
+    ("a negative seq", [({SEQ: "-1"}, b"a")], [("failed", ErrorCode.DATA_LOSS)], FAILED, False),
+    ("a seq beyond 63 bits", [({SEQ: "1" * 19}, b"a")], [("failed", ErrorCode.DATA_LOSS)], FAILED, False),
+    ("a batch of none", [({SEQ: "1", BATCH: "0"}, b"")], [("failed", ErrorCode.DATA_LOSS)], FAILED, False),
+    ("a batch beyond MAX_BATCH", [({SEQ: "1", BATCH: str(MAX_BATCH + 1)}, b"")], [("failed", ErrorCode.DATA_LOSS)], FAILED, False),
+    ("a batch that holds fewer", [({SEQ: "1", BATCH: "2"}, pack([b"a"]))], [("failed", ErrorCode.DATA_LOSS)], FAILED, False),
+    ("only true ends", [({END_: "false", SEQ: "1"}, b"a")], [(D, [b"a"])], RECEIVING, False),
+    ("an error answer", [({ERROR_CODE: "INTERNAL", ERROR: "boom"}, b"")], [("failed", "INTERNAL")], FAILED, True),
+    ("no responders", [({STATUS: "503"}, b"")], [("failed", ErrorCode.UNAVAILABLE)], FAILED, True),
+    ("another NATS status: skipped", [({STATUS: "408"}, b"")], [S], RECEIVING, False),
+    ("the Go project's status pair", [({STATUS: "NOT_FOUND"}, b"")], [("failed", "NOT_FOUND")], FAILED, True),
+    ("control and bare messages: skipped", [({STREAM_ACK: "10"}, b""), (None, b"x"), ({}, b"")], [S, S, S], RECEIVING, False),
+    ("nothing after the end", [({END_: "true"}, b""), ({SEQ: "1"}, b"a")], [E, S], ENDED, True),
+    ("drained after a failure: the peer's end still counts", [({SEQ: "2"}, b"b"), ({SEQ: "3"}, b"c"), ({END_: "true"}, b"")], [("failed", ErrorCode.DATA_LOSS), S, S], FAILED, True),
 ]
 
 
-@pytest.mark.parametrize("headers, expected", FRAMES)
-def test_classify(headers: dict[str, str] | None, expected: tuple[FrameKind, int, int | None, int, str | None]) -> None:
-    frame = classify(headers, "pkg.S/M")
-    assert (frame.kind, frame.seq, frame.count, frame.batch, frame.error and frame.error.code) == expected
-    if frame.error is not None:
-        assert frame.error.method == "pkg.S/M"
+@pytest.mark.parametrize("name, frames, outcomes, state, peer_done", RECEIVER, ids=[r[0] for r in RECEIVER])
+def test_receiver(name: str, frames: list[Frame], outcomes: list[tuple[Any, ...]], state: ReceiverState, peer_done: bool) -> None:
+    receiver = Receiver("pkg.S/M")
+    assert [_outcome(receiver.feed(headers, body)) for headers, body in frames] == outcomes
+    assert (receiver.state, receiver.peer_done) == (state, peer_done)
+    assert receiver.finished is (state is not RECEIVING)
+    if receiver.error is not None:
+        assert receiver.error.method == "pkg.S/M"
+
+
+def test_receiver_keeps_the_peer_s_first_headers() -> None:
+    receiver = Receiver()
+    receiver.feed({SEQ: "1", "X-Trace": "t", BLOB_SIZE: "300", ERROR: "not a caller's"}, b"a")
+    receiver.feed({SEQ: "2", "X-Later": "no"}, b"b")
+    assert (receiver.headers, receiver.blob_size) == ({"X-Trace": "t"}, 300)
+
+
+@pytest.mark.parametrize(
+    "window, sizes, acked_at",
+    [
+        ((4, 10_000), [1] * 8, [2, 4, 6, 8]),  # every half window of messages
+        ((100, 1000), [300, 300, 10, 10], [2]),  # or of bytes
+        ((1, 1), [1, 1], [1, 2]),  # at least every message
+        (None, [1] * 4, []),  # v1: no acks
+    ],
+)
+def test_acks_due(window: tuple[int, int] | None, sizes: list[int], acked_at: list[int]) -> None:
+    receiver = Receiver()
+    if window is not None:
+        receiver.acknowledge(Window(window[0], window[1], 1))
+    due = [receiver.consumed(size) for size in sizes]
+    assert [seq for seq in due if seq is not None] == acked_at
+    assert (receiver.received, receiver.bytes_received) == (len(sizes), sum(sizes))
+
+
+@pytest.mark.parametrize(
+    "headers, positions",
+    [
+        (None, 0),
+        ({STREAM_ACK: "1"}, 0),
+        ({STATUS: "503"}, 0),
+        ({SEQ: "1"}, 1),
+        ({SEQ: "1", BATCH: "7"}, 7),
+        ({SEQ: "1", BATCH: "0"}, 1),  # malformed: one (the rules fail it)
+        ({SEQ: "1", BATCH: str(MAX_BATCH + 1)}, 1),  # one strictness with the rules
+        ({END_: "true", COUNT: "9"}, 1),
+    ],
+)
+def test_stream_positions(headers: dict[str, str] | None, positions: int) -> None:
+    assert stream_positions(headers) == positions
+
+
+@pytest.mark.parametrize("text, size", [("1", 1), (str(MAX_BATCH), MAX_BATCH), (str(MAX_BATCH + 1), None), ("0", None), ("x", None), (None, None)])
+def test_batch_size(text: str | None, size: int | None) -> None:
+    assert batch_size(text) == size
+
+
+# headers -> (ack, sent, cancel, code) or None
+CONTROL_MESSAGES: list[tuple[dict[str, str] | None, tuple[int | None, int | None, str | None, str] | None]] = [
+    ({STREAM_ACK: "10"}, (10, None, None, ErrorCode.CANCELLED)),
+    ({STREAM_ACK: "ten"}, (None, None, None, ErrorCode.CANCELLED)),  # malformed: as if absent
+    ({STREAM_HEARTBEAT: "1000", STREAM_SENT: "5"}, (None, 5, None, ErrorCode.CANCELLED)),
+    ({STREAM_CANCEL: "bye"}, (None, None, "bye", ErrorCode.CANCELLED)),
+    ({STREAM_CANCEL: "lost", ERROR_CODE: ErrorCode.DATA_LOSS}, (None, None, "lost", ErrorCode.DATA_LOSS)),
+    ({STREAM_CANCEL: "x", ERROR_CODE: "INTERNAL"}, (None, None, "x", ErrorCode.CANCELLED)),  # only DATA_LOSS is taken
+    ({STREAM_CANCEL: "y" * 1000}, (None, None, "y" * 253 + "...", ErrorCode.CANCELLED)),  # clipped
+    ({STREAM_ACK: "3", SEQ: "1"}, None),  # data is never control
+    (None, None),
+]
+
+
+@pytest.mark.parametrize("headers, expected", CONTROL_MESSAGES)
+def test_read_control(headers: dict[str, str] | None, expected: tuple[int | None, int | None, str | None, str] | None) -> None:
+    control = read_control(headers)
+    assert (None if control is None else (control.ack, control.sent, control.cancel, control.code)) == expected
+
+
+@pytest.mark.parametrize(
+    "headers, ends",
+    [
+        (None, False),
+        ({SEQ: "1"}, False),
+        ({SEQ: "1", BATCH: "3"}, False),
+        ({SEQ: "x"}, True),  # the rules fail on it
+        ({SEQ: "1", BATCH: "0"}, True),
+        ({END_: "true"}, True),
+        ({END_: "false", SEQ: "1"}, False),
+        ({ERROR_CODE: "INTERNAL"}, True),
+        ({STATUS: "408"}, False),
+        ({STREAM_ACK: "1"}, False),
+    ],
+)
+def test_ends_stream(headers: dict[str, str] | None, ends: bool) -> None:
+    assert ends_stream(headers) is ends
 
 
 @pytest.mark.parametrize(
@@ -276,7 +398,7 @@ def test_the_server_s_moves() -> None:
     assert not SERVER_MOVES[ServerState.CLOSED] and not SERVER_MOVES[ServerState.FAILED]
 
 
-# --- Credit: what a sender may have unacknowledged ------------------------------------------------
+# --- Sending: a stream's rules (core/sender.py): numbering, the window, the end marker ----------
 
 # steps: ("sent", seq, size) | ("ack", seq) | ("fits", size, expected); window (messages, bytes)
 CREDIT: list[tuple[str, tuple[int, int], list[tuple[Any, ...]]]] = [
@@ -300,47 +422,88 @@ CREDIT: list[tuple[str, tuple[int, int], list[tuple[Any, ...]]]] = [
 
 
 @pytest.mark.parametrize("name, window, steps", CREDIT, ids=[c[0] for c in CREDIT])
-def test_credit(name: str, window: tuple[int, int], steps: list[tuple[Any, ...]]) -> None:
-    credit = Credit(Window(window[0], window[1], 1))
+def test_sender_window(name: str, window: tuple[int, int], steps: list[tuple[Any, ...]]) -> None:
+    sender = Sender(Window(window[0], window[1], 1))
     for step in steps:
         if step[0] == "sent":
-            credit.sent(step[1], step[2])
+            assert sender.add(step[2]) == step[1]
         elif step[0] == "ack":
-            credit.on_ack(step[1])
+            sender.on_ack(step[1])
         else:
-            assert credit.fits(step[1]) is step[2], step
+            assert sender.fits(step[1]) is step[2], step
 
 
-def test_credit_reports_acks_and_peaks() -> None:
-    credit = Credit(Window(4, 1000, 8))
-    assert credit.batch == 4  # never more per frame than the window holds
+def test_sender_reports_acks_and_peaks() -> None:
+    sender = Sender(Window(4, 1000, 8))
+    assert sender.batch == 4  # never more per frame than the window holds
     for seq in range(1, 4):
-        credit.sent(seq, 100)
-    assert credit.on_ack(2) and not credit.on_ack(2) and not credit.on_ack(1)
-    assert (credit.acked, credit.bytes_in_flight, credit.peak_messages, credit.peak_bytes) == (2, 100, 3, 300)
-    assert credit.on_ack(3) and credit.bytes_in_flight == 0
+        sender.add(100)
+    assert sender.on_ack(2) and not sender.on_ack(2) and not sender.on_ack(1)
+    assert (sender.acked, sender.bytes_in_flight, sender.peak_messages, sender.peak_bytes) == (2, 100, 3, 300)
+    assert sender.on_ack(3) and sender.bytes_in_flight == 0
+
+
+def test_a_sender_without_window_counts_only() -> None:
+    sender = Sender()
+    assert [sender.add(10) for _ in range(3)] == [1, 2, 3] and sender.batch == 1
+    assert sender.fits(10**9) and (sender.sent, sender.bytes_sent, sender.peak_messages) == (3, 30, 0)
+    sender.limit(Window(1, 10, 4))  # v2 confirmed later: counted from now on
+    assert sender.add(5) == 4 and not sender.fits(1) and sender.batch == 1
 
 
 @pytest.mark.parametrize(
-    "window, sizes, acked_at",
-    [
-        ((4, 10_000), [1] * 8, [2, 4, 6, 8]),  # every half window of messages
-        ((100, 1000), [300, 300, 10, 10], [2]),  # or of bytes
-        ((1, 1), [1, 1], [1, 2]),  # at least every message
-    ],
+    "first, count, headers",
+    [(1, 1, {SEQ: "1"}), (7, 3, {SEQ: "7", BATCH: "3"})],
 )
-def test_ack_policy(window: tuple[int, int], sizes: list[int], acked_at: list[int]) -> None:
-    sent: list[int] = []
+def test_data_headers(first: int, count: int, headers: dict[str, str]) -> None:
+    assert data_headers(first, count) == headers
 
-    def send_ack(seq: int) -> Awaitable[None]:
-        sent.append(seq)
-        return None  # type: ignore[return-value]  # what a session would await
 
-    policy = AckPolicy(Window(window[0], window[1], 1), send_ack)
-    for seq, size in enumerate(sizes, 1):
-        policy.consumed(seq, size)
-    assert sent == acked_at
-    assert NO_ACKS.consumed(1, 1) is None
+# (sent, error, the handler's first headers, max_payload) -> the end marker's headers
+END_MARKERS: list[tuple[int, RpcError | None, dict[str, str], int, dict[str, str]]] = [
+    (3, None, {}, 1 << 20, {END_: "true", COUNT: "3"}),
+    (0, None, {"X-Id": "7"}, 1 << 20, {END_: "true", COUNT: "0", "X-Id": "7"}),
+    (2, RpcError("NOT_FOUND", "gone"), {}, 1 << 20, {END_: "true", COUNT: "2", ERROR_CODE: "NOT_FOUND", ERROR: "gone"}),
+    (1, None, {"X-Big": "x" * 200}, 150, {END_: "true", COUNT: "1", ERROR_CODE: ErrorCode.RESOURCE_EXHAUSTED,
+     ERROR: "the end marker's headers exceed the server's max_payload of 150"}),
+]
+
+
+@pytest.mark.parametrize("sent, error, first, max_payload, headers", END_MARKERS)
+def test_end_marker(sent: int, error: RpcError | None, first: dict[str, str], max_payload: int, headers: dict[str, str]) -> None:
+    sender = Sender()
+    for _ in range(sent):
+        sender.add(1)
+    assert sender.end(error, first, max_payload) == headers and sender.ended
+
+
+def test_refused_end() -> None:
+    refusal = error_headers(ErrorCode.RESOURCE_EXHAUSTED, "busy", 0.25)
+    assert refused_end(refusal) == {END_: "true", COUNT: "0", **refusal}
+
+
+# --- Control messages written (read: test_read_control) ---------------------------------------------
+
+
+def test_control_headers_round_trip() -> None:
+    ack, beat, cancel = read_control(ack_headers(12)), read_control(heartbeat_headers(500, 7)), read_control(cancel_headers("x\r\ny", True))
+    assert ack is not None and ack.ack == 12
+    assert beat is not None and beat.sent == 7 and heartbeat_headers(500, None) == {STREAM_HEARTBEAT: "500"}
+    assert cancel is not None and (cancel.cancel, cancel.code) == ("x y", ErrorCode.DATA_LOSS)  # no CR/LF travels
+    assert cancel_headers("bye") == {STREAM_CANCEL: "bye"}
+
+
+@pytest.mark.parametrize(
+    "headers, sender",
+    [(None, None), ({}, None), (beat_headers(250, "_INBOX.p"), ("_INBOX.p", 250)), ({STREAM_PEER: "p", STREAM_HEARTBEAT: "x"}, ("p", 0)), ({STREAM_HEARTBEAT: "9"}, ("", 9))],
+)
+def test_beat_sender(headers: dict[str, str] | None, sender: tuple[str, int] | None) -> None:
+    assert beat_sender(headers) == sender
+
+
+@pytest.mark.parametrize("headers, inbox", [(None, ""), ({STREAM_INBOX: "_INBOX.s"}, "_INBOX.s"), ({"X": "1"}, "")])
+def test_named_inbox(headers: dict[str, str] | None, inbox: str) -> None:
+    assert named_inbox(headers) == inbox
 
 
 # --- Batches -------------------------------------------------------------------------------------
@@ -390,6 +553,45 @@ def test_what_is_missing_when_the_peer_lets_go(final: int | None, arrived: int |
 @pytest.mark.parametrize("received, count, short", [(3, 3, False), (3, None, False), (2, 3, True), (4, 3, True)])
 def test_an_end_marker_s_count(received: int, count: int | None, short: bool) -> None:
     assert (short_end(received, count) is not None) is short
+
+
+# --- The beat ledger: what shared beats say (core/heartbeats.py) ----------------------------------
+
+# steps: ("sent", key) | ("release", key, final) | ("beat", expected lines); counts: key -> (name, sent)
+LEDGER: list[tuple[str, dict[str, tuple[str, int | None]], list[tuple[Any, ...]]]] = [
+    ("a stream still sending is not counted", {"a": ("A", 5)}, [("sent", "a"), ("beat", []), ("sent", "a"), ("beat", [])]),
+    (
+        "a quiet stream is counted in REPEAT beats, then no more",
+        {"a": ("A", 5)},
+        [("sent", "a"), ("beat", [])] + [("beat", ["A s5"])] * REPEAT + [("beat", [])],
+    ),
+    ("nothing handed over yet: no line", {"a": ("A", 0)}, [("sent", "a"), ("beat", []), ("beat", [])]),
+    ("a stream that sends nothing: dropped", {"a": ("A", None)}, [("sent", "a"), ("beat", []), ("beat", []), ("beat", [])]),
+    (
+        "a release is said in REPEAT beats, and ends the counting",
+        {"a": ("A", 5)},
+        [("sent", "a"), ("release", "a", 5)] + [("beat", ["A e5"])] * REPEAT + [("beat", [])],
+    ),
+    ("a release without count", {}, [("release", "b", None)] + [("beat", ["b e"])] * REPEAT),
+]
+
+
+@pytest.mark.parametrize("name, counts, steps", LEDGER, ids=[c[0] for c in LEDGER])
+def test_beat_ledger(name: str, counts: dict[str, tuple[str, int | None]], steps: list[tuple[Any, ...]]) -> None:
+    ledger: BeatLedger[str] = BeatLedger()
+    for step in steps:
+        if step[0] == "sent":
+            ledger.counting[step[1]] = SENDING
+        elif step[0] == "release":
+            ledger.release(step[1], counts.get(step[1], (step[1], None))[0], step[2])
+        else:
+            assert ledger.lines(counts.__getitem__) == step[1], step
+    assert ledger.empty
+
+
+def test_read_beat() -> None:
+    assert read_beat(b"A s5\nB e\nC e7\nD x1\nE s\nF\nG s-1") == [("A", SENT, 5), ("B", RELEASED, None), ("C", RELEASED, 7)]
+    assert read_beat(b"A s5\xff") == []  # not ASCII: dropped whole
 
 
 # --- Liveness bookkeeping ------------------------------------------------------------------------

@@ -137,6 +137,10 @@ def test_the_import_graph_is_layered_and_acyclic() -> None:
 
     for name in sorted(graph):
         visit(name, [])
+    # The graph holds the imports made only for the type checker (a cycle through one is still a
+    # cycle for a reader): streaming/inbox.py names `health.peers` under `if TYPE_CHECKING:` only.
+    assert "health.peers" in graph["streaming.inbox"]
+    assert "health.peers" not in imports("streaming.inbox", modules()["streaming.inbox"], type_checking=False)[0]
 
 
 def test_nothing_below_the_surface_imports_the_surface() -> None:
@@ -179,24 +183,81 @@ def test_the_top_level_is_the_public_surface() -> None:
             assert own, f"{name} only re-exports other modules"
 
 
+def _base_name(node: ast.expr) -> str | None:
+    """The class a base expression names: `Base`, `Base[T]`, `module.Base`."""
+    if isinstance(node, ast.Subscript):
+        node = node.value
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def _used_as_values(tree: ast.AST) -> set[str]:
+    """Names a module uses as values (called, assigned, chosen, returned, put in a container):
+    classes that exist on their own, not only as a base."""
+    used: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            name = _base_name(node.func)
+            if name is not None:
+                used.add(name)
+        values: list[ast.expr] = []
+        if isinstance(node, (ast.Assign, ast.Return)) and node.value is not None:
+            values.append(node.value)
+        elif isinstance(node, ast.IfExp):
+            values += [node.body, node.orelse]
+        elif isinstance(node, ast.Dict):
+            values += node.values
+        elif isinstance(node, (ast.Tuple, ast.List)):
+            values += node.elts
+        used.update(name for value in values if (name := _base_name(value)) is not None)
+    return used
+
+
 def test_no_class_derives_from_a_base_that_exists_only_for_it() -> None:
-    """Composition, not chains made to split files: a runtime class used as a base has more than
-    one subclass (a base with a single heir is the same concern in two places)."""
+    """Composition, not chains made to split files: a runtime class used as a base either has more
+    than one subclass or exists on its own too (instantiated, or chosen as a value: `ServerStream`
+    beside `DownloadStream`). A base with a single heir and no life of its own is the same concern
+    in two places. Bases are read however they are written (`Base`, `Base[T]`, `module.Base`)."""
     bases: dict[str, list[str]] = {}
     defined: set[str] = set()
+    used: set[str] = set()
     for path in sorted(RUNTIME.rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        used |= _used_as_values(tree)
+        for node in ast.walk(tree):
             if isinstance(node, ast.ClassDef):
                 defined.add(node.name)
                 for base in node.bases:
-                    if isinstance(base, ast.Name):
-                        bases.setdefault(base.id, []).append(node.name)
-    single = {base: heirs for base, heirs in bases.items() if base in defined and len(heirs) == 1}
-    assert set(single) <= set(ONE_HEIR), f"bases with one subclass: {single}"
+                    name = _base_name(base)
+                    if name is not None:
+                        bases.setdefault(name, []).append(node.name)
+    single = {base: heirs for base, heirs in bases.items() if base in defined and len(heirs) == 1 and base not in used}
+    assert set(single) <= set(ONE_HEIR), f"bases with one subclass and no use of their own: {single}"
+    assert _base_name(ast.parse("class A(b.Base[T]): pass").body[0].bases[0]) == "Base"  # type: ignore[attr-defined]
 
 
 # Bases with one subclass that stand on their own: a reason each.
 ONE_HEIR = {
     "RpcError": "raised on its own everywhere; `Overloaded` is the refusal with a retry hint",
-    "Credit": "core's sans-I/O window accounting, tested on plain values; `FlowWindow` adds the waiting",
 }
+
+
+def _stream_header(node: ast.expr) -> bool:
+    return isinstance(node, ast.Name) and node.id.startswith("STREAM_")
+
+
+def test_stream_headers_are_read_in_the_core_only() -> None:
+    """`Nats-Stream-*` values are read by the protocol core alone (its receiving rules, control
+    messages, negotiation, beats): outside `core`, no module looks one up in a message's headers
+    (`headers.get(STREAM_X)`, `headers[STREAM_X]`, `STREAM_X in headers`); writing them is fine."""
+    for name, path in modules().items():
+        if unit(name) == "core":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            read = (
+                (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get" and node.args and _stream_header(node.args[0]))
+                or (isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load) and _stream_header(node.slice))
+                or (isinstance(node, ast.Compare) and _stream_header(node.left) and any(isinstance(op, (ast.In, ast.NotIn)) for op in node.ops))
+            )
+            assert not read, f"{name}:{getattr(node, 'lineno', '?')} reads a Nats-Stream-* header outside core: {ast.unparse(node)}"

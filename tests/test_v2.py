@@ -126,7 +126,7 @@ async def test_slow_client_stream_handler_bounds_the_sender(nc: NATS, probe: tup
     stream = await StreamDemoServiceNatsClient(nc).sum(timeout=120)
     for i in range(20_000):
         await stream.send(SumRequest(value=1))
-    window = stream.call.writer.credit
+    window = stream.call.writer.rules
     assert window is not None and window.peak_messages <= window.messages
     result = await stream.close_and_recv()
     assert (result.count, result.total) == (20_000, 20_000)
@@ -147,7 +147,7 @@ async def test_slow_bidi_handler_bounds_the_sender(nc: NATS, probe: tuple[Probe,
             await chat.send(ChatMessage(text=str(i)))
         await chat.close_send()
         await asyncio.wait_for(reading, 60)
-        window = chat.call.writer.credit
+        window = chat.call.writer.rules
         assert window is not None and window.peak_messages <= window.messages
     assert received == list(range(5_000))
 
@@ -471,7 +471,7 @@ async def test_max_inflight_option_sets_the_window(nc: NATS, server_nc: NATS, ta
                 await stream.send(fx.EchoMessage(number=i))
             await stream.close_send()
             assert await reading == list(range(100))
-            window = stream.call.writer.credit
+            window = stream.call.writer.rules
             assert window is not None and window.messages == 32 and window.peak_messages <= 32
         request = next(h for s, h, _ in tap.seen if s == "shop.inventory.windowed")
         assert request["Nats-Stream-Window"] == "32"  # what the client grants the server

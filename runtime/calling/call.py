@@ -14,10 +14,9 @@ import nats.errors
 from nats.aio.msg import Msg
 
 from ..core.errors import ErrorCode, Overloaded, RpcError
-from ..core.frames import FrameKind, classify, is_control
-from ..core.credit import AckPolicy
+from ..core.frames import ends_stream, is_control
 from ..core.headers import STREAM_INBOX, error_from_headers, is_no_responders, quote, user_headers
-from ..core.negotiation import Window, client_heartbeat, confirmed, shared_peer
+from ..core.negotiation import Window, client_heartbeat, confirmed, named_inbox, shared_peer
 from ..core.states import CLIENT_MOVES, CallState, InvalidTransition
 from ..core.subjects import InboxPolicy
 from ..features.interceptors import CallInfo, Chain, Direction, Side, outcome_of
@@ -27,10 +26,11 @@ from ..net.mux import InboxMux, let_go
 from ..net.transport import Transport
 from ..schema.spec import Cardinality, MethodSpec, ServiceSpec
 from ..streaming.deadline import Deadline
-from ..streaming.flow import FlowWindow, SendCredit, Unlimited
+from ..streaming.flow import SendCredit, Unlimited
 from ..streaming.inbox import Inbox
 from ..streaming.reader import StreamReader
 from ..streaming.session import StreamSession
+from ..streaming.v2 import start_v2
 from ..streaming.writer import StreamWriter
 from .refusals import Reopening, RetryBudget, absorbs
 from .requests import as_rpc_errors, connection_error
@@ -332,7 +332,7 @@ class ClientCall:
         bidi: data keeps coming until the end marker or an error."""
         if not self.receives:
             return True
-        return classify(msg.headers).kind in (FrameKind.END, FrameKind.ERROR)
+        return ends_stream(msg.headers)
 
     # --- Sending ----------------------------------------------------------------------------------
 
@@ -425,7 +425,7 @@ class ClientCall:
 
     def server_inbox(self, headers: Mapping[str, str] | None) -> str:
         """The `Nats-Stream-Inbox` the server named, checked before anything is sent there."""
-        subject = (headers or {}).get(STREAM_INBOX, "")
+        subject = named_inbox(headers)
         if not subject:
             raise self.error(ErrorCode.UNAVAILABLE, f"the server's answer has no {STREAM_INBOX}")
         why = self.inboxes.check(subject)
@@ -447,24 +447,17 @@ class ClientCall:
         peer_subject = self._checked_peer(confirmation)
         self.watch_permissions(peer_inbox)
         writer, reader = self.writer, self.reader
-        window = FlowWindow(Window.granted(confirmation)) if writer is not None else None
-        heartbeat = client_heartbeat(confirmation, self.heartbeat)
-        session = self.session = StreamSession(self.nc, peer_inbox, inbox.subject, heartbeat, self, window)
-        if reader is not None:
-            session.receiving = inbox
-            reader.acks = AckPolicy(self.window, session.send_ack)
-            inbox.limit(self.window.messages + 2, self.window.max_bytes)  # + the end marker and a status
-        if writer is not None and window is not None:
-            session.sending = writer
-            if self.answer is not None:  # the server ended the self during the handshake
-                window.fail(Answered())
-            self.credit = writer.credit = window
-            writer.on_sent = session.on_sent
-        if peer_subject is not None and self.peers is not None:
-            session.share(self.peers, peer_subject)
-            inbox.peer = session.group
+        session = self.session = start_v2(
+            self.nc, self, inbox, peer_inbox, client_heartbeat(confirmation, self.heartbeat),
+            receive=None if reader is None else (reader, self.window),
+            send=None if writer is None else (writer, Window.granted(confirmation)),
+            share=None if peer_subject is None or self.peers is None else (self.peers, peer_subject),
+        )  # fmt: skip
+        if session.window is not None:
+            if self.answer is not None:  # the server ended the call during the handshake
+                session.window.fail(Answered())
+            self.credit = session.window
         session.start()
-
 
     def _checked_peer(self, confirmation: Mapping[str, str] | None) -> str | None:
         """The server's liveness subject, checked like its inboxes (INTERNAL when it fails)."""

@@ -1,44 +1,32 @@
-"""How a message received on a stream inbox is classified (`Frame`: data with its seq and batch
-size, end marker with its count, error, other) and what counts as a v2 control message. Pure."""
+"""What travels on a stream inbox besides the stream itself: v2 control messages, read
+(`read_control`: an ack, a heartbeat with the peer's sent count, a cancel) and written
+(`ack_headers`, `heartbeat_headers`, `cancel_headers`), and whether a message ends a call
+(`ends_stream`). A stream's data and end marker are its `Receiver`'s (`core/receiver.py`). Pure."""
 
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass
 from typing import Mapping
 
-from .errors import ErrorCode, RpcError
+from .errors import ErrorCode
 from .headers import (
     CONTROL,
     END_TRUE,
-    ERROR,
-    MAX_BATCH,
+    ERROR_CODE,
+    STREAM_ACK,
     STREAM_BATCH,
-    STREAM_COUNT,
+    STREAM_CANCEL,
     STREAM_END,
+    STREAM_HEARTBEAT,
+    STREAM_SENT,
     STREAM_SEQ,
+    clip,
     error_from_headers,
     parse_uint,
-    quote,
+    sanitize,
 )
+from .receiver import batch_size
 
-
-class FrameKind(enum.Enum):
-    """What a message received on a stream inbox means."""
-
-    DATA = "data"  # carries Nats-Stream-Seq: one message of the stream, or a batch of them
-    END = "end"  # Nats-Stream-End: true, possibly with an error
-    ERROR = "error"  # an error answer without end marker (a unary-style reply, or a 503 status)
-    OTHER = "other"  # anything else: not data (open/ack messages, unknown control)
-
-
-@dataclass(slots=True)
-class Frame:
-    kind: FrameKind
-    seq: int = 0
-    count: int | None = None  # Nats-Stream-Count on an end marker
-    batch: int = 1  # Nats-Stream-Batch on data: how many messages the body holds
-    error: RpcError | None = None
+MAX_CANCEL_REASON = 256  # characters of a peer's cancel reason that are kept
 
 
 def is_control(headers: Mapping[str, str] | None) -> bool:
@@ -48,32 +36,64 @@ def is_control(headers: Mapping[str, str] | None) -> bool:
     return any(name in headers for name in CONTROL)
 
 
-def classify(headers: Mapping[str, str] | None, method: str | None = None) -> Frame:
-    """Classify a message received on a stream inbox (`R` or `S`)."""
+class Control:
+    """A control message's content: `ack` (everything up to it consumed), `sent` (frames the peer
+    handed to NATS before this heartbeat), `cancel` (the reason, clipped) with its `code`."""
+
+    __slots__ = ("ack", "sent", "cancel", "code")
+
+    def __init__(self, ack: int | None, sent: int | None, cancel: str | None, code: str) -> None:
+        self.ack = ack
+        self.sent = sent
+        self.cancel = cancel
+        self.code = code
+
+
+def read_control(headers: Mapping[str, str] | None) -> Control | None:
+    """A v2 control message read (malformed numbers as absent), or None when it is not one."""
+    if not is_control(headers):
+        return None
+    assert headers is not None
+    reason = headers.get(STREAM_CANCEL)
+    code = ErrorCode.DATA_LOSS if headers.get(ERROR_CODE) == ErrorCode.DATA_LOSS else ErrorCode.CANCELLED
+    return Control(
+        parse_uint(headers.get(STREAM_ACK)),
+        parse_uint(headers.get(STREAM_SENT)),
+        None if reason is None else clip(reason, MAX_CANCEL_REASON),
+        code,
+    )
+
+
+def ends_stream(headers: Mapping[str, str] | None) -> bool:
+    """The message ends a stream: an end marker, or an error answer (a frame whose seq or batch is
+    malformed counts as one: the receiving rules fail on it)."""
     if not headers:
-        return Frame(FrameKind.OTHER)
+        return False
     if headers.get(STREAM_END) == END_TRUE:
-        count = parse_uint(headers.get(STREAM_COUNT))  # malformed: ignored, as if absent
-        return Frame(FrameKind.END, count=count, error=error_from_headers(headers, method))
-    seq_text = headers.get(STREAM_SEQ)
-    if seq_text is not None:
-        seq = parse_uint(seq_text)
-        if seq is None:
-            return Frame(
-                FrameKind.ERROR,
-                error=RpcError(ErrorCode.DATA_LOSS, f"malformed {STREAM_SEQ} {quote(seq_text)}", method=method),
-            )
-        batch_text = headers.get(STREAM_BATCH)
-        if batch_text is None:
-            return Frame(FrameKind.DATA, seq=seq)
-        batch = parse_uint(batch_text)
-        if not batch or batch > MAX_BATCH:
-            return Frame(
-                FrameKind.ERROR,
-                error=RpcError(ErrorCode.DATA_LOSS, f"malformed {STREAM_BATCH} {quote(batch_text)}", method=method),
-            )
-        return Frame(FrameKind.DATA, seq=seq, batch=batch)
-    error = error_from_headers(headers, method)
-    if error is not None:
-        return Frame(FrameKind.ERROR, error=error)
-    return Frame(FrameKind.OTHER)
+        return True
+    seq = headers.get(STREAM_SEQ)
+    if seq is not None:
+        batch = headers.get(STREAM_BATCH)
+        return parse_uint(seq) is None or (batch is not None and batch_size(batch) is None)
+    return error_from_headers(headers) is not None
+
+
+def ack_headers(seq: int) -> dict[str, str]:
+    """An ack: everything up to `seq` was consumed (cumulative)."""
+    return {STREAM_ACK: str(seq)}
+
+
+def heartbeat_headers(interval_ms: int, sent: int | None) -> dict[str, str]:
+    """A per-stream heartbeat; `sent`: the frames of ours handed to NATS before it (we send a stream)."""
+    headers = {STREAM_HEARTBEAT: str(interval_ms)}
+    if sent is not None:
+        headers[STREAM_SENT] = str(sent)
+    return headers
+
+
+def cancel_headers(reason: str, data_loss: bool = False) -> dict[str, str]:
+    """A client's cancel; `data_loss`: because messages of the call were lost."""
+    headers = {STREAM_CANCEL: sanitize(clip(reason, MAX_CANCEL_REASON))}
+    if data_loss:
+        headers[ERROR_CODE] = ErrorCode.DATA_LOSS
+    return headers

@@ -3,7 +3,9 @@ own loop's stall is discounted, and the body of a shared heartbeat (its count an
 
 from __future__ import annotations
 
-from .headers import parse_uint
+from typing import Callable, Generic, Mapping, TypeVar
+
+from .headers import STREAM_HEARTBEAT, STREAM_PEER, parse_uint
 
 DEFAULT_HEARTBEAT = 1.0  # seconds: a killed peer is noticed within about this long (no-responders)
 MISSED_BEATS = 3  # silence for this many intervals means the peer is gone (a paused process)
@@ -98,3 +100,85 @@ def beat_entry(field: str) -> tuple[str, int | None] | None:
     if kind == RELEASED and (number is not None or not value):
         return RELEASED, number
     return None
+
+
+def beat_headers(interval_ms: int, peer: str) -> dict[str, str]:
+    """A shared beat's headers: its interval and who sends it (the sender's liveness subject)."""
+    return {STREAM_HEARTBEAT: str(interval_ms), STREAM_PEER: peer}
+
+
+def beat_sender(headers: Mapping[str, str] | None) -> tuple[str, int] | None:
+    """Who sent a shared beat, and at which interval (0 when malformed): its group's key; None
+    without headers."""
+    if not headers:
+        return None
+    return headers.get(STREAM_PEER, ""), parse_uint(headers.get(STREAM_HEARTBEAT)) or 0
+
+
+# In a `BeatLedger`'s counting: the stream sent since the last beat (no count yet: it is still sending).
+SENDING = REPEAT + 1
+K = TypeVar("K")  # a stream, as its owner knows it (hashable)
+
+
+class BeatLedger(Generic[K]):
+    """What our next beats to one peer connection say, as plain values: a count line for each
+    stream that went quiet lately (in the `REPEAT` beats after it last sent: a stream still sending
+    needs none, its next message shows a gap), a release line for each stream we let go of (in the
+    next `REPEAT` beats). Streams are the caller's keys; `counting[key] = SENDING` marks one that
+    sent (a dict store, per frame, no call)."""
+
+    __slots__ = ("counting", "released")
+
+    def __init__(self) -> None:
+        self.counting: dict[K, int] = {}  # beats left that count the stream (`SENDING`: it sent since the last)
+        self.released: list[tuple[str, int | None, int]] = []  # (the peer's name of the stream, final count, beats left)
+
+    @property
+    def empty(self) -> bool:
+        """Nothing left to say for streams that are gone (releases still to repeat)."""
+        return not self.released
+
+    def release(self, key: K, name: str, final: int | None) -> None:
+        """We let go of the stream `key` (the peer names it `name`) after handing `final` frames to
+        NATS: said in the next beats, so a peer whose last message from us was lost stops waiting."""
+        self.counting.pop(key, None)
+        self.released.append((name, final, REPEAT))
+
+    def lines(self, count: Callable[[K], tuple[str, int | None]]) -> list[str]:
+        """The body lines of the next beat; `count(key)`: the stream's name for the peer and the frames
+        we handed to NATS on it (None: we send none). What was said is counted down."""
+        lines = []
+        counting = self.counting
+        for key, left in list(counting.items()):
+            if left == SENDING:  # still sending: counted once it goes quiet (10,000 busy streams: no lines)
+                counting[key] = REPEAT
+                continue
+            name, sent = count(key)
+            if sent is None:
+                del counting[key]
+                continue
+            if not sent:
+                continue  # nothing handed over yet (the first message may still be resent)
+            lines.append(sent_line(name, sent))
+            if left > 1:
+                counting[key] = left - 1
+            else:
+                del counting[key]
+        kept = []
+        for name, final, left in self.released:
+            lines.append(released_line(name, final))
+            if left > 1:
+                kept.append((name, final, left - 1))
+        self.released = kept
+        return lines
+
+
+def read_beat(data: bytes) -> list[tuple[str, str, int | None]]:
+    """A peer's beat read: (the stream's inbox, `SENT` or `RELEASED`, the number) per valid line;
+    malformed lines are left out."""
+    read = []
+    for inbox, field in beat_lines(data):
+        entry = beat_entry(field)
+        if entry is not None:
+            read.append((inbox, entry[0], entry[1]))
+    return read

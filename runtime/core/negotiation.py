@@ -148,6 +148,11 @@ def confirmation(inbox: str, heartbeat: float, window: Window | None, peer: str 
     return confirmed
 
 
+def named_inbox(headers: Mapping[str, str] | None) -> str:
+    """The inbox a peer named for what we send it (`Nats-Stream-Inbox`, unchecked; "" when none)."""
+    return (headers or {}).get(STREAM_INBOX, "")
+
+
 def shared_peer(headers: Mapping[str, str] | None) -> str | None:
     """The peer's liveness subject in its offer or confirmation (unchecked), if it named one."""
     return (headers or {}).get(STREAM_PEER) or None

@@ -24,26 +24,22 @@ from typing import ClassVar, Protocol
 
 from nats.aio.msg import Msg
 
-from ..core.headers import STREAM_HEARTBEAT, STREAM_PEER, is_no_responders, parse_uint
+from ..core.headers import is_no_responders
 from ..core.heartbeats import (
     BEAT_BODY_LIMIT,
     RELEASED,
-    REPEAT,
+    BeatLedger,
     beat_bodies,
-    beat_entry,
-    beat_lines,
+    beat_headers,
+    beat_sender,
     overdue,
     past_stall,
-    released_line,
-    sent_line,
+    read_beat,
     silence,
     silent,
 )
 from ..net.mux import InboxMux
 from ..net.transport import Transport, publish_now
-
-# In `PeerGroup.counting`: the stream sent since the last beat (no count yet: it is still sending).
-SENDING = REPEAT + 1
 
 
 class Member(Protocol):
@@ -63,12 +59,15 @@ class Member(Protocol):
     def peer_unreachable(self, why: str, tell: bool) -> None: ...
 
 
+def _count(member: Member) -> tuple[str, int | None]:
+    """A stream as a beat counts it: the peer's name for it, and the frames we handed to NATS."""
+    return member.peer_inbox, member.sent_count()
+
+
 class PeerGroup:
     """Our streams with one peer connection at one heartbeat interval: they live and die together."""
 
-    __slots__ = ("manager", "subject", "ms", "interval", "reply", "heard", "beaten", "streams", "counting", "released", "dead")
-
-    count_beats = SENDING  # what a stream that just sent is marked with in `counting`
+    __slots__ = ("manager", "subject", "ms", "interval", "reply", "heard", "beaten", "streams", "ledger", "dead")
 
     def __init__(self, manager: PeerLiveness, subject: str, ms: int) -> None:
         self.manager = manager
@@ -79,44 +78,15 @@ class PeerGroup:
         self.reply = manager.mux.reserve()
         self.heard = self.beaten = manager.loop.time()
         self.streams: dict[str, Member] = {}  # by our inbox for the stream (how the peer names it)
-        # Streams that sent lately: beats left that count them (`SENDING`: it sent since the last beat).
-        self.counting: dict[Member, int] = {}
-        self.released: list[tuple[str, int | None, int]] = []  # (the peer's inbox, final count, beats left)
+        self.ledger: BeatLedger[Member] = BeatLedger()  # what our next beats say (core/heartbeats.py)
         self.dead = False
-
-    def entries(self) -> list[str]:
-        """The body lines of the next beat: counts of the streams that went quiet lately, releases."""
-        lines = []
-        counting = self.counting
-        for member, left in list(counting.items()):
-            if left == SENDING:  # still sending: counted once it goes quiet (10,000 busy streams: no lines)
-                counting[member] = REPEAT
-                continue
-            sent = member.sent_count()
-            if sent is None:
-                del counting[member]
-                continue
-            if not sent:
-                continue  # nothing handed over yet (the first message may still be resent)
-            lines.append(sent_line(member.peer_inbox, sent))
-            if left > 1:
-                counting[member] = left - 1
-            else:
-                del counting[member]
-        kept = []
-        for inbox, final, left in self.released:
-            lines.append(released_line(inbox, final))
-            if left > 1:
-                kept.append((inbox, final, left - 1))
-        self.released = kept
-        return lines
 
     def beat(self, outgoing: list[tuple[str, bytes, dict[str, str], str]]) -> None:
         """One beat to the peer (more when the entries exceed a body), queued at once where the
         transport can, else added to `outgoing`; what was said is forgotten (`entries`)."""
         manager = self.manager
-        headers = {STREAM_HEARTBEAT: str(self.ms), STREAM_PEER: manager.subject}
-        for data in beat_bodies(self.entries(), manager.body_limit):
+        headers = beat_headers(self.ms, manager.subject)
+        for data in beat_bodies(self.ledger.lines(_count), manager.body_limit):
             if not publish_now(manager.nc, self.subject, data, headers, self.reply):
                 outgoing.append((self.subject, data, headers, self.reply))
 
@@ -124,14 +94,10 @@ class PeerGroup:
         """The peer's beat: a count beyond what arrived is loss; a release ends what still waits for
         the peer. Unknown streams and malformed entries are ignored."""
         streams = self.streams
-        for inbox, field in beat_lines(data):
+        for inbox, kind, number in read_beat(data):
             member = streams.get(inbox)
             if member is None:
                 continue
-            entry = beat_entry(field)
-            if entry is None:
-                continue
-            kind, number = entry
             if kind == RELEASED:
                 member.peer_released(number)
             elif number is not None:
@@ -213,13 +179,15 @@ class PeerLiveness:
         whose last message from us was lost does not wait for the stream forever."""
         if group.streams.get(member.own_inbox) is member:
             del group.streams[member.own_inbox]
-        group.counting.pop(member, None)
         if group.dead:
+            group.ledger.counting.pop(member, None)
             return
         if released:
-            group.released.append((member.peer_inbox, member.sent_count(), REPEAT))
-        elif not group.streams and not group.released:
-            self._drop(group)
+            group.ledger.release(member, member.peer_inbox, member.sent_count())
+        else:
+            group.ledger.counting.pop(member, None)
+            if not group.streams and group.ledger.empty:
+                self._drop(group)
 
     # --- The timer --------------------------------------------------------------------------------
 
@@ -256,7 +224,7 @@ class PeerLiveness:
             if now - group.beaten >= group.interval / 2 and (self._sending is None or self._sending.done()):
                 group.beaten = now
                 group.beat(outgoing)
-                if not group.streams and not group.released:
+                if not group.streams and group.ledger.empty:
                     self._drop(group)  # nothing left to say, nobody left to say it for
         if outgoing:
             self._sending = self.loop.create_task(self._publish(outgoing), name="betterproto-nats heartbeat")
@@ -301,13 +269,12 @@ class PeerLiveness:
         if self.nc.reconnects != self.reconnects:
             self.interrupted()
             return
-        headers = msg.headers
-        if not headers:
+        sender = beat_sender(msg.headers)
+        if sender is None:
             return
-        peer = headers.get(STREAM_PEER, "")
-        if peer == self.subject:  # our own beat (a peer that named our subject as its own): no word from anyone
+        if sender[0] == self.subject:  # our own beat (a peer that named our subject as its own): no word from anyone
             return
-        group = self.groups.get((peer, parse_uint(headers.get(STREAM_HEARTBEAT)) or 0))
+        group = self.groups.get(sender)
         if group is not None:
             group.heard = self.loop.time()
             group.read(msg.data)

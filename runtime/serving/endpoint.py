@@ -14,9 +14,10 @@ from nats.aio.msg import Msg
 from nats.micro.service import DEFAULT_QUEUE_GROUP
 
 from ..core.errors import ErrorCode, Overloaded, RpcError
-from ..core.headers import END_TRUE, REPLY_TO, RETRY, STREAM_COUNT, STREAM_END, caller_headers, error_headers
+from ..core.headers import REPLY_TO, RETRY, caller_headers, error_headers
 from ..core.logs import RateLimitedLog
 from ..core.recent import RecentReplies
+from ..core.sender import refused_end
 from ..core.subjects import is_literal
 from ..features.interceptors import CallInfo, Side
 from ..features.persistence import Persistence
@@ -27,7 +28,7 @@ from .discovery import EndpointRecord
 from .options import ServeOptions
 from .policy import ServingPolicy
 from .responder import Responder
-from .shapes import RESPONDERS
+from .shapes import SHAPES
 from .unary import ServedMethod, UnaryCall
 from .unary_batch import PROBE_EVERY, UnaryBatch
 
@@ -71,7 +72,7 @@ class Endpoint:
         self.task_name = f"betterproto-nats {self.full_name}"
         self._sub: Subscription | None = None
         self.unary = method.cardinality is Cardinality.UNARY
-        self.responder = None if self.unary else RESPONDERS[method.cardinality]
+        self.shape = None if self.unary else SHAPES[method.cardinality]
         self.served = ServedMethod(
             server.transport, method, self.full_name, getattr(server.impl, method.py_name), spec.codec, server.policy, self.task_name,
             self.record, self._unary_done, spec.codec.decoder(method.request, self.full_name), self._shed,
@@ -128,7 +129,7 @@ class Endpoint:
             self._overloaded(msg, refusal)
             return
         server.taken.add(msg.reply)
-        if self.responder is None:  # it counts itself in STATS and calls `_unary_done` at its end
+        if self.shape is None:  # it counts itself in STATS and calls `_unary_done` at its end
             call = UnaryCall(self.served, msg)
             server.unary_calls.add(call)
             self.active += 1
@@ -145,7 +146,7 @@ class Endpoint:
             else:
                 batch.calls.append(call)
             return
-        responder = self.responder(server.transport, server.impl, self.method, self.full_name, server.spec.codec, msg, server.policy)
+        responder = Responder(server.transport, server.impl, self.method, self.full_name, server.spec.codec, msg, server.policy, self.shape)
         task = asyncio.create_task(self._serve(responder), name=self.task_name)
         self.calls[task] = responder
         self.active += 1
@@ -221,7 +222,7 @@ class Endpoint:
         headers = error_headers(error.code, error.message, error.retry_after)
         reply_to = (msg.headers or {}).get(REPLY_TO, "")
         if self.method.cardinality is Cardinality.SERVER_STREAM and reply_to and self.server.policy.reply_to_problem(msg) is None:
-            return reply_to, b"", {STREAM_END: END_TRUE, STREAM_COUNT: "0", **headers}
+            return reply_to, b"", refused_end(headers)
         if msg.reply and is_literal(msg.reply):
             return msg.reply, b"", headers
         return None

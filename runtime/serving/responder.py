@@ -5,14 +5,14 @@ it runs (the client's terms negotiated, the call opened, the handler served unde
 with `current_call()` set and the interceptors around it, the outcome put on the wire); and what the
 stream shapes share (the client's `Reply-To` checked, our inboxes, bounded and idle-checked, the v2
 session and its confirmation, the watchers that see what arrives on our inboxes first, our writer to
-the client's `R`). The shapes (`serving.shapes`) say how they open, serve and finish.
+the client's `R`). Its `Shape` (`serving.shapes`) says how it opens, serves and finishes.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Protocol
 
 from nats.aio.msg import Msg
 
@@ -30,10 +30,10 @@ from ..net.transport import Transport
 from ..schema.spec import Cardinality, MethodSpec
 from ..streaming.deadline import Deadline
 from ..streaming.first_hop import FirstHop
-from ..streaming.flow import FlowWindow
 from ..streaming.inbox import Inbox
 from ..streaming.reader import StreamReader
 from ..streaming.session import StreamSession
+from ..streaming.v2 import start_v2
 from ..streaming.writer import StreamWriter
 from .answer import answer, send_error
 from .context import CallContext, set_current_call
@@ -52,6 +52,19 @@ class NoAnswer(Exception):
     """The request cannot be answered at all (no reply subject): drop it."""
 
 
+class Shape(Protocol):
+    """What a stream shape does in a call's three steps (`serving.shapes`)."""
+
+    async def open(self, call: Responder) -> None:
+        """Read the request or do the handshake; raise RpcError to answer with an error."""
+
+    async def serve(self, call: Responder) -> None:
+        """Run the handler."""
+
+    async def finish(self, call: Responder, error: RpcError | None) -> None:
+        """Put the outcome on the wire."""
+
+
 class Responder:
     """A served stream call (see the module). Slots, not a `__dict__`: thousands of streams each
     hold one for as long as they last."""
@@ -59,12 +72,22 @@ class Responder:
     __slots__ = (
         "nc", "impl", "method", "name", "codec", "msg", "policy", "state", "v2", "heartbeat", "deadline", "session",
         "peer_subject", "peers", "task", "interruption", "stopping", "inboxes", "info", "exception", "watched",
-        "context", "writer", "answered", "reply", "request", "response", "blob",
+        "context", "writer", "answered", "reply", "request", "response", "blob", "shape", "inbox", "reader", "reply_to",
+        "old_style",
     )
 
     def __init__(
-        self, nc: Transport, impl: Any, method: MethodSpec[Any, Any], name: str, codec: Codec, msg: Msg, policy: ServingPolicy
+        self,
+        nc: Transport,
+        impl: Any,
+        method: MethodSpec[Any, Any],
+        name: str,
+        codec: Codec,
+        msg: Msg,
+        policy: ServingPolicy,
+        shape: Shape,
     ) -> None:
+        self.shape = shape
         self.nc = nc
         self.impl = impl
         self.method = method
@@ -93,6 +116,10 @@ class Responder:
         self.request: Any = None  # the decoded request (unary and server streams)
         self.response: Any = None  # the handler's single response (unary and client streams)
         self.blob: BlobCopy | None = None  # a chunked download's blob on its way to the object store
+        self.inbox: Inbox | None = None  # our `S`, where the client's stream arrives (client streams, bidi)
+        self.reader: StreamReader[Any] | None = None  # the client's stream
+        self.reply_to = ""  # the client's `R`, checked (handshaking shapes)
+        self.old_style = False  # a server stream without `Reply-To` (we name `R` in an ack)
         self.context = CallContext(
             method=name,
             subject=msg.subject,
@@ -164,7 +191,10 @@ class Responder:
         self.interrupt(error, tell_client=False)
 
     async def release(self) -> None:
-        """The one place a call lets go of what it holds: session, permission watches, inboxes."""
+        """The one place a call lets go of what it holds: session, permission watches, inboxes (and
+        a download's blob copy that never finished: no object is left behind)."""
+        if self.blob is not None:
+            self.blob.finish(False)
         if self.session is not None:  # released: the client was sent how the call ended
             self.session.close(released=self.interruption is None or self.interruption.tell_client)
         for subject in self.watched:
@@ -274,23 +304,23 @@ class Responder:
         return chain.message(self.info, direction, message)
 
     def traffic(self, sent: bool) -> tuple[int, int]:
-        """(messages, bytes) this call sent or received (the shapes keep them in different places)."""
+        """(messages, bytes) this call sent or received."""
         if sent:
             writer = self.writer
             return (writer.sent, writer.bytes_sent) if writer is not None else self.answered
-        reader: StreamReader[Any] | None = getattr(self, "reader", None)
+        reader = self.reader
         if reader is not None:
             return (reader.received, reader.bytes_received)
         return (1, len(self.msg.data))
 
     async def open(self) -> None:
-        """Read the request or do the handshake; raise RpcError to answer with an error."""
+        await self.shape.open(self)
 
     async def serve(self) -> None:
-        """Run the handler."""
+        await self.shape.serve(self)
 
     async def finish(self, error: RpcError | None) -> None:
-        """Put the outcome on the wire."""
+        await self.shape.finish(self, error)
 
     async def respond_error(self, subject: str, error: RpcError) -> None:
         await send_error(self.nc, subject, error)
@@ -325,17 +355,20 @@ class Responder:
         self.watch_permissions(inbox.subject)
         return await inbox.open()
 
-    async def start_session(self, peer_inbox: str, inbox: Inbox, sends: bool) -> StreamSession:
-        """v2 control for this call: the client's acks, heartbeats and cancel arrive on `inbox`;
-        when we `sends` a stream, the client's acks open the window it granted. Heartbeats are shared
-        with the client's connection when it named its liveness subject."""
-        window = FlowWindow(Window.granted(self.msg.headers)) if sends else None
-        session = self.session = StreamSession(self.nc, peer_inbox, inbox.subject, self.heartbeat, self, window)
-        inbox.watcher = self.watch
+    async def start_session(
+        self, peer_inbox: str, inbox: Inbox, receive: tuple[StreamReader[Any], Window] | None = None, send: StreamWriter | None = None
+    ) -> StreamSession:
+        """v2 for this call (`streaming.v2.start_v2`, as the client's): the client's acks, heartbeats
+        and cancel arrive on `inbox`; `receive`: the client's stream arrives there too, within our
+        window; `send`: our stream to it, within the window it granted. Heartbeats are shared with the
+        client's connection when it named its liveness subject."""
+        share = None
         if self.peer_subject is not None:
             self.peers = await PeerLiveness.acquire(self.nc)
-            session.share(self.peers, self.peer_subject)
-            inbox.peer = session.group  # the client's heartbeats keep an idle stream alive
+            share = (self.peers, self.peer_subject)
+        granted = None if send is None else (send, Window.granted(self.msg.headers))
+        session = self.session = start_v2(self.nc, self, inbox, peer_inbox, self.heartbeat, receive, granted, share)
+        inbox.watcher = self.watch
         return session
 
     def confirmation(self, inbox: Inbox, window: Window | None) -> dict[str, str]:
@@ -367,18 +400,12 @@ class Responder:
         return False
 
     def new_writer(self, subject: str, own_inbox: str | None) -> StreamWriter:
-        """Our stream to the client's `R`: within the client's window in v2; the handler's response
-        headers go with its first message; when `R` is not the request's own reply subject (which
-        NATS routes back in any topology) and we have an inbox for the answer, its first message
-        makes sure `R` is known (`FirstHop`)."""
-        session = self.session
-        if session is not None and session.window is not None:
-            writer = StreamWriter(self.nc, subject, self.codec, self.name, session.window, session.on_sent)
-        else:
-            writer = StreamWriter(self.nc, subject, self.codec, self.name)
+        """Our stream to the client's `R` (in v2, `start_session` holds it to the client's window); the
+        handler's response headers go with its first message; when `R` is not the request's own
+        reply subject (which NATS routes back in any topology) and we have an inbox for the answer,
+        its first message makes sure `R` is known (`FirstHop`)."""
+        writer = StreamWriter(self.nc, subject, self.codec, self.name)
         writer.first_headers = self.context.response_headers
-        if session is not None:
-            session.sending = writer
         if own_inbox is not None and subject != self.msg.reply:
             writer.first_hop = FirstHop(self.nc, own_inbox, self.name)
         return writer

@@ -1,6 +1,6 @@
 """A writer's flow control: the `SendCredit` it asks before sending (`FlowWindow` in v2, `Unlimited`
-for v1 peers), so writers never ask which version they speak. The accounting itself is
-`core.credit.Credit`; this adds the waiting.
+for v1 peers), so writers never ask which version they speak. The accounting itself is the writer's
+rules' (`core.sender.Sender`); this adds the waiting.
 """
 
 from __future__ import annotations
@@ -8,15 +8,11 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-from ..core.credit import Credit
-from ..core.negotiation import Window
+from ..core.sender import Sender
 
 
 class SendCredit(Protocol):
-    """What a writer asks before sending and tells after; `batch`: how many messages the receiver
-    takes in one batched frame (1: one NATS message each)."""
-
-    batch: int
+    """What a writer asks before sending."""
 
     async def acquire(self, size: int) -> None: ...
 
@@ -24,15 +20,13 @@ class SendCredit(Protocol):
         """`acquire(size)` would return at once (no wait, no error): callers may skip it."""
         ...
 
-    def sent(self, seq: int, size: int) -> None: ...
-
     def fail(self, error: BaseException) -> None: ...
 
 
 class Unlimited:
     """No flow control (a v1 peer): sending never waits, unless the call ended."""
 
-    batch = 1
+    __slots__ = ("_failure",)
 
     def __init__(self) -> None:
         self._failure: BaseException | None = None
@@ -44,30 +38,27 @@ class Unlimited:
     def ready(self, size: int) -> bool:
         return self._failure is None
 
-    def sent(self, seq: int, size: int) -> None:
-        pass
-
     def fail(self, error: BaseException) -> None:
         if self._failure is None:
             self._failure = error
 
 
-class FlowWindow(Credit):
-    """The sender's credit (`Credit`), waited for: `acquire` blocks when out of credit until an ack
-    returns some, or the call ends (`fail`); nothing buffers without bound."""
+class FlowWindow:
+    """The window of a writer's rules (`Sender.fits`), waited for: `acquire` blocks when out of credit
+    until an ack returns some, or the call ends (`fail`); nothing buffers without bound."""
 
-    __slots__ = ("_waiter", "_failure")
+    __slots__ = ("rules", "_waiter", "_failure")
 
-    def __init__(self, window: Window) -> None:
-        super().__init__(window)
+    def __init__(self, rules: Sender) -> None:
+        self.rules = rules
         self._waiter: asyncio.Future[None] | None = None
         self._failure: BaseException | None = None
 
     def ready(self, size: int) -> bool:
-        return self._failure is None and self.fits(size)
+        return self._failure is None and self.rules.fits(size)
 
     async def acquire(self, size: int) -> None:
-        while not self.fits(size):
+        while not self.rules.fits(size):
             if self._failure is not None:
                 raise self._failure
             self._waiter = asyncio.get_running_loop().create_future()
@@ -78,12 +69,10 @@ class FlowWindow(Credit):
         if self._failure is not None:
             raise self._failure
 
-    def on_ack(self, seq: int) -> bool:
+    def on_ack(self, seq: int) -> None:
         """Everything up to `seq` was consumed by the receiver: a blocked sender may go on."""
-        if Credit.on_ack(self, seq):
+        if self.rules.on_ack(seq):
             self._wake()
-            return True
-        return False
 
     def fail(self, error: BaseException) -> None:
         """Wake a blocked sender with `error` (the call ended or the peer is gone)."""

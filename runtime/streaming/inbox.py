@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Callable
 
 from nats.aio.msg import Msg
 
-from ..core.credit import EMPTY_QUEUE
+from ..core.sender import EMPTY_QUEUE
 from ..core.errors import ErrorCode, RpcError
-from ..core.headers import STREAM_BATCH, STREAM_END, STREAM_SEQ, parse_uint
+from ..core.receiver import stream_positions
 from ..net.mux import InboxMux
 from ..net.transport import Transport
 from .deadline import Deadline
@@ -39,15 +39,6 @@ FIRST_HEADERS_ROOM = 64 * 1024  # a handler's response headers ride on the first
 def _held(msg: Msg) -> int:
     """Bytes a queued message holds: its body and header values (a peer controls both)."""
     return len(msg.data) + (sum(map(len, msg.headers.values())) if msg.headers else 0)
-
-
-def _counted(msg: Msg) -> int:
-    """Stream messages a queued NATS message holds against the window: a batch's count (as its
-    peer claims it; the reader checks the claim), else one."""
-    headers = msg.headers
-    if headers is None or STREAM_BATCH not in headers:
-        return 1
-    return parse_uint(headers[STREAM_BATCH]) or 1
 
 
 class Inbox:
@@ -132,10 +123,8 @@ class Inbox:
         watcher = self.watcher
         if watcher is not None and watcher(msg):
             return
-        counted = _counted(msg)
-        headers = msg.headers
-        if headers is not None and (STREAM_SEQ in headers or STREAM_END in headers):
-            self.arrived += counted
+        positions = stream_positions(msg.headers)  # a batch as its peer claims it (the rules check it)
+        self.arrived += positions
         if self._dropping:
             return
         self.last_data = now
@@ -143,7 +132,7 @@ class Inbox:
         if queue is EMPTY_QUEUE:
             queue = self._queue = deque()
         queue.append(msg)
-        self._queued_messages += counted
+        self._queued_messages += positions or 1
         self._queued_bytes += _held(msg)
         if self._queued_messages > self.max_messages or (len(queue) > 1 and self._queued_bytes > self.max_bytes):
             self._overrun()
@@ -220,7 +209,7 @@ class Inbox:
                 self._waiter = None
         msg = self._queue.popleft()
         if self._queue:
-            self._queued_messages -= _counted(msg)
+            self._queued_messages -= stream_positions(msg.headers) or 1
             self._queued_bytes -= _held(msg)
         else:
             self._queued_messages = self._queued_bytes = 0

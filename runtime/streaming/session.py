@@ -6,19 +6,11 @@ from typing import TYPE_CHECKING, Protocol
 
 from nats.aio.msg import Msg
 
-from ..core.errors import ErrorCode
-from ..core.frames import is_control
+from ..core.frames import ack_headers, cancel_headers, heartbeat_headers, read_control
 from ..core.headers import (
-    ERROR_CODE,
-    STREAM_ACK,
-    STREAM_CANCEL,
-    STREAM_HEARTBEAT,
-    STREAM_SENT,
-    clip,
     is_no_responders,
-    parse_uint,
-    sanitize,
 )
+from ..core.heartbeats import SENDING
 from ..core.loss import lost_in_transit, missing_at_release
 from ..health.liveness import Liveness
 from ..net.mux import InboxMux
@@ -127,7 +119,7 @@ class StreamSession:
         """Our writer sent a frame: per-stream, a heartbeat can wait; shared, count it in the next ones."""
         group = self.group
         if group is not None:
-            group.counting[self] = group.count_beats
+            group.ledger.counting[self] = SENDING
         elif self.liveness is not None:
             self.liveness.sent()
 
@@ -144,19 +136,15 @@ class StreamSession:
             group.heard = group.manager.loop.time()
         elif self.liveness is not None:
             self.liveness.heard()
-        if not is_control(headers):
+        control = read_control(headers)
+        if control is None:
             return False
-        assert headers is not None
-        ack = parse_uint(headers.get(STREAM_ACK))
-        if ack is not None and self.window is not None:
-            self.window.on_ack(ack)
-        sent = parse_uint(headers.get(STREAM_SENT))
-        if sent is not None:
-            self.peer_sent(sent)
-        reason = headers.get(STREAM_CANCEL)
-        if reason is not None and not self.closed:
-            code = ErrorCode.DATA_LOSS if headers.get(ERROR_CODE) == ErrorCode.DATA_LOSS else ErrorCode.CANCELLED
-            self.call.peer_cancelled(clip(reason, 256), code)
+        if control.ack is not None and self.window is not None:
+            self.window.on_ack(control.ack)
+        if control.sent is not None:
+            self.peer_sent(control.sent)
+        if control.cancel is not None and not self.closed:
+            self.call.peer_cancelled(control.cancel, control.code)
         return True
 
     def peer_sent(self, sent: int) -> None:
@@ -186,24 +174,17 @@ class StreamSession:
 
     async def send_ack(self, seq: int) -> None:
         try:
-            await self._send({STREAM_ACK: str(seq)})
+            await self._send(ack_headers(seq))
         except Exception:
             pass  # the connection is gone: liveness ends the stream (silence or a reconnect)
 
     async def send_heartbeat(self) -> None:
-        headers = {STREAM_HEARTBEAT: str(int(self.heartbeat * 1000))}
-        sent = self.sent_count()
-        if sent is not None:
-            headers[STREAM_SENT] = str(sent)
-        await self._send(headers)
+        await self._send(heartbeat_headers(int(self.heartbeat * 1000), self.sent_count()))
 
     async def send_cancel(self, reason: str, data_loss: bool = False) -> None:
         """Tell the server to stop; `data_loss`: because messages of the call were lost."""
-        headers = {STREAM_CANCEL: sanitize(clip(reason, 256))}
-        if data_loss:
-            headers[ERROR_CODE] = ErrorCode.DATA_LOSS
         try:
-            await self._send(headers)
+            await self._send(cancel_headers(reason, data_loss))
         except Exception:
             pass  # the connection is gone: the peer will notice the silence instead
 

@@ -1,46 +1,36 @@
-"""`StreamWriter`: the sending side of one direction of a stream, on either side: its state and
-the frames it hands to NATS (one at a time, in order, response headers on the first, counting the
-position heartbeats report: `handed_over`); numbering from 1, size checks, credit, the first hop,
-the end marker with the count; small messages of one loop turn leave as one batched frame
-(`Nats-Stream-Batch`) when the receiver takes them, with `queue_nowait`, no coroutine per message:
-queued at once where the transport can, else by a task, in order; never later than they would have
-been written to the socket one by one."""
+"""`StreamWriter`: the driver of one direction's sending rules (`core.sender.Sender`: numbering,
+the window, the frames' and the end marker's headers), on either side: the frames it hands to NATS
+(one at a time, in order, response headers on the first, counting the position heartbeats report:
+`handed_over`), size checks, waiting for credit, the first hop; small messages of one loop turn
+leave as one batched frame when the receiver takes them, with `queue_nowait`, no coroutine per
+message: queued at once where the transport can, else by a task, in order; never later than they
+would have been written to the socket one by one."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 import betterproto2
 
 from ..core.errors import ErrorCode, RpcError
-from ..core.headers import (
-    END_TRUE,
-    RESPONSE_PROTOCOL_HEADERS,
-    STREAM_BATCH,
-    STREAM_COUNT,
-    STREAM_END,
-    STREAM_SEQ,
-    check_size,
-    error_headers,
-    message_size,
-    user_headers,
-)
-from ..encoding.batch import BATCHED_BODY_LIMIT, MAX_BATCH_BYTES, pack
+from ..core.batch import BATCHED_BODY_LIMIT, MAX_BATCH_BYTES, pack
+from ..core.headers import RESPONSE_PROTOCOL_HEADERS, check_size, user_headers
+from ..core.sender import Sender, data_headers
 from ..encoding.codec import Codec
 from ..net.transport import Transport, publish, publish_now
 from .first_hop import FirstHop
-from .flow import SendCredit, Unlimited
+from .flow import FlowWindow, SendCredit, Unlimited
 
 
 class StreamWriter:
-    """The sending side of one direction (see the module): numbers messages from 1 and ends with the
-    count sent. When the receiver takes batched frames (`credit.batch` > 1), small messages wait in
-    `_batch` until this loop turn ends (the producer awaits something that suspends) or a bound is
-    reached, and leave as one NATS message."""
+    """Moves one direction's frames from the producer to NATS under its `Sender` (see the module).
+    When the receiver takes batched frames (`rules.batch` > 1), small messages wait in `_batch` until
+    this loop turn ends (the producer awaits something that suspends) or a bound is reached, and
+    leave as one NATS message."""
 
     __slots__ = (
-        "nc", "subject", "codec", "method", "sent", "bytes_sent", "ended", "first_headers", "credit", "first_hop",
+        "nc", "subject", "codec", "method", "rules", "first_headers", "credit", "first_hop",
         "on_sent", "_batch", "_batch_bytes", "_flush_pending", "_flushing", "_flush_error",
         "_handed_over", "_batch_byte_limit", "_batched_body_limit", "turn_due",
     )
@@ -58,12 +48,10 @@ class StreamWriter:
         self.subject = subject
         self.codec = codec
         self.method = method
-        self.sent = 0  # the last sequence number given out (sent, or waiting in the batch)
-        self.bytes_sent = 0
-        self.ended = False
+        self.rules = Sender()  # numbering, the window once v2 is confirmed (`limit`), the frames' headers
         # Sent once, with the first message of this direction (data or end): response headers.
         self.first_headers: Mapping[str, str] | None = None
-        self.credit: SendCredit = credit if credit is not None else Unlimited()  # v2: the receiver's window
+        self.credit: SendCredit = credit if credit is not None else Unlimited()  # v2: waits for the rules' window
         self.first_hop: FirstHop | None = None  # set when the subject is an inbox the peer just created
         self.on_sent = on_sent  # v2: heartbeats count what we send
         self._batch: list[bytes] = []
@@ -79,6 +67,23 @@ class StreamWriter:
         # Bodies up to this size may share a frame; one frame stays well below max_payload.
         self._batch_byte_limit = min(MAX_BATCH_BYTES, nc.max_payload // 2)
         self._batched_body_limit = min(BATCHED_BODY_LIMIT, self._batch_byte_limit // 2)
+
+    def limit(self, window: FlowWindow) -> None:
+        """v2: sending waits for `window`, the credit of the window the receiver granted our rules."""
+        self.credit = window
+
+    @property
+    def sent(self) -> int:
+        """The last sequence number given out (sent, or waiting in the batch)."""
+        return self.rules.sent
+
+    @property
+    def bytes_sent(self) -> int:
+        return self.rules.bytes_sent
+
+    @property
+    def ended(self) -> bool:
+        return self.rules.ended
 
     @property
     def handed_over(self) -> int:
@@ -109,22 +114,20 @@ class StreamWriter:
     def _batchable(self, size: int, reply: str = "") -> bool:
         """A message that may share a frame: batches agreed, small, not the one that carries the
         response headers or the first-hop check."""
-        return self.credit.batch > 1 and size <= self._batched_body_limit and not reply and self.first_headers is None
+        return self.rules.batch > 1 and size <= self._batched_body_limit and not reply and self.first_headers is None
 
-    def _would_overflow(self, size: int, credit: SendCredit) -> bool:
+    def _would_overflow(self, size: int, rules: Sender) -> bool:
         """One more message of `size` would break the batch's bounds (count, bytes)."""
-        return len(self._batch) >= credit.batch or self._batch_bytes + size + 3 > self._batch_byte_limit
+        return len(self._batch) >= rules.batch or self._batch_bytes + size + 3 > self._batch_byte_limit
 
-    def _append(self, body: bytes, size: int, credit: SendCredit) -> None:
+    def _append(self, body: bytes, size: int, rules: Sender) -> None:
         """Count a message and add it to the batch (within its bounds: callers checked). A full
         batch leaves now if it can; any other at the end of this loop turn."""
-        self.sent += 1
-        self.bytes_sent += size
-        credit.sent(self.sent, size)
+        rules.add(size)
         batch = self._batch
         batch.append(body)
         self._batch_bytes += size + 3
-        if len(batch) >= credit.batch:
+        if len(batch) >= rules.batch:
             self.turn_due = True
             self._flush_without_waiting()
         elif not self._flush_pending:
@@ -135,14 +138,12 @@ class StreamWriter:
         """The waiting messages as one NATS message (a single one as a plain data message), and the
         sequence number of its last message."""
         batch, self._batch, self._batch_bytes = self._batch, [], 0
-        first = self.sent - len(batch) + 1
-        if len(batch) == 1:
-            body, headers = batch[0], {STREAM_SEQ: str(first)}
-        else:
-            body, headers = pack(batch), {STREAM_SEQ: str(first), STREAM_BATCH: str(len(batch))}
+        last = self.rules.sent
+        headers = data_headers(last - len(batch) + 1, len(batch))
+        body = batch[0] if len(batch) == 1 else pack(batch)
         if self.first_headers is not None:
             self._take_first_headers(headers)
-        return body, headers, self.sent
+        return body, headers, last
 
     def _flush_soon(self) -> None:
         """End of the loop turn in which messages were queued: send them now."""
@@ -200,71 +201,71 @@ class StreamWriter:
         """Put a small message into the batch when nothing needs waiting for (batches agreed, the
         first message sent, credit there); False: `send_body` it. The hot path of a stream: no
         coroutine per message."""
-        credit = self.credit
+        rules = self.rules
         size = len(body)
         if (
             not self._batchable(size)
-            or self.ended
+            or rules.ended
             or self._flush_error is not None
             or (self.first_hop is not None and not self.first_hop.done)
-            or not credit.ready(size)
+            or not self.credit.ready(size)
         ):
             return False
-        if self._batch and self._would_overflow(size, credit):
+        if self._batch and self._would_overflow(size, rules):
             self._flush_without_waiting()
             if self._batch:  # a flush is still under way: this one waits for it in `send_body`
                 return False
-        self._append(body, size, credit)
+        self._append(body, size, rules)
         return True
 
     async def send_body(self, body: bytes, reply: str = "") -> None:
+        rules = self.rules
         first_hop = self.first_hop
         if first_hop is not None and not first_hop.done and not reply:
-            sent, sent_bytes, first_headers = self.sent, self.bytes_sent, self.first_headers
+            sent, sent_bytes, first_headers = rules.sent, rules.bytes_sent, self.first_headers
 
             def undo() -> None:
-                self.sent, self.bytes_sent, self.first_headers = sent, sent_bytes, first_headers
+                rules.sent, rules.bytes_sent, self.first_headers = sent, sent_bytes, first_headers
 
             return await first_hop.send(lambda own: self.send_body(body, reply=own), undo)
-        if self.ended:
+        if rules.ended:
             raise RpcError(ErrorCode.INTERNAL, "send after the stream was ended", method=self.method)
-        credit = self.credit
         if self._batchable(len(body), reply):
-            return await self._add_to_batch(body, credit)
+            return await self._add_to_batch(body)
         if self._batch or self._flushing is not None:
             await self.flush()
-        seq = self.sent + 1
-        headers = {STREAM_SEQ: str(seq)}
+        seq = rules.sent + 1
+        headers = data_headers(seq, 1)
         if self.first_headers is not None:
             self._take_first_headers(headers)
         check_size(len(body), headers, self.nc.max_payload, self.method)
-        await credit.acquire(len(body))
+        await self.credit.acquire(len(body))
         await self._publish(body, headers, seq, reply)
-        self.sent = seq
-        self.bytes_sent += len(body)
-        credit.sent(seq, len(body))
+        rules.add(len(body))
 
-    async def _add_to_batch(self, body: bytes, credit: SendCredit) -> None:
+    async def _add_to_batch(self, body: bytes) -> None:
         """Queue a small message for the next batched frame; flow control counts it now."""
         size = len(body)
+        credit = self.credit
         if not credit.ready(size):
             await credit.acquire(size)  # out of credit: we suspend here, and the scheduled flush runs
         if self._flush_error is not None:
             raise self._flush_error
-        if self._batch and self._would_overflow(size, credit):
+        if self._batch and self._would_overflow(size, self.rules):
             await self.flush()
-        self._append(body, size, credit)
+        self._append(body, size, self.rules)
 
     async def end(self, error: RpcError | None = None) -> None:
         """Send the end marker (with the error pair when failing); only the first call sends."""
-        if self.ended:
+        rules = self.rules
+        if rules.ended:
             return
         first_hop = self.first_hop
         if first_hop is not None and not first_hop.done:  # nothing was sent: the end marker goes first
             first_headers = self.first_headers
 
             def undo() -> None:
-                self.ended, self.first_headers = False, first_headers
+                rules.ended, self.first_headers = False, first_headers
 
             return await first_hop.send(lambda own: self._end(error, own), undo)
         if self._batch or self._flushing is not None:
@@ -276,14 +277,9 @@ class StreamWriter:
         await self._end(error)
 
     async def _end(self, error: RpcError | None, reply: str = "") -> None:
-        self.ended = True
-        headers: dict[str, Any] = {STREAM_END: END_TRUE, STREAM_COUNT: str(self.sent)}
+        rules = self.rules
+        rules.ended = True  # before anything can fail: one end marker at most
+        first: dict[str, str] = {}
         if self.first_headers is not None:
-            self._take_first_headers(headers)
-        if error is not None:
-            headers.update(error_headers(error.code, error.message))
-        if message_size(0, headers) > self.nc.max_payload:  # response headers too large: end all the same
-            too_big = f"the end marker's headers exceed the server's max_payload of {self.nc.max_payload}"
-            headers = {STREAM_END: END_TRUE, STREAM_COUNT: str(self.sent)}
-            headers.update(error_headers(ErrorCode.RESOURCE_EXHAUSTED, too_big))
-        await self._publish(b"", headers, self.sent + 1, reply)
+            self._take_first_headers(first)
+        await self._publish(b"", rules.end(error, first, self.nc.max_payload), rules.sent + 1, reply)
