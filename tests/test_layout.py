@@ -25,8 +25,10 @@ LAYERS = {
     "features": 4,  # chunks, persistence, interceptors, otel, retry, logs
     "calling": 5,  # the client side
     "serving": 5,  # the service side
+    "reflection": 6,  # schemas from the account or local files, proto3 JSON, calls without generated code
+    "cli": 7,  # the `betterproto-nats` command
 }
-SURFACE = 6  # the package's own top-level modules: its public surface
+SURFACE = 8  # the package's own top-level modules: its public surface
 NOT_IN_CORE = ("asyncio", "nats", "betterproto", "socket", "selectors", "threading")
 
 
@@ -199,4 +201,5 @@ def test_no_class_derives_from_a_base_that_exists_only_for_it() -> None:
 ONE_HEIR = {
     "RpcError": "raised on its own everywhere; `Overloaded` is the refusal with a retry hint",
     "Credit": "core's sans-I/O window accounting, tested on plain values; `FlowWindow` adds the waiting",
+    "Codec": "the body codec every service uses; reflection's `PassThrough` hands bodies on as bytes",
 }
