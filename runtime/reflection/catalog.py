@@ -102,6 +102,11 @@ class Catalog:
         files = _load(pool, data)
         return cls(pool, [_service_from(pool, described) for described in _services_of(pool, files)])
 
+    def add_descriptor_set(self, data: bytes) -> None:
+        """Add the services of another serialized FileDescriptorSet (files already known are kept)."""
+        files = _load(self.pool, data)
+        self.services.extend(_service_from(self.pool, described) for described in _services_of(self.pool, files))
+
     @classmethod
     def from_proto_files(cls, proto_paths: Sequence[str | Path], files: Sequence[str | Path]) -> Catalog:
         """Compile .proto files with grpc_tools.protoc (the `cli` extra installs it; protoc's own
