@@ -5,10 +5,13 @@ their exit statuses, and schemas from --proto / --descriptor-set for a service t
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import hashlib
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -18,6 +21,7 @@ from nats.aio.client import Client as NATS
 
 import betterproto_nats
 from betterproto_nats import current_call
+from betterproto_nats.cli.main import main
 from betterproto_nats.reflection.catalog import compile_protos
 from betterproto_nats.testing import NatsServer
 from demo_service import Demo
@@ -50,7 +54,35 @@ class Echo(CodecEchoNatsBase):
 
 
 async def cli(url: str, *args: str, stdin: bytes | None = None) -> tuple[int, str, str]:
-    """Run the command; (exit status, stdout, stderr)."""
+    """Run the command in this process, in a thread (its own event loop; the services go on in the
+    test's): (exit status, stdout, stderr). One at a time (it swaps sys.stdin/stdout/stderr)."""
+
+    def run() -> tuple[int, str, str]:
+        with _one_at_a_time:
+            return run_alone()
+
+    def run_alone() -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        saved = sys.stdin
+        sys.stdin = io.TextIOWrapper(io.BytesIO(stdin or b""))
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                try:
+                    main([*args, "-s", url, "--wait", "0.5"])
+                except SystemExit as exit:
+                    return int(exit.code or 0), out.getvalue(), err.getvalue()
+        finally:
+            sys.stdin = saved
+        raise AssertionError("main() returned without an exit status")
+
+    return await asyncio.wait_for(asyncio.to_thread(run), 30)
+
+
+_one_at_a_time = threading.Lock()
+
+
+async def command(url: str, *args: str, stdin: bytes | None = None) -> tuple[int, str, str]:
+    """Run `python -m betterproto_nats ...` as a subprocess: (exit status, stdout, stderr)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "betterproto_nats", *args, "-s", url, "--wait", "0.5",
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
@@ -71,7 +103,7 @@ async def services(server_nc: NATS) -> AsyncIterator[Everything_]:
 
 
 async def test_ls_and_describe(nats_server: NatsServer, services: Everything_) -> None:
-    status, out, err = await cli(nats_server.url, "ls", "--json")
+    status, out, err = await command(nats_server.url, "ls", "--json")  # the command as users run it
     assert status == 0, err
     listed = {s["name"]: s for s in json.loads(out)}
     demo = listed["StreamDemoService"]
@@ -98,14 +130,16 @@ async def test_ls_and_describe(nats_server: NatsServer, services: Everything_) -
 
 async def test_call_every_shape(nats_server: NatsServer, services: Everything_) -> None:
     url = nats_server.url
-    status, out, err = await cli(url, "call", "streaming.v1.StreamDemoService/Ping", '{"payload": "hi"}', "-H", "echo: from a header")
-    assert (status, json.loads(out)) == (0, {"payload": "from a header", "count": str(2**53 + 1)}), err  # int64 as a string
-    status, out, _ = await cli(url, "call", "StreamDemoService/CountUp", "-d", '{"start": 5, "count": 10}', "--max-messages", "3")
-    assert [json.loads(line) for line in out.splitlines()] == [{"number": 5}, {"number": 6}, {"number": 7}]
-    status, out, _ = await cli(url, "call", "StreamDemoService.Sum", stdin=b'{"value": "40"}\n\n{"value": 2}\n')
-    assert (status, json.loads(out)) == (0, {"total": "42", "count": 2})
-    status, out, _ = await cli(url, "call", "StreamDemoService/Chat", stdin=b'{"text": "a"}\n{"text": "b"}\n')
-    assert [json.loads(line)["text"] for line in out.splitlines()] == ["echo: a", "echo: b"]
+    (ping, pong, ping_err), (_, count_up, _), (summed, total, _), (_, chat, _) = await asyncio.gather(
+        cli(url, "call", "streaming.v1.StreamDemoService/Ping", '{"payload": "hi"}', "-H", "echo: from a header"),
+        cli(url, "call", "StreamDemoService/CountUp", "-d", '{"start": 5, "count": 10}', "--max-messages", "3"),
+        cli(url, "call", "StreamDemoService.Sum", stdin=b'{"value": "40"}\n\n{"value": 2}\n'),
+        cli(url, "call", "StreamDemoService/Chat", stdin=b'{"text": "a"}\n{"text": "b"}\n'),
+    )
+    assert (ping, json.loads(pong)) == (0, {"payload": "from a header", "count": str(2**53 + 1)}), ping_err  # int64 as a string
+    assert [json.loads(line) for line in count_up.splitlines()] == [{"number": 5}, {"number": 6}, {"number": 7}]
+    assert (summed, json.loads(total)) == (0, {"total": "42", "count": 2})
+    assert [json.loads(line)["text"] for line in chat.splitlines()] == ["echo: a", "echo: b"]
 
 
 async def test_bidi_sends_stdin_lines_as_they_come(nats_server: NatsServer, services: Everything_) -> None:
@@ -152,10 +186,10 @@ async def test_errors_are_one_line_with_an_exit_status_by_code(nats_server: Nats
         (["call", "StreamDemoService/Ping", '{"nope": 1}'], 67, "nope"),
         (["describe", "NoSuchThing"], 69, "no service, method or message 'NoSuchThing'"),
     ]
-    for args, expected_status, text in cases:
-        status, _, err = await cli(url, *args)
+    ran = await asyncio.gather(*(cli(url, *args) for args, _, _ in cases))
+    for (args, expected_status, text), (status, _, err) in zip(cases, ran):
         assert status == expected_status and text in err and len(err.strip().splitlines()) == 1, (args, status, err)
-    status, _, err = await cli("nats://127.0.0.1:9", "ls", "--connect-timeout", "0.5")
+    status, _, err = await command("nats://127.0.0.1:9", "ls", "--connect-timeout", "0.5")
     assert status == 78 and "UNAVAILABLE: cannot connect" in err
 
 
