@@ -124,17 +124,16 @@ class Catalog:
         subject = "$SRV.INFO" + (f".{name}" if name else "")
         infos = [info for info in (_read_info(msg, problems) for msg in await gather_replies(nc, subject, timeout)) if info]
         pool = local.pool if local is not None else descriptor_pool.DescriptorPool()
-        fetched: dict[str, set[str]] = {}  # digest -> service full names it covers
+        fetched: dict[str, set[str]] = {}  # digest -> service full names it covers (loaded schemas only)
         for info in infos:
             digest = info.digest
-            if digest and digest not in fetched:
+            if digest and digest not in fetched:  # one instance per digest; the next one if it fails
                 data = await _fetch_schema(nc, info.name, info.id, digest, timeout, problems)
-                fetched[digest] = set()
                 if data is not None:
                     try:
                         _load(pool, data)
                         fetched[digest] = {m.split("/")[0] for m in info.methods.values()}
-                    except (TypeError, ValueError) as error:
+                    except Exception as error:  # remote bytes: DecodeError, TypeError from the pool, ...
                         problems.append(f"{info.name} {info.id}: schema does not load: {_short(error)}")
         return cls(pool, _merge(pool, infos, fetched, local, problems), problems)
 
@@ -438,7 +437,7 @@ def _read_info(msg: Msg, problems: list[str]) -> _Instance | None:
             name, id, str(info.get("version", "")), str(info.get("description", "")), endpoints, methods,
             next(iter(digests), ""),
         )  # fmt: skip
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
         problems.append(f"an INFO reply was left out: {_short(error)}")
         return None
 
@@ -452,20 +451,37 @@ def _short(error: BaseException) -> str:
 
 
 async def _fetch_schema(nc: NATS, name: str, id: str, digest: str, timeout: float, problems: list[str]) -> bytes | None:
-    """The schema one instance publishes, checked against the digest its INFO named."""
+    """The schema one instance publishes: the first reply whose bytes match the digest its INFO named
+    (another responder on the subject cannot displace it), within `timeout`; at most 16 replies read."""
+    replies: asyncio.Queue[Msg] = asyncio.Queue(maxsize=16)
+
+    async def collect(msg: Msg) -> None:
+        if not replies.full():
+            replies.put_nowait(msg)
+
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, cb=collect)
+    why = "no answer"
     try:
-        msg = await nc.request(descriptors.schema_subject(name, id), b"", timeout=timeout)
-    except Exception as error:  # timeout, no responders: listed without methods
-        problems.append(f"{name} {id}: no schema ({type(error).__name__})")
-        return None
-    failure = error_from_headers(msg.headers)
-    if failure is not None:
-        problems.append(f"{name} {id}: no schema ({failure.code}: {failure.message})")
-        return None
-    if descriptors.digest(msg.data) != digest:
-        problems.append(f"{name} {id}: its schema does not match the digest it publishes")
-        return None
-    return bytes(msg.data)
+        await nc.publish(descriptors.schema_subject(name, id), b"", reply=inbox)
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + timeout
+        for _ in range(16):
+            try:
+                msg = await asyncio.wait_for(replies.get(), max(0.0, give_up - loop.time()))
+            except asyncio.TimeoutError:
+                break
+            failure = error_from_headers(msg.headers)
+            if failure is not None:
+                why = f"{failure.code}: {failure.message}"
+            elif descriptors.digest(msg.data) == digest:
+                return bytes(msg.data)
+            else:
+                why = "its schema does not match the digest it publishes"
+    finally:
+        await sub.unsubscribe()
+    problems.append(f"{name} {id}: {why}" if why.startswith("its") else f"{name} {id}: no schema ({why})")
+    return None
 
 
 def _merge(
