@@ -152,7 +152,7 @@ async def test_discovery_leaves_out_what_hostile_responders_send(nc: NATS, serve
         b'{"name": "a.b", "id": "x"}',
         json.dumps({"name": "wild", "id": "w1", "endpoints": [{"name": "e", "subject": "api.*"}]}).encode(),
         json.dumps({"name": "liar", "id": "l1", "endpoints": [{"name": "e", "subject": "liar.e",
-                    "metadata": {"proto.method": "x.Y/Z", "proto.schema": descriptors.digest(SCHEMA)}}]}).encode(),
+                    "metadata": {"proto.method": "x.Y/Z", "proto.schema": descriptors.digest(b"liar")}}]}).encode(),
         json.dumps({"name": "junk", "id": "j1", "endpoints": [{"name": "e", "subject": "junk.e",
                     "metadata": {"proto.method": "x.Y/Z", "proto.schema": descriptors.digest(garbage)}}]}).encode(),
     ]  # fmt: skip
@@ -178,3 +178,33 @@ async def test_discovery_leaves_out_what_hostile_responders_send(nc: NATS, serve
         await server.stop()
         for sub in subs:
             await sub.unsubscribe()
+
+
+async def test_options_and_json_bodies(nc: NATS, server_nc: NATS) -> None:
+    """Names, subjects and timeouts as the options set them; a `json: true` service is called with
+    protobuf binary and answered in it (the client converts); skipped services and methods are not listed."""
+    from gen.fixtures.options.v1 import InventoryNatsBase
+    from test_options import Inventory, JsonEcho
+
+    schema = descriptors.schema_bytes(InventoryNatsBase._nats_service.schema)
+    local = Catalog.from_descriptor_set(schema)
+    assert {s.full_name for s in local.services} == {
+        "fixtures.options.v1.Inventory", "fixtures.options.v1.JSONEchoAPI", "fixtures.options.v1.PlainService",
+    }  # fmt: skip
+    inventory = local.service("inventory-svc")
+    assert (inventory.nats_name, inventory.version, inventory.subject_prefix) == ("inventory-svc", "2.3.4", "shop.inventory")
+    assert "Hidden" not in {m.name for m in inventory.methods}
+    assert local.method("Inventory/Echo").timeout == 0.5 and local.method("Inventory/Windowed").timeout == 30
+    assert local.method("Inventory/Windowed").options["stream"] == {"max_inflight": 32}
+    assert local.method("JSONEchoAPI/GetHTTPStatus").subject == "json_echo_api.get_http_status"
+    servers = [await betterproto_nats.serve(server_nc, JsonEcho()), await betterproto_nats.serve(server_nc, Inventory())]
+    try:
+        found = await Catalog.discover(nc, timeout=1)
+        method = found.method("JSONEchoAPI/GetHTTPStatus")
+        assert method.json and found.service("JSONEchoAPI").ids == [servers[0].id]
+        request = jsonmap.encode(method.input, {"text": "hi", "number": 1, "tags": {"a": "b"}})
+        answer = await DynamicClient(nc, found).unary(method, request, timeout=5)
+        assert jsonmap.decode(method.output, answer) == {"text": "HI", "number": 2, "tags": {"a": "b"}}
+    finally:
+        for server in servers:
+            await server.stop()

@@ -162,7 +162,8 @@ def _file_digest(path: str) -> str:
 
 
 async def call(args: argparse.Namespace, nc: NATS) -> int:
-    catalog = await catalog_of(args, nc)
+    service = args.method.rpartition("/")[0] if "/" in args.method else args.method.rpartition(".")[0]
+    catalog = await catalog_of(args, nc, service=service)
     method = catalog.method(args.method)
     client = DynamicClient(nc, catalog, headers=headers_of(args.header))
     timeout = args.timeout

@@ -37,10 +37,10 @@ def local_catalog(args: argparse.Namespace) -> Catalog | None:
     return catalog
 
 
-async def catalog_of(args: argparse.Namespace, nc: NATS, name: str | None = None) -> Catalog:
-    """Schemas by discovery, with the local ones for services that publish none; discovery's
-    problems on stderr."""
-    found = await Catalog.discover(nc, args.wait, name=name, local=local_catalog(args))
+async def catalog_of(args: argparse.Namespace, nc: NATS, name: str | None = None, service: str | None = None) -> Catalog:
+    """Schemas by discovery (of `service` only, when given), with the local ones for services that
+    publish none; discovery's problems on stderr."""
+    found = await Catalog.discover(nc, args.wait, name=name, local=local_catalog(args), service=service)
     for problem in found.problems:
         print(f"warning: {problem}", file=sys.stderr)
     return found

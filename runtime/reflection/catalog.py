@@ -115,10 +115,17 @@ class Catalog:
 
     @classmethod
     async def discover(
-        cls, nc: NATS, timeout: float = 1.0, *, name: str | None = None, local: Catalog | None = None
+        cls,
+        nc: NATS,
+        timeout: float = 1.0,
+        *,
+        name: str | None = None,
+        local: Catalog | None = None,
+        service: str | None = None,
     ) -> Catalog:
         """The services on the account (or those named `name`): `$SRV.INFO`, then the schema of each
-        service that publishes one (`$SRV.PROTO.<name>.<id>`, once per digest). Services with no
+        service that publishes one (`$SRV.PROTO.<name>.<id>`, once per digest; with `service`, only
+        of instances serving it: its proto full or short name, or NATS name). Services with no
         schema take it from `local` (by NATS name, then proto name), else are listed without methods."""
         problems: list[str] = []
         subject = "$SRV.INFO" + (f".{name}" if name else "")
@@ -127,6 +134,8 @@ class Catalog:
         fetched: dict[str, set[str]] = {}  # digest -> service full names it covers (loaded schemas only)
         for info in infos:
             digest = info.digest
+            if service and not _serves(info, service):
+                continue
             if digest and digest not in fetched:  # one instance per digest; the next one if it fails
                 data = await _fetch_schema(nc, info.name, info.id, digest, timeout, problems)
                 if data is not None:
@@ -148,6 +157,9 @@ class Catalog:
                 for method in service.methods:
                     if method_name in (method.name, method.subject.rpartition(".")[2]):
                         return method
+        for service in self.services:
+            if not service.methods and _names_service(service, service_name):
+                raise RpcError(ErrorCode.NOT_FOUND, f"{service_name} publishes no schema: give its .proto files or a descriptor set (--proto, --descriptor-set)")
         known = [m.full_name for s in self.services for m in s.methods]
         near = difflib.get_close_matches(name, known, n=3, cutoff=0.5) or difflib.get_close_matches(
             method_name, [k.rpartition("/")[2] for k in known], n=3
@@ -234,11 +246,13 @@ def _load(pool: descriptor_pool.DescriptorPool, data: bytes) -> list[descriptor_
 
 
 def _services_of(pool: descriptor_pool.DescriptorPool, files: Iterable[descriptor_pb2.FileDescriptorProto]) -> list[Any]:
+    """The services of `files` that are served: not those with `(natsmicro.service).skip`."""
     return [
         service
         for file in files
         if file.package != OPTIONS_PACKAGE
         for service in pool.FindFileByName(file.name).services_by_name.values()
+        if not _options(pool, service.GetOptions(), _SERVICE_OPTIONS).get("service", {}).get("skip")
     ]
 
 
@@ -440,6 +454,12 @@ def _read_info(msg: Msg, problems: list[str]) -> _Instance | None:
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
         problems.append(f"an INFO reply was left out: {_short(error)}")
         return None
+
+
+def _serves(info: _Instance, service: str) -> bool:
+    """Whether an instance is, or serves, `service` (as `Catalog.method` would name it)."""
+    full_names = {m.split("/")[0] for m in info.methods.values()}
+    return service == info.name or any(f == service or f.endswith("." + service) for f in full_names)
 
 
 def _token(text: str) -> bool:
