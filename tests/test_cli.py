@@ -185,6 +185,8 @@ async def test_errors_are_one_line_with_an_exit_status_by_code(nats_server: Nats
         (["call", "StreamDemoService/Ping", '{"payload": {"x": 1}}'], 67, "payload"),
         (["call", "StreamDemoService/Ping", '{"nope": 1}'], 67, "nope"),
         (["describe", "NoSuchThing"], 69, "no service, method or message 'NoSuchThing'"),
+        (["call", "StreamDemoService/Ping", "{}", "-H", "Nats-Stream-Seq: 1"], 67, "reserved for the protocol"),
+        (["call", "StreamDemoService/ImportSnapshot", "--in", str(tmp_path / "missing")], 69, "No such file"),
     ]
     ran = await asyncio.gather(*(cli(url, *args) for args, _, _ in cases))
     for (args, expected_status, text), (status, _, err) in zip(cases, ran):

@@ -100,6 +100,17 @@ async def _quiet(error: Exception) -> None:
     """nats-py's error callback: the command reports what matters itself."""
 
 
+def as_rpc_error(error: OSError | ValueError) -> RpcError:
+    """A local failure (a file, a header the protocol reserves) as an error of the matching code."""
+    if isinstance(error, FileNotFoundError):
+        return RpcError(ErrorCode.NOT_FOUND, f"{error.filename}: {error.strerror}")
+    if isinstance(error, PermissionError):
+        return RpcError(ErrorCode.PERMISSION_DENIED, f"{error.filename}: {error.strerror}")
+    if isinstance(error, OSError):
+        return RpcError(ErrorCode.UNAVAILABLE, str(error) or type(error).__name__)
+    return RpcError(ErrorCode.INVALID_ARGUMENT, str(error))
+
+
 def report(error: RpcError, as_json: bool) -> None:
     """An error as one line: `CODE: message` on stderr, or JSON on stdout with --json."""
     if as_json:
@@ -130,9 +141,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
     try:
         status = asyncio.run(_run(args))
-    except RpcError as error:
-        report(error, getattr(args, "json", False))
-        status = exit_status(str(error.code))
+    except (RpcError, OSError, ValueError) as error:
+        failure = error if isinstance(error, RpcError) else as_rpc_error(error)
+        report(failure, getattr(args, "json", False))
+        status = exit_status(str(failure.code))
     except KeyboardInterrupt:
         status = 130
     except BrokenPipeError:  # `| head`: the reader left
