@@ -84,7 +84,7 @@ def _lines(method: MethodInfo, text: str) -> Iterator[bytes]:
     for number, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
-                yield jsonmap.encode(method.input, jsonmap.loads(line))
+                yield jsonmap.encode(method.input, jsonmap.loads(line.strip()))
             except RpcError as error:
                 raise RpcError(error.code, f"request line {number}: {error.message}") from None
 
@@ -113,7 +113,7 @@ async def _stdin_lines(method: MethodInfo) -> AsyncIterator[bytes]:
             if len(line) > MAX_LINE:
                 raise RpcError(ErrorCode.INVALID_ARGUMENT, f"request line {number} is longer than {MAX_LINE} bytes")
             try:
-                yield jsonmap.encode(method.input, jsonmap.loads(line))
+                yield jsonmap.encode(method.input, jsonmap.loads(line.strip()))
             except RpcError as error:
                 raise RpcError(error.code, f"request line {number}: {error.message}") from None
 
