@@ -215,6 +215,8 @@ async def test_a_service_without_reflection_through_local_schemas(nats_server: N
         status, out, err = await cli(nats_server.url, "call", "fixtures.codec.v1.CodecEcho/Echo", json.dumps(everything), *schema)
         assert status == 0, err
         assert json.loads(out) == everything
+    status, _, err = await cli(nats_server.url, "call", "PlainService/Echo", "{}", "-I", "proto", "--proto", "fixtures/options/v1/options.proto")
+    assert status == 78 and "UNAVAILABLE" in err, err  # known from the file, served by nobody
     status, _, err = await cli(nats_server.url, "call", "CodecEcho/Echo", "{}")
     assert status == 69 and "CodecEcho publishes no schema: give its .proto files" in err, err
 
