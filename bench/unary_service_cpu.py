@@ -63,11 +63,11 @@ class RefService:
         return self.answer
 
 
-async def start(nc: NATS, impl: str, build: bool) -> tuple[int, bytes, Callable[[], int], Callable[[], Awaitable[None]]]:
+async def start(nc: NATS, impl: str, build: bool, reflection: bool = True) -> tuple[int, bytes, Callable[[], int], Callable[[], Awaitable[None]]]:
     """The service on `nc`: the Ping endpoint's subscription id and subject, a count of answers
     sent, and its stop."""
     if impl == "ours":
-        server = await betterproto_nats.serve(nc, Service(build))
+        server = await betterproto_nats.serve(nc, Service(build), reflection=reflection)
         endpoint = next(e for e in server.endpoints if e.method.name == "Ping")
         subject = endpoint.subject
 
@@ -91,13 +91,13 @@ async def start(nc: NATS, impl: str, build: bool) -> tuple[int, bytes, Callable[
     return sid, subject.encode(), answered, stop
 
 
-async def measure(url: str, calls: int, rounds: int, impl: str = "ours", build: bool = False) -> list[float]:
+async def measure(url: str, calls: int, rounds: int, impl: str = "ours", build: bool = False, reflection: bool = True) -> list[float]:
     # Distinct requests, built before the service starts (its loop is not lagged by them), and as
     # many whatever `calls` is (so that two runs under valgrind differ only by the calls served).
     bodies = [bytes(PingRequest(payload=f"p{i}")) for i in range(BUILT)]
     replies = [f"_INBOX.nobody.{i}".encode() for i in range(BUILT)]
     nc = await nats.connect(url)
-    sid, subject, answered, stop = await start(nc, impl, build)
+    sid, subject, answered, stop = await start(nc, impl, build, reflection)
     await asyncio.sleep(0.2)  # the loop lag monitor settles after start-up
     process = nc._process_msg
     results = []
@@ -126,9 +126,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--impl", choices=("ours", "ref"), default="ours")
     parser.add_argument("--build", action="store_true", help="the handler builds its answer")
+    parser.add_argument("--no-reflection", action="store_true", help="the service publishes no schema (issue 29's before/after)")
     args = parser.parse_args()
     with NatsServer() as server:
-        results = asyncio.run(measure(server.url, args.calls, args.rounds, args.impl, args.build))
+        results = asyncio.run(measure(server.url, args.calls, args.rounds, args.impl, args.build, not args.no_reflection))
     print(f"{args.impl}{' (answers built)' if args.build else ''}: service CPU per unary call: best {min(results):.2f} µs, rounds {', '.join(f'{r:.2f}' for r in results)}")
 
 

@@ -27,7 +27,7 @@ from betterproto2_compiler.plugin.models import OutputTemplate, PluginRequestCom
 from betterproto2_compiler.plugin.parser import read_protobuf_service, read_protobuf_type, traverse
 from betterproto2_compiler.settings import ClientGeneration, ServerGeneration, Settings
 
-from . import __version__, bufcheck, codecgen
+from . import __version__, bufcheck, codecgen, reflect
 from .model import GenerationError, ServiceModel, read_services
 
 OPTIONS_PACKAGE = "natsmicro"
@@ -171,8 +171,9 @@ def build(request: CodeGeneratorRequest, params: Parameters, emitted: set[str]) 
     return compiler, names
 
 
-def render(package: OutputTemplate, services: list[ServiceModel], imports: tuple[str, ...]) -> str:
-    """betterproto2's header and body, then our NATS classes and codecs; formatted with ruff."""
+def render(package: OutputTemplate, services: list[ServiceModel], imports: tuple[str, ...], schema: str = "") -> str:
+    """betterproto2's header and body, then our NATS classes (with the module's `schema` for
+    reflection, plugin/reflect.py) and codecs; formatted with ruff."""
     env = jinja2.Environment(
         trim_blocks=True,
         lstrip_blocks=True,
@@ -193,7 +194,7 @@ def render(package: OutputTemplate, services: list[ServiceModel], imports: tuple
         triples = [
             (s, _Docstring(package.services[s.proto_name], 4), {m.proto_name: m for m in s.methods}) for s in services
         ]
-        tail += env.get_template("nats.py.j2").render(output_file=package, services=triples)
+        tail += env.get_template("nats.py.j2").render(output_file=package, services=triples, schema=schema)
     codecs = codecgen.render(package)
     if codecs:
         tail += "\n\n" + codecs
@@ -255,6 +256,7 @@ def generate(data: bytes) -> bytes:
     if not params.include_google:
         emitted.discard(GOOGLE)
     nats_services = read_services(list(request.proto_file), emitted, pythonize_method_name, pythonize_field_name)
+    schemas = reflect.schemas(list(request.proto_file), set(nats_services))
     with _comments_indexed():
         compiler, names = build(request, params, emitted)
         response = CodeGeneratorResponse(supported_features=CodeGeneratorResponseFeature.PROTO3_OPTIONAL)
@@ -265,7 +267,7 @@ def generate(data: bytes) -> bytes:
             output_paths.add(module_path)
             services = nats_services.get(name, [])
             _check_names(package, services)
-            content = render(package, services, RUNTIME_IMPORTS if services else CODEC_IMPORTS)
+            content = render(package, services, RUNTIME_IMPORTS if services else CODEC_IMPORTS, schemas.get(name, ""))
             response.file.append(CodeGeneratorResponseFile(name=str(module_path), content=content))
     init_files = {d / "__init__.py" for p in output_paths for d in p.parents} - output_paths
     for init_file in sorted(init_files):

@@ -25,8 +25,10 @@ LAYERS = {
     "features": 4,  # chunks, persistence, interceptors, otel, retry, logs
     "calling": 5,  # the client side
     "serving": 5,  # the service side
+    "reflection": 6,  # schemas from the account or local files, proto3 JSON, calls without generated code
+    "cli": 7,  # the `betterproto-nats` command
 }
-SURFACE = 6  # the package's own top-level modules: its public surface
+SURFACE = 8  # the package's own top-level modules: its public surface
 NOT_IN_CORE = ("asyncio", "nats", "betterproto", "socket", "selectors", "threading")
 
 
@@ -154,7 +156,7 @@ def test_nothing_below_the_surface_imports_the_surface() -> None:
 # The top level of the runtime: its public surface, each a real module (docs/DESIGN.md).
 SURFACE_MODULES = {
     "__init__": "the package: what users import (`betterproto_nats.serve`, `RpcError`, ...)",
-    "__main__": "`python -m betterproto_nats`",
+    "__main__": "`python -m betterproto_nats` and the `betterproto-nats` command: `serve`, or the `cli` package",
     "_version": "the version",
     "_api_v1": "the private API that generated code of version 1 imports",
     "_api_v2": "version 2 of it",
@@ -240,6 +242,7 @@ def test_no_class_derives_from_a_base_that_exists_only_for_it() -> None:
 # Bases with one subclass that stand on their own: a reason each.
 ONE_HEIR = {
     "RpcError": "raised on its own everywhere; `Overloaded` is the refusal with a retry hint",
+    "Codec": "the body codec every service uses; reflection's `PassThrough` hands bodies on as bytes",
 }
 
 

@@ -1,0 +1,60 @@
+"""Schema reflection at generation: the literal each generated module embeds for its services.
+
+protoc and buf hand the plugin every FileDescriptorProto the files to generate need. A module embeds those of its package's files and of everything they import, transitively, but the well-known types (`google/protobuf/*.proto`: every
+protobuf runtime has them), as one FileDescriptorSet without source info, zlib'd and base64'd (`ServiceSpec.schema`): the runtime
+publishes it (docs/PROTOCOL.md, "Schema reflection"), the CLI and the gateway read messages with it.
+"""
+
+from __future__ import annotations
+
+import base64
+import zlib
+
+from betterproto2_compiler.lib.google.protobuf import FileDescriptorProto
+
+from betterproto_nats.schema.descriptors import wire_fields
+
+WELL_KNOWN = "google/protobuf/"
+_SOURCE_CODE_INFO = 9  # FileDescriptorProto.source_code_info: comments and spans, not needed to read messages
+
+
+def schemas(files: list[FileDescriptorProto], packages: set[str]) -> dict[str, str]:
+    """Per package in `packages`: the literal of its files and their imports."""
+    by_name = {file.name: file for file in files}
+    literals: dict[str, str] = {}
+    for package in sorted(packages):
+        ordered: list[FileDescriptorProto] = []  # each file after its imports; the same from protoc and buf
+        seen: set[str] = set()
+
+        def visit(name: str) -> None:
+            if name in seen or name not in by_name or name.startswith(WELL_KNOWN):
+                return
+            seen.add(name)
+            for dependency in by_name[name].dependency:
+                visit(dependency)
+            ordered.append(by_name[name])
+
+        for name in sorted(file.name for file in files if file.package == package):
+            visit(name)
+        body = b"".join(_field(1, _without_source_info(bytes(file))) for file in ordered)
+        literals[package] = base64.b64encode(zlib.compress(body, 9)).decode()
+    return literals
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(number: int, data: bytes) -> bytes:
+    """A length-delimited field."""
+    return _varint(number << 3 | 2) + _varint(len(data)) + data
+
+
+def _without_source_info(data: bytes) -> bytes:
+    """A serialized FileDescriptorProto without its top-level source_code_info field."""
+    return b"".join(data[start:end] for number, start, end, _ in wire_fields(data) if number != _SOURCE_CODE_INFO)
