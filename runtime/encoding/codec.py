@@ -72,7 +72,11 @@ class Codec:
                 if not isinstance(value, dict):
                     raise DecodeError("JSON body is not an object")
                 # called on an instance: a classmethod in betterproto2, a method of code generated for 2.0.0b7
-                decoded: M = message_type().from_dict(value)
+                # (which skips unknown fields; betterproto2 is told to: a newer peer may have added some)
+                if issubclass(message_type, betterproto2.Message):
+                    decoded: M = message_type().from_dict(value, ignore_unknown_fields=True)
+                else:
+                    decoded = message_type().from_dict(value)
                 return decoded
             if type(data) is not bytes:
                 data = bytes(data)
