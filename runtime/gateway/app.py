@@ -92,12 +92,13 @@ class StreamedAnswer(Response):
     def __init__(self, gateway: "Gateway", method: MethodInfo, messages: AsyncIterator[bytes], first: bytes | None, body: RequestBody, form: StreamFormat) -> None:
         super().__init__(media_type=form.media_type, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]  # sent as it comes
-        self.gateway, self.method, self.messages, self.first, self.body, self.form = gateway, method, messages, first, body, form
+        self.gateway, self.method, self.messages, self.first, self.form = gateway, method, messages, first, form
+        self.request_body = body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-            await first_of(asyncio.ensure_future(self._pump(send)), asyncio.ensure_future(self.body.disconnected()))
+            await first_of(asyncio.ensure_future(self._pump(send)), asyncio.ensure_future(self.request_body.disconnected()))
         except (ClientGone, OSError):
             pass  # the client went away: the call was cancelled
         finally:

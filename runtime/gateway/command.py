@@ -12,6 +12,7 @@ from typing import Sequence
 
 import nats
 import uvicorn
+from nats.aio.client import Client as NATS
 
 from ..reflection.catalog import Catalog
 from .app import GatewayOptions, create_app
@@ -44,7 +45,7 @@ def parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def load_catalog(args: argparse.Namespace, nc: nats.NATS) -> Catalog:
+async def load_catalog(args: argparse.Namespace, nc: NATS) -> Catalog:
     if args.descriptor_set:
         return Catalog.from_descriptor_set(Path(args.descriptor_set).read_bytes())
     if args.proto:
