@@ -25,8 +25,10 @@ LAYERS = {
     "features": 4,  # chunks, persistence, interceptors, otel, retry, logs
     "calling": 5,  # the client side
     "serving": 5,  # the service side
+    "reflection": 6,  # schemas from the account or local files, proto3 JSON, calls without generated code
+    "gateway": 7,  # HTTP in front of the services: JSON, SSE, NDJSON, WebSockets, OpenAPI (the `gateway` extra)
 }
-SURFACE = 6  # the package's own top-level modules: its public surface
+SURFACE = 8  # the package's own top-level modules: its public surface
 NOT_IN_CORE = ("asyncio", "nats", "betterproto", "socket", "selectors", "threading")
 
 
