@@ -234,6 +234,46 @@ async def test_a_slow_reader_slows_the_service(base: str, service: Service) -> N
     await settle(lambda: service.downloads_cancelled == 1, timeout=5)
 
 
+# --- google.api.http routes ---------------------------------------------------------------------
+
+
+async def test_google_api_http_routes(service: Service, nc: NATS) -> None:
+    """The demo service described by a proto with google.api.http annotations: path variables, query
+    parameters, body "*", response_body, a custom verb suffix, a server stream on GET (EventSource)."""
+    annotated = Catalog.from_proto_files([ROOT / "tests" / "protos" / "gateway", ROOT / "proto"], ["httpdemo/v1/stream_demo_http.proto"])
+    async with running(create_app(nc, annotated)) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+        assert (await client.get("/v1/ping/hello%20there")).json() == {"payload": "hello there"}
+        assert (await client.post("/v1/ping", json={"payload": "b"})).json() == {"payload": "b"}
+        assert (await client.put("/v1/echo/texts/t1:shout")).json() == "texts/t1"  # response_body: the field alone
+        events = sse_events((await client.get("/v1/count/3", params={"count": "2"})).text)
+        assert events == [("message", {"number": 3}), ("message", {"number": 4}), ("end", {})]
+        wrong = await client.get("/v1/count/x", params={"nope": "1"})
+        assert wrong.status_code == 400 and "nope" in wrong.json()["message"]
+        assert (await client.get("/v1/nowhere")).status_code == 404
+        assert (await client.post(f"/{DEMO}/Ping", json={"payload": "p"})).json() == {"payload": "p"}  # the default route stays
+        document = (await client.get("/openapi.json")).json()
+        from openapi_spec_validator import validate
+
+        validate(document)
+        assert {"/v1/ping/{payload}", "/v1/ping", "/v1/echo/{payload}:shout", "/v1/count/{start}"} <= set(document["paths"])
+
+
+async def test_mounted_in_an_application(service: Service, nc: NATS, catalog: Catalog) -> None:
+    """The app mounted under a prefix of another Starlette application: routes, the page's base and
+    the OpenAPI server follow the prefix."""
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    outer = Starlette(routes=[Mount("/rpc", app=create_app(nc, catalog))])
+    async with running(outer) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+        assert (await client.post(f"/rpc/{DEMO}/Ping", json={"payload": "m"})).json() == {"payload": "m"}
+        assert (await client.get("/rpc/openapi.json")).json()["servers"] == [{"url": "/rpc"}]
+        assert 'const BASE = "/rpc";' in (await client.get("/rpc/")).text
+        async with websockets.connect(url.replace("http", "ws") + f"/rpc/{DEMO}/Chat") as ws:
+            await ws.send(json.dumps({"text": "m"}))
+            assert json.loads(await asyncio.wait_for(ws.recv(), 5))["text"] == "echo: m"
+
+
 # --- OpenAPI and the command ------------------------------------------------------------------------
 
 

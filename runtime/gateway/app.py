@@ -15,7 +15,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, AsyncIterable, AsyncIterator, Mapping, Protocol
+from typing import Any, AsyncIterable, AsyncIterator, Callable, Mapping, Protocol
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -29,6 +29,7 @@ from ..reflection import jsonmap
 from ..reflection.catalog import Catalog, MethodInfo
 from ..reflection.dynamic import DynamicClient
 from .bodies import ClientGone, PayloadTooLarge, RequestBody, StreamFormat, dumps, first_of, parse_json
+from .http_rules import Binding, bindings_of, match
 from .mapping import DEFAULT_PASSED_HEADERS, allowed_headers, call_headers, close_code, error_body, http_status, request_timeout
 from .openapi import openapi_document
 
@@ -89,11 +90,14 @@ class StreamedAnswer(Response):
     """A server stream's messages, framed as they arrive; the call is cancelled when the client
     disconnects and its stream closed whatever happens."""
 
-    def __init__(self, gateway: "Gateway", method: MethodInfo, messages: AsyncIterator[bytes], first: bytes | None, body: RequestBody, form: StreamFormat) -> None:
+    def __init__(
+        self, gateway: "Gateway", method: MethodInfo, messages: AsyncIterator[bytes], first: bytes | None, body: RequestBody, form: StreamFormat, pick: Callable[[Any], Any]
+    ) -> None:
         super().__init__(media_type=form.media_type, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]  # sent as it comes
         self.gateway, self.method, self.messages, self.first, self.form = gateway, method, messages, first, form
         self.request_body = body
+        self.pick = pick
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -105,7 +109,7 @@ class StreamedAnswer(Response):
             await _aclose(self.messages)
 
     async def _pump(self, send: Send) -> None:
-        decode = self.gateway.decoder(self.method)
+        decode = self.gateway.decoder(self.method, self.pick)
         try:
             if self.first is not None:
                 await send({"type": "http.response.body", "body": self.form.message(decode(self.first)), "more_body": True})
@@ -125,6 +129,9 @@ class Gateway:
         self.client = client
         self.options = options or GatewayOptions()
         self.methods: dict[str, MethodInfo] = {m.full_name: m for service in catalog.services for m in service.methods}
+        self.bindings, self.problems = bindings_of(catalog)
+        for problem in self.problems:
+            log.warning("%s", problem)
         self._openapi: dict[str, Any] | None = None
         self.app = Starlette(
             routes=[
@@ -132,6 +139,7 @@ class Gateway:
                 Route("/openapi.json", self.openapi, methods=["GET"]),
                 Route("/{service}/{method}", self.http_call, methods=["POST"]),
                 WebSocketRoute("/{service}/{method}", self.websocket_call),
+                Route("/{path:path}", self.annotated, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
             ]
         )
 
@@ -148,9 +156,10 @@ class Gateway:
         """A JSON request (bytes) as the protobuf bytes of the method's input."""
         return jsonmap.encode(method.input, parse_json(data, where))
 
-    def decoder(self, method: MethodInfo) -> Any:
-        output = method.output
-        return lambda body: jsonmap.decode(output, body)
+    def decoder(self, method: MethodInfo, pick: Callable[[Any], Any] | None = None) -> Callable[[bytes], Any]:
+        """Answers' protobuf bytes to their JSON value (or the part `pick` takes of it)."""
+        output, take = method.output, pick or _whole
+        return lambda body: take(jsonmap.decode(output, body))
 
     def settings(self, headers: Any, query: Mapping[str, str]) -> tuple[dict[str, str], float | None]:
         """Call headers (the allow-list) and deadline of a request."""
@@ -165,30 +174,51 @@ class Gateway:
 
     async def openapi(self, request: Request) -> Response:
         if self._openapi is None:
-            self._openapi = openapi_document(self.catalog, title=self.options.title, passed_headers=self.options.pass_headers)
+            self._openapi = openapi_document(self.catalog, title=self.options.title, passed_headers=self.options.pass_headers, bindings=self.bindings)
         document = dict(self._openapi)
         document["servers"] = [{"url": request.scope.get("root_path", "") or "/"}]
         return JSONResponse(document)
 
     async def http_call(self, request: Request) -> Response:
-        """A POST: unary, server stream or client stream, by the method's shape."""
+        """`POST /{pkg.Service}/{Method}`: unary, server stream or client stream, by the method's
+        shape (a two-segment path of a `google.api.http` route otherwise)."""
+        name = f"{request.path_params.get('service', '')}/{request.path_params.get('method', '')}"
+        method = self.methods.get(name)
+        if method is None:
+            return await self.annotated(request)
+        return await self._call(request, method, None, {})
+
+    async def annotated(self, request: Request) -> Response:
+        """A route of a `google.api.http` annotation."""
+        found = match(self.bindings, request.method, route_path(request.scope))
+        if found is None:
+            path = route_path(request.scope)[:200]
+            return error_response(RpcError(ErrorCode.NOT_FOUND, f"no method at {request.method} {path!r}: see /openapi.json"))
+        return await self._call(request, found[0].method, found[0], found[1])
+
+    async def _call(self, request: Request, method: MethodInfo, binding: Binding | None, values: dict[str, str]) -> Response:
         body = RequestBody(request.receive, self.options.max_body)
         try:
-            method = self.lookup(request.path_params)
             headers, timeout = self.settings(request.headers, request.query_params)
             if method.shape == "client":
                 return await self._client_stream(method, body, headers, timeout)
             if method.shape == "bidi":
-                raise RpcError(ErrorCode.INVALID_ARGUMENT, f"{method.full_name} is bidirectional: open a WebSocket on this path")
-            request_bytes = self.encode(method, await body.read())
+                raise RpcError(ErrorCode.INVALID_ARGUMENT, f"{method.full_name} is bidirectional: open a WebSocket on /{method.full_name}")
+            data = await body.read()
+            if binding is None:
+                message = parse_json(data)
+            else:
+                message = binding.request(values, request.query_params.multi_items(), parse_json(data) if binding.body else None)
+            request_bytes = jsonmap.encode(method.input, message)
+            pick = binding.answer if binding is not None else _whole
             if method.shape == "server":
                 ndjson = NDJSON in request.headers.get("accept", "")
-                return await self._server_stream(method, request_bytes, body, headers, timeout, StreamFormat(ndjson))
+                return await self._server_stream(method, request_bytes, body, headers, timeout, StreamFormat(ndjson), pick)
             answer = await first_of(
                 asyncio.ensure_future(self.client.unary(method, request_bytes, headers=headers, timeout=timeout)),
                 asyncio.ensure_future(body.disconnected()),
             )
-            return Response(dumps(jsonmap.decode(method.output, answer)), media_type="application/json")
+            return Response(dumps(pick(jsonmap.decode(method.output, answer))), media_type="application/json")
         except RpcError as error:
             return error_response(error)
         except ClientGone:
@@ -196,7 +226,9 @@ class Gateway:
         except ValueError as error:  # a header value the runtime refuses
             return error_response(RpcError(ErrorCode.INVALID_ARGUMENT, str(error)))
 
-    async def _server_stream(self, method: MethodInfo, request: bytes, body: RequestBody, headers: dict[str, str], timeout: float | None, form: StreamFormat) -> Response:
+    async def _server_stream(
+        self, method: MethodInfo, request: bytes, body: RequestBody, headers: dict[str, str], timeout: float | None, form: StreamFormat, pick: Callable[[Any], Any]
+    ) -> Response:
         """Waits for the first message (or the end, or the error) before answering, so that a call
         that fails at once gets its HTTP status."""
         messages = self.client.server_stream(method, request, headers=headers, timeout=timeout)
@@ -205,7 +237,7 @@ class Gateway:
         except BaseException:
             await _aclose(messages)
             raise
-        return StreamedAnswer(self, method, messages, first, body, form)
+        return StreamedAnswer(self, method, messages, first, body, form, pick)
 
     async def _client_stream(self, method: MethodInfo, body: RequestBody, headers: dict[str, str], timeout: float | None) -> Response:
         async def requests() -> AsyncIterator[bytes]:
@@ -267,6 +299,18 @@ class Gateway:
         except (ClientGone, WebSocketDisconnect, OSError):
             return
         await _close(websocket, None)
+
+
+def _whole(value: Any) -> Any:
+    return value
+
+
+def route_path(scope: Scope) -> str:
+    """The request's path inside the app (without the prefix it is mounted at)."""
+    path, root = str(scope["path"]), str(scope.get("root_path", ""))
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("", "/"):
+        return path[len(root) :] or "/"
+    return path
 
 
 async def _next(messages: AsyncIterator[bytes]) -> bytes | None:

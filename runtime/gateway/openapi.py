@@ -11,6 +11,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 if TYPE_CHECKING:
     from ..reflection.catalog import Catalog, MethodInfo
+    from .http_rules import Binding
 
 _INT32 = {FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SFIXED32}
 _UINT32 = {FieldDescriptor.TYPE_UINT32, FieldDescriptor.TYPE_FIXED32}
@@ -182,8 +183,44 @@ def _operation(method: "MethodInfo", schemas: Schemas, parameters: list[dict[str
     return "get", op
 
 
-def openapi_document(catalog: "Catalog", *, title: str, passed_headers: Iterable[str]) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of every method of `catalog`."""
+def _annotated(binding: "Binding", schemas: Schemas, parameters: list[dict[str, Any]]) -> tuple[str, str, dict[str, Any]]:
+    """(path, HTTP method, operation) of a `google.api.http` route."""
+    method = binding.method
+    _, op = _operation(method, schemas, parameters)
+    op = {**op, "operationId": f"{op['operationId']}_{binding.verb.lower()}_{len(binding.template)}"}
+    path = re.sub(r"\{([^}=]+)(=[^}]*)?\}", r"{\1}", binding.template)
+    bound = set(binding.path_parameters())
+    params = list(parameters)
+    for name in binding.path_parameters():
+        params.append({"name": name, "in": "path", "required": True, "schema": {"type": "string"}, "description": f"field {name} of the request"})
+    if binding.body != "*":
+        for field in method.input.fields:
+            if field.name in bound or field.name == binding.body or field.type == FieldDescriptor.TYPE_MESSAGE and not field.is_repeated:
+                continue
+            schema = schemas.field(field)
+            params.append({"name": field.name, "in": "query", "required": False, "schema": schema, **({"explode": True} if field.is_repeated else {})})
+    op["parameters"] = params
+    op.pop("requestBody", None)
+    if binding.body:
+        body_schema = schemas.message(method.input) if binding.body == "*" else _body_field(method.input, binding.body, schemas)
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body_schema}}}
+    if binding.response_body and method.shape == "unary":
+        field = method.output.fields_by_name.get(binding.response_body)
+        if field is not None:
+            op["responses"]["200"]["content"]["application/json"]["schema"] = schemas.field(field)
+    op["x-http-rule"] = f"{binding.verb} {binding.template}"
+    return path, binding.verb.lower(), op
+
+
+def _body_field(descriptor: Descriptor, path: str, schemas: Schemas) -> dict[str, Any]:
+    names = path.split(".")
+    for name in names[:-1]:
+        descriptor = descriptor.fields_by_name[name].message_type
+    return schemas.field(descriptor.fields_by_name[names[-1]])
+
+
+def openapi_document(catalog: "Catalog", *, title: str, passed_headers: Iterable[str], bindings: Iterable["Binding"] = ()) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of every method of `catalog`, and of its `google.api.http` routes."""
     from .._version import __version__
 
     schemas = Schemas()
@@ -195,6 +232,9 @@ def openapi_document(catalog: "Catalog", *, title: str, passed_headers: Iterable
         for method in service.methods:
             verb, op = _operation(method, schemas, parameters)
             paths[f"/{method.full_name}"] = {verb: op}
+    for binding in bindings:
+        path, verb, op = _annotated(binding, schemas, parameters)
+        paths.setdefault(path, {}).setdefault(verb, op)
     components: dict[str, Any] = {"schemas": {**schemas.schemas, "betterproto_nats.gateway.Error": ERROR_SCHEMA}}
     document: dict[str, Any] = {
         "openapi": "3.1.0",
