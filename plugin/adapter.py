@@ -30,7 +30,7 @@ from betterproto.plugin.typing_compiler import (
     TypingImportTypingCompiler,
 )
 
-from . import bufcheck, codecgen
+from . import bufcheck, codecgen, reflect
 from . import __version__
 from .model import GenerationError, ServiceModel, read_services
 
@@ -162,8 +162,9 @@ def _generate(data: bytes) -> bytes:
     emitted = {f.package for f in request.proto_file if f.name in to_generate} - {OPTIONS_PACKAGE}
     if not params.include_google:
         emitted.discard("google.protobuf")
-    # Read names and options before betterproto builds its model: it renames descriptors in place.
+    # Read names, options and schemas before betterproto builds its model: it renames descriptors in place.
     nats_services = read_services(list(request.proto_file), emitted, pythonize_method_name, pythonize_field_name)
+    schemas = reflect.schemas(list(request.proto_file), set(nats_services))
     if params.messages == "betterproto2":
         from . import adapter_bp2  # the compiler extra of betterproto2 is needed only here
 
@@ -196,7 +197,7 @@ def _generate(data: bytes) -> bytes:
         package = compiler.output_packages[name]
         module_path = pathlib.Path(*name.split("."), "__init__.py") if name else pathlib.Path("__init__.py")
         output_paths.add(module_path)
-        content = render(package, nats_services.get(name, []), params)
+        content = render(package, nats_services.get(name, []), params, schemas.get(name, ""))
         response.file.append(CodeGeneratorResponseFile(name=str(module_path), content=content))
     init_files = {d / "__init__.py" for p in output_paths for d in p.parents} - output_paths
     for init_file in sorted(init_files):
@@ -221,7 +222,7 @@ def _check_names(package: OutputTemplate, services: list[ServiceModel]) -> None:
             taken[name] = f"the generated class of service {service.proto_name}"
 
 
-def render(package: OutputTemplate, services: list[ServiceModel], params: Parameters) -> str:
+def render(package: OutputTemplate, services: list[ServiceModel], params: Parameters, schema: str = "") -> str:
     """betterproto's message body, then our NATS classes and the messages' codecs, then betterproto's
     header (which needs the imports all bodies collected); sorted and formatted as betterproto does."""
     _check_names(package, services)
@@ -237,6 +238,7 @@ def render(package: OutputTemplate, services: list[ServiceModel], params: Parame
         by_name = {s.proto_name: s for s in package.services}
         nats = env.get_template("nats.py.j2").render(
             output_file=package,
+            schema=schema,
             services=[(s, by_name[s.proto_name], {m.proto_name: m for m in s.methods}) for s in services],
         )
         package.imports.update(RUNTIME_IMPORTS)

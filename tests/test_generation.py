@@ -58,6 +58,7 @@ def body(code: str) -> str:
     markers = ("(_nats.ErrorCode):", "NatsMethods:", "(_nats.ServiceBase):")
     cut = [text.rfind("\nclass ", 0, text.find(m)) for m in markers if m in text]
     cut += [text.find(CODECS)] if CODECS in text else []
+    cut += [text.find("\n# The proto files of this module")] if "\n_NATS_SCHEMA = " in text else []  # the embedded schema
     return (text[: min(cut)] if cut else text).rstrip()
 
 

@@ -27,8 +27,9 @@ LAYERS = {
     "serving": 5,  # the service side
     "reflection": 6,  # schemas from the account or local files, proto3 JSON, calls without generated code
     "gateway": 7,  # HTTP in front of the services: JSON, SSE, NDJSON, WebSockets, OpenAPI (the `gateway` extra)
+    "cli": 8,  # the `betterproto-nats` command (its `gateway` subcommand runs the gateway)
 }
-SURFACE = 8  # the package's own top-level modules: its public surface
+SURFACE = 9  # the package's own top-level modules: its public surface
 NOT_IN_CORE = ("asyncio", "nats", "betterproto", "socket", "selectors", "threading")
 
 
@@ -201,4 +202,5 @@ def test_no_class_derives_from_a_base_that_exists_only_for_it() -> None:
 ONE_HEIR = {
     "RpcError": "raised on its own everywhere; `Overloaded` is the refusal with a retry hint",
     "Credit": "core's sans-I/O window accounting, tested on plain values; `FlowWindow` adds the waiting",
+    "Codec": "the body codec every service uses; reflection's `PassThrough` hands bodies on as bytes",
 }

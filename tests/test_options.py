@@ -64,6 +64,10 @@ async def test_service_options_in_discovery(nc: NATS, server_nc: NATS) -> None:
         info = await srv(nc, "INFO", f".inventory-svc.{server.id}")
         assert info["description"] == "Options fixture"
         endpoints = {e["name"]: e for e in info["endpoints"]}  # type: ignore[union-attr]
+        reflected = {name: {k: e["metadata"].pop(k) for k in list(e["metadata"]) if k.startswith("proto.")} for name, e in endpoints.items()}
+        assert reflected["echo"]["proto.method"] == "fixtures.options.v1.Inventory/Echo"  # schema reflection (test_reflection.py)
+        for e in endpoints.values():
+            e["metadata"] = e["metadata"] or None  # the proto's own metadata
         assert set(endpoints) == {"echo", "slow", "slower", "slow_stream", "solo", "windowed"}  # Hidden is skipped
         assert endpoints["echo"] == {
             "name": "echo",

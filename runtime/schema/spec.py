@@ -156,9 +156,16 @@ class ServiceSpec:
     json: bool = False
     queue_group_disabled: bool = False
     error_codes: Sequence[str] = ()
+    # The service's proto files and their imports as the plugin embeds them (schema/descriptors.py):
+    # base64 of a zlib'd FileDescriptorSet; "" in code generated before schema reflection.
+    schema: str = ""
+    # Bodies through this codec instead of PROTO/JSON (the reflection client passes bytes through).
+    body_codec: Codec | None = None
 
     @property
     def codec(self) -> Codec:
+        if self.body_codec is not None:
+            return self.body_codec
         return JSON if self.json else PROTO
 
     def method(self, py_name: str) -> MethodSpec[Any, Any]:

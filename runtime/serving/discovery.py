@@ -24,7 +24,10 @@ from nats.micro.service import (
 )
 from nats.nuid import NUID
 
+from ..core.errors import ErrorCode
+from ..core.headers import error_headers, message_size
 from ..core.subjects import is_literal
+from ..schema import descriptors
 from ..net.transport import Subscription, Transport
 
 
@@ -63,6 +66,8 @@ class Discovery:
     stats_handler: Callable[[EndpointStats], Any] | None = None
     # Per endpoint name: its admission control's figures, the endpoint's `data` unless a stats_handler gives it.
     load: Mapping[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
+    # The service's FileDescriptorSet (schema/descriptors.py): answered on `$SRV.PROTO.<name>[.<id>]`.
+    schema: bytes = b""
     _subs: list[Subscription] = field(default_factory=list)
 
     def ping(self) -> dict[str, Any]:
@@ -125,6 +130,27 @@ class Discovery:
             for name, id in ((None, None), (self.name, None), (self.name, self.id)):
                 subject = control_subject(verb, name=name, id=id)
                 self._subs.append(await self.nc.subscribe(subject, cb=handler))
+        if self.schema:
+            for id in (None, self.id):
+                subject = descriptors.schema_subject(self.name, id)
+                self._subs.append(await self.nc.subscribe(subject, cb=self._answer_schema))
+
+    async def _answer_schema(self, msg: Msg) -> None:
+        """The schema, whatever the request holds (it is not read); to literal reply subjects only. A
+        schema beyond the connection's max_payload is answered with RESOURCE_EXHAUSTED instead."""
+        if not msg.reply or not is_literal(msg.reply):
+            return
+        headers = {descriptors.SCHEMA_DIGEST_HEADER: descriptors.digest(self.schema)}
+        body = self.schema
+        if message_size(len(body), headers) > self.nc.max_payload:
+            body = b""
+            headers.update(
+                error_headers(ErrorCode.RESOURCE_EXHAUSTED, f"schema of {len(self.schema)} bytes exceeds max_payload")
+            )
+        try:
+            await self.nc.publish(msg.reply, body, headers=headers)
+        except Exception:  # the connection is closing: no answer
+            pass
 
     def _responder(self, answer: Callable[[], dict[str, Any]]) -> Callable[[Msg], Awaitable[None]]:
         async def respond(msg: Msg) -> None:

@@ -43,6 +43,7 @@ class ServeOptions:
     jetstream_domain: str | None = None
     jetstream_prefix: str | None = None
     max_pending_writes: int = MAX_PENDING_WRITES
+    reflection: bool = True  # publish the embedded schema: `proto.*` endpoint metadata, `$SRV.PROTO`
 
     def __post_init__(self) -> None:
         if self.stream_idle_timeout <= 0:
@@ -86,3 +87,4 @@ class ServeKeywords(TypedDict, total=False):
     jetstream_domain: str | None
     jetstream_prefix: str | None
     max_pending_writes: int
+    reflection: bool

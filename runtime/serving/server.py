@@ -18,6 +18,7 @@ from ..features.interceptors import Chain
 from ..features.persistence import Persistence
 from ..health.admission import Admission
 from ..net.transport import NatsTransport, Transport, transport_of
+from ..schema import descriptors
 from ..schema.spec import ServiceSpec
 from .discovery import Discovery
 from .endpoint import Endpoint
@@ -104,8 +105,17 @@ class Server:
         self.unary_tasks: set[asyncio.Task[None]] = set()  # what runs them (`UnaryBatch`): what `stop` waits for
         self.stream_calls: dict[asyncio.Task[None], Responder] = {}
         self.endpoints = [Endpoint(self, m, f"{self.subject_prefix}.{m.endpoint}") for m in spec.methods]
+        schema = descriptors.schema_bytes(spec.schema) if options.reflection else b""
+        if schema:  # what the CLI and gateways read: each endpoint's method, shape and types
+            types = descriptors.method_types(schema, spec.proto_name)
+            schema_digest = descriptors.digest(schema)
+            for endpoint in self.endpoints:
+                reflected = descriptors.endpoint_metadata(spec, endpoint.method, types, schema_digest)
+                if reflected:
+                    endpoint.record.metadata = {**(endpoint.record.metadata or {}), **reflected}
         self.discovery = Discovery(
             nc=self.transport,
+            schema=schema,
             name=self.name,
             version=self.version,
             description=spec.description,

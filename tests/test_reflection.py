@@ -1,0 +1,142 @@
+"""Schema reflection: what a service publishes (`proto.*` endpoint metadata, `$SRV.PROTO`), the
+`Catalog` read from it or from local schemas, proto3 JSON on dynamic messages, and `DynamicClient`
+calls of every shape through the runtime's client path."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import AsyncIterator
+
+import pytest
+from nats.aio.client import Client as NATS
+
+import betterproto_nats
+from betterproto_nats import ErrorCode, RpcError
+from betterproto_nats.reflection import jsonmap
+from betterproto_nats.reflection.catalog import Catalog
+from betterproto_nats.reflection.dynamic import DynamicClient
+from betterproto_nats.schema import descriptors
+from demo_service import Demo
+from gen.streaming.v1 import StreamDemoServiceNatsBase
+
+pytestmark = pytest.mark.timeout(30)
+SCHEMA = descriptors.schema_bytes(StreamDemoServiceNatsBase._nats_service.schema)
+
+
+async def lines(*items: dict[str, object]) -> AsyncIterator[bytes]:
+    for item in items:
+        yield jsonmap.encode(catalog().message("streaming.v1.SumRequest"), item)
+
+
+def catalog() -> Catalog:
+    return Catalog.from_descriptor_set(SCHEMA)
+
+
+def test_a_descriptor_set_gives_services_methods_and_subjects() -> None:
+    found = catalog()
+    service = found.service("StreamDemoService")
+    assert (service.full_name, service.nats_name, service.subject_prefix) == (
+        "streaming.v1.StreamDemoService", "StreamDemoService", "api.v1.stream",
+    )  # fmt: skip
+    shapes = {m.name: (m.shape, m.subject, m.chunked) for m in service.methods}
+    assert shapes["Ping"] == ("unary", "api.v1.stream.ping", False)
+    assert shapes["CountUp"] == ("server", "api.v1.stream.count_up", False)
+    assert shapes["Sum"][0] == "client" and shapes["Chat"][0] == "bidi"
+    assert shapes["ImportSnapshot"] == ("client", "api.v1.stream.import_snapshot", True)
+    upload = found.method("StreamDemoService.ImportSnapshot")
+    assert (upload.chunk_field, upload.chunk_size) == ("data", 131072)
+    for name in ("streaming.v1.StreamDemoService/Ping", "StreamDemoService/Ping", "StreamDemoService.Ping", "StreamDemoService/ping"):
+        assert found.method(name).full_name == "streaming.v1.StreamDemoService/Ping"
+    with pytest.raises(RpcError) as missed:
+        found.method("StreamDemoService/Pong")
+    assert missed.value.code == ErrorCode.NOT_FOUND and "Ping" in missed.value.message
+
+
+def test_json_follows_the_proto3_mapping() -> None:
+    response = catalog().message("streaming.v1.PingResponse")
+    data = jsonmap.encode(response, {"payload": "x", "count": "9007199254740993"})
+    assert jsonmap.decode(response, data) == {"payload": "x", "count": "9007199254740993"}  # int64 as a string
+    assert jsonmap.decode(response, b"", defaults=True) == {"payload": "", "count": "0"}
+    with pytest.raises(RpcError) as wrong:
+        jsonmap.encode(response, {"count": "many"})
+    assert wrong.value.code == ErrorCode.INVALID_ARGUMENT and "count" in wrong.value.message
+    with pytest.raises(RpcError) as unknown:
+        jsonmap.encode(response, {"nope": 1})
+    assert "nope" in unknown.value.message
+    with pytest.raises(RpcError):
+        jsonmap.loads("{bad")
+    with pytest.raises(RpcError):
+        jsonmap.decode(response, b"\xff\xff")
+
+
+async def test_a_service_publishes_its_schema_and_the_catalog_calls_every_shape(nc: NATS, server_nc: NATS) -> None:
+    server = await betterproto_nats.serve(server_nc, Demo())
+    try:
+        info = json.loads((await nc.request(f"$SRV.INFO.StreamDemoService.{server.id}", b"", timeout=2)).data)
+        ping = next(e for e in info["endpoints"] if e["name"] == "ping")
+        assert {k: v for k, v in ping["metadata"].items() if k.startswith("proto.")} == {
+            "proto.method": "streaming.v1.StreamDemoService/Ping",
+            "proto.shape": "unary",
+            "proto.request": "streaming.v1.PingRequest",
+            "proto.response": "streaming.v1.PingResponse",
+            "proto.schema": descriptors.digest(SCHEMA),
+        }
+        found = await Catalog.discover(nc, timeout=1)
+        assert not found.problems, found.problems
+        service = found.service("streaming.v1.StreamDemoService")
+        assert service.ids == [server.id] and service.digest == descriptors.digest(SCHEMA)
+        client = DynamicClient(nc, found, timeout=5)
+        ping_method = found.method("StreamDemoService/Ping")
+        answer = await client.unary(ping_method, jsonmap.encode(ping_method.input, {"payload": "hi"}))
+        assert jsonmap.decode(ping_method.output, answer) == {"payload": "hi"}
+        count_up = found.method("StreamDemoService/CountUp")
+        request = jsonmap.encode(count_up.input, {"start": 1, "count": 3})
+        numbers = [jsonmap.decode(count_up.output, m)["number"] async for m in client.server_stream(count_up, request)]
+        assert numbers == [1, 2, 3]
+        total = await client.client_stream("StreamDemoService/Sum", lines({"value": "2"}, {"value": 40}))
+        assert jsonmap.decode(found.message("streaming.v1.SumResponse"), total) == {"total": "42", "count": 2}
+        chat = found.method("StreamDemoService/Chat")
+
+        async def said() -> AsyncIterator[bytes]:
+            for text in ("a", "b"):
+                yield jsonmap.encode(chat.input, {"text": text})
+
+        echoes = [jsonmap.decode(chat.output, m)["text"] async for m in client.bidi(chat, said())]
+        assert echoes == ["echo: a", "echo: b"]
+        with pytest.raises(RpcError) as failed:
+            await client.client_stream("StreamDemoService/Sum", lines({"value": -1}))
+        assert failed.value.code == ErrorCode.INVALID_ARGUMENT
+    finally:
+        await server.stop()
+
+
+async def test_the_schema_subject_answers_only_what_it_should(nc: NATS, server_nc: NATS) -> None:
+    """Any request body gets the same bounded answer; a wildcard reply subject gets none; without
+    reflection there is no `proto.*` metadata and no schema subject."""
+    server = await betterproto_nats.serve(server_nc, Demo())
+    try:
+        for body in (b"", b"\x00" * 10_000, b"$SRV.>"):
+            reply = await nc.request(descriptors.schema_subject("StreamDemoService", server.id), body, timeout=2)
+            assert reply.data == SCHEMA and reply.headers[descriptors.SCHEMA_DIGEST_HEADER] == descriptors.digest(SCHEMA)
+        answered = asyncio.Event()
+
+        async def evil(msg: object) -> None:
+            answered.set()
+
+        sub = await nc.subscribe("evil.*", cb=evil)
+        await nc.publish(descriptors.schema_subject("StreamDemoService"), b"", reply="evil.*")
+        await nc.flush()
+        assert (await nc.request(f"$SRV.PING.StreamDemoService.{server.id}", b"", timeout=2)).data  # the service read it
+        assert not answered.is_set()
+        await sub.unsubscribe()
+    finally:
+        await server.stop()
+    quiet = await betterproto_nats.serve(server_nc, Demo(), reflection=False)
+    try:
+        info = json.loads((await nc.request(f"$SRV.INFO.StreamDemoService.{quiet.id}", b"", timeout=2)).data)
+        assert not any(k.startswith("proto.") for e in info["endpoints"] for k in (e.get("metadata") or {}))
+        with pytest.raises(Exception):
+            await nc.request(descriptors.schema_subject("StreamDemoService", quiet.id), b"", timeout=0.5)
+    finally:
+        await quiet.stop()
