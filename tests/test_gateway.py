@@ -27,7 +27,7 @@ import betterproto_nats  # noqa: E402
 from betterproto_nats.gateway import GatewayOptions, create_app  # noqa: E402
 from betterproto_nats.gateway.mapping import call_headers, close_code, http_status, parse_timeout  # noqa: E402
 from betterproto_nats.reflection.catalog import Catalog  # noqa: E402
-from gen.streaming.v1 import ExportSnapshotRequest, SnapshotChunk  # noqa: E402
+from gen.streaming.v1 import ChatMessage, ExportSnapshotRequest, SnapshotChunk  # noqa: E402
 
 DEMO = "streaming.v1.StreamDemoService"
 
@@ -39,6 +39,15 @@ class Service(Demo):
         super().__init__()
         self.chunks_sent = 0
         self.downloads_cancelled = 0
+        self.chats_cancelled = 0
+
+    async def chat(self, requests: AsyncIterator[ChatMessage]) -> AsyncIterator[ChatMessage]:
+        try:
+            async for answer in super().chat(requests):
+                yield answer
+        except asyncio.CancelledError:
+            self.chats_cancelled += 1
+            raise
 
     async def export_snapshot(self, request: ExportSnapshotRequest) -> AsyncIterator[SnapshotChunk]:
         chunk = SnapshotChunk(data=b"x" * 65536)
@@ -215,6 +224,15 @@ async def test_a_client_that_goes_away_cancels_its_call(base: str, service: Serv
     assert service.chunks_sent < 100_000
 
 
+async def test_a_websocket_client_that_goes_away_cancels_its_call(base: str, service: Service) -> None:
+    """Bidi: the WebSocket closes mid-call; the handler is cancelled and the gateway's connection
+    keeps no subscription of the call (the `nc` fixture checks)."""
+    async with websockets.connect(base.replace("http", "ws") + f"/{DEMO}/Chat") as ws:
+        await ws.send(json.dumps({"text": "one"}))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 5))["text"] == "echo: one"
+    await settle(lambda: service.chats_cancelled == 1, timeout=5)
+
+
 async def test_a_slow_reader_slows_the_service(base: str, service: Service) -> None:
     """A reader that stops reading: the gateway takes no more from the NATS stream than the HTTP
     connection accepts, and the service stops at its flow window (not at 1 GiB)."""
@@ -272,6 +290,7 @@ async def test_mounted_in_an_application(service: Service, nc: NATS, catalog: Ca
         async with websockets.connect(url.replace("http", "ws") + f"/rpc/{DEMO}/Chat") as ws:
             await ws.send(json.dumps({"text": "m"}))
             assert json.loads(await asyncio.wait_for(ws.recv(), 5))["text"] == "echo: m"
+            await ws.send("")
 
 
 # --- OpenAPI and the command ------------------------------------------------------------------------
