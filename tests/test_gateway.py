@@ -27,7 +27,7 @@ import betterproto_nats  # noqa: E402
 from betterproto_nats.gateway import GatewayOptions, create_app  # noqa: E402
 from betterproto_nats.gateway.mapping import call_headers, close_code, http_status, parse_timeout  # noqa: E402
 from betterproto_nats.reflection.catalog import Catalog  # noqa: E402
-from gen.streaming.v1 import ChatMessage, ExportSnapshotRequest, SnapshotChunk  # noqa: E402
+from gen.streaming.v1 import ChatMessage, ExportSnapshotRequest, ImportSnapshotResponse, SnapshotChunk  # noqa: E402
 
 DEMO = "streaming.v1.StreamDemoService"
 
@@ -40,6 +40,12 @@ class Service(Demo):
         self.chunks_sent = 0
         self.downloads_cancelled = 0
         self.chats_cancelled = 0
+
+    async def import_snapshot(self, requests: Any) -> ImportSnapshotResponse:
+        size = 0
+        async for chunk in requests:
+            size += len(chunk.data)
+        return ImportSnapshotResponse(id="up", size=size)
 
     async def chat(self, requests: AsyncIterator[ChatMessage]) -> AsyncIterator[ChatMessage]:
         try:
@@ -194,6 +200,17 @@ async def test_bidi_chat_over_a_websocket(base: str, service: Service) -> None:
         assert closed.value.rcvd.reason == "PERMISSION_DENIED: not allowed"
 
 
+async def test_chunked_methods_as_raw_bytes(http: Any) -> None:
+    """A chunked download as application/octet-stream (the bytes alone, for curl -o), a chunked
+    upload from an application/octet-stream body (chunked at the method's size)."""
+    download = await http.post(f"/{DEMO}/ExportSnapshot", json={"id": "3"}, headers={"Accept": "application/octet-stream"})
+    assert download.status_code == 200 and download.headers["content-type"] == "application/octet-stream"
+    assert download.content == b"x" * (3 * 65536)
+    blob = bytes(range(256)) * 2000  # 512,000 bytes: 4 chunks of 131,072 (the proto's size) at most
+    upload = await http.post(f"/{DEMO}/ImportSnapshot", content=blob, headers={"Content-Type": "application/octet-stream"})
+    assert upload.status_code == 200 and upload.json() == {"id": "up", "size": str(len(blob))}
+
+
 # --- headers, deadlines, cancellation, back-pressure ------------------------------------------------
 
 
@@ -310,10 +327,11 @@ async def test_openapi_document_validates(http: Any) -> None:
     assert page.status_code == 200 and "openapi.json" in page.text
 
 
-async def test_the_command_serves_a_proto(nats_server: Any, service: Service) -> None:
-    """`betterproto-nats gateway` as a process: --proto, port 0, then a unary call and a stream."""
+async def test_the_command_discovers_and_serves(nats_server: Any, service: Service) -> None:
+    """`betterproto-nats gateway -s URL` as a process in front of the running demo service (found by
+    discovery: $SRV INFO and its schema), port 0, then a unary call and a stream."""
     code = "import sys; from betterproto_nats.gateway.command import main; sys.exit(main(sys.argv[1:]))"
-    args = ["-s", nats_server.url, "--port", "0", "-I", str(ROOT / "proto"), "--proto", "streaming/v1/stream_demo.proto"]
+    args = ["-s", nats_server.url, "--port", "0", "--discover-timeout", "0.5"]
     proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE)
     try:
         assert proc.stdout is not None

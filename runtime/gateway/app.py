@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, AsyncIterable, AsyncIterator, Callable, Mapping, Protocol
 
+from google.protobuf.message import DecodeError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -25,6 +26,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..core.errors import ErrorCode, RpcError
+from ..core.headers import BLOB_SIZE, parse_uint
 from ..reflection import jsonmap
 from ..reflection.catalog import Catalog, MethodInfo
 from ..reflection.dynamic import DynamicClient
@@ -36,6 +38,8 @@ from .openapi import openapi_document
 log = logging.getLogger("betterproto_nats.gateway")
 
 NDJSON = "application/x-ndjson"
+OCTETS = "application/octet-stream"
+MAX_RAW_CHUNK = 512 * 1024  # bytes of one chunk of a raw upload, at most (within NATS's usual 1 MiB)
 
 
 class Calls(Protocol):
@@ -43,7 +47,9 @@ class Calls(Protocol):
 
     async def unary(self, method: MethodInfo, request: bytes, *, headers: Mapping[str, str] | None = ..., timeout: float | None = ...) -> bytes: ...
 
-    def server_stream(self, method: MethodInfo, request: bytes, *, headers: Mapping[str, str] | None = ..., timeout: float | None = ...) -> AsyncIterator[bytes]: ...
+    def server_stream(
+        self, method: MethodInfo, request: bytes, *, headers: Mapping[str, str] | None = ..., timeout: float | None = ..., response_headers: dict[str, str] | None = ...
+    ) -> AsyncIterator[bytes]: ...
 
     async def client_stream(self, method: MethodInfo, requests: AsyncIterable[bytes], *, headers: Mapping[str, str] | None = ..., timeout: float | None = ...) -> bytes: ...
 
@@ -86,18 +92,28 @@ async def _aclose(iterator: AsyncIterator[bytes]) -> None:
             log.debug("closing a stream failed", exc_info=True)
 
 
+@dataclass(frozen=True)
+class Framing:
+    """How a server stream goes out: its media type, each message's bytes from its protobuf body, the
+    error's frame (None: the connection is cut, as for a raw download) and the end's."""
+
+    media_type: str
+    message: Callable[[bytes], bytes]
+    error: Callable[[RpcError], bytes] | None
+    end: bytes
+
+
 class StreamedAnswer(Response):
     """A server stream's messages, framed as they arrive; the call is cancelled when the client
     disconnects and its stream closed whatever happens."""
 
-    def __init__(
-        self, gateway: "Gateway", method: MethodInfo, messages: AsyncIterator[bytes], first: bytes | None, body: RequestBody, form: StreamFormat, pick: Callable[[Any], Any]
-    ) -> None:
-        super().__init__(media_type=form.media_type, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    def __init__(self, messages: AsyncIterator[bytes], first: bytes | None, body: RequestBody, framing: Framing, size: int | None = None) -> None:
+        super().__init__(media_type=framing.media_type, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]  # sent as it comes
-        self.gateway, self.method, self.messages, self.first, self.form = gateway, method, messages, first, form
+        if size is not None:
+            self.raw_headers.append((b"content-length", str(size).encode()))
+        self.messages, self.first, self.framing = messages, first, framing
         self.request_body = body
-        self.pick = pick
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -109,15 +125,18 @@ class StreamedAnswer(Response):
             await _aclose(self.messages)
 
     async def _pump(self, send: Send) -> None:
-        decode = self.gateway.decoder(self.method, self.pick)
+        frame = self.framing.message
         try:
             if self.first is not None:
-                await send({"type": "http.response.body", "body": self.form.message(decode(self.first)), "more_body": True})
+                await send({"type": "http.response.body", "body": frame(self.first), "more_body": True})
             async for body in self.messages:
-                await send({"type": "http.response.body", "body": self.form.message(decode(body)), "more_body": True})
-            tail = self.form.end()
+                await send({"type": "http.response.body", "body": frame(body), "more_body": True})
+            tail = self.framing.end
         except RpcError as error:
-            tail = self.form.error(error_body(error))
+            if self.framing.error is None:
+                log.warning("a raw download failed after its start, its connection is cut: %s", error)
+                return  # no end of the body: the client sees a cut download
+            tail = self.framing.error(error)
         await send({"type": "http.response.body", "body": tail, "more_body": False})
 
 
@@ -201,7 +220,8 @@ class Gateway:
         try:
             headers, timeout = self.settings(request.headers, request.query_params)
             if method.shape == "client":
-                return await self._client_stream(method, body, headers, timeout)
+                raw = method.chunked and request.headers.get("content-type", "").startswith(OCTETS)
+                return await self._client_stream(method, body, headers, timeout, raw)
             if method.shape == "bidi":
                 raise RpcError(ErrorCode.INVALID_ARGUMENT, f"{method.full_name} is bidirectional: open a WebSocket on /{method.full_name}")
             data = await body.read()
@@ -212,8 +232,8 @@ class Gateway:
             request_bytes = jsonmap.encode(method.input, message)
             pick = binding.answer if binding is not None else _whole
             if method.shape == "server":
-                ndjson = NDJSON in request.headers.get("accept", "")
-                return await self._server_stream(method, request_bytes, body, headers, timeout, StreamFormat(ndjson), pick)
+                framing = self.framing(method, request.headers.get("accept", ""), pick)
+                return await self._server_stream(method, request_bytes, body, headers, timeout, framing)
             answer = await first_of(
                 asyncio.ensure_future(self.client.unary(method, request_bytes, headers=headers, timeout=timeout)),
                 asyncio.ensure_future(body.disconnected()),
@@ -226,26 +246,49 @@ class Gateway:
         except ValueError as error:  # a header value the runtime refuses
             return error_response(RpcError(ErrorCode.INVALID_ARGUMENT, str(error)))
 
-    async def _server_stream(
-        self, method: MethodInfo, request: bytes, body: RequestBody, headers: dict[str, str], timeout: float | None, form: StreamFormat, pick: Callable[[Any], Any]
-    ) -> Response:
+    def framing(self, method: MethodInfo, accept: str, pick: Callable[[Any], Any]) -> Framing:
+        """Server-sent events; NDJSON when asked; the bytes alone of a chunked download when asked
+        for application/octet-stream."""
+        if method.chunked and OCTETS in accept:
+            return Framing(OCTETS, chunk_reader(method), None, b"")
+        form = StreamFormat(NDJSON in accept)
+        decode = self.decoder(method, pick)
+        return Framing(form.media_type, lambda body: form.message(decode(body)), lambda error: form.error(error_body(error)), form.end())
+
+    async def _server_stream(self, method: MethodInfo, request: bytes, body: RequestBody, headers: dict[str, str], timeout: float | None, framing: Framing) -> Response:
         """Waits for the first message (or the end, or the error) before answering, so that a call
-        that fails at once gets its HTTP status."""
-        messages = self.client.server_stream(method, request, headers=headers, timeout=timeout)
+        that fails at once gets its HTTP status (and a raw download its length, when announced)."""
+        first_headers: dict[str, str] = {}
+        messages = self.client.server_stream(method, request, headers=headers, timeout=timeout, response_headers=first_headers)
         try:
             first = await first_of(asyncio.ensure_future(_next(messages)), asyncio.ensure_future(body.disconnected()))
         except BaseException:
             await _aclose(messages)
             raise
-        return StreamedAnswer(self, method, messages, first, body, form, pick)
+        size = parse_uint(first_headers.get(BLOB_SIZE)) if framing.media_type == OCTETS else None
+        return StreamedAnswer(messages, first, body, framing, size)
 
-    async def _client_stream(self, method: MethodInfo, body: RequestBody, headers: dict[str, str], timeout: float | None) -> Response:
+    async def _client_stream(self, method: MethodInfo, body: RequestBody, headers: dict[str, str], timeout: float | None, raw: bool) -> Response:
+        """NDJSON, a message per line; or for a chunked upload sent as application/octet-stream, the
+        body's bytes in chunks of the method's size."""
+
         async def requests() -> AsyncIterator[bytes]:
             async for number, line in body.lines():
                 yield self.encode(method, line, f"line {number}")
 
+        async def chunks() -> AsyncIterator[bytes]:
+            make, size = chunk_writer(method), max(1, min(method.chunk_size, MAX_RAW_CHUNK))
+            pending = bytearray()
+            async for piece in body.chunks():
+                pending += piece
+                while len(pending) >= size:
+                    yield make(bytes(pending[:size]))
+                    del pending[:size]
+            if pending:
+                yield make(bytes(pending))
+
         answer = await first_of(
-            asyncio.ensure_future(self.client.client_stream(method, requests(), headers=headers, timeout=timeout)),
+            asyncio.ensure_future(self.client.client_stream(method, chunks() if raw else requests(), headers=headers, timeout=timeout)),
             asyncio.ensure_future(body.disconnected()),
         )
         return Response(dumps(jsonmap.decode(method.output, answer)), media_type="application/json")
@@ -299,6 +342,25 @@ class Gateway:
         except (ClientGone, WebSocketDisconnect, OSError):
             return
         await _close(websocket, None)
+
+
+def chunk_reader(method: MethodInfo) -> Callable[[bytes], bytes]:
+    """A chunked download's message body -> its bytes field."""
+    message_class, name = jsonmap.message_class(method.output), method.chunk_field
+
+    def take(body: bytes) -> bytes:
+        try:
+            return bytes(getattr(message_class.FromString(body), name))
+        except (DecodeError, AttributeError, ValueError) as error:
+            raise RpcError(ErrorCode.DATA_LOSS, f"a chunk of {method.full_name} does not decode: {error}") from None
+
+    return take
+
+
+def chunk_writer(method: MethodInfo) -> Callable[[bytes], bytes]:
+    """Bytes -> a chunked upload's message body."""
+    message_class, name = jsonmap.message_class(method.input), method.chunk_field
+    return lambda data: bytes(message_class(**{name: data}).SerializeToString())
 
 
 def _whole(value: Any) -> Any:

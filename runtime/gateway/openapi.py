@@ -165,11 +165,17 @@ def _operation(method: "MethodInfo", schemas: Schemas, parameters: list[dict[str
             },
             "default": error,
         }
+        if method.chunked:
+            op["description"] += " A chunked download: Accept: application/octet-stream gives its bytes alone (an error after the start cuts the connection)."
+            op["responses"]["200"]["content"]["application/octet-stream"] = {"schema": {"type": "string", "contentMediaType": "application/octet-stream"}}
         return "post", op
     if method.shape == "client":
         op["summary"] = f"{method.name} (client stream)"
         op["description"] = "The requests as NDJSON (one JSON message per line), read as they arrive; the answer once the body ends."
         op["requestBody"] = {"required": True, "content": {"application/x-ndjson": {"schema": request, "x-stream-item": request}}}
+        if method.chunked:
+            op["description"] += " A chunked upload: an application/octet-stream body is sent as chunks of the method's size."
+            op["requestBody"]["content"]["application/octet-stream"] = {"schema": {"type": "string", "contentMediaType": "application/octet-stream"}}
         op["responses"] = {"200": {"description": "the answer", "content": {"application/json": {"schema": answer}}}, "default": error}
         return "post", op
     op["summary"] = f"{method.name} (bidirectional, WebSocket)"
