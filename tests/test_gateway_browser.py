@@ -51,7 +51,7 @@ class Browser:
     async def until(self, expression: str, timeout: float = 10) -> Any:
         """The value of `expression` once truthy (polled every 50 ms, at most `timeout` seconds)."""
         for _ in range(int(timeout / 0.05)):
-            value = await self.eval(expression)
+            value = await self.eval(f"(() => {{ try {{ return {expression}; }} catch (e) {{ return false; }} }})()")  # (a page still loading)
             if value:
                 return value
             await asyncio.sleep(0.05)
