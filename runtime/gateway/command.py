@@ -73,7 +73,7 @@ async def serve(args: argparse.Namespace, ready: "asyncio.Event | None" = None) 
             print(f"gateway on http://{args.host}:{port}/ : {len(catalog.services)} services, {methods} methods", flush=True)
         await serving
     finally:
-        await nc.drain()
+        await nc.close()  # a client only: nothing to drain (nats-py's drain does not know the fast paths' subscriptions)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
