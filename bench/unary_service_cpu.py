@@ -40,13 +40,13 @@ class Service(StreamDemoServiceNatsBase):
         return self.answer
 
 
-async def measure(url: str, calls: int, rounds: int) -> list[float]:
+async def measure(url: str, calls: int, rounds: int, reflection: bool = True) -> list[float]:
     # Distinct requests, built before the service starts (its loop is not lagged by them), and as
     # many whatever `calls` is (so that two runs under valgrind differ only by the calls served).
     bodies = [bytes(PingRequest(payload=f"p{i}")) for i in range(BUILT)]
     replies = [f"_INBOX.nobody.{i}".encode() for i in range(BUILT)]
     nc = await nats.connect(url)
-    server = await betterproto_nats.serve(nc, Service())
+    server = await betterproto_nats.serve(nc, Service(), reflection=reflection)
     await asyncio.sleep(0.2)  # the loop lag monitor settles after start-up
     endpoint = next(e for e in server.endpoints if e.method.name == "Ping")
     sid = next(sid for sid, sub in nc._subs.items() if sub.subject == endpoint.subject)
@@ -75,9 +75,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--no-reflection", action="store_true", help="the service publishes no schema (issue 29's before/after)")
     args = parser.parse_args()
     with NatsServer() as server:
-        results = asyncio.run(measure(server.url, args.calls, args.rounds))
+        results = asyncio.run(measure(server.url, args.calls, args.rounds, not args.no_reflection))
     print(f"service CPU per unary call: best {min(results):.2f} µs, rounds {', '.join(f'{r:.2f}' for r in results)}")
 
 

@@ -138,6 +138,7 @@ def _serve_options(args: argparse.Namespace) -> ServeOptions:
         max_loop_lag=args.max_loop_lag or None,
         interceptors=[LoggingInterceptor()] if args.log_calls else (),
         persist=not args.no_persist,
+        reflection=not args.no_reflection,
         jetstream_domain=args.jetstream_domain or None,
         jetstream_prefix=args.jetstream_prefix or None,
     )
@@ -173,6 +174,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     serve_cmd.add_argument("--jetstream-domain", help="JetStream domain of the persisted methods' stores")
     serve_cmd.add_argument("--jetstream-prefix", help="JetStream API prefix of the persisted methods' stores")
     serve_cmd.add_argument("--no-persist", action="store_true", help="serve without storing persisted methods' responses")
+    serve_cmd.add_argument("--no-reflection", action="store_true", help="publish no schema (proto.* metadata, $SRV.PROTO)")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -153,7 +153,7 @@ def test_nothing_below_the_surface_imports_the_surface() -> None:
 # The top level of the runtime: its public surface, each a real module (docs/DESIGN.md).
 SURFACE_MODULES = {
     "__init__": "the package: what users import (`betterproto_nats.serve`, `RpcError`, ...)",
-    "__main__": "`python -m betterproto_nats`",
+    "__main__": "`python -m betterproto_nats` and the `betterproto-nats` command: `serve`, or the `cli` package",
     "_version": "the version",
     "_api_v1": "the private API that generated code of version 1 imports",
     "_api_v2": "version 2 of it",

@@ -62,12 +62,15 @@ def test_wheel_contents(wheel: Path) -> None:
         "betterproto_nats_plugin/adapter.py",
         "betterproto_nats_plugin/templates/nats.py.j2",
         "betterproto_nats_plugin/include/natsmicro/options.proto",
+        "betterproto_nats/cli/main.py",
+        "betterproto_nats/reflection/catalog.py",
     ):
         assert required in names, required
     assert not any(name.startswith(("tests/", "gen/", "bench/")) for name in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "protoc-gen-python_nats = betterproto_nats_plugin.main:main" in text
+    assert "betterproto-nats = betterproto_nats.__main__:main" in text
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
     requires = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
     runtime = [line for line in requires if "extra ==" not in line]
@@ -136,6 +139,10 @@ def test_init_generate_and_serve_from_the_wheel(venv: Path, tmp_path: Path, nats
         ran = subprocess.run([python, "-c", call], cwd=project, capture_output=True, text=True, env=env, timeout=60)
         assert ran.returncode == 0, ran.stderr
         assert ran.stdout.splitlines() == ["hello ada", "['hello bob', 'hi bob', 'hey bob']"]
+        # the CLI, from a folder without the generated code: the schema comes from the service
+        cli = [str(venv / "bin" / "betterproto-nats"), "-s", nats_server.url, "--wait", "0.5"]
+        called = subprocess.run([*cli, "call", "Greeter/SayHello", '{"name": "cy"}'], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=60)
+        assert (called.returncode, called.stdout) == (0, '{"message":"hello cy"}\n'), called.stderr
     finally:
         serving.terminate()
         serving.wait(10)

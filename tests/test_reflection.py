@@ -10,6 +10,7 @@ from typing import AsyncIterator
 
 import pytest
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 import betterproto_nats
 from betterproto_nats import ErrorCode, RpcError
@@ -140,3 +141,70 @@ async def test_the_schema_subject_answers_only_what_it_should(nc: NATS, server_n
             await nc.request(descriptors.schema_subject("StreamDemoService", quiet.id), b"", timeout=0.5)
     finally:
         await quiet.stop()
+
+
+async def test_discovery_leaves_out_what_hostile_responders_send(nc: NATS, server_nc: NATS) -> None:
+    """Garbage INFO replies, a wildcard endpoint subject, a schema that is not what its digest says,
+    and one that does not parse are noted in `problems`; the real service is listed all the same."""
+    garbage = b"\x00\x01 not a descriptor set"
+    infos = [
+        b"[" * 100_000,
+        b'{"name": "a.b", "id": "x"}',
+        json.dumps({"name": "wild", "id": "w1", "endpoints": [{"name": "e", "subject": "api.*"}]}).encode(),
+        json.dumps({"name": "liar", "id": "l1", "endpoints": [{"name": "e", "subject": "liar.e",
+                    "metadata": {"proto.method": "x.Y/Z", "proto.schema": descriptors.digest(b"liar")}}]}).encode(),
+        json.dumps({"name": "junk", "id": "j1", "endpoints": [{"name": "e", "subject": "junk.e",
+                    "metadata": {"proto.method": "x.Y/Z", "proto.schema": descriptors.digest(garbage)}}]}).encode(),
+    ]  # fmt: skip
+
+    async def info(msg: Msg) -> None:
+        for body in infos:
+            await server_nc.publish(msg.reply, body)
+
+    async def schema(msg: Msg) -> None:
+        await server_nc.publish(msg.reply, b"something else" if ".liar." in msg.subject else garbage)
+
+    subs = [await server_nc.subscribe("$SRV.INFO", cb=info), await server_nc.subscribe("$SRV.PROTO.>", cb=schema)]
+    server = await betterproto_nats.serve(server_nc, Demo())
+    try:
+        found = await Catalog.discover(nc, timeout=1)
+        assert found.service("StreamDemoService").methods  # the real one
+        problems = "\n".join(found.problems)
+        assert problems.count("an INFO reply was left out") == 3, problems
+        assert "liar l1: its schema does not match the digest it publishes" in problems
+        assert "junk j1: schema does not load" in problems
+        assert [s.nats_name for s in found.services if not s.methods] == ["junk", "liar"]  # listed, no methods
+    finally:
+        await server.stop()
+        for sub in subs:
+            await sub.unsubscribe()
+
+
+async def test_options_and_json_bodies(nc: NATS, server_nc: NATS) -> None:
+    """Names, subjects and timeouts as the options set them; a `json: true` service is called with
+    protobuf binary and answered in it (the client converts); skipped services and methods are not listed."""
+    from gen.fixtures.options.v1 import InventoryNatsBase
+    from test_options import Inventory, JsonEcho
+
+    schema = descriptors.schema_bytes(InventoryNatsBase._nats_service.schema)
+    local = Catalog.from_descriptor_set(schema)
+    assert {s.full_name for s in local.services} == {
+        "fixtures.options.v1.Inventory", "fixtures.options.v1.JSONEchoAPI", "fixtures.options.v1.PlainService",
+    }  # fmt: skip
+    inventory = local.service("inventory-svc")
+    assert (inventory.nats_name, inventory.version, inventory.subject_prefix) == ("inventory-svc", "2.3.4", "shop.inventory")
+    assert "Hidden" not in {m.name for m in inventory.methods}
+    assert local.method("Inventory/Echo").timeout == 0.5 and local.method("Inventory/Windowed").timeout == 30
+    assert local.method("Inventory/Windowed").options["stream"] == {"max_inflight": 32}
+    assert local.method("JSONEchoAPI/GetHTTPStatus").subject == "json_echo_api.get_http_status"
+    servers = [await betterproto_nats.serve(server_nc, JsonEcho()), await betterproto_nats.serve(server_nc, Inventory())]
+    try:
+        found = await Catalog.discover(nc, timeout=1)
+        method = found.method("JSONEchoAPI/GetHTTPStatus")
+        assert method.json and found.service("JSONEchoAPI").ids == [servers[0].id]
+        request = jsonmap.encode(method.input, {"text": "hi", "number": 1, "tags": {"a": "b"}})
+        answer = await DynamicClient(nc, found).unary(method, request, timeout=5)
+        assert jsonmap.decode(method.output, answer) == {"text": "HI", "number": 2, "tags": {"a": "b"}}
+    finally:
+        for server in servers:
+            await server.stop()

@@ -102,6 +102,11 @@ class Catalog:
         files = _load(pool, data)
         return cls(pool, [_service_from(pool, described) for described in _services_of(pool, files)])
 
+    def add_descriptor_set(self, data: bytes) -> None:
+        """Add the services of another serialized FileDescriptorSet (files already known are kept)."""
+        files = _load(self.pool, data)
+        self.services.extend(_service_from(self.pool, described) for described in _services_of(self.pool, files))
+
     @classmethod
     def from_proto_files(cls, proto_paths: Sequence[str | Path], files: Sequence[str | Path]) -> Catalog:
         """Compile .proto files with grpc_tools.protoc (the `cli` extra installs it; protoc's own
@@ -110,26 +115,34 @@ class Catalog:
 
     @classmethod
     async def discover(
-        cls, nc: NATS, timeout: float = 1.0, *, name: str | None = None, local: Catalog | None = None
+        cls,
+        nc: NATS,
+        timeout: float = 1.0,
+        *,
+        name: str | None = None,
+        local: Catalog | None = None,
+        service: str | None = None,
     ) -> Catalog:
         """The services on the account (or those named `name`): `$SRV.INFO`, then the schema of each
-        service that publishes one (`$SRV.PROTO.<name>.<id>`, once per digest). Services with no
+        service that publishes one (`$SRV.PROTO.<name>.<id>`, once per digest; with `service`, only
+        of instances serving it: its proto full or short name, or NATS name). Services with no
         schema take it from `local` (by NATS name, then proto name), else are listed without methods."""
         problems: list[str] = []
         subject = "$SRV.INFO" + (f".{name}" if name else "")
         infos = [info for info in (_read_info(msg, problems) for msg in await gather_replies(nc, subject, timeout)) if info]
         pool = local.pool if local is not None else descriptor_pool.DescriptorPool()
-        fetched: dict[str, set[str]] = {}  # digest -> service full names it covers
+        fetched: dict[str, set[str]] = {}  # digest -> service full names it covers (loaded schemas only)
         for info in infos:
             digest = info.digest
-            if digest and digest not in fetched:
+            if service and not _serves(info, service):
+                continue
+            if digest and digest not in fetched:  # one instance per digest; the next one if it fails
                 data = await _fetch_schema(nc, info.name, info.id, digest, timeout, problems)
-                fetched[digest] = set()
                 if data is not None:
                     try:
                         _load(pool, data)
                         fetched[digest] = {m.split("/")[0] for m in info.methods.values()}
-                    except (TypeError, ValueError) as error:
+                    except Exception as error:  # remote bytes: DecodeError, TypeError from the pool, ...
                         problems.append(f"{info.name} {info.id}: schema does not load: {_short(error)}")
         return cls(pool, _merge(pool, infos, fetched, local, problems), problems)
 
@@ -144,6 +157,9 @@ class Catalog:
                 for method in service.methods:
                     if method_name in (method.name, method.subject.rpartition(".")[2]):
                         return method
+        for service in self.services:
+            if not service.methods and _names_service(service, service_name):
+                raise RpcError(ErrorCode.NOT_FOUND, f"{service_name} publishes no schema: give its .proto files or a descriptor set (--proto, --descriptor-set)")
         known = [m.full_name for s in self.services for m in s.methods]
         near = difflib.get_close_matches(name, known, n=3, cutoff=0.5) or difflib.get_close_matches(
             method_name, [k.rpartition("/")[2] for k in known], n=3
@@ -230,11 +246,13 @@ def _load(pool: descriptor_pool.DescriptorPool, data: bytes) -> list[descriptor_
 
 
 def _services_of(pool: descriptor_pool.DescriptorPool, files: Iterable[descriptor_pb2.FileDescriptorProto]) -> list[Any]:
+    """The services of `files` that are served: not those with `(natsmicro.service).skip`."""
     return [
         service
         for file in files
         if file.package != OPTIONS_PACKAGE
         for service in pool.FindFileByName(file.name).services_by_name.values()
+        if not _options(pool, service.GetOptions(), _SERVICE_OPTIONS).get("service", {}).get("skip")
     ]
 
 
@@ -433,9 +451,15 @@ def _read_info(msg: Msg, problems: list[str]) -> _Instance | None:
             name, id, str(info.get("version", "")), str(info.get("description", "")), endpoints, methods,
             next(iter(digests), ""),
         )  # fmt: skip
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
         problems.append(f"an INFO reply was left out: {_short(error)}")
         return None
+
+
+def _serves(info: _Instance, service: str) -> bool:
+    """Whether an instance is, or serves, `service` (as `Catalog.method` would name it)."""
+    full_names = {m.split("/")[0] for m in info.methods.values()}
+    return service == info.name or any(f == service or f.endswith("." + service) for f in full_names)
 
 
 def _token(text: str) -> bool:
@@ -447,20 +471,37 @@ def _short(error: BaseException) -> str:
 
 
 async def _fetch_schema(nc: NATS, name: str, id: str, digest: str, timeout: float, problems: list[str]) -> bytes | None:
-    """The schema one instance publishes, checked against the digest its INFO named."""
+    """The schema one instance publishes: the first reply whose bytes match the digest its INFO named
+    (another responder on the subject cannot displace it), within `timeout`; at most 16 replies read."""
+    replies: asyncio.Queue[Msg] = asyncio.Queue(maxsize=16)
+
+    async def collect(msg: Msg) -> None:
+        if not replies.full():
+            replies.put_nowait(msg)
+
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, cb=collect)
+    why = "no answer"
     try:
-        msg = await nc.request(descriptors.schema_subject(name, id), b"", timeout=timeout)
-    except Exception as error:  # timeout, no responders: listed without methods
-        problems.append(f"{name} {id}: no schema ({type(error).__name__})")
-        return None
-    failure = error_from_headers(msg.headers)
-    if failure is not None:
-        problems.append(f"{name} {id}: no schema ({failure.code}: {failure.message})")
-        return None
-    if descriptors.digest(msg.data) != digest:
-        problems.append(f"{name} {id}: its schema does not match the digest it publishes")
-        return None
-    return bytes(msg.data)
+        await nc.publish(descriptors.schema_subject(name, id), b"", reply=inbox)
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + timeout
+        for _ in range(16):
+            try:
+                msg = await asyncio.wait_for(replies.get(), max(0.0, give_up - loop.time()))
+            except asyncio.TimeoutError:
+                break
+            failure = error_from_headers(msg.headers)
+            if failure is not None:
+                why = f"{failure.code}: {failure.message}"
+            elif descriptors.digest(msg.data) == digest:
+                return bytes(msg.data)
+            else:
+                why = "its schema does not match the digest it publishes"
+    finally:
+        await sub.unsubscribe()
+    problems.append(f"{name} {id}: {why}" if why.startswith("its") else f"{name} {id}: no schema ({why})")
+    return None
 
 
 def _merge(

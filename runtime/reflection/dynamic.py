@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
-from typing import Any, AsyncIterable, AsyncIterator, Callable, Mapping, cast
+from typing import Any, AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Mapping, cast
 
 from google.protobuf.descriptor import FieldDescriptor
 from nats.aio.client import Client as NATS
@@ -151,7 +151,7 @@ class DynamicClient:
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
         response_headers: dict[str, str] | None = None,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """The responses as they arrive; `response_headers` gets the first message's headers."""
         info = self.resolve(method)
         client, spec = self._client(info, "server")
@@ -190,7 +190,7 @@ class DynamicClient:
         *,
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Requests sent as `requests` gives them, responses yielded as they arrive."""
         info = self.resolve(method)
         client, spec = self._client(info, "bidi")

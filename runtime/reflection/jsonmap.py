@@ -27,7 +27,7 @@ def encode(descriptor: Descriptor, obj: Any) -> bytes:
     try:
         message = json_format.ParseDict(obj, message_class(descriptor)(), descriptor_pool=descriptor.file.pool)
     except (json_format.ParseError, ValueError, TypeError) as error:
-        raise RpcError(ErrorCode.INVALID_ARGUMENT, f"{descriptor.full_name}: {error}") from None
+        raise RpcError(ErrorCode.INVALID_ARGUMENT, f"{descriptor.full_name}: {_one_line(error)}") from None
     data: bytes = message.SerializeToString()
     return data
 
@@ -37,8 +37,13 @@ def decode(descriptor: Descriptor, data: bytes, *, defaults: bool = False) -> An
     try:
         message = message_class(descriptor).FromString(data)
     except (DecodeError, ValueError) as error:
-        raise RpcError(ErrorCode.INVALID_ARGUMENT, f"cannot decode {descriptor.full_name}: {error}") from None
+        raise RpcError(ErrorCode.INVALID_ARGUMENT, f"cannot decode {descriptor.full_name}: {_one_line(error)}") from None
     return to_json(message, defaults=defaults)
+
+
+def _one_line(error: Exception) -> str:
+    """protobuf's message (it names the field and the path), on one line and bounded."""
+    return " ".join(str(error).split())[:500]
 
 
 def to_json(message: Message, *, defaults: bool = False) -> Any:

@@ -1,0 +1,332 @@
+"""`ls`, `describe` and `stats`: what runs on the account, what a service, method or message looks
+like, and how the endpoints are doing; as text or `--json`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any, Iterable
+
+from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
+from nats.aio.client import Client as NATS
+
+from ..core.errors import ErrorCode, RpcError
+from ..reflection import jsonmap
+from ..reflection.catalog import Catalog, MethodInfo, ServiceInfo, gather_replies
+from .sources import catalog_of
+
+_TYPES = {
+    getattr(FieldDescriptor, name): name[len("TYPE_") :].lower()
+    for name in dir(FieldDescriptor)
+    if name.startswith("TYPE_") and isinstance(getattr(FieldDescriptor, name), int)
+}
+
+
+def add_ls(commands: Any) -> argparse.ArgumentParser:
+    sub: argparse.ArgumentParser = commands.add_parser("ls", help="services on the account, their instances and methods")
+    sub.add_argument("name", nargs="?", help="only the services of this NATS name")
+    sub.add_argument("--json", action="store_true", help="JSON for a machine")
+    sub.set_defaults(run=ls)
+    return sub
+
+
+def add_describe(commands: Any) -> argparse.ArgumentParser:
+    sub: argparse.ArgumentParser = commands.add_parser("describe", help="a service, method or message: fields, types, options")
+    sub.add_argument("name", help="pkg.Service, pkg.Service/Method, pkg.Message (short names work)")
+    sub.add_argument("--json", action="store_true", help="JSON for a machine")
+    sub.set_defaults(run=describe)
+    return sub
+
+
+def add_stats(commands: Any) -> argparse.ArgumentParser:
+    sub: argparse.ArgumentParser = commands.add_parser("stats", help="per endpoint: calls, errors, refusals, latency, in progress")
+    sub.add_argument("name", nargs="?", help="only the services of this NATS name")
+    sub.add_argument("--json", action="store_true", help="JSON for a machine (one line per round with --watch)")
+    sub.add_argument("--watch", action="store_true", help="redraw live")
+    sub.add_argument("--interval", type=float, default=1.0, help="seconds between rounds with --watch")
+    sub.add_argument("--count", type=int, default=0, help="rounds with --watch (0: until Ctrl-C)")
+    sub.set_defaults(run=stats)
+    return sub
+
+
+# --- ls -------------------------------------------------------------------------------------------
+
+
+def service_json(service: ServiceInfo) -> dict[str, Any]:
+    return {
+        "name": service.nats_name,
+        "version": service.version,
+        "service": service.full_name or None,
+        "ids": service.ids,
+        "subject_prefix": service.subject_prefix,
+        "schema": service.digest or ("local" if service.full_name else None),
+        "description": service.description,
+        "methods": [{"name": m.full_name, "shape": m.shape, "subject": m.subject, "chunked": m.chunked} for m in service.methods],
+        "endpoints": [{"name": name, "subject": subject} for name, subject in service.endpoints],
+    }
+
+
+async def ls(args: argparse.Namespace, nc: NATS) -> int:
+    catalog = await catalog_of(args, nc, args.name)
+    services = [s for s in catalog.services if not args.name or s.nats_name == args.name]
+    if args.json:
+        print(jsonmap.dumps([service_json(s) for s in services], indent=2))
+        return 0
+    if not services:
+        print("no services found" + (f" named {args.name}" if args.name else ""), file=sys.stderr)
+        return 0
+    for service in services:
+        instances = f"{len(service.ids)} instance{'s' * (len(service.ids) != 1)}" if service.ids else "not running"
+        proto = service.full_name or "(no schema: use --proto or --descriptor-set)"
+        print(f"{service.nats_name} {service.version}  {proto}  {instances}")
+        for id in service.ids:
+            print(f"  id {id}")
+        if service.methods:
+            width = max(len(m.name) for m in service.methods)
+            for method in service.methods:
+                chunked = "  chunked" if method.chunked else ""
+                print(f"  {method.name:<{width}}  {method.shape:<6}  {method.subject}{chunked}")
+        else:
+            for name, subject in service.endpoints:
+                print(f"  {name}  {subject}")
+    return 0
+
+
+# --- describe -------------------------------------------------------------------------------------
+
+
+def _field_type(field: FieldDescriptor) -> str:
+    if field.message_type is not None:
+        if field.message_type.GetOptions().map_entry:
+            key, value = field.message_type.fields_by_name["key"], field.message_type.fields_by_name["value"]
+            return f"map<{_field_type(key)}, {_field_type(value)}>"
+        return str(field.message_type.full_name)
+    if field.enum_type is not None:
+        return str(field.enum_type.full_name)
+    return _TYPES.get(field.type, str(field.type))
+
+
+def _is_map(field: FieldDescriptor) -> bool:
+    return field.message_type is not None and field.message_type.GetOptions().map_entry
+
+
+def _repeated(field: FieldDescriptor) -> bool:
+    return bool(getattr(field, "is_repeated", None) if hasattr(field, "is_repeated") else field.label == FieldDescriptor.LABEL_REPEATED) and not _is_map(field)
+
+
+def field_json(field: FieldDescriptor) -> dict[str, Any]:
+    found: dict[str, Any] = {"name": field.name, "number": field.number, "type": _field_type(field), "json_name": field.json_name}
+    if _repeated(field):
+        found["repeated"] = True
+    if field.containing_oneof is not None and not field.containing_oneof.name.startswith("_"):
+        found["oneof"] = field.containing_oneof.name
+    if field.has_presence and field.containing_oneof is not None and field.containing_oneof.name.startswith("_"):
+        found["optional"] = True
+    return found
+
+
+def _messages_of(descriptor: Descriptor, seen: dict[str, Descriptor]) -> None:
+    """`descriptor` and every message its fields use, recursively, by full name."""
+    if descriptor.full_name in seen or descriptor.GetOptions().map_entry and descriptor.full_name in seen:
+        return
+    if not descriptor.GetOptions().map_entry:
+        seen[descriptor.full_name] = descriptor
+    for field in descriptor.fields:
+        if field.message_type is not None:
+            _messages_of(field.message_type, seen)
+
+
+def _enums_of(messages: Iterable[Descriptor]) -> dict[str, EnumDescriptor]:
+    found: dict[str, EnumDescriptor] = {}
+    for message in messages:
+        for field in message.fields:
+            candidates = [field.enum_type] if field.enum_type is not None else []
+            if _is_map(field):
+                candidates += [f.enum_type for f in field.message_type.fields if f.enum_type is not None]
+            for enum in candidates:
+                found.setdefault(enum.full_name, enum)
+    return found
+
+
+def message_json(descriptor: Descriptor) -> dict[str, Any]:
+    return {"name": descriptor.full_name, "fields": [field_json(f) for f in descriptor.fields]}
+
+
+def enum_json(enum: EnumDescriptor) -> dict[str, Any]:
+    return {"name": enum.full_name, "values": {v.name: v.number for v in enum.values}}
+
+
+def method_json(method: MethodInfo) -> dict[str, Any]:
+    return {
+        "name": method.full_name,
+        "shape": method.shape,
+        "request": method.input.full_name,
+        "response": method.output.full_name,
+        "subject": method.subject,
+        "chunked": method.chunked,
+        "timeout": method.timeout,
+        "json_bodies": method.json,
+        "options": method.options,
+    }
+
+
+def message_text(descriptor: Descriptor) -> list[str]:
+    lines = [f"message {descriptor.full_name} {{"]
+    oneof = None
+    for field in descriptor.fields:
+        group = field.containing_oneof
+        real_group = group.name if group is not None and not group.name.startswith("_") else None
+        if real_group != oneof:
+            if oneof is not None:
+                lines.append("  }")
+            if real_group is not None:
+                lines.append(f"  oneof {real_group} {{")
+            oneof = real_group
+        indent = "    " if oneof else "  "
+        label = "repeated " if _repeated(field) else "optional " if group is not None and not real_group else ""
+        lines.append(f"{indent}{label}{_field_type(field)} {field.name} = {field.number};")
+    if oneof is not None:
+        lines.append("  }")
+    lines.append("}")
+    return lines
+
+
+def enum_text(enum: EnumDescriptor) -> list[str]:
+    return [f"enum {enum.full_name} {{", *(f"  {v.name} = {v.number};" for v in enum.values), "}"]
+
+
+def method_text(method: MethodInfo) -> str:
+    request = f"stream {method.input.full_name}" if method.shape in ("client", "bidi") else method.input.full_name
+    response = f"stream {method.output.full_name}" if method.shape in ("server", "bidi") else method.output.full_name
+    extras = [method.shape, method.subject]
+    if method.chunked:
+        extras.append(f"chunked ({method.chunk_field}, {method.chunk_size} bytes)")
+    if method.timeout:
+        extras.append(f"timeout {method.timeout:g}s")
+    if method.json:
+        extras.append("JSON bodies")
+    return f"rpc {method.name}({request}) returns ({response})  // {', '.join(extras)}"
+
+
+def _described(catalog: Catalog, name: str) -> tuple[list[ServiceInfo], list[MethodInfo], list[Descriptor]]:
+    """What `name` names: a service, a method or a message (in that order)."""
+    try:
+        service = catalog.service(name)
+        if service.methods or not service.full_name:
+            return [service], service.methods, []
+    except RpcError:
+        pass
+    try:
+        return [], [catalog.method(name)], []
+    except RpcError as missed:
+        try:
+            return [], [], [catalog.message(name)]
+        except RpcError:
+            for described in catalog.services:  # a message by its short name, in a known service's package
+                package = described.full_name.rpartition(".")[0]
+                try:
+                    return [], [], [catalog.message(f"{package}.{name}")]
+                except RpcError:
+                    continue
+            raise RpcError(ErrorCode.NOT_FOUND, f"no service, method or message {name!r}" + missed.message.partition(name + "'")[2]) from None
+
+
+async def describe(args: argparse.Namespace, nc: NATS) -> int:
+    catalog = await catalog_of(args, nc)
+    services, methods, roots = _described(catalog, args.name)
+    messages: dict[str, Descriptor] = {}
+    for root in [*roots, *(d for m in methods for d in (m.input, m.output))]:
+        _messages_of(root, messages)
+    enums = _enums_of(messages.values())
+    if args.json:
+        print(jsonmap.dumps({
+            "services": [{k: v for k, v in service_json(s).items() if k != "methods"} | {"options": s.options} for s in services],
+            "methods": [method_json(m) for m in methods],
+            "messages": [message_json(d) for d in messages.values()],
+            "enums": [enum_json(e) for e in enums.values()],
+        }, indent=2))  # fmt: skip
+        return 0
+    lines: list[str] = []
+    for service in services:
+        where = f"NATS name {service.nats_name} {service.version}, subjects {service.subject_prefix}.*"
+        instances = f", {len(service.ids)} instance(s)" if service.ids else ""
+        lines.append(f"service {service.full_name or service.nats_name} {{  // {where}{instances}")
+        if service.description:
+            lines.append(f"  // {service.description}")
+        lines.extend(f"  {method_text(m)}" for m in methods)
+        if not service.full_name:
+            lines.extend(f"  // endpoint {name} on {subject}: no schema (use --proto or --descriptor-set)" for name, subject in service.endpoints)
+        lines.append("}")
+    if not services:
+        lines.extend(method_text(m) for m in methods)
+    for descriptor in messages.values():
+        lines.append("")
+        lines.extend(message_text(descriptor))
+    for enum in enums.values():
+        lines.append("")
+        lines.extend(enum_text(enum))
+    print("\n".join(lines))
+    return 0
+
+
+# --- stats ----------------------------------------------------------------------------------------
+
+
+async def _stats_round(nc: NATS, name: str | None, wait: float) -> list[dict[str, Any]]:
+    replies = await gather_replies(nc, "$SRV.STATS" + (f".{name}" if name else ""), wait)
+    rounds: list[dict[str, Any]] = []
+    for msg in replies:
+        try:
+            value = json.loads(msg.data)
+            if isinstance(value, dict) and isinstance(value.get("endpoints"), list):
+                rounds.append(value)
+        except ValueError:
+            continue
+    return sorted(rounds, key=lambda s: (str(s.get("name")), str(s.get("id"))))
+
+
+def _stats_rows(replies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for reply in replies:
+        for endpoint in reply["endpoints"]:
+            if not isinstance(endpoint, dict):
+                continue
+            data = endpoint["data"] if isinstance(endpoint.get("data"), dict) else {}
+            rows.append({
+                "service": str(reply.get("name", "")), "id": str(reply.get("id", "")), "endpoint": str(endpoint.get("name", "")),
+                "requests": endpoint.get("num_requests", 0), "errors": endpoint.get("num_errors", 0),
+                "refused": data.get("refused"), "in_progress": data.get("in_progress"),
+                "average_ms": round(int(endpoint.get("average_processing_time", 0) or 0) / 1e6, 3),
+                "last_error": endpoint.get("last_error", ""),
+            })  # fmt: skip
+    return rows
+
+
+def stats_table(rows: list[dict[str, Any]]) -> str:
+    header = ("SERVICE", "ID", "ENDPOINT", "CALLS", "ERRORS", "REFUSED", "OPEN", "AVG MS", "LAST ERROR")
+    cells = [header] + [
+        (r["service"], r["id"][:8], r["endpoint"], str(r["requests"]), str(r["errors"]),
+         "-" if r["refused"] is None else str(r["refused"]), "-" if r["in_progress"] is None else str(r["in_progress"]),
+         f"{r['average_ms']:.3f}", str(r["last_error"])[:40])  # fmt: skip
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells)
+
+
+async def stats(args: argparse.Namespace, nc: NATS) -> int:
+    rounds = 0
+    while True:
+        rows = _stats_rows(await _stats_round(nc, args.name, args.wait))
+        rounds += 1
+        if args.json:
+            print(jsonmap.dumps(rows, indent=None if args.watch else 2), flush=True)
+        else:
+            if args.watch and sys.stdout.isatty():
+                print("\x1b[H\x1b[2J", end="")  # home, clear: redraw in place
+            print(stats_table(rows) if rows else "no services found", flush=True)
+        if not args.watch or (args.count and rounds >= args.count):
+            return 0
+        await asyncio.sleep(args.interval)
