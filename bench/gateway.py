@@ -265,8 +265,7 @@ async def main() -> None:
             svc = subprocess.Popen([sys.executable, __file__, "service", server.url], stdout=subprocess.PIPE)
             procs.append(svc)
             assert svc.stdout is not None and svc.stdout.readline().strip() == b"ready"
-            code = "import sys; from betterproto_nats.gateway.command import main; sys.exit(main(sys.argv[1:]))"
-            gateway = subprocess.Popen([sys.executable, "-c", code, "-s", server.url, "--port", "0"], stdout=subprocess.PIPE)
+            gateway = subprocess.Popen([sys.executable, "-m", "betterproto_nats", "gateway", "-s", server.url, "--port", "0"], stdout=subprocess.PIPE)
             procs.append(gateway)
             assert gateway.stdout is not None
             line = gateway.stdout.readline().decode()

@@ -330,9 +330,8 @@ async def test_openapi_document_validates(http: Any) -> None:
 async def test_the_command_discovers_and_serves(nats_server: Any, service: Service) -> None:
     """`betterproto-nats gateway -s URL` as a process in front of the running demo service (found by
     discovery: $SRV INFO and its schema), port 0, then a unary call and a stream."""
-    code = "import sys; from betterproto_nats.gateway.command import main; sys.exit(main(sys.argv[1:]))"
-    args = ["-s", nats_server.url, "--port", "0", "--discover-timeout", "0.5"]
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE)
+    args = ["gateway", "-s", nats_server.url, "--port", "0", "--wait", "0.5"]
+    proc = subprocess.Popen([sys.executable, "-m", "betterproto_nats", *args], stdout=subprocess.PIPE)
     try:
         assert proc.stdout is not None
         line = (await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)).decode()
