@@ -27,7 +27,7 @@ import betterproto_nats  # noqa: E402
 from betterproto_nats.gateway import GatewayOptions, create_app  # noqa: E402
 from betterproto_nats.gateway.mapping import call_headers, close_code, http_status, parse_timeout  # noqa: E402
 from betterproto_nats.reflection.catalog import Catalog  # noqa: E402
-from gen.streaming.v1 import ChatMessage, ExportSnapshotRequest, ImportSnapshotResponse, SnapshotChunk  # noqa: E402
+from gen.streaming.v1 import ChatMessage, CountUpRequest, CountUpResponse, ExportSnapshotRequest, ImportSnapshotResponse, SnapshotChunk  # noqa: E402
 
 DEMO = "streaming.v1.StreamDemoService"
 
@@ -40,6 +40,17 @@ class Service(Demo):
         self.chunks_sent = 0
         self.downloads_cancelled = 0
         self.chats_cancelled = 0
+        self.go_on = asyncio.Event()
+
+    async def count_up(self, request: CountUpRequest) -> AsyncIterator[CountUpResponse]:
+        """start 1000: one message, then the rest once `go_on` is set (a stream seen mid-way)."""
+        if request.start != 1000:
+            async for answer in super().count_up(request):
+                yield answer
+            return
+        yield CountUpResponse(number=1000)
+        await self.go_on.wait()
+        yield CountUpResponse(number=1001)
 
     async def import_snapshot(self, requests: Any) -> ImportSnapshotResponse:
         size = 0

@@ -85,7 +85,7 @@ async def browser() -> AsyncIterator[Browser]:
             proc.wait(10)
 
 
-async def test_the_page_calls_every_shape(browser: Browser, base: str) -> None:
+async def test_the_page_calls_every_shape(browser: Browser, base: str, service: Any) -> None:
     await browser.send("Page.navigate", url=base + "/")
     await browser.until("document.body.dataset.ready === 'yes'")
     links = await browser.eval("[...document.querySelectorAll('nav a')].map(a => a.dataset.method)")
@@ -104,6 +104,11 @@ async def test_the_page_calls_every_shape(browser: Browser, base: str) -> None:
     assert json.loads(await call("Ping", '{"payload": "from the browser"}', "done")) == {"payload": "from the browser"}
     streamed = await call("CountUp", '{"start": 1, "count": 3}', "stream ended after 3 messages")
     assert [json.loads(line) for line in streamed.splitlines()] == [{"number": 1}, {"number": 2}, {"number": 3}]
+    # a stream's messages appear as they arrive: the first while the service holds the second back
+    await call("CountUp", '{"start": 1000}', "1 messages so far")
+    assert json.loads(await browser.eval("document.getElementById('output').textContent")) == {"number": 1000}
+    service.go_on.set()
+    await browser.until("document.getElementById('status').textContent === 'stream ended after 2 messages'")
     assert json.loads(await call("Sum", '{"value": 2}\n{"value": 3}', "done")) == {"total": "5", "count": 2}
     # bidi: Call opens the WebSocket and sends the box; Send sends again; End sending ends the call
     await call("Chat", '{"text": "one"}', "WebSocket open")
