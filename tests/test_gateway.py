@@ -62,7 +62,7 @@ class Service(Demo):
         try:
             async for answer in super().chat(requests):
                 yield answer
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):
             self.chats_cancelled += 1
             raise
 
@@ -72,7 +72,7 @@ class Service(Demo):
             for _ in range(int(request.id or "16")):
                 self.chunks_sent += 1
                 yield chunk
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):  # cancelled in an await, or closed at a yield
             self.downloads_cancelled += 1
             raise
 

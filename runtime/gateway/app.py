@@ -30,7 +30,7 @@ from ..core.headers import BLOB_SIZE, parse_uint
 from ..reflection import jsonmap
 from ..reflection.catalog import Catalog, MethodInfo
 from ..reflection.dynamic import DynamicClient
-from .bodies import ClientGone, PayloadTooLarge, RequestBody, StreamFormat, dumps, first_of, parse_json
+from .bodies import ClientGone, PayloadTooLarge, RequestBody, StreamFormat, dumps, first_of, parse_json, unless_gone
 from .http_rules import Binding, bindings_of, match
 from .mapping import DEFAULT_PASSED_HEADERS, allowed_headers, call_headers, close_code, error_body, http_status, request_timeout
 from .openapi import openapi_document
@@ -234,10 +234,7 @@ class Gateway:
             if method.shape == "server":
                 framing = self.framing(method, request.headers.get("accept", ""), pick)
                 return await self._server_stream(method, request_bytes, body, headers, timeout, framing)
-            answer = await first_of(
-                asyncio.ensure_future(self.client.unary(method, request_bytes, headers=headers, timeout=timeout)),
-                asyncio.ensure_future(body.disconnected()),
-            )
+            answer = await unless_gone(self.client.unary(method, request_bytes, headers=headers, timeout=timeout), body.disconnected())
             return Response(dumps(pick(jsonmap.decode(method.output, answer))), media_type="application/json")
         except RpcError as error:
             return error_response(error)
@@ -261,7 +258,7 @@ class Gateway:
         first_headers: dict[str, str] = {}
         messages = self.client.server_stream(method, request, headers=headers, timeout=timeout, response_headers=first_headers)
         try:
-            first = await first_of(asyncio.ensure_future(_next(messages)), asyncio.ensure_future(body.disconnected()))
+            first = await unless_gone(_next(messages), body.disconnected())
         except BaseException:
             await _aclose(messages)
             raise
@@ -287,10 +284,7 @@ class Gateway:
             if pending:
                 yield make(bytes(pending))
 
-        answer = await first_of(
-            asyncio.ensure_future(self.client.client_stream(method, chunks() if raw else requests(), headers=headers, timeout=timeout)),
-            asyncio.ensure_future(body.disconnected()),
-        )
+        answer = await unless_gone(self.client.client_stream(method, chunks() if raw else requests(), headers=headers, timeout=timeout), body.disconnected())
         return Response(dumps(jsonmap.decode(method.output, answer)), media_type="application/json")
 
     async def websocket_call(self, websocket: WebSocket) -> None:

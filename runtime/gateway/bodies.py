@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, Coroutine, TypeVar
 
 from starlette.types import Receive
 
 from ..core.errors import ErrorCode, RpcError
 from ..core.headers import clip
+
+
+T = TypeVar("T")
 
 
 class ClientGone(Exception):
@@ -127,6 +130,33 @@ class StreamFormat:
 
     def end(self) -> bytes:
         return b"" if self.ndjson else b"event: end\ndata: {}\n\n"
+
+
+async def unless_gone(work: Awaitable[T], gone: Coroutine[Any, Any, None]) -> T:
+    """`work` awaited in this task, which is cancelled if `gone` (the disconnect watch, in a task of
+    its own) returns first: then ClientGone. One task per call instead of `first_of`'s two."""
+    task = asyncio.current_task()
+    assert task is not None
+    watch = asyncio.ensure_future(gone)
+    went = False
+
+    def cancel_work(done: "asyncio.Future[None]") -> None:
+        nonlocal went
+        if not done.cancelled() and done.exception() is None:
+            went = True
+            task.cancel()
+
+    watch.add_done_callback(cancel_work)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if went and task.uncancel() == 0:
+            raise ClientGone() from None
+        raise
+    finally:
+        watch.remove_done_callback(cancel_work)
+        if not watch.done():
+            watch.cancel()
 
 
 async def first_of(work: "asyncio.Future[Any]", gone: "asyncio.Future[Any]") -> Any:
