@@ -6,7 +6,7 @@ PY := $(BIN)/python
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup gen golden demo snapshots test typecheck dist bench bench-streams bench-overload clean
+.PHONY: setup gen golden demo snapshots test typecheck dist bench bench-streams bench-overload bench-gateway clean
 
 setup: $(STAMP)
 
@@ -64,6 +64,12 @@ bench-streams: gen
 # flood at 5x capacity from 4 processes, a handler that blocks the loop (~5 minutes; docs/PERFORMANCE.md).
 bench-overload: gen
 	$(PY) bench/overload.py
+
+# The HTTP gateway (issue 30), service, gateway and clients in separate processes: unary calls/s and
+# added latency against a direct client and raw nats-py, a server stream over SSE, the gateway's memory
+# under a slow reader of a 1 GiB download (about a minute; docs/PERFORMANCE.md).
+bench-gateway: gen
+	$(PY) bench/gateway.py
 
 clean:
 	rm -rf gen build dist *.egg-info .pytest_cache .mypy_cache

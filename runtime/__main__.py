@@ -1,6 +1,6 @@
 """`betterproto-nats` and `python -m betterproto_nats`: `serve module:Class ...` runs services
 (`betterproto_nats.runner`); `ls`, `describe`, `call`, `stats` inspect and call them
-(`betterproto_nats.cli`, the `cli` extra)."""
+(`betterproto_nats.cli`, the `cli` extra); `gateway` serves them over HTTP (the `gateway` extra)."""
 
 import sys
 

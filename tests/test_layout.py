@@ -26,9 +26,10 @@ LAYERS = {
     "calling": 5,  # the client side
     "serving": 5,  # the service side
     "reflection": 6,  # schemas from the account or local files, proto3 JSON, calls without generated code
-    "cli": 7,  # the `betterproto-nats` command
+    "gateway": 7,  # HTTP in front of the services: JSON, SSE, NDJSON, WebSockets, OpenAPI (the `gateway` extra)
+    "cli": 8,  # the `betterproto-nats` command (its `gateway` subcommand runs the gateway)
 }
-SURFACE = 8  # the package's own top-level modules: its public surface
+SURFACE = 9  # the package's own top-level modules: its public surface
 NOT_IN_CORE = ("asyncio", "nats", "betterproto", "socket", "selectors", "threading")
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
+import nats
 import nats.errors
 import pytest
 from conftest import needs_fast_paths, settle, subscriptions
@@ -58,6 +59,15 @@ async def pinger(nc: NATS, server_nc: NATS) -> Pinger:
 async def test_ping_round_trip(nc: NATS, pinger: Pinger) -> None:
     client = StreamDemoServiceNatsClient(nc)
     assert await client.ping(PingRequest(payload="hello")) == PingResponse(payload="pong: hello", count=5)
+
+
+async def test_a_connection_that_made_calls_drains(nats_server: Any, pinger: Pinger) -> None:
+    """nats-py's `drain()` on a client connection after unary calls (whose answers the fast path
+    delivers directly) finishes instead of failing on the response subscription."""
+    conn = await nats.connect(nats_server.url, allow_reconnect=False)
+    await StreamDemoServiceNatsClient(conn).ping(PingRequest(payload="x"))
+    await asyncio.wait_for(conn.drain(), 5)
+    assert conn.is_closed
 
 
 async def test_rpc_error_reaches_client_with_code_and_message(nc: NATS, pinger: Pinger) -> None:

@@ -16,7 +16,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 
 from ..core.errors import ErrorCode, RpcError
-from . import call, show
+from . import call, gateway, show
 
 DEFAULT_SERVER = "nats://127.0.0.1:4222"
 # Exit statuses: 64 + the gRPC number of the error's code (as grpcurl); a code of a service's own is UNKNOWN.
@@ -68,8 +68,10 @@ def parser() -> argparse.ArgumentParser:
         "Exit status on an error: 64 + the gRPC number of its code (INVALID_ARGUMENT 67, NOT_FOUND 69, ...).",
     )
     _connection_flags(top, inherit=False)
-    commands = top.add_subparsers(dest="command", required=True, metavar="{ls,describe,call,stats,serve}")
-    for name, register in (("ls", show.add_ls), ("describe", show.add_describe), ("call", call.add_call), ("stats", show.add_stats)):
+    commands = top.add_subparsers(dest="command", required=True, metavar="{ls,describe,call,stats,gateway,serve}")
+    for name, register in (
+        ("ls", show.add_ls), ("describe", show.add_describe), ("call", call.add_call), ("stats", show.add_stats), ("gateway", gateway.add_gateway)
+    ):  # fmt: skip
         sub = register(commands)
         _connection_flags(sub, inherit=True)
     return top
@@ -82,6 +84,8 @@ def _connect_options(args: argparse.Namespace) -> dict[str, Any]:
         "connect_timeout": args.connect_timeout,
         "max_reconnect_attempts": 0,
     }
+    if getattr(args, "reconnect", False):  # a long-running command (gateway): through server restarts
+        options.update(allow_reconnect=True, max_reconnect_attempts=-1)
     if args.creds:
         options["user_credentials"] = args.creds
     if args.user:

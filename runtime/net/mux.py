@@ -165,12 +165,17 @@ class InboxMux:
         return self.users <= 0 and not self.closed
 
     async def close(self) -> None:
-        """Unsubscribe (idempotent); inboxes still registered hear nothing more."""
+        """Unsubscribe (idempotent); inboxes still registered hear nothing more. Cancelled on the
+        way, the unsubscription still happens (shielded): once closed, this mux is no longer found by
+        `of`, so an interrupted close would leave its subscription behind for good."""
         self.closed = True
         if self._muxes.get(id(self.nc)) is self:
             del self._muxes[id(self.nc)]
         if self._catching_up is not None:
             self._catching_up.cancel()
+        await asyncio.shield(self._unsubscribe())
+
+    async def _unsubscribe(self) -> None:
         if self._opening is not None:
             await asyncio.gather(self._opening, return_exceptions=True)
         sub, self._sub = self._sub, None

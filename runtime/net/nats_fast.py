@@ -280,6 +280,9 @@ class DirectDelivery:
     def full(self) -> bool:
         return False
 
+    async def join(self) -> None:
+        """What nats-py's `drain()` awaits: nothing is ever waiting here."""
+
 
 _SUBSCRIPTION: dict[str, type | None] = {
     "_pending_queue": asyncio.Queue,
