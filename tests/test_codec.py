@@ -273,6 +273,23 @@ def _load_golden(name: str, module_name: str):  # type: ignore[no-untyped-def]
     return module
 
 
+def test_unset_of_api_v1_is_betterproto_b7s_placeholder_only_where_that_code_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """API v1's `UNSET` is betterproto 2.0.0b7's PLACEHOLDER, found in `sys.modules` (code generated
+    for 2.0.0b7 imported it); the runtime itself never imports betterproto 2.0.0b7."""
+    import types
+
+    import betterproto_nats._api_v1 as api_v1
+    import betterproto_nats._api_v2 as api_v2
+
+    monkeypatch.delitem(sys.modules, "betterproto", raising=False)
+    with pytest.raises(AttributeError, match="install betterproto==2.0.0b7"):
+        api_v2.UNSET  # noqa: B018
+    placeholder = object()
+    monkeypatch.setitem(sys.modules, "betterproto", types.SimpleNamespace(PLACEHOLDER=placeholder))
+    assert api_v1.UNSET is placeholder and api_v2.UNSET is placeholder
+    assert not wire.nonzero(placeholder)  # what 2.0.0b7 code hands it for a float never set
+
+
 async def test_code_generated_before_the_codec_still_runs(nc: NATS, server_nc: NATS) -> None:
     """streaming/v1 as the generator of codegen API 1 wrote it, before codecs (the golden file
     test_golden.py keeps frozen): its classes register nothing and go through betterproto 2.0.0b7,
