@@ -60,6 +60,8 @@ SHAPES: dict[str, tuple[str, int, int]] = {
     "unary1": ("unary", 3000, 1),
     "unary50": ("unary", 20000, 50),
     "unary50-deadline": ("unary", 20000, 50),  # calls with a timeout: the Nats-Deadline header, the server's timer
+    "unary50-built": ("unary", 20000, 50),  # the handler builds its response, the caller each request
+    "server-stream-built": ("server-stream", 100_000, 1),  # the handler builds each CountUpResponse
     "server-stream": ("server-stream", 100_000, 1),
     "client-stream": ("client-stream", 100_000, 1),
     "bidi": ("bidi", 100_000, 1),
@@ -107,7 +109,8 @@ async def separate(selected: list[str], impl: str, keep: Path | None = None) -> 
         for name, (row_name, n, in_flight) in SHAPES.items():
             if selected and name not in selected:
                 continue
-            side = Side(impl, row_name, variant="deadline" if name.endswith("-deadline") else "")
+            side = Side(impl, row_name, variant=name.rsplit("-", 1)[1] if name.endswith(("-deadline", "-built")) else "")
+            side = Side(side.impl, side.row, "build" if side.variant == "built" else side.variant)
             row = Row(name, "", side, side, n, in_flight)
             plain = await Pair(server.url, row, side, Path(pb2)).run()  # without the profiler: CPU per item
             with tempfile.TemporaryDirectory(prefix="bench-prof-") as folder:

@@ -374,7 +374,8 @@ def reference_lines(refs: list[RefResult], rounds: int) -> list[str]:
         "## Against the reference Python (the Go project's generated code)",
         "",
         "protoc-gen-nats-micro's real generated Python (../shared/reference-python/gen, run from there), its "
-        "handlers doing what ours do (a prebuilt answer; CountUp's distinct messages built before timing), "
+        "handlers doing what ours do (a prebuilt answer; CountUp's distinct messages built before timing; in the "
+        "built: shapes both build every message in the timed part, as users' handlers and callers do), "
         f"client → service in four pairings on the same nats-server, {rounds} round{'s' if rounds > 1 else ''} with "
         "the order rotating, median. Ratios are over ref → ref; ours → ours / ref → ref is ours against the reference.",
         "",
@@ -413,8 +414,8 @@ def write(
     if results:
         lines += [
             f"**Service and client ran in separate processes** (plus the one local nats-server); median of {runs} "
-            f"run{'s' if runs > 1 else ''} per side{' (deadline, handler-builds, chunked and KV rows: 2)' if runs > 2 else ''}, ours and the baseline alternating; each producer built its distinct "
-            "messages before timing. The baseline is raw nats-py unless the row names another.",
+            f"run{'s' if runs > 1 else ''} per side{' (deadline, built:, chunked and KV rows: 2)' if runs > 2 else ''}, ours and the baseline alternating; each producer built its distinct "
+            "messages before timing, except in the built: rows (ours builds each message in the timed part; raw sends prebuilt bytes). The baseline is raw nats-py unless the row names another.",
             "",
             "| benchmark | ours | raw nats-py / baseline | unit | ratio | target |",
             "|---|---:|---:|---|---:|---:|",

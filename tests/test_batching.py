@@ -119,7 +119,7 @@ async def test_server_takes_batches_and_says_so(nc: NATS, service: betterproto_n
         await nc.publish(s_subject, b"", headers={END: "true", COUNT: "5"})
         answer = await next_frame(r, 5)
     assert ERROR_CODE not in (answer.headers or {}), answer.headers
-    assert SumResponse().parse(answer.data) == SumResponse(total=15, count=5)
+    assert SumResponse.parse(answer.data) == SumResponse(total=15, count=5)
 
 
 HOSTILE_BATCHES = {

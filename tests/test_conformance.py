@@ -112,7 +112,7 @@ async def test_go_client_server_stream(nc: NATS, ours: StreamDemo) -> None:
         for n in range(1, 6):
             msg = await r.next()
             assert msg.headers == seq(n)
-            assert CountUpResponse().parse(msg.data).number == n
+            assert CountUpResponse.parse(msg.data).number == n
         end = await r.next()
         assert end.headers == {END: "true", "Nats-Stream-Count": "5"}
         assert end.data == b""
@@ -143,7 +143,7 @@ async def test_go_client_bidi(nc: NATS, ours: StreamDemo) -> None:
             await nc.publish(s_subject, body, headers=seq(n))
             reply = await r.next()
             assert reply.headers == seq(n)
-            message = ChatMessage().parse(reply.data)
+            message = ChatMessage.parse(reply.data)
             assert (message.user, message.text) == ("server", f"echo: {text}")
         await nc.publish(s_subject, b"", headers=GO_END)
         end = await r.next()
@@ -190,7 +190,7 @@ async def test_old_style_server_stream_without_reply_to(nc: NATS, ours: StreamDe
         for n in range(1, 6):
             msg = await r.next()
             assert msg.headers == seq(n), (msg.headers, msg.data)
-            numbers.append(CountUpResponse().parse(msg.data).number)
+            numbers.append(CountUpResponse.parse(msg.data).number)
         assert numbers == [1, 2, 3, 4, 5]
         assert (await r.next()).headers[END] == "true"
 
@@ -301,7 +301,7 @@ async def test_our_client_against_go_bidi_that_speaks_first(nc: NATS, server_nc:
             await server_nc.publish(state["r"], b"", headers=GO_END)  # type: ignore[arg-type]
             return
         state["out"] += 1
-        echo = ChatMessage(user="server", text="echo: " + ChatMessage().parse(msg.data).text)
+        echo = ChatMessage(user="server", text="echo: " + ChatMessage.parse(msg.data).text)
         await server_nc.publish(state["r"], bytes(echo), headers=seq(state["out"]))  # type: ignore[arg-type]
 
     async def answer(msg: Msg) -> None:

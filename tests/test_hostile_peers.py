@@ -462,7 +462,7 @@ async def test_configured_inbox_prefix_is_accepted(nc: NATS, server_nc: NATS) ->
             await nc.publish(f"{PREFIX}.count_up", BODIES["count_up"], reply=reply.subject, headers={REPLY_TO: r.subject})
             frames = [await next_frame(r) for _ in range(3)]
         assert [f.headers.get(SEQ) for f in frames[:2]] == ["1", "2"]  # type: ignore[union-attr]
-        assert [CountUpResponse().parse(f.data).number for f in frames[:2]] == [1, 2]
+        assert [CountUpResponse.parse(f.data).number for f in frames[:2]] == [1, 2]
         assert frames[2].headers == {END: "true", COUNT: "2"}
         assert reply.queue.empty()
         await assert_survived(server_nc, nc)
@@ -473,7 +473,7 @@ async def test_go_style_request_with_valid_reply_to_streams(nc: NATS, server_nc:
     async with Collector(nc) as r:  # `_INBOX.<nuid>`, no NATS reply subject: the Go client's way
         await nc.publish(f"{PREFIX}.count_up", BODIES["count_up"], headers={REPLY_TO: r.subject})
         frames = [await next_frame(r) for _ in range(3)]
-    assert [CountUpResponse().parse(f.data).number for f in frames[:2]] == [1, 2]
+    assert [CountUpResponse.parse(f.data).number for f in frames[:2]] == [1, 2]
     assert frames[2].headers == {END: "true", COUNT: "2"}
     await assert_survived(server_nc, nc)
 
@@ -671,9 +671,9 @@ async def test_malformed_offer_numbers_are_ignored(
     assert ERROR_CODE not in (frames[-1].headers or {}), frames[-1].headers
     got: list[tuple[Any, str]]
     if endpoint == "count_up":
-        got = [(CountUpResponse().parse(f.data).number, (f.headers or {})[SEQ]) for f in frames[:-1]]
+        got = [(CountUpResponse.parse(f.data).number, (f.headers or {})[SEQ]) for f in frames[:-1]]
     else:
-        got = [(ChatMessage().parse(f.data).text, (f.headers or {})[SEQ]) for f in frames[:-1]]
+        got = [(ChatMessage.parse(f.data).text, (f.headers or {})[SEQ]) for f in frames[:-1]]
     assert got == expected
     assert frames[-1].headers[END] == "true"  # type: ignore[index]
     assert_no_tracebacks(caplog)
@@ -719,7 +719,7 @@ async def test_malformed_count_on_server_inbox_is_answered(
     assert final is not None, "no final answer"
     code = (final.headers or {}).get(ERROR_CODE)
     if code is None:  # the count was ignored: the sum is right
-        assert SumResponse().parse(final.data).total == 4
+        assert SumResponse.parse(final.data).total == 4
     else:
         assert code in (ErrorCode.DATA_LOSS, ErrorCode.INVALID_ARGUMENT), final.headers
     assert_no_tracebacks(caplog)
@@ -740,7 +740,7 @@ async def test_malformed_ack_to_server_is_ignored(
         await nc.publish(s_subject, b"", headers={END: "true", COUNT: "1"})
         echo = await next_frame(r)
         end = await next_frame(r)
-    assert ChatMessage().parse(echo.data).text == "echo: a"
+    assert ChatMessage.parse(echo.data).text == "echo: a"
     assert end.headers[END] == "true" and ERROR_CODE not in end.headers  # type: ignore[index,operator]
     assert_no_tracebacks(caplog)
     await assert_survived(server_nc, nc)

@@ -163,8 +163,11 @@ def test_the_plugin_helps_people() -> None:
 
 
 def test_the_runtime_imports_without_the_compiler() -> None:
-    """The runtime never imports the generator's toolchain."""
-    probe = "import sys; [sys.modules.__setitem__(m, None) for m in ('betterproto2_compiler', 'ruff', 'jinja2')]; import betterproto_nats, betterproto_nats.testing; print('ok')"
+    """The runtime never imports the generator's toolchain, nor betterproto 2.0.0b7."""
+    probe = (
+        "import sys; [sys.modules.__setitem__(m, None) for m in ('betterproto2_compiler', 'ruff', 'jinja2', 'betterproto')]; "
+        "import betterproto_nats, betterproto_nats.testing, betterproto_nats._api_v1, betterproto_nats._api_v2; print('ok')"
+    )
     ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert ran.stdout.strip() == "ok", ran.stderr
 

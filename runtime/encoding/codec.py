@@ -71,11 +71,11 @@ class Codec:
                 value: Any = json.loads(data) if data else {}
                 if not isinstance(value, dict):
                     raise DecodeError("JSON body is not an object")
-                # called on an instance: a classmethod in betterproto2, a method of code generated for 2.0.0b7
-                # (which skips unknown fields; betterproto2 is told to: a newer peer may have added some)
+                decoded: M
                 if issubclass(message_type, betterproto2.Message):
-                    decoded: M = message_type().from_dict(value, ignore_unknown_fields=True)
-                else:
+                    # fields it does not know are skipped, as before: bodies from peers with a newer schema
+                    decoded = message_type.from_dict(value, ignore_unknown_fields=True)
+                else:  # code generated for betterproto 2.0.0b7: an instance method
                     decoded = message_type().from_dict(value)
                 return decoded
             if type(data) is not bytes:
@@ -85,7 +85,7 @@ class Codec:
                 message: M = decode(data, 0, len(data), 0)
                 return message
             check_framing(data)  # betterproto2's parser accepts lengths past the end
-            parsed: M = message_type().parse(data)  # (an instance: as from_dict above)
+            parsed: M = message_type().parse(data)  # on an instance: 2.0.0b7's parse is a method
             return parsed
         except Exception as error:  # betterproto2 raises many kinds; all mean a bad body
             raise _undecodable(message_type, error, method) from None
