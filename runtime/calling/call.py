@@ -301,8 +301,8 @@ class ClientCall:
             # The request itself found nobody (our reply subject is R): say where nobody listens.
             self.fail(self.error(ErrorCode.UNAVAILABLE, f"no service is listening on {self.subject}"), at_once=True)
             return True
-        if is_control(headers):
-            if session is None and not self.sends and confirmed(headers) and not self.ended:
+        if session is None and is_control(headers):  # (with a session, `watch` took control messages)
+            if not self.sends and confirmed(headers) and not self.ended:
                 self._confirm_server_stream(headers)
             return True
         if self.sends and self._ends_call(msg):  # also while the handshake is still being read
