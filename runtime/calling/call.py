@@ -172,12 +172,7 @@ class ClientCall:
         """Whether the server has ended the call by itself (no cancel needed)."""
         if self.answer is not None:
             return True
-        reader = self.reader
-        if reader is None:
-            return False
-        error = reader.error
-        # A deadline the server knows too (v2 sends it): it stops by itself.
-        return reader.saw_end or (error is not None and error.code == ErrorCode.DEADLINE_EXCEEDED)
+        return self.reader is not None and self.reader.rules.peer_stops
 
     async def close(self) -> None:
         """Abandon or finish the call: tell a v2 server that is still going to stop, then release the

@@ -121,6 +121,13 @@ class Receiver:
         self._unacked_messages = 0
         self._unacked_bytes = 0
 
+    @property
+    def peer_stops(self) -> bool:
+        """The peer stops sending by itself, so nothing is left to cancel: it sent its last frame,
+        or the stream failed on the call's deadline (which a v2 peer knows too)."""
+        error = self.error
+        return self.peer_done or (error is not None and error.code == ErrorCode.DEADLINE_EXCEEDED)
+
     def acknowledge(self, window: Window) -> None:
         """v2: acknowledge consumed messages at the latest when half the window we granted (in
         messages or in bytes) was consumed since the last ack."""
