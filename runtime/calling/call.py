@@ -7,7 +7,7 @@ on its inbox `R` (seen first by `on_message`), sending, receiving. How it opens 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable, Mapping, Protocol
+from typing import Any, AsyncIterable, Awaitable, Callable, Iterable, Mapping, Protocol
 
 import betterproto
 import nats.errors
@@ -339,6 +339,22 @@ class ClientCall:
             await self.send_body(body)
         elif self.writer is not None and self.writer.turn_due:
             await self.writer.take_turn()
+
+    async def send_all(self, messages: Iterable[Any] | AsyncIterable[Any]) -> None:
+        """Send every message, in order: the client's one send loop (no coroutine per message while
+        the writer's batch takes them)."""
+        if isinstance(messages, AsyncIterable):
+            async for message in messages:
+                await self.send(message)
+            return
+        writer = self.writer
+        assert writer is not None
+        for message in messages:
+            body = self.encode(message)
+            if not self.send_nowait(body):
+                await self.send_body(body)
+            elif writer.turn_due:
+                await writer.take_turn()
 
     def send_nowait(self, body: bytes) -> bool:
         """Put a message into the writer's batch when nothing needs waiting for (the hot path of a
