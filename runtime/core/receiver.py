@@ -8,11 +8,11 @@ rules are here, tested with no event loop (tests/test_core.py).
     RECEIVING   data, Nats-Stream-Seq = fed + 1              Data (batch unpacked)  RECEIVING
     RECEIVING   data, another seq / malformed seq or batch   Failed (DATA_LOSS)     FAILED
     RECEIVING   end marker, count = fed (or none)            END                    ENDED
-    RECEIVING   end marker with the error pair               Failed (its error)   FAILED
-    RECEIVING   end marker, another count                    Failed (DATA_LOSS)   FAILED
-    RECEIVING   an error answer without end marker           Failed (its error)   FAILED
-    RECEIVING   anything else (open, stray control, status)  None (skip it)       RECEIVING
-    ENDED/FAILED anything                                    None                 (unchanged)
+    RECEIVING   end marker with the error pair               Failed (its error)     FAILED
+    RECEIVING   end marker, another count                    Failed (DATA_LOSS)     FAILED
+    RECEIVING   an error answer without end marker           Failed (its error)     FAILED
+    RECEIVING   anything else (open, stray control, status)  None (skip it)         RECEIVING
+    ENDED/FAILED anything                                    None                   (unchanged)
 
 `fed`: the last sequence number that arrived in order (a batch's last). `peer_done` says the peer
 sent its last frame (an end marker or an error answer): nothing is left to cancel. Pure: no
