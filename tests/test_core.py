@@ -226,6 +226,25 @@ def test_receiver(name: str, frames: list[Frame], outcomes: list[tuple[Any, ...]
         assert receiver.error.method == "pkg.S/M"
 
 
+@pytest.mark.parametrize(
+    "frames, error, stops",
+    [
+        ([], None, False),
+        ([({END_: "true"}, b"")], None, True),  # its end marker
+        ([({ERROR_CODE: "INTERNAL"}, b"")], None, True),  # an error answer
+        ([({SEQ: "2"}, b"")], None, False),  # we failed it: it may still be sending
+        ([], RpcError(ErrorCode.DEADLINE_EXCEEDED, "late"), True),  # the deadline: the peer knows it too
+    ],
+)
+def test_when_the_peer_stops_by_itself(frames: list[Frame], error: RpcError | None, stops: bool) -> None:
+    receiver = Receiver()
+    for headers, body in frames:
+        receiver.feed(headers, body)
+    if error is not None:
+        receiver.fail(error)
+    assert receiver.peer_stops is stops
+
+
 def test_receiver_keeps_the_peer_s_first_headers() -> None:
     receiver = Receiver()
     receiver.feed({SEQ: "1", "X-Trace": "t", BLOB_SIZE: "300", ERROR: "not a caller's"}, b"a")

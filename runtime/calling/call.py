@@ -7,7 +7,7 @@ on its inbox `R` (seen first by `on_message`), sending, receiving. How it opens 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable, Mapping, Protocol
+from typing import Any, AsyncIterable, Awaitable, Callable, Iterable, Mapping, Protocol
 
 import betterproto2
 import nats.errors
@@ -172,12 +172,7 @@ class ClientCall:
         """Whether the server has ended the call by itself (no cancel needed)."""
         if self.answer is not None:
             return True
-        reader = self.reader
-        if reader is None:
-            return False
-        error = reader.error
-        # A deadline the server knows too (v2 sends it): it stops by itself.
-        return reader.saw_end or (error is not None and error.code == ErrorCode.DEADLINE_EXCEEDED)
+        return self.reader is not None and self.reader.rules.peer_stops
 
     async def close(self) -> None:
         """Abandon or finish the call: tell a v2 server that is still going to stop, then release the
@@ -301,8 +296,8 @@ class ClientCall:
             # The request itself found nobody (our reply subject is R): say where nobody listens.
             self.fail(self.error(ErrorCode.UNAVAILABLE, f"no service is listening on {self.subject}"), at_once=True)
             return True
-        if is_control(headers):
-            if session is None and not self.sends and confirmed(headers) and not self.ended:
+        if session is None and is_control(headers):  # (with a session, `watch` took control messages)
+            if not self.sends and confirmed(headers) and not self.ended:
                 self._confirm_server_stream(headers)
             return True
         if self.sends and self._ends_call(msg):  # also while the handshake is still being read
@@ -344,6 +339,22 @@ class ClientCall:
             await self.send_body(body)
         elif self.writer is not None and self.writer.turn_due:
             await self.writer.take_turn()
+
+    async def send_all(self, messages: Iterable[Any] | AsyncIterable[Any]) -> None:
+        """Send every message, in order: the client's one send loop (no coroutine per message while
+        the writer's batch takes them)."""
+        if isinstance(messages, AsyncIterable):
+            async for message in messages:
+                await self.send(message)
+            return
+        writer = self.writer
+        assert writer is not None
+        for message in messages:
+            body = self.encode(message)
+            if not self.send_nowait(body):
+                await self.send_body(body)
+            elif writer.turn_due:
+                await writer.take_turn()
 
     def send_nowait(self, body: bytes) -> bool:
         """Put a message into the writer's batch when nothing needs waiting for (the hot path of a

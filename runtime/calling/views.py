@@ -86,21 +86,6 @@ class DownloadStream(ServerStream[Resp], BlobReceiving):
         self._blob = ChunkReceiver(call.reader, chunks, call.close)  # released at the blob's end
 
 
-async def _send_all(call: ClientCall, messages: Iterable[Any] | AsyncIterable[Any]) -> None:
-    if isinstance(messages, AsyncIterable):
-        async for message in messages:
-            await call.send(message)
-        return
-    writer = call.writer
-    assert writer is not None
-    for message in messages:  # no coroutine per message while the batch takes them (as `call.send`)
-        body = call.encode(message)
-        if not call.send_nowait(body):
-            await call.send_body(body)
-        elif writer.turn_due:
-            await writer.take_turn()
-
-
 class ClientStream(_View, Generic[Req, Resp]):
     """The client's end of a client-streaming call: `send` many, then `close_and_recv` one."""
 
@@ -114,7 +99,7 @@ class ClientStream(_View, Generic[Req, Resp]):
         await self.call.send(message)
 
     async def send_all(self, messages: Iterable[Req] | AsyncIterable[Req]) -> None:
-        await _send_all(self.call, messages)
+        await self.call.send_all(messages)
 
     async def close_and_recv(self) -> Resp:
         """End our direction and wait for the server's single response."""
@@ -157,7 +142,7 @@ class BidiStream(_Receives[Resp], Generic[Req, Resp]):
         await self.call.send(message)
 
     async def send_all(self, messages: Iterable[Req] | AsyncIterable[Req]) -> None:
-        await _send_all(self.call, messages)
+        await self.call.send_all(messages)
 
     async def close_send(self) -> None:
         """Tell the server we will send nothing more; keep receiving."""

@@ -4,18 +4,19 @@ inbox is, `consumed(size)` counts what the application took and says when a v2 a
 driver (`streaming/reader.py`) moves the frames from NATS to it and the acks from it to NATS; the
 rules are here, tested with no event loop (tests/test_core.py).
 
-    state       input (feed)                                 output               next state
-    RECEIVING   data, Nats-Stream-Seq = received + 1          Data (batch unpacked) RECEIVING
-    RECEIVING   data, another seq / malformed seq or batch   Failed (DATA_LOSS)   FAILED
-    RECEIVING   end marker, count = received (or none)       END                  ENDED
-    RECEIVING   end marker with the error pair               Failed (its error)   FAILED
-    RECEIVING   end marker, another count                    Failed (DATA_LOSS)   FAILED
-    RECEIVING   an error answer without end marker           Failed (its error)   FAILED
-    RECEIVING   anything else (open, stray control, status)  None (skip it)       RECEIVING
-    ENDED/FAILED anything                                    None                 (unchanged)
+    state       input (feed)                                 output                 next state
+    RECEIVING   data, Nats-Stream-Seq = fed + 1              Data (batch unpacked)  RECEIVING
+    RECEIVING   data, another seq / malformed seq or batch   Failed (DATA_LOSS)     FAILED
+    RECEIVING   end marker, count = fed (or none)            END                    ENDED
+    RECEIVING   end marker with the error pair               Failed (its error)     FAILED
+    RECEIVING   end marker, another count                    Failed (DATA_LOSS)     FAILED
+    RECEIVING   an error answer without end marker           Failed (its error)     FAILED
+    RECEIVING   anything else (open, stray control, status)  None (skip it)         RECEIVING
+    ENDED/FAILED anything                                    None                   (unchanged)
 
-`peer_done` says the peer sent its last frame (an end marker or an error answer): nothing is left
-to cancel. Pure: no asyncio, no I/O.
+`fed`: the last sequence number that arrived in order (a batch's last). `peer_done` says the peer
+sent its last frame (an end marker or an error answer): nothing is left to cancel. Pure: no
+asyncio, no I/O.
 """
 
 from __future__ import annotations
@@ -120,6 +121,13 @@ class Receiver:
         self._ack_bytes = 0  # ... or bytes, since the last ack
         self._unacked_messages = 0
         self._unacked_bytes = 0
+
+    @property
+    def peer_stops(self) -> bool:
+        """The peer stops sending by itself, so nothing is left to cancel: it sent its last frame,
+        or the stream failed on the call's deadline (which a v2 peer knows too)."""
+        error = self.error
+        return self.peer_done or (error is not None and error.code == ErrorCode.DEADLINE_EXCEEDED)
 
     def acknowledge(self, window: Window) -> None:
         """v2: acknowledge consumed messages at the latest when half the window we granted (in

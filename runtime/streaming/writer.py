@@ -42,7 +42,6 @@ class StreamWriter:
         codec: Codec,
         method: str,
         credit: SendCredit | None = None,
-        on_sent: Callable[[], None] | None = None,
     ) -> None:
         self.nc = nc
         self.subject = subject
@@ -53,7 +52,7 @@ class StreamWriter:
         self.first_headers: Mapping[str, str] | None = None
         self.credit: SendCredit = credit if credit is not None else Unlimited()  # v2: waits for the rules' window
         self.first_hop: FirstHop | None = None  # set when the subject is an inbox the peer just created
-        self.on_sent = on_sent  # v2: heartbeats count what we send
+        self.on_sent: Callable[[], None] | None = None  # v2: heartbeats count what we send (`start_v2`)
         self._batch: list[bytes] = []
         self._batch_bytes = 0
         self._flush_pending = False  # a flush is scheduled for the end of this loop turn
