@@ -236,3 +236,4 @@ class Inbox:
             await self._mux.release(self.subject)
         self._queue = EMPTY_QUEUE
         self._queued_messages = self._queued_bytes = 0
+        self.watcher = self._on_overflow = None  # bound methods of the call: no cycle outlives it

@@ -42,6 +42,26 @@ class CallEnds(Protocol):
         arrive here (None: all of it did)."""
 
 
+class _Ended:
+    """The call of a closed session: what arrives after the close ends nothing (the call is over),
+    and the session no longer holds the call (no reference cycle outlives the call)."""
+
+    def peer_unreachable(self, why: str, tell: bool) -> None:
+        pass
+
+    def peer_cancelled(self, reason: str, code: str) -> None:
+        pass
+
+    def messages_lost(self, why: str) -> None:
+        pass
+
+    def peer_released(self, missing: str | None) -> None:
+        pass
+
+
+ENDED: CallEnds = _Ended()
+
+
 class StreamSession:
     """Sends acks, heartbeats and cancels to the peer's inbox; handles the ones that arrive.
 
@@ -199,3 +219,8 @@ class StreamSession:
             group.manager.leave(self, group, released)
         if self.window is not None:
             self.window.fail(ConnectionError("stream closed"))
+        # What held the call and the session in reference cycles lets go: they are freed as soon as
+        # the last reference goes, not at the garbage collector's next full pass.
+        self.call = ENDED
+        if self.sending is not None:
+            self.sending.on_sent = None
