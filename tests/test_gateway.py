@@ -252,6 +252,15 @@ async def test_a_client_that_goes_away_cancels_its_call(base: str, service: Serv
     assert service.chunks_sent < 100_000
 
 
+async def test_a_client_that_goes_away_before_the_answer_cancels_its_call(http: Any, service: Service) -> None:
+    """The call has not answered yet (CountUp waits before its first message) when the HTTP client
+    gives up and closes the connection: the handler is cancelled."""
+    service.barrier, service.barrier_size = asyncio.Event(), 1_000
+    with pytest.raises(httpx.ReadTimeout):
+        await http.post(f"/{DEMO}/CountUp", json={"count": 1}, timeout=httpx.Timeout(10, read=0.5))
+    await settle(lambda: service.cancelled == 1, timeout=5)
+
+
 async def test_a_websocket_client_that_goes_away_cancels_its_call(base: str, service: Service) -> None:
     """Bidi: the WebSocket closes mid-call; the handler is cancelled and the gateway's connection
     keeps no subscription of the call (the `nc` fixture checks)."""
