@@ -857,9 +857,7 @@ def report(scenario: str, r: dict[str, Any]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", default="burst,streams,flood,starved")
-    # 2,000, not the 10,000: the client's retry budget lets ~10 retries a second through, so
-    # 10,000 take ~15 minutes (docs/PERFORMANCE.md, "Overload").
-    parser.add_argument("--streams", type=int, default=2_000, help="paced streams (and client/bidi streams)")
+    parser.add_argument("--streams", type=int, default=10_000, help="paced streams (and client/bidi streams)")
     parser.add_argument("--idle", type=int, default=2_000, help="idle streams right after the paced ones")
     args = parser.parse_args()
     results: dict[str, Any] = {}

@@ -34,6 +34,16 @@ def catalog() -> Catalog:
     return Catalog.from_descriptor_set(SCHEMA)
 
 
+def test_the_embedded_schema_is_the_file_and_its_imports() -> None:
+    """Each file after its imports, the well-known types left out (readers have them), no source info."""
+    from google.protobuf import descriptor_pb2
+
+    files = descriptor_pb2.FileDescriptorSet.FromString(SCHEMA).file
+    assert [f.name for f in files] == ["natsmicro/options.proto", "streaming/v1/stream_demo.proto"]
+    assert not any(f.HasField("source_code_info") for f in files)
+    assert list(files[0].dependency) == ["google/protobuf/descriptor.proto", "google/protobuf/duration.proto"]
+
+
 def test_a_descriptor_set_gives_services_methods_and_subjects() -> None:
     found = catalog()
     service = found.service("StreamDemoService")

@@ -193,7 +193,7 @@ async def test_oversized_request_fails_before_sending(nc: NATS, pinger: Pinger) 
 async def test_stop_removes_every_subscription(nc: NATS, server_nc: NATS) -> None:
     before = subscriptions(server_nc)
     server = await betterproto_nats.serve(server_nc, Pinger())
-    assert subscriptions(server_nc) == before + 6 + 9  # six endpoints, nine $SRV subjects
+    assert subscriptions(server_nc) == before + 6 + 9 + 2  # six endpoints, nine $SRV subjects, two $SRV.PROTO (schema reflection)
     await server.stop()
     assert subscriptions(server_nc) == before
 

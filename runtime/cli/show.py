@@ -255,12 +255,19 @@ async def describe(args: argparse.Namespace, nc: NATS) -> int:
         lines.append(f"service {service.full_name or service.nats_name} {{  // {where}{instances}")
         if service.description:
             lines.append(f"  // {service.description}")
-        lines.extend(f"  {method_text(m)}" for m in methods)
+        for option, value in service.options.get("service", {}).items():
+            if option not in ("description",):
+                lines.append(f"  // (natsmicro.service).{option}: {jsonmap.dumps(value)}")
+        for method in methods:
+            lines.append(f"  {method_text(method)}")
+            lines.extend(f"    // (natsmicro.{name}): {jsonmap.dumps(value)}" for name, value in method.options.items())
         if not service.full_name:
             lines.extend(f"  // endpoint {name} on {subject}: no schema (use --proto or --descriptor-set)" for name, subject in service.endpoints)
         lines.append("}")
     if not services:
-        lines.extend(method_text(m) for m in methods)
+        for method in methods:
+            lines.append(method_text(method))
+            lines.extend(f"  // (natsmicro.{name}): {jsonmap.dumps(value)}" for name, value in method.options.items())
     for descriptor in messages.values():
         lines.append("")
         lines.extend(message_text(descriptor))

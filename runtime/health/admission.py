@@ -33,7 +33,7 @@ from .load import PERIOD, LoopLag
 
 DEFAULT_MAX_LOOP_LAG = 0.05  # seconds
 # Calls of each kind in progress at most, by default: a bound on memory, not on load (10,000 open
-# streams hold about 100 MB, as many unary calls read and waiting about 20 MB; docs/PERFORMANCE.md).
+# streams hold about 100 MB: docs/PERFORMANCE.md, "Overload").
 DEFAULT_MAX_CONCURRENT = 10_000
 MIN_RETRY_AFTER, MAX_RETRY_AFTER = 0.05, 5.0  # seconds: the hint a refusal carries
 OPEN_BURST = 1000  # a client's streams opened per lag sample at most (then it waits for the next)

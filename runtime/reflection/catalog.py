@@ -13,10 +13,12 @@ import difflib
 import importlib
 import json
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
+from betterproto_nats_plugin import include_dir  # natsmicro/options.proto (the same wheel; a light import)
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
 from google.protobuf.descriptor import Descriptor, MethodDescriptor
 from nats.aio.client import Client as NATS
@@ -187,23 +189,12 @@ class Catalog:
 
 def compile_protos(proto_paths: Sequence[str | Path], files: Sequence[str | Path]) -> bytes:
     """A serialized FileDescriptorSet of `files` and their imports, by grpc_tools.protoc."""
-    import tempfile
-
     try:
         import grpc_tools
         from grpc_tools import protoc
     except ImportError:  # pragma: no cover - the cli extra installs it
         raise RpcError(ErrorCode.UNAVAILABLE, "--proto needs grpcio-tools: pip install 'betterproto-nats[cli]'") from None
-    includes = [str(Path(grpc_tools.__file__).parent / "_proto")]
-    ours = Path(__file__).resolve().parent.parent.parent / "plugin" / "include"  # a source checkout
-    try:
-        import betterproto_nats_plugin
-
-        ours = Path(betterproto_nats_plugin.__file__).parent / "include"
-    except ImportError:
-        pass
-    if ours.is_dir():
-        includes.append(str(ours))
+    includes = [str(Path(grpc_tools.__file__).parent / "_proto"), include_dir()]  # well-known types, natsmicro
     with tempfile.TemporaryDirectory() as temp:
         out = Path(temp) / "set.binpb"
         args = ["protoc", *(f"-I{p}" for p in proto_paths), *(f"-I{p}" for p in includes)]
