@@ -60,10 +60,13 @@ class Calls(Protocol):
 class GatewayOptions:
     """`pass_headers`: request headers passed on as call headers (the allow-list, spelled as the
     service reads them); `max_body`: bytes of a JSON request body, of one NDJSON line and of one
-    WebSocket frame; `title`: the OpenAPI document's title."""
+    WebSocket frame; `emit_defaults`: answers show fields at their default value too (as
+    grpc-gateway v2 does; False: the JSON mapping's default, left out); `title`: the OpenAPI
+    document's title."""
 
     pass_headers: tuple[str, ...] = DEFAULT_PASSED_HEADERS
     max_body: int = 4 * 1024 * 1024
+    emit_defaults: bool = True
     title: str = "betterproto-nats gateway"
     _allow: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -178,7 +181,8 @@ class Gateway:
     def decoder(self, method: MethodInfo, pick: Callable[[Any], Any] | None = None) -> Callable[[bytes], Any]:
         """Answers' protobuf bytes to their JSON value (or the part `pick` takes of it)."""
         output, take = method.output, pick or _whole
-        return lambda body: take(jsonmap.decode(output, body))
+        defaults = self.options.emit_defaults
+        return lambda body: take(jsonmap.decode(output, body, defaults=defaults))
 
     def settings(self, headers: Any, query: Mapping[str, str]) -> tuple[dict[str, str], float | None]:
         """Call headers (the allow-list) and deadline of a request."""
@@ -235,7 +239,7 @@ class Gateway:
                 framing = self.framing(method, request.headers.get("accept", ""), pick)
                 return await self._server_stream(method, request_bytes, body, headers, timeout, framing)
             answer = await unless_gone(self.client.unary(method, request_bytes, headers=headers, timeout=timeout), body.disconnected())
-            return Response(dumps(pick(jsonmap.decode(method.output, answer))), media_type="application/json")
+            return Response(dumps(self.decoder(method, pick)(answer)), media_type="application/json")
         except RpcError as error:
             return error_response(error)
         except ClientGone:
@@ -285,7 +289,7 @@ class Gateway:
                 yield make(bytes(pending))
 
         answer = await unless_gone(self.client.client_stream(method, chunks() if raw else requests(), headers=headers, timeout=timeout), body.disconnected())
-        return Response(dumps(jsonmap.decode(method.output, answer)), media_type="application/json")
+        return Response(dumps(self.decoder(method)(answer)), media_type="application/json")
 
     async def websocket_call(self, websocket: WebSocket) -> None:
         """A bidi call over a WebSocket: each text (or binary) frame one JSON request, an empty frame
