@@ -155,6 +155,7 @@ class Gateway:
         for problem in self.problems:
             log.warning("%s", problem)
         self._openapi: dict[str, Any] | None = None
+        self._page = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
         self.app = Starlette(
             routes=[
                 Route("/", self.page, methods=["GET"]),
@@ -191,9 +192,8 @@ class Gateway:
     # -- routes -------------------------------------------------------------------------------------
 
     async def page(self, request: Request) -> Response:
-        html = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
         base = request.scope.get("root_path", "").rstrip("/")
-        return HTMLResponse(html.replace("__BASE__", dumps(base).decode()))
+        return HTMLResponse(self._page.replace("__BASE__", dumps(base).decode().replace("</", "<\\/")))
 
     async def openapi(self, request: Request) -> Response:
         if self._openapi is None:
