@@ -179,6 +179,15 @@ async def test_server_stream_as_sse_and_ndjson(http: Any, service: Service) -> N
     assert at_once.status_code == 404 and at_once.json() == {"code": "NOT_FOUND", "message": "failed after 0"}
 
 
+async def test_get_with_query_parameters_for_eventsource(http: Any) -> None:
+    """Unary and server-streaming methods answer GET with the request in query parameters (what a
+    browser's EventSource can open)."""
+    events = sse_events((await http.get(f"/{DEMO}/CountUp", params={"start": "2", "count": "2"})).text)
+    assert events == [("message", {"number": 2}), ("message", {"number": 3}), ("end", {})]
+    assert (await http.get(f"/{DEMO}/Ping", params={"payload": "q"})).json() == {"payload": "q"}
+    assert (await http.get(f"/{DEMO}/Sum")).status_code == 404  # client streams: POST only
+
+
 async def test_client_stream_from_ndjson_as_it_arrives(http: Any) -> None:
     first_line_sent = asyncio.Event()
 

@@ -31,7 +31,7 @@ from ..reflection import jsonmap
 from ..reflection.catalog import Catalog, MethodInfo
 from ..reflection.dynamic import DynamicClient
 from .bodies import ClientGone, PayloadTooLarge, RequestBody, StreamFormat, dumps, first_of, parse_json, unless_gone
-from .http_rules import Binding, bindings_of, match
+from .http_rules import Binding, bindings_of, default_gets, match
 from .mapping import DEFAULT_PASSED_HEADERS, allowed_headers, call_headers, close_code, error_body, http_status, request_timeout
 from .openapi import openapi_document
 
@@ -151,7 +151,8 @@ class Gateway:
         self.client = client
         self.options = options or GatewayOptions()
         self.methods: dict[str, MethodInfo] = {m.full_name: m for service in catalog.services for m in service.methods}
-        self.bindings, self.problems = bindings_of(catalog)
+        annotated, self.problems = bindings_of(catalog)
+        self.bindings = annotated + default_gets(catalog)
         for problem in self.problems:
             log.warning("%s", problem)
         self._openapi: dict[str, Any] | None = None
