@@ -129,6 +129,8 @@ def sse_events(text: str) -> list[tuple[str, Any]]:
     """(event, data) of a server-sent events body."""
     out = []
     for block in text.strip().split("\n\n"):
+        if block.startswith(":"):
+            continue  # a comment: the keep-alive
         fields = dict(line.split(": ", 1) for line in block.splitlines())
         out.append((fields.get("event", "message"), json.loads(fields["data"])))
     return out
@@ -177,6 +179,20 @@ async def test_server_stream_as_sse_and_ndjson(http: Any, service: Service) -> N
     assert sse_events(failed.text)[-1] == ("error", {"code": "NOT_FOUND", "message": "failed after 2"})
     at_once = await http.post(f"/{DEMO}/CountUp", json={"start": -1, "count": 0})
     assert at_once.status_code == 404 and at_once.json() == {"code": "NOT_FOUND", "message": "failed after 0"}
+
+
+async def test_an_idle_sse_stream_gets_keep_alive_comments(service: Service, nc: NATS, catalog: Catalog) -> None:
+    """No message for `sse_keepalive` seconds: a comment line goes out (proxies keep the stream open),
+    then the stream goes on as before."""
+    async with running(create_app(nc, catalog, options=GatewayOptions(sse_keepalive=0.05))) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+        async with client.stream("POST", f"/{DEMO}/CountUp", json={"start": 1000}) as answer:
+            received = b""
+            async for data in answer.aiter_bytes():
+                received += data
+                if b": keep-alive\n\n" in received and not service.go_on.is_set():
+                    service.go_on.set()  # the service holds its second message until a keep-alive came
+            events = sse_events(received.decode())
+    assert [data for kind, data in events] == [{"number": 1000, "timestamp": ""}, {"number": 1001, "timestamp": ""}, {}]
 
 
 async def test_get_with_query_parameters_for_eventsource(http: Any) -> None:

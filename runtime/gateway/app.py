@@ -61,18 +61,22 @@ class GatewayOptions:
     """`pass_headers`: request headers passed on as call headers (the allow-list, spelled as the
     service reads them); `max_body`: bytes of a JSON request body, of one NDJSON line and of one
     WebSocket frame; `emit_defaults`: answers show fields at their default value too (as
-    grpc-gateway v2 does; False: the JSON mapping's default, left out); `title`: the OpenAPI
-    document's title."""
+    grpc-gateway v2 does; False: the JSON mapping's default, left out); `sse_keepalive`: seconds
+    without a message after which a server-sent events stream gets a comment line (proxies close
+    streams they see idle; 0: none); `title`: the OpenAPI document's title."""
 
     pass_headers: tuple[str, ...] = DEFAULT_PASSED_HEADERS
     max_body: int = 4 * 1024 * 1024
     emit_defaults: bool = True
+    sse_keepalive: float = 15.0
     title: str = "betterproto-nats gateway"
     _allow: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.max_body < 1:
             raise ValueError("max_body must be at least 1 byte")
+        if not self.sse_keepalive >= 0:
+            raise ValueError("sse_keepalive must be 0 (none) or more seconds")
         self._allow.update(allowed_headers(self.pass_headers))
 
 
@@ -98,49 +102,80 @@ async def _aclose(iterator: AsyncIterator[bytes]) -> None:
 @dataclass(frozen=True)
 class Framing:
     """How a server stream goes out: its media type, each message's bytes from its protobuf body, the
-    error's frame (None: the connection is cut, as for a raw download) and the end's."""
+    error's frame (None: the connection is cut, as for a raw download), the end's, and what is sent
+    to keep an idle stream open through proxies (None: nothing)."""
 
     media_type: str
     message: Callable[[bytes], bytes]
     error: Callable[[RpcError], bytes] | None
     end: bytes
+    keepalive: bytes | None = None
 
 
 class StreamedAnswer(Response):
     """A server stream's messages, framed as they arrive; the call is cancelled when the client
-    disconnects and its stream closed whatever happens."""
+    disconnects and its stream closed whatever happens. With a keep-alive frame, one goes out after
+    `keepalive` seconds without a message."""
 
-    def __init__(self, messages: AsyncIterator[bytes], first: bytes | None, body: RequestBody, framing: Framing, size: int | None = None) -> None:
+    def __init__(
+        self, messages: AsyncIterator[bytes], first: bytes | None, body: RequestBody, framing: Framing, size: int | None = None, keepalive: float = 0.0
+    ) -> None:
         super().__init__(media_type=framing.media_type, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]  # sent as it comes
         if size is not None:
             self.raw_headers.append((b"content-length", str(size).encode()))
         self.messages, self.first, self.framing = messages, first, framing
         self.request_body = body
+        self.keepalive = keepalive if framing.keepalive is not None else 0.0
+        self.sending = asyncio.Lock()  # the pump's and the keep-alive's frames, one at a time
+        self.last_sent = 0.0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        beat: asyncio.Task[None] | None = None
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            self.last_sent = asyncio.get_running_loop().time()
+            if self.keepalive > 0:
+                beat = asyncio.ensure_future(self._keep_alive(send))
             await first_of(asyncio.ensure_future(self._pump(send)), asyncio.ensure_future(self.request_body.disconnected()))
         except (ClientGone, OSError):
             pass  # the client went away: the call was cancelled
         finally:
+            if beat is not None:
+                beat.cancel()
+                await asyncio.gather(beat, return_exceptions=True)
             await _aclose(self.messages)
+
+    async def _send(self, send: Send, data: bytes, more: bool = True) -> None:
+        async with self.sending:
+            await send({"type": "http.response.body", "body": data, "more_body": more})
+            self.last_sent = asyncio.get_running_loop().time()
+
+    async def _keep_alive(self, send: Send) -> None:
+        loop, frame = asyncio.get_running_loop(), self.framing.keepalive
+        assert frame is not None
+        while True:
+            await asyncio.sleep(max(0.0, self.last_sent + self.keepalive - loop.time()))
+            if loop.time() - self.last_sent >= self.keepalive:
+                try:
+                    await self._send(send, frame)
+                except OSError:
+                    return  # the client went away: the pump and the disconnect watch see it too
 
     async def _pump(self, send: Send) -> None:
         frame = self.framing.message
         try:
             if self.first is not None:
-                await send({"type": "http.response.body", "body": frame(self.first), "more_body": True})
+                await self._send(send, frame(self.first))
             async for body in self.messages:
-                await send({"type": "http.response.body", "body": frame(body), "more_body": True})
+                await self._send(send, frame(body))
             tail = self.framing.end
         except RpcError as error:
             if self.framing.error is None:
                 log.warning("a raw download failed after its start, its connection is cut: %s", error)
                 return  # no end of the body: the client sees a cut download
             tail = self.framing.error(error)
-        await send({"type": "http.response.body", "body": tail, "more_body": False})
+        await self._send(send, tail, more=False)
 
 
 class Gateway:
@@ -255,7 +290,8 @@ class Gateway:
             return Framing(OCTETS, chunk_reader(method), None, b"")
         form = StreamFormat(NDJSON in accept)
         decode = self.decoder(method, pick)
-        return Framing(form.media_type, lambda body: form.message(decode(body)), lambda error: form.error(error_body(error)), form.end())
+        keepalive = None if form.ndjson else b": keep-alive\n\n"  # an SSE comment: EventSource ignores it
+        return Framing(form.media_type, lambda body: form.message(decode(body)), lambda error: form.error(error_body(error)), form.end(), keepalive)
 
     async def _server_stream(self, method: MethodInfo, request: bytes, body: RequestBody, headers: dict[str, str], timeout: float | None, framing: Framing) -> Response:
         """Waits for the first message (or the end, or the error) before answering, so that a call
@@ -268,7 +304,7 @@ class Gateway:
             await _aclose(messages)
             raise
         size = parse_uint(first_headers.get(BLOB_SIZE)) if framing.media_type == OCTETS else None
-        return StreamedAnswer(messages, first, body, framing, size)
+        return StreamedAnswer(messages, first, body, framing, size, self.options.sse_keepalive)
 
     async def _client_stream(self, method: MethodInfo, body: RequestBody, headers: dict[str, str], timeout: float | None, raw: bool) -> Response:
         """NDJSON, a message per line; or for a chunked upload sent as application/octet-stream, the
