@@ -238,6 +238,22 @@ async def test_bidi_chat_over_a_websocket(base: str, service: Service) -> None:
         assert closed.value.rcvd.reason == "PERMISSION_DENIED: not allowed"
 
 
+async def test_hostile_requests_get_clear_errors(http: Any, base: str) -> None:
+    """Deep nesting, bytes that are not UTF-8, an NDJSON line without end beyond the limit, a
+    WebSocket frame beyond it: each a clear error, and the gateway goes on serving."""
+    deep = await http.post(f"/{DEMO}/Ping", content=b"[" * 100_000)
+    assert deep.status_code == 400 and deep.json()["code"] == "INVALID_ARGUMENT"
+    assert (await http.post(f"/{DEMO}/Ping", content=b"\xff\xfe")).status_code == 400
+    endless = await http.post(f"/{DEMO}/Sum", content=b'{"value": 1}\n' + b" " * (2 << 20))
+    assert endless.status_code == 413
+    async with websockets.connect(base.replace("http", "ws") + f"/{DEMO}/Chat", max_size=None) as ws:
+        await ws.send(json.dumps({"text": "x" * (2 << 20)}))
+        with pytest.raises(websockets.ConnectionClosedError) as closed:
+            await asyncio.wait_for(ws.recv(), 5)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4008, closed.value.rcvd
+    assert (await http.post(f"/{DEMO}/Ping", json={"payload": "still"})).json() == {"payload": "still"}
+
+
 async def test_chunked_methods_as_raw_bytes(http: Any) -> None:
     """A chunked download as application/octet-stream (the bytes alone, for curl -o), a chunked
     upload from an application/octet-stream body (chunked at the method's size)."""
