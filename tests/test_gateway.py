@@ -148,8 +148,9 @@ def test_statuses_deadlines_and_headers() -> None:
             parse_timeout(bad)
     allow = {"authorization": "Authorization"}
     assert call_headers([("authorization", "Bearer a"), ("cookie", "c"), ("AUTHORIZATION", "b")], allow) == {"Authorization": "Bearer a, b"}
-    with pytest.raises(ValueError):
-        GatewayOptions(pass_headers=("Nats-Stream-Inbox",))
+    for bad in ({"pass_headers": ("Nats-Stream-Inbox",)}, {"unary_timeout": 0}, {"sse_keepalive": -1}, {"max_body": 0}):
+        with pytest.raises(ValueError):
+            GatewayOptions(**bad)  # type: ignore[arg-type]
 
 
 # --- every shape --------------------------------------------------------------------------------

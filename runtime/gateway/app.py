@@ -32,7 +32,7 @@ from ..reflection.catalog import Catalog, MethodInfo
 from ..reflection.dynamic import DynamicClient
 from .bodies import ClientGone, PayloadTooLarge, RequestBody, StreamFormat, dumps, first_of, parse_json, unless_gone
 from .http_rules import Binding, bindings_of, default_gets, match
-from .mapping import DEFAULT_PASSED_HEADERS, allowed_headers, call_headers, close_code, error_body, http_status, request_timeout
+from .mapping import DEFAULT_PASSED_HEADERS, MAX_TIMEOUT, allowed_headers, call_headers, close_code, error_body, http_status, request_timeout
 from .openapi import openapi_document
 
 log = logging.getLogger("betterproto_nats.gateway")
@@ -63,18 +63,22 @@ class GatewayOptions:
     WebSocket frame; `emit_defaults`: answers show fields at their default value too (as
     grpc-gateway v2 does; False: the JSON mapping's default, left out); `sse_keepalive`: seconds
     without a message after which a server-sent events stream gets a comment line (proxies close
-    streams they see idle; 0: none); `title`: the OpenAPI document's title."""
+    streams they see idle; 0: none); `unary_timeout`: the deadline of a unary call when neither the
+    request nor the proto gives one (None: none); `title`: the OpenAPI document's title."""
 
     pass_headers: tuple[str, ...] = DEFAULT_PASSED_HEADERS
     max_body: int = 4 * 1024 * 1024
     emit_defaults: bool = True
     sse_keepalive: float = 15.0
+    unary_timeout: float | None = 30.0
     title: str = "betterproto-nats gateway"
     _allow: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.max_body < 1:
             raise ValueError("max_body must be at least 1 byte")
+        if self.unary_timeout is not None and not 0 < self.unary_timeout <= MAX_TIMEOUT:
+            raise ValueError(f"unary_timeout must be above 0 and at most {MAX_TIMEOUT:g} s, or None")
         if not self.sse_keepalive >= 0:
             raise ValueError("sse_keepalive must be 0 (none) or more seconds")
         self._allow.update(allowed_headers(self.pass_headers))
@@ -274,6 +278,8 @@ class Gateway:
             if method.shape == "server":
                 framing = self.framing(method, request.headers.get("accept", ""), pick)
                 return await self._server_stream(method, request_bytes, body, headers, timeout, framing)
+            if timeout is None and method.timeout is None:
+                timeout = self.options.unary_timeout
             answer = await unless_gone(self.client.unary(method, request_bytes, headers=headers, timeout=timeout), body.disconnected())
             return Response(dumps(self.decoder(method, pick)(answer)), media_type="application/json")
         except RpcError as error:
