@@ -27,7 +27,7 @@ import betterproto_nats  # noqa: E402
 from betterproto_nats.gateway import GatewayOptions, create_app  # noqa: E402
 from betterproto_nats.gateway.mapping import call_headers, close_code, http_status, parse_timeout  # noqa: E402
 from betterproto_nats.reflection.catalog import Catalog  # noqa: E402
-from gen.streaming.v1 import ChatMessage, CountUpRequest, CountUpResponse, ExportSnapshotRequest, ImportSnapshotResponse, SnapshotChunk  # noqa: E402
+from gen.streaming.v1 import ChatMessage, CountUpRequest, CountUpResponse, ExportSnapshotRequest, ImportSnapshotResponse, SnapshotChunk, SumRequest, SumResponse  # noqa: E402
 
 DEMO = "streaming.v1.StreamDemoService"
 
@@ -40,6 +40,7 @@ class Service(Demo):
         self.chunks_sent = 0
         self.downloads_cancelled = 0
         self.chats_cancelled = 0
+        self.sums_started = self.sums_cancelled = 0
         self.go_on = asyncio.Event()
 
     async def count_up(self, request: CountUpRequest) -> AsyncIterator[CountUpResponse]:
@@ -51,6 +52,15 @@ class Service(Demo):
         yield CountUpResponse(number=1000)
         await self.go_on.wait()
         yield CountUpResponse(number=1001)
+
+    async def sum(self, requests: AsyncIterator[SumRequest]) -> SumResponse:
+        self.sums_started += 1
+        try:
+            return await super().sum(requests)
+        except (asyncio.CancelledError, betterproto_nats.RpcError) as error:
+            if isinstance(error, asyncio.CancelledError) or error.code == "CANCELLED":
+                self.sums_cancelled += 1
+            raise
 
     async def import_snapshot(self, requests: Any) -> ImportSnapshotResponse:
         size = 0
@@ -303,6 +313,25 @@ async def test_a_client_that_goes_away_before_the_answer_cancels_its_call(http: 
     with pytest.raises(httpx.ReadTimeout):
         await http.post(f"/{DEMO}/CountUp", json={"count": 1}, timeout=httpx.Timeout(10, read=0.5))
     await settle(lambda: service.cancelled == 1, timeout=5)
+
+
+async def test_a_client_that_goes_away_mid_upload_cancels_its_call(base: str, service: Service) -> None:
+    """Client stream: the HTTP client sends one NDJSON line, then goes away before the body ends."""
+    line_sent = asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b'{"value": 1}\n'
+        line_sent.set()
+        await asyncio.Event().wait()  # never ends: the client is cancelled meanwhile
+        yield b""
+
+    async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+        upload = asyncio.ensure_future(client.post(f"/{DEMO}/Sum", content=body()))
+        await asyncio.wait_for(line_sent.wait(), 5)
+        await settle(lambda: service.sums_started == 1)
+        upload.cancel()
+        await asyncio.gather(upload, return_exceptions=True)
+    await settle(lambda: service.sums_cancelled == 1, timeout=5)
 
 
 async def test_a_websocket_client_that_goes_away_cancels_its_call(base: str, service: Service) -> None:
