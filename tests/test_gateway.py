@@ -25,7 +25,7 @@ from nats.aio.client import Client as NATS  # noqa: E402
 
 import betterproto_nats  # noqa: E402
 from betterproto_nats.gateway import GatewayOptions, create_app  # noqa: E402
-from betterproto_nats.gateway.mapping import call_headers, close_code, http_status, parse_timeout  # noqa: E402
+from betterproto_nats.gateway.mapping import call_headers, close_code, http_status, metadata_headers, parse_timeout  # noqa: E402
 from betterproto_nats.reflection.catalog import Catalog  # noqa: E402
 from gen.streaming.v1 import ChatMessage, CountUpRequest, CountUpResponse, ExportSnapshotRequest, ImportSnapshotResponse, SnapshotChunk, SumRequest, SumResponse  # noqa: E402
 
@@ -156,6 +156,9 @@ def test_statuses_deadlines_and_headers() -> None:
     for bad in ("0", "-1", "1e9", "soon", "100000000S", "5d"):
         with pytest.raises(betterproto_nats.RpcError):
             parse_timeout(bad)
+    hostile = {"X-Ok": "v", "Nats-Stream-Seq": "1", "X-Bad": "a\r\nSet-Cookie: x", "X-Long": "v" * 2000, "bad name": "v"}
+    assert metadata_headers(hostile) == [(b"grpc-metadata-x-ok", b"v")]
+    assert len(metadata_headers({f"X-{i}": "v" for i in range(100)})) == 32
     allow = {"authorization": "Authorization"}
     assert call_headers([("authorization", "Bearer a"), ("cookie", "c"), ("AUTHORIZATION", "b")], allow) == {"Authorization": "Bearer a, b"}
     for bad in ({"pass_headers": ("Nats-Stream-Inbox",)}, {"unary_timeout": 0}, {"sse_keepalive": -1}, {"max_body": 0}):
@@ -182,6 +185,7 @@ async def test_unary_and_its_errors(http: Any) -> None:
 async def test_server_stream_as_sse_and_ndjson(http: Any, service: Service) -> None:
     sse = await http.post(f"/{DEMO}/CountUp", json={"start": 1, "count": 3})
     assert sse.status_code == 200 and sse.headers["content-type"].startswith("text/event-stream")
+    assert sse.headers["grpc-metadata-x-stream"] == "count_up"  # the service's response headers
     assert sse_events(sse.text) == [("message", {"number": 1}), ("message", {"number": 2}), ("message", {"number": 3}), ("end", {})]
     nd = await http.post(f"/{DEMO}/CountUp", json={"start": 5, "count": 2}, headers={"Accept": "application/x-ndjson"})
     assert [json.loads(line) for line in nd.text.splitlines()] == [{"result": {"number": 5}}, {"result": {"number": 6}}]

@@ -32,7 +32,7 @@ from ..reflection.catalog import Catalog, MethodInfo
 from ..reflection.dynamic import DynamicClient
 from .bodies import ClientGone, PayloadTooLarge, RequestBody, StreamFormat, dumps, first_of, parse_json, unless_gone
 from .http_rules import Binding, bindings_of, default_gets, match
-from .mapping import DEFAULT_PASSED_HEADERS, MAX_TIMEOUT, allowed_headers, call_headers, close_code, error_body, http_status, request_timeout
+from .mapping import DEFAULT_PASSED_HEADERS, MAX_TIMEOUT, allowed_headers, call_headers, close_code, error_body, http_status, metadata_headers, request_timeout
 from .openapi import openapi_document
 
 log = logging.getLogger("betterproto_nats.gateway")
@@ -45,13 +45,23 @@ MAX_RAW_CHUNK = 512 * 1024  # bytes of one chunk of a raw upload, at most (withi
 class Calls(Protocol):
     """What the gateway uses of `reflection.DynamicClient`: calls by method with protobuf bytes."""
 
-    async def unary(self, method: MethodInfo, request: bytes, *, headers: Mapping[str, str] | None = ..., timeout: float | None = ...) -> bytes: ...
+    async def unary(
+        self, method: MethodInfo, request: bytes, *, headers: Mapping[str, str] | None = ..., timeout: float | None = ..., response_headers: dict[str, str] | None = ...
+    ) -> bytes: ...
 
     def server_stream(
         self, method: MethodInfo, request: bytes, *, headers: Mapping[str, str] | None = ..., timeout: float | None = ..., response_headers: dict[str, str] | None = ...
     ) -> AsyncIterator[bytes]: ...
 
-    async def client_stream(self, method: MethodInfo, requests: AsyncIterable[bytes], *, headers: Mapping[str, str] | None = ..., timeout: float | None = ...) -> bytes: ...
+    async def client_stream(
+        self,
+        method: MethodInfo,
+        requests: AsyncIterable[bytes],
+        *,
+        headers: Mapping[str, str] | None = ...,
+        timeout: float | None = ...,
+        response_headers: dict[str, str] | None = ...,
+    ) -> bytes: ...
 
     def bidi(self, method: MethodInfo, requests: AsyncIterable[bytes], *, headers: Mapping[str, str] | None = ..., timeout: float | None = ...) -> AsyncIterator[bytes]: ...
 
@@ -82,6 +92,13 @@ class GatewayOptions:
         if not self.sse_keepalive >= 0:
             raise ValueError("sse_keepalive must be 0 (none) or more seconds")
         self._allow.update(allowed_headers(self.pass_headers))
+
+
+def json_answer(value: Any, answered: Mapping[str, str]) -> Response:
+    """A JSON answer with the service's response headers as `Grpc-Metadata-*`."""
+    response = Response(dumps(value), media_type="application/json")
+    response.raw_headers.extend(metadata_headers(answered))
+    return response
 
 
 def error_response(error: RpcError) -> Response:
@@ -122,12 +139,20 @@ class StreamedAnswer(Response):
     `keepalive` seconds without a message."""
 
     def __init__(
-        self, messages: AsyncIterator[bytes], first: bytes | None, body: RequestBody, framing: Framing, size: int | None = None, keepalive: float = 0.0
+        self,
+        messages: AsyncIterator[bytes],
+        first: bytes | None,
+        body: RequestBody,
+        framing: Framing,
+        size: int | None = None,
+        keepalive: float = 0.0,
+        metadata: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         super().__init__(media_type=framing.media_type, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]  # sent as it comes
         if size is not None:
             self.raw_headers.append((b"content-length", str(size).encode()))
+        self.raw_headers.extend(metadata or ())
         self.messages, self.first, self.framing = messages, first, framing
         self.request_body = body
         self.keepalive = keepalive if framing.keepalive is not None else 0.0
@@ -280,8 +305,10 @@ class Gateway:
                 return await self._server_stream(method, request_bytes, body, headers, timeout, framing)
             if timeout is None and method.timeout is None:
                 timeout = self.options.unary_timeout
-            answer = await unless_gone(self.client.unary(method, request_bytes, headers=headers, timeout=timeout), body.disconnected())
-            return Response(dumps(self.decoder(method, pick)(answer)), media_type="application/json")
+            answered: dict[str, str] = {}
+            call = self.client.unary(method, request_bytes, headers=headers, timeout=timeout, response_headers=answered)
+            answer = await unless_gone(call, body.disconnected())
+            return json_answer(self.decoder(method, pick)(answer), answered)
         except RpcError as error:
             return error_response(error)
         except ClientGone:
@@ -310,7 +337,7 @@ class Gateway:
             await _aclose(messages)
             raise
         size = parse_uint(first_headers.get(BLOB_SIZE)) if framing.media_type == OCTETS else None
-        return StreamedAnswer(messages, first, body, framing, size, self.options.sse_keepalive)
+        return StreamedAnswer(messages, first, body, framing, size, self.options.sse_keepalive, metadata_headers(first_headers))
 
     async def _client_stream(self, method: MethodInfo, body: RequestBody, headers: dict[str, str], timeout: float | None, raw: bool) -> Response:
         """NDJSON, a message per line; or for a chunked upload sent as application/octet-stream, the
@@ -331,8 +358,10 @@ class Gateway:
             if pending:
                 yield make(bytes(pending))
 
-        answer = await unless_gone(self.client.client_stream(method, chunks() if raw else requests(), headers=headers, timeout=timeout), body.disconnected())
-        return Response(dumps(self.decoder(method)(answer)), media_type="application/json")
+        answered: dict[str, str] = {}
+        call = self.client.client_stream(method, chunks() if raw else requests(), headers=headers, timeout=timeout, response_headers=answered)
+        answer = await unless_gone(call, body.disconnected())
+        return json_answer(self.decoder(method)(answer), answered)
 
     async def websocket_call(self, websocket: WebSocket) -> None:
         """A bidi call over a WebSocket: each text (or binary) frame one JSON request, an empty frame
