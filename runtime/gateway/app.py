@@ -208,7 +208,9 @@ class StreamedAnswer(Response):
 
 
 class Gateway:
-    """The routes of one catalog over one client; `app` is the ASGI application."""
+    """The routes of one catalog over one client, an ASGI application: a method's default route is
+    taken here, the rest (`google.api.http` routes, WebSockets, the page, OpenAPI) by the Starlette
+    app `app`."""
 
     def __init__(self, catalog: Catalog, client: Calls, options: GatewayOptions | None = None) -> None:
         self.catalog = catalog
@@ -225,11 +227,21 @@ class Gateway:
             routes=[
                 Route("/", self.page, methods=["GET"]),
                 Route("/openapi.json", self.openapi, methods=["GET"]),
-                Route("/{service}/{method}", self.http_call, methods=["POST"]),
                 WebSocketRoute("/{service}/{method}", self.websocket_call),
                 Route("/{path:path}", self.annotated, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
             ]
         )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI app: a method's own `POST /{pkg.Service}/{Method}` straight to its call (the hot
+        path, without Starlette's routing), everything else through `self.app`."""
+        if scope["type"] == "http" and scope["method"] == "POST":
+            method = self.methods.get(route_path(scope)[1:])
+            if method is not None:
+                response = await self._call(Request(scope, receive), method, None, {})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
     # -- what a call needs ------------------------------------------------------------------------
 
@@ -266,15 +278,6 @@ class Gateway:
         document = dict(self._openapi)
         document["servers"] = [{"url": request.scope.get("root_path", "") or "/"}]
         return JSONResponse(document)
-
-    async def http_call(self, request: Request) -> Response:
-        """`POST /{pkg.Service}/{Method}`: unary, server stream or client stream, by the method's
-        shape (a two-segment path of a `google.api.http` route otherwise)."""
-        name = f"{request.path_params.get('service', '')}/{request.path_params.get('method', '')}"
-        method = self.methods.get(name)
-        if method is None:
-            return await self.annotated(request)
-        return await self._call(request, method, None, {})
 
     async def annotated(self, request: Request) -> Response:
         """A route of a `google.api.http` annotation."""
@@ -464,9 +467,9 @@ async def _close(websocket: WebSocket, error: RpcError | None) -> None:
         pass  # already closed by the client
 
 
-def create_app(nc: Any, catalog: Catalog, *, options: GatewayOptions | None = None, client: Calls | None = None) -> Starlette:
+def create_app(nc: Any, catalog: Catalog, *, options: GatewayOptions | None = None, client: Calls | None = None) -> Gateway:
     """The gateway's ASGI app for `catalog` over the NATS connection `nc`, to serve or to mount in an
     application of your own (`app.mount("/rpc", create_app(nc, catalog))`). `client`: calls through
     another `DynamicClient` than one of `nc` (its own default headers or timeout)."""
     calls: Calls = client if client is not None else DynamicClient(nc, catalog)
-    return Gateway(catalog, calls, options).app
+    return Gateway(catalog, calls, options)
