@@ -25,9 +25,9 @@ from nats.aio.client import Client as NATS  # noqa: E402
 
 import betterproto_nats  # noqa: E402
 from betterproto_nats.gateway import GatewayOptions, create_app  # noqa: E402
-from betterproto_nats.gateway.mapping import call_headers, close_code, http_status, parse_timeout  # noqa: E402
+from betterproto_nats.gateway.mapping import call_headers, close_code, http_status, metadata_headers, parse_timeout  # noqa: E402
 from betterproto_nats.reflection.catalog import Catalog  # noqa: E402
-from gen.streaming.v1 import ChatMessage, CountUpRequest, CountUpResponse, ExportSnapshotRequest, ImportSnapshotResponse, SnapshotChunk  # noqa: E402
+from gen.streaming.v1 import ChatMessage, CountUpRequest, CountUpResponse, ExportSnapshotRequest, ImportSnapshotResponse, SnapshotChunk, SumRequest, SumResponse  # noqa: E402
 
 DEMO = "streaming.v1.StreamDemoService"
 
@@ -40,6 +40,7 @@ class Service(Demo):
         self.chunks_sent = 0
         self.downloads_cancelled = 0
         self.chats_cancelled = 0
+        self.sums_started = self.sums_cancelled = 0
         self.go_on = asyncio.Event()
 
     async def count_up(self, request: CountUpRequest) -> AsyncIterator[CountUpResponse]:
@@ -51,6 +52,15 @@ class Service(Demo):
         yield CountUpResponse(number=1000)
         await self.go_on.wait()
         yield CountUpResponse(number=1001)
+
+    async def sum(self, requests: AsyncIterator[SumRequest]) -> SumResponse:
+        self.sums_started += 1
+        try:
+            return await super().sum(requests)
+        except (asyncio.CancelledError, betterproto_nats.RpcError) as error:
+            if isinstance(error, asyncio.CancelledError) or error.code == "CANCELLED":
+                self.sums_cancelled += 1
+            raise
 
     async def import_snapshot(self, requests: Any) -> ImportSnapshotResponse:
         size = 0
@@ -112,7 +122,9 @@ async def service(server_nc: NATS) -> AsyncIterator[Service]:
 
 @pytest.fixture
 async def base(service: Service, nc: NATS, catalog: Catalog) -> AsyncIterator[str]:
-    options = GatewayOptions(pass_headers=("Authorization", "X-Tenant"), max_body=1 << 20)
+    # answers without default-valued fields, for short expectations (the default shows them: the
+    # google.api.http, mounting and command tests)
+    options = GatewayOptions(pass_headers=("Authorization", "X-Tenant"), max_body=1 << 20, emit_defaults=False)
     async with running(create_app(nc, catalog, options=options)) as url:
         yield url
 
@@ -127,6 +139,8 @@ def sse_events(text: str) -> list[tuple[str, Any]]:
     """(event, data) of a server-sent events body."""
     out = []
     for block in text.strip().split("\n\n"):
+        if block.startswith(":"):
+            continue  # a comment: the keep-alive
         fields = dict(line.split(": ", 1) for line in block.splitlines())
         out.append((fields.get("event", "message"), json.loads(fields["data"])))
     return out
@@ -142,10 +156,14 @@ def test_statuses_deadlines_and_headers() -> None:
     for bad in ("0", "-1", "1e9", "soon", "100000000S", "5d"):
         with pytest.raises(betterproto_nats.RpcError):
             parse_timeout(bad)
+    hostile = {"X-Ok": "v", "Nats-Stream-Seq": "1", "X-Bad": "a\r\nSet-Cookie: x", "X-Long": "v" * 2000, "bad name": "v"}
+    assert metadata_headers(hostile) == [(b"grpc-metadata-x-ok", b"v")]
+    assert len(metadata_headers({f"X-{i}": "v" for i in range(100)})) == 32
     allow = {"authorization": "Authorization"}
     assert call_headers([("authorization", "Bearer a"), ("cookie", "c"), ("AUTHORIZATION", "b")], allow) == {"Authorization": "Bearer a, b"}
-    with pytest.raises(ValueError):
-        GatewayOptions(pass_headers=("Nats-Stream-Inbox",))
+    for bad in ({"pass_headers": ("Nats-Stream-Inbox",)}, {"unary_timeout": 0}, {"sse_keepalive": -1}, {"max_body": 0}):
+        with pytest.raises(ValueError):
+            GatewayOptions(**bad)  # type: ignore[arg-type]
 
 
 # --- every shape --------------------------------------------------------------------------------
@@ -167,6 +185,7 @@ async def test_unary_and_its_errors(http: Any) -> None:
 async def test_server_stream_as_sse_and_ndjson(http: Any, service: Service) -> None:
     sse = await http.post(f"/{DEMO}/CountUp", json={"start": 1, "count": 3})
     assert sse.status_code == 200 and sse.headers["content-type"].startswith("text/event-stream")
+    assert sse.headers["grpc-metadata-x-stream"] == "count_up"  # the service's response headers
     assert sse_events(sse.text) == [("message", {"number": 1}), ("message", {"number": 2}), ("message", {"number": 3}), ("end", {})]
     nd = await http.post(f"/{DEMO}/CountUp", json={"start": 5, "count": 2}, headers={"Accept": "application/x-ndjson"})
     assert [json.loads(line) for line in nd.text.splitlines()] == [{"result": {"number": 5}}, {"result": {"number": 6}}]
@@ -175,6 +194,29 @@ async def test_server_stream_as_sse_and_ndjson(http: Any, service: Service) -> N
     assert sse_events(failed.text)[-1] == ("error", {"code": "NOT_FOUND", "message": "failed after 2"})
     at_once = await http.post(f"/{DEMO}/CountUp", json={"start": -1, "count": 0})
     assert at_once.status_code == 404 and at_once.json() == {"code": "NOT_FOUND", "message": "failed after 0"}
+
+
+async def test_an_idle_sse_stream_gets_keep_alive_comments(service: Service, nc: NATS, catalog: Catalog) -> None:
+    """No message for `sse_keepalive` seconds: a comment line goes out (proxies keep the stream open),
+    then the stream goes on as before."""
+    async with running(create_app(nc, catalog, options=GatewayOptions(sse_keepalive=0.05))) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+        async with client.stream("POST", f"/{DEMO}/CountUp", json={"start": 1000}) as answer:
+            received = b""
+            async for data in answer.aiter_bytes():
+                received += data
+                if b": keep-alive\n\n" in received and not service.go_on.is_set():
+                    service.go_on.set()  # the service holds its second message until a keep-alive came
+            events = sse_events(received.decode())
+    assert [data for kind, data in events] == [{"number": 1000, "timestamp": ""}, {"number": 1001, "timestamp": ""}, {}]
+
+
+async def test_get_with_query_parameters_for_eventsource(http: Any) -> None:
+    """Unary and server-streaming methods answer GET with the request in query parameters (what a
+    browser's EventSource can open)."""
+    events = sse_events((await http.get(f"/{DEMO}/CountUp", params={"start": "2", "count": "2"})).text)
+    assert events == [("message", {"number": 2}), ("message", {"number": 3}), ("end", {})]
+    assert (await http.get(f"/{DEMO}/Ping", params={"payload": "q"})).json() == {"payload": "q"}
+    assert (await http.get(f"/{DEMO}/Sum")).status_code == 404  # client streams: POST only
 
 
 async def test_client_stream_from_ndjson_as_it_arrives(http: Any) -> None:
@@ -209,6 +251,22 @@ async def test_bidi_chat_over_a_websocket(base: str, service: Service) -> None:
             await asyncio.wait_for(ws.recv(), 5)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 4007
         assert closed.value.rcvd.reason == "PERMISSION_DENIED: not allowed"
+
+
+async def test_hostile_requests_get_clear_errors(http: Any, base: str) -> None:
+    """Deep nesting, bytes that are not UTF-8, an NDJSON line without end beyond the limit, a
+    WebSocket frame beyond it: each a clear error, and the gateway goes on serving."""
+    deep = await http.post(f"/{DEMO}/Ping", content=b"[" * 100_000)
+    assert deep.status_code == 400 and deep.json()["code"] == "INVALID_ARGUMENT"
+    assert (await http.post(f"/{DEMO}/Ping", content=b"\xff\xfe")).status_code == 400
+    endless = await http.post(f"/{DEMO}/Sum", content=b'{"value": 1}\n' + b" " * (2 << 20))
+    assert endless.status_code == 413
+    async with websockets.connect(base.replace("http", "ws") + f"/{DEMO}/Chat", max_size=None) as ws:
+        await ws.send(json.dumps({"text": "x" * (2 << 20)}))
+        with pytest.raises(websockets.ConnectionClosedError) as closed:
+            await asyncio.wait_for(ws.recv(), 5)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4008, closed.value.rcvd
+    assert (await http.post(f"/{DEMO}/Ping", json={"payload": "still"})).json() == {"payload": "still"}
 
 
 async def test_chunked_methods_as_raw_bytes(http: Any) -> None:
@@ -252,6 +310,34 @@ async def test_a_client_that_goes_away_cancels_its_call(base: str, service: Serv
     assert service.chunks_sent < 100_000
 
 
+async def test_a_client_that_goes_away_before_the_answer_cancels_its_call(http: Any, service: Service) -> None:
+    """The call has not answered yet (CountUp waits before its first message) when the HTTP client
+    gives up and closes the connection: the handler is cancelled."""
+    service.barrier, service.barrier_size = asyncio.Event(), 1_000
+    with pytest.raises(httpx.ReadTimeout):
+        await http.post(f"/{DEMO}/CountUp", json={"count": 1}, timeout=httpx.Timeout(10, read=0.5))
+    await settle(lambda: service.cancelled == 1, timeout=5)
+
+
+async def test_a_client_that_goes_away_mid_upload_cancels_its_call(base: str, service: Service) -> None:
+    """Client stream: the HTTP client sends one NDJSON line, then goes away before the body ends."""
+    line_sent = asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b'{"value": 1}\n'
+        line_sent.set()
+        await asyncio.Event().wait()  # never ends: the client is cancelled meanwhile
+        yield b""
+
+    async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+        upload = asyncio.ensure_future(client.post(f"/{DEMO}/Sum", content=body()))
+        await asyncio.wait_for(line_sent.wait(), 5)
+        await settle(lambda: service.sums_started == 1)
+        upload.cancel()
+        await asyncio.gather(upload, return_exceptions=True)
+    await settle(lambda: service.sums_cancelled == 1, timeout=5)
+
+
 async def test_a_websocket_client_that_goes_away_cancels_its_call(base: str, service: Service) -> None:
     """Bidi: the WebSocket closes mid-call; the handler is cancelled and the gateway's connection
     keeps no subscription of the call (the `nc` fixture checks)."""
@@ -288,15 +374,15 @@ async def test_google_api_http_routes(service: Service, nc: NATS) -> None:
     parameters, body "*", response_body, a custom verb suffix, a server stream on GET (EventSource)."""
     annotated = Catalog.from_proto_files([ROOT / "tests" / "protos" / "gateway", ROOT / "proto"], ["httpdemo/v1/stream_demo_http.proto"])
     async with running(create_app(nc, annotated)) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
-        assert (await client.get("/v1/ping/hello%20there")).json() == {"payload": "hello there"}
-        assert (await client.post("/v1/ping", json={"payload": "b"})).json() == {"payload": "b"}
+        assert (await client.get("/v1/ping/hello%20there")).json() == {"payload": "hello there", "count": "0"}
+        assert (await client.post("/v1/ping", json={"payload": "b"})).json() == {"payload": "b", "count": "0"}
         assert (await client.put("/v1/echo/texts/t1:shout")).json() == "texts/t1"  # response_body: the field alone
         events = sse_events((await client.get("/v1/count/3", params={"count": "2"})).text)
-        assert events == [("message", {"number": 3}), ("message", {"number": 4}), ("end", {})]
+        assert events == [("message", {"number": 3, "timestamp": ""}), ("message", {"number": 4, "timestamp": ""}), ("end", {})]
         wrong = await client.get("/v1/count/x", params={"nope": "1"})
         assert wrong.status_code == 400 and "nope" in wrong.json()["message"]
         assert (await client.get("/v1/nowhere")).status_code == 404
-        assert (await client.post(f"/{DEMO}/Ping", json={"payload": "p"})).json() == {"payload": "p"}  # the default route stays
+        assert (await client.post(f"/{DEMO}/Ping", json={"payload": "p"})).json() == {"payload": "p", "count": "0"}  # the default route stays
         document = (await client.get("/openapi.json")).json()
         from openapi_spec_validator import validate
 
@@ -312,7 +398,7 @@ async def test_mounted_in_an_application(service: Service, nc: NATS, catalog: Ca
 
     outer = Starlette(routes=[Mount("/rpc", app=create_app(nc, catalog))])
     async with running(outer) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
-        assert (await client.post(f"/rpc/{DEMO}/Ping", json={"payload": "m"})).json() == {"payload": "m"}
+        assert (await client.post(f"/rpc/{DEMO}/Ping", json={"payload": "m"})).json() == {"payload": "m", "count": "0"}
         assert (await client.get("/rpc/openapi.json")).json()["servers"] == [{"url": "/rpc"}]
         assert 'const BASE = "/rpc";' in (await client.get("/rpc/")).text
         async with websockets.connect(url.replace("http", "ws") + f"/rpc/{DEMO}/Chat") as ws:
@@ -349,7 +435,7 @@ async def test_the_command_discovers_and_serves(nats_server: Any, service: Servi
         assert line.startswith("gateway on http://127.0.0.1:"), line
         url = line.split()[2]
         async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-            assert (await client.post(f"/{DEMO}/Ping", json={"payload": "p"})).json() == {"payload": "p"}
+            assert (await client.post(f"/{DEMO}/Ping", json={"payload": "p"})).json() == {"payload": "p", "count": "0"}
             nd = await client.post(f"/{DEMO}/CountUp", json={"count": 2}, headers={"Accept": "application/x-ndjson"})
             assert len(nd.text.splitlines()) == 2
     finally:

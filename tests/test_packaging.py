@@ -46,7 +46,7 @@ def test_sdist_contents(dist: Path) -> None:
         info = archive.extractfile(next(m for m in archive.getmembers() if m.name.endswith("/PKG-INFO")))
         assert info is not None
         metadata = info.read().decode()
-    for required in ("pyproject.toml", "README.md", "CHANGELOG.md", "docs/PROTOCOL.md", "runtime/calling/base.py", "plugin/include/natsmicro/options.proto"):
+    for required in ("pyproject.toml", "README.md", "CHANGELOG.md", "docs/PROTOCOL.md", "runtime/calling/base.py", "plugin/include/natsmicro/options.proto", "runtime/gateway/page.html"):
         assert required in names, required
     assert not any(name.startswith((".venv/", "gen/", "build/", ".git/")) for name in names)
     for field in ("Requires-Python: >=3.11", "License-Expression: Apache-2.0", "Classifier: Typing :: Typed"):
@@ -64,6 +64,8 @@ def test_wheel_contents(wheel: Path) -> None:
         "betterproto_nats_plugin/include/natsmicro/options.proto",
         "betterproto_nats/cli/main.py",
         "betterproto_nats/reflection/catalog.py",
+        "betterproto_nats/gateway/app.py",
+        "betterproto_nats/gateway/page.html",
     ):
         assert required in names, required
     assert not any(name.startswith(("tests/", "gen/", "bench/")) for name in names)

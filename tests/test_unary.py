@@ -61,6 +61,7 @@ async def test_ping_round_trip(nc: NATS, pinger: Pinger) -> None:
     assert await client.ping(PingRequest(payload="hello")) == PingResponse(payload="pong: hello", count=5)
 
 
+@needs_fast_paths
 async def test_a_connection_that_made_calls_drains(nats_server: Any, pinger: Pinger) -> None:
     """nats-py's `drain()` on a client connection after unary calls (whose answers the fast path
     delivers directly) finishes instead of failing on the response subscription."""

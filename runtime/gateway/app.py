@@ -31,8 +31,8 @@ from ..reflection import jsonmap
 from ..reflection.catalog import Catalog, MethodInfo
 from ..reflection.dynamic import DynamicClient
 from .bodies import ClientGone, PayloadTooLarge, RequestBody, StreamFormat, dumps, first_of, parse_json, unless_gone
-from .http_rules import Binding, bindings_of, match
-from .mapping import DEFAULT_PASSED_HEADERS, allowed_headers, call_headers, close_code, error_body, http_status, request_timeout
+from .http_rules import Binding, bindings_of, default_gets, match
+from .mapping import DEFAULT_PASSED_HEADERS, MAX_TIMEOUT, allowed_headers, call_headers, close_code, error_body, http_status, metadata_headers, request_timeout
 from .openapi import openapi_document
 
 log = logging.getLogger("betterproto_nats.gateway")
@@ -45,13 +45,23 @@ MAX_RAW_CHUNK = 512 * 1024  # bytes of one chunk of a raw upload, at most (withi
 class Calls(Protocol):
     """What the gateway uses of `reflection.DynamicClient`: calls by method with protobuf bytes."""
 
-    async def unary(self, method: MethodInfo, request: bytes, *, headers: Mapping[str, str] | None = ..., timeout: float | None = ...) -> bytes: ...
+    async def unary(
+        self, method: MethodInfo, request: bytes, *, headers: Mapping[str, str] | None = ..., timeout: float | None = ..., response_headers: dict[str, str] | None = ...
+    ) -> bytes: ...
 
     def server_stream(
         self, method: MethodInfo, request: bytes, *, headers: Mapping[str, str] | None = ..., timeout: float | None = ..., response_headers: dict[str, str] | None = ...
     ) -> AsyncIterator[bytes]: ...
 
-    async def client_stream(self, method: MethodInfo, requests: AsyncIterable[bytes], *, headers: Mapping[str, str] | None = ..., timeout: float | None = ...) -> bytes: ...
+    async def client_stream(
+        self,
+        method: MethodInfo,
+        requests: AsyncIterable[bytes],
+        *,
+        headers: Mapping[str, str] | None = ...,
+        timeout: float | None = ...,
+        response_headers: dict[str, str] | None = ...,
+    ) -> bytes: ...
 
     def bidi(self, method: MethodInfo, requests: AsyncIterable[bytes], *, headers: Mapping[str, str] | None = ..., timeout: float | None = ...) -> AsyncIterator[bytes]: ...
 
@@ -60,17 +70,35 @@ class Calls(Protocol):
 class GatewayOptions:
     """`pass_headers`: request headers passed on as call headers (the allow-list, spelled as the
     service reads them); `max_body`: bytes of a JSON request body, of one NDJSON line and of one
-    WebSocket frame; `title`: the OpenAPI document's title."""
+    WebSocket frame; `emit_defaults`: answers show fields at their default value too (as
+    grpc-gateway v2 does; False: the JSON mapping's default, left out); `sse_keepalive`: seconds
+    without a message after which a server-sent events stream gets a comment line (proxies close
+    streams they see idle; 0: none); `unary_timeout`: the deadline of a unary call when neither the
+    request nor the proto gives one (None: none); `title`: the OpenAPI document's title."""
 
     pass_headers: tuple[str, ...] = DEFAULT_PASSED_HEADERS
     max_body: int = 4 * 1024 * 1024
+    emit_defaults: bool = True
+    sse_keepalive: float = 15.0
+    unary_timeout: float | None = 30.0
     title: str = "betterproto-nats gateway"
     _allow: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.max_body < 1:
             raise ValueError("max_body must be at least 1 byte")
+        if self.unary_timeout is not None and not 0 < self.unary_timeout <= MAX_TIMEOUT:
+            raise ValueError(f"unary_timeout must be above 0 and at most {MAX_TIMEOUT:g} s, or None")
+        if not self.sse_keepalive >= 0:
+            raise ValueError("sse_keepalive must be 0 (none) or more seconds")
         self._allow.update(allowed_headers(self.pass_headers))
+
+
+def json_answer(value: Any, answered: Mapping[str, str]) -> Response:
+    """A JSON answer with the service's response headers as `Grpc-Metadata-*`."""
+    response = Response(dumps(value), media_type="application/json")
+    response.raw_headers.extend(metadata_headers(answered))
+    return response
 
 
 def error_response(error: RpcError) -> Response:
@@ -95,72 +123,125 @@ async def _aclose(iterator: AsyncIterator[bytes]) -> None:
 @dataclass(frozen=True)
 class Framing:
     """How a server stream goes out: its media type, each message's bytes from its protobuf body, the
-    error's frame (None: the connection is cut, as for a raw download) and the end's."""
+    error's frame (None: the connection is cut, as for a raw download), the end's, and what is sent
+    to keep an idle stream open through proxies (None: nothing)."""
 
     media_type: str
     message: Callable[[bytes], bytes]
     error: Callable[[RpcError], bytes] | None
     end: bytes
+    keepalive: bytes | None = None
 
 
 class StreamedAnswer(Response):
     """A server stream's messages, framed as they arrive; the call is cancelled when the client
-    disconnects and its stream closed whatever happens."""
+    disconnects and its stream closed whatever happens. With a keep-alive frame, one goes out after
+    `keepalive` seconds without a message."""
 
-    def __init__(self, messages: AsyncIterator[bytes], first: bytes | None, body: RequestBody, framing: Framing, size: int | None = None) -> None:
+    def __init__(
+        self,
+        messages: AsyncIterator[bytes],
+        first: bytes | None,
+        body: RequestBody,
+        framing: Framing,
+        size: int | None = None,
+        keepalive: float = 0.0,
+        metadata: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
         super().__init__(media_type=framing.media_type, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]  # sent as it comes
         if size is not None:
             self.raw_headers.append((b"content-length", str(size).encode()))
+        self.raw_headers.extend(metadata or ())
         self.messages, self.first, self.framing = messages, first, framing
         self.request_body = body
+        self.keepalive = keepalive if framing.keepalive is not None else 0.0
+        self.sending = asyncio.Lock()  # the pump's and the keep-alive's frames, one at a time
+        self.last_sent = 0.0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        beat: asyncio.Task[None] | None = None
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            self.last_sent = asyncio.get_running_loop().time()
+            if self.keepalive > 0:
+                beat = asyncio.ensure_future(self._keep_alive(send))
             await first_of(asyncio.ensure_future(self._pump(send)), asyncio.ensure_future(self.request_body.disconnected()))
         except (ClientGone, OSError):
             pass  # the client went away: the call was cancelled
         finally:
+            if beat is not None:
+                beat.cancel()
+                await asyncio.gather(beat, return_exceptions=True)
             await _aclose(self.messages)
+
+    async def _send(self, send: Send, data: bytes, more: bool = True) -> None:
+        async with self.sending:
+            await send({"type": "http.response.body", "body": data, "more_body": more})
+            self.last_sent = asyncio.get_running_loop().time()
+
+    async def _keep_alive(self, send: Send) -> None:
+        loop, frame = asyncio.get_running_loop(), self.framing.keepalive
+        assert frame is not None
+        while True:
+            await asyncio.sleep(max(0.0, self.last_sent + self.keepalive - loop.time()))
+            if loop.time() - self.last_sent >= self.keepalive:
+                try:
+                    await self._send(send, frame)
+                except OSError:
+                    return  # the client went away: the pump and the disconnect watch see it too
 
     async def _pump(self, send: Send) -> None:
         frame = self.framing.message
         try:
             if self.first is not None:
-                await send({"type": "http.response.body", "body": frame(self.first), "more_body": True})
+                await self._send(send, frame(self.first))
             async for body in self.messages:
-                await send({"type": "http.response.body", "body": frame(body), "more_body": True})
+                await self._send(send, frame(body))
             tail = self.framing.end
         except RpcError as error:
             if self.framing.error is None:
                 log.warning("a raw download failed after its start, its connection is cut: %s", error)
                 return  # no end of the body: the client sees a cut download
             tail = self.framing.error(error)
-        await send({"type": "http.response.body", "body": tail, "more_body": False})
+        await self._send(send, tail, more=False)
 
 
 class Gateway:
-    """The routes of one catalog over one client; `app` is the ASGI application."""
+    """The routes of one catalog over one client, an ASGI application: a method's default route is
+    taken here, the rest (`google.api.http` routes, WebSockets, the page, OpenAPI) by the Starlette
+    app `app`."""
 
     def __init__(self, catalog: Catalog, client: Calls, options: GatewayOptions | None = None) -> None:
         self.catalog = catalog
         self.client = client
         self.options = options or GatewayOptions()
         self.methods: dict[str, MethodInfo] = {m.full_name: m for service in catalog.services for m in service.methods}
-        self.bindings, self.problems = bindings_of(catalog)
+        annotated, self.problems = bindings_of(catalog)
+        self.bindings = annotated + default_gets(catalog)
         for problem in self.problems:
             log.warning("%s", problem)
         self._openapi: dict[str, Any] | None = None
+        self._page = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
         self.app = Starlette(
             routes=[
                 Route("/", self.page, methods=["GET"]),
                 Route("/openapi.json", self.openapi, methods=["GET"]),
-                Route("/{service}/{method}", self.http_call, methods=["POST"]),
                 WebSocketRoute("/{service}/{method}", self.websocket_call),
                 Route("/{path:path}", self.annotated, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
             ]
         )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI app: a method's own `POST /{pkg.Service}/{Method}` straight to its call (the hot
+        path, without Starlette's routing), everything else through `self.app`."""
+        if scope["type"] == "http" and scope["method"] == "POST":
+            method = self.methods.get(route_path(scope)[1:])
+            if method is not None:
+                response = await self._call(Request(scope, receive), method, None, {})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
     # -- what a call needs ------------------------------------------------------------------------
 
@@ -178,7 +259,8 @@ class Gateway:
     def decoder(self, method: MethodInfo, pick: Callable[[Any], Any] | None = None) -> Callable[[bytes], Any]:
         """Answers' protobuf bytes to their JSON value (or the part `pick` takes of it)."""
         output, take = method.output, pick or _whole
-        return lambda body: take(jsonmap.decode(output, body))
+        defaults = self.options.emit_defaults
+        return lambda body: take(jsonmap.decode(output, body, defaults=defaults))
 
     def settings(self, headers: Any, query: Mapping[str, str]) -> tuple[dict[str, str], float | None]:
         """Call headers (the allow-list) and deadline of a request."""
@@ -187,9 +269,8 @@ class Gateway:
     # -- routes -------------------------------------------------------------------------------------
 
     async def page(self, request: Request) -> Response:
-        html = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
         base = request.scope.get("root_path", "").rstrip("/")
-        return HTMLResponse(html.replace("__BASE__", dumps(base).decode()))
+        return HTMLResponse(self._page.replace("__BASE__", dumps(base).decode().replace("</", "<\\/")))
 
     async def openapi(self, request: Request) -> Response:
         if self._openapi is None:
@@ -197,15 +278,6 @@ class Gateway:
         document = dict(self._openapi)
         document["servers"] = [{"url": request.scope.get("root_path", "") or "/"}]
         return JSONResponse(document)
-
-    async def http_call(self, request: Request) -> Response:
-        """`POST /{pkg.Service}/{Method}`: unary, server stream or client stream, by the method's
-        shape (a two-segment path of a `google.api.http` route otherwise)."""
-        name = f"{request.path_params.get('service', '')}/{request.path_params.get('method', '')}"
-        method = self.methods.get(name)
-        if method is None:
-            return await self.annotated(request)
-        return await self._call(request, method, None, {})
 
     async def annotated(self, request: Request) -> Response:
         """A route of a `google.api.http` annotation."""
@@ -234,8 +306,12 @@ class Gateway:
             if method.shape == "server":
                 framing = self.framing(method, request.headers.get("accept", ""), pick)
                 return await self._server_stream(method, request_bytes, body, headers, timeout, framing)
-            answer = await unless_gone(self.client.unary(method, request_bytes, headers=headers, timeout=timeout), body.disconnected())
-            return Response(dumps(pick(jsonmap.decode(method.output, answer))), media_type="application/json")
+            if timeout is None and method.timeout is None:
+                timeout = self.options.unary_timeout
+            answered: dict[str, str] = {}
+            call = self.client.unary(method, request_bytes, headers=headers, timeout=timeout, response_headers=answered)
+            answer = await unless_gone(call, body.disconnected())
+            return json_answer(self.decoder(method, pick)(answer), answered)
         except RpcError as error:
             return error_response(error)
         except ClientGone:
@@ -250,7 +326,8 @@ class Gateway:
             return Framing(OCTETS, chunk_reader(method), None, b"")
         form = StreamFormat(NDJSON in accept)
         decode = self.decoder(method, pick)
-        return Framing(form.media_type, lambda body: form.message(decode(body)), lambda error: form.error(error_body(error)), form.end())
+        keepalive = None if form.ndjson else b": keep-alive\n\n"  # an SSE comment: EventSource ignores it
+        return Framing(form.media_type, lambda body: form.message(decode(body)), lambda error: form.error(error_body(error)), form.end(), keepalive)
 
     async def _server_stream(self, method: MethodInfo, request: bytes, body: RequestBody, headers: dict[str, str], timeout: float | None, framing: Framing) -> Response:
         """Waits for the first message (or the end, or the error) before answering, so that a call
@@ -263,7 +340,7 @@ class Gateway:
             await _aclose(messages)
             raise
         size = parse_uint(first_headers.get(BLOB_SIZE)) if framing.media_type == OCTETS else None
-        return StreamedAnswer(messages, first, body, framing, size)
+        return StreamedAnswer(messages, first, body, framing, size, self.options.sse_keepalive, metadata_headers(first_headers))
 
     async def _client_stream(self, method: MethodInfo, body: RequestBody, headers: dict[str, str], timeout: float | None, raw: bool) -> Response:
         """NDJSON, a message per line; or for a chunked upload sent as application/octet-stream, the
@@ -284,8 +361,10 @@ class Gateway:
             if pending:
                 yield make(bytes(pending))
 
-        answer = await unless_gone(self.client.client_stream(method, chunks() if raw else requests(), headers=headers, timeout=timeout), body.disconnected())
-        return Response(dumps(jsonmap.decode(method.output, answer)), media_type="application/json")
+        answered: dict[str, str] = {}
+        call = self.client.client_stream(method, chunks() if raw else requests(), headers=headers, timeout=timeout, response_headers=answered)
+        answer = await unless_gone(call, body.disconnected())
+        return json_answer(self.decoder(method)(answer), answered)
 
     async def websocket_call(self, websocket: WebSocket) -> None:
         """A bidi call over a WebSocket: each text (or binary) frame one JSON request, an empty frame
@@ -388,9 +467,9 @@ async def _close(websocket: WebSocket, error: RpcError | None) -> None:
         pass  # already closed by the client
 
 
-def create_app(nc: Any, catalog: Catalog, *, options: GatewayOptions | None = None, client: Calls | None = None) -> Starlette:
+def create_app(nc: Any, catalog: Catalog, *, options: GatewayOptions | None = None, client: Calls | None = None) -> Gateway:
     """The gateway's ASGI app for `catalog` over the NATS connection `nc`, to serve or to mount in an
     application of your own (`app.mount("/rpc", create_app(nc, catalog))`). `client`: calls through
     another `DynamicClient` than one of `nc` (its own default headers or timeout)."""
     calls: Calls = client if client is not None else DynamicClient(nc, catalog)
-    return Gateway(catalog, calls, options).app
+    return Gateway(catalog, calls, options)

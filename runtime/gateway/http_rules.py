@@ -233,6 +233,18 @@ def _binding(method: "MethodInfo", rule: dict[str, Any]) -> Binding:
     return Binding(method, verb_name, template, pattern, variables, body, str(rule.get("response_body", "")))
 
 
+def default_gets(catalog: "Catalog") -> list[Binding]:
+    """`GET /{pkg.Service}/{Method}?field=value...` for every unary and server-streaming method: the
+    request from query parameters (as grpc-gateway maps them), so that a browser's EventSource can
+    open a server stream."""
+    return [
+        Binding(method, "GET", f"/{method.full_name}", re.compile(re.escape(f"/{method.full_name}")), {}, "", "")
+        for service in catalog.services
+        for method in service.methods
+        if method.shape in ("unary", "server")
+    ]
+
+
 def match(bindings: Iterable[Binding], verb: str, path: str) -> tuple[Binding, dict[str, str]] | None:
     """The first binding for `verb` whose template matches `path`, with its variables' values."""
     for binding in bindings:

@@ -118,6 +118,24 @@ def allowed_headers(names: Iterable[str]) -> dict[str, str]:
     return out
 
 
+MAX_METADATA = 32  # response headers passed on, at most
+_METADATA_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}")
+_METADATA_VALUE = re.compile(r"[\x20-\x7e\t]{0,1024}")
+
+
+def metadata_headers(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
+    """A service's response headers as grpc-gateway passes them on, `Grpc-Metadata-<name>`: the
+    protocol's own, names that are not tokens and values that are not printable ASCII (or beyond
+    1 KiB) left out, at most 32 (they come from the wire)."""
+    out: list[tuple[bytes, bytes]] = []
+    for name, value in headers.items():
+        if len(out) >= MAX_METADATA:
+            break
+        if isinstance(name, str) and isinstance(value, str) and not is_reserved(name) and _METADATA_NAME.fullmatch(name) and _METADATA_VALUE.fullmatch(value):
+            out.append((f"grpc-metadata-{name.lower()}".encode(), value.encode()))
+    return out
+
+
 def call_headers(headers: Iterable[tuple[str, str]], allow: Mapping[str, str]) -> dict[str, str]:
     """The request headers on the allow-list, as call headers (several values joined with ", ")."""
     out: dict[str, str] = {}
