@@ -12,7 +12,6 @@ import asyncio
 import importlib
 import logging
 import signal
-import ssl
 import sys
 from typing import Any, Sequence, Unpack
 
@@ -21,6 +20,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 
 from .features.stores import JetStreamUnavailable
+from .net.credentials import credential_options
 from .features.interceptors import LoggingInterceptor
 from .serving.options import ServeKeywords, ServeOptions
 from .serving.server import Server, serve
@@ -110,18 +110,7 @@ def load(target: str) -> Any:
 
 
 def _connect_options(args: argparse.Namespace) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    if args.creds:
-        options["user_credentials"] = args.creds
-    if args.user:
-        options["user"], options["password"] = args.user, args.password
-    if args.token:
-        options["token"] = args.token
-    if args.tls_ca or args.tls_cert:
-        context = ssl.create_default_context(cafile=args.tls_ca)
-        if args.tls_cert:
-            context.load_cert_chain(args.tls_cert, args.tls_key)
-        options["tls"] = context
+    options = credential_options(args)
     if args.inbox_prefix:
         options["inbox_prefix"] = args.inbox_prefix
     return options

@@ -7,7 +7,6 @@ import argparse
 import asyncio
 import json
 import os
-import ssl
 import sys
 from typing import Any, Awaitable, Callable, Sequence
 
@@ -16,6 +15,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 
 from ..core.errors import ErrorCode, RpcError
+from ..net.credentials import credential_options
 from . import call, gateway, show
 
 DEFAULT_SERVER = "nats://127.0.0.1:4222"
@@ -86,17 +86,7 @@ def _connect_options(args: argparse.Namespace) -> dict[str, Any]:
     }
     if getattr(args, "reconnect", False):  # a long-running command (gateway): through server restarts
         options.update(allow_reconnect=True, max_reconnect_attempts=-1)
-    if args.creds:
-        options["user_credentials"] = args.creds
-    if args.user:
-        options["user"], options["password"] = args.user, args.password
-    if args.token:
-        options["token"] = args.token
-    if args.tls_ca or args.tls_cert:
-        context = ssl.create_default_context(cafile=args.tls_ca)
-        if args.tls_cert:
-            context.load_cert_chain(args.tls_cert, args.tls_key)
-        options["tls"] = context
+    options.update(credential_options(args))
     return options
 
 

@@ -13,6 +13,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from ..core.errors import ErrorCode, RpcError
 from ..core.headers import clip
+from ..schema.descriptors import wire_fields
 
 if TYPE_CHECKING:
     from ..reflection.catalog import Catalog, MethodInfo
@@ -152,38 +153,7 @@ def _segments(text: str, template: str) -> str:
 def _http_rule_bytes(options: Any) -> list[bytes]:
     """The serialized google.api.http rules in a method's options (field 72295728)."""
     data: bytes = options.SerializeToString()
-    found, pos = [], 0
-
-    def varint() -> int:
-        nonlocal pos
-        shift = result = 0
-        while True:
-            if pos >= len(data) or shift > 63:
-                raise ValueError("truncated options")
-            byte = data[pos]
-            pos += 1
-            result |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                return result
-            shift += 7
-
-    while pos < len(data):
-        tag = varint()
-        number, wire = tag >> 3, tag & 7
-        if wire == 0:
-            varint()
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
-        elif wire == 2:
-            size = varint()
-            if number == HTTP_EXTENSION:
-                found.append(bytes(data[pos : pos + size]))
-            pos += size
-        else:
-            break  # groups: not in method options we read
-    return found
+    return [payload for number, _, _, payload in wire_fields(data) if number == HTTP_EXTENSION and payload is not None]
 
 
 def bindings_of(catalog: "Catalog") -> tuple[list[Binding], list[str]]:

@@ -28,6 +28,7 @@ from ..core.errors import ErrorCode, RpcError
 from ..core.headers import error_from_headers
 from ..core.subjects import is_literal
 from ..schema import descriptors
+from ..schema.descriptors import wire_fields
 
 Shape = Literal["unary", "server", "client", "bidi"]
 
@@ -265,35 +266,8 @@ def _options(pool: descriptor_pool.DescriptorPool, options: Any, numbers: Mappin
 
 
 def _length_delimited(data: bytes) -> Iterable[tuple[int, bytes]]:
-    """The length-delimited fields of a serialized message (others skipped)."""
-    pos = 0
-
-    def varint() -> int:
-        nonlocal pos
-        value = shift = 0
-        while True:
-            byte = data[pos]
-            pos += 1
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                return value
-
-    while pos < len(data):
-        tag = varint()
-        wire = tag & 7
-        if wire == 0:
-            varint()
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
-        elif wire == 2:
-            length = varint()
-            yield tag >> 3, data[pos : pos + length]
-            pos += length
-        else:
-            return
+    """The length-delimited fields of serialized options (protobuf's own output: framing intact)."""
+    return ((number, payload) for number, _, _, payload in wire_fields(data) if payload is not None)
 
 
 def snake_case(name: str) -> str:
