@@ -18,6 +18,10 @@ MAX_SUBJECT = 256
 _LITERAL = re.compile(r"[!-)+-\-/-=?-~]+(?:\.[!-)+-\-/-=?-~]+)*")
 
 
+# `is_literal`'s pattern on its own, for the path of every call (check the length too).
+match_literal_tokens = _LITERAL.fullmatch
+
+
 def is_literal(subject: str, max_len: int = MAX_SUBJECT) -> bool:
     """A subject we may publish to: literal tokens (no `*`, `>`, whitespace or empty token), bounded."""
     return len(subject) <= max_len and _LITERAL.fullmatch(subject) is not None

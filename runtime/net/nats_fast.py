@@ -64,6 +64,8 @@ def _not_as_expected(obj: object, expected: dict[str, type | None]) -> str | Non
 
 
 _PENDING_BUFFER: dict[str, type | None] = {
+    "_status": int,
+    "_max_payload": int,
     "_pending": list,
     "_pending_data_size": int,
     "_max_pending_size": int,
@@ -88,6 +90,9 @@ def _pending_buffer(nc: NATS) -> bool:
     return usable_here
 
 
+_PUBLISHING = (NATS.CONNECTED, NATS.DRAINING_SUBS)  # the states in which nats-py's `publish` queues
+
+
 def header_block(headers: dict[str, str]) -> bytes:
     """The NATS/1.0 header block for headers we built ourselves (valid names, values without CR/LF)."""
     return ("NATS/1.0\r\n" + "".join(f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n").encode()
@@ -99,9 +104,11 @@ def publish_nowait(nc: NATS, subject: str, payload: bytes, headers: dict[str, st
     done nothing, when `publish` must be used: disconnected, draining, the buffer full, the
     flusher gone, or nats-py's internals not as expected."""
     length = len(payload)
-    if not nc.is_connected or nc.is_draining_pubs or length > nc.max_payload:
+    usable_here = getattr(nc, "_betterproto_nats_nowait", None)  # (`_pending_buffer`'s answer, once known)
+    if usable_here is not True and (usable_here is False or not _pending_buffer(nc)):
         return False
-    if not _pending_buffer(nc):
+    # `is_connected and not is_draining_pubs` and `max_payload`, read as those properties read them
+    if nc._status not in _PUBLISHING or length > nc._max_payload:
         return False
     flusher = nc._flusher_task
     if flusher is None or flusher.done():
@@ -383,7 +390,8 @@ def outbound_pending(nc: NATS) -> tuple[int, int]:
     What publishers queue within one loop turn, nats-py's flusher writes at the next: a full buffer
     then is no backlog (a fast download fills it every turn). Queued bytes count only while the
     socket's own buffer is past its high-water mark, so that the flusher waits for it to drain."""
-    if not _pending_buffer(nc):
+    usable_here = getattr(nc, "_betterproto_nats_nowait", None)  # (`_pending_buffer`'s answer, once known)
+    if usable_here is not True and (usable_here is False or not _pending_buffer(nc)):
         return (0, 0)
     pending = nc._pending_data_size
     if pending and _socket_backed_up(nc):
