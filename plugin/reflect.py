@@ -7,14 +7,13 @@ publishes it (docs/PROTOCOL.md, "Schema reflection"), the CLI and the gateway re
 
 from __future__ import annotations
 
-import base64
-import zlib
-
 from betterproto2_compiler.lib.google.protobuf import FileDescriptorProto
 
-from betterproto_nats.schema.descriptors import wire_fields
+from betterproto_nats.encoding.protobuf import write_bytes
+from betterproto_nats.schema.descriptors import schema_literal, wire_fields
 
 WELL_KNOWN = "google/protobuf/"
+_SET_FILE = b"\x0a"  # FileDescriptorSet.file (field 1, length-delimited)
 _SOURCE_CODE_INFO = 9  # FileDescriptorProto.source_code_info: comments and spans, not needed to read messages
 
 
@@ -36,23 +35,11 @@ def schemas(files: list[FileDescriptorProto], packages: set[str]) -> dict[str, s
 
         for name in sorted(file.name for file in files if file.package == package):
             visit(name)
-        body = b"".join(_field(1, _without_source_info(bytes(file))) for file in ordered)
-        literals[package] = base64.b64encode(zlib.compress(body, 9)).decode()
+        body = bytearray()
+        for file in ordered:
+            write_bytes(body, _SET_FILE, _without_source_info(bytes(file)))
+        literals[package] = schema_literal(bytes(body))
     return literals
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _field(number: int, data: bytes) -> bytes:
-    """A length-delimited field."""
-    return _varint(number << 3 | 2) + _varint(len(data)) + data
 
 
 def _without_source_info(data: bytes) -> bytes:

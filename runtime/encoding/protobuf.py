@@ -401,7 +401,6 @@ def _read_length(data: bytes, pos: int, end: int) -> tuple[int, int]:
     return pos, stop
 
 
-read_length = _read_length  # for batched frames (runtime/batch.py)
 
 
 def read_uint64(data: bytes, pos: int) -> tuple[int, int]:
