@@ -14,25 +14,19 @@ import nats
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from ..core.errors import ErrorCode, RpcError
+from ..core.errors import ErrorCode, RpcError, grpc_number
 from ..net.credentials import credential_options
 from . import call, gateway, show
 
 DEFAULT_SERVER = "nats://127.0.0.1:4222"
 # Exit statuses: 64 + the gRPC number of the error's code (as grpcurl); a code of a service's own is UNKNOWN.
-GRPC_NUMBERS = {
-    "CANCELLED": 1, "UNKNOWN": 2, "INVALID_ARGUMENT": 3, "DEADLINE_EXCEEDED": 4, "NOT_FOUND": 5,
-    "ALREADY_EXISTS": 6, "PERMISSION_DENIED": 7, "RESOURCE_EXHAUSTED": 8, "FAILED_PRECONDITION": 9,
-    "ABORTED": 10, "OUT_OF_RANGE": 11, "UNIMPLEMENTED": 12, "INTERNAL": 13, "UNAVAILABLE": 14,
-    "DATA_LOSS": 15, "UNAUTHENTICATED": 16,
-}  # fmt: skip
 EXIT_BASE = 64
 Command = Callable[[argparse.Namespace, NATS], Awaitable[int]]
 
 
 def exit_status(code: str) -> int:
     """The process's exit status for an error code (64 + its gRPC number; UNKNOWN for others)."""
-    return EXIT_BASE + GRPC_NUMBERS.get(code, GRPC_NUMBERS["UNKNOWN"])
+    return EXIT_BASE + grpc_number(code)
 
 
 def _connection_flags(parser: argparse.ArgumentParser, inherit: bool) -> None:

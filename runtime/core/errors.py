@@ -22,6 +22,21 @@ class ErrorCode:
     DATA_LOSS = "DATA_LOSS"
 
 
+# The gRPC number of each code (gRPC's names: a service's own codes have none): what the CLI's exit
+# statuses and the gateway's WebSocket close codes are made of.
+GRPC_NUMBERS = {
+    "CANCELLED": 1, "UNKNOWN": 2, "INVALID_ARGUMENT": 3, "DEADLINE_EXCEEDED": 4, "NOT_FOUND": 5,
+    "ALREADY_EXISTS": 6, "PERMISSION_DENIED": 7, "RESOURCE_EXHAUSTED": 8, "FAILED_PRECONDITION": 9,
+    "ABORTED": 10, "OUT_OF_RANGE": 11, "UNIMPLEMENTED": 12, "INTERNAL": 13, "UNAVAILABLE": 14,
+    "DATA_LOSS": 15, "UNAUTHENTICATED": 16,
+}  # fmt: skip
+
+
+def grpc_number(code: str) -> int:
+    """A code's gRPC number; UNKNOWN's (2) for a code gRPC does not have."""
+    return GRPC_NUMBERS.get(code, 2)
+
+
 class RpcError(Exception):
     """An RPC failed with `code` and `message`; raise it in a handler to fail the call that way.
     `retry_after`: seconds the peer asked us to wait before trying again (None: it said nothing)."""

@@ -3,12 +3,11 @@ bodies, deadlines from a header or query parameter, and the request headers pass
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from typing import Iterable, Mapping
 
-from ..core.errors import ErrorCode, RpcError
+from ..core.errors import ErrorCode, RpcError, grpc_number
 from ..core.headers import MAX_ERROR_CODE, clip, is_reserved
 
 # grpc-gateway's runtime.HTTPStatusFromCode, by our code names (a service's own codes: 500).
@@ -32,27 +31,6 @@ HTTP_STATUS: dict[str, int] = {
     ErrorCode.DATA_LOSS: 500,
 }
 
-# WebSocket close codes for a bidi call that ended in an error: 4000 + the gRPC number of the code
-# (a service's own codes: 4002, UNKNOWN). Close code 1000 is a clean end.
-GRPC_NUMBER: dict[str, int] = {
-    ErrorCode.CANCELLED: 1,
-    "UNKNOWN": 2,
-    ErrorCode.INVALID_ARGUMENT: 3,
-    ErrorCode.DEADLINE_EXCEEDED: 4,
-    ErrorCode.NOT_FOUND: 5,
-    ErrorCode.ALREADY_EXISTS: 6,
-    ErrorCode.PERMISSION_DENIED: 7,
-    ErrorCode.RESOURCE_EXHAUSTED: 8,
-    "FAILED_PRECONDITION": 9,
-    "ABORTED": 10,
-    "OUT_OF_RANGE": 11,
-    ErrorCode.UNIMPLEMENTED: 12,
-    ErrorCode.INTERNAL: 13,
-    ErrorCode.UNAVAILABLE: 14,
-    ErrorCode.DATA_LOSS: 15,
-    ErrorCode.UNAUTHENTICATED: 16,
-}
-
 MAX_TIMEOUT = 24 * 3600.0  # seconds: a deadline further away is refused (INVALID_ARGUMENT)
 DEFAULT_PASSED_HEADERS = ("Authorization",)
 
@@ -63,17 +41,14 @@ def http_status(code: str) -> int:
 
 
 def close_code(code: str) -> int:
-    """The WebSocket close code of a bidi call that failed with `code`."""
-    return 4000 + GRPC_NUMBER.get(code, 2)
+    """The WebSocket close code of a bidi call that failed with `code`: 4000 + its gRPC number (a
+    service's own codes: 4002, UNKNOWN). Close code 1000 is a clean end."""
+    return 4000 + grpc_number(code)
 
 
 def error_body(error: RpcError) -> dict[str, str]:
     """The JSON body of an error: `{"code": "NOT_FOUND", "message": "..."}` (both clipped)."""
     return {"code": clip(str(error.code), MAX_ERROR_CODE), "message": clip(str(error.message))}
-
-
-def error_json(error: RpcError) -> bytes:
-    return json.dumps(error_body(error), separators=(",", ":")).encode()
 
 
 # gRPC's `grpc-timeout`: up to 8 digits and a unit (Hours, Minutes, Seconds, milli, micro, nano).
