@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, AsyncIterable, AsyncIterator, Callable, Mapping, Protocol
 
-from google.protobuf.message import DecodeError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -29,7 +28,7 @@ from ..core.errors import ErrorCode, RpcError
 from ..core.headers import BLOB_SIZE, parse_uint
 from ..reflection import jsonmap
 from ..reflection.catalog import Catalog, MethodInfo
-from ..reflection.dynamic import DynamicClient
+from ..reflection.dynamic import DynamicClient, chunk_reader, chunk_writer
 from .bodies import ClientGone, PayloadTooLarge, RequestBody, StreamFormat, dumps, first_of, parse_json, unless_gone
 from .http_rules import Binding, bindings_of, default_gets, match
 from .mapping import DEFAULT_PASSED_HEADERS, MAX_TIMEOUT, allowed_headers, call_headers, close_code, error_body, http_status, metadata_headers, request_timeout
@@ -415,25 +414,6 @@ class Gateway:
         except (ClientGone, WebSocketDisconnect, OSError):
             return
         await _close(websocket, None)
-
-
-def chunk_reader(method: MethodInfo) -> Callable[[bytes], bytes]:
-    """A chunked download's message body -> its bytes field."""
-    message_class, name = jsonmap.message_class(method.output), method.chunk_field
-
-    def take(body: bytes) -> bytes:
-        try:
-            return bytes(getattr(message_class.FromString(body), name))
-        except (DecodeError, AttributeError, ValueError) as error:
-            raise RpcError(ErrorCode.DATA_LOSS, f"a chunk of {method.full_name} does not decode: {error}") from None
-
-    return take
-
-
-def chunk_writer(method: MethodInfo) -> Callable[[bytes], bytes]:
-    """Bytes -> a chunked upload's message body."""
-    message_class, name = jsonmap.message_class(method.input), method.chunk_field
-    return lambda data: bytes(message_class(**{name: data}).SerializeToString())
 
 
 def _whole(value: Any) -> Any:

@@ -4,13 +4,12 @@ line by line as it arrives, and the frames of a streamed answer (server-sent eve
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any, AsyncIterator, Awaitable, Coroutine, TypeVar
 
 from starlette.types import Receive
 
 from ..core.errors import ErrorCode, RpcError
-from ..core.headers import clip
+from ..reflection import jsonmap
 
 
 T = TypeVar("T")
@@ -32,17 +31,12 @@ def parse_json(data: bytes, where: str = "request body") -> Any:
     it is not JSON (too deep a nesting included)."""
     if not data.strip():
         return {}
-    try:
-        return json.loads(data)
-    except json.JSONDecodeError as error:
-        raise RpcError(ErrorCode.INVALID_ARGUMENT, f"{where}: invalid JSON ({error.msg} at character {error.pos})") from None
-    except (RecursionError, UnicodeDecodeError, ValueError) as error:
-        raise RpcError(ErrorCode.INVALID_ARGUMENT, f"{where}: invalid JSON ({clip(str(error), 120)})") from None
+    return jsonmap.loads(data, f"{where}: invalid JSON")
 
 
 def dumps(value: Any) -> bytes:
     """One JSON value on one line (SSE and NDJSON frames must not contain newlines)."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    return jsonmap.dumps(value).encode()
 
 
 class RequestBody:

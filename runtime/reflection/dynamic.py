@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any, AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Mapping, cast
 
 from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import DecodeError
 from nats.aio.client import Client as NATS
 
 from ..calling import base
 from ..calling.base import ClientBase
 from ..core.errors import ErrorCode, RpcError
-from ..core.headers import BLOB_SIZE, parse_uint
+from ..core.headers import BLOB_SIZE, clip, parse_uint
 from ..encoding.codec import Codec
 from ..features.chunks import write_atomically
 from ..net.transport import Transport
@@ -195,8 +196,12 @@ class DynamicClient:
         info = self.resolve(method)
         client, spec = self._client(info, "bidi")
         call = base.bidi(client, spec, cast(Any, self._outs(info, requests)), timeout=timeout, headers=self._headers(headers))
-        async for body in call:
-            yield self._in(info, cast(bytes, body))
+        answers = cast(AsyncGenerator[Any, None], call.__aiter__())  # (an async generator: it has aclose)
+        try:
+            async for body in answers:
+                yield self._in(info, cast(bytes, body))
+        finally:  # closed now, not when the garbage collector finalizes it: the call lets go of its stream
+            await answers.aclose()
 
     # --- Chunked methods ((natsmicro.chunked_io)) -------------------------------------------------
 
@@ -213,7 +218,7 @@ class DynamicClient:
         """A chunked download into a file (written atomically); the bytes written. `progress` gets
         the bytes so far and the total the service announced (`Nats-Blob-Size`), if any."""
         info = self.resolve(method)
-        take = _chunk_reader(info, info.output)
+        take = chunk_reader(info)
         first_headers: dict[str, str] = {}
 
         async def pieces() -> AsyncIterator[memoryview]:
@@ -240,7 +245,7 @@ class DynamicClient:
         """A chunked upload of a file; the response. Chunks of the method's size unless `chunk_size`,
         within the connection's max_payload."""
         info = self.resolve(method)
-        make = _chunk_writer(info, info.input)
+        make = chunk_writer(info)
         size = chunk_size or info.chunk_size
         max_payload = getattr(self.nc, "max_payload", 0) or 1024 * 1024
         size = max(1, min(size, max_payload - CHUNK_OVERHEAD))
@@ -265,19 +270,25 @@ def _chunk_field(method: MethodInfo, descriptor: Any) -> FieldDescriptor:
     return cast(FieldDescriptor, field)
 
 
-def _chunk_reader(method: MethodInfo, descriptor: Any) -> Callable[[bytes], bytes]:
-    field = _chunk_field(method, descriptor)
-    message_class = jsonmap.message_class(descriptor)
+def chunk_reader(method: MethodInfo) -> Callable[[bytes], bytes]:
+    """A chunked download's message body -> its bytes; DATA_LOSS when the service sent one that does
+    not decode."""
+    field = _chunk_field(method, method.output)
+    message_class = jsonmap.message_class(method.output)
 
     def take(body: bytes) -> bytes:
-        return cast(bytes, getattr(message_class.FromString(body), field.name))
+        try:
+            return bytes(getattr(message_class.FromString(body), field.name))
+        except (DecodeError, ValueError) as error:
+            raise RpcError(ErrorCode.DATA_LOSS, f"a chunk of {method.full_name} does not decode: {clip(str(error), 200)}") from None
 
     return take
 
 
-def _chunk_writer(method: MethodInfo, descriptor: Any) -> Callable[[bytes], bytes]:
-    field = _chunk_field(method, descriptor)
-    message_class = jsonmap.message_class(descriptor)
+def chunk_writer(method: MethodInfo) -> Callable[[bytes], bytes]:
+    """Bytes -> a chunked upload's message body."""
+    field = _chunk_field(method, method.input)
+    message_class = jsonmap.message_class(method.input)
 
     def make(data: bytes) -> bytes:
         body: bytes = message_class(**{field.name: data}).SerializeToString()

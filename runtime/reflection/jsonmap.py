@@ -33,12 +33,12 @@ def encode(descriptor: Descriptor, obj: Any) -> bytes:
 
 
 def decode(descriptor: Descriptor, data: bytes, *, defaults: bool = False) -> Any:
-    """A binary message as its JSON value (fields at their default left out unless `defaults`)."""
+    """A binary message as its JSON value (fields at their default left out unless `defaults`); what
+    protobuf cannot read or show (an `Any` of an unknown type, a Timestamp out of range) is an RpcError."""
     try:
-        message = message_class(descriptor).FromString(data)
-    except (DecodeError, ValueError) as error:
+        return to_json(message_class(descriptor).FromString(data), defaults=defaults)
+    except (DecodeError, ValueError, TypeError, json_format.Error) as error:
         raise RpcError(ErrorCode.INVALID_ARGUMENT, f"cannot decode {descriptor.full_name}: {_one_line(error)}") from None
-    return to_json(message, defaults=defaults)
 
 
 def _one_line(error: Exception) -> str:
@@ -53,12 +53,15 @@ def to_json(message: Message, *, defaults: bool = False) -> Any:
     )
 
 
-def loads(text: str | bytes) -> Any:
-    """Parse JSON text; INVALID_ARGUMENT says where it is malformed."""
+def loads(text: str | bytes, where: str = "malformed JSON") -> Any:
+    """Parse JSON text; INVALID_ARGUMENT says where it is malformed (too deep a nesting and text that
+    is not UTF-8 included: `where` prefixes the message)."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
-        raise RpcError(ErrorCode.INVALID_ARGUMENT, f"malformed JSON: {error.msg} at line {error.lineno} column {error.colno}") from None
+        raise RpcError(ErrorCode.INVALID_ARGUMENT, f"{where}: {error.msg} at line {error.lineno} column {error.colno}") from None
+    except (RecursionError, ValueError) as error:  # (UnicodeDecodeError is a ValueError)
+        raise RpcError(ErrorCode.INVALID_ARGUMENT, f"{where}: {_one_line(error)[:120]}") from None
 
 
 def dumps(obj: Any, *, indent: int | None = None) -> str:
