@@ -69,6 +69,9 @@ class Binding:
         return list(self.variables.values())
 
 
+MAX_FIELD_PATH = 32  # names in a dotted field path of a query parameter or an annotation, at most
+
+
 def _field(descriptor: Descriptor, name: str) -> FieldDescriptor:
     field = descriptor.fields_by_name.get(name)
     if field is None:
@@ -93,6 +96,8 @@ def _scalar(field: FieldDescriptor, text: str) -> Any:
 def _set(message: dict[str, Any], descriptor: Descriptor, path: list[str], value: Any, *, raw: bool, append: bool = False) -> None:
     """Sets the field at `path` (proto names or JSON names, dotted) of a JSON message; `raw`: value
     is text from a path or query, read by the field's type."""
+    if len(path) > MAX_FIELD_PATH:  # (a query name is the client's: bounded before the recursion)
+        raise RpcError(ErrorCode.INVALID_ARGUMENT, f"a field path of more than {MAX_FIELD_PATH} names")
     field = _field(descriptor, path[0])
     if len(path) > 1:
         if field.type != FieldDescriptor.TYPE_MESSAGE or field.is_repeated:
