@@ -68,6 +68,7 @@ class Discovery:
     load: Mapping[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
     # The service's FileDescriptorSet (schema/descriptors.py): answered on `$SRV.PROTO.<name>[.<id>]`.
     schema: bytes = b""
+    schema_digest: str = ""  # its `descriptors.digest`, made once
     _subs: list[Subscription] = field(default_factory=list)
 
     def ping(self) -> dict[str, Any]:
@@ -140,7 +141,7 @@ class Discovery:
         schema beyond the connection's max_payload is answered with RESOURCE_EXHAUSTED instead."""
         if not msg.reply or not is_literal(msg.reply):
             return
-        headers = {descriptors.SCHEMA_DIGEST_HEADER: descriptors.digest(self.schema)}
+        headers = {descriptors.SCHEMA_DIGEST_HEADER: self.schema_digest or descriptors.digest(self.schema)}
         body = self.schema
         if message_size(len(body), headers) > self.nc.max_payload:
             body = b""

@@ -106,6 +106,7 @@ class Server:
         self.stream_calls: dict[asyncio.Task[None], Responder] = {}
         self.endpoints = [Endpoint(self, m, f"{self.subject_prefix}.{m.endpoint}") for m in spec.methods]
         schema = descriptors.schema_bytes(spec.schema) if options.reflection else b""
+        schema_digest = ""
         if schema:  # what the CLI and gateways read: each endpoint's method, shape and types
             types = descriptors.method_types(schema, spec.proto_name)
             schema_digest = descriptors.digest(schema)
@@ -116,6 +117,7 @@ class Server:
         self.discovery = Discovery(
             nc=self.transport,
             schema=schema,
+            schema_digest=schema_digest,
             name=self.name,
             version=self.version,
             description=spec.description,
