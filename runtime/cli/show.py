@@ -13,6 +13,7 @@ from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescript
 from nats.aio.client import Client as NATS
 
 from ..core.errors import ErrorCode, RpcError
+from ..core.headers import clip
 from ..reflection import jsonmap
 from ..reflection.catalog import Catalog, MethodInfo, ServiceInfo, gather_replies
 from .sources import catalog_of
@@ -289,9 +290,19 @@ async def _stats_round(nc: NATS, name: str | None, wait: float) -> list[dict[str
             value = json.loads(msg.data)
             if isinstance(value, dict) and isinstance(value.get("endpoints"), list):
                 rounds.append(value)
-        except ValueError:
+        except (ValueError, RecursionError):  # another service's bytes: not JSON, or nested past reading
             continue
     return sorted(rounds, key=lambda s: (str(s.get("name")), str(s.get("id"))))
+
+
+def _count(value: Any) -> int | None:
+    """A count from another service's STATS: a non-negative int of 64 bits, else None (not shown)."""
+    return value if type(value) is int and 0 <= value < 1 << 63 else None
+
+
+def _text(value: Any, limit: int = 200) -> str:
+    """Text from another service's STATS, bounded and without control characters (it goes to a terminal)."""
+    return "".join(c if c.isprintable() else " " for c in clip(str(value), limit))
 
 
 def _stats_rows(replies: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -302,11 +313,11 @@ def _stats_rows(replies: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 continue
             data = endpoint["data"] if isinstance(endpoint.get("data"), dict) else {}
             rows.append({
-                "service": str(reply.get("name", "")), "id": str(reply.get("id", "")), "endpoint": str(endpoint.get("name", "")),
-                "requests": endpoint.get("num_requests", 0), "errors": endpoint.get("num_errors", 0),
-                "refused": data.get("refused"), "in_progress": data.get("in_progress"),
-                "average_ms": round(int(endpoint.get("average_processing_time", 0) or 0) / 1e6, 3),
-                "last_error": endpoint.get("last_error", ""),
+                "service": _text(reply.get("name", "")), "id": _text(reply.get("id", ""), 64), "endpoint": _text(endpoint.get("name", "")),
+                "requests": _count(endpoint.get("num_requests", 0)), "errors": _count(endpoint.get("num_errors", 0)),
+                "refused": _count(data.get("refused")), "in_progress": _count(data.get("in_progress")),
+                "average_ms": round((_count(endpoint.get("average_processing_time", 0)) or 0) / 1e6, 3),
+                "last_error": _text(endpoint.get("last_error", "")),
             })  # fmt: skip
     return rows
 
@@ -314,8 +325,7 @@ def _stats_rows(replies: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def stats_table(rows: list[dict[str, Any]]) -> str:
     header = ("SERVICE", "ID", "ENDPOINT", "CALLS", "ERRORS", "REFUSED", "OPEN", "AVG MS", "LAST ERROR")
     cells = [header] + [
-        (r["service"], r["id"][:8], r["endpoint"], str(r["requests"]), str(r["errors"]),
-         "-" if r["refused"] is None else str(r["refused"]), "-" if r["in_progress"] is None else str(r["in_progress"]),
+        (r["service"], r["id"][:8], r["endpoint"], *("-" if r[k] is None else str(r[k]) for k in ("requests", "errors", "refused", "in_progress")),
          f"{r['average_ms']:.3f}", str(r["last_error"])[:40])  # fmt: skip
         for r in rows
     ]
