@@ -85,7 +85,9 @@ class Codec:
                 message: M = decode(data, 0, len(data), 0)
                 return message
             check_framing(data)  # betterproto2's parser accepts lengths past the end
-            parsed: M = message_type().parse(data)  # on an instance: 2.0.0b7's parse is a method
+            if issubclass(message_type, betterproto2.Message):
+                return message_type.parse(data)  # a classmethod: no instance made only to call it
+            parsed: M = message_type().parse(data)  # code generated for 2.0.0b7: a method of an instance
             return parsed
         except Exception as error:  # betterproto2 raises many kinds; all mean a bad body
             raise _undecodable(message_type, error, method) from None
