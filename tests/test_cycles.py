@@ -13,6 +13,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from betterproto_nats import serve
+from conftest import settle
 from demo_service import Demo
 from gen.streaming.v1 import ChatMessage, CountUpRequest, StreamDemoServiceNatsClient, SumRequest
 
@@ -61,7 +62,7 @@ async def test_finished_streams_leave_no_cycles(nc: NATS, server_nc: NATS) -> No
         gc.set_debug(gc.DEBUG_SAVEALL)
         try:
             await asyncio.gather(*(calls(client, i) for i in range(20)))
-            await asyncio.sleep(0)  # the last calls' tasks end
+            await settle(lambda: not server.stream_calls)  # the service's side of the last calls ended
             assert runtime_garbage() == {}
         finally:
             gc.set_debug(0)
