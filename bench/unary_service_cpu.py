@@ -81,7 +81,7 @@ async def start(nc: NATS, impl: str, build: bool, reflection: bool = True) -> tu
         from streaming.v1 import stream_demo_nats_pb2, stream_demo_pb2  # type: ignore[import-not-found]
 
         service = await stream_demo_nats_pb2.register_stream_demo_service(nc, RefService(stream_demo_pb2, build))
-        subject = next(sub.subject for sub in nc._subs.values() if sub.subject.lower().endswith("ping"))
+        subject = next(sub.subject for sub in nc._subs.values() if not sub.subject.startswith("$SRV.") and sub.subject.lower().endswith(".ping"))
 
         def answered() -> int:
             return int(nc.stats["out_msgs"])
