@@ -683,10 +683,18 @@ def test_the_heaviest_callers_are_refused_first() -> None:
 
 
 class FakeLag:
-    """A `LoopLag` that says what the test sets."""
+    """A `LoopLag` whose recent samples say what the test sets (and no sample is overdue)."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
+        self.due = 0.0
+
+    @property
+    def recent(self) -> float:
+        return self.seconds
+
+    def clock(self) -> float:
+        return 0.0
 
 
 def test_admission_refuses_only_what_would_hurt() -> None:

@@ -145,7 +145,8 @@ class Admission:
         if monitor is not None:
             max_lag = self.max_loop_lag
             assert max_lag is not None  # (a monitor runs only with a limit)
-            lag = monitor.seconds
+            overdue = monitor.clock() - monitor.due  # (`monitor.seconds`, inlined: asked for every new call)
+            lag = overdue if overdue > monitor.recent else monitor.recent
             if lag > max_lag:
                 if self.callers.heavy(caller_of(reply)) or lag > 2 * max_lag:
                     return Refusal("loop_lag", f"the service is overloaded: its event loop runs {lag * 1000:.0f} ms behind", retry_hint(lag))

@@ -12,6 +12,7 @@ burst of calls let in within it would all wait for it).
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Callable, ClassVar
 
 PERIOD = 0.025  # seconds between samples: 40 cheap callbacks a second while anyone listens
@@ -24,16 +25,19 @@ class LoopLag:
 
     _monitors: ClassVar[dict[asyncio.AbstractEventLoop, LoopLag]] = {}
 
-    __slots__ = ("loop", "users", "recent", "listeners", "_samples", "_next", "_due", "_timer")
+    __slots__ = ("loop", "clock", "users", "recent", "due", "listeners", "_samples", "_next", "_timer")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
+        # `loop.time()` without its Python frame where it is `time.monotonic()` (asyncio's own loops):
+        # admission control reads the clock for every new call
+        self.clock: Callable[[], float] = time.monotonic if type(loop).time is asyncio.BaseEventLoop.time else loop.time
         self.users = 0
         self.recent = 0.0  # how late the recent samples fired, at the least
         self._samples = [0.0] * SAMPLES
         self._next = 0  # the slot of `_recent` the next sample goes to
         self.listeners: list[Callable[[], None]] = []  # called after every sample (callers add and remove)
-        self._due = loop.time() + PERIOD
+        self.due = loop.time() + PERIOD  # when the next sample is due (later: the loop is behind by the difference)
         self._timer: asyncio.TimerHandle | None = None
 
     @classmethod
@@ -45,8 +49,8 @@ class LoopLag:
             monitor = cls._monitors[loop] = cls(loop)
         monitor.users += 1
         if monitor._timer is None:
-            monitor._due = loop.time() + PERIOD
-            monitor._timer = loop.call_at(monitor._due, monitor._sample)
+            monitor.due = loop.time() + PERIOD
+            monitor._timer = loop.call_at(monitor.due, monitor._sample)
         return monitor
 
     def release(self) -> None:
@@ -64,15 +68,15 @@ class LoopLag:
     @property
     def seconds(self) -> float:
         """How far behind the loop runs now (see the module)."""
-        overdue = self.loop.time() - self._due
+        overdue = self.clock() - self.due
         return overdue if overdue > self.recent else self.recent
 
     def _sample(self) -> None:
         now = self.loop.time()
-        self._samples[self._next] = now - self._due
+        self._samples[self._next] = now - self.due
         self._next = (self._next + 1) % SAMPLES
         self.recent = min(self._samples)
-        self._due = now + PERIOD
-        self._timer = self.loop.call_at(self._due, self._sample)
+        self.due = now + PERIOD
+        self._timer = self.loop.call_at(self.due, self._sample)
         for listener in list(self.listeners):
             listener()

@@ -90,7 +90,8 @@ def _pending_buffer(nc: NATS) -> bool:
     return usable_here
 
 
-_PUBLISHING = (NATS.CONNECTED, NATS.DRAINING_SUBS)  # the states in which nats-py's `publish` queues
+_PUBLISHING = (NATS.CONNECTED, NATS.DRAINING_SUBS)
+_CRLF = b"\r\n"  # the states in which nats-py's `publish` queues
 
 
 def header_block(headers: dict[str, str]) -> bytes:
@@ -113,19 +114,21 @@ def publish_nowait(nc: NATS, subject: str, payload: bytes, headers: dict[str, st
     flusher = nc._flusher_task
     if flusher is None or flusher.done():
         return False
+    # The command's parts go into nats-py's list as they are (its flusher joins the list once).
     if headers:
         block = header_block(headers)
         blocked = len(block)
         head = f"HPUB {subject} {reply} {blocked} {blocked + length}\r\n" if reply else f"HPUB {subject} {blocked} {blocked + length}\r\n"
-        command = b"".join((head.encode(), block, payload, b"\r\n"))
+        parts: tuple[bytes, ...] = (head.encode(), block, payload, _CRLF)
+        size = len(parts[0]) + blocked + length + 2
     else:  # as nats-py writes a message without headers
         head = f"PUB {subject} {reply} {length}\r\n" if reply else f"PUB {subject} {length}\r\n"
-        command = b"".join((head.encode(), payload, b"\r\n"))
-    size = len(command)
+        parts = (head.encode(), payload, _CRLF)
+        size = len(parts[0]) + length + 2
     limit = nc._max_pending_size
     if limit > 0 and nc._pending_data_size + size > limit:
         return False
-    nc._pending.append(command)
+    nc._pending += parts
     nc._pending_data_size += size
     stats = nc.stats
     stats["out_msgs"] += 1
@@ -352,7 +355,10 @@ class DirectReads:
                     sub._received += 1
                     parsed = await nc._process_headers(headers) if headers else None
                     msg = nc.msg_class(subject=subject.decode(), reply=reply.decode(), data=data, headers=parsed, _client=nc, _sid=sid)
-                    direct.deliver(msg)
+                    try:  # (`direct.deliver`, inlined: once per message)
+                        direct.handler(msg)
+                    except Exception:
+                        _log.exception("handling a message on %s failed", sub.subject)
                     return
             await self.guard.nats_way(sid, subject, reply, data, headers)
         except AttributeError as error:

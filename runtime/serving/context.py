@@ -6,7 +6,7 @@ import contextlib
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Iterator, Mapping, Protocol
 
 from ..core.headers import BLOB_SIZE, user_headers
 
@@ -36,20 +36,31 @@ class CallContext:
         """Seconds until the deadline (may be negative), or None without one."""
         return None if self.deadline is None else self.deadline - time.time()
 
+    def get_context(self) -> CallContext:
+        return self
 
-_current: ContextVar[CallContext] = ContextVar("betterproto_nats_call")
+
+class ServedCall(Protocol):
+    """What the running handler's call is known by: its `CallContext`, or a call that makes it when
+    first asked (a unary call: most handlers never ask)."""
+
+    def get_context(self) -> CallContext: ...
+
+
+_current: ContextVar[ServedCall] = ContextVar("betterproto_nats_call")
 
 
 def current_call() -> CallContext:
     """The call being served by the running handler; RuntimeError outside a handler."""
     try:
-        return _current.get()
+        served = _current.get()
     except LookupError:
         raise RuntimeError("current_call() is only available inside a betterproto-nats handler") from None
+    return served.get_context()
 
 
 # Runs for every call: the context variable's own `set` (no Python frame around it).
-set_current_call: Callable[[CallContext], object] = _current.set
+set_current_call: Callable[[ServedCall], object] = _current.set
 
 
 @contextlib.contextmanager

@@ -75,7 +75,7 @@ class Endpoint:
         self.shape = None if self.unary else SHAPES[method.cardinality]
         self.served = ServedMethod(
             server.transport, method, self.full_name, getattr(server.impl, method.py_name), spec.codec, server.policy, self.task_name,
-            self.record, self._unary_done, spec.codec.decoder(method.request, self.full_name), self._shed,
+            self.record, self._unary_done, self._unary_ended, spec.codec.decoder(method.request, self.full_name), self._shed,
             server.admission.max_loop_lag,
         )
         self.calls = server.stream_calls  # the streams in progress (their budget), by task: what `Server.stop` waits for
@@ -182,6 +182,18 @@ class Endpoint:
         self._calls_wait = waited
 
     def _unary_done(self, call: UnaryCall) -> None:
+        unary_calls = self.server.unary_calls
+        if call in unary_calls:
+            unary_calls.remove(call)
+            self.active -= 1
+
+    def _unary_ended(self, call: UnaryCall, elapsed_ns: int, code: str | None) -> None:
+        """A call that ran: counted in STATS (`EndpointRecord.record`, inlined: once per call) and let go."""
+        record = self.record
+        record.processing_time += elapsed_ns
+        if code is not None:
+            record.num_errors += 1
+            record.last_error = code
         unary_calls = self.server.unary_calls
         if call in unary_calls:
             unary_calls.remove(call)

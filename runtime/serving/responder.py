@@ -325,13 +325,17 @@ class Responder:
     async def respond_error(self, subject: str, error: RpcError) -> None:
         await send_error(self.nc, subject, error)
 
-    def persist(self, body: bytes) -> Awaitable[None] | None:
+    @property
+    def keys(self) -> None:
         """No stored answers (persisted methods are unary: `UnaryCall.persist`)."""
+        return None
+
+    def persist(self, body: bytes) -> Awaitable[None] | None:
         return None
 
     async def answer(self, subject: str, response: Any, error: RpcError | None) -> None:
         """A single final answer (client streaming): see `answer`."""
-        sending = answer(self, subject, response, error)
+        sending = answer(self, self, subject, response, error)
         if sending is not None:
             await sending
 

@@ -14,7 +14,7 @@ from ..core.errors import ErrorCode, RpcError
 from ..core.headers import caller_headers
 from ..core.negotiation import request_deadline
 from ..core.states import SERVER_MOVES, InvalidTransition, ServerState
-from ..core.subjects import MAX_SUBJECT, match_literal_tokens
+from ..core.subjects import is_literal_reply
 from ..encoding.codec import Codec
 from ..features.interceptors import CallInfo, Direction, Side, outcome_of
 from ..features.persistence import StoreKeys
@@ -39,7 +39,8 @@ class ServedMethod:
     policy: ServingPolicy
     task_name: str
     record: EndpointRecord  # what `$SRV` STATS report: each call's time and error code
-    done: Callable[[UnaryCall], None]  # a call ends (its endpoint lets go of it)
+    done: Callable[[UnaryCall], None]  # a call that never ran ends (its endpoint lets go of it)
+    ended: Callable[[UnaryCall, int, str | None], None]  # a call ran to its end: its time (ns) and error code counted too
     decode: Callable[[bytes], Any]  # the request's decoder (INVALID_ARGUMENT when it does not decode)
     shed: Callable[[UnaryCall, float], None]  # refuse a call that never started: its batch kept the loop this long
     max_turn: float | None  # seconds a batch of calls may keep the loop before the rest are shed (None: never)
@@ -49,29 +50,35 @@ class UnaryCall:
     """The server's side of one unary call (run by a `UnaryBatch`): the request decoded, the
     handler run with `current_call()` set and the call's deadline applied, the response (or the
     error) published to the request's reply subject. One small object per call (no inbox, session
-    or stream state); states as a `Responder`'s: OPENING -> SERVING -> FINISHING -> CLOSED | FAILED."""
+    or stream state); states as a `Responder`'s: OPENING -> SERVING -> FINISHING -> CLOSED | FAILED.
 
-    __slots__ = (
-        "served", "msg", "state", "context", "info", "keys", "deadline", "exception", "answered", "task", "expired",
-        "nc", "method", "name", "codec",
-    )  # fmt: skip
+    Only what every call has is set when it is made (`served`, `msg`): the rest are class defaults
+    until a call needs them (measured: a call object with fifteen slots set costs half as much again
+    as one with two attributes and class defaults). Its `CallContext` is made only when something asks
+    for it (`current_call()`, interceptors, response headers): most handlers never do."""
+
+    state = ServerState.OPENING
+    context: CallContext | None = None  # made by `get_context()`, on first use
+    info: CallInfo | None = None  # what interceptors see, when there are any
+    keys: StoreKeys | None = None  # a persisted method's storage keys
+    deadline: Deadline | None = None
+    exception: BaseException | None = None  # a handler's unexpected exception
+    answered = (0, 0)
+    task: asyncio.Task[Any] | None = None  # what runs it, once it has a deadline to cancel it at
+    expired = False  # the deadline passed while the handler ran: it was cancelled
 
     def __init__(self, served: ServedMethod, msg: Msg) -> None:
         self.served = served
         self.msg = msg
-        # What `answer` needs (and interceptors), from what the endpoint's calls share.
-        self.nc = served.nc
-        self.method = served.method
-        self.name = served.name
-        self.codec = served.codec
-        self.state = ServerState.OPENING
-        self.info: CallInfo | None = None  # what interceptors see, when there are any
-        self.keys: StoreKeys | None = None  # a persisted method's storage keys
-        self.deadline: Deadline | None = None
-        self.exception: BaseException | None = None  # a handler's unexpected exception
-        self.answered = (0, 0)
-        self.task: asyncio.Task[None] | None = None  # what runs it (its `UnaryBatch` sets it)
-        self.expired = False  # the deadline passed while the handler ran: it was cancelled
+
+    def get_context(self) -> CallContext:
+        """The call's context (`current_call()`), made the first time it is asked for."""
+        context = self.context
+        if context is None:
+            msg, deadline = self.msg, self.deadline
+            headers = caller_headers(msg.headers) if msg.headers else {}
+            context = self.context = CallContext(self.served.name, msg.subject, headers, None if deadline is None else deadline.epoch)
+        return context
 
     def move(self, state: ServerState) -> None:
         if state not in SERVER_MOVES[self.state]:
@@ -106,12 +113,11 @@ class UnaryCall:
         started = time.perf_counter_ns()
         served, msg = self.served, self.msg
         reply = msg.reply
-        if not reply or len(reply) > MAX_SUBJECT or match_literal_tokens(reply) is None:  # (is_literal, inlined)
-            served.record.record(time.perf_counter_ns() - started, None)
-            served.done(self)
+        if not reply or not is_literal_reply(reply):
+            served.ended(self, time.perf_counter_ns() - started, None)
             return  # nobody to answer: dropped
         policy = served.policy
-        method = self.method
+        method = served.method
         headers = msg.headers
         error: RpcError | None = None
         response: Any = None
@@ -120,14 +126,11 @@ class UnaryCall:
             if headers or method.timeout is not None:
                 deadline = self.deadline = _unary_deadline(method, headers)
             request = served.decode(msg.data)
-            context = self.context = CallContext(
-                served.name, msg.subject, caller_headers(headers) if headers else {}, None if deadline is None else deadline.epoch
-            )
-            set_current_call(context)
+            set_current_call(self)  # (its context is made if the handler asks for it)
             chain = policy.interceptors
             if chain is not None:
                 self.info = info = CallInfo(
-                    Side.SERVER, served.name.rsplit("/", 1)[0], method.name, method.cardinality, msg.subject, context.headers, method
+                    Side.SERVER, served.name.rsplit("/", 1)[0], method.name, method.cardinality, msg.subject, self.get_context().headers, method
                 )
                 await chain.start(info)  # may reject the call: the handler never runs
                 request = chain.message(info, Direction.RECEIVED, request)
@@ -138,6 +141,7 @@ class UnaryCall:
             if deadline is None:
                 response = await served.handler(request)
             else:  # a timer that cancels the task (cheaper than asyncio.timeout's context manager per call)
+                self.task = asyncio.current_task()  # its batch's: a call that waits goes on in it
                 expiry = asyncio.get_running_loop().call_at(deadline.at, self._expire)
                 try:
                     response = await served.handler(request)
@@ -159,7 +163,7 @@ class UnaryCall:
             peer_faults.warning("call to %s on %s ended with %s", served.name, msg.subject, error)
         self.state = ServerState.FINISHING
         try:
-            sending = answer(self, reply, response, error)  # (an error before `context` was set needs none)
+            sending = answer(self, served, reply, response, error)
             if sending is not None:
                 await sending
         except Exception:
@@ -170,8 +174,7 @@ class UnaryCall:
                 outcome = outcome_of(self.info, error, self.answered, (1, len(msg.data)), self.exception)
                 await policy.interceptors.end(self.info, outcome)
         finally:
-            served.record.record(time.perf_counter_ns() - started, None if error is None else error.code)
-            served.done(self)
+            served.ended(self, time.perf_counter_ns() - started, None if error is None else error.code)
 
     def _expire(self) -> None:
         """The call's deadline passed while its handler runs: it is cancelled (DEADLINE_EXCEEDED)."""

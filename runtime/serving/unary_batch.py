@@ -68,7 +68,6 @@ class UnaryBatch:
                     for late in calls[index:]:  # a burst of costly calls: the rest would wait behind them
                         late.served.shed(late, kept)
                     break
-            call.task = self.task
             context = contextvars.copy_context()
             coroutine = call.run()
             try:
@@ -86,9 +85,7 @@ class UnaryBatch:
 
     async def _run_alone(self) -> None:
         self.started = True
-        call = self.calls[0]
-        call.task = self.task
-        await call.run()
+        await self.calls[0].run()
 
     def _hand_on(self, later: list[UnaryCall]) -> None:
         """Calls this batch will not run: a task each, all started at the next loop turn."""
