@@ -14,7 +14,7 @@ import asyncio
 import inspect
 import logging
 import os
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import nats.errors
 from nats.aio.client import Client as NATS
@@ -340,8 +340,39 @@ class DirectReads:
     def __init__(self, guard: ReadGuard) -> None:
         self.guard = guard
         self.nc = guard.nc
+        self.handled: asyncio.Future[None] | None = None  # what `process_msg` returns for a message handled at once
 
-    async def process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
+    def process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> Awaitable[None]:
+        """One message from nats-py's parser, which awaits what this returns. A message without
+        headers for a `DirectDelivery` subscription is handled here and now, and a finished future
+        returned (no coroutine per message); anything else, or anything unexpected, goes through
+        `process` (from the start: nothing was counted or handed on)."""
+        nc = self.nc
+        handled = self.handled
+        if handled is not None and not headers:
+            try:
+                sub = nc._subs.get(sid)
+                if sub is not None:
+                    direct: Any = sub._pending_queue
+                    if type(direct) is DirectDelivery and sub._max_msgs <= 0:
+                        msg = nc.msg_class(subject=subject.decode(), reply=reply.decode(), data=data, headers=None, _client=nc, _sid=sid)
+                        stats = nc.stats
+                        stats["in_msgs"] += 1
+                        stats["in_bytes"] += len(data)
+                        sub._received += 1
+                        try:  # (`direct.deliver`, inlined: once per message)
+                            direct.handler(msg)
+                        except Exception:
+                            _log.exception("handling a message on %s failed", sub.subject)
+                        return handled
+            except Exception:
+                pass  # (`process` says what it was)
+        elif handled is None:
+            self.handled = handled = asyncio.get_running_loop().create_future()
+            handled.set_result(None)
+        return self.process(sid, subject, reply, data, headers)
+
+    async def process(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
         """One message from nats-py's parser (in its read loop: nothing may escape from here)."""
         nc = self.nc
         try:
@@ -383,7 +414,7 @@ def read_directly(nc: NATS) -> DirectReads | None:
     if guard is None or not usable("DirectReads", _reads_not_as_expected(nc, guard), "Client._process_msg"):
         return None
     reads = DirectReads(guard)
-    nc._process_msg = reads.process_msg  # type: ignore[method-assign]
+    nc._process_msg = reads.process_msg  # type: ignore[method-assign,assignment]  # (nats-py awaits what it returns)
     nc._betterproto_nats_direct_reads = reads  # type: ignore[attr-defined]
     return reads
 

@@ -27,6 +27,10 @@ from .discovery import EndpointRecord
 from .policy import PEER_FAULTS, ServingPolicy, log, peer_faults
 
 
+# The states `run` moves a call through, looked up once (an enum member's lookup costs a Python call).
+_SERVING, _FINISHING, _CLOSED, _FAILED = ServerState.SERVING, ServerState.FINISHING, ServerState.CLOSED, ServerState.FAILED
+
+
 @dataclass(frozen=True, slots=True)
 class ServedMethod:
     """What every call of one endpoint shares (built once when serving starts)."""
@@ -52,15 +56,12 @@ class UnaryCall:
     error) published to the request's reply subject. One small object per call (no inbox, session
     or stream state); states as a `Responder`'s: OPENING -> SERVING -> FINISHING -> CLOSED | FAILED.
 
-    Only what every call has is set when it is made (`served`, `msg`): the rest are class defaults
-    until a call needs them (measured: a call object with fifteen slots set costs half as much again
-    as one with two attributes and class defaults). Its `CallContext` is made only when something asks
-    for it (`current_call()`, interceptors, response headers): most handlers never do."""
+    What every call reads is set when it is made; what few calls need are class defaults until
+    then (measured: a call object with fifteen slots set costs half as much again). Its `CallContext`
+    is made only when something asks for it (`current_call()`, interceptors, response headers): most
+    handlers never do."""
 
     state = ServerState.OPENING
-    context: CallContext | None = None  # made by `get_context()`, on first use
-    info: CallInfo | None = None  # what interceptors see, when there are any
-    keys: StoreKeys | None = None  # a persisted method's storage keys
     deadline: Deadline | None = None
     exception: BaseException | None = None  # a handler's unexpected exception
     answered = (0, 0)
@@ -70,6 +71,9 @@ class UnaryCall:
     def __init__(self, served: ServedMethod, msg: Msg) -> None:
         self.served = served
         self.msg = msg
+        self.context: CallContext | None = None  # made by `get_context()`, on first use
+        self.info: CallInfo | None = None  # what interceptors see, when there are any
+        self.keys: StoreKeys | None = None  # a persisted method's storage keys
 
     def get_context(self) -> CallContext:
         """The call's context (`current_call()`), made the first time it is asked for."""
@@ -137,7 +141,7 @@ class UnaryCall:
             persistence = policy.persistence
             if persistence is not None and method.persists:  # a request without a valid key fails here
                 self.keys = persistence.keys(method, request, served.name)
-            self.state = ServerState.SERVING  # (the moves of `run` are the legal ones, in order: no check per call)
+            self.state = _SERVING  # (the moves of `run` are the legal ones, in order: no check per call)
             if deadline is None:
                 response = await served.handler(request)
             else:  # a timer that cancels the task (cheaper than asyncio.timeout's context manager per call)
@@ -161,14 +165,14 @@ class UnaryCall:
             error = self.internal(raised)
         if error is not None and error.code in PEER_FAULTS:
             peer_faults.warning("call to %s on %s ended with %s", served.name, msg.subject, error)
-        self.state = ServerState.FINISHING
+        self.state = _FINISHING
         try:
             sending = answer(self, served, reply, response, error)
             if sending is not None:
                 await sending
         except Exception:
             log.exception("could not finish %s", served.name)
-        self.state = ServerState.FAILED if error is not None else ServerState.CLOSED
+        self.state = _FAILED if error is not None else _CLOSED
         try:
             if self.info is not None and policy.interceptors is not None:
                 outcome = outcome_of(self.info, error, self.answered, (1, len(msg.data)), self.exception)
