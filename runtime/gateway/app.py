@@ -30,7 +30,7 @@ from ..reflection import jsonmap
 from ..reflection.catalog import Catalog, MethodInfo
 from ..reflection.dynamic import DynamicClient, chunk_reader, chunk_writer
 from .bodies import ClientGone, PayloadTooLarge, RequestBody, StreamFormat, dumps, first_of, parse_json, unless_gone
-from .http_rules import Binding, bindings_of, default_gets, match
+from .http_rules import Binding, bindings_of, default_gets, match, method_paths
 from .mapping import DEFAULT_PASSED_HEADERS, MAX_TIMEOUT, allowed_headers, call_headers, close_code, error_body, http_status, metadata_headers, request_timeout
 from .openapi import openapi_document
 
@@ -215,9 +215,10 @@ class Gateway:
         self.catalog = catalog
         self.client = client
         self.options = options or GatewayOptions()
-        self.methods: dict[str, MethodInfo] = {m.full_name: m for service in catalog.services for m in service.methods}
+        # Default paths (without their `/`): `pkg.Service/Method`, and `pkg.Service@version/Method` of each version
+        self.methods: dict[str, MethodInfo] = method_paths(catalog)
         annotated, self.problems = bindings_of(catalog)
-        self.bindings = annotated + default_gets(catalog)
+        self.bindings = annotated + default_gets(self.methods)
         for problem in self.problems:
             log.warning("%s", problem)
         self._openapi: dict[str, Any] | None = None
@@ -273,7 +274,9 @@ class Gateway:
 
     async def openapi(self, request: Request) -> Response:
         if self._openapi is None:
-            self._openapi = openapi_document(self.catalog, title=self.options.title, passed_headers=self.options.pass_headers, bindings=self.bindings)
+            self._openapi = openapi_document(
+                self.catalog, title=self.options.title, passed_headers=self.options.pass_headers, methods=self.methods, bindings=self.bindings
+            )
         document = dict(self._openapi)
         document["servers"] = [{"url": request.scope.get("root_path", "") or "/"}]
         return JSONResponse(document)

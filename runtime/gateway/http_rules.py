@@ -5,18 +5,17 @@ variables, query parameters and the body."""
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from google.protobuf import json_format, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from ..core.errors import ErrorCode, RpcError
 from ..core.headers import clip
+from ..reflection.catalog import Catalog, MethodInfo, newest_first
 from ..schema.descriptors import wire_fields
-
-if TYPE_CHECKING:
-    from ..reflection.catalog import Catalog, MethodInfo
 
 HTTP_EXTENSION = 72295728  # google.api.http on google.protobuf.MethodOptions
 VERBS = ("get", "put", "post", "delete", "patch")
@@ -161,20 +160,46 @@ def _http_rule_bytes(options: Any) -> list[bytes]:
     return [payload for number, _, _, payload in wire_fields(data) if number == HTTP_EXTENSION and payload is not None]
 
 
+_VERSION = re.compile(r"[0-9A-Za-z._+-]{1,64}")  # a version that may name a path: `pkg.Service@<version>/Method`
+
+
+def method_paths(catalog: "Catalog") -> dict[str, "MethodInfo"]:
+    """Each method's default path (without its `/`): `pkg.Service/Method` is the newest version's
+    of the services that have it; where a service runs in several versions whose schemas differ, each
+    version's method is at `pkg.Service@<version>/Method` too."""
+    services = newest_first(s for s in catalog.services if s.methods)
+    paths: dict[str, MethodInfo] = {}
+    for service in services:
+        for method in service.methods:
+            paths.setdefault(method.full_name, method)
+    versions = Counter(service.full_name for service in services)
+    for service in services:
+        if versions[service.full_name] > 1 and _VERSION.fullmatch(service.version):
+            for method in service.methods:
+                paths.setdefault(f"{service.full_name}@{service.version}/{method.name}", method)
+    return paths
+
+
 def bindings_of(catalog: "Catalog") -> tuple[list[Binding], list[str]]:
-    """Every route the catalog's `google.api.http` annotations declare (additional bindings too),
-    and a line per annotation that could not be used."""
+    """Every route the catalog's `google.api.http` annotations declare (additional bindings too), the
+    newest version's first (a route two versions declare goes to the newest), and a line per
+    annotation that could not be used. Each method's rules are read in its own schema's pool."""
     out: list[Binding] = []
     problems: list[str] = []
-    try:
-        rule_type = catalog.pool.FindMessageTypeByName("google.api.HttpRule")
-    except KeyError:
-        return out, problems  # no schema imports google/api/http.proto
-    rule_class = message_factory.GetMessageClass(rule_type)
-    for service in catalog.services:
+    rule_classes: dict[int, Any] = {}  # by id of the pool (the catalog holds the pools)
+    for service in newest_first(catalog.services):
         for method in service.methods:
+            pool = method.pool
+            if id(pool) not in rule_classes:
+                try:
+                    rule_classes[id(pool)] = message_factory.GetMessageClass(pool.FindMessageTypeByName("google.api.HttpRule"))
+                except KeyError:
+                    rule_classes[id(pool)] = None  # this schema does not import google/api/http.proto
+            rule_class = rule_classes[id(pool)]
+            if rule_class is None:
+                continue
             try:
-                described = catalog.pool.FindServiceByName(method.service).methods_by_name[method.name]
+                described = pool.FindServiceByName(method.service).methods_by_name[method.name]
             except KeyError:
                 continue
             for raw in _http_rule_bytes(described.GetOptions()):
@@ -208,14 +233,13 @@ def _binding(method: "MethodInfo", rule: dict[str, Any]) -> Binding:
     return Binding(method, verb_name, template, pattern, variables, body, str(rule.get("response_body", "")))
 
 
-def default_gets(catalog: "Catalog") -> list[Binding]:
-    """`GET /{pkg.Service}/{Method}?field=value...` for every unary and server-streaming method: the
-    request from query parameters (as grpc-gateway maps them), so that a browser's EventSource can
-    open a server stream."""
+def default_gets(paths: Mapping[str, "MethodInfo"]) -> list[Binding]:
+    """`GET /{pkg.Service}/{Method}?field=value...` on every default path (`method_paths`) of a unary
+    or server-streaming method: the request from query parameters (as grpc-gateway maps them), so
+    that a browser's EventSource can open a server stream."""
     return [
-        Binding(method, "GET", f"/{method.full_name}", re.compile(re.escape(f"/{method.full_name}")), {}, "", "")
-        for service in catalog.services
-        for method in service.methods
+        Binding(method, "GET", f"/{path}", re.compile(re.escape(f"/{path}")), {}, "", "")
+        for path, method in paths.items()
         if method.shape in ("unary", "server")
     ]
 

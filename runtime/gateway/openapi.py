@@ -5,9 +5,11 @@ WebSocket upgrade for bidi)."""
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
+
+from ..reflection.catalog import newest_first
 
 if TYPE_CHECKING:
     from ..reflection.catalog import Catalog, MethodInfo
@@ -52,24 +54,43 @@ def _ref(full_name: str) -> dict[str, Any]:
 
 
 class Schemas:
-    """JSON Schemas of messages, each once under components/schemas, references between them."""
+    """JSON Schemas of messages, each once under components/schemas, references between them. A
+    message is named by its full name; the same name from another schema (another version of the
+    service) by `<full name>-<version>`, the version `labels` gives its pool (by id)."""
 
-    def __init__(self) -> None:
+    def __init__(self, labels: Mapping[int, str] | None = None) -> None:
         self.schemas: dict[str, dict[str, Any]] = {}
+        self.labels = dict(labels or {})
+        self.names: dict[tuple[int, str], str] = {}  # (id of its pool, full name) -> component name
+
+    def name(self, descriptor: Descriptor) -> str:
+        """The component name of `descriptor` (of its own schema's pool)."""
+        key = (id(descriptor.file.pool), descriptor.full_name)
+        name = self.names.get(key)
+        if name is None:
+            name = descriptor.full_name
+            if name in self.schemas:  # taken by another schema's message of this name
+                base = f"{name}-{re.sub(r'[^A-Za-z0-9._-]', '_', self.labels.get(key[0], ''))}".rstrip("-")
+                name, n = base, 2
+                while name in self.schemas:
+                    name, n = f"{base}.{n}", n + 1
+            self.names[key] = name
+        return name
 
     def message(self, descriptor: Descriptor) -> dict[str, Any]:
         """A reference to `descriptor`'s schema (or the inline form of a well-known type)."""
         if descriptor.full_name in _WELL_KNOWN:
             return dict(_WELL_KNOWN[descriptor.full_name])
-        if descriptor.full_name not in self.schemas:
-            self.schemas[descriptor.full_name] = {}  # placed first: recursive messages refer to it
+        name = self.name(descriptor)
+        if name not in self.schemas:
+            self.schemas[name] = {}  # placed first: recursive messages refer to it
             properties = {field.json_name: self.field(field) for field in descriptor.fields}
             schema: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
             oneofs = [o for o in descriptor.oneofs if not (len(o.fields) == 1 and o.fields[0].has_presence and o.name.startswith("_"))]
             if oneofs:
                 schema["description"] = "; ".join(f"at most one of {', '.join(f.json_name for f in o.fields)} (oneof {o.name})" for o in oneofs)
-            self.schemas[descriptor.full_name] = schema
-        return _ref(descriptor.full_name)
+            self.schemas[name] = schema
+        return _ref(name)
 
     def field(self, field: FieldDescriptor) -> dict[str, Any]:
         if field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry:
@@ -103,8 +124,8 @@ class Schemas:
         return {"type": "string"}
 
 
-def _operation_id(method: "MethodInfo") -> str:
-    return re.sub(r"[^A-Za-z0-9_]", "_", f"{method.service}_{method.name}")
+def _operation_id(tag: str, method: "MethodInfo") -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", f"{tag}_{method.name}")
 
 
 def _parameters(passed_headers: Iterable[str]) -> list[dict[str, Any]]:
@@ -121,19 +142,21 @@ def _parameters(passed_headers: Iterable[str]) -> list[dict[str, Any]]:
     return params
 
 
-def _operation(method: "MethodInfo", schemas: Schemas, parameters: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
-    """(HTTP method, operation) of one RPC method."""
+def _operation(method: "MethodInfo", schemas: Schemas, parameters: list[dict[str, Any]], tag: str) -> tuple[str, dict[str, Any]]:
+    """(HTTP method, operation) of one RPC method; `tag`: `pkg.Service`, or `pkg.Service@version` on
+    a version's own path."""
     request, answer = schemas.message(method.input), schemas.message(method.output)
     error = {"description": "the call failed: the status is grpc-gateway's for the code", "content": {"application/json": {"schema": _ref("betterproto_nats.gateway.Error")}}}
     op: dict[str, Any] = {
-        "operationId": _operation_id(method),
-        "tags": [method.service],
+        "operationId": _operation_id(tag, method),
+        "tags": [tag],
         "parameters": parameters,
         "x-rpc-shape": method.shape,
         "x-rpc-method": method.full_name,
         "x-nats-subject": method.subject,
         "x-rpc-input": method.input.full_name,
         "x-rpc-output": method.output.full_name,
+        "x-rpc-version": method.version,
     }
     if method.chunked:
         op["x-rpc-chunked"] = True
@@ -189,10 +212,10 @@ def _operation(method: "MethodInfo", schemas: Schemas, parameters: list[dict[str
     return "get", op
 
 
-def _annotated(binding: "Binding", schemas: Schemas, parameters: list[dict[str, Any]]) -> tuple[str, str, dict[str, Any]]:
+def _annotated(binding: "Binding", schemas: Schemas, parameters: list[dict[str, Any]], tag: str) -> tuple[str, str, dict[str, Any]]:
     """(path, HTTP method, operation) of a `google.api.http` route."""
     method = binding.method
-    _, op = _operation(method, schemas, parameters)
+    _, op = _operation(method, schemas, parameters, tag)
     op = {**op, "operationId": f"{op['operationId']}_{binding.verb.lower()}_{len(binding.template)}"}
     path = re.sub(r"\{([^}=]+)(=[^}]*)?\}", r"{\1}", binding.template)
     bound = set(binding.path_parameters())
@@ -225,28 +248,41 @@ def _body_field(descriptor: Descriptor, path: str, schemas: Schemas) -> dict[str
     return schemas.field(descriptor.fields_by_name[names[-1]])
 
 
-def openapi_document(catalog: "Catalog", *, title: str, passed_headers: Iterable[str], bindings: Iterable["Binding"] = ()) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of every method of `catalog`, and of its `google.api.http` routes."""
+def openapi_document(
+    catalog: "Catalog", *, title: str, passed_headers: Iterable[str], methods: Mapping[str, "MethodInfo"], bindings: Iterable["Binding"] = ()
+) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of `catalog`'s methods on their default paths (`methods`, by path
+    without its `/`: `http_rules.method_paths`), and of its `google.api.http` routes. Each message's
+    schema comes from its own schema's pool: two versions' messages of one name are two schemas."""
     from .._version import __version__
 
-    schemas = Schemas()
+    services = {id(method): service for service in catalog.services for method in service.methods}
+    labels: dict[int, str] = {}  # a pool's label: the newest version of the services it describes
+    for described in newest_first(catalog.services):
+        if described.pool is not None:
+            labels.setdefault(id(described.pool), described.version)
+    schemas = Schemas(labels)
     parameters = _parameters(passed_headers)
     paths: dict[str, Any] = {}
-    tags = []
-    for service in catalog.services:
-        tags.append({"name": service.full_name, "description": service.description or f"NATS service {service.nats_name} {service.version}"})
-        for method in service.methods:
-            verb, op = _operation(method, schemas, parameters)
-            paths[f"/{method.full_name}"] = {verb: op}
+    tags: dict[str, dict[str, Any]] = {}
+    tag_of: dict[int, str] = {}  # a method's tag on its first path (the plain one when it has one)
+    for path, method in methods.items():
+        tag = path.rpartition("/")[0]
+        tag_of.setdefault(id(method), tag)
+        service = services.get(id(method))
+        if tag not in tags and service is not None:
+            tags[tag] = {"name": tag, "description": service.description or f"NATS service {service.nats_name} {service.version}"}
+        verb, op = _operation(method, schemas, parameters, tag)
+        paths[f"/{path}"] = {verb: op}
     for binding in bindings:
-        path, verb, op = _annotated(binding, schemas, parameters)
+        path, verb, op = _annotated(binding, schemas, parameters, tag_of.get(id(binding.method), binding.method.service))
         paths.setdefault(path, {}).setdefault(verb, op)
     components: dict[str, Any] = {"schemas": {**schemas.schemas, "betterproto_nats.gateway.Error": ERROR_SCHEMA}}
     document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": title, "version": __version__, "description": "Every method of the services on NATS, over HTTP (betterproto-nats gateway)."},
         "paths": paths,
-        "tags": tags,
+        "tags": list(tags.values()),
         "components": components,
     }
     if any(name.lower() == "authorization" for name in passed_headers):

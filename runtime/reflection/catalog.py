@@ -2,6 +2,11 @@
 (`$SRV` INFO metadata and `$SRV.PROTO`, docs/PROTOCOL.md "Schema reflection"), from a
 FileDescriptorSet (`buf build -o`, `protoc -o --include_imports`) or from .proto files.
 
+Each published schema (one per digest) has its own `DescriptorPool`, and so do the local files: two
+versions of a service whose proto files share names (`foo/v1/service.proto`, changed between them)
+are listed once each, each with its own methods and messages. Lookups by name take the newest
+version unless a version is given.
+
 Everything read from the wire is checked: replies that are not what the convention says are left
 out and noted in `Catalog.problems`, never raised mid-discovery.
 """
@@ -45,6 +50,7 @@ _OPTION_TYPES = {
     "chunked_io": "ChunkedIOOptions",
 }
 MAX_INSTANCES = 10_000  # INFO replies read in one discovery, at most
+MAX_SCHEMAS = 1_000  # distinct schemas (digests) loaded in one discovery, at most: a pool each
 QUIET = 0.25  # seconds without a new INFO reply after the first that end a discovery early
 
 
@@ -64,11 +70,18 @@ class MethodInfo:
     timeout: float | None = None  # the proto's deadline, seconds
     chunk_field: str = "data"
     chunk_size: int = 65536
+    version: str = ""  # of its service (`$SRV` INFO's, else the proto's option)
 
     @property
     def full_name(self) -> str:
         """`pkg.Service/Method`."""
         return f"{self.service}/{self.name}"
+
+    @property
+    def pool(self) -> descriptor_pool.DescriptorPool:
+        """The pool of the schema this method came from: its messages and options are found there."""
+        pool: descriptor_pool.DescriptorPool = self.input.file.pool
+        return pool
 
 
 @dataclass(frozen=True)
@@ -85,15 +98,78 @@ class ServiceInfo:
     digest: str = ""  # of the schema it published; "" when its schema came from local files
     endpoints: list[tuple[str, str]] = field(default_factory=list)  # (name, subject) from `$SRV` INFO
     options: dict[str, Any] = field(default_factory=dict)
+    pool: descriptor_pool.DescriptorPool | None = None  # of the schema its methods came from; None without one
+
+
+class SchemaPool:
+    """One `DescriptorPool` and the files added to it, by name, as the bytes they were added from: the
+    pool of one published schema (one per digest) or of local files. A file of a name already there is
+    compared by these bytes (a descriptor copied back out with CopyToProto is not the bytes it was
+    built from)."""
+
+    def __init__(self, digest: str = "") -> None:
+        self.pool = descriptor_pool.DescriptorPool()
+        self.digest = digest  # of the published schema; "" for local files
+        self.files: dict[str, bytes] = {}
+
+    def clashing(self, files: Iterable[descriptor_pb2.FileDescriptorProto]) -> list[str]:
+        """The names of `files` this pool holds with other bytes (well-known types aside: one
+        definition of them is as good as another)."""
+        return [
+            file.name
+            for file in files
+            if not _well_known(file.name) and self.files.get(file.name, None) not in (None, file.SerializeToString())
+        ]
+
+    def load(self, files: Sequence[descriptor_pb2.FileDescriptorProto]) -> list[descriptor_pb2.FileDescriptorProto]:
+        """Add a set's files, each after its imports (files already here are kept; well-known types it
+        leaves out come from protobuf's own); the files of the set that were added."""
+        by_name = {file.name: file for file in files}
+        added: list[descriptor_pb2.FileDescriptorProto] = []
+
+        def add(name: str, chain: tuple[str, ...]) -> None:
+            if name in self.files:
+                return
+            if name in chain:
+                raise ValueError(f"import cycle at {name}")
+            file = by_name.get(name)
+            if file is None:
+                try:  # a well-known type: protobuf has it (its module registers it in the default pool)
+                    if _well_known(name):
+                        importlib.import_module("google.protobuf." + name[len("google/protobuf/") : -len(".proto")] + "_pb2")
+                    own = descriptor_pb2.FileDescriptorProto()
+                    descriptor_pool.Default().FindFileByName(name).CopyToProto(own)
+                except (KeyError, ImportError):
+                    raise ValueError(f"{name} is imported but not in the set") from None
+                dependencies, data = list(own.dependency), own.SerializeToString()
+            else:
+                dependencies, data = list(file.dependency), file.SerializeToString()
+            for dependency in dependencies:
+                add(dependency, (*chain, name))
+            self.pool.AddSerializedFile(data)
+            self.files[name] = data
+            if file is not None:
+                added.append(file)
+
+        for file in files:
+            add(file.name, ())
+        return added
 
 
 class Catalog:
-    """Services, methods and messages, and the `DescriptorPool` they live in."""
+    """Services, methods and messages. Each service's descriptors live in the `DescriptorPool` of the
+    schema it came from (`ServiceInfo.pool`, `MethodInfo.pool`): one per published digest, one for the
+    local files (another when a local set redefines a file already loaded)."""
 
-    def __init__(self, pool: descriptor_pool.DescriptorPool, services: Sequence[ServiceInfo], problems: Sequence[str] = ()) -> None:
-        self.pool = pool
+    def __init__(self, services: Sequence[ServiceInfo], problems: Sequence[str] = (), schemas: Sequence[SchemaPool] = ()) -> None:
         self.services = list(services)
         self.problems = list(problems)  # what discovery left out, and why
+        self.schemas = list(schemas)
+
+    @property
+    def pools(self) -> list[descriptor_pool.DescriptorPool]:
+        """Every schema's pool."""
+        return [schema.pool for schema in self.schemas]
 
     # --- Constructors ---------------------------------------------------------------------------
 
@@ -101,14 +177,20 @@ class Catalog:
     def from_descriptor_set(cls, data: bytes) -> Catalog:
         """Every service of a serialized FileDescriptorSet (imports included, well-known types may be
         left out), with subjects as the proto's options give them."""
-        pool = descriptor_pool.DescriptorPool()
-        files = _load(pool, data)
-        return cls(pool, [_service_from(pool, described) for described in _services_of(pool, files)])
+        catalog = cls([])
+        catalog.add_descriptor_set(data)
+        return catalog
 
     def add_descriptor_set(self, data: bytes) -> None:
-        """Add the services of another serialized FileDescriptorSet (files already known are kept)."""
-        files = _load(self.pool, data)
-        self.services.extend(_service_from(self.pool, described) for described in _services_of(self.pool, files))
+        """Add the services of another serialized FileDescriptorSet: in the pool of the local files
+        loaded before, unless it defines one of their files differently (then in a pool of its own)."""
+        files = _files_of(data)
+        schema = next((s for s in self.schemas if not s.digest and not s.clashing(files)), None)
+        if schema is None:
+            schema = SchemaPool()
+            self.schemas.append(schema)
+        added = schema.load(files)
+        self.services.extend(_service_from(schema.pool, described) for described in _services_of(schema.pool, added))
 
     @classmethod
     def from_proto_files(cls, proto_paths: Sequence[str | Path], files: Sequence[str | Path]) -> Catalog:
@@ -133,35 +215,61 @@ class Catalog:
         problems: list[str] = []
         subject = "$SRV.INFO" + (f".{name}" if name else "")
         infos = [info for info in (_read_info(msg, problems) for msg in await gather_replies(nc, subject, timeout)) if info]
-        pool = local.pool if local is not None else descriptor_pool.DescriptorPool()
-        fetched: dict[str, set[str]] = {}  # digest -> service full names it covers (loaded schemas only)
+        schemas: dict[str, SchemaPool] = {}  # digest -> its own pool (loaded schemas only)
+        broken: set[str] = set()  # digests whose bytes arrived (they match) but do not load
         for info in infos:
             digest = info.digest
             if service and not _serves(info, service):
                 continue
-            if digest and digest not in fetched:  # one instance per digest; the next one if it fails
+            if digest and digest not in schemas and digest not in broken:  # one instance per digest; the next one if it fails
+                if len(schemas) + len(broken) >= MAX_SCHEMAS:
+                    problems.append(f"{info.name} {info.id}: schema not read (more than {MAX_SCHEMAS} schemas)")
+                    broken.add(digest)
+                    continue
                 data = await _fetch_schema(nc, info.name, info.id, digest, timeout, problems)
                 if data is not None:
+                    schema = SchemaPool(digest)
                     try:
-                        _load(pool, data)
-                        fetched[digest] = {m.split("/")[0] for m in info.methods.values()}
+                        schema.load(_files_of(data))
+                        schemas[digest] = schema
                     except Exception as error:  # remote bytes: DecodeError, TypeError from the pool, ...
                         problems.append(f"{info.name} {info.id}: schema does not load: {_short(error)}")
-        return cls(pool, _merge(pool, infos, fetched, local, problems), problems)
+                        broken.add(digest)
+        found = cls(_merge(schemas, infos, local, problems), problems, list(schemas.values()))
+        if local is not None:
+            found.schemas.extend(local.schemas)
+        return found
 
     # --- Lookups --------------------------------------------------------------------------------
 
-    def method(self, name: str) -> MethodInfo:
+    def versions(self, name: str) -> list[ServiceInfo]:
+        """Every service `name` names (proto full or short name, NATS name), the newest version
+        first: a service running in versions whose schemas differ is listed once per schema."""
+        return newest_first(s for s in self.services if _names_service(s, name))
+
+    def _chosen(self, name: str, version: str | None) -> list[ServiceInfo]:
+        """The services `name` names, of `version` (a version, or a schema digest or its start) if given."""
+        found = self.versions(name)
+        if version is None:
+            return found
+        chosen = [s for s in found if _is_version(s, version)]
+        if not chosen and found:
+            known = ", ".join(dict.fromkeys(s.version for s in found))
+            raise RpcError(ErrorCode.NOT_FOUND, f"{name} has no version {version!r} (running: {known})")
+        return chosen
+
+    def method(self, name: str, version: str | None = None) -> MethodInfo:
         """A method by `pkg.Service/Method`, `Service/Method`, `Service.Method` or `pkg.Service.Method`
-        (the NATS name or the endpoint name work too); NOT_FOUND lists near misses."""
+        (the NATS name or the endpoint name work too), of the newest version of its service that has
+        it unless `version` names one; NOT_FOUND lists near misses."""
         service_name, method_name = _split_method(name)
-        for service in self.services:
-            if _names_service(service, service_name):
-                for method in service.methods:
-                    if method_name in (method.name, method.subject.rpartition(".")[2]):
-                        return method
-        for service in self.services:
-            if not service.methods and _names_service(service, service_name):
+        chosen = self._chosen(service_name, version)
+        for service in chosen:
+            for method in service.methods:
+                if method_name in (method.name, method.subject.rpartition(".")[2]):
+                    return method
+        for service in chosen:
+            if not service.methods:
                 raise RpcError(ErrorCode.NOT_FOUND, f"{service_name} publishes no schema: give its .proto files or a descriptor set (--proto, --descriptor-set)")
         known = [m.full_name for s in self.services for m in s.methods]
         near = difflib.get_close_matches(name, known, n=3, cutoff=0.5) or difflib.get_close_matches(
@@ -170,19 +278,46 @@ class Catalog:
         hint = f"; did you mean {', '.join(near)}?" if near else ("" if known else "; no method is known (no schema)")
         raise RpcError(ErrorCode.NOT_FOUND, f"no method {name!r}{hint}")
 
-    def service(self, name: str) -> ServiceInfo:
-        """A service by proto full name, short name or NATS name."""
-        for service in self.services:
-            if _names_service(service, name):
-                return service
+    def service(self, name: str, version: str | None = None) -> ServiceInfo:
+        """A service by proto full name, short name or NATS name: its newest version unless `version`
+        names one."""
+        chosen = self._chosen(name, version)
+        if chosen:
+            return chosen[0]
         raise RpcError(ErrorCode.NOT_FOUND, f"no service {name!r}")
 
-    def message(self, full_name: str) -> Descriptor:
-        """A message descriptor by full name (a leading dot is fine)."""
-        try:
-            return self.pool.FindMessageTypeByName(full_name.lstrip("."))
-        except KeyError:
-            raise RpcError(ErrorCode.NOT_FOUND, f"no message {full_name!r}") from None
+    def message(self, full_name: str, version: str | None = None) -> Descriptor:
+        """A message descriptor by full name (a leading dot is fine): from the schema of the newest
+        service version that has it (of `version` if given), else from any schema."""
+        for descriptor in self._messages(full_name, version):
+            return descriptor
+        raise RpcError(ErrorCode.NOT_FOUND, f"no message {full_name!r}" + (f" in version {version!r}" if version else ""))
+
+    def messages(self, full_name: str) -> list[Descriptor]:
+        """Each definition of a message the schemas hold (one per defining file's bytes), the newest
+        service version's first: two versions of a schema may define it differently."""
+        found: list[Descriptor] = []
+        seen: set[tuple[str, bytes]] = set()
+        for descriptor in self._messages(full_name, None):
+            file = descriptor.file.name
+            definition = (file, next((s.files.get(file, b"") for s in self.schemas if s.pool is descriptor.file.pool), b""))
+            if definition not in seen:
+                seen.add(definition)
+                found.append(descriptor)
+        return found
+
+    def _messages(self, full_name: str, version: str | None) -> Iterable[Descriptor]:
+        name = full_name.lstrip(".")
+        pools: list[descriptor_pool.DescriptorPool] = []
+        services = newest_first(self.services) if version is None else [s for s in newest_first(self.services) if _is_version(s, version)]
+        for pool in [s.pool for s in services if s.pool is not None] + (self.pools if version is None else []):
+            if not any(pool is known for known in pools):
+                pools.append(pool)
+        for pool in pools:
+            try:
+                yield pool.FindMessageTypeByName(name)
+            except KeyError:
+                continue
 
 
 # --- Schemas ------------------------------------------------------------------------------------
@@ -205,36 +340,37 @@ def compile_protos(proto_paths: Sequence[str | Path], files: Sequence[str | Path
         return out.read_bytes()
 
 
-def _load(pool: descriptor_pool.DescriptorPool, data: bytes) -> list[descriptor_pb2.FileDescriptorProto]:
-    """Add a serialized FileDescriptorSet to `pool` (files already there are skipped; well-known types
-    it leaves out come from protobuf's own); the files it held."""
-    files = list(descriptor_pb2.FileDescriptorSet.FromString(data).file)
-    by_name = {file.name: file for file in files}
+def _files_of(data: bytes) -> list[descriptor_pb2.FileDescriptorProto]:
+    """The files of a serialized FileDescriptorSet (DecodeError when it is not one)."""
+    return list(descriptor_pb2.FileDescriptorSet.FromString(data).file)
 
-    def add(name: str, chain: tuple[str, ...]) -> None:
-        try:
-            pool.FindFileByName(name)
-            return
-        except KeyError:
-            pass
-        if name in chain:
-            raise ValueError(f"import cycle at {name}")
-        file = by_name.get(name)
-        if file is None:
-            try:  # a well-known type: protobuf has it (its module registers it in the default pool)
-                if name.startswith("google/protobuf/") and name.endswith(".proto"):
-                    importlib.import_module("google.protobuf." + name[len("google/protobuf/") : -len(".proto")] + "_pb2")
-                file = descriptor_pb2.FileDescriptorProto()
-                descriptor_pool.Default().FindFileByName(name).CopyToProto(file)
-            except (KeyError, ImportError):
-                raise ValueError(f"{name} is imported but not in the set") from None
-        for dependency in file.dependency:
-            add(dependency, (*chain, name))
-        pool.AddSerializedFile(file.SerializeToString())
 
-    for file in files:
-        add(file.name, ())
-    return files
+def _well_known(name: str) -> bool:
+    return name.startswith("google/protobuf/") and name.endswith(".proto")
+
+
+def newest_first(services: Iterable[ServiceInfo]) -> list[ServiceInfo]:
+    """Services by version, the newest first (the order they came in among equal versions)."""
+    return sorted(services, key=lambda service: version_order(service.version), reverse=True)
+
+
+_SEMVER = re.compile(r"v?(\d{1,18})(?:\.(\d{1,18}))?(?:\.(\d{1,18}))?(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?")
+
+
+def version_order(version: str) -> tuple[Any, ...]:
+    """A sort key of versions: semantic versions by their numbers ("1.10.0" after "1.9.0"), a
+    pre-release before its release; any other text before them, by itself."""
+    match = _SEMVER.fullmatch(version)
+    if match is None:
+        return (0, (), False, version)
+    numbers = tuple(int(number or 0) for number in match.group(1, 2, 3))
+    pre = match.group(4)
+    return (1, numbers, pre is None, pre or "")
+
+
+def _is_version(service: ServiceInfo, version: str) -> bool:
+    """Whether `version` picks `service`: its version, or its schema's digest (or a start of it)."""
+    return service.version == version or (version.startswith("sha256:") and len(version) > 7 and service.digest.startswith(version))
 
 
 def _services_of(pool: descriptor_pool.DescriptorPool, files: Iterable[descriptor_pb2.FileDescriptorProto]) -> list[Any]:
@@ -308,6 +444,7 @@ def _service_from(
     service = options.get("service", {})
     prefix = service.get("subject_prefix") or snake_case(described.name)
     default_timeout = _seconds(service.get("timeout"))
+    version = version or service.get("version") or "1.0.0"
     methods = []
     for method in described.methods:
         method_options = _options(pool, method.GetOptions(), _METHOD_OPTIONS)
@@ -329,12 +466,13 @@ def _service_from(
                 timeout=_seconds(method_options.get("endpoint", {}).get("timeout")) or default_timeout,
                 chunk_field=(chunked or {}).get("chunk_field") or "data",
                 chunk_size=int((chunked or {}).get("default_chunk_size") or 65536),
+                version=version,
             )
         )
     return ServiceInfo(
         full_name=described.full_name,
         nats_name=nats_name or service.get("name") or described.name,
-        version=version or service.get("version") or "1.0.0",
+        version=version,
         ids=list(ids),
         subject_prefix=prefix,
         methods=methods,
@@ -342,6 +480,7 @@ def _service_from(
         digest=digest,
         endpoints=list(endpoints),
         options=options,
+        pool=pool,
     )
 
 
@@ -470,27 +609,29 @@ async def _fetch_schema(nc: NATS, name: str, id: str, digest: str, timeout: floa
 
 
 def _merge(
-    pool: descriptor_pool.DescriptorPool,
+    schemas: Mapping[str, SchemaPool],
     infos: list[_Instance],
-    fetched: Mapping[str, set[str]],
     local: Catalog | None,
     problems: list[str],
 ) -> list[ServiceInfo]:
-    """One ServiceInfo per (NATS name, version, proto service): instances grouped, subjects from INFO."""
-    groups: dict[tuple[str, str, str], list[_Instance]] = {}
+    """One ServiceInfo per (NATS name, version, proto service, schema): instances grouped, subjects
+    from INFO, descriptors from the pool of the schema they published (else of the local files)."""
+    groups: dict[tuple[str, str, str, str], list[_Instance]] = {}
     for info in infos:
-        full_names = {m.split("/")[0] for m in info.methods.values()} if info.digest in fetched and fetched[info.digest] else set()
+        source = info.digest if info.digest in schemas else ""  # "": the local files, or no schema
+        full_names = {m.split("/")[0] for m in info.methods.values()} if source else set()
         if not full_names and local is not None:
             for service in local.services:
                 if info.name in (service.nats_name, service.full_name.rpartition(".")[2]):
                     full_names.add(service.full_name)
         for full_name in sorted(full_names) or [""]:
-            groups.setdefault((info.name, info.version, full_name), []).append(info)
+            groups.setdefault((info.name, info.version, full_name, source), []).append(info)
     services: list[ServiceInfo] = []
-    for (name, version, full_name), members in sorted(groups.items()):
+    for (name, version, full_name, source), members in sorted(groups.items(), key=lambda group: (group[0][0], version_order(group[0][1]), group[0][2:])):
         first = members[0]
         ids = [m.id for m in members]
-        if full_name:
+        pool = schemas[source].pool if source else _local_pool(local, full_name)
+        if full_name and pool is not None:
             try:
                 described = pool.FindServiceByName(full_name)
             except KeyError:
@@ -505,7 +646,7 @@ def _merge(
                         for method in described.methods
                         if snake_case(method.name) in by_endpoint
                     }
-                services.append(_service_from(pool, described, subjects, name, version, ids, first.digest, first.endpoints))
+                services.append(_service_from(pool, described, subjects, name, version, ids, source, first.endpoints))
                 continue
         prefix = _common_prefix([s for _, s in first.endpoints])
         services.append(ServiceInfo("", name, version, ids, prefix, [], first.description, first.digest, first.endpoints))
@@ -513,6 +654,14 @@ def _merge(
         seen = {s.full_name for s in services}
         services.extend(s for s in local.services if s.full_name not in seen)
     return services
+
+
+def _local_pool(local: Catalog | None, full_name: str) -> descriptor_pool.DescriptorPool | None:
+    """The pool of the local files that define service `full_name` (the first, if several do)."""
+    for service in local.services if local is not None else ():
+        if service.full_name == full_name and service.pool is not None:
+            return service.pool
+    return None
 
 
 def _common_prefix(subjects: Sequence[str]) -> str:

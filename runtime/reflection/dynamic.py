@@ -56,8 +56,9 @@ PASS_THROUGH = PassThrough()
 
 
 class DynamicClient:
-    """Calls by `MethodInfo` (or a name the catalog resolves) with protobuf-binary bodies. Methods of
-    `(natsmicro.service).json` services are sent and read as proto3 JSON on the wire, converted here."""
+    """Calls by `MethodInfo` (or a name the catalog resolves: the newest version's method) with
+    protobuf-binary bodies in the method's own schema. Methods of `(natsmicro.service).json` services
+    are sent and read as proto3 JSON on the wire, converted here."""
 
     def __init__(
         self,
@@ -71,7 +72,8 @@ class DynamicClient:
         self.catalog = catalog
         self.headers = dict(headers or {})
         self.timeout = timeout
-        self._clients: dict[str, tuple[ClientBase, MethodSpec[Any, Any]]] = {}
+        # By everything a method's client is made of: two versions of a method may differ in any of it.
+        self._clients: dict[tuple[Any, ...], tuple[ClientBase, MethodSpec[Any, Any]]] = {}
 
     def resolve(self, method: MethodInfo | str) -> MethodInfo:
         return self.catalog.method(method) if isinstance(method, str) else method
@@ -79,10 +81,13 @@ class DynamicClient:
     def _client(self, method: MethodInfo, shape: str) -> tuple[ClientBase, MethodSpec[Any, Any]]:
         if method.shape != shape:
             raise RpcError(ErrorCode.INVALID_ARGUMENT, f"{method.full_name} is a {method.shape} method, not {shape}", method=method.full_name)
-        found = self._clients.get(method.full_name)
+        endpoint_options = method.options.get("endpoint", {})
+        queue_group_disabled = bool(endpoint_options.get("queue_group_disabled"))
+        max_inflight = int(method.options.get("stream", {}).get("max_inflight") or 0)
+        key = (method.full_name, method.subject, method.shape, method.timeout, queue_group_disabled, max_inflight)
+        found = self._clients.get(key)
         if found is None:
             prefix, _, endpoint = method.subject.rpartition(".")
-            endpoint_options = method.options.get("endpoint", {})
             spec: MethodSpec[Any, Any] = MethodSpec(
                 name=method.name,
                 py_name=endpoint,
@@ -91,8 +96,8 @@ class DynamicClient:
                 request=cast(Any, bytes),
                 response=cast(Any, bytes),
                 timeout=method.timeout,
-                queue_group_disabled=bool(endpoint_options.get("queue_group_disabled")),
-                max_inflight=int(method.options.get("stream", {}).get("max_inflight") or 0),
+                queue_group_disabled=queue_group_disabled,
+                max_inflight=max_inflight,
             )
             service = ServiceSpec(
                 proto_name=method.service,
@@ -102,7 +107,7 @@ class DynamicClient:
                 body_codec=PASS_THROUGH,
             )
             client_class = type("DynamicNatsClient", (ClientBase,), {"_nats_service": service})
-            found = self._clients[method.full_name] = (client_class(self.nc, timeout=self.timeout), spec)
+            found = self._clients[key] = (client_class(self.nc, timeout=self.timeout), spec)
         return found
 
     def _headers(self, headers: Mapping[str, str] | None) -> dict[str, str] | None:
