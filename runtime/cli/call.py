@@ -36,6 +36,7 @@ def add_call(commands: Any) -> argparse.ArgumentParser:
     sub.add_argument("--max-messages", type=int, default=0, help="stop after this many responses (streams)")
     sub.add_argument("--defaults", action="store_true", help="print fields at their default value too")
     sub.add_argument("--json", action="store_true", help="errors as JSON on stdout")
+    sub.add_argument("--service-version", metavar="VERSION", help="the version of the service to call (or its schema: sha256:...); default: the newest")
     sub.add_argument("--out", metavar="FILE", help="chunked download: write the blob to FILE")
     sub.add_argument("--in", dest="in_file", metavar="FILE", help="chunked upload: send FILE")
     sub.add_argument("--no-progress", action="store_true", help="no progress display on stderr")
@@ -164,7 +165,12 @@ def _file_digest(path: str) -> str:
 async def call(args: argparse.Namespace, nc: NATS) -> int:
     service = args.method.rpartition("/")[0] if "/" in args.method else args.method.rpartition(".")[0]
     catalog = await catalog_of(args, nc, service=service)
-    method = catalog.method(args.method)
+    method = catalog.method(args.method, args.service_version)
+    if args.service_version is None:
+        others = [s for s in catalog.versions(method.service) if s.pool is not method.pool and any(m.name == method.name for m in s.methods)]
+        if others:  # versions whose schemas differ: the request is encoded in the chosen one's
+            versions = ", ".join(dict.fromkeys(s.version for s in others))
+            print(f"note: {method.service} {method.version} called; also running with another schema: {versions} (--service-version to choose)", file=sys.stderr)
     client = DynamicClient(nc, catalog, headers=headers_of(args.header))
     timeout = args.timeout
     limit = args.max_messages

@@ -7,6 +7,8 @@ import argparse
 import asyncio
 import json
 import sys
+from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
@@ -15,7 +17,7 @@ from nats.aio.client import Client as NATS
 from ..core.errors import ErrorCode, RpcError
 from ..core.headers import clip
 from ..reflection import jsonmap
-from ..reflection.catalog import Catalog, MethodInfo, ServiceInfo, gather_replies
+from ..reflection.catalog import Catalog, MethodInfo, ServiceInfo, gather_replies, newest_first
 from .sources import catalog_of
 
 _TYPES = {
@@ -37,6 +39,7 @@ def add_describe(commands: Any) -> argparse.ArgumentParser:
     sub: argparse.ArgumentParser = commands.add_parser("describe", help="a service, method or message: fields, types, options")
     sub.add_argument("name", help="pkg.Service, pkg.Service/Method, pkg.Message (short names work)")
     sub.add_argument("--json", action="store_true", help="JSON for a machine")
+    sub.add_argument("--service-version", metavar="VERSION", help="only this version of the service (or its schema: sha256:...); default: every version")
     sub.set_defaults(run=describe)
     return sub
 
@@ -78,9 +81,12 @@ async def ls(args: argparse.Namespace, nc: NATS) -> int:
     if not services:
         print("no services found" + (f" named {args.name}" if args.name else ""), file=sys.stderr)
         return 0
+    schemas = Counter(s.full_name for s in services if s.full_name)
     for service in services:
         instances = f"{len(service.ids)} instance{'s' * (len(service.ids) != 1)}" if service.ids else "not running"
         proto = service.full_name or "(no schema: use --proto or --descriptor-set)"
+        if schemas[service.full_name] > 1:  # versions with their own schemas: which one this is
+            proto += f" (schema {_short_digest(service.digest)})"
         print(f"{service.nats_name} {service.version}  {proto}  {instances}")
         for id in service.ids:
             print(f"  id {id}")
@@ -93,6 +99,11 @@ async def ls(args: argparse.Namespace, nc: NATS) -> int:
             for name, subject in service.endpoints:
                 print(f"  {name}  {subject}")
     return 0
+
+
+def _short_digest(digest: str) -> str:
+    """A schema's digest as people read it: `sha256:` and 12 hex digits; "local" for local files."""
+    return digest[: len("sha256:") + 12] if digest else "local"
 
 
 # --- describe -------------------------------------------------------------------------------------
@@ -162,6 +173,7 @@ def enum_json(enum: EnumDescriptor) -> dict[str, Any]:
 def method_json(method: MethodInfo) -> dict[str, Any]:
     return {
         "name": method.full_name,
+        "version": method.version,
         "shape": method.shape,
         "request": method.input.full_name,
         "response": method.output.full_name,
@@ -211,46 +223,99 @@ def method_text(method: MethodInfo) -> str:
     return f"rpc {method.name}({request}) returns ({response})  // {', '.join(extras)}"
 
 
-def _described(catalog: Catalog, name: str) -> tuple[list[ServiceInfo], list[MethodInfo], list[Descriptor]]:
-    """What `name` names: a service, a method or a message (in that order)."""
+@dataclass
+class Described:
+    """What one schema says of the name `describe` was given: a service, a method or a message;
+    `header` names the version when there is more than one."""
+
+    services: list[ServiceInfo]
+    methods: list[MethodInfo]
+    roots: list[Descriptor]
+    header: str = ""
+
+
+def _described(catalog: Catalog, name: str, version: str | None) -> list[Described]:
+    """What `name` names: a service, a method or a message (in that order), once per version of
+    the service whose schema has it (the newest first; of `version` only, when given)."""
+    found = [s for s in _versions(catalog, name, version) if s.methods or not s.full_name]
+    if found:
+        return [Described([s], s.methods, [], f"{s.nats_name} {s.version}") for s in found]
+    service_name, _, method_name = name.rpartition("/") if "/" in name else name.rpartition(".")
+    sections = [
+        Described([], [method], [], f"{s.nats_name} {s.version}")
+        for s in _versions(catalog, service_name, version)
+        for method in s.methods
+        if method_name in (method.name, method.subject.rpartition(".")[2])
+    ]
+    if sections:
+        return sections
+    packages = dict.fromkeys(s.full_name.rpartition(".")[0] for s in catalog.services if s.full_name)
+    for full_name in [name, *(f"{package}.{name}" for package in packages)]:  # a message, by its short name in a known service's package too
+        messages = catalog.messages(full_name, version)
+        if messages:
+            return [Described([], [], [message], _message_header(catalog, message)) for message in messages]
+    hint = ""
     try:
-        service = catalog.service(name)
-        if service.methods or not service.full_name:
-            return [service], service.methods, []
-    except RpcError:
-        pass
+        catalog.method(name, version)
+    except RpcError as missed:  # its near misses, or the versions there are
+        hint = missed.message.partition(name + "'")[2] or (f" ({missed.message})" if version else "")
+    raise RpcError(ErrorCode.NOT_FOUND, f"no service, method or message {name!r}{hint}")
+
+
+def _versions(catalog: Catalog, name: str, version: str | None) -> list[ServiceInfo]:
     try:
-        return [], [catalog.method(name)], []
-    except RpcError as missed:
-        try:
-            return [], [], [catalog.message(name)]
-        except RpcError:
-            for described in catalog.services:  # a message by its short name, in a known service's package
-                package = described.full_name.rpartition(".")[0]
-                try:
-                    return [], [], [catalog.message(f"{package}.{name}")]
-                except RpcError:
-                    continue
-            raise RpcError(ErrorCode.NOT_FOUND, f"no service, method or message {name!r}" + missed.message.partition(name + "'")[2]) from None
+        return catalog.versions(name, version) if name else []
+    except RpcError:  # none of that version: nothing of this name, for describe
+        return []
+
+
+def _message_header(catalog: Catalog, message: Descriptor) -> str:
+    """The versions whose schema holds this definition of a message (its schema when none does)."""
+    users = [f"{s.nats_name} {s.version}" for s in newest_first(catalog.services) if s.pool is message.file.pool]
+    schema = catalog.schema_of(message.file.pool)
+    return ", ".join(dict.fromkeys(users)) or f"schema {_short_digest(schema.digest if schema else '')}"
+
+
+def _schema_label(catalog: Catalog, descriptor: Descriptor) -> str:
+    schema = catalog.schema_of(descriptor.file.pool)
+    return schema.digest if schema is not None and schema.digest else "local"
 
 
 async def describe(args: argparse.Namespace, nc: NATS) -> int:
     catalog = await catalog_of(args, nc)
-    services, methods, roots = _described(catalog, args.name)
-    messages: dict[str, Descriptor] = {}
-    for root in [*roots, *(d for m in methods for d in (m.input, m.output))]:
-        _messages_of(root, messages)
-    enums = _enums_of(messages.values())
+    sections = _described(catalog, args.name, args.service_version)
+    closures: list[tuple[dict[str, Descriptor], dict[str, EnumDescriptor]]] = []
+    for section in sections:
+        messages: dict[str, Descriptor] = {}  # one schema's: full names are unique in it
+        for root in [*section.roots, *(d for m in section.methods for d in (m.input, m.output))]:
+            _messages_of(root, messages)
+        closures.append((messages, _enums_of(messages.values())))
     if args.json:
+        found: dict[str, dict[str, Any]] = {"messages": {}, "enums": {}}
+        for messages, enums in closures:  # each once per schema that defines it
+            for descriptor in messages.values():
+                found["messages"].setdefault(f"{_schema_label(catalog, descriptor)} {descriptor.full_name}", message_json(descriptor) | {"schema": _schema_label(catalog, descriptor)})
+            for enum in enums.values():
+                found["enums"].setdefault(f"{_schema_label(catalog, enum)} {enum.full_name}", enum_json(enum) | {"schema": _schema_label(catalog, enum)})
         print(jsonmap.dumps({
-            "services": [{k: v for k, v in service_json(s).items() if k != "methods"} | {"options": s.options} for s in services],
-            "methods": [method_json(m) for m in methods],
-            "messages": [message_json(d) for d in messages.values()],
-            "enums": [enum_json(e) for e in enums.values()],
+            "services": [{k: v for k, v in service_json(s).items() if k != "methods"} | {"options": s.options} for section in sections for s in section.services],
+            "methods": [method_json(m) for section in sections for m in section.methods],
+            "messages": list(found["messages"].values()),
+            "enums": list(found["enums"].values()),
         }, indent=2))  # fmt: skip
         return 0
     lines: list[str] = []
-    for service in services:
+    for section, (messages, enums) in zip(sections, closures):
+        if len(sections) > 1:
+            lines.extend([*([""] if lines else []), f"// --- {section.header} ---"])
+        lines.extend(_section_text(section, messages, enums))
+    print("\n".join(lines))
+    return 0
+
+
+def _section_text(section: Described, messages: dict[str, Descriptor], enums: dict[str, EnumDescriptor]) -> list[str]:
+    lines: list[str] = []
+    for service in section.services:
         where = f"NATS name {service.nats_name} {service.version}, subjects {service.subject_prefix}.*"
         instances = f", {len(service.ids)} instance(s)" if service.ids else ""
         lines.append(f"service {service.full_name or service.nats_name} {{  // {where}{instances}")
@@ -259,14 +324,14 @@ async def describe(args: argparse.Namespace, nc: NATS) -> int:
         for option, value in service.options.get("service", {}).items():
             if option not in ("description",):
                 lines.append(f"  // (natsmicro.service).{option}: {jsonmap.dumps(value)}")
-        for method in methods:
+        for method in section.methods:
             lines.append(f"  {method_text(method)}")
             lines.extend(f"    // (natsmicro.{name}): {jsonmap.dumps(value)}" for name, value in method.options.items())
         if not service.full_name:
             lines.extend(f"  // endpoint {name} on {subject}: no schema (use --proto or --descriptor-set)" for name, subject in service.endpoints)
         lines.append("}")
-    if not services:
-        for method in methods:
+    if not section.services:
+        for method in section.methods:
             lines.append(method_text(method))
             lines.extend(f"  // (natsmicro.{name}): {jsonmap.dumps(value)}" for name, value in method.options.items())
     for descriptor in messages.values():
@@ -275,8 +340,7 @@ async def describe(args: argparse.Namespace, nc: NATS) -> int:
     for enum in enums.values():
         lines.append("")
         lines.extend(enum_text(enum))
-    print("\n".join(lines))
-    return 0
+    return lines
 
 
 # --- stats ----------------------------------------------------------------------------------------

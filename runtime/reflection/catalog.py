@@ -242,28 +242,30 @@ class Catalog:
 
     # --- Lookups --------------------------------------------------------------------------------
 
-    def versions(self, name: str) -> list[ServiceInfo]:
+    def versions(self, name: str, version: str | None = None) -> list[ServiceInfo]:
         """Every service `name` names (proto full or short name, NATS name), the newest version
-        first: a service running in versions whose schemas differ is listed once per schema."""
-        return newest_first(s for s in self.services if _names_service(s, name))
-
-    def _chosen(self, name: str, version: str | None) -> list[ServiceInfo]:
-        """The services `name` names, of `version` (a version, or a schema digest or its start) if given."""
-        found = self.versions(name)
+        first: a service running in versions whose schemas differ is listed once per schema. With
+        `version` (a version, or a schema's digest or its start: `sha256:1f2e`), only those of it;
+        NOT_FOUND, with the versions there are, when `name` has none of it."""
+        found = newest_first(s for s in self.services if _names_service(s, name))
         if version is None:
             return found
         chosen = [s for s in found if _is_version(s, version)]
         if not chosen and found:
             known = ", ".join(dict.fromkeys(s.version for s in found))
-            raise RpcError(ErrorCode.NOT_FOUND, f"{name} has no version {version!r} (running: {known})")
+            raise RpcError(ErrorCode.NOT_FOUND, f"{name} has no version {version!r} (its versions: {known})")
         return chosen
+
+    def schema_of(self, pool: descriptor_pool.DescriptorPool) -> SchemaPool | None:
+        """The schema a pool belongs to (its digest, its files)."""
+        return next((schema for schema in self.schemas if schema.pool is pool), None)
 
     def method(self, name: str, version: str | None = None) -> MethodInfo:
         """A method by `pkg.Service/Method`, `Service/Method`, `Service.Method` or `pkg.Service.Method`
         (the NATS name or the endpoint name work too), of the newest version of its service that has
         it unless `version` names one; NOT_FOUND lists near misses."""
         service_name, method_name = _split_method(name)
-        chosen = self._chosen(service_name, version)
+        chosen = self.versions(service_name, version)
         for service in chosen:
             for method in service.methods:
                 if method_name in (method.name, method.subject.rpartition(".")[2]):
@@ -281,7 +283,7 @@ class Catalog:
     def service(self, name: str, version: str | None = None) -> ServiceInfo:
         """A service by proto full name, short name or NATS name: its newest version unless `version`
         names one."""
-        chosen = self._chosen(name, version)
+        chosen = self.versions(name, version)
         if chosen:
             return chosen[0]
         raise RpcError(ErrorCode.NOT_FOUND, f"no service {name!r}")
@@ -293,14 +295,16 @@ class Catalog:
             return descriptor
         raise RpcError(ErrorCode.NOT_FOUND, f"no message {full_name!r}" + (f" in version {version!r}" if version else ""))
 
-    def messages(self, full_name: str) -> list[Descriptor]:
+    def messages(self, full_name: str, version: str | None = None) -> list[Descriptor]:
         """Each definition of a message the schemas hold (one per defining file's bytes), the newest
-        service version's first: two versions of a schema may define it differently."""
+        service version's first (of `version` only, when given): two versions of a schema may define
+        it differently."""
         found: list[Descriptor] = []
         seen: set[tuple[str, bytes]] = set()
-        for descriptor in self._messages(full_name, None):
+        for descriptor in self._messages(full_name, version):
             file = descriptor.file.name
-            definition = (file, next((s.files.get(file, b"") for s in self.schemas if s.pool is descriptor.file.pool), b""))
+            schema = self.schema_of(descriptor.file.pool)
+            definition = (file, schema.files.get(file, b"") if schema is not None else b"")
             if definition not in seen:
                 seen.add(definition)
                 found.append(descriptor)
