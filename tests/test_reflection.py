@@ -5,8 +5,10 @@ calls of every shape through the runtime's client path."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from typing import AsyncIterator
+from pathlib import Path
+from typing import Any, AsyncIterator
 
 import pytest
 from nats.aio.client import Client as NATS
@@ -15,9 +17,10 @@ from nats.aio.msg import Msg
 import betterproto_nats
 from betterproto_nats import ErrorCode, RpcError
 from betterproto_nats.reflection import jsonmap
-from betterproto_nats.reflection.catalog import Catalog
-from betterproto_nats.reflection.dynamic import DynamicClient
+from betterproto_nats.reflection.catalog import Catalog, compile_protos
+from betterproto_nats.reflection.dynamic import PASS_THROUGH, DynamicClient
 from betterproto_nats.schema import descriptors
+from betterproto_nats.schema.spec import Cardinality, MethodSpec, ServiceSpec
 from demo_service import Demo
 from gen.streaming.v1 import StreamDemoServiceNatsBase
 
@@ -218,3 +221,131 @@ async def test_options_and_json_bodies(nc: NATS, server_nc: NATS) -> None:
     finally:
         for server in servers:
             await server.stop()
+
+
+# --- Two versions of one service, whose proto files have the same names ----------------------------
+
+# The file `ver/v1/ver.proto` changed between the versions: field 2 of PingRequest changed name and
+# type, and a method was added. Served under one NATS name, each version on its own subjects.
+VERSIONS = {
+    "1.0.0": ("string note = 2;", ""),
+    "2.0.0": ("int64 times = 2;", "rpc Shout(PingRequest) returns (PingResponse);"),
+}
+VERSIONED_PROTO = """syntax = "proto3";
+package ver.v1;
+import "natsmicro/options.proto";
+message PingRequest {{ string text = 1; {field} }}
+message PingResponse {{ string text = 1; }}
+service VerService {{
+  option (natsmicro.service) = {{name: "Versioned", version: "{version}", subject_prefix: "ver.{tag}"}};
+  rpc Ping(PingRequest) returns (PingResponse);
+  {method}
+}}
+"""
+
+
+def versioned_schema(root: Path, version: str) -> bytes:
+    """The FileDescriptorSet of one version of `ver/v1/ver.proto`."""
+    field, method = VERSIONS[version]
+    proto = root / version / "ver" / "v1" / "ver.proto"
+    proto.parent.mkdir(parents=True)
+    proto.write_text(VERSIONED_PROTO.format(field=field, method=method, version=version, tag="v" + version[0]))
+    return compile_protos([root / version], [proto])
+
+
+class Versioned:
+    """One version of ver.v1.VerService served without generated code: bodies pass through, and
+    each request is read with the version's own message type, so a request encoded with another
+    version's schema shows in the answer."""
+
+    def __init__(self, schema: bytes, version: str) -> None:
+        own = Catalog.from_descriptor_set(schema)
+        self.request = jsonmap.message_class(own.message("ver.v1.PingRequest"))
+        self.response = jsonmap.message_class(own.message("ver.v1.PingResponse"))
+        self.version = version
+        methods = [m.name for m in own.service("VerService").methods]
+        self._nats_service = ServiceSpec(
+            proto_name="ver.v1.VerService",
+            name="Versioned",
+            subject_prefix=f"ver.v{version[0]}",
+            version=version,
+            methods=tuple(
+                MethodSpec(name=name, py_name=name.lower(), endpoint=name.lower(), cardinality=Cardinality.UNARY, request=bytes, response=bytes)  # type: ignore[arg-type]
+                for name in methods
+            ),
+            schema=descriptors.schema_literal(schema),
+            body_codec=PASS_THROUGH,
+        )
+
+    async def ping(self, body: bytes) -> bytes:
+        request: Any = self.request.FromString(body)
+        extra = f"note={request.note}" if self.version == "1.0.0" else f"times={request.times}"
+        return bytes(self.response(text=f"{self.version} {request.text} {extra}").SerializeToString())
+
+    async def shout(self, body: bytes) -> bytes:
+        request: Any = self.request.FromString(body)
+        return bytes(self.response(text=(request.text.upper() + "!") * request.times).SerializeToString())
+
+
+@contextlib.asynccontextmanager
+async def two_versions(server_nc: NATS, root: Path) -> AsyncIterator[dict[str, bytes]]:
+    """Versions 1.0.0 and 2.0.0 of ver.v1.VerService serving; their schemas by version."""
+    schemas = {version: versioned_schema(root, version) for version in VERSIONS}
+    servers = [await betterproto_nats.serve(server_nc, Versioned(schema, version)) for version, schema in schemas.items()]
+    try:
+        yield schemas
+    finally:
+        for server in servers:
+            await server.stop()
+
+
+async def test_each_version_of_a_service_has_its_own_schema(nc: NATS, server_nc: NATS, tmp_path: Path) -> None:
+    """Two versions whose schemas share file names: each is described with its own methods and
+    fields, and a call to each is encoded with its own schema; by name, the newest is taken."""
+    async with two_versions(server_nc, tmp_path) as schemas:
+        found = await Catalog.discover(nc, timeout=1)
+        assert not found.problems, found.problems
+        listed = [(s.version, s.digest, s.subject_prefix, [m.name for m in s.methods]) for s in found.versions("VerService")]
+        assert listed == [
+            ("2.0.0", descriptors.digest(schemas["2.0.0"]), "ver.v2", ["Ping", "Shout"]),
+            ("1.0.0", descriptors.digest(schemas["1.0.0"]), "ver.v1", ["Ping"]),
+        ]
+        old, new = found.method("VerService/Ping", "1.0.0"), found.method("VerService/Ping")
+        assert (old.version, new.version) == ("1.0.0", "2.0.0") and old.pool is not new.pool
+        assert [(f.name, f.type) for f in old.input.fields] == [("text", 9), ("note", 9)]  # TYPE_STRING
+        assert [(f.name, f.type) for f in new.input.fields] == [("text", 9), ("times", 3)]  # TYPE_INT64
+        assert [f.name for f in found.message("ver.v1.PingRequest").fields] == ["text", "times"]
+        assert [f.name for f in found.message("ver.v1.PingRequest", "1.0.0").fields] == ["text", "note"]
+        assert len(found.messages("ver.v1.PingRequest")) == 2
+
+        client = DynamicClient(nc, found, timeout=5)
+        answer = await client.unary(old, jsonmap.encode(old.input, {"text": "a", "note": "n"}))
+        assert jsonmap.decode(old.output, answer) == {"text": "1.0.0 a note=n"}
+        answer = await client.unary(new, jsonmap.encode(new.input, {"text": "b", "times": "3"}))
+        assert jsonmap.decode(new.output, answer) == {"text": "2.0.0 b times=3"}
+        shout = found.method("Versioned/Shout")
+        answer = await client.unary("VerService/Shout", jsonmap.encode(shout.input, {"text": "c", "times": 2}))
+        assert jsonmap.decode(shout.output, answer) == {"text": "C!C!"}
+        with pytest.raises(RpcError) as unknown:
+            jsonmap.encode(old.input, {"times": 1})  # version 1.0.0 has no such field
+        assert unknown.value.code == ErrorCode.INVALID_ARGUMENT
+        with pytest.raises(RpcError) as missing:
+            found.method("VerService/Shout", "1.0.0")
+        assert missing.value.code == ErrorCode.NOT_FOUND
+        with pytest.raises(RpcError) as no_such:
+            found.method("VerService/Ping", "3.0.0")
+        assert "2.0.0, 1.0.0" in no_such.value.message
+        assert found.method("VerService/Ping", descriptors.digest(schemas["1.0.0"])[:15]) == old  # by its schema
+
+
+def test_local_sets_that_redefine_a_file_get_their_own_pool(tmp_path: Path) -> None:
+    """--descriptor-set files of two versions: the second defines `ver/v1/ver.proto` differently,
+    so it is loaded in a pool of its own; a set that repeats a file as it was adds nothing."""
+    first, second = (versioned_schema(tmp_path, version) for version in VERSIONS)
+    local = Catalog.from_descriptor_set(first)
+    local.add_descriptor_set(first)
+    assert len(local.pools) == 1 and len(local.services) == 1
+    local.add_descriptor_set(second)
+    assert len(local.pools) == 2
+    assert [(s.version, [m.name for m in s.methods]) for s in local.versions("VerService")] == [("2.0.0", ["Ping", "Shout"]), ("1.0.0", ["Ping"])]
+    assert [f.name for f in local.message("ver.v1.PingRequest", "1.0.0").fields] == ["text", "note"]
