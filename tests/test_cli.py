@@ -25,6 +25,7 @@ from betterproto_nats.cli.main import main
 from betterproto_nats.reflection.catalog import compile_protos
 from betterproto_nats.testing import NatsServer
 from demo_service import Demo
+from test_reflection import two_versions
 from gen.fixtures.codec.v1 import CodecEchoNatsBase, Everything
 from gen.streaming.v1 import ExportSnapshotRequest, ImportSnapshotResponse, PingRequest, PingResponse, SnapshotChunk
 
@@ -126,6 +127,27 @@ async def test_ls_and_describe(nats_server: NatsServer, services: Everything_) -
     assert maps["levels"] == "map<string, fixtures.codec.v1.Level>"
     assert {f["name"]: f.get("oneof") for f in messages["fixtures.codec.v1.Oneofs"]["fields"]}["at"] == "value"
     assert {e["name"] for e in described["enums"]} >= {"fixtures.codec.v1.Level", "fixtures.common.v1.Color"}
+
+
+async def test_versions_of_a_service_with_their_own_schemas(nats_server: NatsServer, server_nc: NATS, tmp_path: Path) -> None:
+    """Two versions whose proto files share names: `ls` names their schemas, `describe` shows each
+    with its own methods and fields, `call` takes the newest (and says so) or `--service-version`."""
+    url = nats_server.url
+    async with two_versions(server_nc, tmp_path):
+        status, out, err = await cli(url, "ls", "Versioned")
+        assert status == 0, err
+        assert [line.split("(schema")[0] for line in out.splitlines() if not line.startswith(" ")] == ["Versioned 1.0.0  ver.v1.VerService ", "Versioned 2.0.0  ver.v1.VerService "]
+        status, out, err = await cli(url, "describe", "VerService")
+        assert status == 0, err
+        newest, older = out.split("// --- Versioned 1.0.0 ---")
+        assert newest.startswith("// --- Versioned 2.0.0 ---") and "rpc Shout" in newest and "int64 times = 2;" in newest
+        assert "rpc Shout" not in older and "string note = 2;" in older
+        status, out, err = await cli(url, "describe", "ver.v1.PingRequest", "--service-version", "1.0.0", "--json")
+        assert [f["name"] for f in json.loads(out)["messages"][0]["fields"]] == ["text", "note"], err
+        status, out, err = await cli(url, "call", "VerService/Ping", '{"text": "b", "times": 3}')
+        assert (status, json.loads(out)) == (0, {"text": "2.0.0 b times=3"}) and "also running with another schema: 1.0.0" in err
+        status, out, err = await cli(url, "call", "VerService/Ping", '{"text": "a", "note": "n"}', "--service-version", "1.0.0")
+        assert (status, json.loads(out), err) == (0, {"text": "1.0.0 a note=n"}, "")
 
 
 async def test_call_every_shape(nats_server: NatsServer, services: Everything_) -> None:

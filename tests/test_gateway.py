@@ -27,6 +27,7 @@ import betterproto_nats  # noqa: E402
 from betterproto_nats.gateway import GatewayOptions, create_app  # noqa: E402
 from betterproto_nats.gateway.mapping import call_headers, close_code, http_status, metadata_headers, parse_timeout  # noqa: E402
 from betterproto_nats.reflection.catalog import Catalog  # noqa: E402
+from test_reflection import two_versions  # noqa: E402
 from gen.streaming.v1 import ChatMessage, CountUpRequest, CountUpResponse, ExportSnapshotRequest, ImportSnapshotResponse, SnapshotChunk, SumRequest, SumResponse  # noqa: E402
 
 DEMO = "streaming.v1.StreamDemoService"
@@ -405,6 +406,29 @@ async def test_mounted_in_an_application(service: Service, nc: NATS, catalog: Ca
             await ws.send(json.dumps({"text": "m"}))
             assert json.loads(await asyncio.wait_for(ws.recv(), 5))["text"] == "echo: m"
             await ws.send("")
+
+
+async def test_each_version_of_a_service_on_its_own_path(nc: NATS, server_nc: NATS, tmp_path: Any) -> None:
+    """Two versions whose proto files share names: the plain path is the newest's, `pkg.Service@version/
+    Method` each version's, each body read and written in its own schema; OpenAPI has both versions' messages."""
+    from openapi_spec_validator import validate
+
+    async with two_versions(server_nc, tmp_path):
+        found = await Catalog.discover(nc, timeout=1)
+        async with running(create_app(nc, found)) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+            assert (await client.post("/ver.v1.VerService/Ping", json={"text": "b", "times": 3})).json() == {"text": "2.0.0 b times=3"}
+            assert (await client.post("/ver.v1.VerService@1.0.0/Ping", json={"text": "a", "note": "n"})).json() == {"text": "1.0.0 a note=n"}
+            wrong = await client.post("/ver.v1.VerService@1.0.0/Ping", json={"times": 3})
+            assert wrong.status_code == 400 and "times" in wrong.json()["message"]
+            assert (await client.get("/ver.v1.VerService@2.0.0/Shout", params={"text": "c", "times": "2"})).json() == {"text": "C!C!"}
+            assert (await client.post("/ver.v1.VerService@1.0.0/Shout", json={})).status_code == 404
+            document = (await client.get("/openapi.json")).json()
+            validate(document)
+            schemas = document["components"]["schemas"]
+            assert list(schemas["ver.v1.PingRequest"]["properties"]) == ["text", "times"]
+            assert list(schemas["ver.v1.PingRequest-1.0.0"]["properties"]) == ["text", "note"]
+            body = document["paths"]["/ver.v1.VerService@1.0.0/Ping"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+            assert body == {"$ref": "#/components/schemas/ver.v1.PingRequest-1.0.0"}
 
 
 # --- OpenAPI and the command ------------------------------------------------------------------------

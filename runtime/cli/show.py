@@ -237,13 +237,13 @@ class Described:
 def _described(catalog: Catalog, name: str, version: str | None) -> list[Described]:
     """What `name` names: a service, a method or a message (in that order), once per version of
     the service whose schema has it (the newest first; of `version` only, when given)."""
-    found = [s for s in _versions(catalog, name, version) if s.methods or not s.full_name]
+    found = [s for s in catalog.versions(name, version) if s.methods or not s.full_name]  # (NOT_FOUND: not of that version)
     if found:
         return [Described([s], s.methods, [], f"{s.nats_name} {s.version}") for s in found]
     service_name, _, method_name = name.rpartition("/") if "/" in name else name.rpartition(".")
     sections = [
         Described([], [method], [], f"{s.nats_name} {s.version}")
-        for s in _versions(catalog, service_name, version)
+        for s in (catalog.versions(service_name, version) if service_name else [])
         for method in s.methods
         if method_name in (method.name, method.subject.rpartition(".")[2])
     ]
@@ -257,16 +257,9 @@ def _described(catalog: Catalog, name: str, version: str | None) -> list[Describ
     hint = ""
     try:
         catalog.method(name, version)
-    except RpcError as missed:  # its near misses, or the versions there are
-        hint = missed.message.partition(name + "'")[2] or (f" ({missed.message})" if version else "")
+    except RpcError as missed:  # its near misses
+        hint = missed.message.partition(name + "'")[2]
     raise RpcError(ErrorCode.NOT_FOUND, f"no service, method or message {name!r}{hint}")
-
-
-def _versions(catalog: Catalog, name: str, version: str | None) -> list[ServiceInfo]:
-    try:
-        return catalog.versions(name, version) if name else []
-    except RpcError:  # none of that version: nothing of this name, for describe
-        return []
 
 
 def _message_header(catalog: Catalog, message: Descriptor) -> str:
@@ -308,7 +301,8 @@ async def describe(args: argparse.Namespace, nc: NATS) -> int:
     for section, (messages, enums) in zip(sections, closures):
         if len(sections) > 1:
             lines.extend([*([""] if lines else []), f"// --- {section.header} ---"])
-        lines.extend(_section_text(section, messages, enums))
+        text = _section_text(section, messages, enums)
+        lines.extend(text[1:] if text[:1] == [""] else text)  # (a message alone: no blank line first)
     print("\n".join(lines))
     return 0
 

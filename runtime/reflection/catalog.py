@@ -273,7 +273,7 @@ class Catalog:
         for service in chosen:
             if not service.methods:
                 raise RpcError(ErrorCode.NOT_FOUND, f"{service_name} publishes no schema: give its .proto files or a descriptor set (--proto, --descriptor-set)")
-        known = [m.full_name for s in self.services for m in s.methods]
+        known = list(dict.fromkeys(m.full_name for s in self.services for m in s.methods))  # (versions: once)
         near = difflib.get_close_matches(name, known, n=3, cutoff=0.5) or difflib.get_close_matches(
             method_name, [k.rpartition("/")[2] for k in known], n=3
         )
