@@ -237,7 +237,8 @@ def read_messages(package: Any) -> list[Message]:
 def _locals(branches: list[str]) -> list[str]:
     """Declarations of the locals several branches assign, which hold values of different types."""
     declared = {"value": "value: _nats.Any", "values": "values: list[_nats.Any]", "entry": "entry: tuple[_nats.Any, _nats.Any]"}
-    return [declaration for name, declaration in declared.items() if any(line.startswith(f"    {name}, pos =") for line in branches)]
+    assigned = {line.strip().split(",")[0].split(" =")[0] for line in branches}
+    return [declaration for name, declaration in declared.items() if name in assigned]
 
 
 def _loop(branches: list[str], unknown: str) -> list[str]:
@@ -334,7 +335,9 @@ def _decode_branches(plan: Message, place: Callable[[str], str]) -> list[str]:
                 f"    {target}[entry[0]] = entry[1]",
             ]
         elif f.label == "repeated":
-            lines += [f"elif tag == {f.tag()}:", f"    value, pos = {f.kind.read()}", f"    {target}.append(value)"]
+            # elements one by one: strings and bytes in place (packable ones usually come packed)
+            read = _read_singular(f.kind, "value") if f.kind.name in ("string", "bytes") else [f"value, pos = {f.kind.read()}"]
+            lines += [f"elif tag == {f.tag()}:", *_indent(read), f"    {target}.append(value)"]
             if f.kind.packable:
                 extra = f", {f.kind.ref}" if f.kind.name == "enum" else ""
                 packed = "read_packed_enum_open" if f.kind.name == "enum" else f"read_packed_{f.kind.name}"
