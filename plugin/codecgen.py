@@ -1,9 +1,16 @@
 """Per-message protobuf codecs: an encoder and a decoder for each message of a module, on betterproto2
 dataclasses, registered with the runtime (`_nats.register`) so that its `Codec` uses them.
 
-- the decoder's dict is the dataclass's own `__dict__`: every field at its default (scalars their zero,
-  enums `E(0)`, lists and dicts fresh, message, Timestamp, Duration, wrapper, `optional` and oneof
-  fields None) and `_unknown_fields`; a oneof member read sets the others of its group to None;
+- the decoder makes the object with `object.__new__` (no `__init__`, no `__post_init__`) and sets
+  every field at its default (scalars their zero, enums `E(0)`, lists and dicts fresh, message,
+  Timestamp, Duration, wrapper, `optional` and oneof fields None), then `_unknown_fields`, in the
+  dataclass's order: the `__dict__` betterproto2's parse makes (set attribute by attribute, which
+  CPython stores without a dict of the instance's own until one is asked for, cheaper than building
+  a dict and setting `__dict__`); a oneof member read sets the others of its group to None;
+- the common cases are written out in place, under exactly the conditions of the helper's own fast
+  path, with the helper (which starts again) for the rest: one-byte varints, strings and bytes whose
+  length fits in one byte (and that end within the message, when reading), and, when writing,
+  message bodies shorter than 0x80 bytes. A Python call costs more than the few lines it replaces;
 - the encoder reads attributes directly (plain dataclass attributes cost ~10 ns) and writes google
   protobuf's bytes (field-number order, packed scalars, map entries whole); a singular message,
   Timestamp or Duration field is written when it is not None, empty or not (protobuf's presence rule);
