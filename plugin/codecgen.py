@@ -357,11 +357,21 @@ def _decode_branches(plan: Message, place: Callable[[str], str]) -> list[str]:
             lines += [f"elif tag == {f.tag()}:", *_indent(_read_singular(f.kind, target))]
             if f.label == "oneof":
                 others = [o for o in plan.groups[f.group] if o != f.name]
-                if others:
-                    lines.append("    " + " = ".join(place(o) for o in others) + " = None")
+                lines += _indent(_clear([place(o) for o in others]))
     if lines:
         lines[0] = lines[0][2:]
     return lines
+
+
+def _clear(targets: list[str], width: int = 76) -> list[str]:
+    """`a = b = ... = None`, a few targets per line (what fits in `width`; the loop indents it 12)."""
+    lines: list[str] = []
+    for target in targets:
+        if lines and len(lines[-1]) + len(target) + 10 <= width:
+            lines[-1] += f" = {target}"
+        else:
+            lines.append(target)
+    return [line + " = None" for line in lines]
 
 
 def _decoder(plan: Message) -> list[str]:
