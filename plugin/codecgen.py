@@ -157,10 +157,6 @@ def key_bytes(number: int, wire: int) -> str:
     return 'b"' + "".join(f"\\x{b:02x}" for b in out) + '"'
 
 
-def _q(text: str) -> str:
-    return '"' + text + '"'
-
-
 def _type_name(proto: Any) -> str:
     return str(getattr(proto.type, "name", proto.type)).removeprefix("TYPE_")
 
