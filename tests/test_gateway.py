@@ -39,7 +39,7 @@ class Service(Demo):
         super().__init__()
         self.chunks_sent = 0
         self.downloads_cancelled = 0
-        self.chats_cancelled = 0
+        self.chats_cancelled = self.chats_holding = 0
         self.sums_started = self.sums_cancelled = 0
         self.go_on = asyncio.Event()
 
@@ -69,9 +69,21 @@ class Service(Demo):
         return ImportSnapshotResponse(id="up", size=size)
 
     async def chat(self, requests: AsyncIterator[ChatMessage]) -> AsyncIterator[ChatMessage]:
+        """A message "hold": once the client's requests ended, the call stays open, quiet, until
+        cancelled."""
+        texts: list[str] = []
+
+        async def noted() -> AsyncIterator[ChatMessage]:
+            async for message in requests:
+                texts.append(message.text)
+                yield message
+
         try:
-            async for answer in super().chat(requests):
+            async for answer in super().chat(noted()):
                 yield answer
+            if "hold" in texts:
+                self.chats_holding += 1
+                await asyncio.Event().wait()
         except (asyncio.CancelledError, GeneratorExit):
             self.chats_cancelled += 1
             raise
@@ -344,6 +356,18 @@ async def test_a_websocket_client_that_goes_away_cancels_its_call(base: str, ser
     async with websockets.connect(base.replace("http", "ws") + f"/{DEMO}/Chat") as ws:
         await ws.send(json.dumps({"text": "one"}))
         assert json.loads(await asyncio.wait_for(ws.recv(), 5))["text"] == "echo: one"
+    await settle(lambda: service.chats_cancelled == 1, timeout=5)
+
+
+async def test_a_websocket_client_that_goes_away_after_its_end_cancels_its_call(base: str, service: Service) -> None:
+    """Bidi: the client ends its requests (an empty frame), the service keeps the call open without
+    a word, then the client disconnects: the handler is cancelled (nothing else reads the socket
+    after the client's end, the gateway watches it still)."""
+    async with websockets.connect(base.replace("http", "ws") + f"/{DEMO}/Chat") as ws:
+        await ws.send(json.dumps({"text": "hold"}))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 5))["text"] == "echo: hold"
+        await ws.send("")
+        await settle(lambda: service.chats_holding == 1)  # the service saw the end of the requests
     await settle(lambda: service.chats_cancelled == 1, timeout=5)
 
 

@@ -378,24 +378,37 @@ class Gateway:
         except (RpcError, ValueError) as error:
             await _close(websocket, error if isinstance(error, RpcError) else RpcError(ErrorCode.INVALID_ARGUMENT, str(error)))
             return
-        gone = asyncio.Event()
+        gone = asyncio.Event()  # the client disconnected (seen by whoever read the socket)
+        done_reading = asyncio.Event()  # `requests` no longer reads the socket (then `watch` does)
         limit = self.options.max_body
 
         async def requests() -> AsyncIterator[bytes]:
             number = 0
-            while True:
-                message = await websocket.receive()
-                if message["type"] == "websocket.disconnect":
+            try:
+                while True:
+                    message = await websocket.receive()
+                    if message["type"] == "websocket.disconnect":
+                        gone.set()
+                        raise ClientGone()
+                    data = message.get("text")
+                    frame = data.encode() if data is not None else message.get("bytes") or b""
+                    if not frame:
+                        return  # an empty frame: the client is done sending
+                    number += 1
+                    if len(frame) > limit:
+                        raise PayloadTooLarge(limit)
+                    yield self.encode(method, frame, f"frame {number}")
+            finally:
+                done_reading.set()
+
+        async def watch() -> None:
+            """Returns when the client disconnects: seen by `requests` while it reads, read here once it
+            stopped (the client ended its requests, and a quiet call has nobody else reading the
+            socket). Frames after the end are ignored."""
+            await done_reading.wait()
+            while not gone.is_set():
+                if (await websocket.receive())["type"] == "websocket.disconnect":
                     gone.set()
-                    raise ClientGone()
-                data = message.get("text")
-                frame = data.encode() if data is not None else message.get("bytes") or b""
-                if not frame:
-                    return  # an empty frame: the client is done sending
-                number += 1
-                if len(frame) > limit:
-                    raise PayloadTooLarge(limit)
-                yield self.encode(method, frame, f"frame {number}")
 
         async def pump() -> None:
             decode = self.decoder(method)
@@ -407,7 +420,7 @@ class Gateway:
                 await _aclose(answers)
 
         try:
-            await first_of(asyncio.ensure_future(pump()), asyncio.ensure_future(gone.wait()))
+            await first_of(asyncio.ensure_future(pump()), asyncio.ensure_future(watch()))
         except RpcError as error:
             await _close(websocket, error)
             return
