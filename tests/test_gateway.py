@@ -25,6 +25,7 @@ from nats.aio.client import Client as NATS  # noqa: E402
 
 import betterproto_nats  # noqa: E402
 from betterproto_nats.gateway import GatewayOptions, create_app  # noqa: E402
+from betterproto_nats.gateway.bodies import PayloadTooLarge, RequestBody  # noqa: E402
 from betterproto_nats.gateway.mapping import call_headers, close_code, http_status, metadata_headers, parse_timeout  # noqa: E402
 from betterproto_nats.reflection.catalog import Catalog  # noqa: E402
 from gen.streaming.v1 import ChatMessage, CountUpRequest, CountUpResponse, ExportSnapshotRequest, ImportSnapshotResponse, SnapshotChunk, SumRequest, SumResponse  # noqa: E402
@@ -178,6 +179,29 @@ def test_statuses_deadlines_and_headers() -> None:
             GatewayOptions(**bad)  # type: ignore[arg-type]
 
 
+def body_of(*chunks: bytes, limit: int) -> RequestBody:
+    """A request body that arrives in these chunks (ASGI `http.request` messages)."""
+    messages = [{"type": "http.request", "body": chunk, "more_body": i < len(chunks) - 1} for i, chunk in enumerate(chunks)]
+
+    async def receive() -> Any:
+        return messages.pop(0)
+
+    return RequestBody(receive, limit)
+
+
+async def read_lines(body: RequestBody) -> list[tuple[int, bytes]]:
+    return [line async for line in body.lines()]
+
+
+async def test_ndjson_lines_are_bounded_however_the_body_is_cut() -> None:
+    """A line beyond the limit is refused whether it came within one chunk with others or split
+    over several; lines up to the limit pass, cut anywhere."""
+    assert await read_lines(body_of(b"12345\n1234", b"5\n\n", b"123", b"45", limit=5)) == [(1, b"12345"), (2, b"12345"), (4, b"12345")]
+    for chunks in ([b"1\n123456\n2\n"], [b"1\n1234", b"56\n2\n"], [b"1\n12", b"34", b"56", b"\n"], [b"1\n123456"]):
+        with pytest.raises(PayloadTooLarge, match="line 2 beyond the gateway's limit of 5 bytes"):
+            await read_lines(body_of(*chunks, limit=5))
+
+
 # --- every shape --------------------------------------------------------------------------------
 
 
@@ -245,6 +269,23 @@ async def test_client_stream_from_ndjson_as_it_arrives(http: Any) -> None:
     assert failed.status_code == 400 and failed.json() == {"code": "INVALID_ARGUMENT", "message": "negative value"}
     bad_line = await http.post(f"/{DEMO}/Sum", content=b'{"value": 1}\n{oops}\n')
     assert bad_line.status_code == 400 and "line 2" in bad_line.json()["message"]
+
+
+async def test_an_ndjson_line_beyond_the_limit_cancels_the_call(http: Any, service: Service) -> None:
+    """A line over `max_body` (1 MiB here) after a good one, with more after it in the same chunk:
+    413 naming the line, the service's call cancelled (no answer from the lines before it), and the
+    gateway serves the next request."""
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b'{"value": 1}\n'
+        await settle(lambda: service.sums_started == 1)  # the call is open at the service
+        yield b'{"value": 2, "pad": "' + b"x" * (1 << 20) + b'"}\n{"value": 3}\n'
+
+    answer = await http.post(f"/{DEMO}/Sum", content=body(), headers={"Content-Type": "application/x-ndjson"})
+    assert answer.status_code == 413
+    assert answer.json() == {"code": "RESOURCE_EXHAUSTED", "message": f"line 2 beyond the gateway's limit of {1 << 20} bytes"}
+    await settle(lambda: service.sums_cancelled == 1)
+    assert (await http.post(f"/{DEMO}/Sum", content=b'{"value": 4}\n')).json() == {"total": "4", "count": 1}
 
 
 async def test_bidi_chat_over_a_websocket(base: str, service: Service) -> None:

@@ -396,7 +396,7 @@ class Gateway:
                         return  # an empty frame: the client is done sending
                     number += 1
                     if len(frame) > limit:
-                        raise PayloadTooLarge(limit)
+                        raise PayloadTooLarge(limit, f"frame {number}")
                     yield self.encode(method, frame, f"frame {number}")
             finally:
                 done_reading.set()
