@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import socket
 import subprocess
@@ -19,7 +20,7 @@ httpx = pytest.importorskip("httpx")
 websockets = pytest.importorskip("websockets")
 uvicorn = pytest.importorskip("uvicorn")
 
-from conftest import ROOT, settle  # noqa: E402
+from conftest import ROOT, connect, settle  # noqa: E402
 from demo_service import Demo  # noqa: E402
 from nats.aio.client import Client as NATS  # noqa: E402
 
@@ -28,6 +29,8 @@ from betterproto_nats.gateway import GatewayOptions, create_app  # noqa: E402
 from betterproto_nats.gateway.bodies import PayloadTooLarge, RequestBody  # noqa: E402
 from betterproto_nats.gateway.mapping import call_headers, close_code, http_status, metadata_headers, parse_timeout  # noqa: E402
 from betterproto_nats.reflection.catalog import Catalog  # noqa: E402
+from betterproto_nats.reflection.dynamic import upload_chunk_size  # noqa: E402
+from betterproto_nats.testing import NatsServer  # noqa: E402
 from gen.streaming.v1 import ChatMessage, CountUpRequest, CountUpResponse, ExportSnapshotRequest, ImportSnapshotResponse, SnapshotChunk, SumRequest, SumResponse  # noqa: E402
 
 DEMO = "streaming.v1.StreamDemoService"
@@ -331,6 +334,37 @@ async def test_chunked_methods_as_raw_bytes(http: Any) -> None:
     blob = bytes(range(256)) * 2000  # 512,000 bytes: 4 chunks of 131,072 (the proto's size) at most
     upload = await http.post(f"/{DEMO}/ImportSnapshot", content=blob, headers={"Content-Type": "application/octet-stream"})
     assert upload.status_code == 200 and upload.json() == {"id": "up", "size": str(len(blob))}
+
+
+def test_upload_chunks_fit_the_connections_max_payload(catalog: Catalog) -> None:
+    """The CLI's and the gateway's upload chunks: the method's size (131,072 here), or the one asked
+    for, within the server's max_payload less room for framing and headers; base64 for JSON."""
+    upload = catalog.method(f"{DEMO}/ImportSnapshot")
+    assert upload_chunk_size(upload, 1024 * 1024) == 131072
+    assert upload_chunk_size(upload, 0) == 131072  # not known: NATS's default, 1 MiB
+    assert upload_chunk_size(upload, 32768) == 32768 - 1024
+    assert upload_chunk_size(upload, 1024 * 1024, requested=1000) == 1000
+    assert upload_chunk_size(dataclasses.replace(upload, json=True), 32768) == (32768 - 1024) * 3 // 4
+
+
+async def test_a_raw_upload_through_a_server_with_a_small_max_payload(catalog: Catalog, tmp_path: Any) -> None:
+    """A nats-server allowing 32 KiB messages: the gateway cuts a raw upload into chunks that fit
+    (the method's 131,072 bytes would not)."""
+    config = tmp_path / "small.conf"
+    config.write_text("max_payload: 32768\n")
+    with NatsServer(extra_args=["-c", str(config)]) as small:
+        service_nc, gateway_nc = await connect(small.url), await connect(small.url)
+        try:
+            served = await betterproto_nats.serve(service_nc, Service())
+            async with running(create_app(gateway_nc, catalog)) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+                blob = bytes(range(256)) * 800  # 204,800 bytes: 7 chunks of 31,744
+                upload = await client.post(f"/{DEMO}/ImportSnapshot", content=blob, headers={"Content-Type": "application/octet-stream"})
+                assert upload.status_code == 200, upload.text
+                assert upload.json() == {"id": "up", "size": str(len(blob))}
+            await served.stop()
+        finally:
+            await gateway_nc.close()
+            await service_nc.close()
 
 
 # --- headers, deadlines, cancellation, back-pressure ------------------------------------------------

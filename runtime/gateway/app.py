@@ -38,7 +38,6 @@ log = logging.getLogger("betterproto_nats.gateway")
 
 NDJSON = "application/x-ndjson"
 OCTETS = "application/octet-stream"
-MAX_RAW_CHUNK = 512 * 1024  # bytes of one chunk of a raw upload, at most (within NATS's usual 1 MiB)
 
 
 class Calls(Protocol):
@@ -63,6 +62,8 @@ class Calls(Protocol):
     ) -> bytes: ...
 
     def bidi(self, method: MethodInfo, requests: AsyncIterable[bytes], *, headers: Mapping[str, str] | None = ..., timeout: float | None = ...) -> AsyncIterator[bytes]: ...
+
+    def upload_chunk_size(self, method: MethodInfo, requested: int = ...) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -343,14 +344,15 @@ class Gateway:
 
     async def _client_stream(self, method: MethodInfo, body: RequestBody, headers: dict[str, str], timeout: float | None, raw: bool) -> Response:
         """NDJSON, a message per line; or for a chunked upload sent as application/octet-stream, the
-        body's bytes in chunks of the method's size."""
+        body's bytes in chunks of the method's size (within the connection's max_payload, as the
+        CLI's uploads)."""
 
         async def requests() -> AsyncIterator[bytes]:
             async for number, line in body.lines():
                 yield self.encode(method, line, f"line {number}")
 
         async def chunks() -> AsyncIterator[bytes]:
-            make, size = chunk_writer(method), max(1, min(method.chunk_size, MAX_RAW_CHUNK))
+            make, size = chunk_writer(method), self.client.upload_chunk_size(method)
             pending = bytearray()
             async for piece in body.chunks():
                 pending += piece
