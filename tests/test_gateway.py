@@ -26,6 +26,7 @@ from nats.aio.client import Client as NATS  # noqa: E402
 
 import betterproto_nats  # noqa: E402
 from betterproto_nats.gateway import GatewayOptions, create_app  # noqa: E402
+from betterproto_nats.gateway.app import Framing, StreamedAnswer  # noqa: E402
 from betterproto_nats.gateway.bodies import PayloadTooLarge, RequestBody  # noqa: E402
 from betterproto_nats.gateway.mapping import call_headers, close_code, http_status, metadata_headers, parse_timeout  # noqa: E402
 from betterproto_nats.reflection.catalog import Catalog  # noqa: E402
@@ -247,6 +248,32 @@ async def test_an_idle_sse_stream_gets_keep_alive_comments(service: Service, nc:
                     service.go_on.set()  # the service holds its second message until a keep-alive came
             events = sse_events(received.decode())
     assert [data for kind, data in events] == [{"number": 1000, "timestamp": ""}, {"number": 1001, "timestamp": ""}, {}]
+
+
+async def test_no_keep_alive_after_the_last_frame() -> None:
+    """The SSE keep-alive due while the stream's last frame is being written (a slow client: the
+    server's write waits) does not follow it: nothing is sent after the end of a response (the
+    connection's next response may have begun)."""
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: Any) -> None:
+        if message["type"] == "http.response.body" and not message["more_body"]:
+            await asyncio.sleep(0.2)  # the last write waits for the client, past the keep-alive's time
+        sent.append(message)
+
+    async def no_more() -> AsyncIterator[bytes]:
+        return
+        yield b""
+
+    async def never() -> Any:
+        await asyncio.Event().wait()
+
+    framing = Framing("text/event-stream", lambda body: b"data: " + body + b"\n\n", None, b"event: end\n\n", b": keep-alive\n\n")
+    answer = StreamedAnswer(no_more(), b"1", RequestBody(never, 10), framing, keepalive=0.02)
+    await asyncio.wait_for(answer({"type": "http"}, never, send), 5)
+    bodies = [(m["body"], m["more_body"]) for m in sent[1:]]
+    assert bodies[0] == (b"data: 1\n\n", True) and bodies[-1] == (b"event: end\n\n", False), bodies
+    assert all(body == b": keep-alive\n\n" for body, _ in bodies[1:-1])
 
 
 async def test_get_with_query_parameters_for_eventsource(http: Any) -> None:

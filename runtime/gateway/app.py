@@ -158,6 +158,7 @@ class StreamedAnswer(Response):
         self.keepalive = keepalive if framing.keepalive is not None else 0.0
         self.sending = asyncio.Lock()  # the pump's and the keep-alive's frames, one at a time
         self.last_sent = 0.0
+        self.finished = False  # the last frame went: nothing may follow it
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         beat: asyncio.Task[None] | None = None
@@ -177,19 +178,28 @@ class StreamedAnswer(Response):
 
     async def _send(self, send: Send, data: bytes, more: bool = True) -> None:
         async with self.sending:
+            self.finished = not more
             await send({"type": "http.response.body", "body": data, "more_body": more})
             self.last_sent = asyncio.get_running_loop().time()
 
     async def _keep_alive(self, send: Send) -> None:
+        """A keep-alive frame whenever `keepalive` seconds passed without one, decided while holding
+        the sending lock: one due while the last frame is being written (a slow client) must not
+        follow it (after the end of a response the server may be writing the next one)."""
         loop, frame = asyncio.get_running_loop(), self.framing.keepalive
         assert frame is not None
         while True:
             await asyncio.sleep(max(0.0, self.last_sent + self.keepalive - loop.time()))
-            if loop.time() - self.last_sent >= self.keepalive:
+            async with self.sending:
+                if self.finished:
+                    return
+                if loop.time() - self.last_sent < self.keepalive:
+                    continue  # a message went meanwhile
                 try:
-                    await self._send(send, frame)
+                    await send({"type": "http.response.body", "body": frame, "more_body": True})
                 except OSError:
                     return  # the client went away: the pump and the disconnect watch see it too
+                self.last_sent = loop.time()
 
     async def _pump(self, send: Send) -> None:
         frame = self.framing.message
