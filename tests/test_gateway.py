@@ -27,7 +27,7 @@ from nats.aio.client import Client as NATS  # noqa: E402
 import betterproto_nats  # noqa: E402
 from betterproto_nats.gateway import GatewayOptions, create_app  # noqa: E402
 from betterproto_nats.gateway.app import Framing, StreamedAnswer  # noqa: E402
-from betterproto_nats.gateway.bodies import PayloadTooLarge, RequestBody  # noqa: E402
+from betterproto_nats.gateway.bodies import PayloadTooLarge, RequestBody, unless_gone  # noqa: E402
 from betterproto_nats.gateway.mapping import call_headers, close_code, http_status, metadata_headers, parse_timeout  # noqa: E402
 from betterproto_nats.reflection.catalog import Catalog  # noqa: E402
 from betterproto_nats.reflection.dynamic import upload_chunk_size  # noqa: E402
@@ -204,6 +204,27 @@ async def test_ndjson_lines_are_bounded_however_the_body_is_cut() -> None:
     for chunks in ([b"1\n123456\n2\n"], [b"1\n1234", b"56\n2\n"], [b"1\n12", b"34", b"56", b"\n"], [b"1\n123456"]):
         with pytest.raises(PayloadTooLarge, match="line 2 beyond the gateway's limit of 5 bytes"):
             await read_lines(body_of(*chunks, limit=5))
+
+
+async def test_a_disconnect_seen_as_the_answer_came_does_not_cancel_what_follows() -> None:
+    """The client disconnects in the same turn of the loop as the call answers, the answer wins: the
+    request's task is not cancelled later, while it sends the answer (uvicorn would log it)."""
+    answered, went = asyncio.get_running_loop().create_future(), asyncio.Event()
+
+    async def gone() -> None:
+        await went.wait()
+
+    async def request() -> int:
+        answer: int = await unless_gone(answered, gone())
+        await asyncio.sleep(0)  # sending the answer
+        await asyncio.sleep(0)
+        return answer
+
+    task = asyncio.ensure_future(request())
+    await asyncio.sleep(0)
+    went.set()  # the watch ends first in the next turn, the request's task goes on after it
+    answered.set_result(7)
+    assert await asyncio.wait_for(task, 5) == 7
 
 
 # --- every shape --------------------------------------------------------------------------------

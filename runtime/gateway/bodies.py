@@ -139,11 +139,13 @@ async def unless_gone(work: Awaitable[T], gone: Coroutine[Any, Any, None]) -> T:
     task = asyncio.current_task()
     assert task is not None
     watch = asyncio.ensure_future(gone)
-    went = False
+    went = settled = False
 
     def cancel_work(done: "asyncio.Future[None]") -> None:
+        # (scheduled when the watch ends: it may run after `work` finished in the same turn, and
+        # then must not cancel whatever the task does next, such as sending the answer)
         nonlocal went
-        if not done.cancelled() and done.exception() is None:
+        if not settled and not done.cancelled() and done.exception() is None:
             went = True
             task.cancel()
 
@@ -155,6 +157,7 @@ async def unless_gone(work: Awaitable[T], gone: Coroutine[Any, Any, None]) -> T:
             raise ClientGone() from None
         raise
     finally:
+        settled = True
         watch.remove_done_callback(cancel_work)
         if not watch.done():
             watch.cancel()
