@@ -263,7 +263,9 @@ class Gateway:
         return method
 
     def encode(self, method: MethodInfo, data: bytes, where: str = "request body") -> bytes:
-        """A JSON request (bytes) as the protobuf bytes of the method's input."""
+        """A JSON request (bytes) as the protobuf bytes of the method's input. Also for a service
+        whose bodies are JSON: it then gets the canonical proto3 JSON written from these, not the
+        client's text, which may use forms the mapping allows and its decoder does not read."""
         return jsonmap.encode(method.input, parse_json(data, where))
 
     def decoder(self, method: MethodInfo, pick: Callable[[Any], Any] | None = None) -> Callable[[bytes], Any]:
