@@ -1,9 +1,16 @@
 """Per-message protobuf codecs: an encoder and a decoder for each message of a module, on betterproto2
 dataclasses, registered with the runtime (`_nats.register`) so that its `Codec` uses them.
 
-- the decoder's dict is the dataclass's own `__dict__`: every field at its default (scalars their zero,
-  enums `E(0)`, lists and dicts fresh, message, Timestamp, Duration, wrapper, `optional` and oneof
-  fields None) and `_unknown_fields`; a oneof member read sets the others of its group to None;
+- the decoder makes the object with `object.__new__` (no `__init__`, no `__post_init__`) and sets
+  every field at its default (scalars their zero, enums `E(0)`, lists and dicts fresh, message,
+  Timestamp, Duration, wrapper, `optional` and oneof fields None), then `_unknown_fields`, in the
+  dataclass's order: the `__dict__` betterproto2's parse makes (set attribute by attribute, which
+  CPython stores without a dict of the instance's own until one is asked for, cheaper than building
+  a dict and setting `__dict__`); a oneof member read sets the others of its group to None;
+- the common cases are written out in place, under exactly the conditions of the helper's own fast
+  path, with the helper (which starts again) for the rest: one-byte varints, strings and bytes whose
+  length fits in one byte (and that end within the message, when reading), and, when writing,
+  message bodies shorter than 0x80 bytes. A Python call costs more than the few lines it replaces;
 - the encoder reads attributes directly (plain dataclass attributes cost ~10 ns) and writes google
   protobuf's bytes (field-number order, packed scalars, map entries whole); a singular message,
   Timestamp or Duration field is written when it is not None, empty or not (protobuf's presence rule);
@@ -16,7 +23,7 @@ with a comment in the generated code saying why.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 VARINT, FIXED64, LEN, FIXED32 = 0, 1, 2, 5
 # By the descriptor's type name without its TYPE_ prefix (betterproto2_compiler's enum member names).
@@ -150,10 +157,6 @@ def key_bytes(number: int, wire: int) -> str:
     return 'b"' + "".join(f"\\x{b:02x}" for b in out) + '"'
 
 
-def _q(text: str) -> str:
-    return '"' + text + '"'
-
-
 def _type_name(proto: Any) -> str:
     return str(getattr(proto.type, "name", proto.type)).removeprefix("TYPE_")
 
@@ -237,7 +240,8 @@ def read_messages(package: Any) -> list[Message]:
 def _locals(branches: list[str]) -> list[str]:
     """Declarations of the locals several branches assign, which hold values of different types."""
     declared = {"value": "value: _nats.Any", "values": "values: list[_nats.Any]", "entry": "entry: tuple[_nats.Any, _nats.Any]"}
-    return [declaration for name, declaration in declared.items() if any(line.startswith(f"    {name}, pos =") for line in branches)]
+    assigned = {line.strip().split(",")[0].split(" =")[0] for line in branches}
+    return [declaration for name, declaration in declared.items() if name in assigned]
 
 
 def _loop(branches: list[str], unknown: str) -> list[str]:
@@ -286,43 +290,97 @@ def _initial(f: Field) -> str:
     return f.kind.default()
 
 
-def _decode_branches(plan: Message, target: str) -> list[str]:
+# What a one-byte varint (below 0x80) reads as, by kind: the byte itself for the integer types whose
+# readers return it unchanged, else the same expression of it as the reader (int32 enums call their
+# class with it; sint zigzags it; bool compares it with 0).
+ONE_BYTE_VARINTS = {
+    **{name: "{}" for name in ("int32", "int64", "uint32", "uint64")},
+    "sint32": "({0} >> 1) ^ -({0} & 1)",
+    "sint64": "({0} >> 1) ^ -({0} & 1)",
+    "bool": "{} != 0",
+}
+
+
+def _read_singular(kind: Kind, target: str) -> list[str]:
+    """Read one value into `target`: the common case (a one-byte varint; a string or bytes with a
+    one-byte length that ends within the message) in place, with the conditions of the reader's own
+    fast path, and anything else through the reader, which starts again at `pos`."""
+    fallback = f"{target}, pos = {kind.read()}"
+    if kind.name in ("string", "bytes"):
+        value = "data[pos + 1 : stop]" + (".decode()" if kind.name == "string" else "")  # strict UTF-8
+        return [
+            "size = data[pos]",
+            "stop = pos + 1 + size",
+            "if size < 0x80 and stop <= end:",
+            f"    {target} = {value}",
+            "    pos = stop",
+            "else:",
+            f"    {fallback}",
+        ]
+    if kind.name == "enum":
+        value = f"{kind.ref}(byte)"
+    elif kind.name in ONE_BYTE_VARINTS:
+        value = ONE_BYTE_VARINTS[kind.name].format("byte")
+    else:
+        return [fallback]
+    return ["byte = data[pos]", "if byte < 0x80:", f"    {target} = {value}", "    pos += 1", "else:", f"    {fallback}"]
+
+
+def _decode_branches(plan: Message, place: Callable[[str], str]) -> list[str]:
+    """One `if`/`elif` branch per field number (and per packed form), reading into `place(name)`."""
     lines: list[str] = []
     for f in sorted(plan.fields, key=lambda f: f.number):
-        name = _q(f.name)
+        target = place(f.name)
         if f.label == "map":
             lines += [
                 f"elif tag == {f.tag()}:",
                 f"    entry, pos = _nats.read_message(data, pos, end, depth, _decode_{plan.py_name}_{f.name})",
-                f"    {target}[{name}][entry[0]] = entry[1]",
+                f"    {target}[entry[0]] = entry[1]",
             ]
         elif f.label == "repeated":
-            lines += [f"elif tag == {f.tag()}:", f"    value, pos = {f.kind.read()}", f"    {target}[{name}].append(value)"]
+            # elements one by one: strings and bytes in place (packable ones usually come packed)
+            read = _read_singular(f.kind, "value") if f.kind.name in ("string", "bytes") else [f"value, pos = {f.kind.read()}"]
+            lines += [f"elif tag == {f.tag()}:", *_indent(read), f"    {target}.append(value)"]
             if f.kind.packable:
                 extra = f", {f.kind.ref}" if f.kind.name == "enum" else ""
                 packed = "read_packed_enum_open" if f.kind.name == "enum" else f"read_packed_{f.kind.name}"
                 lines += [
                     f"elif tag == {f.tag(LEN)}:",
                     f"    values, pos = _nats.{packed}(data, pos, end{extra})",
-                    f"    {target}[{name}] += values",
+                    f"    {target} += values",
                 ]
         else:
-            lines += [f"elif tag == {f.tag()}:", f"    {target}[{name}], pos = {f.kind.read()}"]
+            lines += [f"elif tag == {f.tag()}:", *_indent(_read_singular(f.kind, target))]
             if f.label == "oneof":
                 others = [o for o in plan.groups[f.group] if o != f.name]
-                if others:
-                    lines.append("    " + " = ".join(f"{target}[{_q(o)}]" for o in others) + " = None")
+                lines += _indent(_clear([place(o) for o in others]))
     if lines:
         lines[0] = lines[0][2:]
     return lines
 
 
+def _clear(targets: list[str], width: int = 76) -> list[str]:
+    """`a = b = ... = None`, a few targets per line (what fits in `width`; the loop indents it 12)."""
+    lines: list[str] = []
+    for target in targets:
+        if lines and len(lines[-1]) + len(target) + 10 <= width:
+            lines[-1] += f" = {target}"
+        else:
+            lines.append(target)
+    return [line + " = None" for line in lines]
+
+
 def _decoder(plan: Message) -> list[str]:
-    lines = [f"def _decode_{plan.py_name}(data: bytes, pos: int, end: int, depth: int) -> {plan.py_name}:"]
-    entries = [f"{_q(f.name)}: {_initial(f)}" for f in plan.fields] + ['"_unknown_fields": b""']
-    lines.append("    fields: _nats.Fields = {" + ", ".join(entries) + ",}")
-    lines += ["    " + line for line in _loop(_decode_branches(plan, "fields"), 'fields["_unknown_fields"]')]
-    lines.append(f"    return _nats.build_plain({plan.py_name}, fields)")
+    """The message is made without __init__ (and __post_init__) and given every field, in the order
+    the dataclass sets them, then `_unknown_fields`: the `__dict__` betterproto2's parse makes."""
+    lines = [
+        f"def _decode_{plan.py_name}(data: bytes, pos: int, end: int, depth: int) -> {plan.py_name}:",
+        f"    message = object.__new__({plan.py_name})  # every field set below, no __init__",
+        *[f"    message.{f.name} = {_initial(f)}" for f in plan.fields],
+        '    message._unknown_fields = b""',
+    ]
+    lines += _indent(_loop(_decode_branches(plan, lambda name: f"message.{name}"), "message._unknown_fields"))
+    lines.append("    return message")
     return lines
 
 
@@ -332,19 +390,54 @@ def _entry_decoder(plan: Message, f: Field) -> list[str]:
     entry = Message(plan.py_name, [Field("key", 1, key, "implicit"), Field("value", 2, value, "implicit")])
     value_type = value.ref or {"timestamp": "_nats.datetime", "duration": "_nats.timedelta"}.get(value.name, "")
     value_type = value_type or PY_TYPES[value.name]
-    initial = value.default() if value.name not in ("message", "enum") else "None"
+    absent = value.name in ("message", "enum")  # made only when the entry has no value
     lines = [
         f"def _decode_{plan.py_name}_{f.name}(data: bytes, pos: int, end: int, depth: int)"
         f" -> tuple[{PY_TYPES[key.name]}, {value_type}]:",
         f'    """An entry of {plan.py_name}.{f.name}."""',
-        f'    entry: _nats.Fields = {{"key": {key.default()}, "value": {initial}}}',
+        f"    key: {PY_TYPES[key.name]} = {key.default()}",
+        f"    item: {value_type} | None = None" if absent else f"    item: {value_type} = {value.default()}",
     ]
-    lines += ["    " + line for line in _loop(_decode_branches(entry, "entry"), "")]
-    if initial == "None":
-        lines.append('    if entry["value"] is None:')
-        lines.append(f'        entry["value"] = {value.default()}')
-    lines.append('    return entry["key"], entry["value"]')
+    lines += _indent(_loop(_decode_branches(entry, {"key": "key", "value": "item"}.__getitem__), ""))
+    if absent:
+        lines.append("    if item is None:")
+        lines.append(f"        item = {value.default()}")
+    lines.append("    return key, item")
     return lines
+
+
+def _indent(lines: list[str], depth: int = 1) -> list[str]:
+    return ["    " * depth + line for line in lines]
+
+
+ONE_BYTE_WRITERS = ("int32", "int64", "uint32", "uint64", "enum")
+"""Kinds whose writer writes a value in 0..0x7F as that one byte (write_int32 and its aliases)."""
+
+
+def _write(kind: Kind, out: str, tag: str, value: str) -> list[str]:
+    """Write a value unconditionally: the common case (a one-byte varint; a string, bytes or message
+    body shorter than 0x80 bytes) in place, with the writer's own conditions, anything else through
+    the writer."""
+    if kind.name in ONE_BYTE_WRITERS:
+        return [
+            f"if 0 <= {value} < 0x80:",
+            f"    {out} += {tag}",
+            f"    {out}.append({value})",
+            "else:",
+            f"    {kind.write(out, tag, value)}",
+        ]
+    if kind.name in ("string", "bytes", "message"):
+        body = {"string": "encoded", "message": "body"}.get(kind.name, value)
+        lines = {"string": [f"encoded = {value}.encode()"], "message": [f"body = {kind.body(value)}"]}.get(kind.name, [])
+        return lines + [
+            f"if len({body}) < 0x80:",
+            f"    {out} += {tag}",
+            f"    {out}.append(len({body}))",
+            f"    {out} += {body}",
+            "else:",
+            f"    _nats.write_bytes({out}, {tag}, {body})",
+        ]
+    return [kind.write(out, tag, value)]
 
 
 def _encode_field(f: Field) -> list[str]:
@@ -357,19 +450,21 @@ def _encode_field(f: Field) -> list[str]:
             "if value:",
             "    for key, item in value.items():",
             "        entry = bytearray()",
-            f"        {f.key.write('entry', key_bytes(1, f.key.wire), 'key')}",
-            f"        {kind.write('entry', key_bytes(2, kind.wire), 'item')}",
-            f"        _nats.write_bytes(out, {tag}, entry)",
+            *_indent(_write(f.key, "entry", key_bytes(1, f.key.wire), "key"), 2),
+            *_indent(_write(kind, "entry", key_bytes(2, kind.wire), "item"), 2),
+            *_indent(_write(Kind("bytes", LEN), "out", tag, "entry"), 2),
         ]
     if f.label == "repeated":
         if f.packed:
             return lines + ["if value:", f"    _nats.write_packed_{kind.name}(out, {key_bytes(f.number, LEN)}, value)"]
-        return lines + ["if value:", "    for item in value:", f"        {kind.write('out', tag, 'item')}"]
+        return lines + ["if value:", "    for item in value:", *_indent(_write(kind, "out", tag, "item"), 2)]
     if f.label in ("optional", "oneof") or kind.wire == LEN and kind.name not in ("string", "bytes"):
-        return lines + ["if value is not None:", f"    {kind.write('out', tag, 'value')}"]
+        return lines + ["if value is not None:", *_indent(_write(kind, "out", tag, "value"))]
     if kind.name in ("float", "double"):
-        return lines + ["if _nats.nonzero(value):", f"    {kind.write('out', tag, 'value')}"]
-    return lines + ["if value:", f"    {kind.write('out', tag, 'value')}"]
+        return lines + ["if _nats.nonzero(value):", *_indent(_write(kind, "out", tag, "value"))]
+    if kind.name == "bool":  # implicit presence: written only when true
+        return lines + ["if value:", f"    out += {tag[:-1]}\\x01\"  # the key and true"]
+    return lines + ["if value:", *_indent(_write(kind, "out", tag, "value"))]
 
 
 def _encoder(plan: Message) -> list[str]:

@@ -44,6 +44,8 @@ def test_generated_modules_register_a_codec_per_message() -> None:
         assert wire.DECODERS[cls].__name__ == f"_decode_{cls.__name__}"
     message = streaming.PingResponse(payload="hi", count=3)
     assert PROTO.encode(message) == bytes(message) == b"\x0a\x02hi\x10\x03"
+    assert PROTO.encoder(streaming.PingResponse) is wire.ENCODERS[streaming.PingResponse]  # no call in between
+    assert PROTO.encoder(streaming.PingResponse)(message) == b"\x0a\x02hi\x10\x03"
     decoded = PROTO.decode(streaming.PingResponse, b"\x0a\x02hi\x10\x03")
     assert decoded == message and type(decoded) is streaming.PingResponse
 
@@ -55,7 +57,7 @@ def test_classes_without_a_generated_codec_use_betterproto2() -> None:
     stamp = Timestamp(seconds=5, nanos=7000)
     assert PROTO.decode(Timestamp, PROTO.encode(stamp)) == stamp
     values = codec_v1.WrappedValues(values={"a": 1})
-    assert PROTO.encode(values) == bytes(values)
+    assert PROTO.encode(values) == bytes(values) == PROTO.encoder(codec_v1.WrappedValues)(values)
     assert PROTO.decode(codec_v1.WrappedValues, bytes(values)) == values
     code = (ROOT / "gen" / "fixtures" / "codec" / "v1" / "__init__.py").read_text()
     assert "# WrappedValues has no generated codec (betterproto2's is used): map field values has" in code
@@ -252,6 +254,7 @@ def test_json_bodies_keep_betterproto2s_mapping() -> None:
     message = hard.Outer(maybe=0, at=datetime(2026, 1, 1, tzinfo=timezone.utc), by_name={"k": hard.OuterInner(value="v")})
     body = JSON.encode(message)
     assert body == b'{"byName":{"k":{"value":"v"}},"maybe":0,"at":"2026-01-01T00:00:00Z"}'
+    assert JSON.encoder(hard.Outer)(message) == body
     assert JSON.decode(hard.Outer, body) == message
 
 

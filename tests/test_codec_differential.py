@@ -484,3 +484,68 @@ def test_hand_written_bodies_get_googles_decision(body: str) -> None:
 )
 def test_hand_written_nested_bodies_get_googles_decision(full_name: str, body: str) -> None:
     check_same_decision(full_name, ours(full_name), bytes.fromhex(body))
+
+
+# --- The generated fast paths' edges ----------------------------------------------------------------
+# Generated code reads one-byte varints and short lengths in place and calls the helpers otherwise:
+# values on both sides of each edge, cut at every byte, and inside a nested message whose end falls
+# before the value's (the buffer goes on: only `end` can refuse it).
+
+A127, A128 = "a" * 127, "a" * 128
+WIDE127, WIDE128 = "é" * 63 + "a", "é" * 64  # 127 and 128 bytes of UTF-8 in fewer characters
+EDGES: list[tuple[str, dict[str, Any]]] = [
+    *[("Scalars", {name: value}) for name in ("i32", "i64") for value in (1, 127, 128, 16383, 16384, -1)],
+    *[("Scalars", {"u32": value}) for value in (127, 128, 2**32 - 1)],
+    *[("Scalars", {"u64": value}) for value in (127, 128, 2**64 - 1)],
+    *[("Scalars", {"s64": value}) for value in (63, -64, 64, -65)],  # zigzag: 126, 127, 128, 129
+    *[("Scalars", {"level": value}) for value in (1, 127, 128, -1)],
+    *[("Scalars", {"text": value}) for value in ("a", A127, A128, WIDE127, WIDE128)],
+    *[("Scalars", {"data": value}) for value in (b"x" * 127, b"x" * 128)],
+    *[("Scalars", {"far": value}) for value in (A127, A128)],  # a two-byte key
+    ("Scalars", {"i32": 127, "text": A127, "data": b"x" * 128, "flag": True, "level": 128}),
+    *[("Optionals", {"i32": value}) for value in (0, 127, 128)],
+    *[("Optionals", {"text": value}) for value in ("", A127, A128)],
+    *[("Optionals", {"data": value}) for value in (b"", b"x" * 128)],
+    *[("Oneofs", {"text": value}) for value in (A127, A128)],
+    *[("Oneofs", {"u32": value, "after": A127}) for value in (127, 128)],
+    ("Repeated", {"text": ["", A127, A128], "data": [b"x" * 127, b"x" * 128]}),
+    *[("Maps", {"text": {key: value}}) for key, value in ((A127, "v"), ("k", A128), (WIDE127, WIDE128))],
+    *[("Everything", {"scalars": {"text": "a" * size}}) for size in (125, 126)],  # a body of 127, 128 bytes
+]
+
+
+def _edge_messages(name: str, values: dict[str, Any]) -> tuple[Any, Any]:
+    """Ours and google's message with `values`."""
+    google = GOOGLE[f"fixtures.codec.v1.{name}"]()
+    for field, value in values.items():
+        if isinstance(value, dict) and name == "Everything":
+            getattr(google, field).CopyFrom(GOOGLE["fixtures.codec.v1.Scalars"](**value))
+        elif isinstance(value, dict):
+            getattr(google, field).update(value)
+        elif isinstance(value, list):
+            getattr(google, field).extend(value)
+        else:
+            setattr(google, field, value)
+    body = google.SerializeToString(deterministic=True)
+    return ours(f"fixtures.codec.v1.{name}").parse(body), google
+
+
+@pytest.mark.parametrize("name, values", EDGES, ids=lambda v: v if isinstance(v, str) else None)
+def test_fast_path_edges_match_google_cut_anywhere_and_nested(name: str, values: dict[str, Any]) -> None:
+    cls = ours(f"fixtures.codec.v1.{name}")
+    built, google = _edge_messages(name, values)
+    body = google.SerializeToString(deterministic=True)
+    assert PROTO.encode(built) == body
+    assert PROTO.encoder(cls)(built) == body
+    assert_same(PROTO.decode(cls, body), cls.parse(body))
+    for cut in range(len(body)):
+        check_same_decision(f"fixtures.codec.v1.{name}", cls, body[:cut])
+    # As Everything.oneofs / .scalars / ... (field 1 holds a Scalars): the nested message's declared
+    # length too short by 1..3 bytes while the outer body goes on with a valid field (color = 1).
+    if name == "Scalars":
+        for short in range(min(4, len(body) + 1)):
+            nested = b"\x0a" + wire.varint(len(body) - short) + body + b"\x50\x01"
+            check_same_decision("fixtures.codec.v1.Everything", codec_v1.Everything, nested)
+            if 0 < short <= len(body) - 3 and list(values) in (["text"], ["data"], ["far"]):  # end inside the value
+                with pytest.raises(RpcError, match="length past the end of the message"):
+                    PROTO.decode(codec_v1.Everything, nested)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import socket
 import subprocess
@@ -19,14 +20,18 @@ httpx = pytest.importorskip("httpx")
 websockets = pytest.importorskip("websockets")
 uvicorn = pytest.importorskip("uvicorn")
 
-from conftest import ROOT, settle  # noqa: E402
+from conftest import ROOT, connect, settle  # noqa: E402
 from demo_service import Demo  # noqa: E402
 from nats.aio.client import Client as NATS  # noqa: E402
 
 import betterproto_nats  # noqa: E402
 from betterproto_nats.gateway import GatewayOptions, create_app  # noqa: E402
+from betterproto_nats.gateway.app import Framing, StreamedAnswer  # noqa: E402
+from betterproto_nats.gateway.bodies import PayloadTooLarge, RequestBody, unless_gone  # noqa: E402
 from betterproto_nats.gateway.mapping import call_headers, close_code, http_status, metadata_headers, parse_timeout  # noqa: E402
 from betterproto_nats.reflection.catalog import Catalog  # noqa: E402
+from betterproto_nats.reflection.dynamic import upload_chunk_size  # noqa: E402
+from betterproto_nats.testing import NatsServer  # noqa: E402
 from test_reflection import two_versions  # noqa: E402
 from gen.streaming.v1 import ChatMessage, CountUpRequest, CountUpResponse, ExportSnapshotRequest, ImportSnapshotResponse, SnapshotChunk, SumRequest, SumResponse  # noqa: E402
 
@@ -40,7 +45,7 @@ class Service(Demo):
         super().__init__()
         self.chunks_sent = 0
         self.downloads_cancelled = 0
-        self.chats_cancelled = 0
+        self.chats_cancelled = self.chats_holding = 0
         self.sums_started = self.sums_cancelled = 0
         self.go_on = asyncio.Event()
 
@@ -70,9 +75,21 @@ class Service(Demo):
         return ImportSnapshotResponse(id="up", size=size)
 
     async def chat(self, requests: AsyncIterator[ChatMessage]) -> AsyncIterator[ChatMessage]:
+        """A message "hold": once the client's requests ended, the call stays open, quiet, until
+        cancelled."""
+        texts: list[str] = []
+
+        async def noted() -> AsyncIterator[ChatMessage]:
+            async for message in requests:
+                texts.append(message.text)
+                yield message
+
         try:
-            async for answer in super().chat(requests):
+            async for answer in super().chat(noted()):
                 yield answer
+            if "hold" in texts:
+                self.chats_holding += 1
+                await asyncio.Event().wait()
         except (asyncio.CancelledError, GeneratorExit):
             self.chats_cancelled += 1
             raise
@@ -167,6 +184,50 @@ def test_statuses_deadlines_and_headers() -> None:
             GatewayOptions(**bad)  # type: ignore[arg-type]
 
 
+def body_of(*chunks: bytes, limit: int) -> RequestBody:
+    """A request body that arrives in these chunks (ASGI `http.request` messages)."""
+    messages = [{"type": "http.request", "body": chunk, "more_body": i < len(chunks) - 1} for i, chunk in enumerate(chunks)]
+
+    async def receive() -> Any:
+        return messages.pop(0)
+
+    return RequestBody(receive, limit)
+
+
+async def read_lines(body: RequestBody) -> list[tuple[int, bytes]]:
+    return [line async for line in body.lines()]
+
+
+async def test_ndjson_lines_are_bounded_however_the_body_is_cut() -> None:
+    """A line beyond the limit is refused whether it came within one chunk with others or split
+    over several; lines up to the limit pass, cut anywhere."""
+    assert await read_lines(body_of(b"12345\n1234", b"5\n\n", b"123", b"45", limit=5)) == [(1, b"12345"), (2, b"12345"), (4, b"12345")]
+    for chunks in ([b"1\n123456\n2\n"], [b"1\n1234", b"56\n2\n"], [b"1\n12", b"34", b"56", b"\n"], [b"1\n123456"]):
+        with pytest.raises(PayloadTooLarge, match="line 2 beyond the gateway's limit of 5 bytes"):
+            await read_lines(body_of(*chunks, limit=5))
+
+
+async def test_a_disconnect_seen_as_the_answer_came_does_not_cancel_what_follows() -> None:
+    """The client disconnects in the same turn of the loop as the call answers, the answer wins: the
+    request's task is not cancelled later, while it sends the answer (uvicorn would log it)."""
+    answered, went = asyncio.get_running_loop().create_future(), asyncio.Event()
+
+    async def gone() -> None:
+        await went.wait()
+
+    async def request() -> int:
+        answer: int = await unless_gone(answered, gone())
+        await asyncio.sleep(0)  # sending the answer
+        await asyncio.sleep(0)
+        return answer
+
+    task = asyncio.ensure_future(request())
+    await asyncio.sleep(0)
+    went.set()  # the watch ends first in the next turn, the request's task goes on after it
+    answered.set_result(7)
+    assert await asyncio.wait_for(task, 5) == 7
+
+
 # --- every shape --------------------------------------------------------------------------------
 
 
@@ -211,6 +272,32 @@ async def test_an_idle_sse_stream_gets_keep_alive_comments(service: Service, nc:
     assert [data for kind, data in events] == [{"number": 1000, "timestamp": ""}, {"number": 1001, "timestamp": ""}, {}]
 
 
+async def test_no_keep_alive_after_the_last_frame() -> None:
+    """The SSE keep-alive due while the stream's last frame is being written (a slow client: the
+    server's write waits) does not follow it: nothing is sent after the end of a response (the
+    connection's next response may have begun)."""
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: Any) -> None:
+        if message["type"] == "http.response.body" and not message["more_body"]:
+            await asyncio.sleep(0.2)  # the last write waits for the client, past the keep-alive's time
+        sent.append(message)
+
+    async def no_more() -> AsyncIterator[bytes]:
+        return
+        yield b""
+
+    async def never() -> Any:
+        await asyncio.Event().wait()
+
+    framing = Framing("text/event-stream", lambda body: b"data: " + body + b"\n\n", None, b"event: end\n\n", b": keep-alive\n\n")
+    answer = StreamedAnswer(no_more(), b"1", RequestBody(never, 10), framing, keepalive=0.02)
+    await asyncio.wait_for(answer({"type": "http"}, never, send), 5)
+    bodies = [(m["body"], m["more_body"]) for m in sent[1:]]
+    assert bodies[0] == (b"data: 1\n\n", True) and bodies[-1] == (b"event: end\n\n", False), bodies
+    assert all(body == b": keep-alive\n\n" for body, _ in bodies[1:-1])
+
+
 async def test_get_with_query_parameters_for_eventsource(http: Any) -> None:
     """Unary and server-streaming methods answer GET with the request in query parameters (what a
     browser's EventSource can open)."""
@@ -234,6 +321,23 @@ async def test_client_stream_from_ndjson_as_it_arrives(http: Any) -> None:
     assert failed.status_code == 400 and failed.json() == {"code": "INVALID_ARGUMENT", "message": "negative value"}
     bad_line = await http.post(f"/{DEMO}/Sum", content=b'{"value": 1}\n{oops}\n')
     assert bad_line.status_code == 400 and "line 2" in bad_line.json()["message"]
+
+
+async def test_an_ndjson_line_beyond_the_limit_cancels_the_call(http: Any, service: Service) -> None:
+    """A line over `max_body` (1 MiB here) after a good one, with more after it in the same chunk:
+    413 naming the line, the service's call cancelled (no answer from the lines before it), and the
+    gateway serves the next request."""
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b'{"value": 1}\n'
+        await settle(lambda: service.sums_started == 1)  # the call is open at the service
+        yield b'{"value": 2, "pad": "' + b"x" * (1 << 20) + b'"}\n{"value": 3}\n'
+
+    answer = await http.post(f"/{DEMO}/Sum", content=body(), headers={"Content-Type": "application/x-ndjson"})
+    assert answer.status_code == 413
+    assert answer.json() == {"code": "RESOURCE_EXHAUSTED", "message": f"line 2 beyond the gateway's limit of {1 << 20} bytes"}
+    await settle(lambda: service.sums_cancelled == 1)
+    assert (await http.post(f"/{DEMO}/Sum", content=b'{"value": 4}\n')).json() == {"total": "4", "count": 1}
 
 
 async def test_bidi_chat_over_a_websocket(base: str, service: Service) -> None:
@@ -279,6 +383,37 @@ async def test_chunked_methods_as_raw_bytes(http: Any) -> None:
     blob = bytes(range(256)) * 2000  # 512,000 bytes: 4 chunks of 131,072 (the proto's size) at most
     upload = await http.post(f"/{DEMO}/ImportSnapshot", content=blob, headers={"Content-Type": "application/octet-stream"})
     assert upload.status_code == 200 and upload.json() == {"id": "up", "size": str(len(blob))}
+
+
+def test_upload_chunks_fit_the_connections_max_payload(catalog: Catalog) -> None:
+    """The CLI's and the gateway's upload chunks: the method's size (131,072 here), or the one asked
+    for, within the server's max_payload less room for framing and headers; base64 for JSON."""
+    upload = catalog.method(f"{DEMO}/ImportSnapshot")
+    assert upload_chunk_size(upload, 1024 * 1024) == 131072
+    assert upload_chunk_size(upload, 0) == 131072  # not known: NATS's default, 1 MiB
+    assert upload_chunk_size(upload, 32768) == 32768 - 1024
+    assert upload_chunk_size(upload, 1024 * 1024, requested=1000) == 1000
+    assert upload_chunk_size(dataclasses.replace(upload, json=True), 32768) == (32768 - 1024) * 3 // 4
+
+
+async def test_a_raw_upload_through_a_server_with_a_small_max_payload(catalog: Catalog, tmp_path: Any) -> None:
+    """A nats-server allowing 32 KiB messages: the gateway cuts a raw upload into chunks that fit
+    (the method's 131,072 bytes would not)."""
+    config = tmp_path / "small.conf"
+    config.write_text("max_payload: 32768\n")
+    with NatsServer(extra_args=["-c", str(config)]) as small:
+        service_nc, gateway_nc = await connect(small.url), await connect(small.url)
+        try:
+            served = await betterproto_nats.serve(service_nc, Service())
+            async with running(create_app(gateway_nc, catalog)) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+                blob = bytes(range(256)) * 800  # 204,800 bytes: 7 chunks of 31,744
+                upload = await client.post(f"/{DEMO}/ImportSnapshot", content=blob, headers={"Content-Type": "application/octet-stream"})
+                assert upload.status_code == 200, upload.text
+                assert upload.json() == {"id": "up", "size": str(len(blob))}
+            await served.stop()
+        finally:
+            await gateway_nc.close()
+            await service_nc.close()
 
 
 # --- headers, deadlines, cancellation, back-pressure ------------------------------------------------
@@ -348,6 +483,18 @@ async def test_a_websocket_client_that_goes_away_cancels_its_call(base: str, ser
     await settle(lambda: service.chats_cancelled == 1, timeout=5)
 
 
+async def test_a_websocket_client_that_goes_away_after_its_end_cancels_its_call(base: str, service: Service) -> None:
+    """Bidi: the client ends its requests (an empty frame), the service keeps the call open without
+    a word, then the client disconnects: the handler is cancelled (nothing else reads the socket
+    after the client's end, the gateway watches it still)."""
+    async with websockets.connect(base.replace("http", "ws") + f"/{DEMO}/Chat") as ws:
+        await ws.send(json.dumps({"text": "hold"}))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 5))["text"] == "echo: hold"
+        await ws.send("")
+        await settle(lambda: service.chats_holding == 1)  # the service saw the end of the requests
+    await settle(lambda: service.chats_cancelled == 1, timeout=5)
+
+
 async def test_a_slow_reader_slows_the_service(base: str, service: Service) -> None:
     """A reader that stops reading: the gateway takes no more from the NATS stream than the HTTP
     connection accepts, and the service stops at its flow window (not at 1 GiB)."""
@@ -389,6 +536,25 @@ async def test_google_api_http_routes(service: Service, nc: NATS) -> None:
 
         validate(document)
         assert {"/v1/ping/{payload}", "/v1/ping", "/v1/echo/{payload}:shout", "/v1/count/{start}"} <= set(document["paths"])
+
+
+async def test_a_json_service_gets_canonical_json(server_nc: NATS, nc: NATS) -> None:
+    """A `(natsmicro.service).json` service is sent the request in the canonical proto3 JSON form,
+    not the client's text passed through: forms the mapping allows but the service's decoder may not
+    read (an int in exponent form here; base64url bytes, which betterproto2 misreads) arrive as meant."""
+    from gen.fixtures.options.v1 import InventoryNatsBase
+    from test_options import JsonEcho
+
+    from betterproto_nats.schema import descriptors
+
+    catalog = Catalog.from_descriptor_set(descriptors.schema_bytes(InventoryNatsBase._nats_service.schema))
+    served = await betterproto_nats.serve(server_nc, JsonEcho())
+    try:
+        async with running(create_app(nc, catalog)) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+            answer = await client.post("/fixtures.options.v1.JSONEchoAPI/GetHTTPStatus", json={"text": "hi", "number": "1e2"})
+            assert answer.json() == {"text": "HI", "number": 101, "tags": {}}
+    finally:
+        await served.stop()
 
 
 async def test_mounted_in_an_application(service: Service, nc: NATS, catalog: Catalog) -> None:

@@ -47,9 +47,16 @@ class Codec:
         encode = ENCODERS.get(type(message))
         return encode(message) if encode is not None else bytes(message)
 
+    def encoder(self, message_type: type[M]) -> Callable[[M], bytes]:
+        """`encode` for one message type, looked up once: the generated encoder itself when the class
+        has one (no call in between), else `encode`. For instances of `message_type`: the generated
+        encoder writes that class's fields, whatever the class of the message it is given."""
+        generated: Callable[[M], bytes] | None = None if self.json else ENCODERS.get(message_type)
+        return self.encode if generated is None else generated
+
     def decoder(self, message_type: type[M], method: str | None = None) -> Callable[[bytes], M]:
         """`decode` for one message type, looked up once (a stream decodes every message with it)."""
-        generated = None if self.json else DECODERS.get(message_type)
+        generated: Callable[[bytes, int, int, int], M] | None = None if self.json else DECODERS.get(message_type)
         if generated is None:
             return lambda data: self.decode(message_type, data, method)
 
@@ -57,8 +64,7 @@ class Codec:
             try:
                 if type(data) is not bytes:
                     data = bytes(data)
-                message: M = generated(data, 0, len(data), 0)
-                return message
+                return generated(data, 0, len(data), 0)
             except Exception as error:
                 raise _undecodable(message_type, error, method) from None
 

@@ -1,9 +1,11 @@
 """Protobuf's wire format for the codecs the plugin generates, and the registry `Codec` finds them in.
 
 The plugin generates, per message, an encoder and a decoder that work on betterproto2 dataclasses
-directly: the decoder builds the object with `object.__new__` and sets its `__dict__` in one step
-(`build_plain`: every field, `_unknown_fields`); the encoder reads the attributes. They call the
-functions below, through `_api_v1`, so the names are part of that API.
+directly: the decoder makes the object with `object.__new__` and sets every field and
+`_unknown_fields`; the encoder reads the attributes. They write the common cases (one-byte varints,
+short strings, bytes and bodies) in place, under the conditions of the fast paths below, and call
+the functions below for the rest, through `_api_v1`, so the names are part of that API (code
+generated earlier also calls `build_plain`).
 
 Code generated for betterproto 2.0.0b7 messages (plugin 0.1) calls some names of its own (`UNSET`,
 `fields_of`, `build`, `write_message`, `append`, `extend`, `put`, `read_enum`, `read_message_type`):

@@ -38,7 +38,6 @@ log = logging.getLogger("betterproto_nats.gateway")
 
 NDJSON = "application/x-ndjson"
 OCTETS = "application/octet-stream"
-MAX_RAW_CHUNK = 512 * 1024  # bytes of one chunk of a raw upload, at most (within NATS's usual 1 MiB)
 
 
 class Calls(Protocol):
@@ -63,6 +62,8 @@ class Calls(Protocol):
     ) -> bytes: ...
 
     def bidi(self, method: MethodInfo, requests: AsyncIterable[bytes], *, headers: Mapping[str, str] | None = ..., timeout: float | None = ...) -> AsyncIterator[bytes]: ...
+
+    def upload_chunk_size(self, method: MethodInfo, requested: int = ...) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,7 @@ class StreamedAnswer(Response):
         self.keepalive = keepalive if framing.keepalive is not None else 0.0
         self.sending = asyncio.Lock()  # the pump's and the keep-alive's frames, one at a time
         self.last_sent = 0.0
+        self.finished = False  # the last frame went: nothing may follow it
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         beat: asyncio.Task[None] | None = None
@@ -176,19 +178,28 @@ class StreamedAnswer(Response):
 
     async def _send(self, send: Send, data: bytes, more: bool = True) -> None:
         async with self.sending:
+            self.finished = not more
             await send({"type": "http.response.body", "body": data, "more_body": more})
             self.last_sent = asyncio.get_running_loop().time()
 
     async def _keep_alive(self, send: Send) -> None:
+        """A keep-alive frame whenever `keepalive` seconds passed without one, decided while holding
+        the sending lock: one due while the last frame is being written (a slow client) must not
+        follow it (after the end of a response the server may be writing the next one)."""
         loop, frame = asyncio.get_running_loop(), self.framing.keepalive
         assert frame is not None
         while True:
             await asyncio.sleep(max(0.0, self.last_sent + self.keepalive - loop.time()))
-            if loop.time() - self.last_sent >= self.keepalive:
+            async with self.sending:
+                if self.finished:
+                    return
+                if loop.time() - self.last_sent < self.keepalive:
+                    continue  # a message went meanwhile
                 try:
-                    await self._send(send, frame)
+                    await send({"type": "http.response.body", "body": frame, "more_body": True})
                 except OSError:
                     return  # the client went away: the pump and the disconnect watch see it too
+                self.last_sent = loop.time()
 
     async def _pump(self, send: Send) -> None:
         frame = self.framing.message
@@ -253,7 +264,9 @@ class Gateway:
         return method
 
     def encode(self, method: MethodInfo, data: bytes, where: str = "request body") -> bytes:
-        """A JSON request (bytes) as the protobuf bytes of the method's input."""
+        """A JSON request (bytes) as the protobuf bytes of the method's input. Also for a service
+        whose bodies are JSON: it then gets the canonical proto3 JSON written from these, not the
+        client's text, which may use forms the mapping allows and its decoder does not read."""
         return jsonmap.encode(method.input, parse_json(data, where))
 
     def decoder(self, method: MethodInfo, pick: Callable[[Any], Any] | None = None) -> Callable[[bytes], Any]:
@@ -346,14 +359,15 @@ class Gateway:
 
     async def _client_stream(self, method: MethodInfo, body: RequestBody, headers: dict[str, str], timeout: float | None, raw: bool) -> Response:
         """NDJSON, a message per line; or for a chunked upload sent as application/octet-stream, the
-        body's bytes in chunks of the method's size."""
+        body's bytes in chunks of the method's size (within the connection's max_payload, as the
+        CLI's uploads)."""
 
         async def requests() -> AsyncIterator[bytes]:
             async for number, line in body.lines():
                 yield self.encode(method, line, f"line {number}")
 
         async def chunks() -> AsyncIterator[bytes]:
-            make, size = chunk_writer(method), max(1, min(method.chunk_size, MAX_RAW_CHUNK))
+            make, size = chunk_writer(method), self.client.upload_chunk_size(method)
             pending = bytearray()
             async for piece in body.chunks():
                 pending += piece
@@ -381,24 +395,37 @@ class Gateway:
         except (RpcError, ValueError) as error:
             await _close(websocket, error if isinstance(error, RpcError) else RpcError(ErrorCode.INVALID_ARGUMENT, str(error)))
             return
-        gone = asyncio.Event()
+        gone = asyncio.Event()  # the client disconnected (seen by whoever read the socket)
+        done_reading = asyncio.Event()  # `requests` no longer reads the socket (then `watch` does)
         limit = self.options.max_body
 
         async def requests() -> AsyncIterator[bytes]:
             number = 0
-            while True:
-                message = await websocket.receive()
-                if message["type"] == "websocket.disconnect":
+            try:
+                while True:
+                    message = await websocket.receive()
+                    if message["type"] == "websocket.disconnect":
+                        gone.set()
+                        raise ClientGone()
+                    data = message.get("text")
+                    frame = data.encode() if data is not None else message.get("bytes") or b""
+                    if not frame:
+                        return  # an empty frame: the client is done sending
+                    number += 1
+                    if len(frame) > limit:
+                        raise PayloadTooLarge(limit, f"frame {number}")
+                    yield self.encode(method, frame, f"frame {number}")
+            finally:
+                done_reading.set()
+
+        async def watch() -> None:
+            """Returns when the client disconnects: seen by `requests` while it reads, read here once it
+            stopped (the client ended its requests, and a quiet call has nobody else reading the
+            socket). Frames after the end are ignored."""
+            await done_reading.wait()
+            while not gone.is_set():
+                if (await websocket.receive())["type"] == "websocket.disconnect":
                     gone.set()
-                    raise ClientGone()
-                data = message.get("text")
-                frame = data.encode() if data is not None else message.get("bytes") or b""
-                if not frame:
-                    return  # an empty frame: the client is done sending
-                number += 1
-                if len(frame) > limit:
-                    raise PayloadTooLarge(limit)
-                yield self.encode(method, frame, f"frame {number}")
 
         async def pump() -> None:
             decode = self.decoder(method)
@@ -410,7 +437,7 @@ class Gateway:
                 await _aclose(answers)
 
         try:
-            await first_of(asyncio.ensure_future(pump()), asyncio.ensure_future(gone.wait()))
+            await first_of(asyncio.ensure_future(pump()), asyncio.ensure_future(watch()))
         except RpcError as error:
             await _close(websocket, error)
             return

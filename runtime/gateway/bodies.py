@@ -20,10 +20,11 @@ class ClientGone(Exception):
 
 
 class PayloadTooLarge(RpcError):
-    """A request body (or one NDJSON line) beyond the gateway's limit: HTTP 413."""
+    """A request body (or one NDJSON line, one WebSocket frame: `what`) beyond the gateway's limit:
+    HTTP 413."""
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(ErrorCode.RESOURCE_EXHAUSTED, f"request body beyond the gateway's limit of {limit} bytes")
+    def __init__(self, limit: int, what: str = "request body") -> None:
+        super().__init__(ErrorCode.RESOURCE_EXHAUSTED, f"{what} beyond the gateway's limit of {limit} bytes")
 
 
 def parse_json(data: bytes, where: str = "request body") -> Any:
@@ -75,22 +76,28 @@ class RequestBody:
 
     async def lines(self) -> AsyncIterator[tuple[int, bytes]]:
         """The body's non-blank lines (NDJSON) with their numbers, each yielded as soon as its newline
-        (or the end of the body) arrived; a line longer than `limit` is PayloadTooLarge."""
-        pending = bytearray()
+        (or the end of the body) arrived; a line longer than `limit` bytes, however the body was cut
+        into chunks, is PayloadTooLarge (found as soon as `limit` bytes of it arrived)."""
+        pending = bytearray()  # the body from the start of the line being read
         number = 0
         async for chunk in self.chunks():
+            searched = len(pending)  # the bytes before had no newline
             pending += chunk
+            start = 0
             while True:
-                cut = pending.find(b"\n")
+                cut = pending.find(b"\n", max(start, searched))
                 if cut < 0:
                     break
-                line = bytes(pending[:cut])
-                del pending[: cut + 1]
                 number += 1
+                if cut - start > self.limit:
+                    raise PayloadTooLarge(self.limit, f"line {number}")
+                line = bytes(pending[start:cut])
+                start = cut + 1
                 if line.strip():
                     yield number, line
+            del pending[:start]
             if len(pending) > self.limit:
-                raise PayloadTooLarge(self.limit)
+                raise PayloadTooLarge(self.limit, f"line {number + 1}")
         if pending.strip():
             yield number + 1, bytes(pending)
 
@@ -132,11 +139,13 @@ async def unless_gone(work: Awaitable[T], gone: Coroutine[Any, Any, None]) -> T:
     task = asyncio.current_task()
     assert task is not None
     watch = asyncio.ensure_future(gone)
-    went = False
+    went = settled = False
 
     def cancel_work(done: "asyncio.Future[None]") -> None:
+        # (scheduled when the watch ends: it may run after `work` finished in the same turn, and
+        # then must not cancel whatever the task does next, such as sending the answer)
         nonlocal went
-        if not done.cancelled() and done.exception() is None:
+        if not settled and not done.cancelled() and done.exception() is None:
             went = True
             task.cancel()
 
@@ -148,6 +157,7 @@ async def unless_gone(work: Awaitable[T], gone: Coroutine[Any, Any, None]) -> T:
             raise ClientGone() from None
         raise
     finally:
+        settled = True
         watch.remove_done_callback(cancel_work)
         if not watch.done():
             watch.cancel()

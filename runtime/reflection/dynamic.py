@@ -210,6 +210,10 @@ class DynamicClient:
 
     # --- Chunked methods ((natsmicro.chunked_io)) -------------------------------------------------
 
+    def upload_chunk_size(self, method: MethodInfo, requested: int = 0) -> int:
+        """Bytes of one chunk of an upload over this client's connection (`upload_chunk_size`)."""
+        return upload_chunk_size(method, getattr(self.nc, "max_payload", 0), requested)
+
     async def download(
         self,
         method: MethodInfo | str,
@@ -251,9 +255,7 @@ class DynamicClient:
         within the connection's max_payload."""
         info = self.resolve(method)
         make = chunk_writer(info)
-        size = chunk_size or info.chunk_size
-        max_payload = getattr(self.nc, "max_payload", 0) or 1024 * 1024
-        size = max(1, min(size, max_payload - CHUNK_OVERHEAD))
+        size = self.upload_chunk_size(info, chunk_size)
         total = Path(path).stat().st_size
 
         async def chunks() -> AsyncIterator[bytes]:
@@ -266,6 +268,17 @@ class DynamicClient:
                         progress(done, total)
 
         return await self.client_stream(info, chunks(), headers=headers, timeout=timeout)
+
+
+def upload_chunk_size(method: MethodInfo, max_payload: int, requested: int = 0) -> int:
+    """Bytes of one chunk of an upload: `requested`, else the method's size, within what one message
+    carries on a connection whose server allows `max_payload` bytes (0: NATS's default, 1 MiB), with
+    room for the message's framing and headers; a JSON service's chunk goes out as base64 (4 bytes
+    for 3)."""
+    room = (max_payload if max_payload > 0 else 1024 * 1024) - CHUNK_OVERHEAD
+    if method.json:
+        room = room * 3 // 4
+    return max(1, min(requested or method.chunk_size, room))
 
 
 def _chunk_field(method: MethodInfo, descriptor: Any) -> FieldDescriptor:

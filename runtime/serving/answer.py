@@ -3,7 +3,7 @@ headers, stored first when the method persists it, or the error pair."""
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 from ..core.errors import ErrorCode, RpcError
 from ..core.headers import RESPONSE_PROTOCOL_HEADERS, check_size, error_headers, user_headers
@@ -30,6 +30,10 @@ class Answerer(Protocol):
 
     @property
     def codec(self) -> Codec: ...
+
+    @property
+    def encode(self) -> Callable[[Any], bytes]:
+        """The response type's encoder (`Codec.encoder`)."""
 
 
 class _Answering(Protocol):
@@ -67,16 +71,21 @@ def answer(call: _Answering, endpoint: Answerer, subject: str, response: Any, er
         if call.info is not None:
             response = call.intercept(Direction.SENT, response)
         method = endpoint.method
-        if type(response) is not method.response and not isinstance(response, method.response):
-            error = call.error(ErrorCode.INTERNAL, f"handler returned {type(response).__name__}, not {method.response.__name__}")
+        if type(response) is method.response:
+            encode = endpoint.encode  # the response type's own encoder, looked up once
+        elif isinstance(response, method.response):
+            encode = endpoint.codec.encode  # a subclass's instance: its own fields too
         else:
+            encode = None
+            error = call.error(ErrorCode.INTERNAL, f"handler returned {type(response).__name__}, not {method.response.__name__}")
+        if encode is not None:
             nc = endpoint.nc
             try:
                 context = call.context
                 response_headers = None if context is None else context.response_headers
                 # checked again: the dict is the handler's (blob size aside, ours)
                 headers = user_headers(response_headers, allow=RESPONSE_PROTOCOL_HEADERS) if response_headers else None
-                body = endpoint.codec.encode(response)
+                body = encode(response)
                 stored = None
                 if headers is not None or call.keys is not None:  # (a body alone is checked where it is queued)
                     check_size(len(body), headers, nc.max_payload, endpoint.name)
@@ -91,6 +100,7 @@ def answer(call: _Answering, endpoint: Answerer, subject: str, response: Any, er
                     call.answered = (1, len(body))
                     return None
                 return _send(call, endpoint, subject, body, headers, stored)
+    assert error is not None  # (the answer could not be sent: its error is)
     return send_error(endpoint.nc, subject, error)
 
 

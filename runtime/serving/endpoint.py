@@ -75,7 +75,8 @@ class Endpoint:
         self.shape = None if self.unary else SHAPES[method.cardinality]
         self.served = ServedMethod(
             server.transport, method, self.full_name, getattr(server.impl, method.py_name), spec.codec, server.policy, self.task_name,
-            self.record, self._unary_done, self._unary_ended, spec.codec.decoder(method.request, self.full_name), self._shed,
+            self.record, self._unary_done, self._unary_ended, spec.codec.decoder(method.request, self.full_name),
+            spec.codec.encoder(method.response), self._shed,
             server.admission.max_loop_lag,
         )
         self.calls = server.stream_calls  # the streams in progress (their budget), by task: what `Server.stop` waits for

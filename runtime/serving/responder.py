@@ -326,6 +326,11 @@ class Responder:
         await send_error(self.nc, subject, error)
 
     @property
+    def encode(self) -> Callable[[Any], bytes]:
+        """The response's encoder (a client stream's single answer: once per call)."""
+        return self.codec.encoder(self.method.response)
+
+    @property
     def keys(self) -> None:
         """No stored answers (persisted methods are unary: `UnaryCall.persist`)."""
         return None

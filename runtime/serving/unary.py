@@ -46,6 +46,7 @@ class ServedMethod:
     done: Callable[[UnaryCall], None]  # a call that never ran ends (its endpoint lets go of it)
     ended: Callable[[UnaryCall, int, str | None], None]  # a call ran to its end: its time (ns) and error code counted too
     decode: Callable[[bytes], Any]  # the request's decoder (INVALID_ARGUMENT when it does not decode)
+    encode: Callable[[Any], bytes]  # the response type's encoder
     shed: Callable[[UnaryCall, float], None]  # refuse a call that never started: its batch kept the loop this long
     max_turn: float | None  # seconds a batch of calls may keep the loop before the rest are shed (None: never)
 
