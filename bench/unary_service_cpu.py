@@ -91,11 +91,15 @@ async def start(nc: NATS, impl: str, build: bool, reflection: bool = True) -> tu
     return sid, subject.encode(), answered, stop
 
 
-async def measure(url: str, calls: int, rounds: int, impl: str = "ours", build: bool = False, reflection: bool = True) -> list[float]:
+async def measure(
+    url: str, calls: int, rounds: int, impl: str = "ours", build: bool = False, reflection: bool = True, deadline: bool = False
+) -> list[float]:
     # Distinct requests, built before the service starts (its loop is not lagged by them), and as
     # many whatever `calls` is (so that two runs under valgrind differ only by the calls served).
     bodies = [bytes(PingRequest(payload=f"p{i}")) for i in range(BUILT)]
     replies = [f"_INBOX.nobody.{i}".encode() for i in range(BUILT)]
+    # `--deadline`: each request carries a deadline ten minutes away, as our client sends its timeout
+    header = f"NATS/1.0\r\nNats-Deadline: {int((time.time() + 600) * 1000)}\r\n\r\n".encode() if deadline else b""
     nc = await nats.connect(url)
     sid, subject, answered, stop = await start(nc, impl, build, reflection)
     await asyncio.sleep(0.2)  # the loop lag monitor settles after start-up
@@ -106,7 +110,7 @@ async def measure(url: str, calls: int, rounds: int, impl: str = "ours", build: 
         started = time.process_time()
         for first in range(0, calls, IN_A_READ):
             for i in range(first, min(first + IN_A_READ, calls)):
-                await process(sid, subject, replies[i % BUILT], bodies[i % BUILT], b"")
+                await process(sid, subject, replies[i % BUILT], bodies[i % BUILT], header)
             await asyncio.sleep(0)  # the next loop turn: the batch runs, the flusher writes
             await asyncio.sleep(0)
         for _ in range(100_000):
@@ -126,11 +130,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--impl", choices=("ours", "ref"), default="ours")
     parser.add_argument("--build", action="store_true", help="the handler builds its answer")
+    parser.add_argument("--deadline", action="store_true", help="each request carries a deadline header (as our client's timeout sends)")
     parser.add_argument("--no-reflection", action="store_true", help="the service publishes no schema (issue 29's before/after)")
     args = parser.parse_args()
     with NatsServer() as server:
-        results = asyncio.run(measure(server.url, args.calls, args.rounds, args.impl, args.build, not args.no_reflection))
-    print(f"{args.impl}{' (answers built)' if args.build else ''}: service CPU per unary call: best {min(results):.2f} µs, rounds {', '.join(f'{r:.2f}' for r in results)}")
+        results = asyncio.run(measure(server.url, args.calls, args.rounds, args.impl, args.build, not args.no_reflection, args.deadline))
+    print(f"{args.impl}{' (answers built)' if args.build else ''}{' (deadline header)' if args.deadline else ''}: service CPU per unary call: best {min(results):.2f} µs, rounds {', '.join(f'{r:.2f}' for r in results)}")
 
 
 if __name__ == "__main__":

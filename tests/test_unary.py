@@ -398,6 +398,44 @@ async def test_calls_read_together_do_not_wait_for_one_that_waits(nc: NATS, serv
         await server.stop()
 
 
+async def test_deadlines_are_timed_only_for_calls_that_wait(nc: NATS, server_nc: NATS) -> None:
+    """A call that answers without waiting arms no timer for its deadline (nothing could cancel it);
+    one that waits is cancelled at its deadline, in a batch and when it runs in a task of its own from
+    the start (the endpoint's calls wait)."""
+    impl = Waiting()
+    server = await betterproto_nats.serve(server_nc, impl, grace_period=1)
+    answers, sub = await batch_answers(nc)
+    loop = asyncio.get_running_loop()
+    timed: list[object] = []
+    call_at = loop.call_at
+
+    def counting_call_at(when: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        if getattr(callback, "__name__", "") == "_expire":
+            timed.append(getattr(callback, "__self__", None))
+        return call_at(when, callback, *args, **kwargs)
+
+    loop.call_at = counting_call_at  # type: ignore[method-assign]
+    soon = {DEADLINE: str(int((time.time() + 0.2) * 1000))}
+    later = {DEADLINE: str(int((time.time() + 60) * 1000))}
+    try:
+        await read_in_one_turn(server, server_nc, {"e": later, "f": later, "wait-batched": soon})
+        await settle(lambda: {"e", "f", "wait-batched"} <= set(answers))
+        assert [call.msg.reply for call in timed] == ["_INBOX.batch.wait-batched"]  # type: ignore[attr-defined]
+        endpoint = next(e for e in server.endpoints if e.method.name == "Ping")
+        assert endpoint._calls_wait  # the next calls each get a task of their own at once
+        await read_in_one_turn(server, server_nc, {"wait-alone": soon, "g": later})
+        await settle(lambda: {"wait-alone", "g"} <= set(answers))
+        for name in ("wait-batched", "wait-alone"):
+            assert (answers[name].headers or {}).get(ERROR_CODE) == ErrorCode.DEADLINE_EXCEEDED
+        assert {name: PingResponse.parse(answers[name].data).payload for name in ("e", "f", "g")} == {"e": "e: e", "f": "f: f", "g": "g: g"}
+        assert len(timed) == 3  # "g" ran alone too: armed before its handler, as it could not be seen to wait
+    finally:
+        loop.call_at = call_at  # type: ignore[method-assign]
+        impl.release.set()
+        await sub.unsubscribe()
+        await server.stop()
+
+
 async def test_stopping_ends_waiting_calls_of_a_batch_and_keeps_nothing(nc: NATS, server_nc: NATS) -> None:
     impl = Waiting()
     server = await betterproto_nats.serve(server_nc, impl, grace_period=0.1)

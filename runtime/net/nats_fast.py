@@ -16,6 +16,7 @@ import logging
 import os
 from typing import Any, Awaitable, Callable
 
+import nats.aio.client
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -329,6 +330,28 @@ def _reads_not_as_expected(nc: NATS, guard: ReadGuard) -> str | None:
     return _not_as_expected(nc, {"_subs": dict, "stats": dict, "msg_class": None})
 
 
+_PLAIN_HEADERS = b"NATS/1.0\r\n"  # a header block without an inline status (`NATS/1.0 503`, heartbeats)
+
+
+def header_lines(block: bytes) -> dict[str, str] | None:
+    """The headers of a plain header block (`NATS/1.0\\r\\n`, then `Name: value` lines), as nats-py's
+    `_process_headers` reads them when `fast_mail_parser` is not installed, without its coroutine and
+    its generator per name (tests/test_batching.py compares the two): a line without a colon, a name
+    that is not ASCII or holds whitespace once stripped is skipped, values are stripped and decoded
+    with U+FFFD for bad UTF-8, a later line wins; None for no headers."""
+    found: dict[str, str] = {}
+    end = len(block) - 4 if block.endswith(b"\r\n\r\n") else len(block)  # (the empty lines at its end say nothing)
+    for line in block[len(_PLAIN_HEADERS) : end].split(b"\r\n"):
+        name, colon, value = line.partition(b":")
+        if not colon or not name.isascii():
+            continue
+        key = name.strip().decode()
+        if key and key.split() != [key]:  # whitespace within the name, as str.isspace has it
+            continue
+        found[key] = value.strip().decode("utf-8", "replace")
+    return found or None
+
+
 class DirectReads:
     """The fast path of `DirectDelivery` subscriptions in the connection's read loop: their messages go
     to them straight from nats-py's parser, without what nats-py's `_process_msg` does for every
@@ -341,21 +364,25 @@ class DirectReads:
         self.guard = guard
         self.nc = guard.nc
         self.handled: asyncio.Future[None] | None = None  # what `process_msg` returns for a message handled at once
+        # nats-py reads header lines itself unless `fast_mail_parser` is installed (then its way is kept)
+        self.plain_headers = getattr(nats.aio.client, "parse_email", None) is None
 
     def process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> Awaitable[None]:
-        """One message from nats-py's parser, which awaits what this returns. A message without
-        headers for a `DirectDelivery` subscription is handled here and now, and a finished future
-        returned (no coroutine per message); anything else, or anything unexpected, goes through
-        `process` (from the start: nothing was counted or handed on)."""
+        """One message from nats-py's parser, which awaits what this returns. A message for a
+        `DirectDelivery` subscription, without headers or with a plain header block (no inline
+        status), is handled here and now, and a finished future returned (no coroutine per message);
+        anything else, or anything unexpected, goes through `process` (from the start: nothing was
+        counted or handed on)."""
         nc = self.nc
         handled = self.handled
-        if handled is not None and not headers:
+        if handled is not None and (not headers or self.plain_headers and headers.startswith(_PLAIN_HEADERS)):
             try:
                 sub = nc._subs.get(sid)
                 if sub is not None:
                     direct: Any = sub._pending_queue
                     if type(direct) is DirectDelivery and sub._max_msgs <= 0:
-                        msg = nc.msg_class(subject=subject.decode(), reply=reply.decode(), data=data, headers=None, _client=nc, _sid=sid)
+                        parsed = header_lines(headers) if headers else None
+                        msg = nc.msg_class(subject=subject.decode(), reply=reply.decode(), data=data, headers=parsed, _client=nc, _sid=sid)
                         stats = nc.stats
                         stats["in_msgs"] += 1
                         stats["in_bytes"] += len(data)

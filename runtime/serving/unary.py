@@ -28,7 +28,8 @@ from .policy import PEER_FAULTS, ServingPolicy, log, peer_faults
 
 
 # The states `run` moves a call through, looked up once (an enum member's lookup costs a Python call).
-_SERVING, _FINISHING, _CLOSED, _FAILED = ServerState.SERVING, ServerState.FINISHING, ServerState.CLOSED, ServerState.FAILED
+_OPENING, _SERVING, _FINISHING = ServerState.OPENING, ServerState.SERVING, ServerState.FINISHING
+_CLOSED, _FAILED = ServerState.CLOSED, ServerState.FAILED
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,8 @@ class UnaryCall:
     exception: BaseException | None = None  # a handler's unexpected exception
     answered = (0, 0)
     task: asyncio.Task[Any] | None = None  # what runs it, once it has a deadline to cancel it at
+    expiry: asyncio.TimerHandle | None = None  # the deadline's timer, armed once the call waits (`waits`)
+    alone = False  # it runs in a task of its own from the start: its deadline is armed before its handler runs
     expired = False  # the deadline passed while the handler ran: it was cancelled
 
     def __init__(self, served: ServedMethod, msg: Msg) -> None:
@@ -143,15 +146,9 @@ class UnaryCall:
             if persistence is not None and method.persists:  # a request without a valid key fails here
                 self.keys = persistence.keys(method, request, served.name)
             self.state = _SERVING  # (the moves of `run` are the legal ones, in order: no check per call)
-            if deadline is None:
-                response = await served.handler(request)
-            else:  # a timer that cancels the task (cheaper than asyncio.timeout's context manager per call)
-                self.task = asyncio.current_task()  # its batch's: a call that waits goes on in it
-                expiry = asyncio.get_running_loop().call_at(deadline.at, self._expire)
-                try:
-                    response = await served.handler(request)
-                finally:
-                    expiry.cancel()
+            if self.alone and deadline is not None:
+                self.waits()
+            response = await served.handler(request)
         except RpcError as raised:
             error = raised
         except asyncio.CancelledError:
@@ -164,6 +161,9 @@ class UnaryCall:
                 error = self.error(ErrorCode.UNAVAILABLE, "the service stopped before the call finished")
         except Exception as raised:
             error = self.internal(raised)
+        expiry = self.expiry
+        if expiry is not None:  # (no cancel from it after this: nothing before was left waiting)
+            expiry.cancel()
         if error is not None and error.code in PEER_FAULTS:
             peer_faults.warning("call to %s on %s ended with %s", served.name, msg.subject, error)
         self.state = _FINISHING
@@ -181,6 +181,16 @@ class UnaryCall:
         finally:
             served.ended(self, time.perf_counter_ns() - started, None if error is None else error.code)
 
+    def waits(self) -> None:
+        """The call waits (its batch saw it, or it runs alone): its deadline, if it has one, now
+        cancels it when it passes. Armed only now: a handler that never waits cannot be cancelled,
+        and a timer armed and cancelled for every call costs more than the rest of its bookkeeping.
+        Not once its handler is over (it may wait for its answer to go out: no cancel then)."""
+        deadline = self.deadline
+        if deadline is not None and self.expiry is None and (self.state is _SERVING or self.state is _OPENING):
+            self.task = asyncio.current_task()  # its batch's: a call that waits goes on in it
+            self.expiry = asyncio.get_running_loop().call_at(deadline.at, self._expire)
+
     def _expire(self) -> None:
         """The call's deadline passed while its handler runs: it is cancelled (DEADLINE_EXCEEDED)."""
         if self.task is not None and not self.task.done():
@@ -194,6 +204,8 @@ class UnaryCall:
 def _unary_deadline(method: MethodSpec[Any, Any], headers: Mapping[str, str] | None) -> Deadline | None:
     """The earlier of the method's `timeout` option and the caller's `Nats-Deadline` (malformed:
     INVALID_ARGUMENT). Asked only when there is either (`UnaryCall.run`)."""
-    deadline = Deadline.after(method.timeout)
     epoch = request_deadline(headers)
-    return deadline if epoch is None else Deadline.at_epoch(epoch).earliest(deadline)
+    if epoch is None:
+        return Deadline.after(method.timeout)
+    caller = Deadline.at_epoch(epoch)
+    return caller if method.timeout is None else caller.earliest(Deadline(method.timeout))

@@ -77,6 +77,7 @@ class UnaryBatch:
             except BaseException:  # (a call handles its own errors: this is the process going down)
                 self._hand_on(calls[index + 1 :])
                 raise
+            call.waits()  # (its deadline's timer, armed only now)
             self._hand_on(calls[index + 1 :])  # the rest go on without waiting for this one
             self._waited(True)
             await _Resumed(context, coroutine, waiting)
@@ -85,7 +86,9 @@ class UnaryBatch:
 
     async def _run_alone(self) -> None:
         self.started = True
-        await self.calls[0].run()
+        call = self.calls[0]
+        call.alone = True
+        await call.run()
 
     def _hand_on(self, later: list[UnaryCall]) -> None:
         """Calls this batch will not run: a task each, all started at the next loop turn."""

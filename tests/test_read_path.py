@@ -1,0 +1,44 @@
+"""The connection's read path (`net/nats_fast.DirectReads`): header blocks from the wire are read as
+nats-py reads them, without its coroutine per message."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+from nats.aio.client import Client as NATS
+
+from betterproto_nats.net.nats_fast import header_lines
+
+# Bytes that decide how a line reads: separators, whitespace (ASCII and what str.isspace adds), a
+# byte that is not ASCII, and bytes that start bad UTF-8.
+PIECES = [b":", b": ", b" ", b"\t", b"\x1c", b"\x0b", b"\r", b"\n", b"\r\n", b"\xc3\xa9", b"\xff", b"Name", b"x", b"-", b"Nats-Deadline", b"1"]
+
+
+def nats_py_reading(block: bytes) -> Any:
+    """What nats-py's `_process_headers` makes of `block` (it never waits: driven by hand)."""
+    reading = NATS()._process_headers(block)
+    try:
+        reading.send(None)
+    except StopIteration as done:
+        return done.value
+    raise AssertionError("nats-py's header reading waited")
+
+
+@given(st.lists(st.lists(st.sampled_from(PIECES), max_size=8).map(b"".join), max_size=6))
+def test_header_blocks_read_as_nats_py_reads_them(lines: list[bytes]) -> None:
+    block = b"NATS/1.0\r\n" + b"\r\n".join(lines) + b"\r\n\r\n"
+    assert header_lines(block) == nats_py_reading(block)
+
+
+def test_header_block_edges() -> None:
+    for block in (
+        b"NATS/1.0\r\n",
+        b"NATS/1.0\r\n\r\n",
+        b"NATS/1.0\r\nNats-Deadline: 1765000000000\r\n\r\n",
+        b"NATS/1.0\r\nA: 1\r\nA: 2\r\n\r\n",
+        b"NATS/1.0\r\nNo colon\r\n:empty name\r\n  Spaced :  value  \r\n\r\n",
+        b"NATS/1.0\r\nIn side: x\r\nTab\tbed: y\r\nSep\x1cx: z\r\n\xc3\xa9: w\r\nV: \xff\xfe\r\n\r\n",
+    ):
+        assert header_lines(block) == nats_py_reading(block), block
