@@ -73,6 +73,7 @@ _PENDING_BUFFER: dict[str, type | None] = {
     "_flush_queue": asyncio.Queue,
     "stats": dict,
     "_flusher_task": None,
+    "_transport": None,
 }
 
 
@@ -88,6 +89,7 @@ def _pending_buffer(nc: NATS) -> bool:
             return False
         usable_here = usable("publish_nowait", _not_as_expected(nc, _PENDING_BUFFER), "Client.publish")
         nc._betterproto_nats_nowait = usable_here  # type: ignore[attr-defined]
+        nc._betterproto_nats_wrote = False  # type: ignore[attr-defined]  # (`_write_now`: a message went out at once this loop turn)
     return usable_here
 
 
@@ -129,6 +131,11 @@ def publish_nowait(nc: NATS, subject: str, payload: bytes, headers: dict[str, st
     limit = nc._max_pending_size
     if limit > 0 and nc._pending_data_size + size > limit:
         return False
+    if not nc._pending and _write_now(nc, parts):
+        stats = nc.stats
+        stats["out_msgs"] += 1
+        stats["out_bytes"] += length
+        return True
     nc._pending += parts
     nc._pending_data_size += size
     stats = nc.stats
@@ -138,6 +145,43 @@ def publish_nowait(nc: NATS, subject: str, payload: bytes, headers: dict[str, st
     if queue is not None and queue.empty():
         queue.put_nowait(asyncio.get_running_loop().create_future())  # wake the flusher
     return True
+
+
+def _write_now(nc: NATS, parts: tuple[bytes, ...]) -> bool:
+    """Write a message to the socket at once when the connection is quiet: nothing waits before it
+    (nats-py's list and the socket's buffer are empty) and nothing else runs in this loop turn (the
+    loop's ready queue is empty: asyncio's own loops). One loop turn sooner than nats-py's flusher
+    task would write it, without waking that task: what one call at a time waits for. Anything else
+    goes to the list as before, to be written together: the rest of this turn's messages
+    (`_turn_over` lets the next turn write at once again), and everything while many callers publish."""
+    socket = getattr(nc, "_betterproto_nats_socket", None)
+    if socket is None or socket[0] is not nc._transport:
+        socket = nc._betterproto_nats_socket = (nc._transport, _socket_of(nc))  # type: ignore[attr-defined]
+    transport = socket[1]
+    if transport is None or nc._betterproto_nats_wrote or transport.get_write_buffer_size() or transport.is_closing():  # type: ignore[attr-defined]
+        return False
+    loop = asyncio.get_running_loop()
+    if getattr(loop, "_ready", True):  # other callbacks run in this turn (other callers may publish too): together, later
+        return False
+    transport.write(b"".join(parts))
+    nc._betterproto_nats_wrote = True  # type: ignore[attr-defined]
+    loop.call_soon(_turn_over, nc)
+    return True
+
+
+def _turn_over(nc: NATS) -> None:
+    nc._betterproto_nats_wrote = False  # type: ignore[attr-defined]
+
+
+def _socket_of(nc: NATS) -> asyncio.WriteTransport | None:
+    """The asyncio transport under nats-py's TCP transport (None elsewhere: websockets, TLS upgrades
+    aside, or internals not as expected: the flusher writes everything then)."""
+    carrier = nc._transport
+    if type(carrier).__name__ != "TcpTransport":
+        return None
+    writer = getattr(carrier, "_io_writer", None)
+    transport = getattr(writer, "transport", None)
+    return transport if isinstance(transport, asyncio.WriteTransport) else None
 
 
 _REQUESTS: dict[str, type | None] = {
@@ -336,7 +380,7 @@ _PLAIN_HEADERS = b"NATS/1.0\r\n"  # a header block without an inline status (`NA
 def header_lines(block: bytes) -> dict[str, str] | None:
     """The headers of a plain header block (`NATS/1.0\\r\\n`, then `Name: value` lines), as nats-py's
     `_process_headers` reads them when `fast_mail_parser` is not installed, without its coroutine and
-    its generator per name (tests/test_batching.py compares the two): a line without a colon, a name
+    its generator per name (tests/test_nats_fast.py compares the two): a line without a colon, a name
     that is not ASCII or holds whitespace once stripped is skipped, values are stripped and decoded
     with U+FFFD for bad UTF-8, a later line wins; None for no headers."""
     found: dict[str, str] = {}
