@@ -316,6 +316,55 @@ async def test_a_default_client_absorbs_a_forged_refusal_of_a_stream(
         await server.stop()
 
 
+class SteppedCountUp(Demo):
+    """CountUp sends its first number, then waits for `go` before the rest."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = asyncio.Event()
+
+    async def count_up(self, request: CountUpRequest) -> AsyncIterator[CountUpResponse]:
+        yield CountUpResponse(number=request.start)
+        await self.go.wait()
+        for number in range(request.start + 1, request.start + request.count):
+            yield CountUpResponse(number=number)
+
+
+@pytest.mark.timeout(30)
+async def test_a_refusal_after_the_service_took_the_stream_is_not_its_end(nats_server: NatsServer, nc: NATS, server_nc: NATS) -> None:
+    """A forger's refusal that reaches a server stream's inbox after the real service's first message
+    (its answer came first) is another receiver's: the stream goes on to its real end."""
+    impl = SteppedCountUp()
+    server = await betterproto_nats.serve(server_nc, impl, max_loop_lag=None)
+    conn = await connect(nats_server.url)
+    requests: list[Msg] = []
+    arrived = asyncio.Event()
+
+    async def hold(msg: Msg) -> None:
+        requests.append(msg)
+        arrived.set()
+
+    try:
+        await conn.subscribe("api.v1.stream.count_up", cb=hold)
+        assert await flush_ordered(conn)
+        stream = StreamDemoServiceNatsClient(nc).count_up(CountUpRequest(start=7, count=3), timeout=10)
+        got = []
+        async for response in stream:
+            got.append(response.number)
+            if len(got) == 1:  # the service's answer came first: now the forger's refusal, then the rest
+                await asyncio.wait_for(arrived.wait(), 5)
+                forged = error_headers(ErrorCode.RESOURCE_EXHAUSTED, "forged: busy late")
+                forged[RETRY_AFTER] = "0"
+                inbox = (requests[0].headers or {}).get("Reply-To") or requests[0].reply
+                await conn.publish(inbox, b"", headers={**forged, "Nats-Stream-End": "true", "Nats-Stream-Count": "0"})
+                assert await flush_ordered(conn)
+                impl.go.set()
+        assert got == [7, 8, 9]
+    finally:
+        await conn.close()
+        await server.stop()
+
+
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("endpoint", ["ping", "count_up", "sum"])
 async def test_a_call_past_a_ceiling_waits_for_room_instead_of_failing(nc: NATS, server_nc: NATS, endpoint: str) -> None:

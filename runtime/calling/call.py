@@ -15,7 +15,7 @@ from nats.aio.msg import Msg
 
 from ..core.errors import ErrorCode, Overloaded, RpcError
 from ..core.frames import ends_stream, is_control
-from ..core.headers import STREAM_INBOX, error_from_headers, is_no_responders, quote, user_headers
+from ..core.headers import RETRY_AFTER, STREAM_INBOX, error_from_headers, is_no_responders, quote, user_headers
 from ..core.negotiation import Window, client_heartbeat, confirmed, named_inbox, shared_peer
 from ..core.states import CLIENT_MOVES, CallState, InvalidTransition
 from ..core.subjects import InboxPolicy
@@ -62,7 +62,7 @@ class ClientCall:
         "nc", "method", "name", "subject", "codec", "deadline", "heartbeat", "inboxes", "receives", "sends", "window",
         "state", "inbox", "reader", "writer", "credit", "session", "peers", "answer", "heard", "_heard_waiter",
         "released", "lost", "failure", "chain", "info", "_watched", "_owner", "gate", "open_window", "max_loop_lag", "absorbs",
-        "queue_group", "reopening",
+        "queue_group", "reopening", "taken",
     )
 
     def __init__(self, client: CallSettings, method: MethodSpec[Any, Any], timeout: float | None) -> None:
@@ -98,6 +98,7 @@ class ClientCall:
         self.absorbs = absorbs(client._nats_absorb)  # a refusal of the open is sent again (calling/refusals.py)
         self.queue_group = spec.in_queue_group(method)
         self.reopening: Reopening | None = None  # a server stream refused at open, sent again
+        self.taken = False  # something other than a refusal arrived on R: a service took the call
         self.gate: OpenGate | None = None  # our place among the connection's open streams
         self.open_window: OpenWindow | None = None  # our place among the unanswered opens to our subject
         self.info: CallInfo | None = None  # what interceptors see, when there are any
@@ -280,16 +281,23 @@ class ClientCall:
         if session is not None and session.watch(msg):
             return True
         headers = msg.headers
+        error = error_from_headers(headers, self.name) if headers and RETRY_AFTER in headers else None
+        refusal = error if isinstance(error, Overloaded) else None  # (only a refusal carries a retry hint)
         reopening = self.reopening
         if reopening is not None:  # a server stream that nothing but refusals has answered yet
-            refusal = error_from_headers(headers, self.name) if headers else None
-            if isinstance(refusal, Overloaded):
+            if refusal is not None:
                 if reopening.refused(refusal):
                     return True  # refused before it started: the request goes again (`refusals.Reopening`)
             else:
                 reopening.cancel()  # the service took the call: nothing more is sent again
                 RetryBudget.of(self.nc).taken += 1
             self.reopening = None
+        elif refusal is not None and self.taken:
+            # Another receiver's refusal after a service took the call (a forger's, or a second
+            # instance's without a queue group): a service never refuses a call it runs.
+            return True
+        if refusal is None:
+            self.taken = True
         if self.open_window is not None:
             self.answered()
         if session is None and self.reader is not None and self.reader.received == 0 and is_no_responders(headers):
