@@ -7,7 +7,8 @@ load on the machine does not change; two runs of different sizes give a per-call
 still moves about ±5% (batches and writes follow the clock), so compare medians of a few.
 `--impl ref`: the same for the Go project's real generated Python (../shared/reference-python, its
 `register_stream_demo_service`, answering in nats-py's callback); `--build`: the handler builds its
-answer from the request (as users' handlers do) instead of returning a prebuilt one.
+answer from the request (as users' handlers do) instead of returning a prebuilt one; `--deadline`:
+each request carries the `Nats-Deadline` header our client's timeout sends (the reference's sends none).
 
     .venv/bin/python bench/unary_service_cpu.py                 # µs of CPU per call (best of 5)
     .venv/bin/python bench/unary_service_cpu.py --impl ref --build
