@@ -9,14 +9,12 @@ import contextlib
 import io
 import hashlib
 import json
-import os
 import sys
 import threading
 from pathlib import Path
 from typing import AsyncIterator
 
 import pytest
-from google.protobuf import json_format
 from nats.aio.client import Client as NATS
 
 import betterproto_nats
@@ -24,29 +22,21 @@ from betterproto_nats import current_call
 from betterproto_nats.cli.main import main
 from betterproto_nats.reflection.catalog import compile_protos
 from betterproto_nats.testing import NatsServer
-from demo_service import Demo
+from procs.services import Everything as Chunked
 from test_reflection import two_versions
 from gen.fixtures.codec.v1 import CodecEchoNatsBase, Everything
-from gen.streaming.v1 import ExportSnapshotRequest, ImportSnapshotResponse, PingRequest, PingResponse, SnapshotChunk
+from gen.streaming.v1 import PingRequest, PingResponse
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class Everything_(Demo):
-    """The demo service with its chunked methods; Ping answers the `echo` header when there is one."""
+class Everything_(Chunked):
+    """The demo service with its chunked methods (tests/procs/services.py); Ping answers the `echo`
+    header when there is one."""
 
     async def ping(self, request: PingRequest) -> PingResponse:
         return PingResponse(payload=current_call().headers.get("echo", request.payload), count=2**53 + 1)
-
-    async def export_snapshot(self, request: ExportSnapshotRequest) -> AsyncIterator[SnapshotChunk | bytes]:
-        data = bytes(i % 251 for i in range(int(request.id or 0)))
-        current_call().set_blob_size(len(data))
-        yield data
-
-    async def import_snapshot(self, requests: betterproto_nats.UploadRequests[SnapshotChunk]) -> ImportSnapshotResponse:
-        data = await requests.recv_bytes()
-        return ImportSnapshotResponse(id=hashlib.sha256(data).hexdigest(), size=len(data))
 
 
 class Echo(CodecEchoNatsBase):

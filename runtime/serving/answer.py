@@ -10,7 +10,7 @@ from ..core.headers import RESPONSE_PROTOCOL_HEADERS, check_size, error_headers,
 from ..encoding.codec import Codec
 from ..features.interceptors import CallInfo, Direction
 from ..features.persistence import StoreKeys
-from ..net.transport import Transport, publish, publish_now
+from ..net.transport import Transport, publish
 from ..schema.spec import MethodSpec
 from .context import CallContext
 
@@ -95,7 +95,7 @@ def answer(call: _Answering, endpoint: Answerer, subject: str, response: Any, er
             except Exception as unencodable:  # e.g. a field holding a value of the wrong type
                 error = call.internal(unencodable)
             else:
-                nowait = getattr(nc, "publish_nowait", None)  # (`publish_now`, inlined: once per call)
+                nowait = getattr(nc, "publish_nowait", None)  # (`net.transport.publish_now`, inlined: once per call)
                 if stored is None and nowait is not None and nowait(subject, body, headers):
                     call.answered = (1, len(body))
                     return None
