@@ -93,8 +93,8 @@ def _pending_buffer(nc: NATS) -> bool:
     return usable_here
 
 
-_PUBLISHING = (NATS.CONNECTED, NATS.DRAINING_SUBS)
-_CRLF = b"\r\n"  # the states in which nats-py's `publish` queues
+_PUBLISHING = (NATS.CONNECTED, NATS.DRAINING_SUBS)  # the states in which nats-py's `publish` queues
+_CRLF = b"\r\n"
 
 
 def header_block(headers: dict[str, str]) -> bytes:
@@ -131,19 +131,15 @@ def publish_nowait(nc: NATS, subject: str, payload: bytes, headers: dict[str, st
     limit = nc._max_pending_size
     if limit > 0 and nc._pending_data_size + size > limit:
         return False
-    if not nc._pending and _write_now(nc, parts):
-        stats = nc.stats
-        stats["out_msgs"] += 1
-        stats["out_bytes"] += length
-        return True
-    nc._pending += parts
-    nc._pending_data_size += size
+    if nc._pending or not _write_now(nc, parts):
+        nc._pending += parts
+        nc._pending_data_size += size
+        queue = nc._flush_queue
+        if queue is not None and queue.empty():
+            queue.put_nowait(asyncio.get_running_loop().create_future())  # wake the flusher
     stats = nc.stats
     stats["out_msgs"] += 1
     stats["out_bytes"] += length
-    queue = nc._flush_queue
-    if queue is not None and queue.empty():
-        queue.put_nowait(asyncio.get_running_loop().create_future())  # wake the flusher
     return True
 
 
@@ -422,20 +418,10 @@ class DirectReads:
         if handled is not None and (not headers or self.plain_headers and headers.startswith(_PLAIN_HEADERS)):
             try:
                 sub = nc._subs.get(sid)
-                if sub is not None:
-                    direct: Any = sub._pending_queue
-                    if type(direct) is DirectDelivery and sub._max_msgs <= 0:
-                        parsed = header_lines(headers) if headers else None
-                        msg = nc.msg_class(subject=subject.decode(), reply=reply.decode(), data=data, headers=parsed, _client=nc, _sid=sid)
-                        stats = nc.stats
-                        stats["in_msgs"] += 1
-                        stats["in_bytes"] += len(data)
-                        sub._received += 1
-                        try:  # (`direct.deliver`, inlined: once per message)
-                            direct.handler(msg)
-                        except Exception:
-                            _log.exception("handling a message on %s failed", sub.subject)
-                        return handled
+                direct: Any = None if sub is None else sub._pending_queue
+                if type(direct) is DirectDelivery and sub._max_msgs <= 0:  # type: ignore[union-attr]  # (not None: it has a queue)
+                    self.deliver(direct, sid, subject, reply, data, header_lines(headers) if headers else None)
+                    return handled
             except Exception:
                 pass  # (`process` says what it was)
         elif handled is None:
@@ -443,25 +429,30 @@ class DirectReads:
             handled.set_result(None)
         return self.process(sid, subject, reply, data, headers)
 
+    def deliver(self, direct: DirectDelivery, sid: int, subject: bytes, reply: bytes, data: bytes, headers: dict[str, str] | None) -> None:
+        """A message for `direct`'s subscription, counted as nats-py counts it and handed to its
+        handler now (`DirectDelivery.deliver`, inlined: once per message). Raises only before
+        anything is counted (a subject that is not UTF-8: the caller drops the message)."""
+        nc = self.nc
+        msg = nc.msg_class(subject=subject.decode(), reply=reply.decode(), data=data, headers=headers, _client=nc, _sid=sid)
+        stats = nc.stats
+        stats["in_msgs"] += 1
+        stats["in_bytes"] += len(data)
+        direct.sub._received += 1
+        try:
+            direct.handler(msg)
+        except Exception:
+            _log.exception("handling a message on %s failed", direct.sub.subject)
+
     async def process(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
         """One message from nats-py's parser (in its read loop: nothing may escape from here)."""
         nc = self.nc
         try:
             sub = nc._subs.get(sid)
-            if sub is not None:
-                direct: Any = sub._pending_queue
-                if type(direct) is DirectDelivery and sub._max_msgs <= 0:
-                    stats = nc.stats
-                    stats["in_msgs"] += 1
-                    stats["in_bytes"] += len(data)
-                    sub._received += 1
-                    parsed = await nc._process_headers(headers) if headers else None
-                    msg = nc.msg_class(subject=subject.decode(), reply=reply.decode(), data=data, headers=parsed, _client=nc, _sid=sid)
-                    try:  # (`direct.deliver`, inlined: once per message)
-                        direct.handler(msg)
-                    except Exception:
-                        _log.exception("handling a message on %s failed", sub.subject)
-                    return
+            direct: Any = None if sub is None else sub._pending_queue
+            if type(direct) is DirectDelivery and sub._max_msgs <= 0:  # type: ignore[union-attr]  # (not None: it has a queue)
+                self.deliver(direct, sid, subject, reply, data, await nc._process_headers(headers) if headers else None)
+                return
             await self.guard.nats_way(sid, subject, reply, data, headers)
         except AttributeError as error:
             if error.obj is not nc and not isinstance(error.obj, Subscription):
