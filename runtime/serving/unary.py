@@ -146,7 +146,7 @@ class UnaryCall:
             if persistence is not None and method.persists:  # a request without a valid key fails here
                 self.keys = persistence.keys(method, request, served.name)
             self.state = _SERVING  # (the moves of `run` are the legal ones, in order: no check per call)
-            if self.alone and deadline is not None:
+            if self.alone:  # (no batch sees it wait: its deadline's timer, if any, from the start)
                 self.waits()
             response = await served.handler(request)
         except RpcError as raised:
